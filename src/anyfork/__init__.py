@@ -1,0 +1,74 @@
+"""anyfork: process creation done right.
+
+New processes are forked from small, pre-initialised template processes, or exec'd fresh without
+forking the caller.  Each has a socket to its creator; you can import modules in it, run code,
+pass it file descriptors and strings, fork it further, and finally run a function that gets the
+socket and the arguments.
+
+The root is lazy (PEP 562): ``import anyfork.worker`` and the command server that runs in every
+child import nothing of the parent side (asyncio, typing...).  The public names load on first use.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
+    from ._errors import AnyforkError as AnyforkError
+    from ._errors import ClosedError as ClosedError
+    from ._errors import DecodeError as DecodeError
+    from ._errors import EncodeError as EncodeError
+    from ._errors import ProtocolError as ProtocolError
+    from ._errors import RemoteError as RemoteError
+    from ._errors import RemoteTraceback as RemoteTraceback
+    from ._errors import SerializationError as SerializationError
+    from ._errors import SpawnError as SpawnError
+    from ._errors import WorkerDiedError as WorkerDiedError
+    from ._process import Process as Process
+    from ._process import main_template as main_template
+    from ._process import new as new
+    from ._process import new_exec as new_exec
+    from ._process import new_from_fh as new_from_fh
+    from ._process import start_early as start_early
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "AnyforkError": "_errors",
+    "ClosedError": "_errors",
+    "DecodeError": "_errors",
+    "EncodeError": "_errors",
+    "ProtocolError": "_errors",
+    "RemoteError": "_errors",
+    "RemoteTraceback": "_errors",
+    "SerializationError": "_errors",
+    "SpawnError": "_errors",
+    "WorkerDiedError": "_errors",
+    "Process": "_process",
+    "main_template": "_process",
+    "new": "_process",
+    "new_exec": "_process",
+    "new_from_fh": "_process",
+    "start_early": "_process",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'anyfork' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"anyfork.{module_name}"), name)
+    if getattr(value, "__module__", "").startswith("anyfork._"):
+        try:
+            value.__module__ = "anyfork"
+        except (AttributeError, TypeError):
+            pass
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,121 @@
+"""Reaping of the processes this process created directly (exec'd ones, early and main templates).
+
+Processes forked by a template are the template's children; it reaps them itself.  Ours are
+reaped here, without a thread (a thread would make every later ``os.fork`` of the program unsafe):
+
+* a SIGCHLD handler, installed only when SIGCHLD has no handler yet and we are on the main thread
+  (it chains to any handler installed after it would replace it, so it never steals: it waits
+  only for the pids registered here, never ``waitpid(-1)``);
+* a poll at every anyfork call, for programs whose main thread is busy or which handle SIGCHLD
+  themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+_lock = threading.RLock()
+_watched: set[int] = set()
+_status: dict[int, int] = {}
+_listeners: dict[int, list[Callable[[int], None]]] = {}
+_installed = False
+_STATUS_LIMIT = 4096
+
+
+def watch(pid: int) -> None:
+    """Reap ``pid`` as soon as it exits and remember its return code."""
+    with _lock:
+        _watched.add(pid)
+    _install()
+    poll()
+
+
+def add_listener(pid: int, callback: Callable[[int], None]) -> None:
+    """Call ``callback(returncode)`` once ``pid`` has been reaped (at once if it already was)."""
+    with _lock:
+        code = _status.get(pid)
+        if code is None:
+            _listeners.setdefault(pid, []).append(callback)
+            return
+    callback(code)
+
+
+def returncode(pid: int) -> int | None:
+    """The return code of a reaped direct child (``-N`` for signal N), else ``None``."""
+    poll()
+    with _lock:
+        return _status.get(pid)
+
+
+def poll() -> None:
+    """Reap every watched child that has exited, without blocking."""
+    done: list[tuple[int, int]] = []
+    with _lock:
+        for pid in list(_watched):
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                # Someone else reaped it (a user's waitpid(-1)): it is gone, status unknown.
+                _watched.discard(pid)
+                continue
+            if got == 0:
+                continue
+            _watched.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            _status[pid] = code
+            done.append((pid, code))
+        while len(_status) > _STATUS_LIMIT:
+            del _status[next(iter(_status))]
+        callbacks = [(cb, code) for pid, code in done for cb in _listeners.pop(pid, ())]
+    for cb, code in callbacks:
+        cb(code)
+
+
+def wait(pid: int, timeout: float) -> int | None:
+    """Block until ``pid`` is reaped, at most ``timeout`` seconds (bounded polling)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        code = returncode(pid)
+        if code is not None or pid not in _watched:
+            return code
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+def _on_sigchld(signum: int, frame: object) -> None:
+    poll()
+
+
+def _install() -> None:
+    global _installed
+    if _installed or threading.current_thread() is not threading.main_thread():
+        return
+    _installed = True
+    if signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGCHLD, _on_sigchld)
+        # Restart interrupted system calls: our handler must not surface as EINTR in code that
+        # does not expect it (C extensions, mostly; Python retries by itself).
+        signal.siginterrupt(signal.SIGCHLD, False)
+
+
+def _reset_in_child() -> None:
+    """A forked child inherits our bookkeeping but none of our children."""
+    global _installed, _lock
+    _lock = threading.RLock()
+    _watched.clear()
+    _status.clear()
+    _listeners.clear()
+    if _installed and signal.getsignal(signal.SIGCHLD) is _on_sigchld:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _installed = False
+
+
+os.register_at_fork(after_in_child=_reset_in_child)

@@ -1,0 +1,447 @@
+"""The command server: the loop that runs in every template and every fresh process until ``run``.
+
+It is imported into every exec'd interpreter and lives in the memory of every fork, so it imports
+only modules that a bare ``python -S`` has already loaded, plus ``_socket`` and ``struct``.
+Everything else (``socket``, ``fcntl``, ``select``, ``traceback``) is imported on the path that
+needs it; a template imports the ones its children will need before its first fork, so that
+forked children never pay for an import.
+
+Life of a process::
+
+    exec'd:  python -S -c BOOT <version> <fd> <owner pid> <sys.path...>  ->  main()  ->  serve()
+    forked:  the template's serve() forks; the child closes the template's socket and serves the
+             socket that rode on the FORK frame.
+
+Rules:
+
+* Read exactly one frame at a time (``_wire.Decoder.want``) so that a frame's fds are never
+  swallowed by an earlier read.
+* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORK_FAILED, EXITED,
+  RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
+* Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
+  than none.  A failed fork is reported (FORK_FAILED) and the template keeps serving.
+* EOF on the socket ends the process: nothing outlives a creator that went away.
+* A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
+  their exit status to its creator (EXITED), so there are never zombies and the creator can say
+  how a grandchild died.
+"""
+
+from __future__ import annotations
+
+import _signal
+import _socket
+import gc
+import os
+import sys
+
+from . import _wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import NoReturn
+
+_ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
+_RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+
+#: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
+current: Server | None = None
+
+
+class Fd(int):
+    """A received file descriptor in the argument list (kept apart from plain values)."""
+
+    __slots__ = ()
+
+
+class Server:
+    """Serves the commands of one creator on one socket, in a single-threaded process."""
+
+    def __init__(self, fd: int, owner: int, args: list[object] | None = None):
+        self.sock = _socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.owner = owner
+        self.args: list[object] = args if args is not None else []
+        self.decoder = _wire.Decoder(_wire.COMMANDS)
+        self.forked = False
+        self._wake_r = -1
+        self._poll: object = None
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def report(self, op: int, payload: bytes = b"") -> None:
+        self.sock.sendall(_wire.frame(op, payload))
+
+    def fail(self, stage: str, exc: BaseException) -> NoReturn:
+        """Report a failed command to the creator and end this process."""
+        import traceback  # only on the error path: it costs milliseconds
+
+        cls = type(exc)
+        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
+        message = str(exc)
+        payload = _wire.pack_values([stage, cls.__module__, cls.__qualname__, message, text])
+        try:
+            self.report(_wire.ERROR, payload)
+        except OSError:
+            sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed:\n{text}")
+        _exit(1)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def serve(self) -> NoReturn:
+        global current
+        current = self
+        while True:
+            try:
+                frame = self._read_frame()
+            except _wire.WireError as exc:
+                self.fail("protocol", exc)
+            if frame is None:
+                _exit(0)
+            op, payload, fds = frame
+            try:
+                self._dispatch(op, payload, fds)
+            except SystemExit as exc:
+                self.fail(_STAGES.get(op, "command"), exc)
+            except Exception as exc:
+                self.fail(_STAGES.get(op, "command"), exc)
+
+    def _read_frame(self) -> tuple[int, bytes, list[int]] | None:
+        dec = self.decoder
+        while True:
+            frame = dec.next_frame()
+            if frame is not None:
+                return frame
+            if dec.eof:
+                return None
+            if self.forked:
+                self._wait_readable()
+            try:
+                data, anc, flags, _ = self.sock.recvmsg(dec.want(), _ANCILLARY, _RECV_FLAGS)
+            except (ConnectionResetError, BrokenPipeError):
+                return None
+            fds = _fds_from(anc)
+            if flags & getattr(_socket, "MSG_CTRUNC", 0):
+                for fd in fds:
+                    os.close(fd)
+                raise _wire.WireError("too many file descriptors in one frame")
+            dec.receive(data, fds)
+
+    def _wait_readable(self) -> None:
+        """Block until a command arrives, reaping and reporting children meanwhile."""
+        poll = self._poll
+        while True:
+            events = poll.poll()  # type: ignore[attr-defined]  # a select.poll, set in _arm_reaper
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 512)
+                    except BlockingIOError:
+                        pass
+                    self._reap()
+            if any(fd != self._wake_r for fd, _ in events):
+                return
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            try:
+                self.report(_wire.EXITED, _wire.EXIT.pack(pid, status))
+            except OSError:
+                pass  # the creator is gone; we are about to see EOF and exit
+
+    def _arm_reaper(self) -> None:
+        """Reap forked children at once: SIGCHLD wakes the poll through a wakeup fd."""
+        import select
+
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r = r
+        _signal.set_wakeup_fd(w)
+        _signal.signal(_signal.SIGCHLD, _on_sigchld)
+        poll = select.poll()
+        poll.register(self.sock.fileno(), select.POLLIN)
+        poll.register(r, select.POLLIN)
+        self._poll = poll
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _dispatch(self, op: int, payload: bytes, fds: list[int]) -> None:
+        if op != _wire.FDS and op != _wire.FORK and fds:
+            for fd in fds:
+                os.close(fd)
+            raise _wire.WireError(f"unexpected file descriptors on opcode {op:#x}")
+        if op == _wire.IMPORT:
+            for name in _wire.unpack_strings(payload):
+                __import__(name)
+        elif op == _wire.EVAL:
+            self._eval(payload)
+        elif op == _wire.ARGS:
+            self.args.extend(_wire.unpack_values(payload))
+        elif op == _wire.FDS:
+            count = _wire.unpack_u32(payload)
+            if count != len(fds):
+                for fd in fds:
+                    os.close(fd)
+                raise _wire.WireError(f"expected {count} file descriptors, received {len(fds)}")
+            self.args.extend(Fd(fd) for fd in fds)
+        elif op == _wire.FORK:
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise _wire.WireError("a FORK frame carries exactly one socket")
+            self._fork(fds[0])
+        elif op == _wire.RUN:
+            (ref,) = _wire.unpack_strings(payload)
+            self._run(ref)
+        elif op == _wire.PID:
+            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+
+    def _eval(self, payload: bytes) -> None:
+        code, *args = _wire.unpack_values(payload)
+        if not isinstance(code, str):
+            raise TypeError("eval code must be str")
+        main = sys.modules["__main__"].__dict__
+        # ``args`` is bound only while the code runs, so a program's own global of that name
+        # (an argparse namespace in a forked main program, say) survives.
+        missing = object()
+        saved = main.get("args", missing)
+        main["args"] = tuple(args)
+        try:
+            exec(compile(code, "<anyfork eval>", "exec"), main)
+        finally:
+            if saved is missing:
+                main.pop("args", None)
+            else:
+                main["args"] = saved
+
+    def _fork(self, fd: int) -> None:
+        if not self.forked:
+            _preload()
+            self._arm_reaper()
+            self.forked = True
+        # Collect now so the children start with a clean heap, then freeze: the children's
+        # collector never walks (and so never dirties) the pages they share with us.
+        gc.collect()
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)
+            self.report(_wire.FORK_FAILED, _wire.pack_values([f"fork failed: {exc}"]))
+            return
+        if pid:
+            os.close(fd)
+            return
+        # The child: drop everything that belongs to the template, then serve our own creator.
+        self._become_child(fd)
+
+    def _become_child(self, fd: int) -> None:
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+        self.sock.close()
+        self.sock = _socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.owner = os.getppid()
+        self.decoder = _wire.Decoder(_wire.COMMANDS)
+        self.forked = False
+        self._wake_r = -1
+        self._poll = None
+        _name("anyfork")
+        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+
+    def _run(self, ref: str) -> NoReturn:
+        func = resolve(ref)
+        args = [wrap(a) if type(a) is Fd else a for a in self.args]
+        self.args = []
+        sock = _user_socket(self.sock)
+        _restore_signals()
+        _name(ref.rpartition(":")[2] or ref)
+        sock.sendall(_wire.frame(_wire.RUNNING, _wire.U32.pack(os.getpid())))
+        global current
+        current = None
+        code = 0
+        try:
+            func(sock, *args)
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        _exit(code)
+
+
+_STAGES = {
+    _wire.IMPORT: "require",
+    _wire.EVAL: "eval",
+    _wire.ARGS: "send_arg",
+    _wire.FDS: "send_fh",
+    _wire.FORK: "fork",
+    _wire.RUN: "run",
+}
+
+
+def _on_sigchld(signum: int, frame: object) -> None:
+    """Nothing to do here: the wakeup fd has already woken the serve loop."""
+
+
+def _fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(_wire.unpack_ints(data[:usable]))
+    return fds
+
+
+def resolve(ref: str) -> Callable[..., object]:
+    """Find the function ``ref`` names: ``"module:qualname"``, or a bare name in ``__main__``."""
+    module_name, sep, qualname = ref.partition(":")
+    if not sep:
+        module_name, qualname = "__main__", ref
+    if not qualname:
+        raise ValueError(f"function reference {ref!r} names no function")
+    __import__(module_name)
+    obj: object = sys.modules[module_name]
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            where = "the child's __main__" if module_name == "__main__" else repr(module_name)
+            raise AttributeError(
+                f"{where} has no attribute {qualname!r} (define it with eval(), or put it "
+                f"in an importable module)"
+            ) from None
+    if not callable(obj):
+        raise TypeError(f"{ref!r} is not callable")
+    return obj
+
+
+def _preload() -> None:
+    """Import, once in the template, every module a forked child needs on its way to ``run``."""
+    import fcntl  # noqa: F401  # _wrap uses it in the child
+    import socket  # noqa: F401  # the function receives a socket.socket
+    import traceback  # noqa: F401  # a failing child formats its error without importing
+
+
+def _user_socket(raw: _socket.socket) -> object:
+    import socket
+
+    return socket.socket(fileno=raw.detach())
+
+
+def wrap(fd: int) -> object:
+    """Turn a received fd into what a user expects: a socket, a file object, or (a directory)
+    the plain fd."""
+    import stat
+
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISSOCK(mode):
+        import socket
+
+        return socket.socket(fileno=int(fd))
+    if stat.S_ISDIR(mode):
+        return int(fd)
+    import fcntl
+
+    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    file_mode = {os.O_RDONLY: "rb", os.O_WRONLY: "wb"}.get(access, "r+b")
+    return open(int(fd), file_mode, buffering=0)  # noqa: SIM115  # ownership passes to the user
+
+
+def _restore_signals() -> None:
+    """Give the function a process with default signal handling, as a fresh interpreter has."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGINT, _signal.SIGCHLD, _signal.SIGPIPE):
+            continue
+        try:
+            handler = _signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            _signal.signal(signum, _signal.SIG_DFL)
+
+
+def _name(title: str) -> None:
+    """Name the process where ``ps`` and ``top`` show it (Linux's 15-byte comm)."""
+    title = f"af:{title}"[:15]
+    setproctitle = sys.modules.get("setproctitle")
+    if setproctitle is not None:
+        setproctitle.setproctitle(f"anyfork {title}")  # type: ignore[attr-defined]
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(title)
+    except OSError:
+        pass
+
+
+def _exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def _exit(code: int) -> NoReturn:
+    """Leave without running the creator's atexit handlers or finalising a copy-on-write heap:
+    flush what the function wrote, run the handlers registered in this process, go."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def _ignore_interrupts() -> None:
+    # A template lives as long as its creator's socket; a terminal's Ctrl-C belongs to the
+    # creator, which will close the socket if it wants us gone.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
+
+def serve_forked(fd: int, owner: int) -> NoReturn:
+    """Serve in a process forked from the main program (early and main templates)."""
+    import atexit
+
+    atexit._clear()  # the main program's handlers are not ours to run
+    _ignore_interrupts()
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    server = Server(fd, owner)
+    _name("anyfork tmpl")
+    server.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+    server.serve()
+
+
+def main() -> NoReturn:
+    """Entry point of an exec'd interpreter (see ``_spawn.boot_argv``)."""
+    version, fd, owner = sys.argv[1:4]
+    del sys.argv[1:]
+    if int(version) != _wire.VERSION:
+        sys.stderr.write(
+            f"anyfork: protocol version {version} from the parent, {_wire.VERSION} here: "
+            f"the parent and child import different anyfork versions\n"
+        )
+        os._exit(2)
+    _ignore_interrupts()
+    server = Server(int(fd), int(owner))
+    server.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+    server.serve()

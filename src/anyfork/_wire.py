@@ -1,0 +1,214 @@
+"""The command-stream wire format, sans-IO, shared by parent and child.
+
+This module is imported into every template and every worker, so it imports nothing but
+``struct`` (and no ``typing``: annotations are strings, see ``from __future__``).
+
+Frame::
+
+    +--------+----------------------+------------------+
+    | op: u8 | length: u32 (BE)     | payload (length) |
+    +--------+----------------------+------------------+
+
+File descriptors never appear in the bytes.  A frame that carries fds (``FDS`` and ``FORK``)
+is written with ``sendmsg`` and the fds ride on it as SCM_RIGHTS ancillary data; on Linux
+they are delivered with the frame's first byte.  The receiver reads exactly one header and
+then exactly one payload, never more, so it can never swallow the bytes (and the fds) of a
+frame that is not yet its own.  ``Decoder.want()`` says how many bytes may be read next
+without crossing a frame boundary; the parent relies on it to hand the socket over after
+``RUNNING`` with not one byte of the user's stream consumed.
+
+Rule 1: nothing here touches a socket, a clock or the filesystem.
+Rule 2: every decoding error is ``WireError``; the caller decides what it means.
+"""
+
+from __future__ import annotations
+
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
+    from collections.abc import Iterable, Sequence
+
+    Value = str | bytes
+
+#: Bumped whenever the frame layout or an opcode's payload changes.  An exec'd child refuses
+#: to serve a parent that speaks another version (it is passed on the command line).
+VERSION = 1
+
+HEADER = struct.Struct(">BI")
+HEADER_SIZE = HEADER.size
+U32 = struct.Struct(">I")
+
+#: Most fds one frame may carry; the kernel's SCM_MAX_FD is 253.
+MAX_FDS = 253
+
+# Parent -> child commands.
+IMPORT = ord("i")  # payload: list of module names
+EVAL = ord("e")  # payload: list [code, *args]
+ARGS = ord("a")  # payload: list of str/bytes values appended to the argument list
+FDS = ord("h")  # payload: u32 count; the fds ride on the frame
+FORK = ord("f")  # payload: empty; exactly one fd (the new child's socket) rides on the frame
+RUN = ord("r")  # payload: list [function reference]
+PID = ord("q")  # payload: empty; asks the child to answer with a PID frame
+
+# Child -> parent reports.
+STARTED = ord("P")  # payload: u32 pid; the first frame every process sends
+ERROR = ord("E")  # payload: list [stage, type module, type qualname, message, traceback]
+FORK_FAILED = ord("X")  # payload: list [message]; the template keeps serving
+RUNNING = ord("R")  # payload: u32 pid; nothing of ours follows, the socket is the user's
+EXITED = ord("Z")  # payload: EXIT (pid, wait status) of a child this process forked and reaped
+
+COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID))
+REPORTS = frozenset((STARTED, ERROR, FORK_FAILED, RUNNING, EXITED))
+
+EXIT = struct.Struct(">Ii")
+
+_TAG_STR = 0x73  # "s"
+_TAG_BYTES = 0x62  # "b"
+_ITEM = struct.Struct(">BI")
+
+
+class WireError(Exception):
+    """Bytes that are not a valid frame or payload (a bug, or a corrupted stream)."""
+
+
+def frame(op: int, payload: bytes = b"") -> bytes:
+    """Encode one frame."""
+    return HEADER.pack(op, len(payload)) + payload
+
+
+def pack_values(values: Iterable[Value]) -> bytes:
+    """Encode a list of ``str``/``bytes`` values so that each keeps its type."""
+    parts = []
+    for value in values:
+        if isinstance(value, str):
+            data = value.encode("utf-8", "surrogatepass")
+            parts.append(_ITEM.pack(_TAG_STR, len(data)))
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            data = bytes(value)
+            parts.append(_ITEM.pack(_TAG_BYTES, len(data)))
+        else:
+            raise TypeError(f"only str and bytes travel as arguments, not {type(value).__name__}")
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unpack_values(payload: bytes) -> list[Value]:
+    """Decode what ``pack_values`` encoded; raise ``WireError`` on anything else."""
+    values: list[Value] = []
+    view = memoryview(payload)
+    pos, end = 0, len(payload)
+    while pos < end:
+        if end - pos < _ITEM.size:
+            raise WireError("truncated value header")
+        tag, size = _ITEM.unpack_from(view, pos)
+        pos += _ITEM.size
+        if end - pos < size:
+            raise WireError("truncated value")
+        data = bytes(view[pos : pos + size])
+        pos += size
+        if tag == _TAG_STR:
+            try:
+                values.append(data.decode("utf-8", "surrogatepass"))
+            except UnicodeDecodeError as exc:
+                raise WireError(f"bad string value: {exc}") from None
+        elif tag == _TAG_BYTES:
+            values.append(data)
+        else:
+            raise WireError(f"unknown value tag {tag:#x}")
+    return values
+
+
+def unpack_strings(payload: bytes) -> list[str]:
+    """Decode a value list that must hold only strings."""
+    values = unpack_values(payload)
+    for value in values:
+        if not isinstance(value, str):
+            raise WireError("expected a list of strings")
+    return values  # type: ignore[return-value]  # every item was checked to be str above
+
+
+def unpack_ints(data: bytes) -> tuple[int, ...]:
+    """Native C ints, as SCM_RIGHTS carries them."""
+    return struct.unpack(f"{len(data) // 4}i", data)
+
+
+def unpack_u32(payload: bytes) -> int:
+    if len(payload) != U32.size:
+        raise WireError(f"expected a 4-byte integer, got {len(payload)} bytes")
+    return int(U32.unpack(payload)[0])
+
+
+class Decoder:
+    """Turns a byte stream (plus the fds that rode on it) into ``(op, payload, fds)`` frames.
+
+    ``receive(data, fds)`` buffers; ``next_frame()`` returns one complete frame or ``None``;
+    ``want()`` is the largest read that cannot cross a frame boundary.  ``receive(b"")`` means
+    EOF: a partial frame at EOF is a ``WireError``.  After ``stop_after`` is seen (the parent uses
+    ``RUNNING``), the decoder accepts no more bytes: they belong to someone else.
+    """
+
+    def __init__(self, allowed: frozenset[int], max_payload: int = 1 << 32, stop_after: int = -1):
+        self._allowed = allowed
+        self._max_payload = max_payload
+        self._stop_after = stop_after
+        self._buf = bytearray()
+        self._fds: list[int] = []
+        self._need = HEADER_SIZE
+        self._op = -1
+        self.eof = False
+        self.stopped = False
+
+    def want(self) -> int:
+        """How many bytes the caller may read next without reading past the current frame."""
+        if self.stopped or self.eof:
+            return 0
+        return self._need - len(self._buf)
+
+    def receive(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        if self.stopped:
+            raise WireError("data after the final frame")
+        if self.eof:
+            raise WireError("data after EOF")
+        if not data:
+            self.eof = True
+            if fds:
+                self._fds.extend(fds)
+            return
+        self._buf += data
+        self._fds.extend(fds)
+
+    def next_frame(self) -> tuple[int, bytes, list[int]] | None:
+        """Return the next complete frame, or ``None`` if more bytes are needed."""
+        while True:
+            if self.stopped:
+                return None
+            if len(self._buf) < self._need:
+                if self.eof and (self._buf or self._op >= 0):
+                    raise WireError("EOF in the middle of a frame")
+                return None
+            if self._op < 0:
+                op, size = HEADER.unpack_from(self._buf, 0)
+                if op not in self._allowed:
+                    raise WireError(f"unexpected opcode {op:#x}")
+                if size > self._max_payload:
+                    raise WireError(f"frame of {size} bytes exceeds the limit")
+                del self._buf[:HEADER_SIZE]
+                self._op, self._need = op, size
+                continue
+            payload = bytes(self._buf[: self._need])
+            del self._buf[: self._need]
+            op, fds = self._op, self._fds
+            self._op, self._need, self._fds = -1, HEADER_SIZE, []
+            if op == self._stop_after:
+                self.stopped = True
+            return op, payload, fds
+
+    def at_boundary(self) -> bool:
+        """No partial frame is buffered: the stream could be handed to another reader here."""
+        return self._op < 0 and not self._buf
+
+    def take_fds(self) -> list[int]:
+        """Hand over fds that arrived but belong to no complete frame (for closing them)."""
+        fds, self._fds = self._fds, []
+        return fds
