@@ -293,12 +293,21 @@ class Process:
         return self._failure is None
 
     def _raise_if_failed(self) -> None:
-        if self._failure is not None:
-            raise SpawnError(f"{self._name()} cannot be used: {self._failure}") from self._failure
+        failure = self._failure
+        if isinstance(failure, SpawnError):
+            raise SpawnError(str(failure)) from failure.__cause__
+        if failure is not None:
+            raise SpawnError(f"{self._name()} failed earlier: {failure}") from failure
 
     def _start_run(self, func: Func) -> str:
         ref = func_ref(func)
-        self._send(_wire.RUN, _wire.pack_values([ref]))
+        self._check_open()
+        # Queue only: a write error (the child is dead) is diagnosed by the run operation,
+        # which can wait briefly to learn how the child died.
+        try:
+            self._chan.queue(_wire.frame(_wire.RUN, _wire.pack_values([ref])))
+        except OSError:
+            pass
         self._state = _HANDED
         return ref
 
@@ -346,10 +355,22 @@ class Process:
                     err.__cause__ = tmpl._failure
                     return err
             return SpawnError("the process exited before it started")
-        if returncode is None and self._direct:
-            returncode = _reaper.returncode(self._pid)
+        if returncode is None:
+            returncode = self._known_exit_code()
         how = describe_returncode(returncode)
         return SpawnError(f"{self._name()} exited before run ({how})")
+
+    def _known_exit_code(self) -> int | None:
+        """The exit code if it is already known (reaped here, or reported by the template)."""
+        if self._pid is None:
+            return None
+        if self._direct:
+            return _reaper.returncode(self._pid)
+        tmpl = self._template
+        if tmpl is None:
+            return None
+        tmpl._poll_reports()
+        return tmpl._exits.get(self._pid)
 
     def _exit_code_op(self) -> Op[int | None]:
         """How did this (dead) process end?  Direct children: the reaper; forked ones: their

@@ -210,14 +210,15 @@ class Server:
         # (an argparse namespace in a forked main program, say) survives.
         missing = object()
         saved = main.get("args", missing)
-        main["args"] = tuple(args)
+        bound = main["args"] = tuple(args)
         try:
             exec(compile(code, "<anyfork eval>", "exec"), main)
         finally:
-            if saved is missing:
-                main.pop("args", None)
-            else:
-                main["args"] = saved
+            if main.get("args") is bound:  # unless the code assigned its own ``args``
+                if saved is missing:
+                    del main["args"]
+                else:
+                    main["args"] = saved
 
     def _fork(self, fd: int) -> None:
         if not self.forked:

@@ -1,0 +1,60 @@
+"""Every test leaves no child process, no zombie and no fd behind (checked after each test)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from helpers import children, eventually, open_fds
+
+from anyfork import _process, _reaper
+
+
+def _persistent() -> tuple[set[int], set[int]]:
+    """The default and early templates outlive tests on purpose: their pid and fd are exempt."""
+    pids: set[int] = set()
+    fds: set[int] = set()
+    for proc in (_process._default, _process._early):
+        if proc is not None and proc._chan.sock is not None:
+            fds.add(proc._chan.fd)
+            if proc._pid is not None:
+                pids.add(proc._pid)
+    return pids, fds
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    _, skip_fds = _persistent()
+    fds_before = open_fds() - skip_fds
+    kids_before = children()
+    yield
+    skip_pids, skip_fds = _persistent()
+
+    def settled() -> bool:
+        _reaper.poll()
+        extra = children() - kids_before - skip_pids
+        grandchildren = set().union(*(children(p) for p in skip_pids)) if skip_pids else set()
+        return not extra and not grandchildren
+
+    try:
+        eventually(settled, timeout=10, what="the test's processes to exit and be reaped")
+    except AssertionError:
+        extra = children() - kids_before - skip_pids
+        grand = {p: children(p) for p in skip_pids}
+        for pid in extra | set().union(*grand.values()):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"leaked processes: children {sorted(extra)}, template children {grand}")
+    leaked = open_fds() - skip_fds - fds_before
+    if leaked:
+        targets = {}
+        for fd in leaked:
+            try:
+                targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        if targets:
+            pytest.fail(f"leaked fds: {targets}")

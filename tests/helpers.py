@@ -1,0 +1,86 @@
+"""Test helpers: bounded waiting for OS facts (never a bare sleep), process and fd inspection."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def eventually(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns a truthy value, at most ``timeout`` seconds.
+
+    Only for facts that only the OS knows (a pid has gone, a zombie was reaped); never as a way
+    to wait for our own code, which has handshakes for that.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def children(pid: int | None = None) -> set[int]:
+    """The pids of ``pid``'s children (zombies included), from /proc."""
+    pid = os.getpid() if pid is None else pid
+    found: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def state(pid: int) -> str | None:
+    """The one-letter process state ('Z' for a zombie), or None if the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    s = state(pid)
+    return s is not None and s != "Z"
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def recv_exactly(sock, n: int, timeout: float = 10.0) -> bytes:
+    """Read exactly ``n`` bytes from a socket with a deadline."""
+    sock.settimeout(timeout)
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_all(sock, timeout: float = 10.0) -> bytes:
+    """Read until EOF with a deadline."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -1,0 +1,311 @@
+"""The process API: new, new_exec, fork, preparation commands, run, pids, fd passing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from helpers import children, eventually, recv_all, state
+
+import anyfork
+from anyfork import _process
+
+T = TypeVar("T")
+
+
+def arun(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def lines(data: bytes) -> list[str]:
+    return data.decode().split("\n")
+
+
+def facts_of(proc: anyfork.Process, **kw: Any) -> dict[str, Any]:
+    sock = proc.run_blocking("childfuncs:facts", timeout=10, **kw)
+    try:
+        return json.loads(recv_all(sock))  # type: ignore[no-any-return]
+    finally:
+        sock.close()
+
+
+# -- run and arguments ------------------------------------------------------------------------
+
+
+def test_run_gets_args_and_fds_in_order_with_their_types() -> None:
+    async def main() -> list[str]:
+        r, w = os.pipe()
+        a, b = socket.socketpair()
+        try:
+            proc = anyfork.new().send_arg("one", b"two").send_fh(w, a).send_arg("", b"")
+            sock = await proc.run("childfuncs:echo_args", timeout=10)
+            assert not sock.getblocking()  # the asyncio face hands out a non-blocking socket
+            sock.setblocking(True)
+            with sock:
+                return lines(recv_all(sock))
+        finally:
+            for fd in (r, w):
+                os.close(fd)
+            a.close()
+            b.close()
+
+    assert arun(main()) == ["'one'", "b'two'", "FileIO", "socket", "''", "b''"]
+
+
+def test_blocking_twin_has_the_same_semantics() -> None:
+    proc = anyfork.new().send_arg("é", b"\x00\xff")
+    sock = proc.run_blocking("childfuncs:echo_args", timeout=10)
+    assert sock.getblocking()
+    with sock:
+        assert lines(recv_all(sock)) == ["'é'", "b'\\x00\\xff'"]
+
+
+def test_function_object_is_sent_by_name() -> None:
+    import childfuncs
+
+    with anyfork.new().send_arg("x").run_blocking(childfuncs.echo_args, timeout=10) as sock:
+        assert recv_all(sock) == b"'x'"
+
+
+def test_first_byte_read_is_the_functions_first_byte() -> None:
+    # The parent reads the child's reports frame by frame and stops at RUNNING: nothing of the
+    # function's stream may be consumed, even when it writes at once and a lot.
+    proc = anyfork.new().eval("def blast(sock):\n    sock.sendall(bytes(range(256)) * 4096)")
+    with proc.run_blocking("blast", timeout=10) as sock:
+        assert recv_all(sock) == bytes(range(256)) * 4096
+
+
+def test_eval_defines_functions_and_sees_its_args() -> None:
+    code = "marker = args\ndef show(sock):\n    sock.sendall(repr(marker).encode())"
+    with anyfork.new().eval(code, "a", b"b").run_blocking("show", timeout=10) as sock:
+        assert recv_all(sock) == b"('a', b'b')"
+
+
+def test_eval_args_binding_leaves_a_programs_own_args_global_alone() -> None:
+    proc = anyfork.new().eval("args_seen = args").eval("args = 'mine'").eval("x = args")
+    proc.eval("def show(sock):\n    sock.sendall(repr((args_seen, args, x)).encode())")
+    with proc.run_blocking("show", timeout=10) as sock:
+        # ``args`` is bound while each eval runs; a global the code assigns itself survives.
+        assert recv_all(sock) == b"((), 'mine', ())"
+
+
+def test_take_args_in_eval_clears_them() -> None:
+    r, w = os.pipe()
+    try:
+        proc = anyfork.new().send_arg("kept-by-eval").send_fh(w)
+        proc.eval("import anyfork.worker\ntaken = anyfork.worker.take_args()")
+        proc.eval("def show(sock, *a):\n    sock.sendall(repr((taken[0], type(taken[1]).__name__, a)).encode())")
+        proc.send_arg("after")
+        with proc.run_blocking("show", timeout=10) as sock:
+            assert recv_all(sock) == b"('kept-by-eval', 'FileIO', ('after',))"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# -- fork, templates, pids ----------------------------------------------------------------------
+
+
+def test_fork_clones_args_and_fds_and_the_template_keeps_them() -> None:
+    r, w = os.pipe()
+    try:
+        tmpl = anyfork.new().send_arg("t1").send_fh(w).send_arg(b"t2")
+        os.close(w)  # the caller may close its copy right after send_fh
+        with tmpl:
+            outs = []
+            for name in ("c1", "c2", "c3"):
+                with tmpl.fork().send_arg(name).run_blocking("childfuncs:write_to_fds", timeout=10) as s:
+                    outs.append(recv_all(s))
+        assert outs == [b"str,FileIO,bytes,str"] * 3
+        data = b""
+        while len(data) < 3 * len(b"hello 1"):
+            data += os.read(r, 100)
+        assert data == b"hello 1" * 3  # every child got the template's pipe as its second arg
+    finally:
+        os.close(r)
+
+
+def test_nested_templates_inherit_state_at_each_level() -> None:
+    with anyfork.new().eval("marker = 'level1'").send_arg("a") as t1:
+        with t1.fork().eval("marker += '+level2'").send_arg("b") as t2:
+            info = facts_of(t2.fork().send_arg("c"))
+            t2_pid = t2.pid
+        # t1 is untouched by what was sent to t2 after the fork
+        info1 = facts_of(t1.fork())
+    assert info["main_marker"] == "level1+level2"
+    assert info["args"] == ["a", "b", "c"]
+    assert info["ppid"] == t2_pid
+    assert info1["main_marker"] == "level1"
+    assert info1["args"] == ["a"]
+
+
+def test_every_process_knows_its_pid() -> None:
+    exec_proc = anyfork.new_exec()
+    assert exec_proc.pid is not None  # a direct child: known at once
+    info = facts_of(exec_proc)
+    assert info["pid"] == exec_proc.pid
+    assert info["ppid"] == os.getpid()
+
+    forked = anyfork.new()
+    pid = forked.wait_started_blocking(timeout=10)
+    assert forked.pid == pid
+    info = facts_of(forked)
+    assert info["pid"] == pid
+    assert info["ppid"] == _process._default.pid  # type: ignore[union-attr]
+
+
+def test_wait_started_async() -> None:
+    async def main() -> tuple[int, int | None]:
+        proc = anyfork.new()
+        pid = await proc.wait_started(timeout=10)
+        proc.close()
+        return pid, proc.pid
+
+    pid, known = arun(main())
+    assert pid == known
+    eventually(lambda: state(pid) is None, what="the closed process to exit")
+
+
+def test_forked_child_is_clean() -> None:
+    """gc frozen, signals reset, named, random reseeded."""
+    code = "import random, signal\nsignal.signal(signal.SIGUSR1, lambda *a: None)\nmarker = 1"
+    with anyfork.new().eval(code) as tmpl:
+        one = facts_of(tmpl.fork())
+        two = facts_of(tmpl.fork())
+    assert one["freeze_count"] > 0  # the template froze its heap before forking
+    assert one["sigint_default"]
+    assert one["sigusr1_default"]
+    assert one["sigchld_default"]
+    assert one["comm"] == "af:facts"
+    assert one["random"] != two["random"]
+
+
+def test_many_concurrent_runs_share_the_template_queue() -> None:
+    async def one(i: int) -> bytes:
+        sock = await anyfork.new().send_arg(str(i)).run("childfuncs:echo_args", timeout=20)
+        sock.setblocking(True)
+        with sock:
+            return recv_all(sock)
+
+    async def main() -> list[bytes]:
+        return await asyncio.gather(*(one(i) for i in range(24)))
+
+    assert arun(main()) == [repr(str(i)).encode() for i in range(24)]
+
+
+# -- new_exec -----------------------------------------------------------------------------------
+
+
+def test_new_exec_finds_the_parents_modules(tmp_path: Any) -> None:
+    (tmp_path / "only_here_mod.py").write_text("def hi(sock):\n    sock.sendall(b'found')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with anyfork.new_exec().run_blocking("only_here_mod:hi", timeout=10) as sock:
+            assert recv_all(sock) == b"found"
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_new_exec_uses_this_interpreter_and_not_asyncio() -> None:
+    sock = anyfork.new_exec().run_blocking("childfuncs:report", timeout=10)
+    with sock:
+        info = json.loads(recv_all(sock))
+    assert info["executable"] == sys.executable
+    assert not info["asyncio"]
+    assert info["path"] == [p for p in sys.path if isinstance(p, str)]
+
+
+def test_no_fork_from_a_threaded_caller() -> None:
+    # filterwarnings=error turns 3.12+'s "multi-threaded, use of fork()" DeprecationWarning into
+    # a failure, if anyfork ever forked this (threaded) process.
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        with anyfork.new_exec().send_arg("x").run_blocking("childfuncs:echo_args", timeout=10) as s:
+            assert recv_all(s) == b"'x'"
+        with anyfork.new().send_arg("y").run_blocking("childfuncs:echo_args", timeout=10) as s:
+            assert recv_all(s) == b"'y'"
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+# -- fd passing -----------------------------------------------------------------------------------
+
+
+def test_fd_kinds_arrive_as_the_objects_users_expect() -> None:
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "f")
+        fw = open(path, "wb")  # noqa: SIM115
+        dir_fd = os.open(d, os.O_RDONLY)
+        try:
+            proc = anyfork.new().send_fh(w, b, fw, dir_fd)
+            with proc.run_blocking("childfuncs:write_to_fds", timeout=10) as s:
+                assert recv_all(s) == b"FileIO,socket,FileIO,int"
+            assert os.read(r, 100) == b"hello 0"
+            assert a.recv(100) == b"hello 1"
+            fw.close()
+            with open(path, "rb") as f:
+                assert f.read() == b"hello 2"
+        finally:
+            for fd in (r, w, dir_fd):
+                os.close(fd)
+            a.close()
+            b.close()
+            if not fw.closed:
+                fw.close()
+
+
+def test_many_fds_in_one_call() -> None:
+    pipes = [os.pipe() for _ in range(300)]  # more than one frame's worth (253)
+    try:
+        proc = anyfork.new().send_fh(*(w for _, w in pipes))
+        with proc.run_blocking("childfuncs:write_to_fds", timeout=20) as s:
+            assert recv_all(s).split(b",") == [b"FileIO"] * 300
+        assert [os.read(r, 20) for r, _ in pipes[:3]] == [b"hello 0", b"hello 1", b"hello 2"]
+        assert os.read(pipes[299][0], 20) == b"hello 299"
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+# -- to_fh / new_from_fh ---------------------------------------------------------------------
+
+
+def test_to_fh_and_new_from_fh_in_the_same_process() -> None:
+    proc = anyfork.new().send_arg("before")
+    handed = proc.to_fh_blocking(timeout=10)
+    with pytest.raises(anyfork.ClosedError):
+        proc.send_arg("x")
+    adopted = anyfork.new_from_fh(handed).send_arg("after")
+    with adopted.run_blocking("childfuncs:echo_args", timeout=10) as s:
+        assert recv_all(s) == b"'before'\n'after'"
+    assert adopted.pid is not None
+
+
+def test_hand_a_half_prepared_process_to_another_process() -> None:
+    async def main() -> bytes:
+        prepared = anyfork.new().send_arg("from the first owner")
+        handed = await prepared.to_fh(timeout=10)
+        adopter = anyfork.new_exec().send_fh(handed)
+        handed.close()
+        sock = await adopter.run("childfuncs:adopt_and_run", timeout=10)
+        sock.setblocking(True)
+        with sock:
+            return recv_all(sock)
+
+    out = arun(main()).split(b"\n")
+    assert out[:2] == [b"'from the first owner'", b"'added by adopter'"]
+    assert out[2].startswith(b"pid=")
