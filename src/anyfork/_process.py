@@ -501,6 +501,8 @@ def new() -> Process:
     with _lock:
         template = _default
         if template is None or not template._usable():
+            if template is not None:
+                template.close()
             template = _default = new_exec()
     return template.fork()
 
@@ -512,8 +514,13 @@ def new_exec(*, python: str | None = None) -> Process:
     or a running event loop.  With an early template and no ``python`` given, the process is
     forked from the early template instead, and nothing is exec'd at all."""
     _reaper.poll()
-    if _early is not None and python is None and _early._usable():
-        return _early.fork()
+    global _early
+    if _early is not None and python is None:
+        if _early._usable():
+            return _early.fork()
+        # The early template died: forget it and exec, as if there had never been one.
+        _early.close()
+        _early = None
     sock, pid = _spawn.exec_server(python)
     _reaper.watch(pid)
     return Process(Channel(sock), pid=pid, direct=True)

@@ -1,0 +1,322 @@
+"""Bad input and dead processes: a clear error in the parent, at once or at run, never a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import alive, children, eventually, recv_all, state
+
+import anyfork
+from anyfork import _process, _reaper
+
+# -- errors that surface at once, in the call that got the bad input ----------------------------
+
+
+def test_send_arg_rejects_other_types_at_once() -> None:
+    proc = anyfork.new()
+    with pytest.raises(TypeError, match="only str and bytes"):
+        proc.send_arg("ok", 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="only str and bytes"):
+        proc.eval("pass", None)  # type: ignore[arg-type]
+    # nothing was queued by the failed calls: the process still works
+    with proc.send_arg("fine").run_blocking("childfuncs:echo_args", timeout=10) as s:
+        assert recv_all(s) == b"'fine'"
+
+
+def test_send_fh_rejects_closed_and_bogus_fds_at_once() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    proc = anyfork.new()
+    with pytest.raises(ValueError, match="not an open file descriptor"):
+        proc.send_fh(w)
+    with pytest.raises(ValueError, match="no open file descriptor"):
+        proc.send_fh(-1)
+    with pytest.raises(AttributeError):
+        proc.send_fh("not a file")  # type: ignore[arg-type]
+    proc.close()
+
+
+def test_eval_syntax_error_is_raised_in_the_caller() -> None:
+    proc = anyfork.new()
+    with pytest.raises(SyntaxError):
+        proc.eval("def broken(:")
+    proc.close()
+
+
+def test_run_refuses_functions_that_cannot_be_named() -> None:
+    def local(sock: object) -> None:
+        pass
+
+    proc = anyfork.new()
+    with pytest.raises(TypeError, match="module level"):
+        proc.run_blocking(local, timeout=10)
+    with pytest.raises(TypeError, match="module level"):
+        proc.run_blocking(lambda sock: None, timeout=10)
+    with pytest.raises(ValueError, match="bad function reference"):
+        proc.run_blocking("mod:", timeout=10)
+    proc.close()
+
+
+def test_use_after_run_or_close_is_a_clear_error() -> None:
+    proc = anyfork.new()
+    proc.run_blocking("childfuncs:echo_args", timeout=10).close()
+    for use in (
+        lambda: proc.send_arg("x"),
+        lambda: proc.require("os"),
+        lambda: proc.eval("pass"),
+        lambda: proc.send_fh(0),
+        proc.fork,
+        lambda: proc.run_blocking("childfuncs:echo_args", timeout=10),
+    ):
+        with pytest.raises(anyfork.ClosedError, match="already run"):
+            use()
+    closed = anyfork.new()
+    closed.close()
+    with pytest.raises(anyfork.ClosedError, match="closed"):
+        closed.send_arg("x")
+
+
+# -- errors the child reports, raised at run as their own type -----------------------------------
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_unimportable_module_raises_module_not_found_at_run(blocking: bool) -> None:
+    proc = anyfork.new().require("os", "no_such_module_here")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_here") as info:
+        if blocking:
+            proc.run_blocking("childfuncs:echo_args", timeout=10)
+        else:
+            asyncio.run(proc.run("childfuncs:echo_args", timeout=10))
+    assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
+    assert "no_such_module_here" in str(info.value.__cause__)
+    assert "in require of process pid" in str(info.value)
+
+
+def test_exception_in_eval_raises_its_type_at_run() -> None:
+    proc = anyfork.new().eval("x = 1").eval("raise KeyError('nope')")
+    with pytest.raises(KeyError):
+        proc.run_blocking("childfuncs:echo_args", timeout=10)
+
+
+def test_non_builtin_exception_becomes_remote_error() -> None:
+    code = "class Custom(Exception):\n    pass\nraise Custom('custom failure')"
+    with pytest.raises(anyfork.RemoteError, match="Custom: custom failure") as info:
+        anyfork.new().eval(code).run_blocking("childfuncs:echo_args", timeout=10)
+    assert info.value.type_name == "__main__.Custom"
+    assert "custom failure" in info.value.remote_traceback
+
+
+def test_missing_function_and_module_at_run() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        anyfork.new().run_blocking("childfuncs:nope", timeout=10)
+    with pytest.raises(ModuleNotFoundError):
+        anyfork.new().run_blocking("no_such_mod:f", timeout=10)
+    with pytest.raises(AttributeError, match="__main__"):
+        anyfork.new_exec().run_blocking("undefined_name", timeout=10)
+    with pytest.raises(TypeError, match="not callable"):
+        anyfork.new().eval("thing = 3").run_blocking("thing", timeout=10)
+
+
+def test_children_of_a_failed_template_fail_with_its_error() -> None:
+    with anyfork.new().require("no_such_module_either") as tmpl:
+        child = tmpl.fork()
+        with pytest.raises(anyfork.SpawnError, match="no_such_module_either") as info:
+            child.run_blocking("childfuncs:echo_args", timeout=10)
+        assert isinstance(info.value.__cause__, ModuleNotFoundError)
+        # and now that the failure is known, the next fork fails at once
+        with pytest.raises(anyfork.SpawnError, match="no_such_module_either"):
+            tmpl.fork()
+
+
+def test_function_errors_after_run_are_the_childs_own_business() -> None:
+    # After run the function owns the socket: its exception goes to its stderr, the parent
+    # sees EOF.  (The RPC layer is where exceptions travel back.)
+    proc = anyfork.new().eval("def bad(sock):\n    raise RuntimeError('in the function')")
+    with proc.run_blocking("bad", timeout=10) as sock:
+        assert recv_all(sock) == b""
+
+
+# -- dead processes ------------------------------------------------------------------------------
+
+
+def test_killed_template_fails_the_next_fork_at_once() -> None:
+    tmpl = anyfork.new().require("json")
+    pid = tmpl.wait_started_blocking(timeout=10)
+    queued = tmpl.fork()  # forked before the kill: its run must fail, not hang
+    queued_pid = queued.wait_started_blocking(timeout=10)
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: state(pid) is None, what="the template to be reaped")
+    with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
+        tmpl.fork()
+    # a child forked before the template died lives on: it is its own process
+    with queued.send_arg("orphan").run_blocking("childfuncs:echo_args", timeout=10) as s:
+        assert recv_all(s) == b"'orphan'"
+    assert queued_pid == queued.pid
+    tmpl.close()
+
+
+def test_template_killed_with_forks_queued_never_hangs() -> None:
+    tmpl = anyfork.new()
+    pid = tmpl.wait_started_blocking(timeout=10)
+    os.kill(pid, signal.SIGSTOP)  # queue forks it cannot serve yet
+    try:
+        kids = [tmpl.fork().send_arg(str(i)) for i in range(5)]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    for kid in kids:
+        with pytest.raises(anyfork.SpawnError, match="template"):
+            kid.run_blocking("childfuncs:echo_args", timeout=10)
+    tmpl.close()
+
+
+def test_default_template_is_recreated_transparently() -> None:
+    anyfork.new().close()
+    old = _process._default
+    assert old is not None and old.pid is not None
+    os.kill(old.pid, signal.SIGKILL)
+    eventually(lambda: _reaper.returncode(old.pid) is not None, what="the template to be reaped")  # type: ignore[arg-type]
+    with anyfork.new().send_arg("x").run_blocking("childfuncs:echo_args", timeout=10) as s:
+        assert recv_all(s) == b"'x'"
+    assert _process._default is not old
+    assert old.returncode == -signal.SIGKILL
+
+
+def test_killed_child_before_run() -> None:
+    proc = anyfork.new()
+    pid = proc.wait_started_blocking(timeout=10)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(anyfork.SpawnError, match=f"pid {pid} exited before run"):
+        proc.run_blocking("childfuncs:echo_args", timeout=10)
+
+
+def test_killed_exec_child_reports_the_signal() -> None:
+    proc = anyfork.new_exec()
+    os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
+        proc.run_blocking("childfuncs:echo_args", timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_child_exiting_during_eval_reports_its_status() -> None:
+    proc = anyfork.new_exec().eval("import os\nos._exit(7)")
+    with pytest.raises(anyfork.SpawnError, match="exit status 7"):
+        proc.run_blocking("childfuncs:echo_args", timeout=10)
+
+
+# -- no hangs: timeouts and cancellation -----------------------------------------------------------
+
+
+def test_run_timeout_and_the_child_goes_away() -> None:
+    r, w = os.pipe()
+    try:
+        # The eval blocks until we write to the pipe: run cannot complete in time.
+        proc = anyfork.new().send_fh(r).eval(
+            "import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)"
+        )
+        with pytest.raises(TimeoutError):
+            proc.run_blocking("childfuncs:echo_args", timeout=0.2)
+        pid = proc.pid
+        assert pid is not None
+        os.write(w, b"x")  # release the eval: the child then sees our end closed and exits
+        eventually(lambda: not alive(pid), what="the timed-out child to exit")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_run_cancellation_closes_our_end() -> None:
+    r, w = os.pipe()
+
+    async def main() -> int:
+        proc = anyfork.new().send_fh(r).eval(
+            "import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)"
+        )
+        pid = await proc.wait_started(timeout=10)
+        task = asyncio.ensure_future(proc.run("childfuncs:echo_args"))
+        await asyncio.wait([task], timeout=0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return pid
+
+    try:
+        pid = asyncio.run(main())
+        os.write(w, b"x")
+        eventually(lambda: not alive(pid), what="the cancelled child to exit")
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# -- lifetimes: nothing outlives its creator, no zombies -------------------------------------------
+
+
+def test_process_exits_when_its_creator_closes_the_socket() -> None:
+    tmpl = anyfork.new()
+    child = tmpl.fork()
+    pids = [tmpl.wait_started_blocking(timeout=10), child.wait_started_blocking(timeout=10)]
+    exec_proc = anyfork.new_exec()
+    pids.append(exec_proc.wait_started_blocking(timeout=10))
+    for proc in (tmpl, child, exec_proc):
+        proc.close()
+    for pid in pids:
+        eventually(lambda pid=pid: not alive(pid), what=f"pid {pid} to exit")
+
+
+def test_dropping_the_last_reference_closes_it() -> None:
+    proc = anyfork.new_exec()
+    pid = proc.wait_started_blocking(timeout=10)
+    del proc
+    eventually(lambda: state(pid) is None, what="the dropped process to exit and be reaped")
+
+
+def test_templates_reap_their_children_at_once() -> None:
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        for i in range(5):
+            with tmpl.fork().send_arg(str(i)).run_blocking("childfuncs:echo_args", timeout=10) as s:
+                recv_all(s)
+        # The children have exited; the template reaped each at once (no zombie lingers until
+        # its next command, unlike AnyEvent::Fork 1.32).
+        eventually(lambda: not children(tmpl_pid), what="the template's children to be reaped")
+
+
+def test_nothing_outlives_a_parent_that_was_killed(tmp_path: object) -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys, anyfork
+        tmpl = anyfork.new().require("json")
+        child = tmpl.fork()
+        exec_proc = anyfork.new_exec()
+        pids = [tmpl.wait_started_blocking(timeout=10), child.wait_started_blocking(timeout=10),
+                exec_proc.pid, anyfork._process._default.pid]
+        print(" ".join(map(str, pids)), flush=True)
+        sys.stdin.read()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 4
+        proc.kill()
+    finally:
+        proc.wait(10)
+        if proc.stdin:
+            proc.stdin.close()
+        if proc.stdout:
+            proc.stdout.close()
+    for pid in pids:
+        eventually(lambda pid=pid: not alive(pid), what=f"orphaned pid {pid} to exit")
