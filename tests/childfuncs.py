@@ -96,4 +96,4 @@ def adopt_and_run(sock, handed):
             break
         chunks.append(chunk)
     inner.close()
-    sock.sendall(b"".join(chunks) + b"\npid=%d" % proc.pid)
+    sock.sendall(b"".join(chunks) + f"\npid={proc.pid}".encode())

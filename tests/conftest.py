@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import children, eventually, open_fds
 
 from anyfork import _process, _reaper
+from helpers import children, eventually, open_fds
 
 
 def _persistent() -> tuple[set[int], set[int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -63,7 +64,7 @@ def open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
-def recv_exactly(sock, n: int, timeout: float = 10.0) -> bytes:
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
     """Read exactly ``n`` bytes from a socket with a deadline."""
     sock.settimeout(timeout)
     data = b""
@@ -75,10 +76,10 @@ def recv_exactly(sock, n: int, timeout: float = 10.0) -> bytes:
     return data
 
 
-def recv_all(sock, timeout: float = 10.0) -> bytes:
+def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
     """Read until EOF with a deadline."""
     sock.settimeout(timeout)
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = sock.recv(65536)
         if not chunk:

@@ -10,10 +10,14 @@ import sys
 import textwrap
 
 import pytest
-from helpers import alive, children, eventually, recv_all, state
 
 import anyfork
 from anyfork import _process, _reaper
+from helpers import alive, children, eventually, recv_all, state
+
+def wait_gone(pid: int) -> None:
+    eventually(lambda: not alive(pid), what=f"pid {pid} to exit")
+
 
 # -- errors that surface at once, in the call that got the bad input ----------------------------
 
@@ -89,11 +93,14 @@ def test_use_after_run_or_close_is_a_clear_error() -> None:
 @pytest.mark.parametrize("blocking", [True, False])
 def test_unimportable_module_raises_module_not_found_at_run(blocking: bool) -> None:
     proc = anyfork.new().require("os", "no_such_module_here")
-    with pytest.raises(ModuleNotFoundError, match="no_such_module_here") as info:
+
+    def run() -> object:
         if blocking:
-            proc.run_blocking("childfuncs:echo_args", timeout=10)
-        else:
-            asyncio.run(proc.run("childfuncs:echo_args", timeout=10))
+            return proc.run_blocking("childfuncs:echo_args", timeout=10)
+        return asyncio.run(proc.run("childfuncs:echo_args", timeout=10))
+
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_here") as info:
+        run()
     assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
     assert "no_such_module_here" in str(info.value.__cause__)
     assert "in require of process pid" in str(info.value)
@@ -179,7 +186,8 @@ def test_template_killed_with_forks_queued_never_hangs() -> None:
 def test_default_template_is_recreated_transparently() -> None:
     anyfork.new().close()
     old = _process._default
-    assert old is not None and old.pid is not None
+    assert old is not None
+    assert old.pid is not None
     os.kill(old.pid, signal.SIGKILL)
     eventually(lambda: _reaper.returncode(old.pid) is not None, what="the template to be reaped")  # type: ignore[arg-type]
     with anyfork.new().send_arg("x").run_blocking("childfuncs:echo_args", timeout=10) as s:
@@ -217,8 +225,10 @@ def test_run_timeout_and_the_child_goes_away() -> None:
     r, w = os.pipe()
     try:
         # The eval blocks until we write to the pipe: run cannot complete in time.
-        proc = anyfork.new().send_fh(r).eval(
-            "import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)"
+        proc = (
+            anyfork.new()
+            .send_fh(r)
+            .eval("import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)")
         )
         with pytest.raises(TimeoutError):
             proc.run_blocking("childfuncs:echo_args", timeout=0.2)
@@ -235,8 +245,10 @@ def test_run_cancellation_closes_our_end() -> None:
     r, w = os.pipe()
 
     async def main() -> int:
-        proc = anyfork.new().send_fh(r).eval(
-            "import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)"
+        proc = (
+            anyfork.new()
+            .send_fh(r)
+            .eval("import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)")
         )
         pid = await proc.wait_started(timeout=10)
         task = asyncio.ensure_future(proc.run("childfuncs:echo_args"))
@@ -267,7 +279,7 @@ def test_process_exits_when_its_creator_closes_the_socket() -> None:
     for proc in (tmpl, child, exec_proc):
         proc.close()
     for pid in pids:
-        eventually(lambda pid=pid: not alive(pid), what=f"pid {pid} to exit")
+        wait_gone(pid)
 
 
 def test_dropping_the_last_reference_closes_it() -> None:
@@ -314,9 +326,8 @@ def test_nothing_outlives_a_parent_that_was_killed(tmp_path: object) -> None:
         proc.kill()
     finally:
         proc.wait(10)
-        if proc.stdin:
-            proc.stdin.close()
-        if proc.stdout:
-            proc.stdout.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
     for pid in pids:
-        eventually(lambda pid=pid: not alive(pid), what=f"orphaned pid {pid} to exit")
+        wait_gone(pid)

@@ -13,10 +13,10 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from helpers import children, eventually, recv_all, state
 
 import anyfork
 from anyfork import _process
+from helpers import eventually, recv_all, state
 
 T = TypeVar("T")
 
@@ -102,7 +102,10 @@ def test_take_args_in_eval_clears_them() -> None:
     try:
         proc = anyfork.new().send_arg("kept-by-eval").send_fh(w)
         proc.eval("import anyfork.worker\ntaken = anyfork.worker.take_args()")
-        proc.eval("def show(sock, *a):\n    sock.sendall(repr((taken[0], type(taken[1]).__name__, a)).encode())")
+        proc.eval(
+            "def show(sock, *a):\n"
+            "    sock.sendall(repr((taken[0], type(taken[1]).__name__, a)).encode())"
+        )
         proc.send_arg("after")
         with proc.run_blocking("show", timeout=10) as sock:
             assert recv_all(sock) == b"('kept-by-eval', 'FileIO', ('after',))"
@@ -122,7 +125,11 @@ def test_fork_clones_args_and_fds_and_the_template_keeps_them() -> None:
         with tmpl:
             outs = []
             for name in ("c1", "c2", "c3"):
-                with tmpl.fork().send_arg(name).run_blocking("childfuncs:write_to_fds", timeout=10) as s:
+                with (
+                    tmpl.fork()
+                    .send_arg(name)
+                    .run_blocking("childfuncs:write_to_fds", timeout=10) as s
+                ):
                     outs.append(recv_all(s))
         assert outs == [b"str,FileIO,bytes,str"] * 3
         data = b""

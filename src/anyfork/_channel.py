@@ -233,7 +233,9 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
             ready = True
             if wait.chan.sock is not None:
                 poller = select.poll()
-                poller.register(wait.chan.fd, select.POLLIN if wait.kind == READ else select.POLLOUT)
+                poller.register(
+                    wait.chan.fd, select.POLLIN if wait.kind == READ else select.POLLOUT
+                )
                 remaining = None if until is None else max(0.0, until - time.monotonic())
                 ready = bool(poller.poll(None if remaining is None else remaining * 1000))
             if not ready and deadline is not None and time.monotonic() >= deadline:
@@ -286,4 +288,3 @@ def _earliest(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
     return min(a, b)
-

@@ -23,21 +23,21 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, Union
+from typing import Any, Protocol, TypeVar
 
 from . import _reaper, _spawn, _wire
 from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
 from ._errors import ClosedError, SpawnError, describe_returncode, rebuild
 
-__all__ = ["Process", "new", "new_exec", "new_from_fh", "start_early", "main_template"]
+__all__ = ["Process", "main_template", "new", "new_exec", "new_from_fh", "start_early"]
 
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
-FdLike = Union[int, _HasFileno]
-Func = Union[str, Callable[..., Any]]
+FdLike = int | _HasFileno
+Func = str | Callable[..., Any]
 P = TypeVar("P", bound="Process")
 
 #: How long the error path waits for a template to report how a child died.

@@ -28,7 +28,6 @@ Rules:
 
 from __future__ import annotations
 
-import _signal
 import _socket
 import gc
 import os
@@ -38,8 +37,12 @@ from . import _wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    import signal as _signal  # the same functions; ``signal`` itself would import enum
+    import socket
     from collections.abc import Callable
     from typing import NoReturn
+else:
+    import _signal
 
 _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
 _RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
@@ -333,7 +336,7 @@ def _preload() -> None:
     import traceback  # noqa: F401  # a failing child formats its error without importing
 
 
-def _user_socket(raw: _socket.socket) -> object:
+def _user_socket(raw: _socket.socket) -> socket.socket:
     import socket
 
     return socket.socket(fileno=raw.detach())
@@ -355,7 +358,7 @@ def wrap(fd: int) -> object:
 
     access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
     file_mode = {os.O_RDONLY: "rb", os.O_WRONLY: "wb"}.get(access, "r+b")
-    return open(int(fd), file_mode, buffering=0)  # noqa: SIM115  # ownership passes to the user
+    return open(int(fd), file_mode, buffering=0)  # ownership passes to the user
 
 
 def _restore_signals() -> None:
@@ -378,7 +381,7 @@ def _name(title: str) -> None:
     title = f"af:{title}"[:15]
     setproctitle = sys.modules.get("setproctitle")
     if setproctitle is not None:
-        setproctitle.setproctitle(f"anyfork {title}")  # type: ignore[attr-defined]
+        setproctitle.setproctitle(f"anyfork {title}")
     try:
         with open("/proc/self/comm", "w") as comm:
             comm.write(title)
