@@ -331,3 +331,26 @@ def test_nothing_outlives_a_parent_that_was_killed(tmp_path: object) -> None:
                 pipe.close()
     for pid in pids:
         wait_gone(pid)
+
+
+def test_processes_dropped_before_they_start_exit_silently() -> None:
+    script = textwrap.dedent(
+        """
+        import anyfork
+        for _ in range(10):
+            anyfork.new().close()
+        tmpl = anyfork.new()
+        tmpl.wait_started_blocking(timeout=10)
+        for _ in range(10):
+            tmpl.fork().close()
+        tmpl.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0
+    assert done.stderr == b""

@@ -85,6 +85,8 @@ class Server:
         payload = _wire.pack_values([stage, cls.__module__, cls.__qualname__, message, text])
         try:
             self.report(_wire.ERROR, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the creator is gone: nobody is left to care
         except OSError:
             sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed:\n{text}")
         _exit(1)
@@ -258,7 +260,10 @@ class Server:
         self._wake_r = -1
         self._poll = None
         _name("anyfork")
-        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        try:
+            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        except (BrokenPipeError, ConnectionResetError):
+            _exit(0)  # dropped by its creator before it even started
 
     def _run(self, ref: str) -> NoReturn:
         func = resolve(ref)
