@@ -1,0 +1,176 @@
+"""anyfork in two minutes: a prefork echo server, and one freshly exec'd process.
+
+Run it with ``make demo`` (or ``.venv/bin/python examples/demo.py``).  It
+
+1. makes a *template*: a small process forked from anyfork's default template that imports the
+   server code once, so that every worker forked from it starts with that code already loaded;
+2. hands the template a listening TCP socket, once: every worker forked afterwards inherits it
+   (the classic prefork idiom, done by passing the fd rather than by forking this program);
+3. forks 4 workers, connects 12 clients and shows which worker answered each and how fast;
+4. stops the workers by closing our end of their sockets, and checks that nothing is left;
+5. starts one process with ``new_exec`` (a fresh interpreter; this program is never forked).
+
+The worker code is in ``demo_workers.py`` next to this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+from demo_workers import serve, whoami
+
+import anyfork
+
+WORKERS = 4
+CLIENTS = 12
+LINES_PER_CLIENT = 3
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
+
+
+def step(what: str, seconds: float) -> None:
+    print(f"  {ms(seconds)}  {what}")
+
+
+async def read_to_eof(sock: socket.socket) -> bytes:
+    """Read what a child sends until it closes its end (it has finished, or exited)."""
+    loop = asyncio.get_running_loop()
+    chunks = []
+    while chunk := await loop.sock_recv(sock, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited and been reaped (or is a zombie nobody will use again)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def wait_gone(pids: list[int], timeout: float = 5.0) -> bool:
+    """Bounded wait for the OS to confirm that processes have gone."""
+    deadline = time.monotonic() + timeout
+    while not all(gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def client(port: int, number: int) -> list[tuple[str, float]]:
+    """Connect, send a few lines, and note which worker echoed each line and how long it took."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for line in range(LINES_PER_CLIENT):
+            start = time.perf_counter()
+            writer.write(f"hello from client {number}, line {line}\n".encode())
+            reply = await asyncio.wait_for(reader.readline(), 10)
+            worker_id, _pid, _echo = reply.decode().split(" ", 2)
+            answers.append((worker_id, time.perf_counter() - start))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return answers
+
+
+async def prefork_server() -> None:
+    print(f"demo pid {os.getpid()}\n")
+    print("1. A template with the server code preloaded")
+    start = time.perf_counter()
+    # new() forks from anyfork's default template (exec'd on first use, then kept); require()
+    # imports our module there once, so the workers forked below never import it themselves.
+    template = anyfork.new().require("demo_workers")
+    template_pid = await template.wait_started(timeout=10)
+    step(
+        f"template pid {template_pid} forked (this first new() also exec'd anyfork's default "
+        f"template)",
+        time.perf_counter() - start,
+    )
+
+    # The listening socket is created here but handed to the template, which keeps it: every
+    # worker forked from the template gets a copy.  Our own copy is not needed after that.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    template.send_fh(listener)  # duplicated at once: closing ours right away is fine
+    listener.close()
+    print(f"\n2. Listening on 127.0.0.1:{port} (the socket now lives in the template only)")
+
+    # Each worker gets (its anyfork socket, the listener, its id): args arrive in the order sent.
+    print(f"\n3. Forking {WORKERS} workers from the template")
+    start = time.perf_counter()
+    procs = [template.fork().send_arg(f"w{i}") for i in range(WORKERS)]
+    socks = await asyncio.gather(*(proc.run(serve, timeout=10) for proc in procs))
+    worker_pids = [pid for pid in (proc.pid for proc in procs) if pid is not None]
+    # The time includes the template's one import of demo_workers, queued before the forks.
+    step(f"{WORKERS} workers running, pids {worker_pids}", time.perf_counter() - start)
+
+    print(f"\n4. {CLIENTS} clients, {LINES_PER_CLIENT} lines each, all at once")
+    start = time.perf_counter()
+    results = await asyncio.gather(*(client(port, n) for n in range(CLIENTS)))
+    step(f"{CLIENTS * LINES_PER_CLIENT} echoes", time.perf_counter() - start)
+    per_worker = collections.Counter(worker for answers in results for worker, _ in answers)
+    latencies = sorted(seconds for answers in results for _, seconds in answers)
+    for worker, count in sorted(per_worker.items()):
+        print(f"             {worker} answered {count:2d} lines")
+    print(
+        f"             round trip: median {ms(statistics.median(latencies)).strip()}, "
+        f"max {ms(latencies[-1]).strip()}"
+    )
+
+    print("\n5. Shutting down")
+    start = time.perf_counter()
+    # Half-close our end of each worker's socket: the worker sees EOF and returns, and when its
+    # process exits we see EOF in turn.  That is the whole shutdown protocol.
+    for sock in socks:
+        sock.shutdown(socket.SHUT_WR)
+    await asyncio.gather(*(read_to_eof(sock) for sock in socks))
+    for sock in socks:
+        sock.close()
+    # The template exits when we close it; it has reaped its workers.  (anyfork's default
+    # template stays, for the next new(), and exits with this program.)
+    template.close()
+    all_gone = await wait_gone([*worker_pids, template_pid])
+    step(
+        "workers and template exited" if all_gone else "SOME PROCESSES ARE STILL RUNNING",
+        time.perf_counter() - start,
+    )
+
+
+async def exec_one() -> None:
+    print("\n6. One process with new_exec(): a fresh interpreter; this program is not forked")
+    start = time.perf_counter()
+    proc = anyfork.new_exec()
+    with await proc.run(whoami, timeout=10) as sock:
+        facts = json.loads(await read_to_eof(sock))
+    step(f"pid {facts['pid']} answered", time.perf_counter() - start)
+    print(f"             its parent is pid {facts['ppid']} (this demo is {os.getpid()})")
+    print(
+        f"             asyncio imported there: {facts['asyncio_imported']} "
+        f"({facts['modules']} modules loaded, vs {len(sys.modules)} here)"
+    )
+    await wait_gone([facts["pid"]])
+    print(f"             it has exited with code {proc.returncode}")
+
+
+async def main() -> None:
+    began = time.perf_counter()
+    await prefork_server()
+    await exec_one()
+    print(f"\ndone in {ms(time.perf_counter() - began).strip()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
