@@ -61,8 +61,7 @@ class Server:
     """Serves the commands of one creator on one socket, in a single-threaded process."""
 
     def __init__(self, fd: int, owner: int, args: list[object] | None = None):
-        self.sock = _socket.socket(fileno=fd)
-        self.sock.setblocking(True)
+        self.sock = _stream(fd)
         self.owner = owner
         self.args: list[object] = args if args is not None else []
         self.decoder = _wire.Decoder(_wire.COMMANDS)
@@ -228,11 +227,12 @@ class Server:
     def _fork(self, fd: int) -> None:
         if not self.forked:
             _preload()
+            gc.collect()  # once: the heap the children will share starts without garbage
             self._arm_reaper()
             self.forked = True
-        # Collect now so the children start with a clean heap, then freeze: the children's
-        # collector never walks (and so never dirties) the pages they share with us.
-        gc.collect()
+        # Freeze: the children's collector never walks (and so never dirties) the pages they
+        # share with us.  (What is frozen is also never collected here; a template that keeps
+        # creating cyclic garbage between forks should call gc.collect() in its own eval.)
         gc.freeze()
         try:
             pid = os.fork()
@@ -252,8 +252,7 @@ class Server:
         if self._wake_r >= 0:
             os.close(self._wake_r)
         self.sock.close()
-        self.sock = _socket.socket(fileno=fd)
-        self.sock.setblocking(True)
+        self.sock = _stream(fd)
         self.owner = os.getppid()
         self.decoder = _wire.Decoder(_wire.COMMANDS)
         self.forked = False
@@ -336,15 +335,22 @@ def resolve(ref: str) -> Callable[..., object]:
 
 def _preload() -> None:
     """Import, once in the template, every module a forked child needs on its way to ``run``."""
-    import fcntl  # noqa: F401  # _wrap uses it in the child
+    import fcntl  # noqa: F401  # wrap() uses it for every passed fd
     import socket  # noqa: F401  # the function receives a socket.socket
-    import traceback  # noqa: F401  # a failing child formats its error without importing
+    # Not traceback: it costs milliseconds and a bigger template, for the error path only.
+
+
+def _stream(fd: int) -> _socket.socket:
+    # Family and type are known (our socketpair): naming them spares three syscalls of
+    # detection.  The socket is blocking already: blocking-ness is per open file, and the
+    # creator made it blocking.
+    return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
 
 
 def _user_socket(raw: _socket.socket) -> socket.socket:
     import socket
 
-    return socket.socket(fileno=raw.detach())
+    return socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach())
 
 
 def wrap(fd: int) -> object:
@@ -388,10 +394,15 @@ def _name(title: str) -> None:
     if setproctitle is not None:
         setproctitle.setproctitle(f"anyfork {title}")
     try:
-        with open("/proc/self/comm", "w") as comm:
-            comm.write(title)
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, title.encode(errors="replace"))
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def _exit_code(exc: SystemExit) -> int:
