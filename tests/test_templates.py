@@ -37,6 +37,7 @@ def run_script(
     environ = {**os.environ, **(env or {})}
     environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, environ.get("PYTHONPATH", "")) if p)
     environ.pop("ANYFORK_PYTHON", None)
+    environ.pop("PYTHONUNBUFFERED", None)  # the scripts' stdout must be block-buffered
     proc = subprocess.run(
         [python, *flags, str(SCRIPTS / name), *args],
         capture_output=True,
@@ -207,6 +208,7 @@ def test_atexit_handlers_and_buffered_stdout_are_not_repeated(how: str, tmp_path
     proc = run_script("tmpl_exit.py", how, str(log))
     out = result(proc)
     main, tmpl, workers = out["main"], out["template"], out["workers"]
+    assert out["buffered"]  # or the stdout checks below would prove nothing
     # Handlers run at exit: wait until every copy of the program has gone.
     eventually(lambda: not any(alive(p) for p in (tmpl, *workers)), 10, "the template to exit")
 

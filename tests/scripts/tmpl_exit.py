@@ -26,7 +26,9 @@ def log_line(what: str) -> None:
 
 
 atexit.register(log_line, "main-handler")
-sys.stdout.write("buffered-before-template\n")  # stdout is a pipe: this sits in the buffer
+# stdout is a pipe, so (without -u or PYTHONUNBUFFERED) this line sits in the buffer.
+buffered = not (sys.stdout.line_buffering or getattr(sys.stdout, "write_through", True))
+sys.stdout.write("buffered-before-template\n")
 
 
 def worker(sock: socket.socket) -> None:
@@ -43,4 +45,6 @@ else:
     tmpl = anyfork.start_early()
     procs = [anyfork.new(), anyfork.new_exec()]
 workers = [int(tmpl_funcs.read_all(p.run_blocking("worker", timeout=10))) for p in procs]
-tmpl_funcs.emit({"main": os.getpid(), "template": tmpl.pid, "workers": workers})
+tmpl_funcs.emit(
+    {"main": os.getpid(), "template": tmpl.pid, "workers": workers, "buffered": buffered}
+)
