@@ -15,6 +15,7 @@ import anyfork
 from anyfork import _process, _reaper
 from helpers import alive, children, eventually, recv_all, state
 
+
 def wait_gone(pid: int) -> None:
     eventually(lambda: not alive(pid), what=f"pid {pid} to exit")
 
@@ -354,3 +355,22 @@ def test_processes_dropped_before_they_start_exit_silently() -> None:
     )
     assert done.returncode == 0
     assert done.stderr == b""
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        anyfork.WorkerDiedError("died", 12, -9),
+        anyfork.EncodeError("bad value", "child"),
+        anyfork.RemoteError("Custom: boom", "mod.Custom", "Traceback..."),
+        anyfork.SpawnError("no"),
+    ],
+)
+def test_errors_pickle_with_their_attributes(exc: Exception) -> None:
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is type(exc)
+    assert vars(copy) == vars(exc)
+    assert str(copy) == str(exc)
+    assert type(exc).__module__ == "anyfork"

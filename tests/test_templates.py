@@ -106,11 +106,6 @@ def test_early_template_is_a_copy_of_the_program_at_that_moment() -> None:
     assert out["eval"]["ppid"] == out["early_pid"]
 
 
-@pytest.mark.xfail(
-    reason="bug: `import anyfork.early` imports asyncio (anyfork._process -> _channel) before it "
-    "forks, so the early template and every child carry asyncio; the child side should not",
-    strict=True,
-)
 def test_early_template_children_do_not_carry_asyncio() -> None:
     out = result(run_script("tmpl_early.py"))
     assert not out["new"]["asyncio"]

@@ -14,7 +14,6 @@ its waiters, because ``loop.add_reader`` on an fd silently replaces the previous
 
 from __future__ import annotations
 
-import asyncio
 import os
 import select
 import socket
@@ -23,9 +22,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import _wire
+
+if TYPE_CHECKING:
+    # Only drive_async needs asyncio at run time, and imports it there: an early or main
+    # template forked from a program that has not imported asyncio must not carry it.
+    import asyncio
 
 T = TypeVar("T")
 
@@ -248,6 +252,8 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
 
 async def drive_async(op: Op[T], timeout: float | None) -> T:
     """Run a protocol generator to completion on the running event loop."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:

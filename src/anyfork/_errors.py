@@ -25,6 +25,8 @@ import builtins
 import signal as _signal_mod
 import sys
 
+from ._public import publish
+
 __all__ = [
     "AnyforkError",
     "ClosedError",
@@ -60,6 +62,9 @@ class WorkerDiedError(AnyforkError):
         self.pid = pid
         self.returncode = returncode
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.pid, self.returncode))
+
     @property
     def signal(self) -> int | None:
         """The signal that killed the process, if one did."""
@@ -79,6 +84,9 @@ class SerializationError(AnyforkError):
         super().__init__(message)
         self.side = side
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.side))
+
 
 class EncodeError(SerializationError):
     """A value could not be encoded."""
@@ -95,6 +103,9 @@ class RemoteError(AnyforkError):
         super().__init__(message)
         self.type_name = type_name
         self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.type_name, self.remote_traceback))
 
 
 class ClosedError(AnyforkError):
@@ -151,3 +162,6 @@ def add_note(exc: BaseException, note: str) -> None:
     """``BaseException.add_note`` where it exists (3.11+)."""
     if sys.version_info >= (3, 11):
         exc.add_note(note)
+
+
+publish(globals())

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 from . import _reaper, _spawn, _wire
 from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
 from ._errors import ClosedError, SpawnError, describe_returncode, rebuild
+from ._public import publish
 
 __all__ = ["Process", "main_template", "new", "new_exec", "new_from_fh", "start_early"]
 
@@ -577,3 +578,6 @@ def _reset_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_in_child)
+
+
+publish(globals())

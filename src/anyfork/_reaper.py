@@ -29,6 +29,8 @@ def watch(pid: int) -> None:
     """Reap ``pid`` as soon as it exits and remember its return code."""
     with _lock:
         _watched.add(pid)
+        # Pids are recycled: a status remembered for an earlier child with this pid is stale.
+        _status.pop(pid, None)
     _install()
     poll()
 

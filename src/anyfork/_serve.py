@@ -92,6 +92,14 @@ class Server:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def start(self) -> NoReturn:
+        """Report our pid, then serve; a creator already gone means there is nothing to do."""
+        try:
+            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        except (BrokenPipeError, ConnectionResetError):
+            _exit(0)
+        self.serve()
+
     def serve(self) -> NoReturn:
         global current
         current = self
@@ -259,10 +267,7 @@ class Server:
         self._wake_r = -1
         self._poll = None
         _name("anyfork")
-        try:
-            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
-        except (BrokenPipeError, ConnectionResetError):
-            _exit(0)  # dropped by its creator before it even started
+        self.start()  # dropped by its creator before it even started: exits quietly
 
     def _run(self, ref: str) -> NoReturn:
         func = resolve(ref)
@@ -445,10 +450,8 @@ def serve_forked(fd: int, owner: int) -> NoReturn:
     atexit._clear()  # the main program's handlers are not ours to run
     _ignore_interrupts()
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    server = Server(fd, owner)
     _name("anyfork tmpl")
-    server.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
-    server.serve()
+    Server(fd, owner).start()
 
 
 def main() -> NoReturn:
@@ -462,6 +465,4 @@ def main() -> NoReturn:
         )
         os._exit(2)
     _ignore_interrupts()
-    server = Server(int(fd), int(owner))
-    server.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
-    server.serve()
+    Server(int(fd), int(owner)).start()

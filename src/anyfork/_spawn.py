@@ -26,12 +26,17 @@ BOOT = "import sys;sys.path[:]=sys.argv[4:];from anyfork._serve import main;main
 
 def interpreter(python: str | None = None) -> str:
     """The interpreter to exec: ``python``, ``$ANYFORK_PYTHON``, or ``sys.executable``."""
-    exe = python or os.environ.get("ANYFORK_PYTHON") or sys.executable
+    if python:
+        exe, origin = python, "python="
+    elif os.environ.get("ANYFORK_PYTHON"):
+        exe, origin = os.environ["ANYFORK_PYTHON"], "$ANYFORK_PYTHON"
+    else:
+        exe, origin = sys.executable, "sys.executable"
     if not exe or not os.access(exe, os.X_OK):
         raise SpawnError(
-            f"no Python interpreter to exec (sys.executable is {sys.executable!r}); pass "
-            f"python=..., set ANYFORK_PYTHON, or create an early template with "
-            f"anyfork.start_early() so that nothing needs to be exec'd"
+            f"no Python interpreter to exec: {origin} is {exe!r}; pass python=..., set "
+            f"ANYFORK_PYTHON, or create an early template with anyfork.start_early() so that "
+            f"nothing needs to be exec'd"
         )
     return exe
 

@@ -130,6 +130,8 @@ def unpack_strings(payload: bytes) -> list[str]:
 
 def unpack_ints(data: bytes) -> tuple[int, ...]:
     """Native C ints, as SCM_RIGHTS carries them."""
+    if len(data) % 4:
+        raise WireError(f"{len(data)} bytes are not a whole number of ints")
     return struct.unpack(f"{len(data) // 4}i", data)
 
 
