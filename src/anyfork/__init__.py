@@ -29,6 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._process import new_exec as new_exec
     from ._process import new_from_fh as new_from_fh
     from ._process import start_early as start_early
+    from ._rpc import BlockingClient as BlockingClient
+    from ._rpc import Client as Client
+    from ._rpc import Serializer as Serializer
+    from ._rpc import rpc as rpc
+    from ._rpc import rpc_blocking as rpc_blocking
 
 __version__ = "0.1.0"
 
@@ -49,6 +54,11 @@ _LAZY = {
     "new_exec": "_process",
     "new_from_fh": "_process",
     "start_early": "_process",
+    "BlockingClient": "_rpc",
+    "Client": "_rpc",
+    "Serializer": "_rpc",
+    "rpc": "_rpc",
+    "rpc_blocking": "_rpc",
 }
 
 __all__ = sorted(_LAZY)

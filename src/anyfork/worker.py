@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from . import _serve
 
-__all__ = ["take_args"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+__all__ = ["event", "flush", "take_args"]
+
+#: The running RPC server (``_rpc_server``), while it serves calls.
+_sink: Any = None
 
 
 def take_args() -> list[object]:
@@ -23,3 +30,37 @@ def take_args() -> list[object]:
         raise RuntimeError("take_args() works only in an anyfork process, before run")
     args, server.args = server.args, []
     return [_serve.wrap(a) if type(a) is _serve.Fd else a for a in args]
+
+
+def event(*args: object) -> None:
+    """Send an event to the parent's ``on_event(*args)`` (only inside an RPC worker).
+
+    Events and results reach the parent in exactly the order this worker produced them, so a
+    call can stream partial results before its final one::
+
+        def work(items):
+            for i, item in enumerate(items):
+                process(item)
+                anyfork.worker.event("progress", i + 1, len(items))
+            return "done"
+
+    The parent's ``on_event`` sees every ``("progress", ...)`` of a call before that call's
+    result is returned to it.  The arguments go through the RPC serialiser (with ``"bytes"`` or
+    ``"str"``: exactly one such value).  The sync backend writes at once; the async backend
+    buffers behind its event loop (``flush()`` before ``os._exit``).  Not available in ``init``
+    (the parent is not listening yet): raises ``RuntimeError``.
+    """
+    sink = _sink
+    if sink is None:
+        raise RuntimeError("anyfork.worker.event() works only in an RPC worker, while it serves")
+    sink.event(args)
+
+
+def flush() -> bool:
+    """Write every buffered reply and event now, blocking; ``False`` if the parent cannot take
+    them (it has gone).  The sync backend never buffers: it returns ``True`` at once."""
+    sink = _sink
+    if sink is None:
+        raise RuntimeError("anyfork.worker.flush() works only in an RPC worker, while it serves")
+    result: bool = sink.flush()
+    return result

@@ -1,0 +1,293 @@
+"""The RPC wire format, sans-IO, shared by the parent (``_rpc``) and the child (``_rpc_server``).
+
+Imported into every RPC worker, so it imports nothing but ``struct`` (annotations are strings).
+
+Frame::
+
+    +----------+------------------+---------------------+-------------------+
+    | kind: u8 | call id: u32 (BE)| length: u32 (BE)    | payload (length)  |
+    +----------+------------------+---------------------+-------------------+
+
+Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CANCEL`` (id, empty; the async
+backend cancels the call's task, the sync backend ignores it).
+
+Child -> parent: ``READY`` (id 0, payload u32 version + u32 pid; the first frame, sent once the
+function is resolved and ``init`` has run), ``FAILED`` (id 0, an error record: start-up failed,
+nothing follows), ``OK`` (id, serialised result), ``ERROR`` (id, an error record), ``CANCELLED``
+(id, empty: the call was cancelled before it produced a result), ``EVENT`` (id 0, serialised
+event arguments).  Frames are written in the order the child produced them; that is the only
+ordering guarantee, and the parent delivers events and results in exactly that order.
+
+The configuration travels before the server starts, as the last ``send_arg`` string
+(``pack_config``); it carries ``VERSION``, and the child refuses another version at start-up.
+
+Rule 1: nothing here touches a socket, a clock or the filesystem.
+Rule 2: every decoding error is ``RpcWireError``; the caller decides what it means.
+"""
+
+from __future__ import annotations
+
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
+    from collections.abc import Sequence
+
+#: Bumped whenever a frame or the configuration changes meaning.
+VERSION = 1
+
+HEADER = struct.Struct(">BII")
+HEADER_SIZE = HEADER.size
+U32 = struct.Struct(">I")
+READY_PAYLOAD = struct.Struct(">II")
+
+# Parent -> child.
+CALL = ord("C")
+CANCEL = ord("X")
+# Child -> parent.
+READY = ord("Y")
+FAILED = ord("F")
+OK = ord("O")
+ERROR = ord("E")
+CANCELLED = ord("N")
+EVENT = ord("V")
+
+TO_CHILD = frozenset((CALL, CANCEL))
+TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT))
+
+MAX_PAYLOAD = 0xFFFFFFFF
+MAX_ID = 0xFFFFFFFF
+
+_CONFIG_MAGIC = "anyfork.rpc"
+_SEP = "\x00"
+
+
+class RpcWireError(Exception):
+    """Bytes that are not a valid RPC frame or record (a bug, or a corrupted stream)."""
+
+
+def header(kind: int, call_id: int, length: int) -> bytes:
+    """Encode a frame header; the payload follows it (write both, or ``frame`` them)."""
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"a payload of {length} bytes exceeds the 4 GiB frame limit")
+    return HEADER.pack(kind, call_id, length)
+
+
+def frame(kind: int, call_id: int = 0, payload: bytes = b"") -> bytes:
+    """Encode one complete frame."""
+    return header(kind, call_id, len(payload)) + payload
+
+
+def ready_payload(pid: int) -> bytes:
+    return READY_PAYLOAD.pack(VERSION, pid)
+
+
+def parse_ready(payload: bytes) -> tuple[int, int]:
+    """``(version, pid)`` from a ``READY`` payload."""
+    if len(payload) != READY_PAYLOAD.size:
+        raise RpcWireError(f"READY payload of {len(payload)} bytes")
+    version, pid = READY_PAYLOAD.unpack(payload)
+    return int(version), int(pid)
+
+
+def pack_fields(fields: Sequence[bytes]) -> bytes:
+    """Length-prefixed byte strings (error records)."""
+    parts: list[bytes] = []
+    for item in fields:
+        parts.append(U32.pack(len(item)))
+        parts.append(bytes(item))
+    return b"".join(parts)
+
+
+def unpack_fields(data: bytes | bytearray | memoryview) -> list[bytes]:
+    view = memoryview(data)
+    out: list[bytes] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        if end - pos < U32.size:
+            raise RpcWireError("truncated field header")
+        (size,) = U32.unpack_from(view, pos)
+        pos += U32.size
+        if end - pos < size:
+            raise RpcWireError("truncated field")
+        out.append(bytes(view[pos : pos + size]))
+        pos += size
+    return out
+
+
+def pack_error(pickled: bytes, module: str, qualname: str, message: str, tb: str) -> bytes:
+    """An error record: the pickled exception (or ``b""``), its type, message and traceback."""
+    texts = [s.encode("utf-8", "replace") for s in (module, qualname, message, tb)]
+    return pack_fields([pickled, *texts])
+
+
+def unpack_error(data: bytes | bytearray | memoryview) -> tuple[bytes, str, str, str, str]:
+    fields = unpack_fields(data)
+    if len(fields) != 5:
+        raise RpcWireError(f"an error record has 5 fields, not {len(fields)}")
+    pickled, module, qualname, message, tb = fields
+    return (
+        pickled,
+        module.decode("utf-8", "replace"),
+        qualname.decode("utf-8", "replace"),
+        message.decode("utf-8", "replace"),
+        tb.decode("utf-8", "replace"),
+    )
+
+
+def pack_config(
+    func: str,
+    backend: str,
+    serializer: str,
+    init: str,
+    concurrency: int,
+    version: int = VERSION,
+) -> str:
+    """The configuration string the parent sends as the server's last argument."""
+    items = [_CONFIG_MAGIC, str(version), func, backend, serializer, init, str(concurrency)]
+    for item in items:
+        if _SEP in item:
+            raise ValueError(f"configuration values cannot contain NUL: {item!r}")
+    return _SEP.join(items)
+
+
+def parse_config(text: object) -> tuple[int, str, str, str, str, int]:
+    """``(version, func, backend, serializer, init, concurrency)``; the version is *not* checked
+    here, so that the caller can report a mismatch in words."""
+    if not isinstance(text, str):
+        raise RpcWireError("the last argument is not an RPC configuration (use anyfork.rpc)")
+    items = text.split(_SEP)
+    if len(items) < 2 or items[0] != _CONFIG_MAGIC:
+        raise RpcWireError("the last argument is not an RPC configuration (use anyfork.rpc)")
+    try:
+        version = int(items[1])
+    except ValueError:
+        raise RpcWireError(f"bad RPC protocol version {items[1]!r}") from None
+    if version != VERSION:
+        return version, "", "", "", "", 0
+    if len(items) != 7:
+        raise RpcWireError(f"an RPC configuration has 7 items, not {len(items)}")
+    _, _, func, backend, serializer, init, concurrency = items
+    try:
+        limit = int(concurrency)
+    except ValueError:
+        raise RpcWireError(f"bad concurrency {concurrency!r}") from None
+    return version, func, backend, serializer, init, limit
+
+
+class Decoder:
+    """Turns a byte stream into ``(kind, call_id, payload)`` frames, h11-style.
+
+    It is driven the way ``asyncio.BufferedProtocol`` is: ``get_buffer()`` returns a writable
+    memoryview to read into, ``buffer_updated(n)`` says how many bytes landed there, and
+    ``next_frame()`` pops complete frames (``None`` if more bytes are needed).  ``feed(data)`` does
+    the same for bytes already read.  ``feed_eof()`` marks the end; a partial frame there is an
+    ``RpcWireError``.
+
+    Small frames are parsed out of one reusable buffer, so one read can carry many of them.  A
+    frame too big for that buffer gets a buffer of its own, of exactly its size, and the reads
+    land in it directly: a payload of tens of MiB is copied once, by the kernel.  Payloads come
+    out as ``bytes`` (small) or that ``bytearray`` (big); both are owned by the caller.
+    """
+
+    def __init__(
+        self, allowed: frozenset[int], max_payload: int = MAX_PAYLOAD, size: int = 1 << 16
+    ):
+        self._allowed = allowed
+        self._max_payload = max_payload
+        self._buf = bytearray(size)
+        self._start = 0
+        self._end = 0
+        self._big: bytearray | None = None
+        self._big_fill = 0
+        self._big_kind = 0
+        self._big_id = 0
+        self._frames: list[tuple[int, int, bytes | bytearray]] = []
+        self._next = 0
+        self.eof = False
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read should land (never empty)."""
+        if self._big is not None:
+            return memoryview(self._big)[self._big_fill :]
+        if self._end == len(self._buf):
+            self._compact()
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``get_buffer()``."""
+        if nbytes <= 0:
+            return
+        if self._big is not None:
+            self._big_fill += nbytes
+            if self._big_fill == len(self._big):
+                self._frames.append((self._big_kind, self._big_id, self._big))
+                self._big = None
+            return
+        self._end += nbytes
+        self._parse()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer bytes already read (``b""`` is not EOF here: call ``feed_eof``)."""
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            buf = self.get_buffer()
+            n = min(len(buf), len(view) - pos)
+            buf[:n] = view[pos : pos + n]
+            buf.release()
+            self.buffer_updated(n)
+            pos += n
+
+    def feed_eof(self) -> None:
+        self.eof = True
+
+    def next_frame(self) -> tuple[int, int, bytes | bytearray] | None:
+        """The next complete frame, or ``None``; raises ``RpcWireError`` at a truncated EOF."""
+        if self._next < len(self._frames):
+            item = self._frames[self._next]
+            self._next += 1
+            if self._next == len(self._frames):
+                self._frames.clear()
+                self._next = 0
+            return item
+        if self.eof and (self._big is not None or self._end > self._start):
+            raise RpcWireError("EOF in the middle of a frame")
+        return None
+
+    def at_boundary(self) -> bool:
+        """No partial frame is buffered."""
+        return self._big is None and self._end == self._start
+
+    def _compact(self) -> None:
+        if self._start:
+            size = self._end - self._start
+            self._buf[:size] = self._buf[self._start : self._end]
+            self._start, self._end = 0, size
+
+    def _parse(self) -> None:
+        buf = self._buf
+        while self._end - self._start >= HEADER_SIZE:
+            kind, call_id, length = HEADER.unpack_from(buf, self._start)
+            if kind not in self._allowed:
+                raise RpcWireError(f"unexpected frame kind {kind:#x}")
+            if length > self._max_payload:
+                raise RpcWireError(f"frame of {length} bytes exceeds the limit")
+            body = self._start + HEADER_SIZE
+            have = self._end - body
+            if have >= length:
+                self._frames.append((kind, call_id, bytes(buf[body : body + length])))
+                self._start = body + length
+                continue
+            if HEADER_SIZE + length > len(buf):
+                big = bytearray(length)
+                big[:have] = buf[body : self._end]
+                self._big, self._big_fill = big, have
+                self._big_kind, self._big_id = kind, call_id
+                self._start = self._end = 0
+                return
+            if body + length > len(buf):
+                self._compact()
+            return
+        if self._start == self._end:
+            self._start = self._end = 0

@@ -1,0 +1,334 @@
+"""Serialisers for RPC: how calls, results and events become bytes.  Both sides build the same one.
+
+Built in (by name):
+
+``"pickle"`` (default)
+    ``pickle`` protocol 5.  Large buffers (``bytearray``, numpy arrays, anything exposing a
+    contiguous ``PickleBuffer`` of 64 KiB or more) travel out of band: they are not copied into
+    the pickle stream, and on the receiving side they are rebuilt as views of the received frame.
+``"cloudpickle"``
+    Like pickle, but lambdas and closures travel too (needs the ``cloudpickle`` package on both
+    sides; results are loaded with plain ``pickle``).
+``"json"``
+    ``json``; tuples arrive as lists, dict keys must be strings.
+``"msgpack"``
+    ``msgpack`` (needs the package on both sides), ``use_bin_type=True``.
+``"bytes"`` / ``"str"``
+    Raw: a call takes exactly one ``bytes`` (or ``str``) argument and no keyword arguments, a
+    result is one such value, an event carries one such value.  The fastest choice.
+
+**User serialisers**: name an object as ``"module:attr"`` (importable in the child too).  The
+object needs two methods::
+
+    dumps(obj) -> bytes           # raise anything on failure: it becomes an EncodeError
+    loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
+
+A call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
+event as ``dumps(list_of_args)``, so it must handle lists and str-keyed dicts.  Any object with
+those two methods qualifies, a module with two such functions included (``"mymod:codec"`` where
+``codec`` is that module, imported into ``mymod``).
+
+Exceptions raised by the RPC function always travel with ``pickle``, whatever the serialiser.
+
+This module runs in every worker: stdlib only, and ``json``/``msgpack``/``cloudpickle`` are
+imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
+    Chunks = list[bytes | bytearray | memoryview]
+    Buffer = bytes | bytearray | memoryview
+
+__all__ = ["BUILTIN", "Codec", "get"]
+
+BUILTIN = ("pickle", "cloudpickle", "json", "msgpack", "bytes", "str")
+
+#: Buffers at least this big travel out of band with the pickle serialiser.
+OOB_THRESHOLD = 64 << 10
+
+_COUNT = struct.Struct(">I")
+_SIZE = struct.Struct(">Q")
+
+
+class Codec:
+    """The serialiser as the RPC layer uses it (both sides).
+
+    ``dump_*`` return a list of buffers whose concatenation is the payload (so big buffers are
+    written without being joined); ``load_*`` take the payload.  Failures raise whatever the
+    underlying library raises; the caller turns them into ``EncodeError``/``DecodeError``.
+    """
+
+    name = ""
+
+    def dump_value(self, value: Any) -> Chunks:
+        raise NotImplementedError
+
+    def load_value(self, data: Buffer) -> Any:
+        raise NotImplementedError
+
+    def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
+        return self.dump_value([list(args), kwargs])
+
+    def load_call(self, data: Buffer) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        value = self.load_value(data)
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not isinstance(value[0], (list, tuple))
+            or not isinstance(value[1], dict)
+        ):
+            raise ValueError("a call payload is [args, kwargs]")
+        return tuple(value[0]), value[1]
+
+    def dump_event(self, args: tuple[Any, ...]) -> Chunks:
+        return self.dump_value(list(args))
+
+    def load_event(self, data: Buffer) -> tuple[Any, ...]:
+        value = self.load_value(data)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("an event payload is a list of arguments")
+        return tuple(value)
+
+
+class _Pickle(Codec):
+    """Protocol 5 with out-of-band buffers.
+
+    Payload: u32 n, n x u64 buffer sizes, the pickle stream, then the n buffers.
+    """
+
+    name = "pickle"
+
+    def dump_value(self, value: Any) -> Chunks:
+        buffers: list[memoryview] = []
+
+        def keep(buf: pickle.PickleBuffer) -> bool:
+            try:
+                raw = buf.raw()
+            except BufferError:  # not contiguous: in band
+                return True
+            if raw.nbytes < OOB_THRESHOLD:
+                return True
+            buffers.append(raw)
+            return False
+
+        if _has_big_bytes(value, 3):
+            # bytes and bytearray pickle in band (and pickle never offers them to a
+            # reducer_override): wrap the big ones, in shallow copies of their containers.
+            value = _wrap_big_bytes(value, 3)
+        stream = pickle.dumps(value, protocol=5, buffer_callback=keep)
+        head = [_COUNT.pack(len(buffers))]
+        head.extend(_SIZE.pack(b.nbytes) for b in buffers)
+        chunks: Chunks = [b"".join(head), stream]
+        chunks.extend(buffers)
+        return chunks
+
+    def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
+        return self.dump_value((args, kwargs))
+
+    def dump_event(self, args: tuple[Any, ...]) -> Chunks:
+        return self.dump_value(args)
+
+    def load_value(self, data: Buffer) -> Any:
+        view = memoryview(data)
+        (count,) = _COUNT.unpack_from(view, 0)
+        pos = _COUNT.size
+        sizes = [_SIZE.unpack_from(view, pos + i * _SIZE.size)[0] for i in range(count)]
+        pos += count * _SIZE.size
+        total = sum(sizes)
+        end = len(view) - total
+        if end < pos:
+            raise ValueError("truncated pickle payload")
+        buffers = []
+        at = end
+        for size in sizes:
+            buffers.append(view[at : at + size])
+            at += size
+        return pickle.loads(view[pos:end], buffers=buffers)
+
+
+def _has_big_bytes(value: Any, depth: int) -> bool:
+    """A shallow look for big ``bytes``/``bytearray`` (in containers up to ``depth`` deep)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value) >= OOB_THRESHOLD
+    if depth and (kind is tuple or kind is list):
+        return any(_has_big_bytes(v, depth - 1) for v in value)
+    if depth and kind is dict:
+        return any(_has_big_bytes(v, depth - 1) for v in value.values())
+    return False
+
+
+def _bytes_from(buf: Any) -> bytes:
+    return bytes(buf)
+
+
+def _bytearray_from(buf: Any) -> bytearray:
+    return bytearray(buf)
+
+
+class _BigBytes:
+    """Pickles a big ``bytes``/``bytearray`` as an out-of-band buffer; loads as the original type
+    (one copy, made by the receiver)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: bytes | bytearray):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        maker = _bytes_from if type(self.obj) is bytes else _bytearray_from
+        return maker, (pickle.PickleBuffer(self.obj),)
+
+
+def _wrap_big_bytes(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return _BigBytes(value) if len(value) >= OOB_THRESHOLD else value
+    if depth and kind is tuple:
+        return tuple(_wrap_big_bytes(v, depth - 1) for v in value)
+    if depth and kind is list:
+        return [_wrap_big_bytes(v, depth - 1) for v in value]
+    if depth and kind is dict:
+        return {k: _wrap_big_bytes(v, depth - 1) for k, v in value.items()}
+    return value
+
+
+class _CloudPickle(_Pickle):
+    name = "cloudpickle"
+
+    def __init__(self) -> None:
+        import cloudpickle
+
+        self._cloud = cloudpickle
+
+    def dump_value(self, value: Any) -> Chunks:
+        return [_COUNT.pack(0), self._cloud.dumps(value, protocol=5)]
+
+
+class _Objects(Codec):
+    """Any ``dumps``/``loads`` pair (json, msgpack, user serialisers)."""
+
+    def __init__(self, name: str, dumps: Any, loads: Any) -> None:
+        self.name = name
+        self._dumps = dumps
+        self._loads = loads
+
+    def dump_value(self, value: Any) -> Chunks:
+        data = self._dumps(value)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"serialiser {self.name!r} returned {type(data).__name__}, not bytes")
+        return [data]
+
+    def load_value(self, data: Buffer) -> Any:
+        return self._loads(bytes(data))
+
+
+class _Raw(Codec):
+    """One ``bytes`` (or ``str``) value per call, result and event; no framing of its own."""
+
+    def __init__(self, kind: type) -> None:
+        self._kind = kind
+        self.name = kind.__name__
+
+    def dump_value(self, value: Any) -> Chunks:
+        if type(value) is not self._kind and not (
+            self._kind is bytes and isinstance(value, (bytes, bytearray, memoryview))
+        ):
+            raise TypeError(
+                f"the {self.name!r} serialiser carries exactly one {self.name} value, "
+                f"not {type(value).__name__}"
+            )
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return [value]
+        return [str(value).encode("utf-8", "surrogatepass")]
+
+    def load_value(self, data: Buffer) -> Any:
+        raw = bytes(data)
+        if self._kind is str:
+            return raw.decode("utf-8", "surrogatepass")
+        return raw
+
+    def _one(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+        if len(args) != 1 or kwargs:
+            raise TypeError(
+                f"the {self.name!r} serialiser carries exactly one {self.name} argument, "
+                f"got {len(args)} positional and {len(kwargs or ())} keyword arguments"
+            )
+        return args[0]
+
+    def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
+        return self.dump_value(self._one(args, kwargs))
+
+    def load_call(self, data: Buffer) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.load_value(data),), {}
+
+    def dump_event(self, args: tuple[Any, ...]) -> Chunks:
+        return self.dump_value(self._one(args))
+
+    def load_event(self, data: Buffer) -> tuple[Any, ...]:
+        return (self.load_value(data),)
+
+
+def _json() -> Codec:
+    import json
+
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), allow_nan=True).encode()
+
+    return _Objects("json", dumps, json.loads)
+
+
+def _msgpack() -> Codec:
+    import msgpack
+
+    def dumps(value: Any) -> bytes:
+        data: bytes = msgpack.packb(value, use_bin_type=True)
+        return data
+
+    def loads(data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+    return _Objects("msgpack", dumps, loads)
+
+
+def get(name: str) -> Codec:
+    """Build the codec called ``name``; ``ImportError`` names a missing optional package,
+    ``ValueError`` an unknown name or a bad user serialiser."""
+    if name == "pickle":
+        return _Pickle()
+    if name == "json":
+        return _json()
+    if name == "bytes":
+        return _Raw(bytes)
+    if name == "str":
+        return _Raw(str)
+    if name in ("msgpack", "cloudpickle"):
+        try:
+            return _msgpack() if name == "msgpack" else _CloudPickle()
+        except ImportError:
+            raise ImportError(
+                f"the {name!r} serialiser needs the {name} package (pip install {name}, or "
+                f"anyfork[fast]) in both the parent and the worker"
+            ) from None
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"unknown serialiser {name!r}: use one of {', '.join(BUILTIN)} or 'module:attr'"
+        )
+    import importlib
+
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    dumps = getattr(obj, "dumps", None)
+    loads = getattr(obj, "loads", None)
+    if not callable(dumps) or not callable(loads):
+        raise ValueError(f"serialiser {name!r} needs callable dumps() and loads()")
+    return _Objects(name, dumps, loads)

@@ -1,0 +1,198 @@
+"""Functions the RPC tests serve in child processes.  Stdlib only, cheap to import."""
+
+from __future__ import annotations
+
+import os
+import select
+import sys
+from typing import Any
+
+import anyfork.worker
+
+
+def add(a: Any, b: Any = 0) -> Any:
+    return a + b
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return list(args), kwargs
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+def upper(x: Any) -> Any:
+    return x.upper()
+
+
+def progress(i: int, n: int) -> int:
+    """Stream ``n`` progress events, then return ``i``."""
+    for k in range(n):
+        anyfork.worker.event("progress", i, k)
+    return i
+
+
+class CustomError(Exception):
+    """Picklable: the parent rebuilds it as itself."""
+
+
+class Unrebuildable(Exception):
+    """Pickles, but cannot be unpickled (its __init__ needs two arguments)."""
+
+    def __init__(self, a: Any, b: Any):
+        super().__init__(f"{a}/{b}")
+
+
+def boom(kind: str, msg: str) -> None:
+    if kind == "value":
+        raise ValueError(msg)
+    if kind == "custom":
+        raise CustomError(msg)
+    raise Unrebuildable(msg, "x")
+
+
+def unpicklable_result() -> Any:
+    return lambda: None
+
+
+def block(tag: str) -> None:
+    """Tell the parent we are running (an event), then block for good."""
+    anyfork.worker.event("blocked", tag, os.getpid())
+    select.select([], [], [])
+
+
+def exit_now(how: str, code: int = 0) -> None:
+    anyfork.worker.event("exiting", how)
+    if how == "os._exit":
+        os._exit(code)
+    if how == "sys.exit":
+        sys.exit(code)
+    if how == "segfault":
+        import faulthandler
+
+        faulthandler.disable()  # no crash report on the test's stderr
+        faulthandler._sigsegv()  # type: ignore[attr-defined]
+
+
+def init_fail(*args: Any) -> None:
+    raise CustomError(f"init failed with {len(args)} args")
+
+
+_init_args: list[Any] = []
+
+
+def init_store(*args: Any) -> None:
+    _init_args[:] = args
+
+
+def init_types() -> list[str]:
+    return [repr(a) if isinstance(a, (str, bytes)) else type(a).__name__ for a in _init_args]
+
+
+def event_in_init(*args: Any) -> None:
+    anyfork.worker.event("too early")
+
+
+def worker_facts() -> dict[str, Any]:
+    return {"pid": os.getpid(), "asyncio": "asyncio" in sys.modules}
+
+
+# -- async backend ------------------------------------------------------------------------------
+
+_seq = [0]
+
+
+def _next() -> int:
+    _seq[0] += 1
+    return _seq[0]
+
+
+class _Yield:
+    """Await it to let the other tasks run once (what ``asyncio.sleep(0)`` does)."""
+
+    def __await__(self) -> Any:
+        yield
+
+
+async def aprogress(i: int, n: int) -> tuple[int, int]:
+    """Events and a result stamped with a child-side sequence number; yields to the loop between
+    them so that concurrent calls interleave."""
+    for _ in range(n):
+        anyfork.worker.event("seq", _next())
+        await _Yield()
+    return i, _next()
+
+
+_gate: dict[str, Any] = {"fd": -1, "credits": 0, "waiters": [], "active": 0, "peak": 0}
+
+
+def init_gate(pipe: Any) -> None:
+    """Keep the read end of a pipe: each byte the parent writes releases one ``hold``."""
+    _gate["file"] = pipe
+    _gate["fd"] = pipe.fileno()
+    os.set_blocking(_gate["fd"], False)
+
+
+def _on_gate() -> None:
+    try:
+        data = os.read(_gate["fd"], 64)
+    except BlockingIOError:
+        return
+    for _ in data:
+        if _gate["waiters"]:
+            fut = _gate["waiters"].pop(0)
+            fut.set_result(None)
+        else:
+            _gate["credits"] += 1
+
+
+async def hold(i: int) -> int:
+    """Hold until the parent releases one byte; ``hold(-1)`` returns the peak concurrency."""
+    import asyncio
+
+    if i < 0:
+        return int(_gate["peak"])
+    _gate["active"] += 1
+    _gate["peak"] = max(_gate["peak"], _gate["active"])
+    anyfork.worker.event("started", i)
+    if _gate["credits"]:
+        _gate["credits"] -= 1
+    else:
+        loop = asyncio.get_running_loop()
+        if not _gate.get("reader"):
+            loop.add_reader(_gate["fd"], _on_gate)
+            _gate["reader"] = True
+        fut = loop.create_future()
+        _gate["waiters"].append(fut)
+        await fut
+    _gate["active"] -= 1
+    return i
+
+
+_cancelled = [0]
+
+
+async def wait_forever(tag: str) -> None:
+    import asyncio
+
+    anyfork.worker.event("waiting", tag)
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        _cancelled[0] += 1
+        raise
+
+
+async def cancelled_count() -> int:
+    return _cancelled[0]
+
+
+async def event_flush_exit(code: int) -> None:
+    anyfork.worker.event("bye")
+    assert anyfork.worker.flush() is True
+    os._exit(code)
+
+
+def sync_flush() -> bool:
+    return anyfork.worker.flush()
