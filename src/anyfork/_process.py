@@ -293,6 +293,17 @@ class Process:
         self._poll_reports()
         return self._failure is None
 
+    def _check_exit(self) -> None:
+        """Note a death the OS has already told us about.
+
+        The socket alone can lag: a child the template forked a moment before it died still
+        holds the template's socket until it gets to run and closes it, so for that moment the
+        dead template's socket shows no EOF."""
+        if self._failure is None and self._pid is not None:
+            code = _reaper.known(self._pid) if self._direct else self._known_exit_code()
+            if code is not None:
+                self._failure = self._death(code)
+
     def _raise_if_failed(self) -> None:
         failure = self._failure
         if isinstance(failure, SpawnError):
@@ -324,6 +335,7 @@ class Process:
                 if frame is None:
                     if self._chan.decoder.eof and self._failure is None:
                         self._failure = self._death(None)
+                    self._check_exit()
                     return
                 self._handle(frame)
 

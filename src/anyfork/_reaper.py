@@ -52,6 +52,12 @@ def returncode(pid: int) -> int | None:
         return _status.get(pid)
 
 
+def known(pid: int) -> int | None:
+    """The return code if ``pid`` has been reaped already; no syscall (the SIGCHLD handler and
+    every anyfork call keep it fresh)."""
+    return _status.get(pid)
+
+
 def poll() -> None:
     """Reap every watched child that has exited, without blocking."""
     done: list[tuple[int, int]] = []
