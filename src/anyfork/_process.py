@@ -23,12 +23,15 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from . import _reaper, _spawn, _wire
 from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
 from ._errors import ClosedError, SpawnError, describe_returncode, rebuild
 from ._public import publish
+
+if TYPE_CHECKING:
+    from ._rpc import BlockingClient, Client
 
 __all__ = ["Process", "main_template", "new", "new_exec", "new_from_fh", "start_early"]
 
@@ -241,6 +244,25 @@ class Process:
     def wait_started_blocking(self, *, timeout: float | None = None) -> int:
         """The blocking twin of :meth:`wait_started`."""
         return drive_blocking(self._started_op(), timeout)
+
+    # -- RPC -------------------------------------------------------------------------------
+
+    async def rpc(self, func: Func, **options: Any) -> Client:
+        """Turn this process into an RPC server for ``func`` and return its client:
+        ``client = await anyfork.new().require("mod").rpc("mod:work")``, then
+        ``await client(*args)``.  Options as for :func:`anyfork.rpc` (backend, serializer,
+        init, on_event, on_error, on_close, concurrency, timeout).
+
+        Cancellation: the connection is closed; the worker sees EOF and exits."""
+        from ._rpc import rpc  # the RPC layer (and asyncio) only when it is used
+
+        return await rpc(self, func, **options)
+
+    def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
+        """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
+        from ._rpc import rpc_blocking
+
+        return rpc_blocking(self, func, **options)
 
     # -- lifetime --------------------------------------------------------------------------
 
