@@ -1,0 +1,205 @@
+"""The measured loops: one process per iteration, created, read to its first byte, read to EOF
+and (where it is ours) reaped, strictly one after the other, as in the AnyEvent::Fork docs'
+benchmark.  Each ``*_once`` returns its start-to-first-byte latency in seconds.
+
+Imported by run.py in the bench parent and in the ``--big-parent`` subprocess, and (as part of
+``__mp_main__``) by multiprocessing's spawn and forkserver children, so importing it must stay
+cheap: nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyfork
+from bench import _children
+
+HELLO = "bench._children:hello"
+#: Generous: a single process creation takes milliseconds; this only stops a hung bench.
+TIMEOUT = 10.0
+
+
+@dataclass
+class Sample:
+    """One timed run of a loop."""
+
+    count: int
+    elapsed: float
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "elapsed": self.elapsed, "latencies": self.latencies}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sample:
+        return cls(int(data["count"]), float(data["elapsed"]), list(data["latencies"]))
+
+
+def timed(once: Callable[[], float | None], budget: float, min_count: int = 3) -> Sample:
+    """Call ``once`` until ``budget`` seconds have passed (and at least ``min_count`` times).
+
+    The rate counts whole iterations over the wall time they took, so it includes waiting for
+    each process to exit: what "new processes per second" means for a sequential creator."""
+    once()  # warm-up, untimed: first-use costs (a template's exec, a forkserver's start)
+    latencies: list[float] = []
+    count = 0
+    start = time.perf_counter()
+    while True:
+        lat = once()
+        count += 1
+        if lat is not None:
+            latencies.append(lat)
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget and count >= min_count:
+            return Sample(count, elapsed, latencies)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+# -- anyfork ---------------------------------------------------------------------------------
+
+
+def _drain_blocking(sock: socket.socket, t0: float) -> float:
+    """Read the first byte (timestamped), then to EOF: the child has exited."""
+    try:
+        first = sock.recv(1)
+        lat = time.perf_counter() - t0
+        if first != b"x":
+            raise RuntimeError(f"expected b'x' from the child, got {first!r}")
+        while sock.recv(4096):
+            pass
+    finally:
+        sock.close()
+    return lat
+
+
+def anyfork_new_once() -> float:
+    t0 = time.perf_counter()
+    sock = anyfork.new().run_blocking(HELLO, timeout=TIMEOUT)
+    return _drain_blocking(sock, t0)
+
+
+def anyfork_exec_once() -> float:
+    t0 = time.perf_counter()
+    sock = anyfork.new_exec().run_blocking(HELLO, timeout=TIMEOUT)
+    return _drain_blocking(sock, t0)
+
+
+def anyfork_fork_once(tmpl: anyfork.Process) -> Callable[[], float]:
+    def once() -> float:
+        t0 = time.perf_counter()
+        sock = tmpl.fork().run_blocking(HELLO, timeout=TIMEOUT)
+        return _drain_blocking(sock, t0)
+
+    return once
+
+
+def anyfork_new_async(budget: float, min_count: int = 3) -> Sample:
+    """``await anyfork.new().run(...)`` in a fresh event loop, reading through the loop too."""
+
+    async def once(loop: asyncio.AbstractEventLoop) -> float:
+        t0 = time.perf_counter()
+        sock = await anyfork.new().run(HELLO, timeout=TIMEOUT)
+        try:
+            first = await loop.sock_recv(sock, 1)
+            lat = time.perf_counter() - t0
+            if first != b"x":
+                raise RuntimeError(f"expected b'x' from the child, got {first!r}")
+            while await loop.sock_recv(sock, 4096):
+                pass
+        finally:
+            sock.close()
+        return lat
+
+    async def main() -> Sample:
+        loop = asyncio.get_running_loop()
+        await once(loop)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        while True:
+            latencies.append(await once(loop))
+            elapsed = time.perf_counter() - start
+            if elapsed >= budget and len(latencies) >= min_count:
+                return Sample(len(latencies), elapsed, latencies)
+
+    return asyncio.run(main())
+
+
+# -- floors and peers ------------------------------------------------------------------------
+
+
+def os_fork_once() -> float:
+    """Raw fork from this process: the cost grows with our size (page tables, CoW setup)."""
+    t0 = time.perf_counter()
+    parent, child = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: one byte, and out without any interpreter teardown
+        try:
+            parent.close()
+            child.sendall(b"x")
+        finally:
+            os._exit(0)
+    child.close()
+    lat = _drain_blocking(parent, t0)
+    os.waitpid(pid, 0)
+    return lat
+
+
+def mp_once(ctx: Any) -> Callable[[], float]:
+    """``multiprocessing`` Process start + first byte through a Pipe + join."""
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_children.mp_hello, args=(writer,))
+        proc.start()
+        writer.close()
+        try:
+            first = reader.recv_bytes()
+            lat = time.perf_counter() - t0
+            if first != b"x":
+                raise RuntimeError(f"expected b'x' from the child, got {first!r}")
+        finally:
+            reader.close()
+        proc.join(TIMEOUT)
+        if proc.exitcode != 0:
+            raise RuntimeError(f"multiprocessing child exit code {proc.exitcode}")
+        proc.close()
+        return lat
+
+    return once
+
+
+def bare_python_once() -> None:
+    """``python -S -c pass``: what any exec'd interpreter pays at least (no first byte)."""
+    subprocess.run([sys.executable, "-S", "-c", "pass"], check=True, timeout=TIMEOUT)
+
+
+def perl_run(script: str, mode: str, budget: float) -> Sample:
+    """One run of bench/perl_fork.pl; its own warm-up happens before its timer starts."""
+    out = subprocess.run(
+        ["perl", script, mode, str(budget)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=budget + 60,
+    ).stdout
+    fields = dict(item.split("=", 1) for item in out.split())
+    count = int(fields["count"])
+    # The script reports only the median latency; keep it as a single pooled value per run.
+    return Sample(count, float(fields["elapsed"]), [float(fields["lat_med_us"]) / 1e6])
