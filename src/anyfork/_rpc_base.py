@@ -1,0 +1,489 @@
+"""RPC, parent side: the frame handling and bookkeeping both clients share (no waiting here).
+
+Data flow (one socket, frames from ``_rpc_wire``)::
+
+    parent                                   child (_rpc_server)
+    ------                                   -------------------
+    send_arg(config), run(serve)  ------->   init(*args), resolve func
+                                  <-------   READY (version, pid)  | FAILED (error record)
+    CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
+                                  <-------   EVENT ...  (worker.event, any number, in order)
+                                  <-------   OK id, result  | ERROR id, error record
+    CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
+    shutdown(SHUT_WR)             ------->   finish every call, reply, exit
+                                  <-------   EOF
+
+Outgoing frames are queued, small ones joined into one ``bytearray`` and big buffers (pickle's
+out-of-band ones) kept as views, so that many calls leave in one ``sendmsg`` and a 10 MiB
+argument is never copied by us.  Incoming bytes land in the decoder's buffer, and every complete
+frame of one read is handled before the next read.  The I/O itself (an event loop's callbacks,
+or ``poll``) lives in ``_rpc_client`` and ``_rpc_blocking``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any, Literal
+
+from . import _reaper
+from . import _rpc_wire as W
+from ._errors import (
+    ClosedError,
+    DecodeError,
+    EncodeError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    WorkerDiedError,
+    add_note,
+    describe_returncode,
+)
+from ._process import Process
+from ._serializers import Codec
+
+Backend = Literal["sync", "async"]
+
+#: How long the error path waits for a dead worker's exit status (its template reports it).
+EXIT_STATUS_WAIT = 5.0
+
+#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_IOV = 512
+#: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
+#: of their own, and it lets thousands of pipelined calls leave in one syscall.
+JOIN_LIMIT = 16 << 10
+
+_HEADER = W.HEADER
+_OK = W.OK
+_EVENT = W.EVENT
+_ERROR = W.ERROR
+_CANCELLED = W.CANCELLED
+
+
+class Box:
+    """The blocking client's stand-in for a future."""
+
+    __slots__ = ("_done", "exc", "value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self.value: Any = None  # Any: whatever the worker's function returns
+        self.exc: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self.value, self._done = value, True
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.exc, self._done = exc, True
+
+
+class Batch:
+    """The results of ``map``: one slot per call, in order; ``wake()`` runs when the last
+    call has answered."""
+
+    __slots__ = ("cids", "errors", "left", "results", "wake")
+
+    def __init__(self, n: int, wake: Callable[[], object] | None) -> None:
+        self.results: list[Any] = [None] * n  # Any: the function's results
+        self.errors: list[tuple[int, BaseException]] = []
+        self.left = n
+        self.cids: list[int] = []
+        self.wake = wake
+
+    def outcome(self) -> list[Any]:
+        """The results, or the exception of the first call (in order) that failed."""
+        if self.errors:
+            raise min(self.errors, key=lambda item: item[0])[1]
+        return self.results
+
+
+class Slot:
+    """One call of a :class:`Batch`, standing in for its future."""
+
+    __slots__ = ("_done", "batch", "index")
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._done = True
+        batch = self.batch
+        batch.results[self.index] = value
+        batch.left -= 1
+        if not batch.left and batch.wake is not None:
+            batch.wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.batch.errors.append((self.index, exc))
+        self.set_result(None)
+
+
+Waiter = Any  # asyncio.Future[Any] | Box | Slot: anything with done/set_result/set_exception
+
+
+def advance(bufs: list[Any], sent: int) -> list[Any]:
+    """Drop ``sent`` bytes from the front of ``bufs`` (bytes-likes of byte format)."""
+    i = 0
+    while sent and i < len(bufs):
+        n = len(bufs[i])
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            bufs[i] = memoryview(bufs[i])[sent:]
+            sent = 0
+    while i < len(bufs) and not len(bufs[i]):
+        i += 1
+    return bufs[i:]
+
+
+def rebuild(payload: bytes | bytearray, pid: int | None) -> BaseException:
+    """The exception a child's error record stands for, with its traceback as ``__cause__``."""
+    pickled, module, qualname, message, tb = W.unpack_error(payload)
+    exc: BaseException | None = None
+    if pickled:
+        try:
+            loaded = pickle.loads(pickled)
+        except Exception:
+            loaded = None
+        if isinstance(loaded, BaseException):
+            exc = loaded
+    if exc is None:
+        name = qualname if module == "builtins" else f"{module}.{qualname}"
+        exc = RemoteError(f"{name}: {message}", name, tb)
+    exc.__cause__ = RemoteTraceback(tb)
+    add_note(exc, f"(raised in anyfork RPC worker pid {pid})")
+    return exc
+
+
+def _chunk_size(chunk: Any) -> int:
+    return chunk.nbytes if type(chunk) is memoryview else len(chunk)
+
+
+class Base:
+    """Frame handling and bookkeeping shared by both clients (no waiting here)."""
+
+    def __init__(
+        self,
+        proc: Process,
+        sock: socket.socket,
+        codec: Codec,
+        backend: Backend,
+        on_event: Callable[..., object] | None,
+        on_error: Callable[[BaseException], object] | None,
+        on_close: Callable[[], object] | None,
+    ):
+        self._proc = proc
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._codec = codec
+        self._backend = backend
+        self._on_event = on_event
+        self._on_error = on_error
+        self._on_close = on_close
+        self._dec = W.Decoder(W.TO_PARENT)
+        # Outgoing: _wbuf holds what is ready for sendmsg, _wsmall the small frames queued
+        # since, joined (it moves to _wbuf when a big buffer or a send comes).
+        self._wbuf: list[Any] = []
+        self._wsmall = bytearray()
+        self._send_flags = 0  # MSG_DONTWAIT where the socket is left in blocking mode
+        self._pending: dict[int, Waiter] = {}
+        self._abandoned: set[int] = set()
+        self._next_id = 0
+        self._ready = False
+        self._startup_error: BaseException | None = None
+        self._failure: BaseException | None = None
+        self._kill_reason: str | None = None
+        self._closing = False
+        self._eof = False
+        self._close_fired = False
+        self.pid: int | None = proc._pid
+        self.returncode: int | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "closing" if self._closing else "open"
+        return f"<anyfork.{type(self).__name__} pid={self.pid} {self._backend} {state}>"
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            exc = self._failure
+            if isinstance(exc, WorkerDiedError):
+                raise WorkerDiedError(str(exc), exc.pid, exc.returncode) from exc
+            raise ClosedError(f"the RPC connection failed: {exc}") from exc
+        if self._closing or self._sock is None:
+            raise ClosedError("the RPC client has been closed")
+
+    def _new_id(self) -> int:
+        cid = self._next_id
+        pending = self._pending
+        while True:
+            cid = cid + 1 if cid < W.MAX_ID else 1
+            if cid not in pending and cid not in self._abandoned:
+                self._next_id = cid
+                return cid
+
+    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], int]:
+        """The call's payload as chunks, and its size; ``EncodeError`` before anything is sent."""
+        try:
+            chunks = self._codec.dump_call(args, kwargs)
+            size = 0
+            for chunk in chunks:
+                size += _chunk_size(chunk)
+        except Exception as exc:
+            raise EncodeError(
+                f"cannot encode the call's arguments with {self._codec.name!r}: "
+                f"{type(exc).__name__}: {exc}",
+                "parent",
+            ) from exc
+        if size > W.MAX_PAYLOAD:
+            raise EncodeError(f"the call's arguments take {size} bytes; a frame holds 4 GiB")
+        return chunks, size
+
+    def _queue(self, kind: int, cid: int, chunks: list[Any], size: int) -> None:
+        small = self._wsmall
+        small += _HEADER.pack(kind, cid, size)
+        for chunk in chunks:
+            if size <= JOIN_LIMIT or _chunk_size(chunk) <= JOIN_LIMIT:
+                small += chunk
+            else:
+                # A big buffer goes out as a view of itself: no copy on our side.
+                self._wbuf.append(small)
+                self._wbuf.append(memoryview(chunk).cast("B"))
+                self._wsmall = small = bytearray()
+
+    def _has_output(self) -> bool:
+        return bool(self._wbuf or self._wsmall)
+
+    def _send_some(self) -> None:
+        """Write what the socket takes now (raises ``OSError`` if the child has gone)."""
+        if self._wsmall:
+            self._wbuf.append(self._wsmall)
+            self._wsmall = bytearray()
+        sock = self._sock
+        flags = self._send_flags
+        while self._wbuf and sock is not None:
+            try:
+                if len(self._wbuf) == 1:
+                    sent = sock.send(self._wbuf[0], flags)
+                else:
+                    sent = sock.sendmsg(self._wbuf[:MAX_IOV], (), flags)
+            except (BlockingIOError, InterruptedError):
+                return
+            self._wbuf = advance(self._wbuf, sent)
+
+    def _drop_output(self) -> None:
+        self._wbuf = []
+        self._wsmall = bytearray()
+
+    def _register_batch(self, batch: Batch, calls: list[tuple[list[Any], int]]) -> None:
+        pending = self._pending
+        for index, (chunks, size) in enumerate(calls):
+            cid = self._new_id()
+            pending[cid] = Slot(batch, index)
+            batch.cids.append(cid)
+            self._queue(W.CALL, cid, chunks, size)
+
+    def _abandon_batch(self, batch: Batch, why: str) -> None:
+        for cid in batch.cids:
+            waiter = self._pending.get(cid)
+            if getattr(waiter, "batch", None) is batch:  # not a later call reusing the id
+                self._abandon(cid, why)
+
+    def _abandon(self, cid: int, why: str) -> None:
+        """The caller stopped waiting for call ``cid`` (cancelled or timed out)."""
+        if self._pending.pop(cid, None) is None:
+            return
+        if self._backend == "async":
+            self._abandoned.add(cid)
+            if self._sock is not None and not self._eof:
+                self._queue(W.CANCEL, cid, [], 0)
+                self._flush_later()
+            return
+        # Sync backend: a running Python function cannot be interrupted safely.
+        if self._kill_reason is None and self.pid is not None and not self._eof:
+            self._kill_reason = f"it was killed because call {cid} {why}"
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _flush_later(self) -> None:
+        raise NotImplementedError
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
+        if kind == _OK:  # the hot path first
+            waiter = self._pending.pop(cid, None)
+            if waiter is None or waiter.done():
+                self._unexpected(cid, waiter)
+                return
+            try:
+                value = self._codec.load_value(payload)
+            except Exception as exc:
+                err = DecodeError(f"cannot decode the result: {type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                waiter.set_exception(err)
+                return
+            waiter.set_result(value)
+            return
+        if kind == _EVENT:
+            try:
+                args = self._codec.load_event(payload)
+            except Exception as exc:
+                err = DecodeError(f"cannot decode an event: {type(exc).__name__}: {exc}", "parent")
+                self._report(err)
+                return
+            self._event(args)
+            return
+        if kind in (_ERROR, _CANCELLED):
+            waiter = self._pending.pop(cid, None)
+            if waiter is None or waiter.done():
+                self._unexpected(cid, waiter)
+                return
+            if kind == _ERROR:
+                waiter.set_exception(rebuild(payload, self.pid))
+            else:
+                waiter.set_exception(RemoteError("the call was cancelled in the worker"))
+            return
+        if kind == W.READY and not self._ready:
+            version, pid = W.parse_ready(bytes(payload))
+            if version != W.VERSION:
+                raise ProtocolError(
+                    f"RPC protocol version {version} in the worker, {W.VERSION} here: the "
+                    f"parent and the worker import different anyfork versions"
+                )
+            self._ready = True
+            self.pid = pid
+            return
+        if kind == W.FAILED and not self._ready:
+            failure = rebuild(payload, self.pid)
+            add_note(failure, "(the RPC worker failed to start)")
+            self._startup_error = failure
+            return
+        raise ProtocolError(f"unexpected frame {kind:#x} from the RPC worker")
+
+    def _unexpected(self, cid: int, waiter: Waiter) -> None:
+        """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
+        if waiter is not None:
+            return  # its caller gave up (a timeout) just before the reply arrived
+        if cid in self._abandoned:
+            self._abandoned.discard(cid)
+            return
+        raise ProtocolError(f"the worker answered call {cid}, which is not outstanding")
+
+    def _event(self, args: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, args: tuple[Any, ...]) -> None:
+        if self._on_event is None:
+            self._report(ProtocolError("event received, but no on_event handler"))
+            return
+        self._on_event(*args)
+
+    def _report(self, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def _recv_some(self, flags: int = 0) -> bool:
+        """One read into the decoder and handle every complete frame; ``True`` at EOF.  Raises
+        ``ProtocolError`` for a broken stream and ``OSError`` for a broken socket."""
+        sock = self._sock
+        assert sock is not None
+        dec = self._dec
+        buf = dec.get_buffer()
+        try:
+            n = sock.recv_into(buf, 0, flags)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ConnectionResetError:
+            n = 0
+        finally:
+            buf.release()
+        try:
+            if n:
+                dec.buffer_updated(n)
+            else:
+                dec.feed_eof()
+            handle = self._handle
+            for frame in dec.take_frames():
+                handle(*frame)
+            if not n:
+                dec.next_frame()  # raises if the stream ended inside a frame
+        except W.RpcWireError as exc:
+            raise ProtocolError(f"the RPC worker sent a broken stream: {exc}") from None
+        return not n
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _poll_exit(self) -> int | None:
+        """The dead worker's return code, if known yet (never blocks)."""
+        pid = self.pid
+        if pid is None:
+            return None
+        proc = self._proc
+        if proc._direct:
+            return _reaper.returncode(pid)
+        tmpl = proc._template
+        if tmpl is None:
+            return None
+        tmpl._poll_reports()
+        return tmpl._exits.pop(pid, None)
+
+    def _exit_known(self) -> bool:
+        """``True`` once the exit status is known or cannot become known."""
+        if self.returncode is not None:
+            return True
+        self.returncode = self._poll_exit()
+        if self.returncode is not None:
+            return True
+        proc = self._proc
+        if self.pid is None or proc._direct:
+            return self.pid is None
+        tmpl = proc._template
+        return tmpl is None or tmpl._chan.sock is None or tmpl._chan.decoder.eof
+
+    def _died(self) -> WorkerDiedError:
+        how = describe_returncode(self.returncode)
+        reason = f": {self._kill_reason}" if self._kill_reason else ""
+        return WorkerDiedError(
+            f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
+            self.pid,
+            self.returncode,
+        )
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._failure = exc
+        pending, self._pending = self._pending, {}
+        self._abandoned.clear()
+        for waiter in pending.values():
+            if not waiter.done():
+                if isinstance(exc, WorkerDiedError):
+                    waiter.set_exception(WorkerDiedError(str(exc), exc.pid, exc.returncode))
+                else:
+                    waiter.set_exception(exc)
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._drop_output()
+
+    def _closed_cleanly(self) -> None:
+        if not self._close_fired:
+            self._close_fired = True
+            if self._on_close is not None:
+                self._on_close()

@@ -1,0 +1,237 @@
+"""RPC, parent side: the blocking client, for programs without an event loop.
+
+It shares every line of frame handling with the asyncio client (``_rpc_base``) and does its
+I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
+reply has been handled (events on the way are delivered from inside the call).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _rpc_wire as W
+from ._errors import ClosedError, ProtocolError, SpawnError, describe_returncode
+from ._public import publish
+from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch, Box
+
+__all__ = ["BlockingClient"]
+
+_POLLIN = select.POLLIN
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class BlockingClient(Base):
+    """The blocking twin of :class:`Client`, for programs without an event loop; made by
+    :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
+    threads take turns; ``on_event`` runs inside the call that reads the event.
+
+    ``timeout``: ``TimeoutError``; with the sync backend the worker is killed, with the async
+    backend its task is cancelled and the client stays usable.  A client dropped without
+    ``close()`` closes its socket when it is garbage-collected (the worker then exits).
+    """
+
+    def __init__(self, *a: Any, **kw: Any):
+        super().__init__(*a, **kw)
+        self._lock = threading.RLock()
+        self._poller = select.poll()
+        self._poll_mask = 0
+        sock = self._sock
+        assert sock is not None
+        sock.setblocking(True)  # see _io_until
+        self._send_flags = _DONTWAIT
+        self._finalizer = weakref.finalize(self, sock.close)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function with ``args`` and ``kwargs``; return its result."""
+        return self._call(args, kwargs, None)
+
+    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Like ``client(...)``, with a ``timeout`` in seconds."""
+        return self._call(args, kwargs, timeout)
+
+    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Pipeline one call per item and return the results in order (see
+        :meth:`Client.map`; ``timeout`` is for the whole batch)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_usable()
+            calls = [self._encode(args, {}) for args in zip(*iterables, strict=False)]
+            if not calls:
+                return []
+            batch = Batch(len(calls), None)
+            self._register_batch(batch, calls)
+            del calls
+            try:
+                self._io_until(lambda: not batch.left, deadline)
+            except TimeoutError:
+                self._abandon_batch(batch, f"timed out after {timeout} s")
+                raise TimeoutError(f"the RPC calls timed out after {timeout} s") from None
+            except BaseException:
+                self._abandon_batch(batch, "was interrupted")
+                raise
+            return batch.outcome()
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_usable()
+            chunks, size = self._encode(args, kwargs)
+            cid = self._new_id()
+            box = Box()
+            self._pending[cid] = box
+            self._queue(W.CALL, cid, chunks, size)
+            try:
+                self._io_until(box.done, deadline)
+            except TimeoutError:
+                self._abandon(cid, f"timed out after {timeout} s")
+                raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
+            except BaseException:
+                self._abandon(cid, "was interrupted")
+                raise
+            if box.exc is not None:
+                raise box.exc
+            return box.value
+
+    def _flush_later(self) -> None:
+        pass  # the next _io_until writes it
+
+    def _event(self, args: tuple[Any, ...]) -> None:
+        self._deliver(args)
+
+    def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Write and read until ``done()``; handles EOF (death or clean close) on the way.
+
+        The socket stays in blocking mode and the writes and opportunistic reads pass
+        ``MSG_DONTWAIT``: with nothing left to write and no deadline, the wait for the reply
+        is the ``recv`` itself, one syscall instead of ``poll`` plus ``recv``.
+        """
+        while True:
+            sock = self._sock
+            if sock is None:
+                return
+            if self._has_output():
+                try:
+                    self._send_some()
+                except OSError:
+                    self._drop_output()
+            if done():
+                return
+            writing = self._has_output()
+            if self._closing and not writing and not self._eof:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            flags = _DONTWAIT
+            if deadline is not None or writing:
+                # Wait for the reply and for room to write at once: a worker busy writing
+                # events to us while we block writing to it would deadlock otherwise.
+                mask = _POLLIN | (select.POLLOUT if writing else 0)
+                if mask != self._poll_mask:
+                    self._poller.register(self._fd, mask)
+                    self._poll_mask = mask
+                if deadline is None:
+                    ready = self._poller.poll()
+                else:
+                    wait = deadline - time.monotonic()
+                    if wait <= 0:
+                        raise TimeoutError
+                    ready = self._poller.poll(max(1, int(wait * 1000 + 0.5)))
+                if not ready or not ready[0][1] & _READABLE:
+                    continue
+            else:
+                flags = 0  # block in recv until the worker says something
+            try:
+                eof = self._recv_some(flags)
+            except (ProtocolError, OSError) as exc:
+                err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read: {exc}")
+                self._fail_all(err)
+                self._close_socket()
+                self._report(err)
+                return
+            if eof:
+                self._eof = True
+                self._end()
+                return
+
+    def _wait_exit(self) -> None:
+        """Wait (bounded) until the dead worker's exit status is known: an OS fact, polled."""
+        deadline = time.monotonic() + EXIT_STATUS_WAIT
+        delay = 0.001
+        while not self._exit_known() and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _end(self) -> None:
+        if self._pending:
+            self._wait_exit()
+            err = self._died()
+            self._fail_all(err)
+            self._close_socket()
+            self._report(err)
+        else:
+            self._close_socket()
+            if self._ready and self._startup_error is None:
+                self._closed_cleanly()
+
+    def _close_socket(self) -> None:
+        self._finalizer.detach()
+        super()._close_socket()
+
+    def _wait_ready(self, deadline: float | None) -> None:
+        try:
+            self._io_until(lambda: self._ready or self._startup_error is not None, deadline)
+        except BaseException:
+            self.abort()
+            raise
+        if self._startup_error is not None or not self._ready:
+            err = self._startup_error
+            if err is None:
+                self._wait_exit()
+                how = describe_returncode(self.returncode)
+                err = SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
+            self.abort()
+            raise err
+
+    def close(self, *, timeout: float | None = None) -> None:
+        """Let the worker finish, then wait until it has exited (see :meth:`Client.aclose`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            try:
+                self._io_until(lambda: self._sock is None, deadline)
+            except BaseException:
+                if self.pid is not None and not self._eof:
+                    self._kill_reason = self._kill_reason or "it was killed by close()"
+                    try:
+                        os.kill(self.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.abort()
+                raise
+            self._wait_exit()
+
+    def abort(self) -> None:
+        """Close the connection now (see :meth:`Client.abort`)."""
+        self._closing = True
+        if self._pending:
+            self._fail_all(ClosedError("the RPC client was aborted"))
+        self._close_socket()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+publish(globals())

@@ -1,0 +1,400 @@
+"""RPC, parent side: the asyncio client.
+
+It reads with ``loop.add_reader`` straight into the decoder's buffer and writes with ``sendmsg``
+from the caller, buffering behind ``add_writer`` only when the socket is full: a call costs one
+future and no task.  Calls made in the same loop iteration leave together: the first is written
+at once (latency), the others are joined and written by one callback at the end of the iteration
+(throughput).  Events are delivered with ``loop.call_soon``, the way a result wakes its caller,
+so ``on_event`` calls and returning calls interleave in exactly the order the child produced them.
+
+The loop holds the client only weakly (its reader callback goes through a weak reference), so a
+client dropped without ``aclose()``/``abort()`` is finalised: its socket closes, the worker sees
+EOF and exits.  A pending call's future holds its client, so nothing outstanding is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import weakref
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+from . import _rpc_wire as W
+from ._errors import ClosedError, ProtocolError, SpawnError, describe_returncode
+from ._public import publish
+from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch
+
+__all__ = ["Client"]
+
+
+class _Call(asyncio.Future[Any]):
+    """A call's future.  Cancelling it abandons the call, with no done-callback (and no extra
+    loop callback) per call; the reference to the client is dropped once it has settled."""
+
+    __slots__ = ("_cid", "_client")
+
+    _cid: int
+    _client: Client | None
+
+    def cancel(self, msg: Any = None) -> bool:
+        client = self._client
+        if not super().cancel(msg):
+            return False
+        if client is not None:
+            self._client = None
+            client._abandon(self._cid, "was cancelled")
+        return True
+
+    def set_result(self, result: Any, /) -> None:
+        self._client = None
+        super().set_result(result)
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        self._client = None
+        super().set_exception(exception)
+
+
+def _dropped(loop: asyncio.AbstractEventLoop, fd: int, sock: socket.socket) -> None:
+    """The client was garbage-collected without ``aclose()``/``abort()``: stop watching its
+    socket and close it, so the worker sees EOF, finishes and exits."""
+    try:
+        if not loop.is_closed():
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+    except Exception:  # a loop half torn down at exit: the socket must close anyway
+        pass
+    sock.close()
+
+
+def _reader(ref: weakref.ReferenceType[Client]) -> Any:
+    def on_readable() -> None:
+        client = ref()
+        if client is not None:
+            client._on_readable()
+
+    return on_readable
+
+
+class Client(Base):
+    """The asyncio client of an RPC worker; made by :func:`rpc`.
+
+    ``await client(*args, **kwargs)`` calls the function with those arguments and returns its
+    result (every keyword goes to the function).  The call is sent at once: ``client(...)``
+    returns a future, so many calls can be in flight (``asyncio.gather(*(client(x) for x in
+    xs))``).  ``await client.call(*args, timeout=..., **kwargs)`` does the same with a deadline;
+    ``await client.map(xs)`` pipelines one call per item and returns the results in order.  With
+    the sync backend the worker runs calls one at a time in order, with the async backend up to
+    its ``concurrency`` at once.
+
+    Errors: the function's exception, as its own type when it unpickles (else ``RemoteError``),
+    with the child's traceback as ``__cause__``; ``EncodeError`` (side ``"parent"``) for
+    arguments that cannot be serialised, before anything is sent; ``EncodeError`` (side
+    ``"child"``) for a result that cannot; ``WorkerDiedError`` (``.pid``, ``.returncode``,
+    ``.signal``) for every outstanding call when the worker dies; ``ClosedError`` after
+    ``aclose``.  Only the dead-worker error ends the connection.
+
+    Cancellation (and ``timeout``, which raises ``TimeoutError``): with the async backend the
+    worker cancels the call's task and keeps serving.  With the sync backend the worker is
+    killed (SIGKILL; a running Python function cannot be interrupted safely), so every other
+    outstanding call fails with ``WorkerDiedError`` and the client is unusable afterwards.
+
+    A client dropped without ``aclose()`` closes its connection when it is garbage-collected
+    (the worker sees EOF and exits); ``aclose()`` is still the way to wait for that.
+    """
+
+    def __init__(self, *a: Any, loop: asyncio.AbstractEventLoop, **kw: Any):
+        super().__init__(*a, **kw)
+        self._loop = loop
+        self._writing = False
+        self._reading = False
+        self._corked = False
+        self._ready_fut: asyncio.Future[None] = loop.create_future()
+        self._closed_fut: asyncio.Future[None] = loop.create_future()
+        sock = self._sock
+        if sock is None:  # pragma: no cover - Base sets it
+            raise ClosedError("the RPC client has been closed")
+        sock.setblocking(False)
+        loop.add_reader(self._fd, _reader(weakref.ref(self)))
+        self._reading = True
+        self._finalizer = weakref.finalize(self, _dropped, loop, self._fd, sock)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """``await client(*args, **kwargs)``: call the function and return its result.
+
+        The call is sent at once; the future resolves to the result or the call's error.
+        Cancelling the future abandons the call (see the class docs for what that does to the
+        worker)."""
+        return self._submit(args, kwargs)
+
+    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Awaitable[Any]:
+        """Like ``client(...)``, with a ``timeout`` in seconds (``TimeoutError``; see the class
+        docs for what happens to the worker).  Pass a keyword argument named ``timeout`` to
+        the function with ``client(...)``."""
+        fut = self._submit(args, kwargs)
+        if timeout is None or fut.done():
+            return fut
+        return self._with_timeout(fut, timeout)
+
+    async def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Call the function once per item (``func(*items)`` for ``items`` in
+        ``zip(*iterables)``), pipelined, and return the results in order.
+
+        Every argument is encoded before anything is sent (``EncodeError`` sends nothing).  If
+        calls fail, the exception of the first failed one (in order) is raised once all have
+        answered.  ``timeout`` (seconds, for the whole batch) raises ``TimeoutError``.
+
+        Cancellation (and timeout): every call not answered yet is abandoned, as for a single
+        call (the async backend cancels them, the sync backend kills the worker).
+        """
+        self._check_usable()
+        calls = [self._encode(args, {}) for args in zip(*iterables, strict=False)]
+        if not calls:
+            return []
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        batch = Batch(len(calls), wake)
+        self._register_batch(batch, calls)
+        del calls
+        self._kick()
+        handle = None
+        if timeout is not None:
+            handle = self._loop.call_later(timeout, self._expire_batch, batch, done, timeout)
+        try:
+            await done
+        except asyncio.CancelledError:
+            self._abandon_batch(batch, "was cancelled")
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        return batch.outcome()
+
+    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+        fut = _Call(loop=self._loop)
+        fut._client = None
+        try:
+            self._check_usable()
+            chunks, size = self._encode(args, kwargs)
+        except Exception as exc:  # raised when the future is awaited, as from a coroutine
+            fut.set_exception(exc)
+            return fut
+        cid = self._new_id()
+        fut._cid = cid
+        fut._client = self
+        self._pending[cid] = fut
+        self._queue(W.CALL, cid, chunks, size)
+        self._kick()
+        return fut
+
+    async def _with_timeout(self, fut: _Call, timeout: float) -> Any:
+        handle = self._loop.call_later(timeout, self._expire, fut, timeout)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+
+    def _expire(self, fut: _Call, timeout: float) -> None:
+        if not fut.done() and fut._cid in self._pending:
+            self._abandon(fut._cid, f"timed out after {timeout} s")
+            fut.set_exception(TimeoutError(f"the RPC call timed out after {timeout} s"))
+
+    def _expire_batch(self, batch: Batch, done: asyncio.Future[None], timeout: float) -> None:
+        if not done.done():
+            self._abandon_batch(batch, f"timed out after {timeout} s")
+            done.set_exception(TimeoutError(f"the RPC calls timed out after {timeout} s"))
+
+    # -- I/O --------------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Send what was queued: the first call of a loop iteration at once, the rest together
+        at the end of the iteration."""
+        if self._writing or self._corked:
+            return
+        self._write_now()
+        self._corked = True
+        self._loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if not self._writing and self._has_output():
+            self._write_now()
+
+    def _write_now(self) -> None:
+        try:
+            self._send_some()
+        except OSError:
+            # The child has gone; the reader will see EOF and fail what is outstanding.
+            self._drop_output()
+        if self._has_output():
+            if not self._writing and self._sock is not None:
+                self._loop.add_writer(self._fd, self._write_now)
+                self._writing = True
+        else:
+            if self._writing:
+                self._loop.remove_writer(self._fd)
+                self._writing = False
+            if self._closing and self._sock is not None and not self._eof:
+                try:
+                    self._sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+    def _flush_later(self) -> None:
+        self._kick()
+
+    def _on_readable(self) -> None:
+        try:
+            eof = self._recv_some()
+        except (ProtocolError, OSError) as exc:
+            err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read failed: {exc}")
+            self._stop_io()
+            if not self._ready:
+                self._startup_error = err
+                self._set(self._ready_fut)
+            self._fail_all(err)
+            self._close_socket()
+            self._report(err)
+            self._set(self._closed_fut)
+            return
+        if not self._ready_fut.done() and (self._startup_error is not None or self._ready):
+            self._ready_fut.set_result(None)
+        if eof:
+            self._eof = True
+            self._stop_io()
+            self._set(self._ready_fut)
+            if self._pending:
+                self._loop.create_task(self._report_death())
+            else:
+                self._close_socket()
+                if self._ready and self._startup_error is None:
+                    self._closed_cleanly()
+                self._set(self._closed_fut)
+
+    async def _await_exit(self) -> None:
+        """Wait (bounded) until the dead worker's exit status is known: an OS fact, polled."""
+        deadline = self._loop.time() + EXIT_STATUS_WAIT
+        delay = 0.001
+        for _ in range(100_000):
+            if self._exit_known() or self._loop.time() >= deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def _report_death(self) -> None:
+        await self._await_exit()
+        err = self._died()
+        self._fail_all(err)
+        self._close_socket()
+        self._report(err)
+        self._set(self._closed_fut)
+
+    def _stop_io(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _close_socket(self) -> None:
+        self._finalizer.detach()
+        super()._close_socket()
+
+    @staticmethod
+    def _set(fut: asyncio.Future[None]) -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    def _event(self, args: tuple[Any, ...]) -> None:
+        self._loop.call_soon(self._deliver_safely, args)
+
+    def _deliver_safely(self, args: tuple[Any, ...]) -> None:
+        try:
+            self._deliver(args)
+        except Exception as exc:
+            self._loop.call_exception_handler(
+                {"message": "anyfork RPC on_event callback failed", "exception": exc}
+            )
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def _wait_ready(self, timeout: float | None) -> None:
+        try:
+            if timeout is None:
+                await asyncio.shield(self._ready_fut)
+            else:
+                await asyncio.wait_for(asyncio.shield(self._ready_fut), timeout)
+        except BaseException:
+            self.abort()
+            raise
+        if self._startup_error is not None or not self._ready:
+            err = self._startup_error
+            if err is None:
+                await self._await_exit()
+                how = describe_returncode(self.returncode)
+                err = SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
+            self.abort()
+            raise err
+
+    async def aclose(self, *, timeout: float | None = None) -> None:
+        """Let the worker finish every call sent so far, then wait until it has exited.
+
+        The client accepts no new calls.  Outstanding calls still get their results; after
+        the worker has closed its end, ``on_close`` fires (once).  Raises ``TimeoutError``
+        after ``timeout`` seconds, having killed the worker.
+
+        Cancellation (or timeout): the worker is killed and outstanding calls fail with
+        ``WorkerDiedError``; the socket is closed either way.
+        """
+        if not self._closing:
+            self._closing = True
+            if self._sock is not None and not self._writing:
+                self._write_now()
+        try:
+            if timeout is None:
+                await asyncio.shield(self._closed_fut)
+            else:
+                await asyncio.wait_for(asyncio.shield(self._closed_fut), timeout)
+        except BaseException:
+            self._kill()
+            self.abort()
+            raise
+        await self._await_exit()
+
+    def abort(self) -> None:
+        """Close the connection now, without waiting: outstanding calls fail with
+        ``ClosedError``; the worker sees EOF and exits after the call it is running (its reply
+        is lost)."""
+        self._closing = True
+        self._stop_io()
+        if self._pending:
+            self._fail_all(ClosedError("the RPC client was aborted"))
+        self._close_socket()
+        self._set(self._ready_fut)
+        self._set(self._closed_fut)
+
+    def _kill(self) -> None:
+        if self.pid is not None and not self._eof:
+            self._kill_reason = self._kill_reason or "it was killed by aclose()"
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+publish(globals())
