@@ -316,3 +316,14 @@ def test_hand_a_half_prepared_process_to_another_process() -> None:
     out = arun(main()).split(b"\n")
     assert out[:2] == [b"'from the first owner'", b"'added by adopter'"]
     assert out[2].startswith(b"pid=")
+
+
+def test_wait_started_waits_for_an_exec_child_to_report_in() -> None:
+    proc = anyfork.new_exec()
+    pid = proc.wait_started_blocking(timeout=10)
+    assert pid == proc.pid
+    # It has reported in, not merely been spawned: the interpreter is up and anyfork's command
+    # server has loaded the _socket extension (nothing a freshly spawned process has mapped).
+    with open(f"/proc/{pid}/maps") as maps:
+        assert "_socket" in maps.read()
+    proc.close()

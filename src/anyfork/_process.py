@@ -72,6 +72,7 @@ class Process:
     ):
         self._chan = chan
         self._pid = pid
+        self._started = False  # the child has reported in (STARTED or RUNNING)
         self._template = template
         self._direct = direct
         self._state = _OPEN
@@ -365,6 +366,7 @@ class Process:
         op, payload, _ = frame
         if op in (_wire.STARTED, _wire.RUNNING):
             self._pid = _wire.unpack_u32(payload)
+            self._started = True
         elif op == _wire.ERROR:
             stage, module, qualname, message, tb = _wire.unpack_strings(payload)
             context = f"in {stage} of {self._name()}"
@@ -492,7 +494,9 @@ class Process:
     def _started_op(self) -> Op[int]:
         if self._state == _OPEN:
             yield from self._flush_op()
-            yield from self._reports_until(lambda: self._pid is not None)
+            # Not merely "pid known": an exec'd child's pid is known at once, but it has not
+            # necessarily started (imported anyfork, opened its socket) yet.
+            yield from self._reports_until(lambda: self._started)
         self._raise_if_failed()
         if self._pid is None:
             raise ClosedError("the process was closed before it reported its pid")
