@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._errors import SerializationError as SerializationError
     from ._errors import SpawnError as SpawnError
     from ._errors import WorkerDiedError as WorkerDiedError
+    from ._pool import Pool as Pool
+    from ._pool import PoolStatistics as PoolStatistics
+    from ._pool_sync import BlockingPool as BlockingPool
+    from ._pool_sync import PoolExecutor as PoolExecutor
     from ._process import Process as Process
     from ._process import main_template as main_template
     from ._process import new as new
@@ -59,6 +63,10 @@ _LAZY = {
     "Serializer": "_rpc",
     "rpc": "_rpc",
     "rpc_blocking": "_rpc",
+    "Pool": "_pool",
+    "PoolStatistics": "_pool",
+    "BlockingPool": "_pool_sync",
+    "PoolExecutor": "_pool_sync",
 }
 
 __all__ = sorted(_LAZY)

@@ -11,10 +11,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["event", "flush", "take_args"]
+__all__ = ["event", "flush", "retire", "take_args"]
 
 #: The running RPC server (``_rpc_server``), while it serves calls.
 _sink: Any = None
+
+#: The event ``retire()`` sends: a pool recognises it and never passes it to ``on_event``.  A
+#: long, unlikely string (as in AnyEvent::Fork::Pool) so no user event is ever mistaken for it.
+_RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"
+_retired = False
 
 
 def take_args() -> list[object]:
@@ -64,3 +69,37 @@ def flush() -> bool:
         raise RuntimeError("anyfork.worker.flush() works only in an RPC worker, while it serves")
     result: bool = sink.flush()
     return result
+
+
+def retire() -> None:
+    """Ask the pool this worker belongs to for a replacement (only inside a pool worker).
+
+    The worker finishes the calls it has been sent, gets no new ones, and is then stopped; the
+    pool starts another in its place if it needs one.  Use it to recycle a worker whose state
+    has grown (a leak, a cache) from inside the function::
+
+        def work(item):
+            result = process(item)
+            if resident_memory() > LIMIT:
+                anyfork.worker.retire()
+            return result
+
+    Calling it again is harmless.  Outside a pool (a plain RPC worker) the parent's
+    ``on_event`` receives the pool's private retire event; raises ``RuntimeError`` outside an
+    RPC worker.
+    """
+    global _retired
+    sink = _sink
+    if sink is None:
+        raise RuntimeError("anyfork.worker.retire() works only in a pool worker, while it serves")
+    if _retired:
+        return
+    _retired = True
+    # The raw "bytes" serialiser carries exactly one bytes value; every other one takes a str.
+    sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,))
+
+
+def _apply(fn: Any, args: Any, kwargs: Any) -> Any:
+    """The function a ``PoolExecutor`` without a fixed function serves: ``fn`` arrives with
+    its arguments (by reference through pickle, or by value with cloudpickle)."""
+    return fn(*args, **kwargs)
