@@ -23,7 +23,7 @@ import contextlib
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,6 +313,7 @@ class Pool:
             return
         with contextlib.suppress(ValueError):
             self._queue.remove(call)
+            self._notify()
 
     def _finished(self, worker: _Worker, completed: bool = True) -> None:
         if completed:
@@ -627,15 +628,17 @@ class Pool:
         max_in_flight: int | None = None,
         timeout: float | None = None,
         progress: bool | Callable[[int, int | None], object] = False,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Call the function on each item (``pool.map(xs)``: ``func(x)``; ``pool.map(xs, ys)``:
         ``func(x, y)``, as the builtin ``map`` zips) and yield the results in order.
 
         At most ``max_in_flight`` calls are submitted at once (default: twice the pool's
         capacity, ``2 * max * load``), so a huge or endless iterable is consumed lazily.  The
-        first exception is raised when its result's turn comes; stopping early (``break``,
-        an exception) withdraws the calls still queued and lets those running finish
-        (their results are dropped).  ``timeout`` applies to each call.
+        first exception is raised when its result's turn comes.  Closing the iterator early
+        withdraws the calls still queued and lets those running finish (their results are
+        dropped); after a ``break`` that happens when the generator is finalised, so use
+        ``async with contextlib.aclosing(pool.map(...)) as results:`` to make it immediate.
+        ``timeout`` applies to each call.
 
         ``progress=True`` shows a tqdm bar if tqdm is installed (nothing otherwise);
         ``progress=callable`` is called as ``callable(done, total)`` after each completed call

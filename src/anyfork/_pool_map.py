@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sized
+from collections.abc import AsyncGenerator, Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ async def pool_map(
     max_in_flight: int | None,
     timeout: float | None,
     progress: bool | Progress,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     if not iterables:
         raise TypeError("map() needs at least one iterable")
     settings = pool._settings

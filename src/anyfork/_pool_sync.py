@@ -148,7 +148,7 @@ class BlockingPool:
             return await agen.__anext__()
 
         async def stop() -> None:
-            await agen.aclose()  # type: ignore[attr-defined]
+            await agen.aclose()
 
         try:
             while True:
