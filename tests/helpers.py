@@ -29,8 +29,19 @@ def eventually(predicate: Callable[[], T], timeout: float = 5.0, what: str = "co
         delay = min(delay * 2, 0.05)
 
 
-def children(pid: int | None = None) -> set[int]:
-    """The pids of ``pid``'s children (zombies included), from /proc."""
+def is_spare(pid: int) -> bool:
+    """A live spare: the next child a template has forked in advance (it waits, named
+    ``af:spare``, for the next FORK).  A template keeps one on purpose; a zombie one is a bug."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return comm == "af:spare" and alive(pid)
+
+
+def children(pid: int | None = None, *, spares: bool = False) -> set[int]:
+    """The pids of ``pid``'s children (zombies included, live spares only if ``spares``)."""
     pid = os.getpid() if pid is None else pid
     found: set[int] = set()
     try:
@@ -43,6 +54,8 @@ def children(pid: int | None = None) -> set[int]:
                 found.update(int(p) for p in f.read().split())
         except FileNotFoundError:
             pass
+    if not spares:
+        found = {p for p in found if not is_spare(p)}
     return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -16,7 +17,7 @@ import pytest
 
 import anyfork
 from anyfork import _process
-from helpers import eventually, recv_all, state
+from helpers import alive, children, eventually, recv_all, state
 
 T = TypeVar("T")
 
@@ -327,3 +328,74 @@ def test_wait_started_waits_for_an_exec_child_to_report_in() -> None:
     with open(f"/proc/{pid}/maps") as maps:
         assert "_socket" in maps.read()
     proc.close()
+
+
+# -- spares: the next child, forked in advance ----------------------------------------------------
+
+
+def spare_of(template_pid: int) -> int:
+    found = eventually(
+        lambda: children(template_pid, spares=True) - children(template_pid),
+        what="the template's spare",
+    )
+    assert len(found) == 1
+    return found.pop()
+
+
+def test_a_state_change_between_forks_never_reaches_a_stale_spare() -> None:
+    r, w = os.pipe()
+    try:
+        with anyfork.new().eval("marker = 'one'") as tmpl:
+            first = facts_of(tmpl.fork().send_arg("a"))
+            # A spare now waits, forked with marker 'one'.  Every kind of state change must
+            # discard it, so each next child sees the change.
+            tmpl.eval("marker = 'two'")
+            second = facts_of(tmpl.fork())
+            tmpl.send_arg("t")
+            third = facts_of(tmpl.fork())
+            tmpl.send_fh(w)
+            fourth = facts_of(tmpl.fork())
+            tmpl.require("json")
+            fifth = facts_of(tmpl.fork())
+    finally:
+        os.close(r)
+        os.close(w)
+    assert [first["main_marker"], second["main_marker"]] == ["one", "two"]
+    assert first["args"] == ["a"]
+    assert second["args"] == []
+    assert third["args"] == ["t"]
+    assert fourth["args"][0] == "t"
+    assert fourth["args"][1].startswith("<_io.FileIO")
+    assert fifth["main_marker"] == "two"
+
+
+def test_consecutive_children_come_from_the_spare_and_differ() -> None:
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        first = facts_of(tmpl.fork())
+        waiting = spare_of(tmpl_pid)
+        second = facts_of(tmpl.fork())
+    assert second["pid"] == waiting  # the spare became the second child
+    assert second["ppid"] == tmpl_pid
+    assert first["pid"] != second["pid"]
+
+
+def test_a_killed_spare_does_not_break_forking() -> None:
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        facts_of(tmpl.fork())
+        waiting = spare_of(tmpl_pid)
+        os.kill(waiting, signal.SIGKILL)
+        eventually(lambda: state(waiting) is None, what="the killed spare to be reaped")
+        info = facts_of(tmpl.fork().send_arg("still works"))
+    assert info["args"] == ["still works"]
+    assert info["pid"] != waiting
+
+
+def test_spares_go_away_with_their_template() -> None:
+    tmpl = anyfork.new()
+    tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+    facts_of(tmpl.fork())
+    waiting = spare_of(tmpl_pid)
+    tmpl.close()
+    eventually(lambda: not alive(waiting), what="the spare to exit with its template")

@@ -21,6 +21,7 @@ Rules:
 * Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
   than none.  A failed fork is reported (FORK_FAILED) and the template keeps serving.
 * EOF on the socket ends the process: nothing outlives a creator that went away.
+* A template keeps one spare: its next child, forked in advance (see ``_fork_spare``).
 * A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
   their exit status to its creator (EXITED), so there are never zombies and the creator can say
   how a grandchild died.
@@ -70,6 +71,7 @@ class Server:
         #: Signals with Python handlers, computed in the template before it forks (so that no
         #: child has to look) and forgotten when a command may have installed new handlers.
         self.handled: list[int] | None = None
+        self._spare: _socket.socket | None = None
         self._wake_r = -1
         self._poll: object = None
 
@@ -191,6 +193,8 @@ class Server:
             for fd in fds:
                 os.close(fd)
             raise _wire.WireError(f"unexpected file descriptors on opcode {op:#x}")
+        if op != _wire.FORK and op != _wire.PID:
+            self._drop_spare()  # the state it was forked with is about to change
         if op == _wire.IMPORT or op == _wire.EVAL:
             self.handled = None
         if op == _wire.IMPORT:
@@ -250,30 +254,88 @@ class Server:
         gc.freeze()
         if self.handled is None:
             self.handled = _handled_signals()
+        if self._hand_to_spare(fd):
+            self._fork_spare()
+            return
         try:
             pid = os.fork()
         except OSError as exc:
             os.close(fd)
             self.report(_wire.FORK_FAILED, _wire.pack_values([f"fork failed: {exc}"]))
             return
-        if pid:
-            os.close(fd)
-            return
-        # The child: drop everything that belongs to the template, then serve our own creator.
-        self._become_child(fd)
+        if pid == 0:
+            # The child: drop everything that belongs to the template, serve our own creator.
+            self._leave_template()
+            self._serve_creator(fd)
+        os.close(fd)
+        self._fork_spare()
 
-    def _become_child(self, fd: int) -> None:
+    # A spare is the next child, forked in advance: after each fork the template forks one more
+    # process, which waits for the socket of the next FORK.  The fork (and CPython's own
+    # after-fork work) then happens on another core while the previous child runs, instead of
+    # between a FORK and its child's first byte.  Any command that changes the template's state
+    # discards the spare, so a child always starts from exactly the state it would have had.
+
+    def _hand_to_spare(self, fd: int) -> bool:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return False
+        try:
+            spare.sendmsg(
+                [b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _wire.pack_ints([fd]))]
+            )
+        except OSError:
+            return False  # the spare died (killed from outside): fork the child directly
+        finally:
+            spare.close()
+        os.close(fd)
+        return True
+
+    def _fork_spare(self) -> None:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return  # no spare this time; the next FORK forks directly and reports failure
+        if pid:
+            theirs.close()
+            self._spare = ours
+            return
+        ours.close()
+        self._leave_template()
+        _name("spare")
+        try:
+            _, anc, _, _ = theirs.recvmsg(1, _socket.CMSG_SPACE(4), _RECV_FLAGS)
+        except OSError:
+            anc = []
+        theirs.close()
+        fds = _fds_from(anc)
+        if not fds:
+            _exit(0)  # discarded: the template's state changed, or it is gone
+        self._serve_creator(fds[0])
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()  # it sees EOF and exits; we reap it
+
+    def _leave_template(self) -> None:
+        """In a new child: let go of what belongs to the template."""
         _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
         if self._wake_r >= 0:
             os.close(self._wake_r)
         self.sock.close()
-        self.sock = _stream(fd)
-        self.owner = os.getppid()
-        self.decoder = _wire.Decoder(_wire.COMMANDS)
         self.forked = False
         self._wake_r = -1
         self._poll = None
+
+    def _serve_creator(self, fd: int) -> NoReturn:
+        self.sock = _stream(fd)
+        self.owner = os.getppid()
+        self.decoder = _wire.Decoder(_wire.COMMANDS)
         # Named at run, not here: naming costs a forked child ~6% of its way to run.
         self.start()  # dropped by its creator before it even started: exits quietly
 

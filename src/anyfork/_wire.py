@@ -135,6 +135,11 @@ def unpack_ints(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f"{len(data) // 4}i", data)
 
 
+def pack_ints(fds: Sequence[int]) -> bytes:
+    """Native C ints, for SCM_RIGHTS."""
+    return struct.pack(f"{len(fds)}i", *fds)
+
+
 def unpack_u32(payload: bytes) -> int:
     if len(payload) != U32.size:
         raise WireError(f"expected a 4-byte integer, got {len(payload)} bytes")
