@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _policy
-from ._errors import ClosedError, SpawnError
+from ._errors import AnyforkError, ClosedError, SpawnError
 from ._process import Func, Process, func_ref, new
 from ._public import publish
 from ._rpc import Client
@@ -42,6 +42,7 @@ STOP_TIMEOUT = 30.0
 
 _RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"  # anyfork.worker._RETIRE, without importing it
 _RETIRE_MARKS = (_RETIRE, _RETIRE.encode())
+_RPC_SERVER = "anyfork._rpc_server"
 _RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
 
 
@@ -140,8 +141,10 @@ class Pool:
 
     Args:
         template: the process workers are forked from (``template.fork()``); prepare it with
-            the modules they need.  ``None``: the pool makes its own template, forked from the
-            default template, with the function's module imported; if it dies it is recreated.
+            the modules they need (the pool adds the RPC server's own module, so that no
+            worker imports anything after its fork).  ``None``: the pool makes its own
+            template, forked from the default template, with the function's module imported;
+            if it dies it is recreated.
             A template you pass is never closed by the pool, and if it dies every call the
             pool cannot serve fails with ``SpawnError``.
         func: the function, as ``"module:qualname"`` or a module-level function object.
@@ -204,6 +207,7 @@ class Pool:
             raise ValueError(f"max_memory is None or a number of bytes >= 1, not {max_memory!r}")
         self._func = func_ref(func)
         self._template = template
+        self._prepared: Process | None = None
         self._owned = template is None
         self._max_calls = max_calls
         self._max_memory = max_memory
@@ -450,6 +454,15 @@ class Pool:
             tmpl.require(module)
         return tmpl
 
+    def _prepare(self, tmpl: Process) -> None:
+        """Import the RPC server into the template once, before its first worker: otherwise
+        every worker imports it after the fork (measured: ~10 ms of a ~12 ms worker start)."""
+        if tmpl is self._prepared:
+            return
+        self._prepared = tmpl
+        with contextlib.suppress(AnyforkError):  # a dead template: its fork() will say so
+            tmpl.require(_RPC_SERVER)
+
     async def _spawn(self, worker: _Worker) -> Client:
         def on_event(*args: Any) -> None:
             if len(args) == 1 and args[0] in _RETIRE_MARKS:
@@ -469,6 +482,7 @@ class Pool:
             tmpl = self._template
             if tmpl is None:
                 tmpl = self._template = self._make_template()
+            self._prepare(tmpl)
             try:
                 return await tmpl.fork().rpc(self._func, **options)
             except SpawnError:
