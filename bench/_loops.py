@@ -94,6 +94,32 @@ def anyfork_new_once() -> float:
     return _drain_blocking(sock, t0)
 
 
+#: A function the default template has loaded already (it preloads ``socket``): the child
+#: imports nothing, like Perl's ``->run("CORE::exit")``.  It closes the socket, so the parent
+#: reads EOF and the latency is start-to-EOF, as in Perl's row.
+PRELOADED = "socket:socket.close"
+
+#: ``->eval(sub hello)->run(hello)`` in Python: the child compiles its function from a string.
+HELLO_CODE = "def hello(sock):\n    sock.sendall(b'x')\n"
+
+
+def anyfork_new_preloaded_once() -> float:
+    t0 = time.perf_counter()
+    sock = anyfork.new().run_blocking(PRELOADED, timeout=TIMEOUT)
+    try:
+        while sock.recv(4096):
+            pass
+        return time.perf_counter() - t0
+    finally:
+        sock.close()
+
+
+def anyfork_new_eval_once() -> float:
+    t0 = time.perf_counter()
+    sock = anyfork.new().eval(HELLO_CODE).run_blocking("hello", timeout=TIMEOUT)
+    return _drain_blocking(sock, t0)
+
+
 def anyfork_exec_once() -> float:
     t0 = time.perf_counter()
     sock = anyfork.new_exec().run_blocking(HELLO, timeout=TIMEOUT)

@@ -73,6 +73,9 @@ class Row:
 
 ROWS = [
     Row("af_new", "anyfork.new().run_blocking(hello)"),
+    Row("af_new_pre", "anyfork.new().run_blocking(socket.close)", latency="EOF"),
+    Row("af_new_eval", "anyfork.new().eval(def hello).run_blocking(hello)"),
+    Row("af_fork_req", "tmpl.fork().run_blocking(hello), tmpl required it"),
     Row("af_new_async", "await anyfork.new().run(hello)  [asyncio]"),
     Row("af_fork_np", "tmpl.fork().run_blocking(hello), numpy template"),
     Row("af_exec", "anyfork.new_exec().run_blocking(hello)"),
@@ -346,8 +349,14 @@ def ratios(by: dict[str, Row]) -> list[str]:
             verdict = "PASS" if ok else "MISS"
             lines.append(f"  {text:<68} {value:.3f}x  [target {goal}: {verdict}]")
 
-    info("anyfork.new vs Perl AnyEvent::Fork->new (CORE::exit)", "af_new", "perl_new")
-    info("anyfork.new vs Perl ->new->eval->run(hello)", "af_new", "perl_new_hello")
+    # Like for like: a function the template has loaded (CORE::exit / socket.close), and a
+    # function compiled in the child from a string (Perl's eval row).
+    v = r("af_new_pre", "perl_new")
+    target("anyfork.new(socket.close) vs Perl AnyEvent::Fork->new(CORE::exit)", v,
+           v is not None and v >= 1.0, ">= 1x", ("af_new_pre", "perl_new"))  # fmt: skip
+    info("anyfork.new eval+run vs Perl ->new->eval->run(hello)", "af_new_eval", "perl_new_hello")
+    info("anyfork.new(hello: module imported in each child) vs Perl new", "af_new", "perl_new")
+    info("template that required the module vs anyfork.new(hello)", "af_fork_req", "af_new")
     v = r("af_new", "mp_forkserver")
     target("anyfork.new vs mp forkserver", v, v is not None and v >= 5.0, ">= 5x",
            ("af_new", "mp_forkserver"))  # fmt: skip
@@ -394,8 +403,15 @@ def build_jobs(
     def one(key: str, once: Callable[[], float | None]) -> tuple[tuple[str, ...], Measure]:
         return (key,), lambda budget: {key: _loops.timed(once, budget)}
 
+    # The recommended pattern: a template that has imported the workers' module.
+    req = anyfork.new().require("bench._children")
+    closers.append(req.close)
+    req.wait_started_blocking(timeout=60)
     jobs = [
         one("af_new", _loops.anyfork_new_once),
+        one("af_new_pre", _loops.anyfork_new_preloaded_once),
+        one("af_new_eval", _loops.anyfork_new_eval_once),
+        one("af_fork_req", _loops.anyfork_fork_once(req)),
         (("af_new_async",), lambda budget: {"af_new_async": _loops.anyfork_new_async(budget)}),
     ]
     if importlib.util.find_spec("numpy") is None:
