@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._errors import SpawnError as SpawnError
     from ._errors import WorkerDiedError as WorkerDiedError
     from ._pool import Pool as Pool
-    from ._pool import PoolStatistics as PoolStatistics
+    from ._pool_records import PoolStatistics as PoolStatistics
     from ._pool_sync import BlockingPool as BlockingPool
     from ._pool_sync import PoolExecutor as PoolExecutor
     from ._process import Process as Process
@@ -64,7 +64,7 @@ _LAZY = {
     "rpc": "_rpc",
     "rpc_blocking": "_rpc",
     "Pool": "_pool",
-    "PoolStatistics": "_pool",
+    "PoolStatistics": "_pool_records",
     "BlockingPool": "_pool_sync",
     "PoolExecutor": "_pool_sync",
 }

@@ -24,109 +24,27 @@ import os
 import signal
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from . import _policy
 from ._errors import AnyforkError, ClosedError, SpawnError
+from ._pool_records import (
+    _RETIRE_MARKS,
+    _RPC_OPTIONS,
+    _RPC_SERVER,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    PoolStatistics,
+    _Call,
+    _Worker,
+    cpu_count,
+    rss,
+)
 from ._process import Func, Process, func_ref, new
 from ._public import publish
 from ._rpc import Client
 
-__all__ = ["Pool", "PoolStatistics"]
-
-#: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.
-START_TIMEOUT = 60.0
-#: How long stopping one worker may take before it is killed.
-STOP_TIMEOUT = 30.0
-
-_RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"  # anyfork.worker._RETIRE, without importing it
-_RETIRE_MARKS = (_RETIRE, _RETIRE.encode())
-_RPC_SERVER = "anyfork._rpc_server"
-_RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on (its affinity mask), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def rss(pid: int) -> int | None:
-    """Resident set size of ``pid`` in bytes (``VmRSS``), or ``None`` if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    """A snapshot of a pool (``pool.statistics()``).
-
-    ``workers`` counts every worker the pool holds (starting, idle, busy, retiring);
-    ``starting`` those not ready yet; ``idle`` ready ones without calls; ``busy`` ones with
-    calls; ``queued`` calls waiting for a worker.  The totals since the pool opened:
-    ``started`` workers, ``died`` (exited or were killed unexpectedly), ``retired``
-    (``worker.retire()``, ``max_calls``, ``max_memory``), ``calls`` completed (any outcome),
-    ``failed_starts``.
-    """
-
-    workers: int
-    starting: int
-    idle: int
-    busy: int
-    queued: int
-    started: int
-    died: int
-    retired: int
-    calls: int
-    failed_starts: int
-
-
-class _Worker:
-    __slots__ = (
-        "client",
-        "dead",
-        "dispatched",
-        "id",
-        "idle_since",
-        "load",
-        "pid",
-        "ready",
-        "retiring",
-        "stopping",
-        "task",
-    )
-
-    def __init__(self, wid: int, now: float) -> None:
-        self.id = wid
-        self.client: Client | None = None
-        self.pid: int | None = None
-        self.load = 0
-        self.dispatched = 0
-        self.ready = False
-        self.retiring = False
-        self.stopping = False
-        self.dead = False
-        self.idle_since = now
-        self.task: asyncio.Task[None] | None = None
-
-
-class _Call:
-    __slots__ = ("args", "fut", "kwargs", "timer")
-
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], fut: asyncio.Future[_Worker]):
-        self.args = args
-        self.kwargs = kwargs
-        self.fut = fut
-        self.timer: asyncio.TimerHandle | None = None
+__all__ = ["Pool"]
 
 
 class Pool:

@@ -20,7 +20,8 @@ import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar
 
-from ._pool import Pool, PoolStatistics
+from ._pool import Pool
+from ._pool_records import PoolStatistics
 from ._process import Func, Process, func_ref
 from ._public import publish
 
