@@ -239,9 +239,12 @@ class Base:
         """The call's payload as chunks, and its size; ``EncodeError`` before anything is sent."""
         try:
             chunks = self._codec.dump_call(args, kwargs)
-            size = 0
-            for chunk in chunks:
-                size += _chunk_size(chunk)
+            if len(chunks) == 1 and type(chunks[0]) is bytes:
+                size = len(chunks[0])  # the common case: one small pickle
+            else:
+                size = 0
+                for chunk in chunks:
+                    size += _chunk_size(chunk)
         except Exception as exc:
             raise EncodeError(
                 f"cannot encode the call's arguments with {self._codec.name!r}: "
@@ -255,8 +258,12 @@ class Base:
     def _queue(self, kind: int, cid: int, chunks: list[Any], size: int) -> None:
         small = self._wsmall
         small += _HEADER.pack(kind, cid, size)
+        if size <= JOIN_LIMIT:
+            for chunk in chunks:
+                small += chunk
+            return
         for chunk in chunks:
-            if size <= JOIN_LIMIT or _chunk_size(chunk) <= JOIN_LIMIT:
+            if _chunk_size(chunk) <= JOIN_LIMIT:
                 small += chunk
             else:
                 # A big buffer goes out as a view of itself: no copy on our side.
@@ -269,12 +276,27 @@ class Base:
 
     def _send_some(self) -> None:
         """Write what the socket takes now (raises ``OSError`` if the child has gone)."""
-        if self._wsmall:
-            self._wbuf.append(self._wsmall)
-            self._wsmall = bytearray()
         sock = self._sock
+        if sock is None:
+            return
         flags = self._send_flags
-        while self._wbuf and sock is not None:
+        small = self._wsmall
+        if small:
+            if not self._wbuf:
+                # The common case: only joined small frames.  Reuse the bytearray when it all
+                # went out (nothing else refers to it then).
+                try:
+                    sent = sock.send(small, flags)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if sent == len(small):
+                    del small[:]
+                    return
+                self._wbuf.append(memoryview(small)[sent:])
+            else:
+                self._wbuf.append(small)
+            self._wsmall = bytearray()
+        while self._wbuf:
             try:
                 if len(self._wbuf) == 1:
                     sent = sock.send(self._wbuf[0], flags)

@@ -215,13 +215,16 @@ class Client(Base):
     # -- I/O --------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        """Send what was queued: the first call of a loop iteration at once, the rest together
-        at the end of the iteration."""
+        """Send what was queued.  A lone call goes out at once (latency); while other calls
+        are outstanding, what the rest of this loop iteration queues leaves together, in one
+        ``sendmsg`` at its end (throughput)."""
         if self._writing or self._corked:
             return
+        if len(self._pending) > 1:
+            self._corked = True
+            self._loop.call_soon(self._uncork)
+            return
         self._write_now()
-        self._corked = True
-        self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
         self._corked = False

@@ -3,9 +3,10 @@
 Built in (by name):
 
 ``"pickle"`` (default)
-    ``pickle`` protocol 5.  Large buffers (``bytearray``, numpy arrays, anything exposing a
-    contiguous ``PickleBuffer`` of 64 KiB or more) travel out of band: they are not copied into
-    the pickle stream, and on the receiving side they are rebuilt as views of the received frame.
+    ``pickle`` protocol 5.  Big ``bytes``/``bytearray`` (64 KiB or more, up to three containers
+    deep) and every ``PickleBuffer`` a value offers (numpy arrays) travel out of band: they are
+    not copied into the pickle stream, and on the receiving side they are rebuilt from views of
+    the received frame.
 ``"cloudpickle"``
     Like pickle, but lambdas and closures travel too (needs the ``cloudpickle`` package on both
     sides; results are loaded with plain ``pickle``).
@@ -55,6 +56,7 @@ OOB_THRESHOLD = 64 << 10
 
 _COUNT = struct.Struct(">I")
 _SIZE = struct.Struct(">Q")
+_NO_BUFFERS = _COUNT.pack(0)
 
 
 class Codec:
@@ -106,27 +108,21 @@ class _Pickle(Codec):
     name = "pickle"
 
     def dump_value(self, value: Any) -> Chunks:
-        buffers: list[memoryview] = []
-
-        def keep(buf: pickle.PickleBuffer) -> bool:
-            try:
-                raw = buf.raw()
-            except BufferError:  # not contiguous: in band
-                return True
-            if raw.nbytes < OOB_THRESHOLD:
-                return True
-            buffers.append(raw)
-            return False
-
         if _has_big_bytes(value, 3):
             # bytes and bytearray pickle in band (and pickle never offers them to a
             # reducer_override): wrap the big ones, in shallow copies of their containers.
             value = _wrap_big_bytes(value, 3)
-        stream = pickle.dumps(value, protocol=5, buffer_callback=keep)
-        head = [_COUNT.pack(len(buffers))]
-        head.extend(_SIZE.pack(b.nbytes) for b in buffers)
+        # Every PickleBuffer goes out of band (big bytes wrapped above, numpy arrays...): the
+        # list's own append is the cheapest callback, and most values offer none at all.
+        buffers: list[pickle.PickleBuffer] = []
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if not buffers:
+            return [_NO_BUFFERS + stream]
+        raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
+        head = [_COUNT.pack(len(raws))]
+        head.extend(_SIZE.pack(r.nbytes) for r in raws)
         chunks: Chunks = [b"".join(head), stream]
-        chunks.extend(buffers)
+        chunks.extend(raws)
         return chunks
 
     def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
@@ -138,6 +134,8 @@ class _Pickle(Codec):
     def load_value(self, data: Buffer) -> Any:
         view = memoryview(data)
         (count,) = _COUNT.unpack_from(view, 0)
+        if not count:
+            return pickle.loads(view[_COUNT.size :])
         pos = _COUNT.size
         sizes = [_SIZE.unpack_from(view, pos + i * _SIZE.size)[0] for i in range(count)]
         pos += count * _SIZE.size
@@ -152,17 +150,37 @@ class _Pickle(Codec):
             at += size
         return pickle.loads(view[pos:end], buffers=buffers)
 
+    def load_call(self, data: Buffer) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        value = self.load_value(data)
+        # The parent's dump_call made an (args, kwargs) tuple; check it without a detour.
+        if type(value) is tuple and len(value) == 2:
+            args, kwargs = value
+            if type(args) is tuple and type(kwargs) is dict:
+                return args, kwargs
+        raise ValueError("a call payload is (args, kwargs)")
+
 
 def _has_big_bytes(value: Any, depth: int) -> bool:
-    """A shallow look for big ``bytes``/``bytearray`` (in containers up to ``depth`` deep)."""
+    """A shallow look for big ``bytes``/``bytearray`` (in containers up to ``depth`` deep).
+
+    Plain loops, no generators: this runs for every call and result."""
     kind = type(value)
     if kind is bytes or kind is bytearray:
         return len(value) >= OOB_THRESHOLD
-    if depth and (kind is tuple or kind is list):
-        return any(_has_big_bytes(v, depth - 1) for v in value)
-    if depth and kind is dict:
-        return any(_has_big_bytes(v, depth - 1) for v in value.values())
+    if not depth:
+        return False
+    if kind is tuple or kind is list:
+        for item in value:
+            if type(item) in _SCANNED and _has_big_bytes(item, depth - 1):
+                return True
+    elif kind is dict:
+        for item in value.values():
+            if type(item) in _SCANNED and _has_big_bytes(item, depth - 1):
+                return True
     return False
+
+
+_SCANNED = frozenset((bytes, bytearray, tuple, list, dict))
 
 
 def _bytes_from(buf: Any) -> bytes:

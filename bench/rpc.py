@@ -1,0 +1,467 @@
+"""RPC benchmark: anyfork's clients next to their floors and peers, from one run.
+
+    .venv/bin/python bench/rpc.py            # ~1 minute: 5 interleaved rounds
+    .venv/bin/python bench/rpc.py --quick    # smoke run: 2 short rounds
+
+Three measurements, each row in every round, rounds interleaved across rows so that the drift
+of a loaded machine (other jobs, a noisy VM) hits every row alike:
+
+* **latency**: the round trip of a trivial call, one at a time (anyfork: sync backend);
+* **throughput**: calls per second pipelined over 2 workers;
+* **10 MiB**: the round trip of a 10 MiB ``bytes`` argument returned as the result.
+
+Floors: a raw ping-pong of length-prefixed pickles over a socketpair to a forked echo process,
+blocking (the floor of any pickle RPC) and with asyncio streams.  Peers: ``multiprocessing``,
+``concurrent.futures.ProcessPoolExecutor``, loky and pebble (installed by ``rpc_setup.py``; rows
+say "not installed" if that failed) and Perl's AnyEvent::Fork::RPC where it can be run.
+
+The table shows each row's best and median round.  A target is judged on the median, over the
+rounds, of its per-round value (a ratio of two rows measured back to back in the same round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import multiprocessing
+import os
+import pickle
+import platform
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyfork
+
+HERE = Path(__file__).resolve().parent
+LEN = struct.Struct(">I")
+BIG = 10 << 20
+#: The function every worker serves: defined by ``eval`` in anyfork workers, and here (module
+#: level of ``__main__``) for the pools, which fork this process or pickle it by value.
+WORKER_CODE = "def ident(x):\n    return x\n"
+
+
+def ident(x: Any) -> Any:
+    return x
+
+
+# -- the floors: raw pickle ping-pong over a socketpair ------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    pos = 0
+    while pos < n:
+        got = sock.recv_into(view[pos:])
+        if not got:
+            raise EOFError
+        pos += got
+    return buf
+
+
+def _send_msg(sock: socket.socket, data: bytes) -> None:
+    if len(data) < 65536:
+        sock.sendall(LEN.pack(len(data)) + data)
+    else:  # no 10 MiB concatenation: that copy is not part of the floor
+        sock.sendall(LEN.pack(len(data)))
+        sock.sendall(data)
+
+
+def _echo_child(sock: socket.socket) -> None:
+    try:
+        while True:
+            head = sock.recv(4, socket.MSG_WAITALL)
+            if len(head) < 4:
+                break
+            obj = pickle.loads(_recv_exact(sock, LEN.unpack(head)[0]))
+            _send_msg(sock, pickle.dumps(obj, protocol=5))
+    finally:
+        os._exit(0)
+
+
+def fork_echo() -> tuple[socket.socket, int]:
+    """A forked process echoing length-prefixed pickles (loaded and dumped again)."""
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        # Keep nothing of the parent's (other echo processes' sockets): EOF must mean EOF.
+        fd = theirs.fileno()
+        os.closerange(3, fd)
+        os.closerange(fd + 1, 1 << 16)
+        _echo_child(theirs)
+    theirs.close()
+    return mine, pid
+
+
+def raw_call(sock: socket.socket, obj: Any) -> Any:
+    _send_msg(sock, pickle.dumps(obj, protocol=5))
+    head = sock.recv(4, socket.MSG_WAITALL)
+    return pickle.loads(_recv_exact(sock, LEN.unpack(head)[0]))
+
+
+async def raw_async_call(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, obj: Any) -> Any:
+    data = pickle.dumps(obj, protocol=5)
+    writer.write(LEN.pack(len(data)) + data)
+    (n,) = LEN.unpack(await reader.readexactly(4))
+    return pickle.loads(await reader.readexactly(n))
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+Runner = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class Row:
+    key: str
+    label: str
+    #: Operations per round (calls, or payload round trips).
+    n: int
+    run: Runner | None
+    #: Why there is no measurement ("not installed", ...), if run is None.
+    missing: str = ""
+    #: Seconds per operation, one per round.
+    samples: list[float] = field(default_factory=list)
+
+
+def fmt_latency(row: Row) -> str:
+    if not row.samples:
+        return row.missing
+    best, med = min(row.samples), statistics.median(row.samples)
+    return f"{best * 1e6:9.1f} us {med * 1e6:9.1f} us"
+
+
+def fmt_rate(row: Row) -> str:
+    if not row.samples:
+        return row.missing
+    best, med = min(row.samples), statistics.median(row.samples)
+    return f"{1 / best:9,.0f} /s {1 / med:9,.0f} /s"
+
+
+def fmt_big(row: Row) -> str:
+    if not row.samples:
+        return row.missing
+    best, med = min(row.samples), statistics.median(row.samples)
+    return f"{best * 1e3:9.2f} ms {med * 1e3:9.2f} ms  ({BIG / best / 2**30 * 2:5.2f} GiB/s)"
+
+
+def per_round_ratio(a: Row, b: Row) -> float | None:
+    """Median over rounds of a's time / b's time in the same round."""
+    if not a.samples or not b.samples:
+        return None
+    return statistics.median(x / y for x, y in zip(a.samples, b.samples, strict=False))
+
+
+def perl_rpc_status() -> str:
+    if shutil.which("perl") is None:
+        return "not available (no perl)"
+    probe = subprocess.run(
+        ["perl", "-MAnyEvent::Fork::RPC", "-e1"], capture_output=True, check=False, timeout=30
+    )
+    if probe.returncode != 0:
+        return "not available (not packaged)"
+    return "available but not wired up"  # pragma: no cover - not packaged in Debian
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.rounds = 2 if quick else 5
+        self.cleanup: list[Callable[[], Any]] = []
+        self.acleanup: list[Callable[[], Awaitable[Any]]] = []
+        self.latency: list[Row] = []
+        self.throughput: list[Row] = []
+        self.big: list[Row] = []
+
+    def q(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    async def setup(self) -> None:
+        lat_n, peer_n = self.q(3000, 500), self.q(400, 100)
+        tp_n, tp_peer_n = self.q(60000, 10000), self.q(6000, 1000)
+        big_n = self.q(6, 2)
+        payload = os.urandom(1 << 20) * 10
+
+        # Floors first: plain forks, before any pool has started threads.
+        sock, pid = fork_echo()
+        self.cleanup.append(lambda: (sock.close(), os.waitpid(pid, 0)))
+        asock, apid = fork_echo()
+        reader, writer = await asyncio.open_connection(sock=asock)
+
+        async def close_streams() -> None:
+            writer.close()
+            await writer.wait_closed()
+            os.waitpid(apid, 0)
+
+        self.acleanup.append(close_streams)
+
+        async def raw_blocking(n: int) -> None:
+            for i in range(n):
+                raw_call(sock, ((i,), {}))
+
+        async def raw_async(n: int) -> None:
+            for i in range(n):
+                await raw_async_call(reader, writer, ((i,), {}))
+
+        async def raw_big(n: int) -> None:
+            for _ in range(n):
+                raw_call(sock, ((payload,), {}))
+
+        # anyfork: one worker per client, sync backend, forked from the default template.
+        async def client() -> anyfork.Client:
+            c = await anyfork.rpc(anyfork.new().eval(WORKER_CODE), "ident", timeout=30)
+            self.acleanup.append(lambda: c.aclose(timeout=30))
+            return c
+
+        c1, c2, c3 = await client(), await client(), await client()
+        blocking = anyfork.rpc_blocking(anyfork.new().eval(WORKER_CODE), "ident", timeout=30)
+        self.cleanup.append(lambda: blocking.close(timeout=30))
+
+        async def af_async(n: int) -> None:
+            for i in range(n):
+                await c1(i)
+
+        async def af_blocking(n: int) -> None:
+            for i in range(n):
+                blocking(i)
+
+        async def af_gather(n: int) -> None:
+            half = n // 2
+            await asyncio.gather(*(c2(i) for i in range(half)), *(c3(i) for i in range(half)))
+
+        async def af_map(n: int) -> None:
+            half = n // 2
+            await asyncio.gather(c2.map(range(half)), c3.map(range(half)))
+
+        async def af_big_async(n: int) -> None:
+            for _ in range(n):
+                await c1(payload)
+
+        async def af_big_blocking(n: int) -> None:
+            for _ in range(n):
+                blocking(payload)
+
+        self.latency += [
+            Row("raw_blocking", "raw socketpair pickle ping-pong, blocking", lat_n, raw_blocking),
+            Row("raw_async", "raw asyncio streams ping-pong", lat_n, raw_async),
+            Row("af_blocking", "anyfork BlockingClient (sync backend)", lat_n, af_blocking),
+            Row("af_async", "anyfork Client, asyncio (sync backend)", lat_n, af_async),
+        ]
+        self.throughput += [
+            Row("af_gather", "anyfork Client, asyncio.gather, 2 clients", tp_n, af_gather),
+            Row("af_map", "anyfork Client.map, 2 clients", tp_n, af_map),
+        ]
+        self.big += [
+            Row("raw_big", "raw socketpair pickle ping-pong (in band)", big_n, raw_big),
+            Row("af_big_blocking", "anyfork BlockingClient", big_n, af_big_blocking),
+            Row("af_big_async", "anyfork Client, asyncio", big_n, af_big_async),
+        ]
+
+        # Peers: one worker for latency and payloads, two for throughput.
+        ctx = multiprocessing.get_context("fork")
+        pools = {"mp1": ctx.Pool(1), "mp2": ctx.Pool(2)}
+        for mp_pool in pools.values():
+            self.cleanup.append(lambda p=mp_pool: (p.close(), p.join()))
+        ppe1 = ProcessPoolExecutor(1, mp_context=ctx)
+        ppe2 = ProcessPoolExecutor(2, mp_context=ctx)
+        self.cleanup += [ppe1.shutdown, ppe2.shutdown]
+        self._peer_rows(
+            "mp", "multiprocessing.Pool", pools["mp1"].apply, pools["mp2"], peer_n, tp_peer_n
+        )
+        self._executor_rows("ppe", "ProcessPoolExecutor", ppe1, ppe2, peer_n, tp_peer_n, payload)
+        self.big.append(self._big_row("mp_big", "multiprocessing.Pool.apply",
+                                      lambda: pools["mp1"].apply(ident, (payload,)), big_n))
+        await self._optional_peers(peer_n, tp_peer_n, big_n, payload)
+        perl = perl_rpc_status()
+        for rows, key in ((self.latency, "perl"), (self.throughput, "perl_tp"),
+                          (self.big, "perl_big")):
+            rows.append(Row(key, "Perl AnyEvent::Fork::RPC", 0, None, perl))
+
+        # Warm up every row once (imports, page faults, pool start-up).
+        for row in [*self.latency, *self.throughput, *self.big]:
+            if row.run is not None:
+                await row.run(min(row.n, 50))
+
+    def _peer_rows(self, key: str, label: str, apply: Callable[..., Any], pool2: Any,
+                   n: int, tp_n: int) -> None:
+        async def lat(k: int) -> None:
+            for i in range(k):
+                apply(ident, (i,))
+
+        async def tp(k: int) -> None:
+            pool2.map(ident, range(k), chunksize=1)
+
+        self.latency.append(Row(key, f"{label}.apply", n, lat))
+        self.throughput.append(Row(f"{key}_tp", f"{label}(2).map, chunksize=1", tp_n, tp))
+
+    def _executor_rows(self, key: str, label: str, ex1: Any, ex2: Any, n: int, tp_n: int,
+                       payload: bytes) -> None:
+        async def lat(k: int) -> None:
+            for i in range(k):
+                ex1.submit(ident, i).result()
+
+        async def tp(k: int) -> None:
+            for _ in ex2.map(ident, range(k)):
+                pass
+
+        self.latency.append(Row(key, f"{label}.submit().result()", n, lat))
+        self.throughput.append(Row(f"{key}_tp", f"{label}(2).map", tp_n, tp))
+        self.big.append(self._big_row(f"{key}_big", f"{label}.submit().result()",
+                                      lambda: ex1.submit(ident, payload).result(), self.q(6, 2)))
+
+    @staticmethod
+    def _big_row(key: str, label: str, once: Callable[[], Any], n: int) -> Row:
+        async def run(k: int) -> None:
+            for _ in range(k):
+                once()
+
+        return Row(key, label, n, run)
+
+    async def _optional_peers(self, n: int, tp_n: int, big_n: int, payload: bytes) -> None:
+        if importlib.util.find_spec("loky") is None:
+            for rows, key in ((self.latency, "loky"), (self.throughput, "loky_tp"),
+                              (self.big, "loky_big")):
+                rows.append(Row(key, "loky", 0, None, "not installed"))
+        else:
+            import loky
+
+            ex1, ex2 = loky.ProcessPoolExecutor(1), loky.ProcessPoolExecutor(2)
+            self.cleanup += [ex1.shutdown, ex2.shutdown]
+            self._executor_rows("loky", "loky", ex1, ex2, n, tp_n, payload)
+        if importlib.util.find_spec("pebble") is None:
+            for rows, key in ((self.latency, "pebble"), (self.throughput, "pebble_tp"),
+                              (self.big, "pebble_big")):
+                rows.append(Row(key, "pebble", 0, None, "not installed"))
+        else:
+            import pebble
+
+            ctx = multiprocessing.get_context("fork")
+            p1, p2 = pebble.ProcessPool(1, context=ctx), pebble.ProcessPool(2, context=ctx)
+            for pool in (p1, p2):
+                self.cleanup.append(lambda p=pool: (p.close(), p.join()))
+
+            async def lat(k: int) -> None:
+                for i in range(k):
+                    p1.schedule(ident, (i,)).result()
+
+            async def tp(k: int) -> None:
+                for _ in p2.map(ident, range(k), chunksize=1).result():
+                    pass
+
+            self.latency.append(Row("pebble", "pebble ProcessPool.schedule().result()", n, lat))
+            self.throughput.append(Row("pebble_tp", "pebble ProcessPool(2).map", tp_n, tp))
+            self.big.append(self._big_row("pebble_big", "pebble ProcessPool.schedule()",
+                                          lambda: p1.schedule(ident, (payload,)).result(), big_n))
+
+    async def measure(self) -> None:
+        rows = [r for r in (*self.latency, *self.throughput, *self.big) if r.run is not None]
+        for rnd in range(self.rounds):
+            began = time.perf_counter()
+            for row in rows:
+                assert row.run is not None
+                start = time.perf_counter()
+                await row.run(row.n)
+                row.samples.append((time.perf_counter() - start) / row.n)
+            print(f"  round {rnd + 1}/{self.rounds}: {time.perf_counter() - began:5.1f} s",
+                  flush=True)
+
+    async def close(self) -> None:
+        # The pools first (last registered): their forked workers hold copies of every socket
+        # this process had open, so no anyfork worker or echo process would see EOF before.
+        for cb in reversed(self.cleanup[1:]):
+            cb()
+        for acb in self.acleanup:
+            await acb()
+        self.cleanup[0]()
+
+
+def report(b: Bench) -> list[tuple[str, bool | None]]:
+    rows = {r.key: r for r in (*b.latency, *b.throughput, *b.big)}
+    floor = rows["raw_blocking"]
+
+    def section(title: str, items: list[Row], fmt: Callable[[Row], str], ref: Row | None,
+                heading: str) -> None:
+        print(f"\n{title}")
+        print(f"  {'':52s} {heading}")
+        for row in items:
+            ratio = per_round_ratio(row, ref) if ref is not None else None
+            extra = f"  {ratio:5.2f}x" if ratio is not None else ""
+            print(f"  {row.label:52s} {fmt(row)}{extra}")
+
+    section("Round trip of a trivial call (x: median per-round ratio to the blocking floor)",
+            b.latency, fmt_latency, floor, "      best        median   vs floor")
+    section("Pipelined throughput, 2 workers (x: median per-round time ratio to Client.map)",
+            b.throughput, fmt_rate, rows["af_map"], "      best        median   vs map")
+    section("10 MiB bytes argument returned as the result (x: to the raw floor)",
+            b.big, fmt_big, rows["raw_big"], "      best        median")
+
+    results: list[tuple[str, bool | None]] = []
+
+    def target(text: str, value: float | None, ok: Callable[[float], bool], unit: str) -> None:
+        if value is None:
+            results.append((f"{text}: not measured", None))
+            return
+        results.append((f"{text}: {value:.2f}{unit}", ok(value)))
+
+    target("asyncio Client round trip <= 1.3x raw asyncio streams",
+           per_round_ratio(rows["af_async"], rows["raw_async"]), lambda v: v <= 1.3, "x")
+    target("asyncio Client round trip >= 2x faster than ProcessPoolExecutor",
+           per_round_ratio(rows["ppe"], rows["af_async"]), lambda v: v >= 2.0, "x faster")
+    target("BlockingClient round trip <= 1.5x raw blocking pickle ping-pong",
+           per_round_ratio(rows["af_blocking"], floor), lambda v: v <= 1.5, "x")
+    for key in ("af_map", "af_gather"):
+        row = rows[key]
+        rate = 1 / statistics.median(row.samples) if row.samples else None
+        target(f"{row.label} >= 100k calls/s", rate and rate / 1000, lambda v: v >= 100, "k/s")
+    for key in ("af_big_blocking", "af_big_async"):
+        target(f"10 MiB, {rows[key].label} <= 1.5x the raw in-band floor",
+               per_round_ratio(rows[key], rows["raw_big"]), lambda v: v <= 1.5, "x")
+    print("\nTargets (median over rounds of the per-round values):")
+    for text, ok in results:
+        mark = "----" if ok is None else "PASS" if ok else "MISS"
+        print(f"  {mark}  {text}")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 short rounds (smoke run)")
+    parser.add_argument("--no-setup", action="store_true", help="skip rpc_setup.py")
+    args = parser.parse_args()
+    if not args.no_setup:
+        subprocess.call([sys.executable, str(HERE / "rpc_setup.py")])
+    print(f"anyfork RPC benchmark{' (quick)' if args.quick else ''}")
+    print(f"  python {platform.python_version()} ({sys.executable})")
+    print(f"  flags: {sys.flags}  xoptions: {sys._xoptions}")
+    print(f"  event loop: {type(asyncio.new_event_loop()).__name__} (stdlib asyncio)")
+    print(f"  cpus: {os.cpu_count()}, load average at start: {os.getloadavg()}")
+    began = time.perf_counter()
+    bench = Bench(args.quick)
+
+    async def run() -> None:
+        await bench.setup()
+        try:
+            await bench.measure()
+        finally:
+            await bench.close()
+
+    asyncio.run(run())
+    report(bench)
+    print(f"\n  load average at end: {os.getloadavg()}; "
+          f"took {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
