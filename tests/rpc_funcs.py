@@ -196,3 +196,13 @@ async def event_flush_exit(code: int) -> None:
 
 def sync_flush() -> bool:
     return anyfork.worker.flush()
+
+
+def apply(func: Any, *args: Any) -> Any:
+    """Call what the parent sent (a lambda or closure, with the cloudpickle serialiser)."""
+    return func(*args)
+
+
+def make_adder(n: int) -> Any:
+    """Return a closure: only cloudpickle can send it back."""
+    return lambda x: x + n

@@ -1,0 +1,155 @@
+"""Client lifetime and batches: a client dropped without aclose()/close() closes its
+connection (the worker exits); ``map`` pipelines calls, keeps their order and their errors,
+and abandons what is left when it is cancelled or times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import pytest
+
+import anyfork
+from helpers import alive, eventually
+
+T = TypeVar("T")
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, 30)
+
+    return asyncio.run(bounded())
+
+
+def _worker_gone(pid: int) -> None:
+    eventually(lambda: not alive(pid), timeout=10, what=f"worker {pid} to exit")
+
+
+def test_dropped_client_closes_its_connection() -> None:
+    async def main() -> None:
+        client = await anyfork.rpc(anyfork.new(), "rpc_funcs:add", timeout=10)
+        assert list(await asyncio.gather(client(1, 2), client(3, 4))) == [3, 7]
+        pid = client.pid
+        assert pid is not None
+        ref = weakref.ref(client)
+        del client
+        # Freed by reference counting alone: the loop's reader does not keep it alive, and
+        # no reference cycle does either.
+        assert ref() is None
+        _worker_gone(pid)  # it saw EOF and exited (the conftest checks the fds too)
+
+    _run(main())
+
+
+def test_pending_call_keeps_its_client_alive() -> None:
+    async def main() -> None:
+        client = await anyfork.rpc(anyfork.new(), "rpc_funcs:add", timeout=10)
+        ref = weakref.ref(client)
+        fut = client(20, 22)
+        del client
+        gc.collect()
+        assert ref() is not None  # the outstanding call holds it
+        assert await fut == 42
+        del fut
+        assert ref() is None
+
+    _run(main())
+
+
+def test_dropped_blocking_client_closes_its_connection() -> None:
+    client = anyfork.rpc_blocking(anyfork.new(), "rpc_funcs:add", timeout=10)
+    assert client(1, 2) == 3
+    pid = client.pid
+    assert pid is not None
+    ref = weakref.ref(client)
+    del client
+    assert ref() is None
+    _worker_gone(pid)
+
+
+@pytest.mark.parametrize("backend", ["sync", "async"])
+def test_map_keeps_order_and_raises_the_first_error(backend: Any) -> None:
+    async def main() -> None:
+        async with await anyfork.rpc(
+            anyfork.new(), "rpc_funcs:add", backend=backend, timeout=10
+        ) as client:
+            assert await client.map(range(1000), range(1000)) == [2 * i for i in range(1000)]
+            assert await client.map([]) == []
+            with pytest.raises(TypeError, match="can only concatenate"):  # "x" + 1, not None + 1
+                await client.map([1, "x", 2, None], [1, 1, 1, 1])
+            assert await client.map([5]) == [5]  # still usable
+            with pytest.raises(anyfork.EncodeError):
+                await client.map([1, lambda: None])  # encoded before anything is sent
+            assert await client(1, 1) == 2
+
+    _run(main())
+
+
+def test_blocking_map() -> None:
+    with anyfork.rpc_blocking(anyfork.new(), "rpc_funcs:add", timeout=10) as client:
+        assert client.map(range(500), range(500)) == [2 * i for i in range(500)]
+        with pytest.raises(TypeError):
+            client.map([1, None])
+        assert client(2, 3) == 5
+
+
+def test_async_map_timeout_cancels_the_rest_and_the_worker_keeps_serving() -> None:
+    async def main() -> None:
+        events: list[Any] = []
+        async with await anyfork.rpc(
+            anyfork.new(),
+            "rpc_funcs:wait_forever",
+            backend="async",
+            on_event=lambda *a: events.append(a),
+            timeout=10,
+        ) as client:
+            with pytest.raises(TimeoutError):
+                await client.map(["a", "b", "c"], timeout=0.2)
+            task = asyncio.ensure_future(client.map(["d", "e"]))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert ("waiting", "a") in events
+
+    _run(main())
+
+
+def test_sync_map_cancel_kills_the_worker() -> None:
+    async def main() -> None:
+        client = await anyfork.rpc(
+            anyfork.new(), "rpc_funcs:block", on_event=lambda *a: None, timeout=10
+        )
+        with pytest.raises(TimeoutError):
+            await client.map(["x", "y"], timeout=0.2)
+        with pytest.raises(anyfork.WorkerDiedError, match="timed out"):
+            await client.call("z", timeout=10)
+        await client.aclose(timeout=10)
+
+    _run(main())
+
+
+def test_cancelled_call_future_abandons_the_call() -> None:
+    async def main() -> None:
+        events: list[Any] = []
+        seen = asyncio.Event()
+
+        def on_event(*args: Any) -> None:
+            events.append(args)
+            seen.set()
+
+        async with await anyfork.rpc(
+            anyfork.new(), "rpc_funcs:wait_forever", backend="async", on_event=on_event, timeout=10
+        ) as client:
+            fut = client("a")
+            await asyncio.wait_for(seen.wait(), 10)
+            assert fut.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await fut
+            assert await client.map([]) == []
+
+    _run(main())
