@@ -8,7 +8,9 @@ Run it with ``make demo`` (or ``.venv/bin/python examples/demo.py``).  It
    (the classic prefork idiom, done by passing the fd rather than by forking this program);
 3. forks 4 workers, connects 12 clients and shows which worker answered each and how fast;
 4. stops the workers by closing our end of their sockets, and checks that nothing is left;
-5. starts one process with ``new_exec`` (a fresh interpreter; this program is never forked).
+5. starts one process with ``new_exec`` (a fresh interpreter; this program is never forked);
+6. turns a forked process into an RPC server: calls stream progress events before their results,
+   and an exception raised in the worker comes back as its own type.
 
 The worker code is in ``demo_workers.py`` next to this file.
 """
@@ -24,7 +26,7 @@ import statistics
 import sys
 import time
 
-from demo_workers import serve, whoami
+from demo_workers import InventoryError, check_stock, crunch, serve, whoami
 
 import anyfork
 
@@ -55,7 +57,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # the read can race with the exit
         return True
 
 
@@ -165,10 +167,53 @@ async def exec_one() -> None:
     print(f"             it has exited with code {proc.returncode}")
 
 
+async def rpc_worker() -> None:
+    print("\n7. RPC: progress events streamed before each result, and an exception by type")
+    start = time.perf_counter()
+
+    def on_event(kind: str, label: str, done: int, steps: int) -> None:
+        # Runs in this process, in the order the worker produced events and results.
+        print(f"             {kind:8s} {label}: {done}/{steps}")
+
+    # The worker is forked from the default template and serves crunch() (sync backend: one
+    # call at a time, no event loop in the child); events go to on_event.
+    async with (
+        await anyfork.new()
+        .require("demo_workers")
+        .rpc(crunch, on_event=on_event, timeout=10) as client
+    ):
+
+        async def one(label: str, steps: int) -> dict[str, object]:
+            result = await client(label, steps)
+            print(f"             result   {label}: total {result['total']}")
+            return result
+
+        # Both calls are sent at once; the worker runs them in turn.  Each result is printed
+        # as it arrives: after its own progress events and before the next call's.
+        first, _ = await asyncio.gather(one("job-a", 3), one("job-b", 2))
+        step(
+            f"2 calls with 5 progress events, worker pid {first['pid']}",
+            time.perf_counter() - start,
+        )
+
+    async with await anyfork.new().rpc(check_stock, timeout=10) as client:
+        print(f"             check_stock('apples', 2) -> {await client('apples', 2)} left")
+        try:
+            await client("pears", 1)
+        except InventoryError as exc:  # the worker's own exception type, rebuilt here
+            print(f"             check_stock('pears', 1) raised {type(exc).__name__}: {exc}")
+            print(
+                f"             (remote traceback attached as __cause__: "
+                f"{type(exc.__cause__).__name__})"
+            )
+        print(f"             the worker kept serving: apples -> {await client('apples', 3)}")
+
+
 async def main() -> None:
     began = time.perf_counter()
     await prefork_server()
     await exec_one()
+    await rpc_worker()
     print(f"\ndone in {ms(time.perf_counter() - began).strip()}")
 
 

@@ -58,3 +58,33 @@ def whoami(sock: socket.socket) -> None:
         "modules": len(sys.modules),
     }
     sock.sendall(json.dumps(facts).encode())
+
+
+# -- RPC workers (section 7 of the demo) ----------------------------------------------------------
+
+
+def crunch(label: str, steps: int) -> dict[str, object]:
+    """Work in ``steps`` steps, streaming a progress event after each one, then return a result.
+
+    Events and results reach the parent in the order they were produced, so the parent sees
+    every progress event of this call before its result.
+    """
+    import anyfork.worker  # cheap: the child-side API only
+
+    total = 0
+    for i in range(steps):
+        total += sum(range(10_000 * (i + 1)))  # a little real work per step
+        anyfork.worker.event("progress", label, i + 1, steps)
+    return {"label": label, "total": total, "pid": os.getpid()}
+
+
+class InventoryError(Exception):
+    """Raised in the worker; the parent re-raises it as this very type."""
+
+
+def check_stock(item: str, wanted: int) -> int:
+    stock = {"apples": 3, "pears": 0}
+    have = stock.get(item, 0)
+    if have < wanted:
+        raise InventoryError(f"only {have} {item} left, {wanted} wanted")
+    return have - wanted
