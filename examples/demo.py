@@ -184,7 +184,7 @@ async def rpc_worker() -> None:
     ):
 
         async def one(label: str, steps: int) -> dict[str, object]:
-            result = await client(label, steps)
+            result: dict[str, object] = await client(label, steps)
             print(f"             result   {label}: total {result['total']}")
             return result
 
