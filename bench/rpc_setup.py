@@ -25,9 +25,7 @@ def main() -> int:
         return 0
     note(f"installing {', '.join(missing)} into {sys.prefix}")
     try:
-        rc = subprocess.call(
-            [sys.executable, "-m", "pip", "install", "-q", *missing], timeout=120
-        )
+        rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", *missing], timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         note(f"pip failed ({exc}); those rows will say 'not installed'")
         return 0
