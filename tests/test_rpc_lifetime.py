@@ -153,3 +153,79 @@ def test_cancelled_call_future_abandons_the_call() -> None:
             assert await client.map([]) == []
 
     _run(main())
+
+
+def test_first_rpc_primes_the_template_for_later_workers() -> None:
+    import anyfork
+    from helpers import recv_all
+
+    code = (
+        "import sys\n"
+        "loaded = 'anyfork._rpc_server' in sys.modules\n"
+        "def f(sock):\n"
+        "    sock.sendall(str(loaded).encode())\n"
+    )
+    # A fresh interpreter: a template forked from the default one may be primed already.
+    with anyfork.new_exec() as tmpl:
+        before = tmpl.fork().eval(code).run_blocking("f", timeout=10)
+        with before:
+            assert recv_all(before) == b"False"
+        client = tmpl.fork().rpc_blocking("json:dumps", timeout=10)
+        assert client([1]) == "[1]"
+        client.close()
+        # Workers forked after the first rpc() start with the RPC server already imported.
+        after = tmpl.fork().eval(code).run_blocking("f", timeout=10)
+        with after:
+            assert recv_all(after) == b"True"
+
+
+def test_timeouts_are_the_builtin_timeout_error() -> None:
+    """Also on 3.10, where asyncio.wait_for raises asyncio.TimeoutError, a class of its own."""
+    import asyncio
+    import os
+
+    import anyfork
+    from helpers import alive, eventually
+
+    gate_code = "def gate(f):\n    f.read(1)\n"
+
+    async def main(r: int) -> tuple[int, int]:
+        # Start-up: init blocks on a pipe we never write to before the deadline.
+        proc = anyfork.new().send_fh(r).eval(gate_code)
+        try:
+            await proc.rpc("json:dumps", init="gate", timeout=0.3)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("rpc() did not time out")
+        first = proc.pid
+        # Close: a call that blocks on the pipe keeps the worker from finishing in time.
+        blocker = (
+            await anyfork.new()
+            .send_fh(r)
+            .eval(
+                "import anyfork.worker\ngate_file = anyfork.worker.take_args()[0]\n"
+                "def wait(x):\n    return gate_file.read(1)\n"
+            )
+            .rpc("wait", timeout=10)
+        )
+        call = asyncio.ensure_future(blocker(1))
+        try:
+            await blocker.aclose(timeout=0.3)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("aclose() did not time out")
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        assert first is not None
+        return first, blocker.pid
+
+    r, w = os.pipe()
+    try:
+        pids = asyncio.run(main(r))
+    finally:
+        os.close(w)
+        os.close(r)
+    for pid in pids:
+        eventually(lambda pid=pid: not alive(pid), what=f"pid {pid} to exit")

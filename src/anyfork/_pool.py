@@ -27,6 +27,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from . import _policy
+from ._aio import wait_for
 from ._errors import AnyforkError, ClosedError, SpawnError
 from ._pool_records import (
     _RETIRE_MARKS,
@@ -602,7 +603,7 @@ class Pool:
         closed = self._closed
         assert closed is not None
         try:
-            await asyncio.wait_for(asyncio.shield(closed), timeout)
+            await wait_for(asyncio.shield(closed), timeout)
         except BaseException:
             self.cancel()
             with contextlib.suppress(BaseException):

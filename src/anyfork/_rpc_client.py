@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from . import _rpc_wire as W
+from ._aio import wait_for
 from ._errors import ClosedError, ProtocolError, SpawnError, describe_returncode
 from ._public import publish
 from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch
@@ -335,7 +336,7 @@ class Client(Base):
             if timeout is None:
                 await asyncio.shield(self._ready_fut)
             else:
-                await asyncio.wait_for(asyncio.shield(self._ready_fut), timeout)
+                await wait_for(asyncio.shield(self._ready_fut), timeout)
         except BaseException:
             self.abort()
             raise
@@ -366,7 +367,7 @@ class Client(Base):
             if timeout is None:
                 await asyncio.shield(self._closed_fut)
             else:
-                await asyncio.wait_for(asyncio.shield(self._closed_fut), timeout)
+                await wait_for(asyncio.shield(self._closed_fut), timeout)
         except BaseException:
             self._kill()
             self.abort()
