@@ -182,10 +182,14 @@ def test_first_rpc_primes_the_template_for_later_workers() -> None:
 def test_timeouts_are_the_builtin_timeout_error() -> None:
     """Also on 3.10, where asyncio.wait_for raises asyncio.TimeoutError, a class of its own."""
     import asyncio
+    import functools
     import os
 
     import anyfork
     from helpers import alive, eventually
+
+    def gone(pid: int) -> bool:
+        return not alive(pid)
 
     gate_code = "def gate(f):\n    f.read(1)\n"
 
@@ -219,6 +223,7 @@ def test_timeouts_are_the_builtin_timeout_error() -> None:
         call.cancel()
         await asyncio.gather(call, return_exceptions=True)
         assert first is not None
+        assert blocker.pid is not None
         return first, blocker.pid
 
     r, w = os.pipe()
@@ -228,4 +233,4 @@ def test_timeouts_are_the_builtin_timeout_error() -> None:
         os.close(w)
         os.close(r)
     for pid in pids:
-        eventually(lambda pid=pid: not alive(pid), what=f"pid {pid} to exit")
+        eventually(functools.partial(gone, pid), what=f"pid {pid} to exit")
