@@ -27,9 +27,13 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# Processes, RPC and pools, each side by side with its peers in one run (about 3 minutes).
 bench: $(STAMP)
 	$(PY) bench/setup.py
+	$(PY) bench/rpc_setup.py
 	$(PY) bench/run.py
+	$(PY) bench/rpc.py
+	$(PY) bench/pool.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
