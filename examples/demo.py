@@ -21,6 +21,7 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -209,11 +210,53 @@ async def rpc_worker() -> None:
         print(f"             the worker kept serving: apples -> {await client('apples', 3)}")
 
 
+async def pool_demo() -> None:
+    print("\n8. A pool: scales up under load, survives a killed worker, shrinks to zero when idle")
+    from demo_workers import square
+
+    # Workers are forked from a template (here anyfork.new(), with demo_workers imported once)
+    # and each serves square() over RPC; at most 2 workers, 2 calls in flight on each; idle=0
+    # lets the pool shrink to nothing, 0.2 s after its workers last had work.
+    start = time.perf_counter()
+    template = anyfork.new().require("demo_workers")
+    async with anyfork.Pool(template, square, max=2, idle=0, load=2, stop=0.2) as pool:
+        results = [r async for r in pool.map(range(1000))]
+        elapsed = time.perf_counter() - start
+        assert results == [x * x for x in range(1000)]
+        stats = pool.statistics()
+        step(
+            f"1000 calls through map(), in order ({1000 / elapsed:,.0f} calls/s, "
+            f"workers started: {stats.started})",
+            elapsed,
+        )
+
+        # Kill a worker from outside: the pool notices without a call, and the next call is
+        # served by a new worker.  Only calls that were on the dead worker would have failed.
+        victim = pool.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        start = time.perf_counter()
+        stats = await pool.wait_for(lambda s: s.died == 1, timeout=10)
+        answer = await pool(12)
+        step(
+            f"killed worker {victim}; pool noticed (died={stats.died}), then pool(12) = {answer}",
+            time.perf_counter() - start,
+        )
+
+        start = time.perf_counter()
+        await pool.wait_for(lambda s: s.workers == 0, timeout=10)
+        step(
+            "idle workers stopped, one per 0.2 s: the pool is down to 0 workers",
+            time.perf_counter() - start,
+        )
+    template.close()
+
+
 async def main() -> None:
     began = time.perf_counter()
     await prefork_server()
     await exec_one()
     await rpc_worker()
+    await pool_demo()
     print(f"\ndone in {ms(time.perf_counter() - began).strip()}")
 
 

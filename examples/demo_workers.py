@@ -88,3 +88,8 @@ def check_stock(item: str, wanted: int) -> int:
     if have < wanted:
         raise InventoryError(f"only {have} {item} left, {wanted} wanted")
     return have - wanted
+
+
+def square(x: int) -> int:
+    """The pool's function: trivial on purpose, so the demo shows the pool's own costs."""
+    return x * x
