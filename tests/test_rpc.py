@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -260,20 +261,20 @@ def test_startup_death_is_spawn_error() -> None:
     _run(main())
 
 
-def test_missing_optional_serializer_fails_before_spawning() -> None:
-    try:
-        import msgpack  # noqa: F401
-    except ImportError:
+def test_missing_optional_serializer_fails_before_spawning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # msgpack is installed for the suite: make it unimportable here (None in sys.modules makes
+    # ``import msgpack`` raise ImportError), as on a machine without it.
+    monkeypatch.setitem(sys.modules, "msgpack", None)
 
-        async def main() -> None:
-            proc = anyfork.new()
-            with pytest.raises(ImportError, match="pip install msgpack"):
-                await anyfork.rpc(proc, "rpc_funcs:add", serializer="msgpack")
-            proc.close()
+    async def main() -> None:
+        proc = anyfork.new()
+        with pytest.raises(ImportError, match="pip install msgpack"):
+            await anyfork.rpc(proc, "rpc_funcs:add", serializer="msgpack")
+        proc.close()
 
-        _run(main())
-    else:  # pragma: no cover - msgpack not installed here
-        pytest.skip("msgpack is installed")
+    _run(main())
 
 
 # -- events and ordering ---------------------------------------------------------------------------
