@@ -399,3 +399,36 @@ def test_spares_go_away_with_their_template() -> None:
     waiting = spare_of(tmpl_pid)
     tmpl.close()
     eventually(lambda: not alive(waiting), what="the spare to exit with its template")
+
+
+# -- what a child holds ----------------------------------------------------------------------------
+
+FD_REPORT = (
+    "import os\n"
+    "def fds(sock, *args):\n"
+    "    open_fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+    "    held = [f for f in open_fds if os.path.exists(f'/proc/self/fd/{f}')]\n"
+    "    sock.sendall(repr(held).encode())\n"
+)
+
+
+def test_children_hold_only_stdio_their_socket_and_what_was_sent() -> None:
+    # An fd this process leaves inheritable (as libraries do) must not reach any child: not the
+    # exec'd default template, nor what it forks.
+    leak_r, leak_w = os.pipe()
+    os.set_inheritable(leak_w, True)
+    sent_r, sent_w = os.pipe()
+    try:
+        exec_proc = anyfork.new_exec(python=sys.executable)  # a fresh interpreter, even early
+        with exec_proc.eval(FD_REPORT).run_blocking("fds", timeout=10) as sock:
+            assert eval(recv_all(sock)) == [0, 1, 2, 3]
+        with anyfork.new_exec(python=sys.executable) as tmpl:
+            for _ in range(3):  # the first child is forked directly, the next ones are spares
+                child = tmpl.fork().eval(FD_REPORT).send_fh(sent_w)
+                with child.run_blocking("fds", timeout=10) as sock:
+                    held = eval(recv_all(sock))
+                assert len(held) == 5  # stdio, the socket, the fd we sent
+                assert held[:4] == [0, 1, 2, 3]
+    finally:
+        for fd in (leak_r, leak_w, sent_r, sent_w):
+            os.close(fd)

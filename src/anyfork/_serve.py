@@ -47,6 +47,7 @@ else:
     import _signal
 
 _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
+_MAX_FD = os.sysconf("SC_OPEN_MAX")
 _RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
 
 #: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
@@ -72,7 +73,7 @@ class Server:
         #: child has to look) and forgotten when a command may have installed new handlers.
         self.handled: list[int] | None = None
         self._spare: _socket.socket | None = None
-        self._wake_r = -1
+        self._wake_r = self._wake_w = -1
         self._poll: object = None
 
     # -- reports ---------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class Server:
         import select
 
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake_r = r
+        self._wake_r, self._wake_w = r, w
         _signal.set_wakeup_fd(w)
         _signal.signal(_signal.SIGCHLD, _on_sigchld)
         poll = select.poll()
@@ -325,11 +326,12 @@ class Server:
         """In a new child: let go of what belongs to the template."""
         _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        if self._wake_r >= 0:
-            os.close(self._wake_r)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
         self.sock.close()
         self.forked = False
-        self._wake_r = -1
+        self._wake_r = self._wake_w = -1
         self._poll = None
 
     def _serve_creator(self, fd: int) -> NoReturn:
@@ -541,6 +543,10 @@ def main() -> NoReturn:
     """Entry point of an exec'd interpreter (see ``_spawn.boot_argv``)."""
     version, fd, owner = sys.argv[1:4]
     del sys.argv[1:]
+    # Only stdio and our socket: whatever else our creator had open without close-on-exec (a
+    # library's, or its creator's) would otherwise live on in us and in every child we fork,
+    # keeping connections and pipes open (AnyEvent::Fork's "leaked fds through exec").
+    os.closerange(int(fd) + 1, _MAX_FD)
     if int(version) != _wire.VERSION:
         sys.stderr.write(
             f"anyfork: protocol version {version} from the parent, {_wire.VERSION} here: "
