@@ -159,9 +159,16 @@ def rebuild(
 
 
 def add_note(exc: BaseException, note: str) -> None:
-    """``BaseException.add_note`` where it exists (3.11+)."""
+    """``BaseException.add_note``; on 3.10, which lacks it, the note is kept in ``__notes__`` all
+    the same (where code can read it; only 3.11+ tracebacks print it)."""
     if sys.version_info >= (3, 11):
         exc.add_note(note)
+    else:
+        notes = getattr(exc, "__notes__", None)
+        if not isinstance(notes, list):
+            notes = []
+        notes.append(note)
+        exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10: no such attribute declared
 
 
 publish(globals())
