@@ -259,3 +259,24 @@ def test_from_threads_and_run_in_executor() -> None:
             )
 
         assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+
+
+def test_cancel_futures_reaches_a_call_already_given_to_a_busy_worker(gate: SyncGate) -> None:
+    # load=2: the second call is handed to the (busy) worker at once, but has not started; it is
+    # still pending for concurrent.futures, so shutdown(cancel_futures=True) must cancel it.
+    ex = gated_executor(gate, max=1, load=2)
+    running = ex.submit("pool_funcs:gated", "running")
+    handed = ex.submit("pool_funcs:gated", "handed")
+    queued = ex.submit("pool_funcs:gated", "queued")
+    gate.wait_started(1)
+    assert ex.statistics().queued == 1  # "handed" is with the worker, "queued" is not
+    closer = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    closer.start()
+    _, not_done = cf.wait([handed, queued], timeout=WAIT)
+    assert not not_done
+    assert handed.cancelled()
+    assert queued.cancelled()
+    gate.release(1)
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert running.result(0)[0] == "running"

@@ -1,15 +1,17 @@
 """The pool without an event loop: ``BlockingPool`` and the ``concurrent.futures`` face.
 
-Both run an ordinary :class:`anyfork.Pool` on a private event loop in one background thread::
+``BlockingPool`` runs an ordinary :class:`anyfork.Pool` on a private event loop in one
+background thread::
 
     caller threads ──run_coroutine_threadsafe──> [anyfork-pool thread: event loop, Pool]
                    <──concurrent.futures.Future──            │
                                                              └── RPC sockets to the workers
 
-The thread exists only while the pool is open: ``BlockingPool`` starts it in its constructor,
-``PoolExecutor`` at the first ``submit``; ``close()``/``shutdown(wait=True)`` close the pool,
-stop the loop and join the thread.  Nothing is ever forked from this process (workers are
-forked by the template), so the thread makes no fork unsafe.
+``PoolExecutor`` does not: its callers are threads already, and a loop thread in between
+costs two thread handoffs per call.  It drives the same policy with a thread per worker
+(``_pool_threads.ThreadedPool``).  Either way the threads exist only while the pool is open,
+and nothing is ever forked from this process (workers are forked by the template), so they
+make no fork unsafe.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 
 from ._pool import Pool
 from ._pool_records import PoolStatistics
+from ._pool_threads import ThreadedPool
 from ._process import Func, Process, func_ref
 from ._public import publish
 
@@ -221,10 +224,12 @@ class PoolExecutor(cf.Executor):
     is submitted: it travels with its arguments through the serialiser (by reference with
     pickle, so module-level functions; lambdas too with ``serializer="cloudpickle"``).
 
-    Other arguments as for ``Pool`` (``max_workers`` is an alias of ``max``).  The pool and its
-    thread start at the first ``submit``; ``shutdown(wait=True)`` runs the queued calls, stops
-    the workers and joins the thread.  ``future.cancel()`` succeeds while the call is queued
-    (not yet handed to a worker).  Worker death fails only that call's future
+    Other arguments as for ``Pool`` (``max_workers`` is an alias of ``max``), with the same
+    scheduling policy; each worker is served by a thread of the executor's own, so a call goes
+    from the calling thread to that worker's thread and back, with no event loop in between.
+    Workers start at the first ``submit``; ``shutdown(wait=True)`` runs the queued calls, stops
+    the workers and joins the threads.  ``future.cancel()`` succeeds until the call starts
+    (queued, or handed to a busy worker).  Worker death fails only that call's future
     (``WorkerDiedError``); the executor stays usable, unlike ``ProcessPoolExecutor``.
     """
 
@@ -240,95 +245,38 @@ class PoolExecutor(cf.Executor):
             options["max"] = max_workers
         self._func = func_ref(func) if func is not None else None
         self._template = template
-        # Built now (no loop needed yet) so that bad settings raise here.
-        self._pool = Pool(template, self._func or _APPLY, **options)
-        self._lock = threading.Lock()
-        self._thread: _LoopThread | None = None
-        self._shutdown = False
-        self._futures: set[cf.Future[Any]] = set()
+        # The pool's policy driven by threads (no event loop in between: see _pool_threads);
+        # built now so that bad settings raise here; workers start with the first submit().
+        self._pool = ThreadedPool(template, self._func or _APPLY, **options)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` (``fn`` must be the pool's function when it has
         one); return its :class:`concurrent.futures.Future`."""
         if self._func is None:
-            call: tuple[tuple[Any, ...], dict[str, Any]] = ((fn, args, kwargs), {})
-        else:
-            ref = func_ref(fn)
-            if ref != self._func:
-                raise ValueError(
-                    f"this executor's pool serves {self._func}; submit() takes that function "
-                    f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
-                )
-            call = (args, kwargs)
-        fut: cf.Future[Any] = cf.Future()
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._thread is None:
-                self._thread = _LoopThread("anyfork-pool-executor")
-            self._futures.add(fut)
-            task = self._thread.submit(self._run(fut, *call))
-        # Cancelling a queued future withdraws its call from the pool's queue.
-        fut.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
-        return fut
+            return self._pool.submit((fn, args, kwargs), {})
+        ref = func_ref(fn)
+        if ref != self._func:
+            raise ValueError(
+                f"this executor's pool serves {self._func}; submit() takes that function "
+                f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
+            )
+        return self._pool.submit(args, kwargs)
 
-    async def _run(self, fut: cf.Future[Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        try:
-            result = await self._pool._call(args, kw, None, fut.set_running_or_notify_cancel)
-        except asyncio.CancelledError:
-            if not fut.cancel() and not fut.done():
-                # Running when the executor's loop went away (an interrupted shutdown).
-                from ._errors import ClosedError
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the executor's pool (see :class:`anyfork.PoolStatistics`)."""
+        return self._pool.statistics()
 
-                fut.set_exception(ClosedError("the executor was shut down during the call"))
-            _notify_cancelled(fut)
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-        else:
-            if not fut.done():
-                fut.set_result(result)
-        finally:
-            with self._lock:
-                self._futures.discard(fut)
+    def worker_pids(self) -> list[int]:
+        """The pids of the executor's ready workers, oldest first."""
+        return self._pool.worker_pids()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new calls; ``cancel_futures=True`` cancels those still queued.  ``wait=True``
-        returns once every call has finished, the workers have exited and the thread is
-        joined; ``wait=False`` returns at once and the thread ends by itself after that."""
-        with self._lock:
-            self._shutdown = True
-            futures = list(self._futures)
-            thread = self._thread
+        """No new calls; ``cancel_futures=True`` cancels those not started yet.  ``wait=True``
+        returns once every call has finished, the workers have exited and the pool's threads
+        are joined; ``wait=False`` returns at once and all that happens afterwards."""
         if cancel_futures:
-            for fut in futures:
-                fut.cancel()
-        if thread is None:
-            return
-        if wait:
-            try:
-                thread.run(self._pool.aclose())
-            finally:
-                thread.stop()
-                with self._lock:
-                    self._thread = None
-            return
-
-        async def close_then_stop() -> None:
-            try:
-                await self._pool.aclose()
-            finally:
-                thread.loop.stop()
-
-        thread.submit(close_then_stop())
-
-
-def _notify_cancelled(fut: cf.Future[Any]) -> None:
-    """Move a cancelled future to CANCELLED_AND_NOTIFIED, so ``concurrent.futures.wait`` and
-    ``as_completed`` see it (what the stdlib executors do when they reach a cancelled item)."""
-    # Only from CANCELLED: on any other state the call logs a CRITICAL message before raising.
-    if getattr(fut, "_state", None) == "CANCELLED":
-        fut.set_running_or_notify_cancel()
+            self._pool.cancel_pending()
+        self._pool.close(wait=wait)
 
 
 publish(globals())
