@@ -36,12 +36,16 @@ from ._pool_records import (
     START_TIMEOUT,
     STOP_TIMEOUT,
     PoolStatistics,
+    Totals,
     _Call,
     _Worker,
     cpu_count,
+    own_template,
+    policy_view,
     rss,
+    snapshot,
 )
-from ._process import Func, Process, func_ref, new
+from ._process import Func, Process, func_ref
 from ._public import publish
 from ._rpc import Client
 
@@ -151,7 +155,7 @@ class Pool:
         self._in_schedule = False
         self._again = False
         self._watchers: list[asyncio.Future[None]] = []
-        self._started = self._died = self._retired = self._calls = self._failed_starts = 0
+        self._totals = Totals()
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -240,7 +244,7 @@ class Pool:
 
     def _finished(self, worker: _Worker, completed: bool = True) -> None:
         if completed:
-            self._calls += 1
+            self._totals.calls += 1
         if worker.dead or worker.stopping:
             self._schedule()
             return
@@ -268,16 +272,13 @@ class Pool:
         return loop
 
     def _view(self, now: float) -> _policy.PoolView:
-        return _policy.PoolView(
-            workers=[
-                _policy.WorkerView(w.id, w.load, w.ready, w.retiring, w.idle_since)
-                for w in self._workers.values()
-            ],
-            queued=len(self._queue),
-            last_start=self._last_start,
-            last_stop=self._last_stop,
-            closing=self._closing,
-            start_failed=self._start_failed,
+        return policy_view(
+            self._workers.values(),
+            len(self._queue),
+            self._last_start,
+            self._last_stop,
+            self._closing,
+            self._start_failed,
         )
 
     def _schedule(self) -> None:
@@ -330,7 +331,7 @@ class Pool:
                 if action.why == "idle":
                     self._last_stop = now
                 elif action.why == "retired":
-                    self._retired += 1
+                    self._totals.retired += 1
                 self._stop(worker)
             else:
                 if self._timer is not None:
@@ -366,12 +367,7 @@ class Pool:
     # -- workers --------------------------------------------------------------------------------
 
     def _make_template(self) -> Process:
-        tmpl = new()
-        module = self._func.partition(":")[0]
-        if ":" in self._func and module != "__main__":
-            # Imported once in the template: every worker forks with it loaded (and shared).
-            tmpl.require(module)
-        return tmpl
+        return own_template(self._func)
 
     def _prepare(self, tmpl: Process) -> None:
         """Import the RPC server into the template once, before its first worker: otherwise
@@ -421,7 +417,7 @@ class Pool:
             return
         except Exception as exc:
             self._workers.pop(worker.id, None)
-            self._failed_starts += 1
+            self._totals.failed_starts += 1
             self._start_failed = True
             self._start_error = exc
             if not self._workers:
@@ -439,7 +435,7 @@ class Pool:
         assert loop is not None
         worker.ready = True
         worker.idle_since = loop.time()
-        self._started += 1
+        self._totals.started += 1
         self._start_failed = False
         self._schedule()
 
@@ -460,7 +456,7 @@ class Pool:
         worker.dead = True
         if self._workers.get(worker.id) is worker:
             del self._workers[worker.id]
-            self._died += 1
+            self._totals.died += 1
         if worker.client is not None and worker.client._sock is not None:
             # Found dead before the client had failed its calls: let it finish that in its own
             # time, and make sure the socket goes.
@@ -508,20 +504,7 @@ class Pool:
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's workers, queue and totals (see :class:`PoolStatistics`)."""
-        ws = list(self._workers.values())
-        ready = [w for w in ws if w.ready]
-        return PoolStatistics(
-            workers=len(ws),
-            starting=len(ws) - len(ready),
-            idle=sum(1 for w in ready if w.load == 0 and not w.retiring),
-            busy=sum(1 for w in ready if w.load),
-            queued=len(self._queue),
-            started=self._started,
-            died=self._died,
-            retired=self._retired,
-            calls=self._calls,
-            failed_starts=self._failed_starts,
-        )
+        return snapshot(self._workers.values(), len(self._queue), self._totals)
 
     def worker_pids(self) -> list[int]:
         """The pids of the pool's ready workers, oldest first."""

@@ -8,10 +8,26 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _policy
 from ._public import publish
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Protocol
+
+    from ._process import Process
     from ._rpc import Client
+
+    class WorkerRecord(Protocol):
+        """What both pool drivers keep of a worker (``_Worker`` here, and in
+        ``_pool_threads``)."""
+
+        id: int
+        load: int
+        ready: bool
+        retiring: bool
+        idle_since: float
+
 
 __all__ = ["PoolStatistics"]
 
@@ -107,6 +123,66 @@ class _Call:
         self.kwargs = kwargs
         self.fut = fut
         self.timer: asyncio.TimerHandle | None = None
+
+
+class Totals:
+    """What a pool has done since it opened (the totals of :class:`PoolStatistics`)."""
+
+    __slots__ = ("calls", "died", "failed_starts", "retired", "started")
+
+    def __init__(self) -> None:
+        self.started = self.died = self.retired = self.calls = self.failed_starts = 0
+
+
+def snapshot(workers: Iterable[WorkerRecord], queued: int, totals: Totals) -> PoolStatistics:
+    """The statistics of a pool with these workers, this queue and these totals."""
+    ws = list(workers)
+    ready = [w for w in ws if w.ready]
+    return PoolStatistics(
+        workers=len(ws),
+        starting=len(ws) - len(ready),
+        idle=sum(1 for w in ready if w.load == 0 and not w.retiring),
+        busy=sum(1 for w in ready if w.load),
+        queued=queued,
+        started=totals.started,
+        died=totals.died,
+        retired=totals.retired,
+        calls=totals.calls,
+        failed_starts=totals.failed_starts,
+    )
+
+
+def policy_view(
+    workers: Iterable[WorkerRecord],
+    queued: int,
+    last_start: float | None,
+    last_stop: float | None,
+    closing: bool,
+    start_failed: bool,
+) -> _policy.PoolView:
+    """The pool's state as ``_policy.decide`` takes it."""
+    return _policy.PoolView(
+        workers=[
+            _policy.WorkerView(w.id, w.load, w.ready, w.retiring, w.idle_since) for w in workers
+        ],
+        queued=queued,
+        last_start=last_start,
+        last_stop=last_stop,
+        closing=closing,
+        start_failed=start_failed,
+    )
+
+
+def own_template(func: str) -> Process:
+    """The template a pool makes when given none: forked from the default template, with the
+    function's module imported once (every worker then forks with it loaded, and shared)."""
+    from ._process import new
+
+    tmpl = new()
+    module = func.partition(":")[0]
+    if ":" in func and module != "__main__":
+        tmpl.require(module)
+    return tmpl
 
 
 publish(globals())

@@ -32,8 +32,18 @@ from typing import Any
 
 from . import _policy
 from ._errors import AnyforkError, SpawnError, WorkerDiedError
-from ._pool_records import _RETIRE_MARKS, START_TIMEOUT, PoolStatistics, cpu_count, rss
-from ._process import Process, new
+from ._pool_records import (
+    _RETIRE_MARKS,
+    START_TIMEOUT,
+    PoolStatistics,
+    Totals,
+    cpu_count,
+    own_template,
+    policy_view,
+    rss,
+    snapshot,
+)
+from ._process import Process
 from ._rpc_blocking import BlockingClient
 
 _RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
@@ -133,7 +143,7 @@ class ThreadedPool:
         self._clock = threading.Condition(self._lock)
         self._clock_thread: threading.Thread | None = None
         self._wake_at: float | None = None
-        self._started = self._died = self._retired = self._calls = self._failed_starts = 0
+        self._totals = Totals()
         # Workers start with the first call (as ProcessPoolExecutor's do), not here.
 
     # -- calls --------------------------------------------------------------------------------
@@ -169,16 +179,13 @@ class ThreadedPool:
     def _schedule(self) -> None:
         """Ask the policy what to do and do it.  Called with the lock held."""
         now = time.monotonic()
-        view = _policy.PoolView(
-            workers=[
-                _policy.WorkerView(w.id, w.load, w.ready, w.retiring, w.idle_since)
-                for w in self._workers.values()
-            ],
-            queued=len(self._queue),
-            last_start=self._last_start,
-            last_stop=self._last_stop,
-            closing=self._closing,
-            start_failed=self._start_failed,
+        view = policy_view(
+            self._workers.values(),
+            len(self._queue),
+            self._last_start,
+            self._last_stop,
+            self._closing,
+            self._start_failed,
         )
         for action in _policy.decide(now, view, self._settings):
             if isinstance(action, _policy.Dispatch):
@@ -204,7 +211,7 @@ class ThreadedPool:
                 if action.why == "idle":
                     self._last_stop = now
                 elif action.why == "retired":
-                    self._retired += 1
+                    self._totals.retired += 1
                 worker.stopping = True
                 worker.inbox.put(None)
             else:
@@ -242,7 +249,7 @@ class ThreadedPool:
         except BaseException as exc:
             with self._lock:
                 self._workers.pop(worker.id, None)
-                self._failed_starts += 1
+                self._totals.failed_starts += 1
                 self._start_failed = True
                 if not self._workers:
                     self._fail_queue(exc)  # nobody can serve it: fail it rather than hang
@@ -254,7 +261,7 @@ class ThreadedPool:
             worker.client, worker.pid = client, client.pid
             worker.ready = True
             worker.idle_since = time.monotonic()
-            self._started += 1
+            self._totals.started += 1
             self._start_failed = False
             self._schedule()
         died: WorkerDiedError | None = None
@@ -284,7 +291,7 @@ class ThreadedPool:
         if died is not None:
             with self._lock:
                 if self._workers.pop(worker.id, None) is not None:
-                    self._died += 1
+                    self._totals.died += 1
                 # What it had been given but not started goes back to the front of the queue.
                 self._queue.extendleft(reversed(_drain(worker.inbox)))
                 self._schedule()
@@ -307,7 +314,7 @@ class ThreadedPool:
             with self._lock:
                 tmpl = self._template
                 if tmpl is None:
-                    tmpl = self._template = _own_template(self._func)
+                    tmpl = self._template = own_template(self._func)
             try:
                 return tmpl.fork().rpc_blocking(self._func, on_event=on_event, **self._rpc_options)
             except SpawnError:
@@ -322,7 +329,7 @@ class ThreadedPool:
     def _finished(self, worker: _Worker, completed: bool = True) -> None:
         with self._lock:
             if completed:
-                self._calls += 1
+                self._totals.calls += 1
             worker.load -= 1
             if worker.load == 0:
                 worker.idle_since = time.monotonic()
@@ -355,20 +362,7 @@ class ThreadedPool:
 
     def statistics(self) -> PoolStatistics:
         with self._lock:
-            ws = list(self._workers.values())
-            ready = [w for w in ws if w.ready]
-            return PoolStatistics(
-                workers=len(ws),
-                starting=len(ws) - len(ready),
-                idle=sum(1 for w in ready if w.load == 0 and not w.retiring),
-                busy=sum(1 for w in ready if w.load),
-                queued=len(self._queue),
-                started=self._started,
-                died=self._died,
-                retired=self._retired,
-                calls=self._calls,
-                failed_starts=self._failed_starts,
-            )
+            return snapshot(self._workers.values(), len(self._queue), self._totals)
 
     def worker_pids(self) -> list[int]:
         """The pids of the ready workers, oldest first."""
@@ -421,14 +415,6 @@ class ThreadedPool:
 
 
 builtin_max = max
-
-
-def _own_template(func: str) -> Process:
-    tmpl = new()
-    module = func.partition(":")[0]
-    if ":" in func and module != "__main__":
-        tmpl.require(module)  # imported once in the template: every worker forks with it
-    return tmpl
 
 
 # A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
