@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures as cf
 import importlib.util
 import multiprocessing
 import os
@@ -200,6 +201,32 @@ def fmt_ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 1000:9.1f}"
 
 
+def thread_handoff_floor(n: int = 3000) -> float:
+    """Median seconds for one thread to hand a concurrent.futures.Future to another through a
+    SimpleQueue and wake in result() when the other sets it: no process, no IPC at all."""
+    import queue
+    import threading
+
+    inbox: queue.SimpleQueue[cf.Future[int] | None] = queue.SimpleQueue()
+
+    def serve() -> None:
+        while (fut := inbox.get()) is not None:
+            fut.set_result(1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fut: cf.Future[int] = cf.Future()
+        inbox.put(fut)
+        fut.result()
+        times.append(time.perf_counter() - start)
+    inbox.put(None)
+    thread.join()
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round")
@@ -278,6 +305,11 @@ def main() -> None:
         print(f"{name:40}{r[0]:11.0f}{r[1]:11.0f}{r[2] * 1000:12.3f}")
     amap = statistics.median(anyfork_map(m, tmpl) for _ in range(rounds))
     print(f"{'anyfork.Pool.map (asyncio)':40}{amap:11.0f}")
+    handoff = thread_handoff_floor()
+    print(
+        f"{'floor: a thread handoff round trip':40}{'':22}{handoff * 1000:12.3f}"
+        "  (any executor's submit().result() pays one, plus the IPC)"
+    )
 
     mem = numpy_uss(4) if has("numpy") else []
     print()
