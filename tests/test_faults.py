@@ -374,3 +374,19 @@ def test_errors_pickle_with_their_attributes(exc: Exception) -> None:
     assert vars(copy) == vars(exc)
     assert str(copy) == str(exc)
     assert type(exc).__module__ == "anyfork"
+
+
+def test_a_process_found_dead_lets_go_of_its_socket_at_once() -> None:
+    proc = anyfork.new()
+    pid = proc.wait_started_blocking(timeout=10)
+    fd = proc._chan.fd
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL") as info:
+        proc.send_arg("x")
+    # We still hold the process and the error (with its traceback), as a pool holds its last
+    # start error: the fd must be closed all the same, not whenever the garbage collector runs.
+    assert info.value is not None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # (listing /proc/self/fd would itself reuse the freed number)
+    assert not proc._usable()

@@ -184,7 +184,11 @@ class Process:
             self._chan.queue(_wire.frame(op, payload), fds)
             self._chan.flush_nowait()
         except OSError as exc:
+            # Gone.  Read what it reported before it went (why it died), then let go of the
+            # socket now: the error raised here may be kept, with its traceback and so this
+            # object, long after (a pool keeps its last start error), and the fd with it.
             self._poll_reports()
+            self._chan.close()
             self._raise_if_failed()
             raise SpawnError(f"{self._name()} is gone ({exc})") from exc
         return self
