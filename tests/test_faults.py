@@ -382,7 +382,7 @@ def test_a_process_found_dead_lets_go_of_its_socket_at_once() -> None:
     fd = proc._chan.fd
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
-    with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL") as info:
+    with pytest.raises(anyfork.SpawnError, match=f"pid {pid}") as info:
         proc.send_arg("x")
     # We still hold the process and the error (with its traceback), as a pool holds its last
     # start error: the fd must be closed all the same, not whenever the garbage collector runs.
