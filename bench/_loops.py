@@ -229,3 +229,38 @@ def perl_run(script: str, mode: str, budget: float) -> Sample:
     count = int(fields["count"])
     # The script reports only the median latency; keep it as a single pooled value per run.
     return Sample(count, float(fields["elapsed"]), [float(fields["lat_med_us"]) / 1e6])
+
+
+#: A fork loop run inside a fresh ``python -S``: CPython's own floor for a process of that size,
+#: with no anyfork and no IPC beyond the one byte (the child writes it and ``os._exit``s).
+_MIN_FORK = """
+import os, sys, time, _socket
+if sys.argv[2] == "template":
+    sys.path[:0] = sys.argv[3:]
+    import anyfork._serve, socket, fcntl, select  # what anyfork's default template holds
+budget = float(sys.argv[1])
+count, start = 0, time.perf_counter()
+while time.perf_counter() - start < budget:
+    a, b = _socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        b.send(b"x")
+        os._exit(0)
+    b.close()
+    a.recv(1)
+    a.recv(1)
+    a.close()
+    os.waitpid(pid, 0)
+    count += 1
+print(count, time.perf_counter() - start)
+"""
+
+
+def min_fork_run(budget: float, template_like: bool) -> Sample:
+    """``os.fork`` + ``_exit`` in a loop, inside a fresh ``python -S`` (empty, or holding what
+    anyfork's default template holds): the fork rate CPython itself allows at that size."""
+    argv = [sys.executable, "-S", "-c", _MIN_FORK, str(budget)]
+    argv += ["template", *sys.path] if template_like else ["empty"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=budget + 60)
+    count, elapsed = out.stdout.split()
+    return Sample(int(count), float(elapsed))
