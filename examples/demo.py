@@ -215,11 +215,12 @@ async def pool_demo() -> None:
     from demo_workers import square
 
     # Workers are forked from a template (here anyfork.new(), with demo_workers imported once)
-    # and each serves square() over RPC; at most 2 workers, 2 calls in flight on each; idle=0
-    # lets the pool shrink to nothing, 0.2 s after its workers last had work.
+    # and each serves square() over RPC: the pool starts with none (idle=0), starts a second
+    # worker as soon as one has a call in flight (load=1, start=0: no pacing), and stops them
+    # 0.2 s after they last had work.
     start = time.perf_counter()
     template = anyfork.new().require("demo_workers")
-    async with anyfork.Pool(template, square, max=2, idle=0, load=2, stop=0.2) as pool:
+    async with anyfork.Pool(template, square, max=2, idle=0, load=1, start=0, stop=0.2) as pool:
         results = [r async for r in pool.map(range(1000))]
         elapsed = time.perf_counter() - start
         assert results == [x * x for x in range(1000)]
