@@ -390,3 +390,16 @@ def test_a_process_found_dead_lets_go_of_its_socket_at_once() -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # (listing /proc/self/fd would itself reuse the freed number)
     assert not proc._usable()
+
+
+def test_killed_exec_child_reports_the_signal_to_asyncio_too() -> None:
+    # The exit status is polled for (a bounded timer wait) without blocking the event loop.
+    async def main() -> anyfork.Process:
+        proc = anyfork.new_exec()
+        await proc.wait_started(timeout=10)
+        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
+            await proc.run("childfuncs:echo_args", timeout=10)
+        return proc
+
+    assert asyncio.run(main()).returncode == -signal.SIGKILL

@@ -44,12 +44,14 @@ class Wait:
     """A request from a protocol generator: wake me when ``chan`` is readable or writable.
 
     ``until`` (a ``time.monotonic()`` deadline) bounds this one wait: the generator is resumed
-    with ``False`` when it passes, instead of the whole operation failing.
+    with ``False`` when it passes, instead of the whole operation failing.  With ``chan``
+    ``None`` it is a plain sleep until ``until`` (bounded polling for a fact only the OS knows,
+    such as a child's exit status), which the asyncio driver sleeps without blocking the loop.
     """
 
     __slots__ = ("chan", "kind", "until")
 
-    def __init__(self, kind: int, chan: Channel, until: float | None = None):
+    def __init__(self, kind: int, chan: Channel | None, until: float | None = None):
         self.kind = kind
         self.chan = chan
         self.until = until
@@ -235,7 +237,10 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
         while True:
             until = _earliest(deadline, wait.until)
             ready = True
-            if wait.chan.sock is not None:
+            if wait.chan is None:
+                time.sleep(max(0.0, (until or 0.0) - time.monotonic()))
+                ready = False
+            elif wait.chan.sock is not None:
                 poller = select.poll()
                 poller.register(
                     wait.chan.fd, select.POLLIN if wait.kind == READ else select.POLLOUT
@@ -260,21 +265,26 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
         wait = next(op)
         while True:
             until = _earliest(deadline, wait.until)
-            fut = wait.chan.wait_async(loop, wait.kind)
+            chan = wait.chan
+            fut: asyncio.Future[bool] = (
+                loop.create_future() if chan is None else chan.wait_async(loop, wait.kind)
+            )
             timer = None
             if until is not None:
                 timer = loop.call_later(max(0.0, until - time.monotonic()), _expire, fut)
             try:
                 ready = await fut
             except BaseException:
-                wait.chan.discard_async(wait.kind, fut)
+                if chan is not None:
+                    chan.discard_async(wait.kind, fut)
                 op.close()
                 raise
             finally:
                 if timer is not None:
                     timer.cancel()
             if not ready:
-                wait.chan.discard_async(wait.kind, fut)
+                if chan is not None:
+                    chan.discard_async(wait.kind, fut)
                 if deadline is not None and time.monotonic() >= deadline:
                     op.close()
                     raise TimeoutError(f"no answer within {timeout} s")

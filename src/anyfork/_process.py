@@ -420,8 +420,12 @@ class Process:
         if pid is None:
             return None
         if self._direct:
-            # Its socket is closed, so it is exiting: a short bounded wait for the OS to say how.
-            return _reaper.wait(pid, 0.1)
+            # Its socket is closed, so it is exiting: bounded polling for the OS to say how
+            # (timer waits: the asyncio driver sleeps them without blocking the loop).
+            until = time.monotonic() + 0.1
+            while (code := _reaper.returncode(pid)) is None and time.monotonic() < until:
+                yield Wait(READ, None, min(until, time.monotonic() + 0.002))
+            return code
         tmpl = self._template
         if tmpl is None:
             return None
