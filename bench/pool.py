@@ -308,7 +308,7 @@ def main() -> None:
     handoff = thread_handoff_floor()
     print(
         f"{'floor: a thread handoff round trip':40}{'':22}{handoff * 1000:12.3f}"
-        "  (any executor's submit().result() pays one, plus the IPC)"
+        "  (what an executor's submit().result() costs when another thread runs the call)"
     )
 
     mem = numpy_uss(4) if has("numpy") else []

@@ -6,10 +6,12 @@ that the executor's futures and statistics tell the truth, with nothing left beh
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,73 @@ def test_retire_and_max_calls_replace_workers() -> None:
     with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, max_calls=2) as ex:
         pids = [ex.submit(pool_funcs.pid, i).result(WAIT)[1] for i in range(6)]
     assert len(set(pids)) == 3  # recycled every 2 calls
+
+
+# -- a caller waiting in result() runs its call itself ----------------------------------------
+
+
+def result_within(fut: cf.Future[Any], deadline: float = WAIT) -> Any:
+    """``fut.result()`` without a timeout (the path where the caller runs the call itself), in a
+    thread joined with a deadline: the test fails instead of hanging."""
+    out: list[Any] = []
+
+    def wait() -> None:
+        try:
+            out.append(("ok", fut.result()))
+        except BaseException as exc:
+            out.append(("error", exc))
+
+    thread = threading.Thread(target=wait, name="test-waiter")
+    thread.start()
+    thread.join(deadline)
+    assert not thread.is_alive(), "result() did not return in time"
+    kind, value = out[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_a_waiting_caller_runs_its_call_and_death_is_handled_once() -> None:
+    with anyfork.PoolExecutor(None, None, max_workers=1) as ex:
+        assert result_within(ex.submit(pool_funcs.double, 4)) == 8
+        with pytest.raises(anyfork.WorkerDiedError) as info:
+            result_within(ex.submit(pool_funcs.die, 5))
+        assert info.value.returncode == 5
+        assert result_within(ex.submit(pool_funcs.double, 5)) == 10  # a replacement serves
+        stats = ex.statistics()
+    assert stats.died == 1
+    assert stats.calls == 2
+
+
+def test_a_waiting_caller_finds_an_idle_worker_dead_and_loses_nothing() -> None:
+    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+        _, first = result_within(ex.submit(pool_funcs.pid, 1))
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: not alive(first), what="the killed worker to die")
+        tag, second = result_within(ex.submit(pool_funcs.pid, 2))
+    assert tag == 2
+    assert second != first
+
+
+def test_many_threads_waiting_and_not_waiting() -> None:
+    """Callers that wait (and so run calls themselves) mixed with callers that only collect
+    (so the workers' threads run theirs): every call runs exactly once, in its own future."""
+    with anyfork.PoolExecutor(None, pool_funcs.double, max_workers=2, idle=2) as ex:
+
+        def waiter(base: int) -> list[Any]:
+            return [ex.submit(pool_funcs.double, base + i).result() for i in range(100)]
+
+        def collector(base: int) -> list[Any]:
+            futs = [ex.submit(pool_funcs.double, base + i) for i in range(100)]
+            done, _ = cf.wait(futs, timeout=WAIT)
+            assert len(done) == 100
+            return [f.result(0) for f in futs]
+
+        with cf.ThreadPoolExecutor(4, thread_name_prefix="test-caller") as callers:
+            jobs = [callers.submit(waiter, 0), callers.submit(waiter, 1000)]
+            jobs += [callers.submit(collector, 2000), callers.submit(collector, 3000)]
+            results = [job.result(WAIT) for job in jobs]
+        stats = ex.statistics()
+    for base, got in zip((0, 1000, 2000, 3000), results, strict=True):
+        assert got == [2 * (base + i) for i in range(100)]
+    assert stats.calls == 400

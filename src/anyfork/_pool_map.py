@@ -59,11 +59,8 @@ async def pool_map(
     pending: deque[tuple[asyncio.Task[Any], list[bool]]] = deque()
 
     def completed(task: asyncio.Task[Any]) -> None:
-        nonlocal done
         if not task.cancelled():
             task.exception()  # retrieved here, so a dropped result never warns
-            done += 1
-            hook(done, total)
 
     def submit(args: tuple[Any, ...]) -> None:
         taken = [False]
@@ -94,6 +91,10 @@ async def pool_map(
             # its worker with the sync backend); the cleanup below decides what to do with it.
             result = await asyncio.shield(task)
             pending.popleft()
+            # Counted as delivered, in order: a done callback may not have run yet when a call
+            # that finished early is awaited (the await then does not suspend).
+            done += 1
+            hook(done, total)
             yield result
     finally:
         for task, taken in pending:

@@ -50,17 +50,43 @@ _RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurre
 
 
 class _Call:
-    __slots__ = ("args", "fut", "kwargs")
+    __slots__ = ("args", "claimed", "fut", "kwargs", "worker")
 
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], fut: cf.Future[Any]):
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]):
         self.args = args
         self.kwargs = kwargs
-        self.fut = fut
+        self.fut: _Future = _Future(self)
+        self.worker: _Worker | None = None  # set when a worker is given the call
+        self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
+
+
+class _Future(cf.Future[Any]):
+    """The executor's future: a caller that waits for it may run the call itself.
+
+    A call given to a worker normally waits in that worker's inbox until its thread wakes and
+    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
+    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
+    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
+    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
+    """
+
+    def __init__(self, call: _Call) -> None:
+        super().__init__()
+        self._call = call
+        self._pool: ThreadedPool | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        pool = self._pool
+        # With a timeout the caller must be free to stop waiting, so it does not run the call.
+        if timeout is None and pool is not None and not self.done():
+            pool._help(self._call)
+        return super().result(timeout)
 
 
 class _Worker:
     __slots__ = (
         "client",
+        "dead",
         "dispatched",
         "id",
         "idle_since",
@@ -81,6 +107,7 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.stopping = False
+        self.dead = False
         self.idle_since = now
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
         # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
@@ -149,8 +176,9 @@ class ThreadedPool:
     # -- calls --------------------------------------------------------------------------------
 
     def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
-        fut: cf.Future[Any] = cf.Future()
-        call = _Call(args, kwargs, fut)
+        call = _Call(args, kwargs)
+        fut = call.fut
+        fut._pool = self
         with self._lock:
             if self._closing:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -195,6 +223,7 @@ class ThreadedPool:
                 worker.dispatched += 1
                 if self._max_calls is not None and worker.dispatched >= self._max_calls:
                     worker.retiring = True
+                call.worker = worker
                 worker.inbox.put(call)
             elif isinstance(action, _policy.Start):
                 self._next_id += 1
@@ -264,43 +293,85 @@ class ThreadedPool:
             self._totals.started += 1
             self._start_failed = False
             self._schedule()
-        died: WorkerDiedError | None = None
-        while died is None:
+        while not worker.dead:
             call = worker.inbox.get()
             if call is None:
                 break
-            if _gone(client):
-                died = WorkerDiedError("the worker died while idle", client.pid, None)
-                with self._lock:
-                    self._queue.appendleft(call)  # it never ran: it is not lost
-                break
-            if not _run_or_skip(call.fut):
-                self._finished(worker, completed=False)
-                continue
-            try:
-                result = client._call(call.args, call.kwargs, None)
-            except WorkerDiedError as exc:
-                died = exc
-                call.fut.set_exception(exc)
-            except BaseException as exc:
-                call.fut.set_exception(exc)
-            else:
-                call.fut.set_result(result)
-            if died is None:
-                self._finished(worker)
-        if died is not None:
-            with self._lock:
-                if self._workers.pop(worker.id, None) is not None:
-                    self._totals.died += 1
-                # What it had been given but not started goes back to the front of the queue.
-                self._queue.extendleft(reversed(_drain(worker.inbox)))
-                self._schedule()
-            client.abort()
-            self._report(died)
-        else:
+            if self._claim(call):
+                self._execute(worker, call)
+        if not worker.dead:
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
                 client.close(timeout=30.0)
         self._thread_done()
+
+    def _claim(self, call: _Call) -> bool:
+        with self._lock:
+            if call.claimed:
+                return False
+            call.claimed = True
+            return True
+
+    def _help(self, call: _Call) -> None:
+        """A caller waiting in ``result()``: run the call now if a worker has it and nobody has
+        started it (see ``_Future``)."""
+        with self._lock:
+            worker = call.worker
+            if worker is None or worker.dead or call.claimed or worker.client is None:
+                return
+            if threading.current_thread().name.startswith("anyfork-pool"):
+                return  # one of ours (a callback that waits): leave the call to its worker
+            call.claimed = True
+        self._execute(worker, call)
+
+    def _execute(self, worker: _Worker, call: _Call) -> None:
+        """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
+        client = worker.client
+        assert client is not None
+        if _gone(client):
+            # It died while idle: the call never ran, so it is queued again, not lost.
+            died = WorkerDiedError("the worker died while idle", client.pid, None)
+            self._lost(worker, died, unstarted=call)
+            return
+        if not _run_or_skip(call.fut):
+            self._finished(worker, completed=False)
+            return
+        try:
+            result = client._call(call.args, call.kwargs, None)
+        except WorkerDiedError as exc:
+            call.fut.set_exception(exc)
+            self._lost(worker, exc)
+            return
+        except BaseException as exc:
+            call.fut.set_exception(exc)
+        else:
+            call.fut.set_result(result)
+        self._finished(worker)
+
+    def _lost(self, worker: _Worker, died: WorkerDiedError, unstarted: _Call | None = None) -> None:
+        """The worker died: it leaves the pool once; the calls it had not started (those still
+        in its inbox, and ``unstarted``, claimed but found undeliverable) are queued again, each
+        once; its thread (perhaps waiting for its next call) ends."""
+        with self._lock:
+            # The claimed call may still sit in the inbox too (a waiting caller claimed it
+            # there): it is queued once, here.
+            left = [c for c in _drain(worker.inbox) if not c.claimed]
+            if unstarted is not None:
+                left.insert(0, unstarted)
+            for c in left:
+                c.worker = None
+                c.claimed = False
+            self._queue.extendleft(reversed(left))
+            worker.inbox.put(None)  # after every drain: it may have taken an earlier one
+            if worker.dead:
+                self._schedule()
+                return
+            worker.dead = True
+            if self._workers.pop(worker.id, None) is not None:
+                self._totals.died += 1
+            self._schedule()
+        if worker.client is not None:
+            worker.client.abort()
+        self._report(died)
 
     def _spawn(self, worker: _Worker) -> BlockingClient:
         def on_event(*args: Any) -> None:
