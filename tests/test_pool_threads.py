@@ -136,3 +136,14 @@ def test_many_threads_waiting_and_not_waiting() -> None:
     for base, got in zip((0, 1000, 2000, 3000), results, strict=True):
         assert got == [2 * (base + i) for i in range(100)]
     assert stats.calls == 400
+
+
+def test_the_executor_checks_its_options_as_the_pool_does() -> None:
+    with pytest.raises(ValueError, match="max_calls"):
+        anyfork.PoolExecutor(None, pool_funcs.pid, max_calls=0)
+    with pytest.raises(ValueError, match="max_memory"):
+        anyfork.PoolExecutor(None, pool_funcs.pid, max_memory=-1)
+    with pytest.raises(ValueError, match="load"):
+        anyfork.PoolExecutor(None, pool_funcs.pid, load=0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        anyfork.PoolExecutor(None, pool_funcs.pid, bogus=1)

@@ -18,7 +18,6 @@ call handed to a worker that died before the call was sent is queued again, neve
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import os
 import signal
@@ -31,19 +30,19 @@ from ._aio import wait_for
 from ._errors import AnyforkError, ClosedError, SpawnError
 from ._pool_records import (
     _RETIRE_MARKS,
-    _RPC_OPTIONS,
     _RPC_SERVER,
-    START_TIMEOUT,
     STOP_TIMEOUT,
     PoolStatistics,
     Totals,
     _Call,
     _Worker,
-    cpu_count,
+    check_recycling,
     own_template,
     policy_view,
     rss,
+    settings,
     snapshot,
+    worker_options,
 )
 from ._process import Func, Process, func_ref
 from ._public import publish
@@ -118,16 +117,9 @@ class Pool:
         on_close: Callable[[], object] | None = None,
         **rpc_options: Any,
     ) -> None:
-        unknown = set(rpc_options) - _RPC_OPTIONS
-        if unknown:
-            raise TypeError(f"Pool() got unexpected keyword arguments {sorted(unknown)}")
-        if max is None:
-            max = builtins.max(cpu_count(), idle) if isinstance(idle, int) else cpu_count()
-        self._settings = _policy.Settings(max, idle, load, start, stop)
-        if max_calls is not None and (not isinstance(max_calls, int) or max_calls < 1):
-            raise ValueError(f"max_calls is None or an int >= 1, not {max_calls!r}")
-        if max_memory is not None and (not isinstance(max_memory, int) or max_memory < 1):
-            raise ValueError(f"max_memory is None or a number of bytes >= 1, not {max_memory!r}")
+        self._rpc_options, self._user_on_event = worker_options(rpc_options)
+        self._settings = settings(max, idle, load, start, stop)
+        check_recycling(max_calls, max_memory)
         self._func = func_ref(func)
         self._template = template
         self._prepared: Process | None = None
@@ -136,9 +128,6 @@ class Pool:
         self._max_memory = max_memory
         self._on_error = on_error
         self._on_close = on_close
-        self._user_on_event: Callable[..., object] | None = rpc_options.pop("on_event", None)
-        rpc_options.setdefault("timeout", START_TIMEOUT)
-        self._rpc_options = rpc_options
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: dict[int, _Worker] = {}
         self._queue: deque[_Call] = deque()

@@ -4,7 +4,9 @@ reports, and the facts it reads from the OS (CPUs, a worker's RSS)."""
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +185,35 @@ def own_template(func: str) -> Process:
     if ":" in func and module != "__main__":
         tmpl.require(module)
     return tmpl
+
+
+def settings(max: int | None, idle: int, load: int, start: float, stop: float) -> _policy.Settings:
+    """The policy's settings from a pool's arguments (``max`` defaults to the usable CPUs, or
+    ``idle`` if larger); raises ``ValueError`` for bad values."""
+    if max is None:
+        max = builtins.max(cpu_count(), idle) if isinstance(idle, int) else cpu_count()
+    return _policy.Settings(max, idle, load, start, stop)
+
+
+def check_recycling(max_calls: int | None, max_memory: int | None) -> None:
+    if max_calls is not None and (not isinstance(max_calls, int) or max_calls < 1):
+        raise ValueError(f"max_calls is None or an int >= 1, not {max_calls!r}")
+    if max_memory is not None and (not isinstance(max_memory, int) or max_memory < 1):
+        raise ValueError(f"max_memory is None or a number of bytes >= 1, not {max_memory!r}")
+
+
+def worker_options(
+    rpc_options: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[..., object] | None]:
+    """Check the options a pool passes on to each worker's ``rpc()``; return them (with the
+    start-up deadline defaulted) and the user's ``on_event``, which the pool wraps."""
+    unknown = set(rpc_options) - _RPC_OPTIONS
+    if unknown:
+        raise TypeError(f"Pool() got unexpected keyword arguments {sorted(unknown)}")
+    options = dict(rpc_options)
+    on_event = options.pop("on_event", None)
+    options.setdefault("timeout", START_TIMEOUT)
+    return options, on_event
 
 
 publish(globals())

@@ -34,19 +34,18 @@ from . import _policy
 from ._errors import AnyforkError, SpawnError, WorkerDiedError
 from ._pool_records import (
     _RETIRE_MARKS,
-    START_TIMEOUT,
     PoolStatistics,
     Totals,
-    cpu_count,
+    check_recycling,
     own_template,
     policy_view,
     rss,
+    settings,
     snapshot,
+    worker_options,
 )
 from ._process import Process
 from ._rpc_blocking import BlockingClient
-
-_RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
 
 
 class _Call:
@@ -133,13 +132,9 @@ class ThreadedPool:
         on_close: Callable[[], object] | None = None,
         **rpc_options: Any,
     ) -> None:
-        unknown = set(rpc_options) - _RPC_OPTIONS
-        if unknown:
-            raise TypeError(f"unknown Pool option(s): {', '.join(sorted(unknown))}")
-        self._settings = _policy.Settings(
-            max=max if max is not None else builtin_max(cpu_count(), idle), idle=idle,
-            load=load, start=start, stop=stop,
-        )  # fmt: skip
+        self._rpc_options, self._user_on_event = worker_options(rpc_options)
+        self._settings = settings(max, idle, load, start, stop)
+        check_recycling(max_calls, max_memory)
         self._func = func
         self._template = template
         self._owned = template is None
@@ -147,9 +142,6 @@ class ThreadedPool:
         self._max_memory = max_memory
         self._on_error = on_error
         self._on_close = on_close
-        self._user_on_event = rpc_options.pop("on_event", None)
-        self._rpc_options = rpc_options
-        self._rpc_options.setdefault("timeout", START_TIMEOUT)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # for close() and statistics waiters
         self._workers: dict[int, _Worker] = {}
@@ -483,9 +475,6 @@ class ThreadedPool:
             tmpl.close()
         if self._on_close is not None:
             self._on_close()
-
-
-builtin_max = max
 
 
 # A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
