@@ -15,21 +15,9 @@ from ._public import publish
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Protocol
 
     from ._process import Process
     from ._rpc import Client
-
-    class WorkerRecord(Protocol):
-        """What both pool drivers keep of a worker (``_Worker`` here, and in
-        ``_pool_threads``)."""
-
-        id: int
-        load: int
-        ready: bool
-        retiring: bool
-        idle_since: float
-
 
 __all__ = ["PoolStatistics"]
 
@@ -88,9 +76,11 @@ class PoolStatistics:
     failed_starts: int
 
 
-class _Worker:
+class WorkerState:
+    """What both pool drivers keep of a worker; each adds its connection (``_Worker`` below for
+    the asyncio pool, ``_pool_threads._Worker`` for the executor)."""
+
     __slots__ = (
-        "client",
         "dead",
         "dispatched",
         "id",
@@ -100,12 +90,10 @@ class _Worker:
         "ready",
         "retiring",
         "stopping",
-        "task",
     )
 
     def __init__(self, wid: int, now: float) -> None:
         self.id = wid
-        self.client: Client | None = None
         self.pid: int | None = None
         self.load = 0
         self.dispatched = 0
@@ -114,6 +102,14 @@ class _Worker:
         self.stopping = False
         self.dead = False
         self.idle_since = now
+
+
+class _Worker(WorkerState):
+    __slots__ = ("client", "task")
+
+    def __init__(self, wid: int, now: float) -> None:
+        super().__init__(wid, now)
+        self.client: Client | None = None
         self.task: asyncio.Task[None] | None = None
 
 
@@ -136,7 +132,7 @@ class Totals:
         self.started = self.died = self.retired = self.calls = self.failed_starts = 0
 
 
-def snapshot(workers: Iterable[WorkerRecord], queued: int, totals: Totals) -> PoolStatistics:
+def snapshot(workers: Iterable[WorkerState], queued: int, totals: Totals) -> PoolStatistics:
     """The statistics of a pool with these workers, this queue and these totals."""
     ws = list(workers)
     ready = [w for w in ws if w.ready]
@@ -155,7 +151,7 @@ def snapshot(workers: Iterable[WorkerRecord], queued: int, totals: Totals) -> Po
 
 
 def policy_view(
-    workers: Iterable[WorkerRecord],
+    workers: Iterable[WorkerState],
     queued: int,
     last_start: float | None,
     last_stop: float | None,

@@ -36,6 +36,7 @@ from ._pool_records import (
     _RETIRE_MARKS,
     PoolStatistics,
     Totals,
+    WorkerState,
     check_recycling,
     own_template,
     policy_view,
@@ -82,32 +83,12 @@ class _Future(cf.Future[Any]):
         return super().result(timeout)
 
 
-class _Worker:
-    __slots__ = (
-        "client",
-        "dead",
-        "dispatched",
-        "id",
-        "idle_since",
-        "inbox",
-        "load",
-        "pid",
-        "ready",
-        "retiring",
-        "stopping",
-    )
+class _Worker(WorkerState):
+    __slots__ = ("client", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
-        self.id = wid
+        super().__init__(wid, now)
         self.client: BlockingClient | None = None
-        self.pid: int | None = None
-        self.load = 0
-        self.dispatched = 0
-        self.ready = False
-        self.retiring = False
-        self.stopping = False
-        self.dead = False
-        self.idle_since = now
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
         # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
         self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()

@@ -544,7 +544,7 @@ def new() -> Process:
     uses anyfork) and kept; if it has died, the next call makes a new one.  With an early
     template (:func:`start_early`), that is the default template."""
     global _default
-    _reaper.poll()
+    _reaper.poll_unhandled()
     with _lock:
         template = _default
         if template is None or not template._usable():
@@ -560,7 +560,7 @@ def new_exec(*, python: str | None = None) -> Process:
     The caller is never forked (``posix_spawn``), so this is safe in a program with threads
     or a running event loop.  With an early template and no ``python`` given, the process is
     forked from the early template instead, and nothing is exec'd at all."""
-    _reaper.poll()
+    _reaper.poll_unhandled()
     global _early
     if _early is not None and python is None:
         if _early._usable():

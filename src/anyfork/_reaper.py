@@ -82,6 +82,13 @@ def poll() -> None:
         cb(code)
 
 
+def poll_unhandled() -> None:
+    """``poll()``, unless our SIGCHLD handler is in place (it keeps the statuses fresh): the
+    fallback every anyfork call runs, kept off the hot path when it is not needed."""
+    if signal.getsignal(signal.SIGCHLD) is not _on_sigchld:
+        poll()
+
+
 def wait(pid: int, timeout: float) -> int | None:
     """Block until ``pid`` is reaped, at most ``timeout`` seconds (bounded polling)."""
     import time
