@@ -1,8 +1,10 @@
-"""Every test leaves no child process, no zombie and no fd behind (checked after each test)."""
+"""Every test leaves no child process, no zombie, no fd and no anyfork thread behind (checked
+after each test)."""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -23,11 +25,16 @@ def _persistent() -> tuple[set[int], set[int]]:
     return pids, fds
 
 
+def _our_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("anyfork")}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     _, skip_fds = _persistent()
     fds_before = open_fds() - skip_fds
     kids_before = children()
+    threads_before = _our_threads()
     yield
     skip_pids, skip_fds = _persistent()
 
@@ -48,6 +55,11 @@ def no_leaks() -> Iterator[None]:
             except ProcessLookupError:
                 pass
         pytest.fail(f"leaked processes: children {sorted(extra)}, template children {grand}")
+    # A pool's threads end with it (close(wait=False) finishes in the background).
+    try:
+        eventually(lambda: not _our_threads() - threads_before, timeout=10, what="threads")
+    except AssertionError:
+        pytest.fail(f"leaked threads: {sorted(t.name for t in _our_threads() - threads_before)}")
     leaked = open_fds() - skip_fds - fds_before
     if leaked:
         targets = {}

