@@ -490,6 +490,7 @@ def main() -> None:
     started = time.monotonic()
     byte_compile_bench()
     import anyfork
+    import anyfork._spawn
 
     compiled = build_pyc_prefix()
 
@@ -501,7 +502,10 @@ def main() -> None:
         "bytecode": f"bench/*.py byte-compiled; {PYC_PREFIX.relative_to(ROOT)} for the "
             f"PYTHONPYCACHEPREFIX row ({compiled} modules compiled this run); anyfork's own "
             + ("__pycache__ present" if (Path(anyfork.__file__).parent / "__pycache__").is_dir()
-               else "modules have NO __pycache__ (exec'd children compile them from source)"),
+               else "modules have NO __pycache__")
+            + ("; exec'd children receive anyfork's child side as code objects from the parent"
+               if anyfork._spawn.child_code() is not None
+               else "; exec'd children import anyfork's child side themselves"),
     }  # fmt: skip
     rows = [Row(r.key, r.label, r.latency) for r in ROWS]
     by = {row.key: row for row in rows}

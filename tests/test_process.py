@@ -17,7 +17,7 @@ import pytest
 
 import anyfork
 from anyfork import _process
-from helpers import alive, children, eventually, recv_all, state
+from helpers import alive, children, eventually, is_spare, recv_all, state
 
 T = TypeVar("T")
 
@@ -378,6 +378,20 @@ def test_consecutive_children_come_from_the_spare_and_differ() -> None:
     assert second["pid"] == waiting  # the spare became the second child
     assert second["ppid"] == tmpl_pid
     assert first["pid"] != second["pid"]
+
+
+def test_a_spare_that_became_a_template_no_longer_looks_like_one() -> None:
+    """``ps`` (and the leak checks here) must not mistake a working process for a spare."""
+    with anyfork.new() as first:
+        first.wait_started_blocking(timeout=10)
+    with anyfork.new() as tmpl:  # handed to the spare the first one left behind
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        assert is_spare(tmpl_pid)  # it has had no command but its start
+        with tmpl.fork() as child:
+            child.wait_started_blocking(timeout=10)
+            assert not is_spare(tmpl_pid)
+            with open(f"/proc/{tmpl_pid}/comm") as f:
+                assert f.read().strip() == "af:child"
 
 
 def test_a_killed_spare_does_not_break_forking() -> None:

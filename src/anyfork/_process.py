@@ -568,9 +568,16 @@ def new_exec(*, python: str | None = None) -> Process:
         # The early template died: forget it and exec, as if there had never been one.
         _early.close()
         _early = None
-    sock, pid = _spawn.exec_server(python)
+    sock, pid, boot = _spawn.exec_server(python)
     _reaper.watch(pid)
-    return Process(Channel(sock), pid=pid, direct=True)
+    chan = Channel(sock)
+    if boot:
+        chan.queue(boot)
+        try:
+            chan.flush_nowait()  # it fits the socket buffer: the child starts at once
+        except OSError:
+            pass  # dead already: the first wait says how
+    return Process(chan, pid=pid, direct=True)
 
 
 def new_from_fh(sock: socket.socket | int) -> Process:

@@ -1,14 +1,15 @@
 """The command server: the loop that runs in every template and every fresh process until ``run``.
 
-It is imported into every exec'd interpreter and lives in the memory of every fork, so it imports
-only modules that a bare ``python -S`` has already loaded, plus ``_socket`` and ``struct``.
-Everything else (``socket``, ``fcntl``, ``select``, ``traceback``) is imported on the path that
-needs it; a template imports the ones its children will need before its first fork, so that
-forked children never pay for an import.
+It is loaded into every exec'd interpreter and lives in the memory of every fork, so it imports
+only ``os`` and builtin modules, plus ``_socket`` and ``_struct``.  Everything else (``socket``,
+``fcntl``, ``select``, ``traceback``) is imported on the path that needs it; a template imports
+the ones its children will need before its first fork, so that forked children never pay for an
+import.  An exec'd child whose function does not use ``socket`` never imports it (``_sock``).
 
 Life of a process::
 
-    exec'd:  python -S -c BOOT <version> <fd> <owner pid> <sys.path...>  ->  main()  ->  serve()
+    exec'd:  python -S -c BOOT <version> <fd> <owner pid> [<code size>] <sys.path...>
+             ->  main()  ->  serve()      (the code of this module arrives on fd 3: _spawn)
     forked:  the template's serve() forks; the child closes the template's socket and serves the
              socket that rode on the FORK frame.
 
@@ -35,7 +36,7 @@ import gc
 import os
 import sys
 
-from . import _wire
+from . import _sock, _wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,6 +70,9 @@ class Server:
         self.args: list[object] = args if args is not None else []
         self.decoder = _wire.Decoder(_wire.COMMANDS)
         self.forked = False
+        #: A spare that has become a child still bears the spare's name until it is named
+        #: (at its first command other than ``run``, or at ``run``).
+        self.named = True
         #: Signals with Python handlers, computed in the template before it forks (so that no
         #: child has to look) and forgotten when a command may have installed new handlers.
         self.handled: list[int] | None = None
@@ -194,6 +198,9 @@ class Server:
             for fd in fds:
                 os.close(fd)
             raise _wire.WireError(f"unexpected file descriptors on opcode {op:#x}")
+        if not self.named and op != _wire.RUN:
+            self.named = True
+            _name("child")  # no longer a spare, to ps and to the tests' leak checks
         if op != _wire.FORK and op != _wire.PID:
             self._drop_spare()  # the state it was forked with is about to change
         if op == _wire.IMPORT or op == _wire.EVAL:
@@ -315,6 +322,7 @@ class Server:
         fds = _fds_from(anc)
         if not fds:
             _exit(0)  # discarded: the template's state changed, or it is gone
+        self.named = False
         self._serve_creator(fds[0])
 
     def _drop_spare(self) -> None:
@@ -436,11 +444,17 @@ def _stream(fd: int) -> _socket.socket:
     return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
 
 
+def _socket_type() -> type[socket.socket]:
+    """``socket.socket`` if the module is loaded; else the look-alike that spares a fresh
+    interpreter importing it (see ``_sock``)."""
+    module = sys.modules.get("socket")
+    if module is not None:
+        return module.socket  # type: ignore[no-any-return]
+    return _sock.Socket  # type: ignore[return-value]  # socket.socket's methods, not its type
+
+
 def _user_socket(raw: _socket.socket) -> socket.socket:
-    sock: socket.socket = _lib("socket").socket(
-        _socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach()
-    )
-    return sock
+    return _socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach())
 
 
 def wrap(fd: int) -> object:
@@ -449,7 +463,7 @@ def wrap(fd: int) -> object:
     stat = _lib("stat")
     mode = os.fstat(fd).st_mode
     if stat.S_ISSOCK(mode):
-        return _lib("socket").socket(fileno=int(fd))
+        return _socket_type()(fileno=int(fd))
     if stat.S_ISDIR(mode):
         return int(fd)
     fcntl = _lib("fcntl")
@@ -547,6 +561,9 @@ def main() -> NoReturn:
     # library's, or its creator's) would otherwise live on in us and in every child we fork,
     # keeping connections and pipes open (AnyEvent::Fork's "leaked fds through exec").
     os.closerange(int(fd) + 1, _MAX_FD)
+    # Inherited through exec, so inheritable: as every fd Python opens (PEP 446), it must not
+    # leak into what the function execs (the creator would not see EOF while that lives).
+    os.set_inheritable(int(fd), False)
     if int(version) != _wire.VERSION:
         sys.stderr.write(
             f"anyfork: protocol version {version} from the parent, {_wire.VERSION} here: "

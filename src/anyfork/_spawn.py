@@ -7,10 +7,17 @@ The child's end of the socketpair is the only fd it inherits, always as fd 3; ``
 on the command line so the child finds exactly the parent's modules, venv or not, and ``-S``
 skips ``site`` (and the ``.pth`` hooks of the base interpreter): the path already holds what
 ``site`` would have added.
+
+A child of the parent's own interpreter does not even look for anyfork: the parent compiles the
+child side once (``child_code``) and the child reads the code objects from its socket before
+anything else (``SHIPPED_BOOT``).  That spares every exec'd child the search along ``sys.path``
+and, where no bytecode cache exists (``PYTHONDONTWRITEBYTECODE``, an uncompiled checkout), ~7 ms
+of compiling ``_serve`` from source; and parent and child cannot run different anyfork versions.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 import socket
 import sys
@@ -21,7 +28,37 @@ from ._errors import SpawnError
 #: The fd the exec'd child finds its socket on.
 CHILD_FD = 3
 
+#: argv after ``-c``: version, fd, owner pid, then ``sys.path``.
 BOOT = "import sys;sys.path[:]=sys.argv[4:];from anyfork._serve import main;main()"
+
+#: argv after ``-c``: version, fd, owner pid, size of the code on fd 3, then ``sys.path``.  The
+#: modules are set up as the import system would (spec, ``__file__``, ``__path__``, parent
+#: attribute), from code objects instead of files.
+SHIPPED_BOOT = """\
+import sys, marshal
+from os import read
+from _frozen_importlib import module_from_spec
+from _frozen_importlib_external import spec_from_file_location
+size, data = int(sys.argv.pop(4)), b""
+sys.path[:] = sys.argv[4:]
+while len(data) < size:
+    chunk = read(3, size - len(data))
+    if not chunk:
+        raise SystemExit(3)
+    data += chunk
+for name, path, code in marshal.loads(data):
+    module = sys.modules[name] = module_from_spec(spec_from_file_location(name, path))
+    package, _, leaf = name.rpartition(".")
+    if package:
+        setattr(sys.modules[package], leaf, module)
+    exec(code, module.__dict__)
+sys.modules["anyfork._serve"].main()
+"""
+
+#: The child side, in import order (each imports only those before it, and the stdlib).
+CHILD_MODULES = ("anyfork", "anyfork._wire", "anyfork._sock", "anyfork._serve")
+
+_shipped: bytes | None = None
 
 
 def interpreter(python: str | None = None) -> str:
@@ -41,9 +78,43 @@ def interpreter(python: str | None = None) -> str:
     return exe
 
 
-def exec_server(python: str | None = None) -> tuple[socket.socket, int]:
-    """Start a fresh interpreter serving commands; return the parent's socket end and the pid."""
+def child_code() -> bytes | None:
+    """The child side's code objects, marshalled for ``SHIPPED_BOOT`` (built once); ``None``
+    where anyfork was not loaded from source files (the child then imports it)."""
+    global _shipped
+    if _shipped is None:
+        import importlib
+
+        modules = []
+        try:
+            for name in CHILD_MODULES:
+                spec = importlib.import_module(name).__spec__
+                path = spec.origin if spec is not None else None
+                get_code = getattr(spec.loader, "get_code", None) if spec is not None else None
+                if not path or not path.endswith(".py") or get_code is None:
+                    return None
+                modules.append((name, path, get_code(name)))
+        except (ImportError, OSError, SyntaxError):
+            return None
+        _shipped = marshal.dumps(modules)
+    return _shipped
+
+
+def _same_interpreter(exe: str) -> bool:
+    """Marshalled code only travels to the interpreter binary that made it."""
+    try:
+        return os.path.samefile(exe, sys.executable)
+    except OSError:
+        return False
+
+
+def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
+    """Start a fresh interpreter serving commands.
+
+    Returns the parent's socket end, the pid, and bytes the child must receive before any
+    frame (the shipped code; empty when the child imports anyfork itself)."""
     exe = interpreter(python)
+    code = child_code() if _same_interpreter(exe) else None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         fd = child.fileno()
@@ -53,6 +124,9 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int]:
             fd = extra = os.dup(fd)
         paths = [p for p in sys.path if isinstance(p, str)]
         argv = [exe, "-S", "-c", BOOT, str(_wire.VERSION), str(CHILD_FD), str(os.getpid())]
+        if code is not None:
+            argv[3] = SHIPPED_BOOT
+            argv.append(str(len(code)))
         try:
             pid = os.posix_spawn(
                 exe,
@@ -70,7 +144,7 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int]:
         raise
     finally:
         child.close()
-    return parent, pid
+    return parent, pid, code or b""
 
 
 def fork_main() -> tuple[socket.socket, int]:

@@ -1,7 +1,8 @@
 """The command-stream wire format, sans-IO, shared by parent and child.
 
-This module is imported into every template and every worker, so it imports nothing but
-``struct`` (and no ``typing``: annotations are strings, see ``from __future__``).
+This module is imported into every template and every worker, so it imports nothing but the C
+half of ``struct`` (``_struct``: the Python half is one more file for a fresh interpreter to find
+and load) and no ``typing`` (annotations are strings, see ``from __future__``).
 
 Frame::
 
@@ -23,7 +24,7 @@ Rule 2: every decoding error is ``WireError``; the caller decides what it means.
 
 from __future__ import annotations
 
-import struct
+import _struct as struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing

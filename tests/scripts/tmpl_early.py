@@ -38,7 +38,7 @@ def defined_after(sock: socket.socket) -> None:
     sock.sendall(b"unreachable")
 
 
-def no_exec(python: str | None = None) -> tuple[socket.socket, int]:
+def no_exec(python: str | None = None) -> tuple[socket.socket, int, bytes]:
     raise AssertionError("anyfork exec'd an interpreter although an early template exists")
 
 
