@@ -235,9 +235,12 @@ def perl_run(script: str, mode: str, budget: float) -> Sample:
 #: with no anyfork and no IPC beyond the one byte (the child writes it and ``os._exit``s).
 _MIN_FORK = """
 import os, sys, time, _socket
-if sys.argv[2] == "template":
+mode = sys.argv[2]
+if mode != "empty":
     sys.path[:0] = sys.argv[3:]
     import anyfork._serve, socket, fcntl, select  # what anyfork's default template holds
+    import gc; gc.freeze()
+overlap = mode == "overlap"
 budget = float(sys.argv[1])
 count, start = 0, time.perf_counter()
 while time.perf_counter() - start < budget:
@@ -248,19 +251,30 @@ while time.perf_counter() - start < budget:
         os._exit(0)
     b.close()
     a.recv(1)
-    a.recv(1)
-    a.close()
-    os.waitpid(pid, 0)
+    if overlap:  # as a template does: reap whoever has exited, never wait for this one
+        a.close()
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+    else:
+        a.recv(1)
+        a.close()
+        os.waitpid(pid, 0)
     count += 1
 print(count, time.perf_counter() - start)
 """
 
 
-def min_fork_run(budget: float, template_like: bool) -> Sample:
-    """``os.fork`` + ``_exit`` in a loop, inside a fresh ``python -S`` (empty, or holding what
-    anyfork's default template holds): the fork rate CPython itself allows at that size."""
-    argv = [sys.executable, "-S", "-c", _MIN_FORK, str(budget)]
-    argv += ["template", *sys.path] if template_like else ["empty"]
+def min_fork_run(budget: float, mode: str) -> Sample:
+    """``os.fork`` + ``_exit`` in a loop, inside a fresh ``python -S``: ``empty``, or holding
+    what anyfork's default template holds (``template``), or that and the child's exit left to
+    run alongside the next fork (``overlap``, as a template reaps): the fork rate CPython itself
+    allows at that size, with no protocol at all."""
+    argv = [sys.executable, "-S", "-c", _MIN_FORK, str(budget), mode]
+    if mode != "empty":
+        argv += sys.path
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=budget + 60)
     count, elapsed = out.stdout.split()
     return Sample(int(count), float(elapsed))

@@ -85,6 +85,7 @@ ROWS = [
     Row("os_fork", "os.fork() + socketpair  [floor]"),
     Row("os_fork_min", "os.fork() in an empty python -S  [floor]", latency="-"),
     Row("os_fork_tmpl", "os.fork() in a template-sized python -S", latency="-"),
+    Row("os_fork_ovl", "  same, each exit overlapping the next fork", latency="-"),
     Row("os_fork_big", "os.fork() from a 1 GiB parent"),
     Row("mp_fork", "multiprocessing fork: start+Pipe+join"),
     Row("mp_forkserver", "multiprocessing forkserver"),
@@ -360,6 +361,8 @@ def ratios(by: dict[str, Row]) -> list[str]:
     info("anyfork.new(hello: module imported in each child) vs Perl new", "af_new", "perl_new")
     info("CPython's own fork floor, template-sized, vs Perl new", "os_fork_tmpl", "perl_new")
     info("CPython's own fork floor, empty interpreter, vs Perl new", "os_fork_min", "perl_new")
+    info("  template-sized, exits overlapped (a template's ceiling), vs Perl", "os_fork_ovl",
+         "perl_new")  # fmt: skip
     info("template that required the module vs anyfork.new(hello)", "af_fork_req", "af_new")
     v = r("af_new", "mp_forkserver")
     target("anyfork.new vs mp forkserver", v, v is not None and v >= 5.0, ">= 5x",
@@ -438,8 +441,9 @@ def build_jobs(
         (("af_exec_pyc",), with_pyc_prefix(one("af_exec_pyc", _loops.anyfork_exec_once)[1])),
         (BIG_KEYS, lambda budget: measure_big(budget, facts)),
         one("os_fork", _loops.os_fork_once),
-        (("os_fork_min",), lambda budget: {"os_fork_min": _loops.min_fork_run(budget, False)}),
-        (("os_fork_tmpl",), lambda budget: {"os_fork_tmpl": _loops.min_fork_run(budget, True)}),
+        (("os_fork_min",), lambda budget: {"os_fork_min": _loops.min_fork_run(budget, "empty")}),
+        (("os_fork_tmpl",), lambda b: {"os_fork_tmpl": _loops.min_fork_run(b, "template")}),
+        (("os_fork_ovl",), lambda b: {"os_fork_ovl": _loops.min_fork_run(b, "overlap")}),
     ]
     for method in ("fork", "forkserver", "spawn"):
         ctx = multiprocessing.get_context(method)
