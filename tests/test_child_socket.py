@@ -150,8 +150,18 @@ def test_lookalike_is_not_picklable_and_reports_missing_names() -> None:
             pickle.dumps(sock)
         with pytest.raises(AttributeError, match="no attribute 'no_such_method'"):
             sock.no_such_method  # noqa: B018
+        assert getattr(sock, "_io_refs") == 0  # noqa: B009  # mypy: not in typeshed
         assert sock.fileno() >= 0
     assert sock.fileno() == -1  # closed by the with block
+
+
+def test_lookalike_half_made_still_has_a_repr() -> None:
+    """A Socket whose __init__ never set its slots (the finaliser's ResourceWarning calls repr)
+    has a repr, as socket.socket has, instead of raising from a borrowed slot descriptor."""
+    half = _sock.Socket.__new__(_sock.Socket)
+    assert repr(half).startswith("<anyfork._sock.Socket fd=-1,")
+    with pytest.raises(AttributeError):
+        half._closed  # noqa: B018
 
 
 def _boot_of(proc: anyfork.Process) -> str:

@@ -60,7 +60,7 @@ class Socket(_socket.socket):
         # get_inheritable...  They are plain functions of socket.socket; bound to us they work
         # unchanged, because we have the same attributes.
         attr = _socket_module().socket.__dict__.get(name)
-        if attr is None or not hasattr(attr, "__get__"):
+        if not hasattr(attr, "__code__"):  # functions only: its slot descriptors are not ours
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return attr.__get__(self, type(self))
 
