@@ -9,7 +9,9 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import signal
+import socket
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -73,6 +75,43 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
     assert requeued.is_set()
     assert stats.calls == 2
     assert stats.died == 1
+
+
+def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
+    """``_gone`` (is an idle worker dead?) must wait for a call another thread has in flight
+    on the same client: until that call reads its reply, the socket is readable without any
+    death.  (Modelled with a socketpair; the pool's real race needs a loaded machine.)"""
+    from anyfork._pool_threads import _gone
+
+    class SpyLock:
+        """The client's lock, telling when someone tries to take it."""
+
+        def __init__(self) -> None:
+            self.inner = threading.RLock()
+            self.tried = threading.Event()
+
+        def __enter__(self) -> None:
+            self.tried.set()
+            self.inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.release()
+
+    a, b = socket.socketpair()
+    with a, b:
+        lock = SpyLock()
+        client = SimpleNamespace(_sock=a, _lock=lock)
+        answers: list[bool] = []
+        with lock.inner:  # a call in flight: its request is out, and its reply arrives
+            b.sendall(b"reply")
+            other = threading.Thread(target=lambda: answers.append(_gone(client)))  # type: ignore[arg-type]
+            other.start()
+            assert lock.tried.wait(5), "_gone looked at the socket without the client's lock"
+            assert a.recv(5) == b"reply"  # the call reads its reply, then lets go
+        other.join(WAIT)
+        assert answers == [False]
+        b.close()
+        assert _gone(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:

@@ -496,10 +496,16 @@ def _drain(inbox: queue.SimpleQueue[_Call | None]) -> list[_Call]:
 
 def _gone(client: BlockingClient) -> bool:
     """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
-    worker sends nothing unasked."""
-    sock = client._sock
-    if sock is None:
-        return True
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
+    worker sends nothing unasked.
+
+    Looked at under the client's lock, which a call holds from its request to its reply: a
+    call another thread has in flight on this worker (a waiting caller's, next to the
+    worker's thread) makes the socket readable too, with its reply, and taking that for a
+    death aborted the client under it (seen under CPU load)."""
+    with client._lock:
+        sock = client._sock
+        if sock is None:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
