@@ -83,7 +83,9 @@ class Socket(_socket.socket):
     def dup(self) -> Socket:
         import os
 
-        return Socket(self.family, self.type, self.proto, fileno=os.dup(self.fileno()))
+        family = _socket.socket.family.__get__(self)
+        kind = _socket.socket.type.__get__(self)
+        return Socket(family, kind, self.proto, fileno=os.dup(self.fileno()))
 
     # Closing follows socket.socket: the fd stays open while a makefile() file uses it.
 
