@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyfork
-from anyfork import _process
+from anyfork import _templates
 
 FUNC = "socket:socket.close"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -38,7 +38,7 @@ def once() -> None:
 
 def template_stat() -> tuple[int, int, float, float]:
     """(minflt, cminflt, cpu s, children's cpu s) of the default template."""
-    tmpl = _process._default
+    tmpl = _templates._default
     pid = tmpl.pid if tmpl is not None else None
     if pid is None:
         raise RuntimeError("no default template (anyfork.new() has not run?)")

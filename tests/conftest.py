@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from anyfork import _process, _reaper
+from anyfork import _reaper, _templates
 from helpers import children, eventually, open_fds
 
 
@@ -17,7 +17,7 @@ def _persistent() -> tuple[set[int], set[int]]:
     """The default and early templates outlive tests on purpose: their pid and fd are exempt."""
     pids: set[int] = set()
     fds: set[int] = set()
-    for proc in (_process._default, _process._early):
+    for proc in (_templates._default, _templates._early):
         if proc is not None and proc._chan.sock is not None:
             fds.add(proc._chan.fd)
             if proc._pid is not None:

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import anyfork
-from anyfork import _process, _reaper
+from anyfork import _reaper, _templates
 from helpers import alive, children, eventually, recv_all, state
 
 
@@ -162,7 +162,7 @@ def test_killed_template_fails_the_next_fork_at_once() -> None:
     os.kill(pid, signal.SIGKILL)
     # Its creator (the default template) reaps it at once and reports how it died; a moment
     # may pass between the two (seen under CPU load), and fork() does not wait for the report.
-    default = _process._default
+    default = _templates._default
     assert default is not None
 
     def reported() -> bool:
@@ -195,14 +195,14 @@ def test_template_killed_with_forks_queued_never_hangs() -> None:
 
 def test_default_template_is_recreated_transparently() -> None:
     anyfork.new().close()
-    old = _process._default
+    old = _templates._default
     assert old is not None
     assert old.pid is not None
     os.kill(old.pid, signal.SIGKILL)
     eventually(lambda: _reaper.returncode(old.pid) is not None, what="the template to be reaped")  # type: ignore[arg-type]
     with anyfork.new().send_arg("x").run_blocking("childfuncs:echo_args", timeout=10) as s:
         assert recv_all(s) == b"'x'"
-    assert _process._default is not old
+    assert _templates._default is not old
     assert old.returncode == -signal.SIGKILL
 
 
@@ -318,7 +318,7 @@ def test_nothing_outlives_a_parent_that_was_killed(tmp_path: object) -> None:
         child = tmpl.fork()
         exec_proc = anyfork.new_exec()
         pids = [tmpl.wait_started_blocking(timeout=10), child.wait_started_blocking(timeout=10),
-                exec_proc.pid, anyfork._process._default.pid]
+                exec_proc.pid, anyfork._templates._default.pid]
         print(" ".join(map(str, pids)), flush=True)
         sys.stdin.read()
         """

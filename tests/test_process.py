@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 import anyfork
-from anyfork import _process
+from anyfork import _templates
 from helpers import alive, children, eventually, is_spare, recv_all, state
 
 T = TypeVar("T")
@@ -167,7 +167,7 @@ def test_every_process_knows_its_pid() -> None:
     assert forked.pid == pid
     info = facts_of(forked)
     assert info["pid"] == pid
-    assert info["ppid"] == _process._default.pid  # type: ignore[union-attr]
+    assert info["ppid"] == _templates._default.pid  # type: ignore[union-attr]
 
 
 def test_wait_started_async() -> None:

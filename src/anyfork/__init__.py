@@ -28,16 +28,16 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._pool_sync import BlockingPool as BlockingPool
     from ._pool_sync import PoolExecutor as PoolExecutor
     from ._process import Process as Process
-    from ._process import main_template as main_template
-    from ._process import new as new
-    from ._process import new_exec as new_exec
-    from ._process import new_from_fh as new_from_fh
-    from ._process import start_early as start_early
     from ._rpc import BlockingClient as BlockingClient
     from ._rpc import Client as Client
     from ._rpc import Serializer as Serializer
     from ._rpc import rpc as rpc
     from ._rpc import rpc_blocking as rpc_blocking
+    from ._templates import main_template as main_template
+    from ._templates import new as new
+    from ._templates import new_exec as new_exec
+    from ._templates import new_from_fh as new_from_fh
+    from ._templates import start_early as start_early
 
 __version__ = "0.1.0"
 
@@ -53,11 +53,11 @@ _LAZY = {
     "SpawnError": "_errors",
     "WorkerDiedError": "_errors",
     "Process": "_process",
-    "main_template": "_process",
-    "new": "_process",
-    "new_exec": "_process",
-    "new_from_fh": "_process",
-    "start_early": "_process",
+    "main_template": "_templates",
+    "new": "_templates",
+    "new_exec": "_templates",
+    "new_from_fh": "_templates",
+    "start_early": "_templates",
     "BlockingClient": "_rpc",
     "Client": "_rpc",
     "Serializer": "_rpc",

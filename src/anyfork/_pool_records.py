@@ -174,7 +174,7 @@ def policy_view(
 def own_template(func: str) -> Process:
     """The template a pool makes when given none: forked from the default template, with the
     function's module imported once (every worker then forks with it loaded, and shared)."""
-    from ._process import new
+    from ._templates import new
 
     tmpl = new()
     module = func.partition(":")[0]

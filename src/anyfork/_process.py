@@ -25,7 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _reaper, _spawn, _wire
+from . import _reaper, _wire
 from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
 from ._errors import ClosedError, SpawnError, describe_returncode, rebuild
 from ._public import publish
@@ -33,7 +33,7 @@ from ._public import publish
 if TYPE_CHECKING:
     from ._rpc import BlockingClient, Client
 
-__all__ = ["Process", "main_template", "new", "new_exec", "new_from_fh", "start_early"]
+__all__ = ["Process"]
 
 
 class _HasFileno(Protocol):
@@ -529,108 +529,22 @@ def func_ref(func: Func) -> str:
     return f"{module}:{qualname}"
 
 
-# -- constructors and the default template ---------------------------------------------------
+# -- every live channel, for the at-fork reset -----------------------------------------------
 
-_lock = threading.Lock()
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
-_default: Process | None = None
-_early: Process | None = None
 
 
-def new() -> Process:
-    """A new process forked from the default template.
-
-    The default template is a small interpreter exec'd on the first call (in each process that
-    uses anyfork) and kept; if it has died, the next call makes a new one.  With an early
-    template (:func:`start_early`), that is the default template."""
-    global _default
-    _reaper.poll_unhandled()
-    with _lock:
-        template = _default
-        if template is None or not template._usable():
-            if template is not None:
-                template.close()
-            template = _default = new_exec()
-    return template.fork()
-
-
-def new_exec(*, python: str | None = None) -> Process:
-    """A new process in a freshly exec'd interpreter (``python -S``, ``sys.path`` handed over).
-
-    The caller is never forked (``posix_spawn``), so this is safe in a program with threads
-    or a running event loop.  With an early template and no ``python`` given, the process is
-    forked from the early template instead, and nothing is exec'd at all."""
-    _reaper.poll_unhandled()
-    global _early
-    if _early is not None and python is None:
-        if _early._usable():
-            return _early.fork()
-        # The early template died: forget it and exec, as if there had never been one.
-        _early.close()
-        _early = None
-    sock, pid, boot = _spawn.exec_server(python)
-    _reaper.watch(pid)
-    chan = Channel(sock)
-    if boot:
-        chan.queue(boot)
-        try:
-            chan.flush_nowait()  # it fits the socket buffer: the child starts at once
-        except OSError:
-            pass  # dead already: the first wait says how
-    return Process(chan, pid=pid, direct=True)
-
-
-def new_from_fh(sock: socket.socket | int) -> Process:
-    """Continue preparing a process whose socket another process handed over with ``to_fh``."""
-    if isinstance(sock, int):
-        sock = socket.socket(fileno=sock)
-    proc = Process(Channel(sock))
-    proc._send(_wire.PID, b"")
-    return proc
-
-
-def start_early() -> Process:
-    """Fork the main program into the early template, now; ``new`` and ``new_exec`` then fork
-    from it and nothing is ever exec'd.
-
-    Call it first thing in the main program (or ``import anyfork.early``), before anything starts
-    threads, opens fds, or creates an event loop: the template is a copy of the program at this
-    moment, and every worker will inherit what it holds.  Raises ``RuntimeError`` if threads
-    or a running loop make forking unsafe."""
-    global _early, _default
-    with _lock:
-        if _early is not None and _early._usable():
-            return _early
-        proc = main_template()
-        _early = _default = proc
-    return proc
-
-
-def main_template() -> Process:
-    """Fork the main program, as it is now, into a template and return it.
-
-    Use it after importing and defining what workers need (functions in ``__main__`` can be
-    run by bare name), before threads or an event loop exist.  The program's atexit handlers
-    do not run in the template or its children, and inherited fds stay open in them."""
-    sock, pid = _spawn.fork_main()
-    _reaper.watch(pid)
-    return Process(Channel(sock), pid=pid, direct=True)
-
-
-def _reset_in_child() -> None:
+def _close_in_child() -> None:
     """A forked copy of this program (ours or the user's) must not hold our processes' sockets:
     they would keep templates alive after we are gone, and two processes would share them."""
-    global _default, _early, _lock
-    _lock = threading.Lock()
     for chan in list(_channels):
         sock, chan.sock = chan.sock, None
         if sock is not None:
             sock.close()
     _channels.clear()
-    _default = _early = None
 
 
-os.register_at_fork(after_in_child=_reset_in_child)
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 publish(globals())

@@ -30,7 +30,7 @@ import sys
 import tmpl_funcs
 
 import anyfork
-from anyfork import _process, _spawn
+from anyfork import _spawn, _templates
 
 
 def defined_after(sock: socket.socket) -> None:
@@ -44,7 +44,7 @@ def no_exec(python: str | None = None) -> tuple[socket.socket, int, bytes]:
 
 _spawn.exec_server = no_exec  # any attempt to exec fails the script loudly
 
-early = _process._early
+early = _templates._early
 assert early is not None
 assert early is anyfork.early.TEMPLATE
 out: dict[str, object] = {"main": tmpl_funcs.facts(), "early_pid": early.pid}

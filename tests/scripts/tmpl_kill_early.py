@@ -20,7 +20,7 @@ from collections.abc import Callable
 import tmpl_funcs
 
 import anyfork
-from anyfork import _process, _reaper
+from anyfork import _reaper, _templates
 
 early = anyfork.early.TEMPLATE
 assert early.pid is not None
@@ -45,7 +45,7 @@ os.kill(early.pid, signal.SIGKILL)
 out["racing_new"] = attempt(anyfork.new)
 out["early_returncode"] = _reaper.wait(early.pid, 10)
 out["new"] = attempt(anyfork.new)
-default = _process._default
+default = _templates._default
 out["default_pid"] = default.pid if default is not None else None
 out["new_exec"] = attempt(anyfork.new_exec)
 out["new_exec_python"] = attempt(lambda: anyfork.new_exec(python=sys.executable))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import tmpl_funcs
 
 import anyfork
-from anyfork import _process
+from anyfork import _templates
 
 situation, how = sys.argv[1:3]
 
@@ -59,7 +59,7 @@ else:
 
     out["refusal"] = asyncio.run(inside_loop())
 
-out["early_set"] = _process._early is not None
+out["early_set"] = _templates._early is not None
 # Without the thread or the loop the same call succeeds: the refusal is about the moment.
 tmpl = attempt()
 proc = tmpl.TEMPLATE if how == "import" else tmpl  # type: ignore[attr-defined]
