@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/setup.py
 	$(PY) bench/rpc_setup.py
 	$(PY) bench/run.py
-	$(PY) bench/fork_cost.py
+	$(PY) -m bench.fork_cost
 	$(PY) bench/rpc.py
 	$(PY) bench/pool.py
 

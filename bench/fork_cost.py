@@ -1,6 +1,6 @@
 """Where the CPU of one ``anyfork.new()`` goes: parent, default template, child.
 
-    python bench/fork_cost.py [N]
+    python -m bench.fork_cost [N]      (from the repository root)
 
 Runs ``anyfork.new().run_blocking("socket:socket.close")`` (the bench's row compared with
 Perl's ``->new->run(CORE::exit)``) N times in a row and reads, per process created, the CPU
@@ -15,25 +15,18 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import anyfork
 from anyfork import _templates
+from bench import _loops
+from bench._loops import PRELOADED as FUNC
+from bench._loops import anyfork_new_preloaded_once as once
 
-FUNC = "socket:socket.close"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def once() -> None:
-    sock = anyfork.new().run_blocking(FUNC, timeout=10)
-    while sock.recv(4096):
-        pass
-    sock.close()
 
 
 def template_stat() -> tuple[int, int, float, float]:
@@ -69,29 +62,18 @@ def busy_per_process(run: Callable[[], int]) -> tuple[float, float]:
 def compare_perl(seconds: float = 3.0) -> None:
     """The same machine-wide CPU accounting for anyfork and for Perl's AnyEvent::Fork (whose
     template's children are not ours to read from /proc)."""
-    script = Path(__file__).with_name("perl_fork.pl")
-    if shutil.which("perl") is None or subprocess.call(
-        ["perl", "-MAnyEvent::Fork", "-e1"], stderr=subprocess.DEVNULL
-    ):
-        print("Perl AnyEvent::Fork: not available (bench/setup.py installs it)")
-        return
-
-    def anyfork_loop() -> int:
-        count, end = 0, time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            once()
-            count += 1
-        return count
-
-    def perl_loop() -> int:
-        out = subprocess.run(
-            ["perl", str(script), "new", str(seconds)], capture_output=True, text=True, check=True
-        ).stdout
-        return int(dict(kv.split("=") for kv in out.split())["count"])
-
+    script = str(Path(__file__).with_name("perl_fork.pl"))
+    loops: list[tuple[str, Callable[[], int]]] = [
+        ("anyfork.new()", lambda: _loops.timed(once, seconds).count),
+        ("Perl AnyEvent::Fork->new", lambda: _loops.perl_run(script, "new", seconds).count),
+    ]
     print("machine-wide busy CPU per process (all processes, kernel included; /proc/stat):")
-    for name, loop in (("anyfork.new()", anyfork_loop), ("Perl AnyEvent::Fork->new", perl_loop)):
-        rate, cost = busy_per_process(loop)
+    for name, loop in loops:
+        try:
+            rate, cost = busy_per_process(loop)
+        except (OSError, subprocess.SubprocessError):
+            print(f"  {name:<26} not available (bench/setup.py installs AnyEvent::Fork)")
+            continue
         print(f"  {name:<26} {rate:7.0f}/s  {cost:6.0f} us CPU per process")
 
 

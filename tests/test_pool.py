@@ -351,11 +351,11 @@ def test_dead_own_template_is_recreated() -> None:
         async with anyfork.Pool(None, "pool_funcs:pid", max=1, idle=0, stop=0) as pool:
             assert (await pool(1))[0] == 1
             await until(pool, lambda s: s.workers == 0)
-            tmpl = pool._template
+            tmpl = pool._templates.current
             assert tmpl is not None
             tmpl.kill()
             assert (await pool(2))[0] == 2
-            assert pool._template is not tmpl
+            assert pool._templates.current is not tmpl
 
     _run(main())
 

@@ -27,17 +27,16 @@ from typing import Any
 
 from . import _policy
 from ._aio import wait_for
-from ._errors import AnyforkError, ClosedError, SpawnError
+from ._errors import ClosedError, SpawnError
 from ._pool_records import (
     _RETIRE_MARKS,
-    _RPC_SERVER,
     STOP_TIMEOUT,
     PoolStatistics,
+    PoolTemplate,
     Totals,
     _Call,
     _Worker,
     check_recycling,
-    own_template,
     policy_view,
     rss,
     settings,
@@ -121,9 +120,7 @@ class Pool:
         self._settings = settings(max, idle, load, start, stop)
         check_recycling(max_calls, max_memory)
         self._func = func_ref(func)
-        self._template = template
-        self._prepared: Process | None = None
-        self._owned = template is None
+        self._templates = PoolTemplate(template, self._func)
         self._max_calls = max_calls
         self._max_memory = max_memory
         self._on_error = on_error
@@ -355,18 +352,6 @@ class Pool:
 
     # -- workers --------------------------------------------------------------------------------
 
-    def _make_template(self) -> Process:
-        return own_template(self._func)
-
-    def _prepare(self, tmpl: Process) -> None:
-        """Import the RPC server into the template once, before its first worker: otherwise
-        every worker imports it after the fork (measured: ~10 ms of a ~12 ms worker start)."""
-        if tmpl is self._prepared:
-            return
-        self._prepared = tmpl
-        with contextlib.suppress(AnyforkError):  # a dead template: its fork() will say so
-            tmpl.require(_RPC_SERVER)
-
     async def _spawn(self, worker: _Worker) -> Client:
         def on_event(*args: Any) -> None:
             if len(args) == 1 and args[0] in _RETIRE_MARKS:
@@ -383,19 +368,12 @@ class Pool:
             on_close=lambda: self._lost(worker, None),
         )
         for attempt in (1, 2):
-            tmpl = self._template
-            if tmpl is None:
-                tmpl = self._template = self._make_template()
-            self._prepare(tmpl)
+            tmpl = self._templates.get()
             try:
                 return await tmpl.fork().rpc(self._func, **options)
             except SpawnError:
-                if not self._owned or attempt == 2:
+                if not self._templates.retry_after(tmpl, attempt):
                     raise
-                # Our own template died: make a new one (from a fresh default template if
-                # that died too) and try once more.
-                tmpl.close()
-                self._template = None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _start(self, worker: _Worker) -> None:
@@ -588,19 +566,10 @@ class Pool:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._close_template() and self._on_close is not None:
-            on_close, self._on_close = self._on_close, None
+        self._templates.close()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None  # once, however often we get here
             on_close()
-
-    def _close_template(self) -> bool:
-        """Close our own template (once); ``True`` the first time the pool finishes closing."""
-        if getattr(self, "_finished_closing", False):
-            return False
-        self._finished_closing = True
-        if self._owned and self._template is not None:
-            self._template.close()
-            self._template = None
-        return True
 
     def cancel(self) -> None:
         """Close the pool the fast way, now: queued calls fail with ``ClosedError``, workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,6 @@ STOP_TIMEOUT = 30.0
 
 _RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"  # anyfork.worker._RETIRE, without importing it
 _RETIRE_MARKS = (_RETIRE, _RETIRE.encode())
-_RPC_SERVER = "anyfork._rpc_server"
 _RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
 
 
@@ -181,6 +181,49 @@ def own_template(func: str) -> Process:
     if ":" in func and module != "__main__":
         tmpl.require(module)
     return tmpl
+
+
+class PoolTemplate:
+    """What both pool drivers fork their workers from: the caller's template, or the pool's
+    own (made on first use, and made again if it dies; see ``retry_after``).  The template is
+    primed with the RPC server before its first worker.  Thread-safe."""
+
+    def __init__(self, template: Process | None, func: str) -> None:
+        self.current = template
+        self.owned = template is None
+        self._func = func
+        self._lock = threading.Lock()
+
+    def get(self) -> Process:
+        from ._rpc import prime
+
+        with self._lock:
+            if self.current is None:
+                self.current = own_template(self._func)
+            tmpl = self.current
+        prime(tmpl)
+        return tmpl
+
+    def retry_after(self, failed: Process, attempt: int) -> bool:
+        """Forking from ``failed`` raised ``SpawnError`` on try number ``attempt``: ``True``
+        if the caller should try once more, because it was the pool's own template (now
+        dropped: the next ``get`` makes a new one, from a new default template if need be)."""
+        if not self.owned or attempt > 1:
+            return False
+        with self._lock:
+            if self.current is failed:
+                self.current = None
+        failed.close()
+        return True
+
+    def close(self) -> None:
+        """Close the pool's own template; the caller's is theirs."""
+        with self._lock:
+            tmpl = self.current if self.owned else None
+            if self.owned:
+                self.current = None
+        if tmpl is not None:
+            tmpl.close()
 
 
 def settings(max: int | None, idle: int, load: int, start: float, stop: float) -> _policy.Settings:

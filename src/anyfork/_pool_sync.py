@@ -246,7 +246,6 @@ class PoolExecutor(cf.Executor):
         if max_workers is not None:
             options["max"] = max_workers
         self._func = func_ref(func) if func is not None else None
-        self._template = template
         # The pool's policy driven by threads (no event loop in between: see _pool_threads);
         # built now so that bad settings raise here; workers start with the first submit().
         self._pool = ThreadedPool(template, self._func or _APPLY, **options)

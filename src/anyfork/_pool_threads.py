@@ -35,10 +35,10 @@ from ._errors import AnyforkError, SpawnError, WorkerDiedError
 from ._pool_records import (
     _RETIRE_MARKS,
     PoolStatistics,
+    PoolTemplate,
     Totals,
     WorkerState,
     check_recycling,
-    own_template,
     policy_view,
     rss,
     settings,
@@ -117,8 +117,7 @@ class ThreadedPool:
         self._settings = settings(max, idle, load, start, stop)
         check_recycling(max_calls, max_memory)
         self._func = func
-        self._template = template
-        self._owned = template is None
+        self._templates = PoolTemplate(template, func)
         self._max_calls = max_calls
         self._max_memory = max_memory
         self._on_error = on_error
@@ -359,19 +358,12 @@ class ThreadedPool:
                 self._user_on_event(*args)
 
         for attempt in (1, 2):
-            with self._lock:
-                tmpl = self._template
-                if tmpl is None:
-                    tmpl = self._template = own_template(self._func)
+            tmpl = self._templates.get()
             try:
                 return tmpl.fork().rpc_blocking(self._func, on_event=on_event, **self._rpc_options)
             except SpawnError:
-                if not self._owned or attempt == 2:
+                if not self._templates.retry_after(tmpl, attempt):
                     raise
-                with self._lock:  # our own template died: a new one, once
-                    if self._template is tmpl:
-                        self._template = None
-                tmpl.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _finished(self, worker: _Worker, completed: bool = True) -> None:
@@ -453,11 +445,9 @@ class ThreadedPool:
             self._closed = True
             self._clock.notify()
             clock = self._clock_thread
-            tmpl = self._template if self._owned else None
         if clock is not None:
             clock.join()
-        if tmpl is not None:
-            tmpl.close()
+        self._templates.close()
         if self._on_close is not None:
             self._on_close()
 

@@ -37,18 +37,18 @@ __all__ = ["BlockingClient", "Client", "Serializer", "rpc", "rpc_blocking"]
 _SERVE = "anyfork._rpc_server:serve"
 _SERVER_MODULE = "anyfork._rpc_server"
 
-#: Templates that have imported the RPC server (see ``_prime``).
+#: Templates that have imported the RPC server (see ``prime``).
 _primed: weakref.WeakSet[Process] = weakref.WeakSet()
 
 
-def _prime(proc: Process) -> None:
-    """Have ``proc``'s template import the RPC server, once, for the workers forked after this one.
+def prime(tmpl: Process | None) -> None:
+    """Have the template ``tmpl`` import the RPC server, once, for the workers forked after.
 
     A worker forked from a template without it imports it after the fork, where the imports
     and the pages they copy cost ~10 ms of a worker's ~12 ms start.  Preloading it in every
     template would make every template (and every plain ``new()``) bigger; so the first ``rpc``
-    on a template's child primes that template instead: later workers start with it loaded."""
-    tmpl = proc._template
+    on a template's child primes that template instead (a pool primes its template before its
+    first worker): later workers start with it loaded."""
     if tmpl is None or tmpl in _primed:
         return
     _primed.add(tmpl)
@@ -136,7 +136,7 @@ async def rpc(
     loop = asyncio.get_running_loop()
     started = loop.time()
     codec = _prepare(proc, func, backend, serializer, init, concurrency)
-    _prime(proc)
+    prime(proc._template)
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
         client = Client(proc, sock, codec, backend, on_event, on_error, on_close, loop=loop)
@@ -164,7 +164,7 @@ def rpc_blocking(
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     codec = _prepare(proc, func, backend, serializer, init, concurrency)
-    _prime(proc)
+    prime(proc._template)
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
         client = BlockingClient(proc, sock, codec, backend, on_event, on_error, on_close)

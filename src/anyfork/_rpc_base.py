@@ -38,6 +38,7 @@ from ._errors import (
     ProtocolError,
     RemoteError,
     RemoteTraceback,
+    SpawnError,
     WorkerDiedError,
     add_note,
     describe_returncode,
@@ -477,6 +478,14 @@ class Base:
             return self.pid is None
         tmpl = proc._template
         return tmpl is None or tmpl._chan.sock is None or tmpl._chan.decoder.eof
+
+    def _start_failure(self) -> BaseException:
+        """Why start-up failed: the worker's own error, else its death (the caller has waited
+        for the exit status)."""
+        if self._startup_error is not None:
+            return self._startup_error
+        how = describe_returncode(self.returncode)
+        return SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
 
     def _died(self) -> WorkerDiedError:
         how = describe_returncode(self.returncode)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _rpc_wire as W
-from ._errors import ClosedError, ProtocolError, SpawnError, describe_returncode
+from ._errors import ClosedError, ProtocolError
 from ._public import publish
 from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch, Box
 
@@ -194,11 +194,9 @@ class BlockingClient(Base):
             self.abort()
             raise
         if self._startup_error is not None or not self._ready:
-            err = self._startup_error
-            if err is None:
+            if self._startup_error is None:
                 self._wait_exit()
-                how = describe_returncode(self.returncode)
-                err = SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
+            err = self._start_failure()
             self.abort()
             raise err
 

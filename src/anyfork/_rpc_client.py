@@ -24,7 +24,7 @@ from typing import Any
 
 from . import _rpc_wire as W
 from ._aio import wait_for
-from ._errors import ClosedError, ProtocolError, SpawnError, describe_returncode
+from ._errors import ClosedError, ProtocolError
 from ._public import publish
 from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch
 
@@ -341,11 +341,9 @@ class Client(Base):
             self.abort()
             raise
         if self._startup_error is not None or not self._ready:
-            err = self._startup_error
-            if err is None:
+            if self._startup_error is None:
                 await self._await_exit()
-                how = describe_returncode(self.returncode)
-                err = SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
+            err = self._start_failure()
             self.abort()
             raise err
 

@@ -21,7 +21,6 @@ would find the C versions first.
 from __future__ import annotations
 
 import _socket
-import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,10 +28,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _socket_module() -> Any:
-    module = sys.modules.get("socket")
-    if module is None:
-        import socket as module
-    return module
+    from ._serve import _lib  # (which imports this module)
+
+    return _lib("socket")
 
 
 class Socket(_socket.socket):
