@@ -238,7 +238,7 @@ import os, sys, time, _socket
 mode = sys.argv[2]
 if mode != "empty":
     sys.path[:0] = sys.argv[3:]
-    import anyfork._serve, socket, fcntl, select  # what anyfork's default template holds
+    import anyfork._child._serve, socket, fcntl, select  # what anyfork's default template holds
     import gc; gc.freeze()
 overlap = mode == "overlap"
 budget = float(sys.argv[1])

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from anyfork import _templates
+from anyfork._core import _templates
 from bench import _loops
 from bench._loops import PRELOADED as FUNC
 from bench._loops import anyfork_new_preloaded_once as once

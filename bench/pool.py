@@ -181,7 +181,7 @@ def uss(pid: int) -> int:
 
 
 def numpy_uss(workers: int) -> list[int]:
-    tmpl = anyfork.new().require("anyfork._rpc_server", "numpy").eval(FUNC)
+    tmpl = anyfork.new().require("anyfork._child._rpc_server", "numpy").eval(FUNC)
 
     async def main() -> list[int]:
         async with anyfork.Pool(tmpl, "ident", max=workers, idle=workers, load=1) as pool:
@@ -237,7 +237,7 @@ def main() -> None:
     k = 200 if opts.quick else 1000
 
     # A warm template: up, with the RPC server and the function loaded, before any clock starts.
-    tmpl = anyfork.new().require("anyfork._rpc_server").eval(FUNC)
+    tmpl = anyfork.new().require("anyfork._child._rpc_server").eval(FUNC)
     tmpl.fork().close()
 
     startup: dict[str, Callable[[int], float] | None] = {

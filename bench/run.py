@@ -217,7 +217,7 @@ def build_pyc_prefix() -> int:
     import select  # noqa: F401
     import traceback  # noqa: F401
 
-    import anyfork._serve  # noqa: F401  # and what the child imports on its way to run()
+    import anyfork._child._serve  # noqa: F401  # and what the child imports on its way to run()
 
     saved = sys.pycache_prefix
     sys.pycache_prefix = str(PYC_PREFIX)
@@ -494,7 +494,7 @@ def main() -> None:
     started = time.monotonic()
     byte_compile_bench()
     import anyfork
-    import anyfork._spawn
+    import anyfork._core._spawn
 
     compiled = build_pyc_prefix()
 
@@ -508,7 +508,7 @@ def main() -> None:
             + ("__pycache__ present" if (Path(anyfork.__file__).parent / "__pycache__").is_dir()
                else "modules have NO __pycache__")
             + ("; exec'd children receive anyfork's child side as code objects from the parent"
-               if anyfork._spawn.child_code() is not None
+               if anyfork._core._spawn.child_code() is not None
                else "; exec'd children import anyfork's child side themselves"),
     }  # fmt: skip
     rows = [Row(r.key, r.label, r.latency) for r in ROWS]

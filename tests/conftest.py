@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from anyfork import _reaper, _templates
+from anyfork._core import _reaper, _templates
 from helpers import children, eventually, open_fds
 
 

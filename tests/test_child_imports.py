@@ -1,8 +1,8 @@
 """The child side stays cheap: what every template and worker imports (style guide §3.3).
 
-``anyfork._serve``, ``anyfork._wire``, ``anyfork.worker`` and the lazy ``anyfork`` root must not
-pull in the parent side (asyncio, typing, dataclasses...): an exec'd child would pay for each
-import at every start, and a template would carry it in every fork.
+``anyfork._child._serve``, ``anyfork._child._wire``, ``anyfork.worker`` and the lazy ``anyfork``
+root must not pull in the parent side (asyncio, typing, dataclasses...): an exec'd child would
+pay for each import at every start, and a template would carry it in every fork.
 """
 
 from __future__ import annotations
@@ -31,16 +31,17 @@ HEAVY = frozenset(
         "inspect",
         "concurrent",
         "threading",
-        "anyfork._process",
-        "anyfork._channel",
+        "anyfork._core._process",
+        "anyfork._core._channel",
         "anyfork._errors",
-        "anyfork._spawn",
-        "anyfork._reaper",
+        "anyfork._core._spawn",
+        "anyfork._core._reaper",
     }
 )
 #: Also not imported by the command server itself.  ``socket`` costs about 6 ms, as much as
 #: the interpreter's start; ``selectors`` and ``enum`` come with it.  Nor by an exec'd child on
-#: its way to a function that does not import them (its socket is an ``anyfork._sock.Socket``).
+#: its way to a function that does not import them (its socket is an
+#: ``anyfork._child._sock.Socket``).
 SERVER_HEAVY = HEAVY | {"socket", "selectors", "enum"}
 
 
@@ -63,8 +64,8 @@ def _modules_after(statement: str) -> set[str]:
     "statement",
     [
         "import anyfork",
-        "import anyfork._wire",
-        "import anyfork._serve, anyfork.worker",
+        "import anyfork._child._wire",
+        "import anyfork._child._serve, anyfork.worker",
         "import anyfork.worker; anyfork.__version__; dir(anyfork)",
     ],
 )
@@ -79,14 +80,14 @@ def test_child_side_imports_are_cheap(statement: str) -> None:
 def test_public_name_loads_the_parent_side() -> None:
     """The converse, so the test above cannot pass by accident: the lazy root does load."""
     modules = _modules_after("import anyfork; anyfork.Process")
-    assert {"anyfork._process", "socket", "threading"} <= modules
+    assert {"anyfork._core._process", "socket", "threading"} <= modules
 
 
 def test_import_time_of_the_command_server(
     record_property: Callable[[str, object], None],
 ) -> None:
     """Logged, not asserted (timings are too noisy for CI)."""
-    code = f"import sys; sys.path[:0] = [{SRC!r}]; import anyfork._serve"
+    code = f"import sys; sys.path[:0] = [{SRC!r}]; import anyfork._child._serve"
     result = subprocess.run(
         [sys.executable, "-S", "-X", "importtime", "-c", code],
         capture_output=True,
@@ -94,11 +95,13 @@ def test_import_time_of_the_command_server(
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
-    match = re.search(r"^import time:\s*(\d+) \|\s*(\d+) \| anyfork\._serve$", result.stderr, re.M)
+    match = re.search(
+        r"^import time:\s*(\d+) \|\s*(\d+) \| anyfork\._child\._serve$", result.stderr, re.M
+    )
     assert match is not None, result.stderr
     cumulative_us = int(match.group(2))
     record_property("import_anyfork_serve_us", cumulative_us)
-    print(f"\nimport anyfork._serve: {cumulative_us} us cumulative")  # noqa: T201
+    print(f"\nimport anyfork._child._serve: {cumulative_us} us cumulative")  # noqa: T201
 
 
 # Defined in the child with eval(): a function in this module would make the child import
@@ -126,7 +129,7 @@ def test_exec_child_runs_without_parent_side_modules() -> None:
     # (new_exec() would otherwise fork the early template, a copy of this pytest process).
     with anyfork.new_exec(python=sys.executable) as proc:
         modules = _run_report(proc)
-    assert "anyfork._serve" in modules
+    assert "anyfork._child._serve" in modules
     assert not _top(modules) & SERVER_HEAVY, f"the child imported {_top(modules) & SERVER_HEAVY}"
 
 
@@ -134,5 +137,5 @@ def test_forked_child_runs_without_parent_side_modules() -> None:
     """A child forked from an exec'd template is as light (the template's preloads included)."""
     with anyfork.new_exec(python=sys.executable) as template, template.fork() as proc:
         modules = _run_report(proc)
-    assert "anyfork._serve" in modules
+    assert "anyfork._child._serve" in modules
     assert not _top(modules) & HEAVY, f"the child imported {_top(modules) & HEAVY}"

@@ -1,6 +1,7 @@
 """What an exec'd child is made of: the shipped child code, and the socket its function gets.
 
-A fresh interpreter that has not loaded ``socket`` hands the function an ``anyfork._sock.Socket``
+A fresh interpreter that has not loaded ``socket`` hands the function an
+``anyfork._child._sock.Socket``
 (a ``socket.socket`` in all but type); everything else gets a ``socket.socket``.  The functions
 run here are defined with ``eval``, so that nothing but the test itself imports ``socket``.
 """
@@ -16,7 +17,8 @@ import sys
 import pytest
 
 import anyfork
-from anyfork import _serve, _sock, _spawn
+from anyfork._child import _serve, _sock
+from anyfork._core import _spawn
 from helpers import eventually, recv_all, recv_exactly
 
 CHILD_CODE = r"""
@@ -85,7 +87,7 @@ def test_exec_child_gets_the_lookalike_without_importing_socket() -> None:
     finally:
         a.close()
         b.close()
-    assert facts == ["anyfork._sock.Socket", False, "anyfork._sock.Socket"]
+    assert facts == ["anyfork._child._sock.Socket", False, "anyfork._child._sock.Socket"]
 
 
 def test_forked_child_gets_a_real_socket() -> None:
@@ -109,7 +111,7 @@ def test_lookalike_borrows_the_methods_socket_py_adds() -> None:
         family, kind, text, inheritable = ast.literal_eval(recv_all(sock).decode())
     assert family == repr(socket.AF_UNIX)
     assert kind == repr(socket.SOCK_STREAM)
-    assert text.startswith("<anyfork._sock.Socket fd=")
+    assert text.startswith("<anyfork._child._sock.Socket fd=")
     assert inheritable is False
 
 
@@ -130,13 +132,13 @@ def test_passed_listening_socket_accepts(tmp_path: os.PathLike[str]) -> None:
             client.connect(path)
             # accept() builds socket.socket for the new connection, as the stdlib's does.
             assert recv_all(client) == b"socket.socket"
-        assert ast.literal_eval(recv_all(sock).decode()) == ["anyfork._sock.Socket", -1]
+        assert ast.literal_eval(recv_all(sock).decode()) == ["anyfork._child._sock.Socket", -1]
 
 
 def test_lookalike_dup_and_detach() -> None:
     with exec_child().run_blocking("dup_and_detach", timeout=10) as sock:
         first, _, rest = recv_all(sock).partition(b";")
-    assert first == b"anyfork._sock.SocketFalse"  # dup() needed no import of socket
+    assert first == b"anyfork._child._sock.SocketFalse"  # dup() needed no import of socket
     fileno, text = ast.literal_eval(rest.decode())
     assert fileno == -1
     assert "[closed]" in text
@@ -159,7 +161,7 @@ def test_lookalike_half_made_still_has_a_repr() -> None:
     """A Socket whose __init__ never set its slots (the finaliser's ResourceWarning calls repr)
     has a repr, as socket.socket has, instead of raising from a borrowed slot descriptor."""
     half = _sock.Socket.__new__(_sock.Socket)
-    assert repr(half).startswith("<anyfork._sock.Socket fd=-1,")
+    assert repr(half).startswith("<anyfork._child._sock.Socket fd=-1,")
     with pytest.raises(AttributeError):
         half._closed  # noqa: B018
 
@@ -174,7 +176,7 @@ def test_own_interpreter_receives_the_child_code() -> None:
     with anyfork.new_exec(python=sys.executable) as proc:
         assert _boot_of(proc) == _spawn.SHIPPED_BOOT
         facts = answer(proc.eval(CHILD_CODE), "describe")
-    assert facts[0] == "anyfork._sock.Socket"
+    assert facts[0] == "anyfork._child._sock.Socket"
 
 
 def test_other_interpreter_imports_anyfork_itself(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +186,7 @@ def test_other_interpreter_imports_anyfork_itself(monkeypatch: pytest.MonkeyPatc
     with anyfork.new_exec(python=sys.executable) as proc:
         assert _boot_of(proc) == _spawn.BOOT
         facts = answer(proc.eval(CHILD_CODE), "describe")
-    assert facts[0] == "anyfork._sock.Socket"
+    assert facts[0] == "anyfork._child._sock.Socket"
 
 
 def test_shipped_modules_look_imported() -> None:
@@ -193,15 +195,15 @@ def test_shipped_modules_look_imported() -> None:
     code = r"""
 import sys
 def modules(sock):
-    import anyfork, anyfork.worker, anyfork._serve
-    serve = anyfork._serve
+    import anyfork, anyfork.worker, anyfork._child._serve
+    serve = anyfork._child._serve
     facts = [serve.__spec__.name, serve.__file__, anyfork.__path__,
-             serve is sys.modules["anyfork._serve"], anyfork.worker._serve is serve]
+             serve is sys.modules["anyfork._child._serve"], anyfork.worker._serve is serve]
     sock.sendall(repr(facts).encode())
 """
     proc = anyfork.new_exec(python=sys.executable).eval(code)
     name, path, package_path, registered, same = answer(proc, "modules")
-    assert name == "anyfork._serve"
+    assert name == "anyfork._child._serve"
     assert path == _serve.__file__
     assert package_path == list(anyfork.__path__)
     assert registered

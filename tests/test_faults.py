@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import anyfork
-from anyfork import _reaper, _templates
+from anyfork._core import _reaper, _templates
 from helpers import alive, children, eventually, recv_all, state
 
 
@@ -318,7 +318,7 @@ def test_nothing_outlives_a_parent_that_was_killed(tmp_path: object) -> None:
         child = tmpl.fork()
         exec_proc = anyfork.new_exec()
         pids = [tmpl.wait_started_blocking(timeout=10), child.wait_started_blocking(timeout=10),
-                exec_proc.pid, anyfork._templates._default.pid]
+                exec_proc.pid, anyfork._core._templates._default.pid]
         print(" ".join(map(str, pids)), flush=True)
         sys.stdin.read()
         """

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anyfork._policy import (
+from anyfork._pool._policy import (
     FAILED_START_BACKOFF,
     Dispatch,
     PoolView,

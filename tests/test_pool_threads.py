@@ -43,7 +43,7 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
     """The interleaving that once left a worker busy forever (and shutdown hanging): the dead
     worker's thread has taken the call from its inbox when a waiting caller claims it, finds
     the worker dead and queues it again.  The thread must then leave the call alone."""
-    from anyfork._pool_threads import ThreadedPool
+    from anyfork._pool._threads import ThreadedPool
 
     armed, requeued = threading.Event(), threading.Event()
     real_claim, real_lost = ThreadedPool._claim, ThreadedPool._lost
@@ -81,7 +81,7 @@ def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
     """``_gone`` (is an idle worker dead?) must wait for a call another thread has in flight
     on the same client: until that call reads its reply, the socket is readable without any
     death.  (Modelled with a socketpair; the pool's real race needs a loaded machine.)"""
-    from anyfork._pool_threads import _gone
+    from anyfork._pool._threads import _gone
 
     class SpyLock:
         """The client's lock, telling when someone tries to take it."""

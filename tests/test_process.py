@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 import anyfork
-from anyfork import _templates
+from anyfork._core import _templates
 from helpers import alive, children, eventually, is_spare, recv_all, state
 
 T = TypeVar("T")

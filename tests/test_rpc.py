@@ -17,7 +17,7 @@ import pytest
 
 import anyfork
 import rpc_funcs
-from anyfork import _rpc_wire
+from anyfork._child import _rpc_wire
 
 T = TypeVar("T")
 DEADLINE = 30.0
@@ -240,10 +240,10 @@ def test_protocol_version_mismatch_at_startup() -> None:
         proc = anyfork.new()
         config = _rpc_wire.pack_config("rpc_funcs:add", "sync", "pickle", "", 1, version=99)
         proc.send_arg(config)
-        sock = await proc.run("anyfork._rpc_server:serve", timeout=10)
+        sock = await proc.run("anyfork._child._rpc_server:serve", timeout=10)
         loop = asyncio.get_running_loop()
-        from anyfork._rpc import Client
-        from anyfork._serializers import get
+        from anyfork._child._serializers import get
+        from anyfork._rpc._start import Client
 
         client = Client(proc, sock, get("pickle"), "sync", None, None, None, loop=loop)
         with pytest.raises(RuntimeError, match="protocol version 99 from the parent"):

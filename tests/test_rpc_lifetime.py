@@ -161,7 +161,7 @@ def test_first_rpc_primes_the_template_for_later_workers() -> None:
 
     code = (
         "import sys\n"
-        "loaded = 'anyfork._rpc_server' in sys.modules\n"
+        "loaded = 'anyfork._child._rpc_server' in sys.modules\n"
         "def f(sock):\n"
         "    sock.sendall(str(loaded).encode())\n"
     )

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anyfork import _rpc_wire as W
-from anyfork import _serializers
+from anyfork._child import _rpc_wire as W
+from anyfork._child import _serializers
 
 _FRAMES = [
     (W.OK, 1, b"hello"),

@@ -1,4 +1,4 @@
-"""The sans-IO wire codec (``anyfork._wire``), after h11's tests: synchronous, no I/O.
+"""The sans-IO wire codec (``anyfork._child._wire``), after h11's tests: synchronous, no I/O.
 
 Every stream is fed whole, one byte at a time, ``want()`` bytes at a time (the way both ends
 read a socket) and with trailing bytes.  Hypothesis checks round trips and that arbitrary bytes
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anyfork import _wire
-from anyfork._wire import Decoder, WireError, frame, pack_values, unpack_values
+from anyfork._child import _wire
+from anyfork._child._wire import Decoder, WireError, frame, pack_values, unpack_values
 
 ALL_OPS = _wire.COMMANDS | _wire.REPORTS
 EVERY_BYTE = frozenset(range(256))

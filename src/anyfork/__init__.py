@@ -13,6 +13,12 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
+    from ._core._process import Process as Process
+    from ._core._templates import main_template as main_template
+    from ._core._templates import new as new
+    from ._core._templates import new_exec as new_exec
+    from ._core._templates import new_from_fh as new_from_fh
+    from ._core._templates import start_early as start_early
     from ._errors import AnyforkError as AnyforkError
     from ._errors import ClosedError as ClosedError
     from ._errors import DecodeError as DecodeError
@@ -23,21 +29,15 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._errors import SerializationError as SerializationError
     from ._errors import SpawnError as SpawnError
     from ._errors import WorkerDiedError as WorkerDiedError
-    from ._pool import Pool as Pool
-    from ._pool_records import PoolStatistics as PoolStatistics
-    from ._pool_sync import BlockingPool as BlockingPool
-    from ._pool_sync import PoolExecutor as PoolExecutor
-    from ._process import Process as Process
-    from ._rpc import BlockingClient as BlockingClient
-    from ._rpc import Client as Client
-    from ._rpc import Serializer as Serializer
-    from ._rpc import rpc as rpc
-    from ._rpc import rpc_blocking as rpc_blocking
-    from ._templates import main_template as main_template
-    from ._templates import new as new
-    from ._templates import new_exec as new_exec
-    from ._templates import new_from_fh as new_from_fh
-    from ._templates import start_early as start_early
+    from ._pool._aio import Pool as Pool
+    from ._pool._blocking import BlockingPool as BlockingPool
+    from ._pool._blocking import PoolExecutor as PoolExecutor
+    from ._pool._records import PoolStatistics as PoolStatistics
+    from ._rpc._start import BlockingClient as BlockingClient
+    from ._rpc._start import Client as Client
+    from ._rpc._start import Serializer as Serializer
+    from ._rpc._start import rpc as rpc
+    from ._rpc._start import rpc_blocking as rpc_blocking
 
 __version__ = "0.1.0"
 
@@ -52,21 +52,21 @@ _LAZY = {
     "SerializationError": "_errors",
     "SpawnError": "_errors",
     "WorkerDiedError": "_errors",
-    "Process": "_process",
-    "main_template": "_templates",
-    "new": "_templates",
-    "new_exec": "_templates",
-    "new_from_fh": "_templates",
-    "start_early": "_templates",
-    "BlockingClient": "_rpc",
-    "Client": "_rpc",
-    "Serializer": "_rpc",
-    "rpc": "_rpc",
-    "rpc_blocking": "_rpc",
-    "Pool": "_pool",
-    "PoolStatistics": "_pool_records",
-    "BlockingPool": "_pool_sync",
-    "PoolExecutor": "_pool_sync",
+    "Process": "_core._process",
+    "main_template": "_core._templates",
+    "new": "_core._templates",
+    "new_exec": "_core._templates",
+    "new_from_fh": "_core._templates",
+    "start_early": "_core._templates",
+    "BlockingClient": "_rpc._start",
+    "Client": "_rpc._start",
+    "Serializer": "_rpc._start",
+    "rpc": "_rpc._start",
+    "rpc_blocking": "_rpc._start",
+    "Pool": "_pool._aio",
+    "PoolStatistics": "_pool._records",
+    "BlockingPool": "_pool._blocking",
+    "PoolExecutor": "_pool._blocking",
 }
 
 __all__ = sorted(_LAZY)

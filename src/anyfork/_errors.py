@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import builtins
 import signal as _signal_mod
-import sys
 
-from ._public import publish
+from ._util import publish
 
 __all__ = [
     "AnyforkError",
@@ -156,19 +155,6 @@ def rebuild(
         exc = RemoteError(f"{name}: {message} ({context})", name, remote_tb)
     exc.__cause__ = RemoteTraceback(remote_tb)
     return exc
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    """``BaseException.add_note``; on 3.10, which lacks it, the note is kept in ``__notes__`` all
-    the same (where code can read it; only 3.11+ tracebacks print it)."""
-    if sys.version_info >= (3, 11):
-        exc.add_note(note)
-    else:
-        notes = getattr(exc, "__notes__", None)
-        if not isinstance(notes, list):
-            notes = []
-        notes.append(note)
-        exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10: no such attribute declared
 
 
 publish(globals())

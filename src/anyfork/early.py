@@ -4,6 +4,6 @@ template at once (see :func:`anyfork.start_early`): afterwards ``anyfork.new`` a
 
 from __future__ import annotations
 
-from ._templates import start_early
+from ._core._templates import start_early
 
 TEMPLATE = start_early()

@@ -5,7 +5,7 @@ Cheap to import (it runs in every worker): stdlib only, nothing of the parent si
 
 from __future__ import annotations
 
-from . import _serve
+from ._child import _serve
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover

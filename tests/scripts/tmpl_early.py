@@ -30,7 +30,7 @@ import sys
 import tmpl_funcs
 
 import anyfork
-from anyfork import _spawn, _templates
+from anyfork._core import _spawn, _templates
 
 
 def defined_after(sock: socket.socket) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import tmpl_funcs
 
 import anyfork
-from anyfork import _reaper, _templates
+from anyfork._core import _reaper, _templates
 
 early = anyfork.early.TEMPLATE
 assert early.pid is not None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import tmpl_funcs
 
 import anyfork
-from anyfork import _templates
+from anyfork._core import _templates
 
 situation, how = sys.argv[1:3]
 

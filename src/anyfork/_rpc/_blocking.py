@@ -17,10 +17,10 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _rpc_wire as W
-from ._errors import ClosedError, ProtocolError
-from ._public import publish
-from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch, Box
+from .._child import _rpc_wire as W
+from .._errors import ClosedError, ProtocolError
+from .._util import publish
+from ._base import EXIT_STATUS_WAIT, Base, Batch, Box
 
 __all__ = ["BlockingClient"]
 

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._util import publish
 from . import _policy
-from ._public import publish
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from ._process import Process
-    from ._rpc import Client
+    from .._core._process import Process
+    from .._rpc._start import Client
 
 __all__ = ["PoolStatistics"]
 
@@ -174,7 +174,7 @@ def policy_view(
 def own_template(func: str) -> Process:
     """The template a pool makes when given none: forked from the default template, with the
     function's module imported once (every worker then forks with it loaded, and shared)."""
-    from ._templates import new
+    from .._core._templates import new
 
     tmpl = new()
     module = func.partition(":")[0]
@@ -195,7 +195,7 @@ class PoolTemplate:
         self._lock = threading.Lock()
 
     def get(self) -> Process:
-        from ._rpc import prime
+        from .._rpc._start import prime
 
         with self._lock:
             if self.current is None:

@@ -25,10 +25,12 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
+from .._core._process import Func, Process, func_ref
+from .._errors import ClosedError, SpawnError
+from .._rpc._start import Client
+from .._util import publish, wait_for
 from . import _policy
-from ._aio import wait_for
-from ._errors import ClosedError, SpawnError
-from ._pool_records import (
+from ._records import (
     _RETIRE_MARKS,
     STOP_TIMEOUT,
     PoolStatistics,
@@ -43,9 +45,6 @@ from ._pool_records import (
     snapshot,
     worker_options,
 )
-from ._process import Func, Process, func_ref
-from ._public import publish
-from ._rpc import Client
 
 __all__ = ["Pool"]
 
@@ -526,7 +525,7 @@ class Pool:
         ``progress=True`` shows a tqdm bar if tqdm is installed (nothing otherwise);
         ``progress=callable`` is called as ``callable(done, total)`` after each completed call
         (``total`` is ``None`` when the iterables have no length)."""
-        from ._pool_map import pool_map
+        from ._map import pool_map
 
         return pool_map(self, iterables, max_in_flight, timeout, progress)
 

@@ -22,20 +22,20 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import _rpc_wire as W
-from ._errors import AnyforkError
-from ._process import Func, Process, func_ref
-from ._public import publish
-from ._rpc_base import Backend
-from ._rpc_blocking import BlockingClient
-from ._rpc_client import Client
-from ._serializers import Codec
-from ._serializers import get as get_codec
+from .._child import _rpc_wire as W
+from .._child._serializers import Codec
+from .._child._serializers import get as get_codec
+from .._core._process import Func, Process, func_ref
+from .._errors import AnyforkError
+from .._util import publish
+from ._base import Backend
+from ._blocking import BlockingClient
+from ._client import Client
 
 __all__ = ["BlockingClient", "Client", "Serializer", "rpc", "rpc_blocking"]
 
-_SERVE = "anyfork._rpc_server:serve"
-_SERVER_MODULE = "anyfork._rpc_server"
+_SERVE = "anyfork._child._rpc_server:serve"
+_SERVER_MODULE = "anyfork._child._rpc_server"
 
 #: Templates that have imported the RPC server (see ``prime``).
 _primed: weakref.WeakSet[Process] = weakref.WeakSet()

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import _reaper, _wire
+from .._child import _wire
+from .._errors import ClosedError, SpawnError, describe_returncode, rebuild
+from .._util import publish
+from . import _reaper
 from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
-from ._errors import ClosedError, SpawnError, describe_returncode, rebuild
-from ._public import publish
 
 if TYPE_CHECKING:
-    from ._rpc import BlockingClient, Client
+    from .._rpc._start import BlockingClient, Client
 
 __all__ = ["Process"]
 
@@ -259,13 +260,13 @@ class Process:
         init, on_event, on_error, on_close, concurrency, timeout).
 
         Cancellation: the connection is closed; the worker sees EOF and exits."""
-        from ._rpc import rpc  # the RPC layer (and asyncio) only when it is used
+        from .._rpc._start import rpc  # the RPC layer (and asyncio) only when it is used
 
         return await rpc(self, func, **options)
 
     def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
         """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
-        from ._rpc import rpc_blocking
+        from .._rpc._start import rpc_blocking
 
         return rpc_blocking(self, func, **options)
 

@@ -29,9 +29,11 @@ import socket
 from collections.abc import Callable
 from typing import Any, Literal
 
-from . import _reaper
-from . import _rpc_wire as W
-from ._errors import (
+from .._child import _rpc_wire as W
+from .._child._serializers import Codec
+from .._core import _reaper
+from .._core._process import Process
+from .._errors import (
     ClosedError,
     DecodeError,
     EncodeError,
@@ -40,11 +42,9 @@ from ._errors import (
     RemoteTraceback,
     SpawnError,
     WorkerDiedError,
-    add_note,
     describe_returncode,
 )
-from ._process import Process
-from ._serializers import Codec
+from .._util import add_note
 
 Backend = Literal["sync", "async"]
 

@@ -30,9 +30,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._core._process import Process
+from .._errors import AnyforkError, SpawnError, WorkerDiedError
+from .._rpc._blocking import BlockingClient
 from . import _policy
-from ._errors import AnyforkError, SpawnError, WorkerDiedError
-from ._pool_records import (
+from ._records import (
     _RETIRE_MARKS,
     PoolStatistics,
     PoolTemplate,
@@ -45,8 +47,6 @@ from ._pool_records import (
     snapshot,
     worker_options,
 )
-from ._process import Process
-from ._rpc_blocking import BlockingClient
 
 
 class _Call:

@@ -9,10 +9,11 @@ import os
 import socket
 import threading
 
-from . import _reaper, _spawn, _wire
+from .._child import _wire
+from .._util import publish
+from . import _reaper, _spawn
 from ._channel import Channel
 from ._process import Process
-from ._public import publish
 
 __all__ = ["main_template", "new", "new_exec", "new_from_fh", "start_early"]
 

@@ -22,11 +22,10 @@ import weakref
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from . import _rpc_wire as W
-from ._aio import wait_for
-from ._errors import ClosedError, ProtocolError
-from ._public import publish
-from ._rpc_base import EXIT_STATUS_WAIT, Base, Batch
+from .._child import _rpc_wire as W
+from .._errors import ClosedError, ProtocolError
+from .._util import publish, wait_for
+from ._base import EXIT_STATUS_WAIT, Base, Batch
 
 __all__ = ["Client"]
 

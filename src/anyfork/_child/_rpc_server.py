@@ -1,4 +1,4 @@
-"""The RPC server: the child side of ``anyfork.rpc``, run as ``anyfork._rpc_server:serve``.
+"""The RPC server: the child side of ``anyfork.rpc``, run as ``anyfork._child._rpc_server:serve``.
 
 Start-up, in order: parse the configuration (the last argument), check the protocol version,
 build the serialiser, call ``init(*the other arguments)``, resolve the function, then send
@@ -26,8 +26,9 @@ from __future__ import annotations
 import os
 import pickle
 
+from .. import worker
 from . import _rpc_wire as W
-from . import _serializers, worker
+from . import _serializers
 from ._serve import resolve
 
 TYPE_CHECKING = False
@@ -50,7 +51,7 @@ class ParentGone(BaseException):
 
 
 def serve(sock: socket.socket, *args: object) -> None:
-    """Entry point: ``proc.send_arg(config).run("anyfork._rpc_server:serve")``."""
+    """Entry point: ``proc.send_arg(config).run("anyfork._child._rpc_server:serve")``."""
     sock.setblocking(True)
     try:
         if not args:
@@ -106,7 +107,7 @@ def error_record(exc: BaseException) -> bytes:
 
 
 def _serialization_error(kind: str, message: str, cause: BaseException) -> BaseException:
-    from ._errors import DecodeError, EncodeError
+    from .._errors import DecodeError, EncodeError
 
     cls = EncodeError if kind == "encode" else DecodeError
     exc = cls(f"{message}: {type(cause).__name__}: {cause}", "child")

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Generator
 from typing import TYPE_CHECKING, TypeVar
 
-from . import _wire
+from .._child import _wire
 
 if TYPE_CHECKING:
     # Only drive_async needs asyncio at run time, and imports it there: an early or main

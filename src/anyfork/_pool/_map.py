@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._pool import Pool
+    from ._aio import Pool
 
 Progress = Callable[[int, "int | None"], object]
 

@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar
 
-from ._pool import Pool
-from ._pool_records import PoolStatistics
-from ._pool_threads import ThreadedPool
-from ._process import Func, Process, func_ref
-from ._public import publish
+from .._core._process import Func, Process, func_ref
+from .._util import publish
+from ._aio import Pool
+from ._records import PoolStatistics
+from ._threads import ThreadedPool
 
 __all__ = ["BlockingPool", "PoolExecutor"]
 
@@ -121,7 +121,7 @@ class BlockingPool:
     def _loop_thread(self) -> _LoopThread:
         thread = self._thread
         if thread is None:
-            from ._errors import ClosedError
+            from .._errors import ClosedError
 
             raise ClosedError("the pool is closed")
         return thread

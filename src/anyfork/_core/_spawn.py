@@ -22,14 +22,14 @@ import os
 import socket
 import sys
 
-from . import _wire
-from ._errors import SpawnError
+from .._child import _wire
+from .._errors import SpawnError
 
 #: The fd the exec'd child finds its socket on.
 CHILD_FD = 3
 
 #: argv after ``-c``: version, fd, owner pid, then ``sys.path``.
-BOOT = "import sys;sys.path[:]=sys.argv[4:];from anyfork._serve import main;main()"
+BOOT = "import sys;sys.path[:]=sys.argv[4:];from anyfork._child._serve import main;main()"
 
 #: argv after ``-c``: version, fd, owner pid, size of the code on fd 3, then ``sys.path``.  The
 #: modules are set up as the import system would (spec, ``__file__``, ``__path__``, parent
@@ -52,11 +52,17 @@ for name, path, code in marshal.loads(data):
     if package:
         setattr(sys.modules[package], leaf, module)
     exec(code, module.__dict__)
-sys.modules["anyfork._serve"].main()
+sys.modules["anyfork._child._serve"].main()
 """
 
 #: The child side, in import order (each imports only those before it, and the stdlib).
-CHILD_MODULES = ("anyfork", "anyfork._wire", "anyfork._sock", "anyfork._serve")
+CHILD_MODULES = (
+    "anyfork",
+    "anyfork._child",
+    "anyfork._child._wire",
+    "anyfork._child._sock",
+    "anyfork._child._serve",
+)
 
 _shipped: bytes | None = None
 
@@ -178,7 +184,7 @@ def fork_main() -> tuple[socket.socket, int]:
     if pid == 0:  # pragma: no cover - the forked template; it never returns
         try:
             parent.close()
-            from ._serve import serve_forked
+            from .._child._serve import serve_forked
 
             serve_forked(child.detach(), os.getppid())
         finally:

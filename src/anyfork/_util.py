@@ -1,0 +1,50 @@
+"""Tiny helpers shared by the parent-side modules: ``publish``, ``wait_for``, ``add_note``.
+
+Imported by ``_errors``, which a child may load on its error path, so it imports nothing at run
+time beyond ``sys`` (``typing`` only for type checkers, ``asyncio`` only inside ``wait_for``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover - type checkers only
+    from collections.abc import Awaitable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+
+def publish(namespace: dict[str, Any]) -> None:
+    """Set ``__module__ = "anyfork"`` on the objects a private module lists in ``__all__``, so
+    tracebacks, reprs and pickling by reference name them as users import them, from the moment
+    they exist (not only once someone has looked them up on the package)."""
+    for name in namespace["__all__"]:
+        obj = namespace[name]
+        if getattr(obj, "__module__", None) == namespace["__name__"]:
+            obj.__module__ = "anyfork"
+
+
+async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for`` that raises the builtin ``TimeoutError`` on every Python: on 3.10,
+    ``asyncio.TimeoutError`` is a class of its own, which an ``except TimeoutError`` misses."""
+    import asyncio
+
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no answer within {timeout} s") from None
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``BaseException.add_note``; on 3.10, which lacks it, the note is kept in ``__notes__`` all
+    the same (where code can read it; only 3.11+ tracebacks print it)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        notes = getattr(exc, "__notes__", None)
+        if not isinstance(notes, list):
+            notes = []
+        notes.append(note)
+        exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10: no such attribute declared
