@@ -104,7 +104,8 @@ def test_unimportable_module_raises_module_not_found_at_run(blocking: bool) -> N
         run()
     assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
     assert "no_such_module_here" in str(info.value.__cause__)
-    assert "in require of process pid" in str(info.value)
+    assert isinstance(info.value, anyfork.AnyforkError)
+    assert any("in require of process pid" in note for note in info.value.__notes__)
 
 
 def test_exception_in_eval_raises_its_type_at_run() -> None:

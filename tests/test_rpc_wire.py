@@ -129,26 +129,6 @@ def test_garbage_raises_only_wire_errors(data: bytes) -> None:
         pass
 
 
-@given(st.lists(st.binary(max_size=50), max_size=6))
-def test_fields_roundtrip(fields: list[bytes]) -> None:
-    assert W.unpack_fields(W.pack_fields(fields)) == fields
-
-
-def test_error_record_roundtrip() -> None:
-    rec = W.pack_error(b"\x80pickled", "builtins", "ValueError", "bad \udcff", "Traceback...")
-    assert W.unpack_error(rec) == (
-        b"\x80pickled",
-        "builtins",
-        "ValueError",
-        "bad ?",
-        "Traceback...",
-    )
-    with pytest.raises(W.RpcWireError):
-        W.unpack_error(W.pack_fields([b"a"]))
-    with pytest.raises(W.RpcWireError):
-        W.unpack_fields(b"\x00\x00\x00\x05ab")
-
-
 def test_config_roundtrip_and_version() -> None:
     text = W.pack_config("m:f", "sync", "pickle", "", 8)
     assert W.parse_config(text) == (W.VERSION, "m:f", "sync", "pickle", "", 8)

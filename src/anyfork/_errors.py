@@ -22,9 +22,12 @@ unchanged.
 from __future__ import annotations
 
 import builtins
+import pickle
 import signal as _signal_mod
+import sys
 
-from ._util import publish
+from ._child import _records
+from ._util import add_note, publish
 
 __all__ = [
     "AnyforkError",
@@ -134,27 +137,133 @@ def describe_returncode(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
-def rebuild(
-    module: str, qualname: str, message: str, remote_tb: str, context: str
-) -> BaseException:
-    """Turn a child's error report into the exception to raise in the parent.
+def rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
+    """The exception a child's error record (``anyfork._child._records``) stands for.
 
-    Builtin exception types are rebuilt as themselves (a failed ``require`` raises
-    ``ModuleNotFoundError``); anything else becomes ``RemoteError``.  Either way the child's
-    traceback is the ``__cause__``, and ``context`` says which process and which command.
+    The exception itself when it unpickles here; else the builtin type of that name; else one of
+    anyfork's own errors by name; else ``RemoteError`` (with ``type_name`` and the traceback).
+    The child's traceback is the ``__cause__`` (a ``RemoteTraceback``) and ``context`` (which
+    process, which command) a note.  ``ours``: the failure of one of anyfork's own commands (a
+    ``require``, an ``eval``, finding the function, an RPC worker's start-up): the exception is
+    made an ``AnyforkError`` too (see :func:`also_anyfork`), so that ``except AnyforkError``
+    catches every failure anyfork reports while ``except ModuleNotFoundError`` still works.
+    Raises ``ProtocolError`` for bytes that are not a record.
     """
-    exc: BaseException
-    cls = getattr(builtins, qualname, None) if module == "builtins" else None
-    if isinstance(cls, type) and issubclass(cls, Exception):
+    try:
+        pickled, module, qualname, message, tb = _records.unpack(record)
+    except _records.RecordError as broken:
+        raise ProtocolError(f"a broken error record ({broken}) {context}") from None
+    exc: BaseException | None = None
+    if pickled:
         try:
-            exc = cls(f"{message} ({context})")
+            loaded = pickle.loads(pickled)
         except Exception:
-            exc = RemoteError(f"{qualname}: {message} ({context})", qualname, remote_tb)
-    else:
-        name = qualname if module == "builtins" else f"{module}.{qualname}"
-        exc = RemoteError(f"{name}: {message} ({context})", name, remote_tb)
-    exc.__cause__ = RemoteTraceback(remote_tb)
+            loaded = None
+        if isinstance(loaded, BaseException):
+            exc = loaded
+    if exc is None or not isinstance(exc, Exception):
+        # Not rebuildable, or a SystemExit (an eval that called sys.exit): raising that in the
+        # parent would end the parent.
+        exc = _by_name(module, qualname, message, tb)
+    if ours and isinstance(exc, Exception):
+        exc = also_anyfork(exc)
+    exc.__cause__ = RemoteTraceback(tb)
+    add_note(exc, context)
     return exc
+
+
+def _by_name(module: str, qualname: str, message: str, tb: str) -> BaseException:
+    """An exception that did not travel pickled: a builtin or one of ours, rebuilt from its
+    message; anything else a ``RemoteError``."""
+    here = sys.modules[__name__]
+    cls = {"builtins": builtins, "anyfork": here}.get(module)
+    kind = getattr(cls, qualname, None) if cls is not None and "." not in qualname else None
+    if isinstance(kind, type) and issubclass(kind, Exception) and kind is not RemoteTraceback:
+        try:
+            exc: BaseException = kind(message)
+        except Exception:
+            pass
+        else:
+            if isinstance(exc, SerializationError):
+                exc.side = "child"
+            return exc
+    name = qualname if module == "builtins" else f"{module}.{qualname}"
+    return RemoteError(f"{name}: {message}", name, tb)
+
+
+#: The class made for each exception type by ``also_anyfork``, made once per type.
+_ALSO: dict[type[BaseException], type[BaseException]] = {}
+
+#: Attributes that builtin exception types keep in C fields (not in ``__dict__``).
+_C_FIELDS = (
+    *("name", "path", "name_from", "obj", "errno", "strerror", "filename", "filename2"),
+    *("code", "value", "encoding", "object", "start", "end", "reason", "msg", "lineno"),
+    *("offset", "text", "end_lineno", "end_offset", "print_file_and_line"),
+)
+
+
+def also_anyfork(exc: Exception) -> Exception:
+    """``exc`` as an instance of a class deriving from both its type and :class:`AnyforkError`
+    (made once per type, shown and pickled as the original type, as Ray does for task errors).
+
+    An ``AnyforkError`` already, or a type that cannot be subclassed, comes back unchanged."""
+    cls = type(exc)
+    if isinstance(exc, AnyforkError):
+        return exc
+    try:
+        new = _remake(cls, exc.args, _state(exc))
+    except Exception:
+        return exc
+    new.__cause__, new.__context__ = exc.__cause__, exc.__context__
+    new.__suppress_context__ = exc.__suppress_context__
+    new.__traceback__ = exc.__traceback__
+    return new  # type: ignore[return-value]  # an instance of a subclass of type(exc)
+
+
+_MISSING = object()
+
+
+def _state(exc: BaseException) -> dict[str, object]:
+    """What ``exc`` holds beyond its args: its ``__dict__`` and the C fields that are set."""
+    state = dict(exc.__dict__)
+    for field in _C_FIELDS:
+        value = getattr(exc, field, _MISSING)
+        if value is not _MISSING:
+            state[field] = value
+    return state
+
+
+def _also_class(cls: type[BaseException]) -> type[BaseException]:
+    also = _ALSO.get(cls)
+    if also is None:
+
+        def __reduce__(self: BaseException) -> tuple[object, ...]:
+            return (_remake, (cls, self.args, _state(self)))
+
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "__reduce__": __reduce__,
+        }
+        also = _ALSO[cls] = type(cls.__name__, (cls, AnyforkError), namespace)
+    return also
+
+
+def _remake(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> BaseException:
+    """An instance of ``cls``'s ``also_anyfork`` class with these args and state (unpickling
+    uses it too)."""
+    also = _also_class(cls)
+    new = also.__new__(also, *args)
+    for name, value in state.items():
+        try:
+            if getattr(new, name, _MISSING) != value:
+                setattr(new, name, value)
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return new
 
 
 publish(globals())

@@ -24,11 +24,11 @@ exits.  If the parent has gone (write error), it exits at once.
 from __future__ import annotations
 
 import os
-import pickle
 
 from .. import worker
 from . import _rpc_wire as W
 from . import _serializers
+from ._records import anyfork_error, error_record
 from ._serve import resolve
 
 TYPE_CHECKING = False
@@ -87,32 +87,11 @@ def serve(sock: socket.socket, *args: object) -> None:
         asyncio.run(server.main())
 
 
-def error_record(exc: BaseException) -> bytes:
-    """Encode an exception for the parent: pickled when it survives a round trip, and always
-    its type, message and formatted traceback."""
-    import traceback
-
-    cls = type(exc)
-    text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {cls.__name__}>"
-    try:
-        pickled = pickle.dumps(exc, protocol=5)
-        pickle.loads(pickled)
-    except Exception:
-        pickled = b""
-    return W.pack_error(pickled, cls.__module__, cls.__qualname__, message, text)
-
-
-def _serialization_error(kind: str, message: str, cause: BaseException) -> BaseException:
-    from .._errors import DecodeError, EncodeError
-
-    cls = EncodeError if kind == "encode" else DecodeError
-    exc = cls(f"{message}: {type(cause).__name__}: {cause}", "child")
-    exc.__cause__ = cause
-    return exc
+def _serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
+    """The record of an ``EncodeError``/``DecodeError`` (side ``"child"``), made by name: the
+    worker never imports the parent side."""
+    qualname = "EncodeError" if kind == "encode" else "DecodeError"
+    return anyfork_error(qualname, f"{message}: {type(cause).__name__}: {cause}", cause)
 
 
 def _frame_chunks(kind: int, call_id: int, chunks: Chunks) -> Chunks:
@@ -199,7 +178,7 @@ class SyncServer:
             args, kwargs = codec.load_call(payload)
         except Exception as exc:
             err = _serialization_error("decode", "cannot decode the call's arguments", exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [error_record(err)])
+            _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         del payload
         try:
@@ -213,7 +192,7 @@ class SyncServer:
         except Exception as exc:
             what = f"cannot encode the result ({type(result).__name__})"
             err = _serialization_error("encode", what, exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [error_record(err)])
+            _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         _send_chunks(self.sock, W.OK, call_id, chunks)
 
@@ -403,7 +382,7 @@ class AsyncServer:
             args, kwargs = self.codec.load_call(payload)
         except Exception as exc:
             err = _serialization_error("decode", "cannot decode the call's arguments", exc)
-            self.write(W.ERROR, call_id, [error_record(err)])
+            self.write(W.ERROR, call_id, [err])
             return
         del payload
         try:
@@ -419,7 +398,7 @@ class AsyncServer:
         except Exception as exc:
             what = f"cannot encode the result ({type(result).__name__})"
             err = _serialization_error("encode", what, exc)
-            self.write(W.ERROR, call_id, [error_record(err)])
+            self.write(W.ERROR, call_id, [err])
             return
         self.write(W.OK, call_id, chunks)
 

@@ -31,10 +31,10 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
-    from collections.abc import Sequence
+    pass
 
 #: Bumped whenever a frame or the configuration changes meaning.
-VERSION = 1
+VERSION = 2
 
 HEADER = struct.Struct(">BII")
 HEADER_SIZE = HEADER.size
@@ -88,51 +88,6 @@ def parse_ready(payload: bytes) -> tuple[int, int]:
         raise RpcWireError(f"READY payload of {len(payload)} bytes")
     version, pid = READY_PAYLOAD.unpack(payload)
     return int(version), int(pid)
-
-
-def pack_fields(fields: Sequence[bytes]) -> bytes:
-    """Length-prefixed byte strings (error records)."""
-    parts: list[bytes] = []
-    for item in fields:
-        parts.append(U32.pack(len(item)))
-        parts.append(bytes(item))
-    return b"".join(parts)
-
-
-def unpack_fields(data: bytes | bytearray | memoryview) -> list[bytes]:
-    view = memoryview(data)
-    out: list[bytes] = []
-    pos, end = 0, len(view)
-    while pos < end:
-        if end - pos < U32.size:
-            raise RpcWireError("truncated field header")
-        (size,) = U32.unpack_from(view, pos)
-        pos += U32.size
-        if end - pos < size:
-            raise RpcWireError("truncated field")
-        out.append(bytes(view[pos : pos + size]))
-        pos += size
-    return out
-
-
-def pack_error(pickled: bytes, module: str, qualname: str, message: str, tb: str) -> bytes:
-    """An error record: the pickled exception (or ``b""``), its type, message and traceback."""
-    texts = [s.encode("utf-8", "replace") for s in (module, qualname, message, tb)]
-    return pack_fields([pickled, *texts])
-
-
-def unpack_error(data: bytes | bytearray | memoryview) -> tuple[bytes, str, str, str, str]:
-    fields = unpack_fields(data)
-    if len(fields) != 5:
-        raise RpcWireError(f"an error record has 5 fields, not {len(fields)}")
-    pickled, module, qualname, message, tb = fields
-    return (
-        pickled,
-        module.decode("utf-8", "replace"),
-        qualname.decode("utf-8", "replace"),
-        message.decode("utf-8", "replace"),
-        tb.decode("utf-8", "replace"),
-    )
 
 
 def pack_config(

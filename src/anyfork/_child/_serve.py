@@ -87,17 +87,15 @@ class Server:
 
     def fail(self, stage: str, exc: BaseException) -> NoReturn:
         """Report a failed command to the creator and end this process."""
-        import traceback  # only on the error path: it costs milliseconds
+        from . import _records  # only on the error path (with pickle and traceback)
 
-        cls = type(exc)
-        text = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-        message = str(exc)
-        payload = _wire.pack_values([stage, cls.__module__, cls.__qualname__, message, text])
+        record = _records.error_record(exc)
         try:
-            self.report(_wire.ERROR, payload)
+            self.report(_wire.ERROR, _wire.pack_values([stage, record]))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the creator is gone: nobody is left to care
         except OSError:
+            text = _records.unpack(record)[4]
             sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed:\n{text}")
         _exit(1)
 

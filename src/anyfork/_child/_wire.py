@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never impo
 
 #: Bumped whenever the frame layout or an opcode's payload changes.  An exec'd child refuses
 #: to serve a parent that speaks another version (it is passed on the command line).
-VERSION = 1
+VERSION = 2
 
 HEADER = struct.Struct(">BI")
 HEADER_SIZE = HEADER.size
@@ -54,7 +54,7 @@ PID = ord("q")  # payload: empty; asks the child to answer with a PID frame
 
 # Child -> parent reports.
 STARTED = ord("P")  # payload: u32 pid; the first frame every process sends
-ERROR = ord("E")  # payload: list [stage, type module, type qualname, message, traceback]
+ERROR = ord("E")  # payload: list [stage, error record (bytes, see _records)]
 FORK_FAILED = ord("X")  # payload: list [message]; the template keeps serving
 RUNNING = ord("R")  # payload: u32 pid; nothing of ours follows, the socket is the user's
 EXITED = ord("Z")  # payload: EXIT (pid, wait status) of a child this process forked and reaped

@@ -373,9 +373,10 @@ class Process:
             self._pid = _wire.unpack_u32(payload)
             self._started = True
         elif op == _wire.ERROR:
-            stage, module, qualname, message, tb = _wire.unpack_strings(payload)
-            context = f"in {stage} of {self._name()}"
-            self._failure = rebuild(module, qualname, message, tb, context)
+            stage, record = _wire.unpack_values(payload)
+            if not isinstance(stage, str) or not isinstance(record, bytes):
+                raise _wire.WireError("an ERROR report is [stage, record]")
+            self._failure = rebuild(record, f"(in {stage} of {self._name()})", ours=True)
         elif op == _wire.FORK_FAILED:
             self._fork_failures.append(_wire.unpack_strings(payload)[0])
         elif op == _wire.EXITED:

@@ -23,7 +23,6 @@ or ``poll``) lives in ``_rpc_client`` and ``_rpc_blocking``.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import socket
 from collections.abc import Callable
@@ -39,12 +38,11 @@ from .._errors import (
     EncodeError,
     ProtocolError,
     RemoteError,
-    RemoteTraceback,
     SpawnError,
     WorkerDiedError,
     describe_returncode,
+    rebuild,
 )
-from .._util import add_note
 
 Backend = Literal["sync", "async"]
 
@@ -147,25 +145,6 @@ def advance(bufs: list[Any], sent: int) -> list[Any]:
     while i < len(bufs) and not len(bufs[i]):
         i += 1
     return bufs[i:]
-
-
-def rebuild(payload: bytes | bytearray, pid: int | None) -> BaseException:
-    """The exception a child's error record stands for, with its traceback as ``__cause__``."""
-    pickled, module, qualname, message, tb = W.unpack_error(payload)
-    exc: BaseException | None = None
-    if pickled:
-        try:
-            loaded = pickle.loads(pickled)
-        except Exception:
-            loaded = None
-        if isinstance(loaded, BaseException):
-            exc = loaded
-    if exc is None:
-        name = qualname if module == "builtins" else f"{module}.{qualname}"
-        exc = RemoteError(f"{name}: {message}", name, tb)
-    exc.__cause__ = RemoteTraceback(tb)
-    add_note(exc, f"(raised in anyfork RPC worker pid {pid})")
-    return exc
 
 
 def _chunk_size(chunk: Any) -> int:
@@ -378,7 +357,8 @@ class Base:
                 self._unexpected(cid, waiter)
                 return
             if kind == _ERROR:
-                waiter.set_exception(rebuild(payload, self.pid))
+                context = f"(raised in anyfork RPC worker pid {self.pid})"
+                waiter.set_exception(rebuild(payload, context, ours=False))
             else:
                 waiter.set_exception(RemoteError("the call was cancelled in the worker"))
             return
@@ -393,9 +373,8 @@ class Base:
             self.pid = pid
             return
         if kind == W.FAILED and not self._ready:
-            failure = rebuild(payload, self.pid)
-            add_note(failure, "(the RPC worker failed to start)")
-            self._startup_error = failure
+            context = f"(anyfork RPC worker pid {self.pid} failed to start)"
+            self._startup_error = rebuild(payload, context, ours=True)
             return
         raise ProtocolError(f"unexpected frame {kind:#x} from the RPC worker")
 
