@@ -195,6 +195,19 @@ class Base:
         state = "closed" if self._sock is None else "closing" if self._closing else "open"
         return f"<anyfork.{type(self).__name__} pid={self.pid} {self._backend} {state}>"
 
+    @property
+    def usable(self) -> bool:
+        """``True`` while the client takes new calls: open, not closing, its connection not
+        failed, and its worker not condemned (a sync-backend worker is killed when a call it
+        runs is abandoned, and takes no call after that decision)."""
+        return (
+            self._sock is not None
+            and not self._closing
+            and not self._eof
+            and self._failure is None
+            and self._kill_reason is None
+        )
+
     # -- calls --------------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
