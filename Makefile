@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(PY) -m bench.fork_cost
 	$(PY) bench/rpc.py
 	$(PY) bench/pool.py
+
+# Minutes of sustained load (processes, RPC calls, pool calls with workers killed), with fds,
+# threads, zombies and RSS before and after; not part of `make test`.
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -28,3 +28,8 @@ def hold(sock: socket.socket) -> None:
     sock.sendall(b"x")
     while sock.recv(4096):
         pass
+
+
+def double(x: int) -> int:
+    """RPC and pool worker function of the soak run: trivial work, so the machinery is what runs."""
+    return 2 * x
