@@ -246,7 +246,9 @@ def test_protocol_version_mismatch_at_startup() -> None:
         from anyfork._rpc._start import Client
 
         client = Client(proc, sock, get("pickle"), "sync", None, None, None, loop=loop)
-        with pytest.raises(RuntimeError, match="protocol version 99 from the parent"):
+        with pytest.raises(
+            anyfork.ProtocolError, match="version 99 in the parent, 2 in the worker"
+        ):
             await client._wait_ready(10)
 
     _run(main())

@@ -211,12 +211,24 @@ class Base:
     # -- calls --------------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
+        """Raise why a new call cannot be sent (nothing is sent then)."""
         if self._failure is not None:
             exc = self._failure
             if isinstance(exc, WorkerDiedError):
                 raise WorkerDiedError(str(exc), exc.pid, exc.returncode) from exc
             raise ClosedError(f"the RPC connection failed: {exc}") from exc
-        if self._closing or self._sock is None:
+        if self._closing:
+            raise ClosedError("the RPC client has been closed")
+        if self._kill_reason is not None:
+            # Condemned: its SIGKILL is on its way (or done), and a call sent now would die with
+            # it.  Checked before the socket: the socket closes once its death is seen.
+            raise WorkerDiedError(
+                f"the RPC worker (pid {self.pid}) has been killed because {self._kill_reason}; "
+                f"the call was not sent",
+                self.pid,
+                self.returncode,
+            )
+        if self._sock is None:
             raise ClosedError("the RPC client has been closed")
 
     def _new_id(self) -> int:
@@ -318,22 +330,33 @@ class Base:
                 self._abandon(cid, why)
 
     def _abandon(self, cid: int, why: str) -> None:
-        """The caller stopped waiting for call ``cid`` (cancelled or timed out)."""
+        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled", "timed out
+        after 2 s"...)."""
         if self._pending.pop(cid, None) is None:
             return
+        if self._sock is None or self._eof:
+            return
+        # Its answer may be on its way already (even read, in a frame not handled yet): when it
+        # comes, it is dropped, not taken for a broken stream.
+        self._abandoned.add(cid)
         if self._backend == "async":
-            self._abandoned.add(cid)
-            if self._sock is not None and not self._eof:
-                self._queue(W.CANCEL, cid, [], 0)
-                self._flush_later()
+            self._queue(W.CANCEL, cid, [], 0)
+            self._flush_later()
             return
         # Sync backend: a running Python function cannot be interrupted safely.
-        if self._kill_reason is None and self.pid is not None and not self._eof:
-            self._kill_reason = f"it was killed because call {cid} {why}"
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill(f"call {cid} {why}")
+
+    def _kill(self, reason: str) -> None:
+        """Condemn the worker: SIGKILL it, once.  From here on it takes no call (``usable`` is
+        False, a new call fails at once), and the calls it owes fail with ``WorkerDiedError``
+        naming ``reason`` once its death is seen."""
+        if self._kill_reason is not None or self.pid is None or self._eof:
+            return
+        self._kill_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _flush_later(self) -> None:
         raise NotImplementedError
@@ -365,31 +388,46 @@ class Base:
             self._event(args)
             return
         if kind in (_ERROR, _CANCELLED):
-            waiter = self._pending.pop(cid, None)
+            waiter = self._pending.get(cid)
             if waiter is None or waiter.done():
-                self._unexpected(cid, waiter)
+                self._unexpected(cid, self._pending.pop(cid, None))
                 return
             if kind == _ERROR:
+                # Rebuilt before the call leaves _pending: a broken record fails the connection,
+                # and with it this call too.
                 context = f"(raised in anyfork RPC worker pid {self.pid})"
-                waiter.set_exception(rebuild(payload, context, ours=False))
+                failure = _rebuild(payload, context, ours=False)
             else:
-                waiter.set_exception(RemoteError("the call was cancelled in the worker"))
+                failure = RemoteError("the call was cancelled in the worker")
+            del self._pending[cid]
+            waiter.set_exception(failure)
             return
-        if kind == W.READY and not self._ready:
+        if self._startup_error is None and kind in (W.READY, W.FAILED):
+            self._first_frame(kind, payload)
+            return
+        raise W.RpcWireError(f"unexpected frame {kind:#x}")
+
+    def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
+        """``READY``, or ``FAILED``: before ``READY`` the start-up error, after it the worker's
+        word that our stream broke the protocol (it stops)."""
+        if kind == W.READY:
+            if self._ready:
+                raise W.RpcWireError("a second READY")
             version, pid = W.parse_ready(bytes(payload))
             if version != W.VERSION:
-                raise ProtocolError(
-                    f"RPC protocol version {version} in the worker, {W.VERSION} here: the "
-                    f"parent and the worker import different anyfork versions"
-                )
+                mismatch = W.version_mismatch(W.VERSION, version)
+                self._startup_error = ProtocolError(f"{mismatch} (pid {pid})")
+                return
             self._ready = True
             self.pid = pid
             return
-        if kind == W.FAILED and not self._ready:
+        if not self._ready:
             context = f"(anyfork RPC worker pid {self.pid} failed to start)"
-            self._startup_error = rebuild(payload, context, ours=True)
+            self._startup_error = _rebuild(payload, context, ours=True)
             return
-        raise ProtocolError(f"unexpected frame {kind:#x} from the RPC worker")
+        context = f"(from anyfork RPC worker pid {self.pid})"
+        stopped = _rebuild(payload, context, ours=True)
+        raise ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}") from stopped
 
     def _unexpected(self, cid: int, waiter: Waiter) -> None:
         """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
@@ -398,7 +436,7 @@ class Base:
         if cid in self._abandoned:
             self._abandoned.discard(cid)
             return
-        raise ProtocolError(f"the worker answered call {cid}, which is not outstanding")
+        raise W.RpcWireError(f"an answer to call {cid}, which is not outstanding")
 
     def _event(self, args: tuple[Any, ...]) -> None:
         raise NotImplementedError
@@ -414,8 +452,16 @@ class Base:
             self._on_error(exc)
 
     def _recv_some(self, flags: int = 0) -> bool:
-        """One read into the decoder and handle every complete frame; ``True`` at EOF.  Raises
-        ``ProtocolError`` for a broken stream and ``OSError`` for a broken socket."""
+        """One read into the decoder, then handle every complete frame; ``True`` at EOF.
+
+        The one receive boundary of the connection: every decoding error (a bad header, a bad
+        ``READY``, a broken error record, an answer to no call) and a failed read come out as
+        ``ProtocolError`` naming the worker; the caller fails the connection with it
+        (``_broken``).  A frame cut by EOF is not one: the worker died writing it, and the
+        caller's EOF path says so (``WorkerDiedError``).  A frame is taken from the decoder
+        only when it is handled, so an exception from a handler (a blocking client's
+        ``on_event``) loses no frame.
+        """
         sock = self._sock
         assert sock is not None
         dec = self._dec
@@ -426,21 +472,36 @@ class Base:
             return False
         except ConnectionResetError:
             n = 0
+        except OSError as exc:
+            raise ProtocolError(
+                f"reading from the RPC worker (pid {self.pid}) failed: {exc}"
+            ) from exc
         finally:
             buf.release()
+        dec.buffer_updated(n)
+        next_frame = dec.next_frame
+        handle = self._handle
         try:
-            if n:
-                dec.buffer_updated(n)
-            else:
-                dec.feed_eof()
-            handle = self._handle
-            for frame in dec.take_frames():
+            while (frame := next_frame()) is not None:
                 handle(*frame)
-            if not n:
-                dec.next_frame()  # raises if the stream ended inside a frame
+        except W.TruncatedError:
+            return True
         except W.RpcWireError as exc:
-            raise ProtocolError(f"the RPC worker sent a broken stream: {exc}") from None
+            raise ProtocolError(
+                f"the RPC worker (pid {self.pid}) sent a broken stream: {exc}"
+            ) from exc.__cause__
         return not n
+
+    def _broken(self, err: ProtocolError) -> None:
+        """The connection failed (``_recv_some`` raised): fail every call, close the socket,
+        and tell ``on_error`` (before ``READY``, ``rpc()`` raises it instead)."""
+        started = self._ready
+        if not started and self._startup_error is None:
+            self._startup_error = err
+        self._fail_all(err)
+        self._close_socket()
+        if started:
+            self._report(err)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -481,7 +542,9 @@ class Base:
 
     def _died(self) -> WorkerDiedError:
         how = describe_returncode(self.returncode)
-        reason = f": {self._kill_reason}" if self._kill_reason else ""
+        if not self._dec.at_boundary():
+            how += ", in the middle of a frame"
+        reason = f": it was killed because {self._kill_reason}" if self._kill_reason else ""
         return WorkerDiedError(
             f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
             self.pid,
@@ -510,3 +573,12 @@ class Base:
             self._close_fired = True
             if self._on_close is not None:
                 self._on_close()
+
+
+def _rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
+    """``_errors.rebuild``, with bytes that are not an error record a decoding error like any
+    other (``_recv_some`` reports it)."""
+    try:
+        return rebuild(record, context, ours=ours)
+    except ProtocolError as exc:
+        raise W.RpcWireError("a broken error record") from exc

@@ -7,9 +7,7 @@ reply has been handled (events on the way are delivered from inside the call).
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
 import threading
 import time
@@ -152,11 +150,8 @@ class BlockingClient(Base):
                 flags = 0  # block in recv until the worker says something
             try:
                 eof = self._recv_some(flags)
-            except (ProtocolError, OSError) as exc:
-                err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read: {exc}")
-                self._fail_all(err)
-                self._close_socket()
-                self._report(err)
+            except ProtocolError as err:
+                self._broken(err)
                 return
             if eof:
                 self._eof = True
@@ -207,13 +202,9 @@ class BlockingClient(Base):
             self._closing = True
             try:
                 self._io_until(lambda: self._sock is None, deadline)
-            except BaseException:
-                if self.pid is not None and not self._eof:
-                    self._kill_reason = self._kill_reason or "it was killed by close()"
-                    try:
-                        os.kill(self.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            except BaseException as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                self._kill("close() timed out" if timed_out else "close() was interrupted")
                 self.abort()
                 raise
             self._wait_exit()

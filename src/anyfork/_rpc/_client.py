@@ -15,8 +15,6 @@ EOF and exits.  A pending call's future holds its client, so nothing outstanding
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import weakref
 from collections.abc import Awaitable, Iterable
@@ -257,15 +255,10 @@ class Client(Base):
     def _on_readable(self) -> None:
         try:
             eof = self._recv_some()
-        except (ProtocolError, OSError) as exc:
-            err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read failed: {exc}")
+        except ProtocolError as err:
             self._stop_io()
-            if not self._ready:
-                self._startup_error = err
-                self._set(self._ready_fut)
-            self._fail_all(err)
-            self._close_socket()
-            self._report(err)
+            self._broken(err)
+            self._set(self._ready_fut)
             self._set(self._closed_fut)
             return
         if not self._ready_fut.done() and (self._startup_error is not None or self._ready):
@@ -365,8 +358,10 @@ class Client(Base):
                 await asyncio.shield(self._closed_fut)
             else:
                 await wait_for(asyncio.shield(self._closed_fut), timeout)
-        except BaseException:
-            self._kill()
+        except BaseException as exc:
+            self._kill(
+                "aclose() timed out" if isinstance(exc, TimeoutError) else "aclose() was cancelled"
+            )
             self.abort()
             raise
         await self._await_exit()
@@ -382,14 +377,6 @@ class Client(Base):
         self._close_socket()
         self._set(self._ready_fut)
         self._set(self._closed_fut)
-
-    def _kill(self) -> None:
-        if self.pid is not None and not self._eof:
-            self._kill_reason = self._kill_reason or "it was killed by aclose()"
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     async def __aenter__(self) -> Client:
         return self
