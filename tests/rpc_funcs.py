@@ -236,6 +236,7 @@ def fake_server(sock: Any, mode: str, *config: Any) -> None:
     """Stands in for the RPC server (the test points ``rpc()`` at it) and breaks the protocol
     the way ``mode`` says: before READY, or as the answer to the first call."""
     from anyfork._child import _rpc_wire as W
+    from helpers import recv_exactly
 
     ready = W.frame(W.READY, 0, W.ready_payload(os.getpid()))
     if mode == "garbage instead of READY":
@@ -244,8 +245,8 @@ def fake_server(sock: Any, mode: str, *config: Any) -> None:
         sock.sendall(W.frame(W.READY, 0, b"abc"))
     else:
         sock.sendall(ready)
-        _, cid, size = W.HEADER.unpack(_read(sock, W.HEADER_SIZE))
-        _read(sock, size)
+        _, cid, size = W.HEADER.unpack(recv_exactly(sock, W.HEADER_SIZE))
+        recv_exactly(sock, size)
         sock.sendall(
             {
                 "an unknown kind": b"\xff" * W.HEADER_SIZE,
@@ -259,16 +260,6 @@ def fake_server(sock: Any, mode: str, *config: Any) -> None:
             return  # exit with the frame cut short
     while sock.recv(65536):  # until the parent lets go
         pass
-
-
-def _read(sock: Any, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
 
 
 def dumps(obj: Any) -> bytes:

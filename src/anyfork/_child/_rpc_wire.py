@@ -193,8 +193,7 @@ class Decoder:
         big = self._big
         if big is not None:
             if self._big_fill == len(big):
-                # Full, and the frame is longer: double it (bytes have arrived to fill it).
-                big += bytes(min(len(big), self._big_size - len(big)))
+                self._grow(big)
             return memoryview(big)[self._big_fill :]
         if self._end == len(self._buf):
             self._compact()
@@ -240,12 +239,15 @@ class Decoder:
         """The next complete frame, or ``None`` if more bytes are needed; ``RpcWireError`` once
         the frames before a bad header (or a frame cut by EOF) have been taken."""
         frames = self._frames
-        if self._next < len(frames):
-            item = frames[self._next]
-            self._next += 1
-            if self._next == len(frames):
+        if frames:  # then _next < len(frames): the list is cleared when its last one is taken
+            i = self._next
+            item = frames[i]
+            i += 1
+            if i == len(frames):
                 frames.clear()
                 self._next = 0
+            else:
+                self._next = i
             return item
         if self._error:
             raise RpcWireError(self._error)
@@ -256,6 +258,20 @@ class Decoder:
     def at_boundary(self) -> bool:
         """No partial frame is buffered."""
         return self._big is None and self._end == self._start
+
+    def _grow(self, big: bytearray) -> None:
+        """Double the big frame's buffer (as many bytes have arrived), up to the frame's size.
+
+        The new bytes are copied from ``_buf``, idle while a big frame fills: their value does not
+        matter (reads overwrite each before the frame completes), and a temporary ``bytes(n)``
+        per growth made receiving 10 MiB ~8x slower (measured: 2.8 against 23 ms)."""
+        more = min(len(big), self._big_size - len(big))
+        filler = memoryview(self._buf)
+        while more > 0:
+            piece = min(more, len(filler))
+            big += filler[:piece]
+            more -= piece
+        filler.release()
 
     def _compact(self) -> None:
         if self._start:

@@ -10,6 +10,8 @@ Data flow (one socket, frames from ``_rpc_wire``)::
                                   <-------   EVENT ...  (worker.event, any number, in order)
                                   <-------   OK id, result  | ERROR id, error record
     CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
+    (a broken stream)             ------->   (nothing more is run)
+                                  <-------   FAILED (a ProtocolError record), exit 1
     shutdown(SHUT_WR)             ------->   finish every call, reply, exit
                                   <-------   EOF
 
@@ -17,7 +19,8 @@ Outgoing frames are queued, small ones joined into one ``bytearray`` and big buf
 out-of-band ones) kept as views, so that many calls leave in one ``sendmsg`` and a 10 MiB
 argument is never copied by us.  Incoming bytes land in the decoder's buffer, and every complete
 frame of one read is handled before the next read.  The I/O itself (an event loop's callbacks,
-or ``poll``) lives in ``_rpc_client`` and ``_rpc_blocking``.
+or ``poll``) lives in ``_client`` and ``_blocking``; what stands for a call's future where there
+is none, in ``_waiters``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from .._errors import (
     describe_returncode,
     rebuild,
 )
+from ._waiters import Batch, Slot, Waiter
 
 Backend = Literal["sync", "async"]
 
@@ -60,75 +64,6 @@ _OK = W.OK
 _EVENT = W.EVENT
 _ERROR = W.ERROR
 _CANCELLED = W.CANCELLED
-
-
-class Box:
-    """The blocking client's stand-in for a future."""
-
-    __slots__ = ("_done", "exc", "value")
-
-    def __init__(self) -> None:
-        self._done = False
-        self.value: Any = None  # Any: whatever the worker's function returns
-        self.exc: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self.value, self._done = value, True
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.exc, self._done = exc, True
-
-
-class Batch:
-    """The results of ``map``: one slot per call, in order; ``wake()`` runs when the last
-    call has answered."""
-
-    __slots__ = ("cids", "errors", "left", "results", "wake")
-
-    def __init__(self, n: int, wake: Callable[[], object] | None) -> None:
-        self.results: list[Any] = [None] * n  # Any: the function's results
-        self.errors: list[tuple[int, BaseException]] = []
-        self.left = n
-        self.cids: list[int] = []
-        self.wake = wake
-
-    def outcome(self) -> list[Any]:
-        """The results, or the exception of the first call (in order) that failed."""
-        if self.errors:
-            raise min(self.errors, key=lambda item: item[0])[1]
-        return self.results
-
-
-class Slot:
-    """One call of a :class:`Batch`, standing in for its future."""
-
-    __slots__ = ("_done", "batch", "index")
-
-    def __init__(self, batch: Batch, index: int) -> None:
-        self.batch = batch
-        self.index = index
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self._done = True
-        batch = self.batch
-        batch.results[self.index] = value
-        batch.left -= 1
-        if not batch.left and batch.wake is not None:
-            batch.wake()
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.batch.errors.append((self.index, exc))
-        self.set_result(None)
-
-
-Waiter = Any  # asyncio.Future[Any] | Box | Slot: anything with done/set_result/set_exception
 
 
 def advance(bufs: list[Any], sent: int) -> list[Any]:

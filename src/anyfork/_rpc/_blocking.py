@@ -1,6 +1,6 @@
 """RPC, parent side: the blocking client, for programs without an event loop.
 
-It shares every line of frame handling with the asyncio client (``_rpc_base``) and does its
+It shares every line of frame handling with the asyncio client (``_base``) and does its
 I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
 reply has been handled (events on the way are delivered from inside the call).
 """
@@ -18,7 +18,8 @@ from typing import Any
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish
-from ._base import EXIT_STATUS_WAIT, Base, Batch, Box
+from ._base import EXIT_STATUS_WAIT, Base
+from ._waiters import Batch, Box
 
 __all__ = ["BlockingClient"]
 
@@ -32,9 +33,12 @@ class BlockingClient(Base):
     :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
     threads take turns; ``on_event`` runs inside the call that reads the event.
 
-    ``timeout``: ``TimeoutError``; with the sync backend the worker is killed, with the async
-    backend its task is cancelled and the client stays usable.  A client dropped without
-    ``close()`` closes its socket when it is garbage-collected (the worker then exits).
+    ``timeout``: ``TimeoutError``; with the sync backend the worker is killed (the client is no
+    longer ``usable``, and a new call fails at once with ``WorkerDiedError``, as with
+    :class:`Client`), with the async backend its task is cancelled and the client stays usable.
+    An exception raised by ``on_event`` (or a ``KeyboardInterrupt``) abandons the call in
+    progress in the same way.  A client dropped without ``close()`` closes its socket when it
+    is garbage-collected (the worker then exits).
     """
 
     def __init__(self, *a: Any, **kw: Any):

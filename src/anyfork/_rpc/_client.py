@@ -23,7 +23,8 @@ from typing import Any
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish, wait_for
-from ._base import EXIT_STATUS_WAIT, Base, Batch
+from ._base import EXIT_STATUS_WAIT, Base
+from ._waiters import Batch
 
 __all__ = ["Client"]
 
@@ -91,13 +92,17 @@ class Client(Base):
     with the child's traceback as ``__cause__``; ``EncodeError`` (side ``"parent"``) for
     arguments that cannot be serialised, before anything is sent; ``EncodeError`` (side
     ``"child"``) for a result that cannot; ``WorkerDiedError`` (``.pid``, ``.returncode``,
-    ``.signal``) for every outstanding call when the worker dies; ``ClosedError`` after
-    ``aclose``.  Only the dead-worker error ends the connection.
+    ``.signal``) for every outstanding call when the worker dies; ``ProtocolError`` (naming the
+    worker's pid) for every outstanding call when the stream breaks the protocol in either
+    direction; ``ClosedError`` for a call made after ``aclose`` or after such a failure.  Only
+    those two failures end the connection (``usable`` is then ``False``).
 
     Cancellation (and ``timeout``, which raises ``TimeoutError``): with the async backend the
     worker cancels the call's task and keeps serving.  With the sync backend the worker is
-    killed (SIGKILL; a running Python function cannot be interrupted safely), so every other
-    outstanding call fails with ``WorkerDiedError`` and the client is unusable afterwards.
+    killed (SIGKILL; a running Python function cannot be interrupted safely): from that moment
+    ``usable`` is ``False`` and a new call fails at once, unsent, with ``WorkerDiedError``
+    saying which call got the worker killed; every other outstanding call fails with
+    ``WorkerDiedError`` naming that call too.
 
     A client dropped without ``aclose()`` closes its connection when it is garbage-collected
     (the worker sees EOF and exits); ``aclose()`` is still the way to wait for that.

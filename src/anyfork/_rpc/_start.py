@@ -6,9 +6,9 @@
     result = await client(1, 2, key="value")
     await client.aclose()
 
-The layer is split by role: ``_rpc_wire`` (frames, sans-IO, shared with the child),
-``_rpc_server`` (the child), ``_serializers`` (both sides), ``_rpc_base`` (the parent's frame
-handling and bookkeeping), ``_rpc_client`` (the asyncio :class:`Client`) and ``_rpc_blocking``
+The layer is split by role: ``_child._rpc_wire`` (frames, sans-IO, shared with the child),
+``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_base`` (the parent's
+frame handling and bookkeeping), ``_client`` (the asyncio :class:`Client`) and ``_blocking``
 (:class:`BlockingClient`).  This module is the entry point: it configures the process, starts
 the server in it and waits for its READY.
 """
