@@ -14,11 +14,14 @@ Every wait has a deadline; synchronisation with the worker uses events and pipes
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import os
 import select
 import socket
+import struct
 import sys
+import termios
 import types
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -29,6 +32,7 @@ import anyfork
 import rpc_funcs
 from anyfork._child import _rpc_wire as W
 from anyfork._rpc import _start
+from helpers import eventually
 
 T = TypeVar("T")
 DEADLINE = 30.0
@@ -254,6 +258,21 @@ def test_interrupted_sync_call_with_its_answer_in_flight_blocking(
 # -- point 6: a real worker receives garbage ---------------------------------------------------
 
 
+def _unread(sock: socket.socket) -> int:
+    """Bytes we sent that the peer has not read yet."""
+    out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # SIOCOUTQ on Linux
+    return int(struct.unpack("i", out)[0])
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident size, in bytes (VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
 @pytest.mark.parametrize(
     ("garbage", "why"),
     [
@@ -271,11 +290,19 @@ def test_worker_receiving_garbage_says_so_and_exits(
     client = face.rpc(anyfork.new(), "rpc_funcs:add", backend=backend, on_error=errors.append)
     assert face.call(client, 1, 2) == 3
     sock = client._sock
+    peak_before = _peak_rss(client.pid)
 
     def write_garbage() -> None:
         sock.sendall(garbage)
         if why.startswith("EOF"):
-            sock.shutdown(socket.SHUT_WR)  # the worker waits for 4 GiB otherwise
+            # Once the worker has read a byte sent after the header, it has handled the header
+            # (one thread: it reads again only then), and allocated what it is going to for it:
+            # little (it used to zero-fill 4 GiB).  Then the frame ends early.
+            for _ in range(2):
+                eventually(lambda: _unread(sock) == 0, what="the worker to read the garbage")
+                sock.sendall(b"d")
+            assert _peak_rss(client.pid) < peak_before + (32 << 20)
+            sock.shutdown(socket.SHUT_WR)
 
     with pytest.raises(anyfork.ProtocolError) as info:
         face.call(client, 3, 4, first=write_garbage)
