@@ -206,3 +206,70 @@ def apply(func: Any, *args: Any) -> Any:
 def make_adder(n: int) -> Any:
     """Return a closure: only cloudpickle can send it back."""
     return lambda x: x + n
+
+
+# -- fault tests: handshakes over pipes, and a fake server --------------------------------------
+
+_pipes: list[Any] = []
+
+
+def init_pipes(*files: Any) -> None:
+    """Keep the pipe ends the parent sent (``send_fh``) for ``inflight``."""
+    _pipes[:] = files
+
+
+def inflight(mode: str) -> str:
+    """``"answer"``: say so (an event), wait for the parent's byte on the first pipe, then
+    return.  ``"block"``: write a byte to the second pipe (the calls before this one have been
+    answered: the sync backend runs them in order), then block for good."""
+    if mode == "answer":
+        anyfork.worker.event("asked", mode)
+        _pipes[0].read(1)
+        return mode
+    _pipes[1].write(b"x")
+    _pipes[1].flush()
+    select.select([], [], [])
+    return mode
+
+
+def fake_server(sock: Any, mode: str, *config: Any) -> None:
+    """Stands in for the RPC server (the test points ``rpc()`` at it) and breaks the protocol
+    the way ``mode`` says: before READY, or as the answer to the first call."""
+    from anyfork._child import _rpc_wire as W
+    from helpers import recv_exactly
+
+    ready = W.frame(W.READY, 0, W.ready_payload(os.getpid()))
+    if mode == "garbage instead of READY":
+        sock.sendall(b"\xff" * W.HEADER_SIZE)
+    elif mode == "a bad READY":
+        sock.sendall(W.frame(W.READY, 0, b"abc"))
+    else:
+        sock.sendall(ready)
+        _, cid, size = W.HEADER.unpack(recv_exactly(sock, W.HEADER_SIZE))
+        recv_exactly(sock, size)
+        sock.sendall(
+            {
+                "an unknown kind": b"\xff" * W.HEADER_SIZE,
+                "a second READY": ready,
+                "an answer to no call": W.frame(W.OK, cid + 100, b""),
+                "a broken error record": W.frame(W.ERROR, cid, b"\x00\x00\x00\x09abc"),
+                "a header claiming 4 GiB": W.header(W.OK, cid, W.MAX_PAYLOAD) + b"abc",
+            }[mode]
+        )
+        if mode == "a header claiming 4 GiB":
+            return  # exit with the frame cut short
+    while sock.recv(65536):  # until the parent lets go
+        pass
+
+
+def dumps(obj: Any) -> bytes:
+    """With ``loads``: this module is a user serialiser (``"rpc_funcs:..."`` style tests)."""
+    import pickle
+
+    return pickle.dumps(obj)
+
+
+def loads(data: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -16,7 +18,11 @@ _FRAMES = [
     (W.EVENT, 0, b""),
     (W.ERROR, 0xFFFFFFFF, b"x" * 70_000),  # bigger than the decoder's buffer
     (W.CANCELLED, 7, b"y" * 300),
+    (W.OK, 2, b""),
 ]
+
+#: A frame header that claims the largest payload a frame can carry.
+_HUGE = W.header(W.OK, 1, W.MAX_PAYLOAD)
 
 
 def _decode_all(dec: W.Decoder) -> list[tuple[int, int, bytes]]:
@@ -29,31 +35,64 @@ def _decode_all(dec: W.Decoder) -> list[tuple[int, int, bytes]]:
         out.append((kind, cid, bytes(payload)))
 
 
-def _encoded() -> bytes:
-    return b"".join(W.frame(*f) for f in _FRAMES)
+def _encoded(frames: list[tuple[int, int, bytes]] = _FRAMES) -> bytes:
+    return b"".join(W.frame(*f) for f in frames)
+
+
+def _ends(frames: list[tuple[int, int, bytes]]) -> list[int]:
+    """The offset of each frame's last byte in the encoded stream."""
+    ends, pos = [], 0
+    for _, _, payload in frames:
+        pos += W.HEADER_SIZE + len(payload)
+        ends.append(pos - 1)
+    return ends
 
 
 def test_whole_stream() -> None:
     dec = W.Decoder(W.TO_PARENT)
-    dec.feed(_encoded())
+    dec.receive(_encoded())
     assert _decode_all(dec) == _FRAMES
     assert dec.at_boundary()
 
 
-def test_byte_at_a_time() -> None:
-    dec = W.Decoder(W.TO_PARENT, size=64)
-    got = []
-    for byte in _encoded():
-        dec.feed(bytes([byte]))
-        got.extend(_decode_all(dec))
-    assert got == _FRAMES
+@pytest.mark.parametrize("size", [16, 64, 1 << 16])
+def test_byte_at_a_time_each_frame_appears_at_its_last_byte(size: int) -> None:
+    dec = W.Decoder(W.TO_PARENT, size=size)
+    data = _encoded()
+    ends = dict(zip(_ends(_FRAMES), _FRAMES, strict=True))
+    for i, byte in enumerate(data):
+        dec.receive(bytes([byte]))
+        got = _decode_all(dec)
+        assert got == ([ends[i]] if i in ends else []), f"after byte {i}"
+        assert dec.at_boundary() is (i in ends)
+    dec.receive(b"")
+    assert dec.next_frame() is None
+
+
+@pytest.mark.parametrize("size", [16, 1 << 16])
+def test_trailing_bytes_are_kept_for_the_next_frame(size: int) -> None:
+    data = _encoded()
+    ends = _ends(_FRAMES)
+    for cut in ends[:-1]:
+        # Everything up to a frame's end, plus the first bytes of the next one.
+        for extra in (1, W.HEADER_SIZE - 1, W.HEADER_SIZE + 1):
+            dec = W.Decoder(W.TO_PARENT, size=size)
+            split = min(cut + 1 + extra, len(data))
+            dec.receive(data[:split])
+            first = _decode_all(dec)
+            assert first == _FRAMES[: len([e for e in ends if e < split])]
+            assert dec.at_boundary() is (split - 1 in ends)
+            dec.receive(data[split:])
+            assert first + _decode_all(dec) == _FRAMES
+            assert dec.at_boundary()
 
 
 def test_get_buffer_protocol_with_big_frame_lands_in_place() -> None:
     payload = bytes(range(256)) * 1000
-    data = W.frame(W.OK, 3, payload)
+    data = W.frame(W.OK, 3, payload) + W.frame(W.EVENT, 0, b"after")
     dec = W.Decoder(W.TO_PARENT, size=128)
     pos = 0
+    frames = []
     while pos < len(data):
         buf = dec.get_buffer()
         n = min(len(buf), 1000, len(data) - pos)
@@ -61,37 +100,103 @@ def test_get_buffer_protocol_with_big_frame_lands_in_place() -> None:
         buf.release()
         dec.buffer_updated(n)
         pos += n
-    frame = dec.next_frame()
-    assert frame is not None
-    assert frame[:2] == (W.OK, 3)
-    assert type(frame[2]) is bytearray  # its own buffer, filled by the reads themselves
-    assert frame[2] == payload
+        while (frame := dec.next_frame()) is not None:
+            frames.append(frame)
+    assert [f[:2] for f in frames] == [(W.OK, 3), (W.EVENT, 0)]
+    assert type(frames[0][2]) is bytearray  # its own buffer, filled by the reads themselves
+    assert frames[0][2] == payload
+    assert frames[1][2] == b"after"
 
 
-def test_truncated_at_eof_is_an_error() -> None:
-    dec = W.Decoder(W.TO_PARENT)
-    dec.feed(W.frame(W.OK, 1, b"abc")[:-1])
+@pytest.mark.parametrize("eof", ["receive", "buffer_updated"])
+@pytest.mark.parametrize("cut", [1, W.HEADER_SIZE, W.HEADER_SIZE + 2, 70_000])
+def test_truncated_at_eof_is_an_error(eof: str, cut: int) -> None:
+    dec = W.Decoder(W.TO_PARENT, size=64)
+    dec.receive(W.frame(W.OK, 1, b"a") + W.frame(W.OK, 2, b"x" * 100_000)[:cut])
+    assert dec.next_frame() == (W.OK, 1, b"a")
     assert dec.next_frame() is None
-    dec.feed_eof()
-    with pytest.raises(W.RpcWireError, match="EOF"):
+    if eof == "receive":
+        dec.receive(b"")
+    else:
+        dec.buffer_updated(0)  # what recv_into says at EOF
+    assert dec.eof
+    with pytest.raises(W.TruncatedError, match="EOF in the middle of a frame"):
         dec.next_frame()
 
 
 def test_clean_eof() -> None:
     dec = W.Decoder(W.TO_PARENT)
-    dec.feed(W.frame(W.OK, 1, b"abc"))
-    dec.feed_eof()
+    dec.receive(W.frame(W.OK, 1, b"abc"))
+    dec.receive(b"")
     assert dec.next_frame() == (W.OK, 1, b"abc")
+    assert dec.next_frame() is None
     assert dec.next_frame() is None
 
 
-def test_unknown_kind_and_oversize_are_errors() -> None:
+def test_errors_surface_from_next_frame_only_after_the_good_frames() -> None:
     dec = W.Decoder(W.TO_CHILD)
-    with pytest.raises(W.RpcWireError, match="kind"):
-        dec.feed(W.frame(W.OK, 1, b""))
+    dec.receive(W.frame(W.CALL, 1, b"ok") + W.frame(W.OK, 1, b"") + W.frame(W.CALL, 2, b""))
+    dec.receive(_HUGE)  # after a bad header, bytes are dropped, not buffered
+    assert dec.next_frame() == (W.CALL, 1, b"ok")
+    for _ in range(2):  # and it stays broken
+        with pytest.raises(W.RpcWireError, match="unexpected frame kind 0x4f"):
+            dec.next_frame()
+    assert type(dec.get_buffer()) is memoryview  # still a place to read into
+
+
+def test_oversize_and_data_after_eof_are_errors() -> None:
     dec = W.Decoder(W.TO_PARENT, max_payload=10)
-    with pytest.raises(W.RpcWireError, match="limit"):
-        dec.feed(W.frame(W.OK, 1, b"x" * 11))
+    dec.receive(W.frame(W.OK, 1, b"x" * 10) + W.frame(W.OK, 2, b"x" * 11))
+    assert dec.next_frame() == (W.OK, 1, b"x" * 10)
+    with pytest.raises(W.RpcWireError, match="11 bytes exceeds the limit of 10"):
+        dec.next_frame()
+    dec = W.Decoder(W.TO_PARENT)
+    dec.receive(W.frame(W.OK, 1, b""))
+    dec.receive(b"")
+    dec.receive(b"more")
+    assert dec.next_frame() == (W.OK, 1, b"")
+    with pytest.raises(W.RpcWireError, match="data after EOF"):
+        dec.next_frame()
+
+
+def _peak_allocation(work: Callable[[], object]) -> int:
+    """The most memory Python allocated (tracemalloc) while ``work`` ran."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        work()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("claim", [256 << 20, W.MAX_PAYLOAD])
+@pytest.mark.parametrize("size", [64, 1 << 16])
+def test_allocation_grows_with_the_bytes_that_arrive(claim: int, size: int) -> None:
+    """A header claiming up to 4 GiB costs what has arrived (twice it at most, or one buffer),
+    never what it claims: a garbage header cannot make the receiver zero-fill gigabytes."""
+    dec = W.Decoder(W.TO_PARENT, size=size)
+    header = W.header(W.OK, 1, claim)
+    assert _peak_allocation(lambda: dec.receive(header + b"x" * 7)) <= 2 * (1 << 16)
+    arrived = 7
+    chunk = b"y" * 50_000
+    for _ in range(40):  # 2 MB more, in reads of whatever size get_buffer offers
+        assert _peak_allocation(lambda: dec.receive(chunk)) <= 3 * (arrived + len(chunk)) + size
+        arrived += len(chunk)
+    assert dec.next_frame() is None
+    dec.receive(b"")
+    with pytest.raises(W.TruncatedError):
+        dec.next_frame()
+
+
+def test_a_grown_frame_arrives_whole() -> None:
+    payload = bytes(range(256)) * 12_345  # ~3 MiB, grown from 64 bytes by doubling
+    dec = W.Decoder(W.TO_PARENT, size=64)
+    data = W.frame(W.OK, 9, payload) + W.frame(W.OK, 10, b"next")
+    for i in range(0, len(data), 4099):
+        dec.receive(data[i : i + 4099])
+    assert _decode_all(dec) == [(W.OK, 9, payload), (W.OK, 10, b"next")]
 
 
 @given(
@@ -111,22 +216,33 @@ def test_roundtrip_any_chunking(frames: list[tuple[int, int, bytes]], step: int,
     dec = W.Decoder(W.TO_PARENT, size=size)
     got = []
     for i in range(0, len(data), step):
-        dec.feed(data[i : i + step])
+        dec.receive(data[i : i + step])
         got.extend(_decode_all(dec))
-    dec.feed_eof()
+    dec.receive(b"")
     got.extend(_decode_all(dec))
     assert got == frames
 
 
-@given(st.binary(max_size=200))
-def test_garbage_raises_only_wire_errors(data: bytes) -> None:
-    dec = W.Decoder(W.TO_PARENT, max_payload=1 << 20)
+@given(st.binary(max_size=200), st.sampled_from([W.TO_PARENT, W.TO_CHILD]), st.booleans())
+def test_garbage_raises_only_wire_errors(data: bytes, allowed: frozenset[int], eof: bool) -> None:
+    # The default limit (4 GiB): a garbage length must not be allocated either.
+    dec = W.Decoder(allowed, size=64)
     try:
-        dec.feed(data)
-        dec.feed_eof()
+        for i in range(0, len(data), 7):
+            dec.receive(data[i : i + 7])
+            _decode_all(dec)
+        if eof:
+            dec.receive(b"")
         _decode_all(dec)
     except W.RpcWireError:
         pass
+
+
+@given(st.binary(min_size=1, max_size=40))
+def test_a_valid_header_then_garbage_is_taken_as_payload(tail: bytes) -> None:
+    dec = W.Decoder(W.TO_PARENT, size=16)
+    dec.receive(W.header(W.EVENT, 0, len(tail)) + tail)
+    assert dec.next_frame() == (W.EVENT, 0, tail)
 
 
 def test_config_roundtrip_and_version() -> None:
@@ -145,6 +261,12 @@ def test_ready_payload() -> None:
     assert W.parse_ready(W.ready_payload(1234)) == (W.VERSION, 1234)
     with pytest.raises(W.RpcWireError):
         W.parse_ready(b"abc")
+
+
+def test_version_mismatch_names_both_versions() -> None:
+    text = W.version_mismatch(2, 99)
+    assert "version 2 in the parent" in text
+    assert "99 in the worker" in text
 
 
 # -- serialisers --------------------------------------------------------------------------------

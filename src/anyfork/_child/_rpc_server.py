@@ -2,8 +2,9 @@
 
 Start-up, in order: parse the configuration (the last argument), check the protocol version,
 build the serialiser, call ``init(*the other arguments)``, resolve the function, then send
-``READY``.  Any failure up to there is sent as ``FAILED`` (the parent raises it from ``rpc()``)
-and the process exits.
+``READY``.  Any failure up to there is sent as ``FAILED`` (the parent raises it from ``rpc()``;
+a bad configuration or another protocol version as anyfork's ``ProtocolError``) and the process
+exits.
 
 Backends:
 
@@ -18,7 +19,10 @@ An exception in the function fails that call only (``ERROR`` frame); a result th
 serialised fails that call with an ``EncodeError`` (side ``"child"``).  ``BaseException``s that
 are not ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) end the worker, as they would end
 any program.  On EOF the worker finishes every call it has received, writes the replies and
-exits.  If the parent has gone (write error), it exits at once.
+exits.  If the parent has gone (write error), it exits at once.  A broken stream from the parent
+(a bad header, EOF inside a frame) is reported as ``FAILED`` (a ``ProtocolError`` record; the
+parent fails its outstanding calls with it), and the worker exits with status 1 at once: it
+runs nothing more and answers nothing more.
 """
 
 from __future__ import annotations
@@ -50,18 +54,22 @@ class ParentGone(BaseException):
     it by accident on its way out of ``worker.event``."""
 
 
+class _Refused(Exception):
+    """A start-up failure that is anyfork's ``ProtocolError`` in the parent."""
+
+
 def serve(sock: socket.socket, *args: object) -> None:
     """Entry point: ``proc.send_arg(config).run("anyfork._child._rpc_server:serve")``."""
     sock.setblocking(True)
     try:
         if not args:
-            raise W.RpcWireError("no RPC configuration (start RPC workers with anyfork.rpc)")
-        version, func_ref, backend, ser_name, init_ref, concurrency = W.parse_config(args[-1])
+            raise _Refused("no RPC configuration (start RPC workers with anyfork.rpc)")
+        try:
+            version, func_ref, backend, ser_name, init_ref, concurrency = W.parse_config(args[-1])
+        except W.RpcWireError as exc:
+            raise _Refused(str(exc)) from None
         if version != W.VERSION:
-            raise RuntimeError(
-                f"RPC protocol version {version} from the parent, {W.VERSION} in the worker: "
-                f"the parent and the worker import different anyfork versions"
-            )
+            raise _Refused(W.version_mismatch(version, W.VERSION))
         if backend not in ("sync", "async"):
             raise ValueError(f"unknown RPC backend {backend!r} (use 'sync' or 'async')")
         codec = _serializers.get(ser_name)
@@ -69,8 +77,9 @@ def serve(sock: socket.socket, *args: object) -> None:
             resolve(init_ref)(*args[:-1])
         func = resolve(func_ref)
     except BaseException as exc:
+        record = anyfork_error("ProtocolError", str(exc)) if type(exc) is _Refused else None
         try:
-            _send_chunks(sock, W.FAILED, 0, [error_record(exc)])
+            _send_chunks(sock, W.FAILED, 0, [record or error_record(exc)])
         except (OSError, ParentGone):
             pass
         return
@@ -79,12 +88,20 @@ def serve(sock: socket.socket, *args: object) -> None:
     except ParentGone:
         return
     if backend == "sync":
-        SyncServer(sock, codec, func).run()
+        broken = SyncServer(sock, codec, func).run()
     else:
         import asyncio
 
         server = AsyncServer(sock, codec, func, max(1, concurrency))
         asyncio.run(server.main())
+        broken = server.failed
+    if broken:
+        raise SystemExit(1)
+
+
+def _broken_stream(exc: W.RpcWireError) -> bytes:
+    """The ``FAILED`` record a worker sends when the parent's stream breaks the protocol."""
+    return anyfork_error("ProtocolError", f"it received a broken stream ({exc})")
 
 
 def _serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
@@ -146,29 +163,34 @@ class SyncServer:
     def flush(self) -> bool:
         return True
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Serve until EOF; ``True`` if the stream broke the protocol (reported as ``FAILED``)."""
         dec = W.Decoder(W.TO_CHILD)
         worker._sink = self
         try:
             while True:
-                frame = dec.next_frame()
+                try:
+                    frame = dec.next_frame()
+                except W.RpcWireError as exc:
+                    _send_chunks(self.sock, W.FAILED, 0, [_broken_stream(exc)])
+                    return True
                 if frame is None:
+                    if dec.eof:
+                        return False
                     buf = dec.get_buffer()
                     try:
                         n = self.sock.recv_into(buf)
                     except OSError:
-                        return
+                        return False
                     finally:
                         buf.release()
-                    if not n:
-                        return
                     dec.buffer_updated(n)
                     continue
                 kind, call_id, payload = frame
                 if kind == W.CALL:
                     self.call(call_id, payload)
-        except (ParentGone, W.RpcWireError):
-            return
+        except ParentGone:
+            return False
         finally:
             worker._sink = None
 
@@ -215,6 +237,7 @@ class AsyncServer:
         self.wbuf: list[memoryview] = []
         self.eof = False
         self.broken = False
+        self.failed = False  # the parent's stream broke the protocol
         self.reading = False
         self.writing = False
 
@@ -294,8 +317,17 @@ class AsyncServer:
     def _gone(self) -> None:
         self.broken = True
         self.wbuf = []
+        self.queue.clear()  # nothing more starts: main() returns and asyncio.run cancels the rest
         if not self.done.done():
             self.done.set_result(None)
+
+    def _fail(self, exc: W.RpcWireError) -> None:
+        """The parent's stream broke the protocol: say so, then stop at once."""
+        self.failed = True
+        self._pause_reading()
+        self.write(W.FAILED, 0, [_broken_stream(exc)])
+        self.flush()
+        self._gone()
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -320,15 +352,11 @@ class AsyncServer:
             return
         finally:
             buf.release()
-        if not n:
-            self.eof = True
-            self._pause_reading()
-            self._check_done()
-            return
-        self.dec.buffer_updated(n)
+        dec = self.dec
+        dec.buffer_updated(n)
         try:
             while True:
-                frame = self.dec.next_frame()
+                frame = dec.next_frame()
                 if frame is None:
                     break
                 kind, call_id, payload = frame
@@ -339,10 +367,14 @@ class AsyncServer:
                         self.queue.append((call_id, payload))
                 else:
                     self._cancel(call_id)
-        except W.RpcWireError:
-            self._gone()
+        except W.RpcWireError as exc:
+            self._fail(exc)
             return
-        if len(self.queue) > 4 * self.limit:
+        if dec.eof:
+            self.eof = True
+            self._pause_reading()
+            self._check_done()
+        elif len(self.queue) > 4 * self.limit:
             self._pause_reading()
 
     # -- calls --------------------------------------------------------------------------------
@@ -356,6 +388,8 @@ class AsyncServer:
 
     def _finished(self, call_id: int, task: asyncio.Task[None]) -> None:
         del self.tasks[call_id]
+        if self.broken:
+            return
         if task.cancelled():
             self.write(W.CANCELLED, call_id, [])
         while self.queue and len(self.tasks) < self.limit:

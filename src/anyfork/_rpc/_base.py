@@ -10,6 +10,8 @@ Data flow (one socket, frames from ``_rpc_wire``)::
                                   <-------   EVENT ...  (worker.event, any number, in order)
                                   <-------   OK id, result  | ERROR id, error record
     CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
+    (a broken stream)             ------->   (nothing more is run)
+                                  <-------   FAILED (a ProtocolError record), exit 1
     shutdown(SHUT_WR)             ------->   finish every call, reply, exit
                                   <-------   EOF
 
@@ -17,7 +19,8 @@ Outgoing frames are queued, small ones joined into one ``bytearray`` and big buf
 out-of-band ones) kept as views, so that many calls leave in one ``sendmsg`` and a 10 MiB
 argument is never copied by us.  Incoming bytes land in the decoder's buffer, and every complete
 frame of one read is handled before the next read.  The I/O itself (an event loop's callbacks,
-or ``poll``) lives in ``_rpc_client`` and ``_rpc_blocking``.
+or ``poll``) lives in ``_client`` and ``_blocking``; what stands for a call's future where there
+is none, in ``_waiters``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from .._errors import (
     describe_returncode,
     rebuild,
 )
+from ._waiters import Batch, Slot, Waiter
 
 Backend = Literal["sync", "async"]
 
@@ -60,75 +64,6 @@ _OK = W.OK
 _EVENT = W.EVENT
 _ERROR = W.ERROR
 _CANCELLED = W.CANCELLED
-
-
-class Box:
-    """The blocking client's stand-in for a future."""
-
-    __slots__ = ("_done", "exc", "value")
-
-    def __init__(self) -> None:
-        self._done = False
-        self.value: Any = None  # Any: whatever the worker's function returns
-        self.exc: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self.value, self._done = value, True
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.exc, self._done = exc, True
-
-
-class Batch:
-    """The results of ``map``: one slot per call, in order; ``wake()`` runs when the last
-    call has answered."""
-
-    __slots__ = ("cids", "errors", "left", "results", "wake")
-
-    def __init__(self, n: int, wake: Callable[[], object] | None) -> None:
-        self.results: list[Any] = [None] * n  # Any: the function's results
-        self.errors: list[tuple[int, BaseException]] = []
-        self.left = n
-        self.cids: list[int] = []
-        self.wake = wake
-
-    def outcome(self) -> list[Any]:
-        """The results, or the exception of the first call (in order) that failed."""
-        if self.errors:
-            raise min(self.errors, key=lambda item: item[0])[1]
-        return self.results
-
-
-class Slot:
-    """One call of a :class:`Batch`, standing in for its future."""
-
-    __slots__ = ("_done", "batch", "index")
-
-    def __init__(self, batch: Batch, index: int) -> None:
-        self.batch = batch
-        self.index = index
-        self._done = False
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, value: Any) -> None:
-        self._done = True
-        batch = self.batch
-        batch.results[self.index] = value
-        batch.left -= 1
-        if not batch.left and batch.wake is not None:
-            batch.wake()
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.batch.errors.append((self.index, exc))
-        self.set_result(None)
-
-
-Waiter = Any  # asyncio.Future[Any] | Box | Slot: anything with done/set_result/set_exception
 
 
 def advance(bufs: list[Any], sent: int) -> list[Any]:
@@ -211,12 +146,24 @@ class Base:
     # -- calls --------------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
+        """Raise why a new call cannot be sent (nothing is sent then)."""
         if self._failure is not None:
             exc = self._failure
             if isinstance(exc, WorkerDiedError):
                 raise WorkerDiedError(str(exc), exc.pid, exc.returncode) from exc
             raise ClosedError(f"the RPC connection failed: {exc}") from exc
-        if self._closing or self._sock is None:
+        if self._closing:
+            raise ClosedError("the RPC client has been closed")
+        if self._kill_reason is not None:
+            # Condemned: its SIGKILL is on its way (or done), and a call sent now would die with
+            # it.  Checked before the socket: the socket closes once its death is seen.
+            raise WorkerDiedError(
+                f"the RPC worker (pid {self.pid}) has been killed because {self._kill_reason}; "
+                f"the call was not sent",
+                self.pid,
+                self.returncode,
+            )
+        if self._sock is None:
             raise ClosedError("the RPC client has been closed")
 
     def _new_id(self) -> int:
@@ -318,22 +265,33 @@ class Base:
                 self._abandon(cid, why)
 
     def _abandon(self, cid: int, why: str) -> None:
-        """The caller stopped waiting for call ``cid`` (cancelled or timed out)."""
+        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled", "timed out
+        after 2 s"...)."""
         if self._pending.pop(cid, None) is None:
             return
+        if self._sock is None or self._eof:
+            return
+        # Its answer may be on its way already (even read, in a frame not handled yet): when it
+        # comes, it is dropped, not taken for a broken stream.
+        self._abandoned.add(cid)
         if self._backend == "async":
-            self._abandoned.add(cid)
-            if self._sock is not None and not self._eof:
-                self._queue(W.CANCEL, cid, [], 0)
-                self._flush_later()
+            self._queue(W.CANCEL, cid, [], 0)
+            self._flush_later()
             return
         # Sync backend: a running Python function cannot be interrupted safely.
-        if self._kill_reason is None and self.pid is not None and not self._eof:
-            self._kill_reason = f"it was killed because call {cid} {why}"
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill(f"call {cid} {why}")
+
+    def _kill(self, reason: str) -> None:
+        """Condemn the worker: SIGKILL it, once.  From here on it takes no call (``usable`` is
+        False, a new call fails at once), and the calls it owes fail with ``WorkerDiedError``
+        naming ``reason`` once its death is seen."""
+        if self._kill_reason is not None or self.pid is None or self._eof:
+            return
+        self._kill_reason = reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _flush_later(self) -> None:
         raise NotImplementedError
@@ -365,31 +323,46 @@ class Base:
             self._event(args)
             return
         if kind in (_ERROR, _CANCELLED):
-            waiter = self._pending.pop(cid, None)
+            waiter = self._pending.get(cid)
             if waiter is None or waiter.done():
-                self._unexpected(cid, waiter)
+                self._unexpected(cid, self._pending.pop(cid, None))
                 return
             if kind == _ERROR:
+                # Rebuilt before the call leaves _pending: a broken record fails the connection,
+                # and with it this call too.
                 context = f"(raised in anyfork RPC worker pid {self.pid})"
-                waiter.set_exception(rebuild(payload, context, ours=False))
+                failure = _rebuild(payload, context, ours=False)
             else:
-                waiter.set_exception(RemoteError("the call was cancelled in the worker"))
+                failure = RemoteError("the call was cancelled in the worker")
+            del self._pending[cid]
+            waiter.set_exception(failure)
             return
-        if kind == W.READY and not self._ready:
+        if self._startup_error is None and kind in (W.READY, W.FAILED):
+            self._first_frame(kind, payload)
+            return
+        raise W.RpcWireError(f"unexpected frame {kind:#x}")
+
+    def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
+        """``READY``, or ``FAILED``: before ``READY`` the start-up error, after it the worker's
+        word that our stream broke the protocol (it stops)."""
+        if kind == W.READY:
+            if self._ready:
+                raise W.RpcWireError("a second READY")
             version, pid = W.parse_ready(bytes(payload))
             if version != W.VERSION:
-                raise ProtocolError(
-                    f"RPC protocol version {version} in the worker, {W.VERSION} here: the "
-                    f"parent and the worker import different anyfork versions"
-                )
+                mismatch = W.version_mismatch(W.VERSION, version)
+                self._startup_error = ProtocolError(f"{mismatch} (pid {pid})")
+                return
             self._ready = True
             self.pid = pid
             return
-        if kind == W.FAILED and not self._ready:
+        if not self._ready:
             context = f"(anyfork RPC worker pid {self.pid} failed to start)"
-            self._startup_error = rebuild(payload, context, ours=True)
+            self._startup_error = _rebuild(payload, context, ours=True)
             return
-        raise ProtocolError(f"unexpected frame {kind:#x} from the RPC worker")
+        context = f"(from anyfork RPC worker pid {self.pid})"
+        stopped = _rebuild(payload, context, ours=True)
+        raise ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}") from stopped
 
     def _unexpected(self, cid: int, waiter: Waiter) -> None:
         """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
@@ -398,7 +371,7 @@ class Base:
         if cid in self._abandoned:
             self._abandoned.discard(cid)
             return
-        raise ProtocolError(f"the worker answered call {cid}, which is not outstanding")
+        raise W.RpcWireError(f"an answer to call {cid}, which is not outstanding")
 
     def _event(self, args: tuple[Any, ...]) -> None:
         raise NotImplementedError
@@ -414,8 +387,16 @@ class Base:
             self._on_error(exc)
 
     def _recv_some(self, flags: int = 0) -> bool:
-        """One read into the decoder and handle every complete frame; ``True`` at EOF.  Raises
-        ``ProtocolError`` for a broken stream and ``OSError`` for a broken socket."""
+        """One read into the decoder, then handle every complete frame; ``True`` at EOF.
+
+        The one receive boundary of the connection: every decoding error (a bad header, a bad
+        ``READY``, a broken error record, an answer to no call) and a failed read come out as
+        ``ProtocolError`` naming the worker; the caller fails the connection with it
+        (``_broken``).  A frame cut by EOF is not one: the worker died writing it, and the
+        caller's EOF path says so (``WorkerDiedError``).  A frame is taken from the decoder
+        only when it is handled, so an exception from a handler (a blocking client's
+        ``on_event``) loses no frame.
+        """
         sock = self._sock
         assert sock is not None
         dec = self._dec
@@ -426,21 +407,36 @@ class Base:
             return False
         except ConnectionResetError:
             n = 0
+        except OSError as exc:
+            raise ProtocolError(
+                f"reading from the RPC worker (pid {self.pid}) failed: {exc}"
+            ) from exc
         finally:
             buf.release()
+        dec.buffer_updated(n)
+        next_frame = dec.next_frame
+        handle = self._handle
         try:
-            if n:
-                dec.buffer_updated(n)
-            else:
-                dec.feed_eof()
-            handle = self._handle
-            for frame in dec.take_frames():
+            while (frame := next_frame()) is not None:
                 handle(*frame)
-            if not n:
-                dec.next_frame()  # raises if the stream ended inside a frame
+        except W.TruncatedError:
+            return True
         except W.RpcWireError as exc:
-            raise ProtocolError(f"the RPC worker sent a broken stream: {exc}") from None
+            raise ProtocolError(
+                f"the RPC worker (pid {self.pid}) sent a broken stream: {exc}"
+            ) from exc.__cause__
         return not n
+
+    def _broken(self, err: ProtocolError) -> None:
+        """The connection failed (``_recv_some`` raised): fail every call, close the socket,
+        and tell ``on_error`` (before ``READY``, ``rpc()`` raises it instead)."""
+        started = self._ready
+        if not started and self._startup_error is None:
+            self._startup_error = err
+        self._fail_all(err)
+        self._close_socket()
+        if started:
+            self._report(err)
 
     # -- the end ------------------------------------------------------------------------------
 
@@ -481,7 +477,9 @@ class Base:
 
     def _died(self) -> WorkerDiedError:
         how = describe_returncode(self.returncode)
-        reason = f": {self._kill_reason}" if self._kill_reason else ""
+        if not self._dec.at_boundary():
+            how += ", in the middle of a frame"
+        reason = f": it was killed because {self._kill_reason}" if self._kill_reason else ""
         return WorkerDiedError(
             f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
             self.pid,
@@ -510,3 +508,12 @@ class Base:
             self._close_fired = True
             if self._on_close is not None:
                 self._on_close()
+
+
+def _rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
+    """``_errors.rebuild``, with bytes that are not an error record a decoding error like any
+    other (``_recv_some`` reports it)."""
+    try:
+        return rebuild(record, context, ours=ours)
+    except ProtocolError as exc:
+        raise W.RpcWireError("a broken error record") from exc

@@ -1,15 +1,13 @@
 """RPC, parent side: the blocking client, for programs without an event loop.
 
-It shares every line of frame handling with the asyncio client (``_rpc_base``) and does its
+It shares every line of frame handling with the asyncio client (``_base``) and does its
 I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
 reply has been handled (events on the way are delivered from inside the call).
 """
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
 import threading
 import time
@@ -20,7 +18,8 @@ from typing import Any
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish
-from ._base import EXIT_STATUS_WAIT, Base, Batch, Box
+from ._base import EXIT_STATUS_WAIT, Base
+from ._waiters import Batch, Box
 
 __all__ = ["BlockingClient"]
 
@@ -34,9 +33,12 @@ class BlockingClient(Base):
     :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
     threads take turns; ``on_event`` runs inside the call that reads the event.
 
-    ``timeout``: ``TimeoutError``; with the sync backend the worker is killed, with the async
-    backend its task is cancelled and the client stays usable.  A client dropped without
-    ``close()`` closes its socket when it is garbage-collected (the worker then exits).
+    ``timeout``: ``TimeoutError``; with the sync backend the worker is killed (the client is no
+    longer ``usable``, and a new call fails at once with ``WorkerDiedError``, as with
+    :class:`Client`), with the async backend its task is cancelled and the client stays usable.
+    An exception raised by ``on_event`` (or a ``KeyboardInterrupt``) abandons the call in
+    progress in the same way.  A client dropped without ``close()`` closes its socket when it
+    is garbage-collected (the worker then exits).
     """
 
     def __init__(self, *a: Any, **kw: Any):
@@ -152,11 +154,8 @@ class BlockingClient(Base):
                 flags = 0  # block in recv until the worker says something
             try:
                 eof = self._recv_some(flags)
-            except (ProtocolError, OSError) as exc:
-                err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read: {exc}")
-                self._fail_all(err)
-                self._close_socket()
-                self._report(err)
+            except ProtocolError as err:
+                self._broken(err)
                 return
             if eof:
                 self._eof = True
@@ -207,13 +206,9 @@ class BlockingClient(Base):
             self._closing = True
             try:
                 self._io_until(lambda: self._sock is None, deadline)
-            except BaseException:
-                if self.pid is not None and not self._eof:
-                    self._kill_reason = self._kill_reason or "it was killed by close()"
-                    try:
-                        os.kill(self.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            except BaseException as exc:
+                timed_out = isinstance(exc, TimeoutError)
+                self._kill("close() timed out" if timed_out else "close() was interrupted")
                 self.abort()
                 raise
             self._wait_exit()

@@ -15,8 +15,6 @@ EOF and exits.  A pending call's future holds its client, so nothing outstanding
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import weakref
 from collections.abc import Awaitable, Iterable
@@ -25,7 +23,8 @@ from typing import Any
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish, wait_for
-from ._base import EXIT_STATUS_WAIT, Base, Batch
+from ._base import EXIT_STATUS_WAIT, Base
+from ._waiters import Batch
 
 __all__ = ["Client"]
 
@@ -93,13 +92,17 @@ class Client(Base):
     with the child's traceback as ``__cause__``; ``EncodeError`` (side ``"parent"``) for
     arguments that cannot be serialised, before anything is sent; ``EncodeError`` (side
     ``"child"``) for a result that cannot; ``WorkerDiedError`` (``.pid``, ``.returncode``,
-    ``.signal``) for every outstanding call when the worker dies; ``ClosedError`` after
-    ``aclose``.  Only the dead-worker error ends the connection.
+    ``.signal``) for every outstanding call when the worker dies; ``ProtocolError`` (naming the
+    worker's pid) for every outstanding call when the stream breaks the protocol in either
+    direction; ``ClosedError`` for a call made after ``aclose`` or after such a failure.  Only
+    those two failures end the connection (``usable`` is then ``False``).
 
     Cancellation (and ``timeout``, which raises ``TimeoutError``): with the async backend the
     worker cancels the call's task and keeps serving.  With the sync backend the worker is
-    killed (SIGKILL; a running Python function cannot be interrupted safely), so every other
-    outstanding call fails with ``WorkerDiedError`` and the client is unusable afterwards.
+    killed (SIGKILL; a running Python function cannot be interrupted safely): from that moment
+    ``usable`` is ``False`` and a new call fails at once, unsent, with ``WorkerDiedError``
+    saying which call got the worker killed; every other outstanding call fails with
+    ``WorkerDiedError`` naming that call too.
 
     A client dropped without ``aclose()`` closes its connection when it is garbage-collected
     (the worker sees EOF and exits); ``aclose()`` is still the way to wait for that.
@@ -257,15 +260,10 @@ class Client(Base):
     def _on_readable(self) -> None:
         try:
             eof = self._recv_some()
-        except (ProtocolError, OSError) as exc:
-            err = exc if isinstance(exc, ProtocolError) else ProtocolError(f"read failed: {exc}")
+        except ProtocolError as err:
             self._stop_io()
-            if not self._ready:
-                self._startup_error = err
-                self._set(self._ready_fut)
-            self._fail_all(err)
-            self._close_socket()
-            self._report(err)
+            self._broken(err)
+            self._set(self._ready_fut)
             self._set(self._closed_fut)
             return
         if not self._ready_fut.done() and (self._startup_error is not None or self._ready):
@@ -365,8 +363,10 @@ class Client(Base):
                 await asyncio.shield(self._closed_fut)
             else:
                 await wait_for(asyncio.shield(self._closed_fut), timeout)
-        except BaseException:
-            self._kill()
+        except BaseException as exc:
+            self._kill(
+                "aclose() timed out" if isinstance(exc, TimeoutError) else "aclose() was cancelled"
+            )
             self.abort()
             raise
         await self._await_exit()
@@ -382,14 +382,6 @@ class Client(Base):
         self._close_socket()
         self._set(self._ready_fut)
         self._set(self._closed_fut)
-
-    def _kill(self) -> None:
-        if self.pid is not None and not self._eof:
-            self._kill_reason = self._kill_reason or "it was killed by aclose()"
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     async def __aenter__(self) -> Client:
         return self

@@ -6,9 +6,9 @@
     result = await client(1, 2, key="value")
     await client.aclose()
 
-The layer is split by role: ``_rpc_wire`` (frames, sans-IO, shared with the child),
-``_rpc_server`` (the child), ``_serializers`` (both sides), ``_rpc_base`` (the parent's frame
-handling and bookkeeping), ``_rpc_client`` (the asyncio :class:`Client`) and ``_rpc_blocking``
+The layer is split by role: ``_child._rpc_wire`` (frames, sans-IO, shared with the child),
+``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_base`` (the parent's
+frame handling and bookkeeping), ``_client`` (the asyncio :class:`Client`) and ``_blocking``
 (:class:`BlockingClient`).  This module is the entry point: it configures the process, starts
 the server in it and waits for its READY.
 """
@@ -26,7 +26,7 @@ from .._child import _rpc_wire as W
 from .._child._serializers import Codec
 from .._child._serializers import get as get_codec
 from .._core._process import Func, Process, func_ref
-from .._errors import AnyforkError
+from .._errors import AnyforkError, also_anyfork
 from .._util import publish
 from ._base import Backend
 from ._blocking import BlockingClient
@@ -76,15 +76,19 @@ def _prepare(
     init: Func | None,
     concurrency: int,
 ) -> Codec:
-    if backend not in ("sync", "async"):
-        raise ValueError(f"backend is 'sync' or 'async', not {backend!r}")
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency is a positive int, not {concurrency!r}")
-    codec = get_codec(serializer)
-    config = W.pack_config(
-        func_ref(func), backend, serializer, func_ref(init) if init is not None else "", concurrency
-    )
-    proc.send_arg(config)
+    """Check the arguments, build the serialiser and send the configuration.  What fails here is
+    a start-up failure like those the worker reports: its own type and an ``AnyforkError``."""
+    try:
+        if backend not in ("sync", "async"):
+            raise ValueError(f"backend is 'sync' or 'async', not {backend!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency is a positive int, not {concurrency!r}")
+        codec = get_codec(serializer)
+        init_ref = func_ref(init) if init is not None else ""
+        config = W.pack_config(func_ref(func), backend, serializer, init_ref, concurrency)
+        proc.send_arg(config)
+    except Exception as exc:
+        raise also_anyfork(exc) from exc.__cause__
     return codec
 
 
@@ -126,10 +130,13 @@ async def rpc(
         timeout: seconds for the start-up (``TimeoutError``).
 
     Raises:
-        The start-up error: a wrong function name (``AttributeError``, ``ModuleNotFoundError``),
-        an exception in ``init`` (its own type), a protocol-version mismatch
-        (``RuntimeError``), a worker that died first (``SpawnError``); ``ImportError`` for a
-        serialiser whose package is missing here.
+        The start-up error, as its own type and an ``AnyforkError`` both (``except
+        ModuleNotFoundError`` and ``except anyfork.AnyforkError`` both catch it): a wrong
+        function name (``AttributeError``, ``ModuleNotFoundError``), an exception in ``init``
+        (its own type), a serialiser that cannot be built here or in the worker
+        (``ImportError``, ``ValueError``...), a bad argument (``ValueError``); a worker that
+        died first (``SpawnError``); a protocol-version mismatch or a broken stream
+        (``ProtocolError``, naming the worker's pid); ``TimeoutError`` after ``timeout``.
 
     Cancellation: the connection is closed; the worker sees EOF and exits.
     """
