@@ -470,11 +470,39 @@ def test_oversize_payload(limit: int) -> None:
         dec.next_frame()
 
 
-def test_default_limit_accepts_the_largest_header() -> None:
+def test_default_limit_is_the_documented_maximum_command() -> None:
     dec = Decoder(ALL_OPS)
-    dec.receive(_wire.HEADER.pack(_wire.EVAL, 0xFFFFFFFF))
+    dec.receive(_wire.HEADER.pack(_wire.EVAL, _wire.MAX_COMMAND))
+    assert dec.next_frame() is None  # accepted: waiting for the payload
+    for claimed in (_wire.MAX_COMMAND + 1, 0xFFFFFFFF):
+        dec = Decoder(ALL_OPS)
+        dec.receive(_wire.HEADER.pack(_wire.EVAL, claimed))
+        with pytest.raises(WireError, match=f"a frame of {claimed} bytes exceeds the limit"):
+            dec.next_frame()
+
+
+@pytest.mark.parametrize("claimed", [_wire.MAX_READ + 1, 1 << 20, _wire.MAX_COMMAND])
+def test_want_grows_with_what_arrives_not_with_what_a_header_claims(claimed: int) -> None:
+    """A reader allocates what ``want()`` asks for: never more than MAX_READ at once, however
+    big a frame its header claims, and the buffer holds only what has arrived."""
+    dec = Decoder(ALL_OPS)
+    dec.receive(_wire.HEADER.pack(_wire.EVAL, claimed))
     assert dec.next_frame() is None
-    assert dec.want() == 0xFFFFFFFF
+    assert dec.want() == _wire.MAX_READ
+    dec.receive(b"x" * 10)
+    assert dec.next_frame() is None
+    assert dec.want() == min(_wire.MAX_READ, claimed - 10)
+    assert len(dec._buf) == 10
+    dec.receive(b"")
+    with pytest.raises(WireError, match="EOF in the middle"):
+        dec.next_frame()
+
+
+def test_a_frame_larger_than_one_read_comes_out_whole() -> None:
+    payload = bytes(range(256)) * (3 * _wire.MAX_READ // 256 + 7)
+    stream = frame(_wire.EVAL, payload) + frame(_wire.PID)
+    dec = Decoder(ALL_OPS)
+    assert feed_by_want(dec, stream, [(_wire.EVAL, payload), (_wire.PID, b"")]) == len(stream)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SAMPLES))

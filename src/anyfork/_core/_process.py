@@ -7,29 +7,35 @@ process's queue *and every queue it depends on* (the template that must fork it,
 own template...), then read the child's reports up to RUNNING and hand the socket over.
 
 Errors a child reports (a failed import, an exception in eval code, a missing function) end that
-child; the parent raises them at the next wait, as the original exception type where it is a
-builtin (``ModuleNotFoundError``, ``AttributeError``...) with the child's traceback as cause.
+child; the parent raises them at the next wait, as their own type and an ``AnyforkError`` at once
+(``_errors.rebuild``), with the child's traceback as cause.  Bytes that break the protocol are a
+``ProtocolError`` naming the process: ``_receive`` is the one place reports are read and parsed.
 A dead template fails the next ``fork`` at once and every process queued behind it at its ``run``.
+
+While it waits for a forked child, a process also drains its template's reports (the exits of
+the template's other children), so that a burst of children never leaves them piling up.
+Dropping or closing a process before ``run`` still delivers what was queued for it
+(``_channel.release``).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
-import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._child import _wire
-from .._errors import ClosedError, SpawnError, describe_returncode, rebuild
+from .._errors import ClosedError, SpawnError
 from .._util import publish
 from . import _reaper
-from ._channel import READ, WRITE, Channel, Op, Wait, drive_async, drive_blocking
+from ._channel import Channel
+from ._drive import drive_async, drive_blocking, release
+from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
 
 if TYPE_CHECKING:
     from .._rpc._start import BlockingClient, Client
@@ -45,13 +51,8 @@ FdLike = int | _HasFileno
 Func = str | Callable[..., Any]
 P = TypeVar("P", bound="Process")
 
-#: How long the error path waits for a template to report how a child died.
-_EXIT_REPORT_WAIT = 1.0
 
-_OPEN, _HANDED, _CLOSED = "open", "handed", "closed"
-
-
-class Process:
+class Process(ProcessProtocol):
     """A process that serves commands until ``run`` hands it a function and a socket.
 
     Create one with :func:`anyfork.new`, :func:`anyfork.new_exec`, :meth:`fork`,
@@ -60,7 +61,8 @@ class Process:
     Any process is a template: :meth:`fork` makes a child of it that inherits everything sent
     to it so far (modules, ``eval`` state, args and fds), and it keeps serving.  Closing a
     process (``close()``, ``with``, or dropping the last reference) closes the parent's end of
-    its socket, and a process that has not run yet exits when it sees that.
+    its socket once everything queued for it has been written: a process that has not run
+    carries out every command it was sent, then sees EOF and exits ("configure and forget").
     """
 
     def __init__(
@@ -71,17 +73,9 @@ class Process:
         template: Process | None = None,
         direct: bool = False,
     ):
-        self._chan = chan
-        self._pid = pid
-        self._started = False  # the child has reported in (STARTED or RUNNING)
-        self._template = template
-        self._direct = direct
-        self._state = _OPEN
-        self._failure: BaseException | None = None
-        self._fork_failures: deque[str] = deque(maxlen=64)
-        self._exits: dict[int, int] = {}
-        self._lock = threading.RLock()
-        self._finalizer = weakref.finalize(self, chan.close)
+        super().__init__(chan, pid=pid, template=template, direct=direct)
+        # Not a method of self: the finaliser must not keep the process alive.
+        self._finalizer = weakref.finalize(self, release, chan, self._template_channels())
         _channels.add(chan)
 
     def __repr__(self) -> str:
@@ -145,7 +139,14 @@ class Process:
                 try:
                     dups.append(os.dup(fd))
                 except OSError as exc:
-                    raise ValueError(f"send_fh: {handle!r} is not an open file descriptor") from exc
+                    if exc.errno == errno.EBADF:
+                        raise ValueError(
+                            f"send_fh: {handle!r} is not an open file descriptor"
+                        ) from exc
+                    # EMFILE, ENFILE: the fd is fine, making a copy of it to send is not.
+                    raise OSError(
+                        exc.errno, f"{exc.strerror} (send_fh could not duplicate fd {fd})"
+                    ) from exc
         except BaseException:
             for fd in dups:
                 os.close(fd)
@@ -168,21 +169,31 @@ class Process:
         fd = child_end.detach()
         child = Process(Channel(parent_end), template=self)
         try:
-            self._send(_wire.FORK, b"", [fd])
+            child._fork_frame = self._command(_wire.FORK, b"", [fd])
         except BaseException:
             child.close()
             raise
         return child
 
     def _send(self: P, op: int, payload: bytes, fds: list[int] | None = None) -> P:
+        self._command(op, payload, fds)
+        return self
+
+    def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
+        """Queue a command, write what the socket takes; return the frame's number."""
         try:
             self._check_open()
+            if len(payload) > _wire.MAX_COMMAND:
+                raise ValueError(
+                    f"a command of {len(payload)} bytes exceeds the maximum of "
+                    f"{_wire.MAX_COMMAND} bytes (anyfork._child._wire.MAX_COMMAND)"
+                )
         except BaseException:
             for fd in fds or ():
                 os.close(fd)
             raise
         try:
-            self._chan.queue(_wire.frame(op, payload), fds)
+            number = self._chan.queue(_wire.frame(op, payload), fds)
             self._chan.flush_nowait()
         except OSError as exc:
             # Gone.  Read what it reported before it went (why it died), then let go of the
@@ -192,7 +203,7 @@ class Process:
             self._chan.close()
             self._raise_if_failed()
             raise SpawnError(f"{self._name()} is gone ({exc})") from exc
-        return self
+        return number
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -242,8 +253,9 @@ class Process:
     async def wait_started(self, *, timeout: float | None = None) -> int:
         """Wait until the process exists and has reported its pid; return it.
 
-        Raises the error of a failed command, or ``SpawnError`` if it died.  Cancellation leaves
-        the process as it was."""
+        Raises the error of a failed command that has been reported by then (the command's
+        error, as for :meth:`run`), or ``SpawnError`` if it died.  Cancellation leaves the
+        process as it was."""
         pid: int = await drive_async(self._started_op(), timeout)
         return pid
 
@@ -273,11 +285,16 @@ class Process:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the parent's end: a process that has not run exits, a template stops serving
-        (children already forked live on)."""
+        """Let go of the process: once everything queued for it has been written (see
+        :func:`anyfork._core._channel.release` for when that waits), the parent's end is
+        closed.  A process that has not run then carries out what it was sent and exits; a
+        template stops serving (children already forked live on).  A ``run`` or ``to_fh`` in
+        progress is abandoned."""
         if self._state == _OPEN:
             self._state = _CLOSED
-        self._chan.close()
+            self._finalizer()
+        else:
+            self._chan.close()
         _reaper.poll()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -305,39 +322,11 @@ class Process:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _name(self) -> str:
-        return f"process pid {self._pid}" if self._pid is not None else "process"
-
     def _check_open(self) -> None:
         if self._state == _HANDED:
             raise ClosedError("this process has already run (or been handed over with to_fh)")
         if self._state == _CLOSED:
             raise ClosedError("this process has been closed")
-
-    def _usable(self) -> bool:
-        """Open and not known to be dead (checks the reports that have arrived)."""
-        if self._state != _OPEN or self._chan.sock is None:
-            return False
-        self._poll_reports()
-        return self._failure is None
-
-    def _check_exit(self) -> None:
-        """Note a death the OS has already told us about.
-
-        The socket alone can lag: a child the template forked a moment before it died still
-        holds the template's socket until it gets to run and closes it, so for that moment the
-        dead template's socket shows no EOF."""
-        if self._failure is None and self._pid is not None:
-            code = _reaper.known(self._pid) if self._direct else self._known_exit_code()
-            if code is not None:
-                self._failure = self._death(code)
-
-    def _raise_if_failed(self) -> None:
-        failure = self._failure
-        if isinstance(failure, SpawnError):
-            raise SpawnError(str(failure)) from failure.__cause__
-        if failure is not None:
-            raise SpawnError(f"{self._name()} failed earlier: {failure}") from failure
 
     def _start_run(self, func: Func) -> str:
         ref = func_ref(func)
@@ -354,163 +343,6 @@ class Process:
     def _start_handover(self) -> None:
         self._check_open()
         self._state = _HANDED
-
-    def _poll_reports(self) -> None:
-        """Handle every report that has arrived, without waiting."""
-        with self._lock:
-            while self._chan.sock is not None:
-                frame = self._chan.read_nowait()
-                if frame is None:
-                    if self._chan.decoder.eof and self._failure is None:
-                        self._failure = self._death(None)
-                    self._check_exit()
-                    return
-                self._handle(frame)
-
-    def _handle(self, frame: tuple[int, bytes, list[int]]) -> None:
-        op, payload, _ = frame
-        if op in (_wire.STARTED, _wire.RUNNING):
-            self._pid = _wire.unpack_u32(payload)
-            self._started = True
-        elif op == _wire.ERROR:
-            stage, record = _wire.unpack_values(payload)
-            if not isinstance(stage, str) or not isinstance(record, bytes):
-                raise _wire.WireError("an ERROR report is [stage, record]")
-            self._failure = rebuild(record, f"(in {stage} of {self._name()})", ours=True)
-        elif op == _wire.FORK_FAILED:
-            self._fork_failures.append(_wire.unpack_strings(payload)[0])
-        elif op == _wire.EXITED:
-            pid, status = _wire.EXIT.unpack(payload)
-            if len(self._exits) > 4096:
-                self._exits.pop(next(iter(self._exits)))
-            self._exits[pid] = os.waitstatus_to_exitcode(status)
-
-    def _death(self, returncode: int | None) -> SpawnError:
-        """The error for a process whose socket reached EOF before ``run``."""
-        if self._pid is None:
-            tmpl = self._template
-            if tmpl is not None:
-                tmpl._poll_reports()
-                if tmpl._fork_failures:
-                    return SpawnError(f"its template could not fork it: {tmpl._fork_failures[0]}")
-                if tmpl._failure is not None:
-                    err = SpawnError(f"its template failed before forking it: {tmpl._failure}")
-                    err.__cause__ = tmpl._failure
-                    return err
-            return SpawnError("the process exited before it started")
-        if returncode is None:
-            returncode = self._known_exit_code()
-        how = describe_returncode(returncode)
-        return SpawnError(f"{self._name()} exited before run ({how})")
-
-    def _known_exit_code(self) -> int | None:
-        """The exit code if it is already known (reaped here, or reported by the template)."""
-        if self._pid is None:
-            return None
-        if self._direct:
-            return _reaper.returncode(self._pid)
-        tmpl = self._template
-        if tmpl is None:
-            return None
-        tmpl._poll_reports()
-        return tmpl._exits.get(self._pid)
-
-    def _exit_code_op(self) -> Op[int | None]:
-        """How did this (dead) process end?  Direct children: the reaper; forked ones: their
-        template's EXITED report, waited for briefly."""
-        pid = self._pid
-        if pid is None:
-            return None
-        if self._direct:
-            # Its socket is closed, so it is exiting: bounded polling for the OS to say how
-            # (timer waits: the asyncio driver sleeps them without blocking the loop).
-            until = time.monotonic() + 0.1
-            while (code := _reaper.returncode(pid)) is None and time.monotonic() < until:
-                yield Wait(READ, None, min(until, time.monotonic() + 0.002))
-            return code
-        tmpl = self._template
-        if tmpl is None:
-            return None
-        until = time.monotonic() + _EXIT_REPORT_WAIT
-        while pid not in tmpl._exits and tmpl._chan.sock is not None:
-            tmpl._poll_reports()
-            if pid in tmpl._exits or tmpl._chan.decoder.eof:
-                break
-            if not (yield Wait(READ, tmpl._chan, until)):
-                break
-        return tmpl._exits.pop(pid, None)
-
-    def _flush_op(self) -> Op[None]:
-        """Flush the queues this process depends on, oldest template first."""
-        chain: list[Process] = []
-        proc: Process | None = self
-        while proc is not None:
-            chain.append(proc)
-            proc = proc._template
-        for proc in reversed(chain):
-            while True:
-                try:
-                    if proc._chan.flush_nowait():
-                        break
-                except OSError as exc:
-                    proc._poll_reports()
-                    if proc is not self:
-                        raise SpawnError(
-                            f"the template ({proc._name()}) died before forking this process"
-                        ) from (proc._failure or exc)
-                    failure = proc._failure
-                    if failure is None:
-                        failure = self._death((yield from self._exit_code_op()))
-                    raise failure from None
-                yield Wait(WRITE, proc._chan)
-
-    def _reports_until(self, done: Callable[[], bool]) -> Op[None]:
-        """Read reports until ``done()``; raise the child's error, or its death."""
-        while not done():
-            frame = self._chan.read_nowait()
-            if frame is not None:
-                self._handle(frame)
-                if self._failure is not None:
-                    raise self._failure
-                continue
-            if self._chan.decoder.eof or self._chan.sock is None:
-                if self._failure is None:
-                    self._failure = self._death((yield from self._exit_code_op()))
-                raise self._failure
-            yield Wait(READ, self._chan)
-
-    def _run_op(self, ref: str) -> Op[socket.socket]:
-        try:
-            yield from self._flush_op()
-            yield from self._reports_until(lambda: self._chan.decoder.stopped)
-            return self._chan.detach()
-        finally:
-            if self._chan.sock is not None and not self._chan.decoder.stopped:
-                self._chan.close()  # failed, cancelled or timed out: let the child go
-
-    def _handover_op(self) -> Op[socket.socket]:
-        try:
-            yield from self._flush_op()
-            while not self._chan.decoder.at_boundary():
-                yield from self._reports_until(lambda: self._chan.decoder.at_boundary())
-            self._poll_reports()
-            if self._failure is not None:
-                raise self._failure
-            return self._chan.detach()
-        finally:
-            if self._chan.sock is not None:
-                self._chan.close()
-
-    def _started_op(self) -> Op[int]:
-        if self._state == _OPEN:
-            yield from self._flush_op()
-            # Not merely "pid known": an exec'd child's pid is known at once, but it has not
-            # necessarily started (imported anyfork, opened its socket) yet.
-            yield from self._reports_until(lambda: self._started)
-        self._raise_if_failed()
-        if self._pid is None:
-            raise ClosedError("the process was closed before it reported its pid")
-        return self._pid
 
 
 def func_ref(func: Func) -> str:
@@ -540,9 +372,7 @@ def _close_in_child() -> None:
     """A forked copy of this program (ours or the user's) must not hold our processes' sockets:
     they would keep templates alive after we are gone, and two processes would share them."""
     for chan in list(_channels):
-        sock, chan.sock = chan.sock, None
-        if sock is not None:
-            sock.close()
+        chan.forget()
     _channels.clear()
 
 
