@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -209,6 +209,35 @@ def test_unpack_ints() -> None:
     fds = [0, 3, 1023, -1, 2**31 - 1]
     assert _wire.unpack_ints(struct.pack(f"{len(fds)}i", *fds)) == tuple(fds)
     assert _wire.unpack_ints(b"") == ()
+
+
+def test_report_payloads() -> None:
+    assert _wire.unpack_error(pack_values(["eval", b"record"])) == ("eval", b"record")
+    assert _wire.unpack_message(pack_values(["fork failed"])) == "fork failed"
+    assert _wire.unpack_exit(_wire.EXIT.pack(12, 3 << 8)) == (12, 3)  # exit status 3
+    assert _wire.unpack_exit(_wire.EXIT.pack(12, 9)) == (12, -9)  # killed by signal 9
+    assert _wire.version_error(b"rec") == frame(_wire.ERROR, pack_values(["version", b"rec"]))
+
+
+@pytest.mark.parametrize(
+    ("unpack", "payload", "message"),
+    [
+        (_wire.unpack_error, pack_values(["eval"]), "an ERROR report is"),
+        (_wire.unpack_error, pack_values([b"eval", b"record"]), "an ERROR report is"),
+        (_wire.unpack_error, pack_values(["eval", "record"]), "an ERROR report is"),
+        (_wire.unpack_error, b"junk", "truncated value header"),
+        (_wire.unpack_message, b"", "expected one message, got 0"),
+        (_wire.unpack_message, pack_values(["a", "b"]), "expected one message, got 2"),
+        (_wire.unpack_message, pack_values([b"a"]), "expected a list of strings"),
+        (_wire.unpack_exit, b"\0" * 7, "an EXITED report is 8 bytes, not 7"),
+        (_wire.unpack_exit, _wire.EXIT.pack(1, 0x137F), "0x137f is not a wait status"),
+    ],
+)
+def test_report_payload_errors(
+    unpack: Callable[[bytes], object], payload: bytes, message: str
+) -> None:
+    with pytest.raises(WireError, match=message):
+        unpack(payload)
 
 
 @pytest.mark.parametrize(
@@ -606,6 +635,17 @@ def test_stop_after_property(frames: list[Frame], user: bytes) -> None:
 # -- hypothesis: garbage in, only WireError out ----------------------------------------------------
 
 
+#: Every payload decoder: garbage in, only WireError out.
+UNPACKERS = (
+    unpack_values,
+    _wire.unpack_strings,
+    _wire.unpack_u32,
+    _wire.unpack_error,
+    _wire.unpack_message,
+    _wire.unpack_exit,
+)
+
+
 def _decode_garbage(dec: Decoder, chunks: Iterable[bytes], limit: int) -> None:
     """Decode everything, unpacking each payload every way; only WireError may escape."""
     steps = 0
@@ -616,7 +656,7 @@ def _decode_garbage(dec: Decoder, chunks: Iterable[bytes], limit: int) -> None:
             assert steps <= limit, "the decoder produced more frames than the input can hold"
             _, payload, fds = f
             assert fds == []
-            for unpack in (unpack_values, _wire.unpack_strings, _wire.unpack_u32):
+            for unpack in UNPACKERS:
                 try:
                     unpack(payload)
                 except WireError:
@@ -675,7 +715,7 @@ def test_garbage_in_only_wire_error_out(
 @settings(FAST, max_examples=600)  # cheap enough: about 0.7 s
 @given(st.one_of(st.binary(max_size=200), value_garbage))
 def test_garbage_values_only_wire_error(payload: bytes) -> None:
-    for unpack in (unpack_values, _wire.unpack_strings, _wire.unpack_u32):
+    for unpack in UNPACKERS:
         try:
             unpack(payload)
         except WireError:

@@ -15,7 +15,7 @@ A dead template fails the next ``fork`` at once and every process queued behind 
 While it waits for a forked child, a process also drains its template's reports (the exits of
 the template's other children), so that a burst of children never leaves them piling up.
 Dropping or closing a process before ``run`` still delivers what was queued for it
-(``_channel.release``).
+(``_drive.release``).
 """
 
 from __future__ import annotations
@@ -285,11 +285,15 @@ class Process(ProcessProtocol):
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Let go of the process: once everything queued for it has been written (see
-        :func:`anyfork._core._channel.release` for when that waits), the parent's end is
-        closed.  A process that has not run then carries out what it was sent and exits; a
-        template stops serving (children already forked live on).  A ``run`` or ``to_fh`` in
-        progress is abandoned."""
+        """Let go of the process: the parent's end is closed once everything queued for it
+        (and its FORK frame, still queued on its template) has been written.  A process that
+        has not run then carries out every command it was sent and exits; a template stops
+        serving (children already forked live on).  Dropping the last reference does the same.
+
+        Usually the kernel takes everything at once and this returns at once.  Otherwise, in a
+        thread with a running event loop a task on that loop writes the rest (and finishes it
+        when the loop shuts down); in any other thread this blocks until the process (or its
+        template) has read enough of it.  A ``run`` or ``to_fh`` in progress is abandoned."""
         if self._state == _OPEN:
             self._state = _CLOSED
             self._finalizer()

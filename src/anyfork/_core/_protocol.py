@@ -8,7 +8,7 @@ process, which fails it and closes the channel for good.  Errors a child reports
 import, an exception in eval code, a missing function) are rebuilt as their own type and an
 ``AnyforkError`` at once (``_errors.rebuild``).
 
-The waits are written once, as generators run by ``_channel.drive_async`` and
+The waits are written once, as generators run by ``_drive.drive_async`` and
 ``drive_blocking``: flushing what a process depends on (its templates' queues, up to the FORK
 frame that makes it), and reading its reports, up to RUNNING (``run``), a frame boundary
 (``to_fh``) or STARTED (``wait_started``).  While a wait is for a forked child, its template's
@@ -277,11 +277,17 @@ class ProcessProtocol:
                 self._chan.close()
 
     def _started_op(self) -> Op[int]:
-        if self._state == _OPEN:
-            yield from self._flush_op()
-            # Not merely "pid known": an exec'd child's pid is known at once, but it has not
-            # necessarily started (imported anyfork, opened its socket) yet.
-            yield from self._reports_until(lambda: self._started)
+        try:
+            if self._state == _OPEN:
+                yield from self._flush_op()
+                # Not merely "pid known": an exec'd child's pid is known at once, but it has not
+                # necessarily started (imported anyfork, opened its socket) yet.
+                yield from self._reports_until(lambda: self._started)
+        finally:
+            if self._failure is not None:
+                # Failed for good (a failed command ends the child): let go of the socket now,
+                # not when the error, its traceback and so this object are collected.
+                self._chan.close()
         if self._failure is not None:
             raise self._failure
         if self._pid is None:

@@ -1,0 +1,169 @@
+"""Bursts of children through one template (issue 8, point 2).
+
+A template reports every child's exit (EXITED) to its creator.  It must never block on a creator
+that has not read them yet: a template blocked in a write stops reading FORK frames, and every
+child still queued behind them then waits for ever.  And the parent drains a template's reports
+on its own, whenever it waits for one of the template's children.
+
+``ANYFORK_BURST`` sets the burst size (default 600; the issue's bar is 5,000, checked with
+``ANYFORK_BURST=5000``); any size above a few hundred overflowed the template's socket before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import anyfork
+from helpers import FACES, eventually, recv_all, state
+
+BURST = int(os.environ.get("ANYFORK_BURST", "600"))
+#: For the whole burst; a hang shows as a TimeoutError here, before pytest-timeout's backstop.
+DEADLINE = 50.0
+THREADS = 8
+
+MakeChild = Callable[[], anyfork.Process]
+
+
+@pytest.fixture(params=["default", "user"])
+def make_child(request: pytest.FixtureRequest) -> Iterator[MakeChild]:
+    """Children of the default template (``anyfork.new``) or of a template of the test's own."""
+    if request.param == "default":
+        yield anyfork.new
+        return
+    with anyfork.new() as tmpl:
+        yield tmpl.fork
+
+
+async def _read_all(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    chunks = []
+    while chunk := await loop.sock_recv(sock, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_burst_on_an_event_loop(make_child: MakeChild) -> None:
+    async def one(i: int) -> bytes:
+        sock = await make_child().send_arg(str(i)).run("childfuncs:echo_args", timeout=DEADLINE)
+        with sock:
+            return await _read_all(sock)
+
+    async def main() -> list[bytes]:
+        burst = asyncio.gather(*(one(i) for i in range(BURST)))
+        return await asyncio.wait_for(burst, DEADLINE)
+
+    assert asyncio.run(main()) == [repr(str(i)).encode() for i in range(BURST)]
+
+
+def test_burst_from_threads(make_child: MakeChild) -> None:
+    """Each thread forks its share at once, then runs them one by one: the blocking face."""
+    results: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+
+    def share(first: int, count: int) -> None:
+        try:
+            procs = [(i, make_child().send_arg(str(i))) for i in range(first, first + count)]
+            for i, proc in procs:
+                with proc.run_blocking("childfuncs:echo_args", timeout=DEADLINE) as sock:
+                    results[i] = recv_all(sock)
+        except BaseException as exc:
+            errors.append(exc)
+
+    per = BURST // THREADS
+    threads = [threading.Thread(target=share, args=(t * per, per)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert not errors
+    assert results == {i: repr(str(i)).encode() for i in range(per * THREADS)}
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_a_template_never_blocks_on_exit_reports_nobody_has_read(face: str) -> None:
+    """Deterministically what a burst did by chance: the template's children exit while it is
+    stopped (so that it reaps them all at once, more exits than its socket holds), with FORK
+    frames waiting behind in its input.  It must report them all and fork what waits; and a
+    wait for one of its children, spanning all that, drains the reports."""
+    exited, queued = 400, 10
+    gate_r, gate_w = os.pipe()
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        first = [tmpl.fork() for _ in range(exited)]
+        pids = {proc.wait_started_blocking(timeout=10) for proc in first}
+        witness = (
+            tmpl.fork()
+            .send_fh(gate_r)
+            .eval("import anyfork.worker\nanyfork.worker.take_args()[0].read(1)")
+        )
+        os.close(gate_r)
+        witness.wait_started_blocking(timeout=10)
+        os.kill(tmpl_pid, signal.SIGSTOP)
+        try:
+            eventually(lambda: state(tmpl_pid) == "T", what="the template to stop")
+            second = [tmpl.fork().send_arg(str(i)) for i in range(queued)]
+            if face == "asyncio":
+                outputs = asyncio.run(
+                    _stopped_and_resumed(tmpl_pid, first, second, witness, gate_w)
+                )
+            else:
+                outputs = _stopped_and_resumed_blocking(tmpl_pid, first, second, witness, gate_w)
+        finally:
+            os.kill(tmpl_pid, signal.SIGCONT)
+            os.close(gate_w)
+        assert outputs == [repr(str(i)).encode() for i in range(queued)]
+        # The witness's wait drained the template's reports: every exit is known.
+        assert pids <= set(tmpl._exits)
+
+
+async def _stopped_and_resumed(
+    tmpl_pid: int,
+    first: list[anyfork.Process],
+    second: list[anyfork.Process],
+    witness: anyfork.Process,
+    gate_w: int,
+) -> list[bytes]:
+    async def run(proc: anyfork.Process) -> bytes:
+        with await proc.run("childfuncs:echo_args", timeout=DEADLINE) as sock:
+            return await _read_all(sock)
+
+    watching = asyncio.ensure_future(witness.run("childfuncs:echo_args", timeout=DEADLINE))
+    await asyncio.wait_for(asyncio.gather(*(run(proc) for proc in first)), DEADLINE)
+    os.kill(tmpl_pid, signal.SIGCONT)  # it reaps them all at once: more than its socket holds
+    outputs = await asyncio.wait_for(asyncio.gather(*(run(proc) for proc in second)), DEADLINE)
+    os.write(gate_w, b"x")
+    (await asyncio.wait_for(watching, DEADLINE)).close()
+    return outputs
+
+
+def _stopped_and_resumed_blocking(
+    tmpl_pid: int,
+    first: list[anyfork.Process],
+    second: list[anyfork.Process],
+    witness: anyfork.Process,
+    gate_w: int,
+) -> list[bytes]:
+    def run(proc: anyfork.Process) -> bytes:
+        with proc.run_blocking("childfuncs:echo_args", timeout=DEADLINE) as sock:
+            return recv_all(sock)
+
+    watched: list[bytes] = []
+    watching = threading.Thread(target=lambda: watched.append(run(witness)))
+    watching.start()
+    try:
+        for proc in first:
+            run(proc)
+        os.kill(tmpl_pid, signal.SIGCONT)  # it reaps them all at once: more than its socket holds
+        outputs = [run(proc) for proc in second]
+    finally:
+        os.write(gate_w, b"x")
+        watching.join(DEADLINE)
+    assert watched == [b""]
+    return outputs
