@@ -189,17 +189,12 @@ def unpack_exit(payload: bytes) -> tuple[int, int]:
     if len(payload) != EXIT.size:
         raise WireError(f"an EXITED report is {EXIT.size} bytes, not {len(payload)}")
     pid, status = EXIT.unpack(payload)
+    from os import waitstatus_to_exitcode  # (the parent's: ``os`` is loaded, no import cost)
+
     try:
-        code = _waitstatus_to_exitcode(status)
+        return pid, waitstatus_to_exitcode(status)
     except ValueError:
         raise WireError(f"{status:#x} is not a wait status") from None
-    return pid, code
-
-
-def _waitstatus_to_exitcode(status: int) -> int:
-    from os import waitstatus_to_exitcode  # (``os`` is loaded already: no import cost)
-
-    return waitstatus_to_exitcode(status)
 
 
 def version_error(record: bytes) -> bytes:

@@ -9,11 +9,12 @@ line of protocol logic.  The channel reads bytes; ``ProcessProtocol._receive`` (
 where they become reports.
 
 Several coroutines may wait on one channel at once (every child of a template flushes the
-template's queue and drains its reports): the asyncio side keeps one fd watcher per event loop,
-channel and direction, because ``loop.add_reader`` on an fd silently replaces the previous
-callback.  A burst of thousands of children waiting on one template must not cost thousands of
-wake-ups per event: writers are woken only once the frame each waits for is written (the watcher
-writes), and of the drains one is called per readable event.
+template's queue): the asyncio side keeps one fd watcher per event loop, channel and direction,
+because ``loop.add_reader`` on an fd silently replaces the previous callback.  A burst of
+thousands of children waiting on one template must not cost thousands of wake-ups per event:
+writers are woken only once the frame each waits for is written (the watcher writes).  A
+template's reports are drained by its watcher on each loop that has waited for one of its
+children (``keep_drained``), from then on: no fd watcher is added and removed per wait.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import socket
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, TypeVar
@@ -82,16 +84,16 @@ class _Watch:
     heap of ``(frame number, n, future)``, each resolved once the frames up to its number are
     written (the watcher writes them: a burst of children all waiting for their FORK frames
     on one template costs one write per writable event, not one wake-up per child);
-    ``drains``: callables (with a count) of which one is called when the socket is readable
-    (a drain reads everything there is).  ``watching[kind]``: the loop's fd watcher is on."""
+    ``drain``: a weak reference to what reads the socket whenever it is readable (see
+    ``keep_drained``).  ``watching[kind]``: the loop's fd watcher is on."""
 
-    __slots__ = ("drains", "heap", "readers", "watching", "writers")
+    __slots__ = ("drain", "heap", "readers", "watching", "writers")
 
     def __init__(self) -> None:
         self.readers: dict[asyncio.Future[bool], None] = {}
         self.writers: dict[asyncio.Future[bool], int] = {}
         self.heap: list[tuple[int, int, asyncio.Future[bool]]] = []
-        self.drains: dict[Callable[[], None], int] = {}
+        self.drain: weakref.WeakMethod[Callable[[], None]] | None = None
         self.watching = [False, False]
 
 
@@ -262,28 +264,28 @@ class Channel:
                 (watch.readers if kind == READ else watch.writers).pop(fut, None)
                 self._update(loop, watch, kind)
 
-    def add_drain(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
-        """Call ``drain`` (on ``loop``) whenever the socket is readable, until discarded."""
-        with self._lock:
-            if self.sock is None:
-                return
-            watch = self._watches.get(loop) or self._watches.setdefault(loop, _Watch())
-            watch.drains[drain] = watch.drains.get(drain, 0) + 1
-            self._update(loop, watch, READ)
+    def keep_drained(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
+        """From now on, call ``drain`` (a bound method, on ``loop``) whenever the socket is
+        readable, for as long as the channel, the loop and ``drain``'s object live.
 
-    def discard_drain(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
+        A template's reports are drained this way once a child's wait has asked for it, rather
+        than by an fd watcher added and removed for every wait (what the hot path would pay)."""
+        watch = self._watches.get(loop)
+        if watch is not None and watch.drain is not None:
+            return
         with self._lock:
-            watch = self._watches.get(loop)
-            if watch is not None and drain in watch.drains:
-                count = watch.drains.pop(drain) - 1
-                if count:
-                    watch.drains[drain] = count
-                self._update(loop, watch, READ)
+            if not self.readable():
+                return
+            for closed in [each for each in self._watches if each.is_closed()]:
+                del self._watches[closed]  # (nothing to unwatch on a closed loop)
+            watch = self._watches.get(loop) or self._watches.setdefault(loop, _Watch())
+            watch.drain = weakref.WeakMethod(drain)
+            self._update(loop, watch, READ)
 
     def _update(self, loop: asyncio.AbstractEventLoop, watch: _Watch, kind: int) -> None:
         """Turn ``loop``'s fd watcher for ``kind`` on or off, as its waiters need."""
         if kind == READ:
-            wanted = bool(watch.readers or watch.drains)
+            wanted = bool(watch.readers or watch.drain)
         else:
             wanted = bool(watch.writers)
             if not wanted:
@@ -314,7 +316,7 @@ class Channel:
             if kind == READ:
                 futures = list(watch.readers)
                 watch.readers.clear()
-                drain = next(iter(watch.drains), None)
+                drain = watch.drain() if watch.drain is not None else None
             else:
                 heap, writers = watch.heap, watch.writers
                 while heap and heap[0][0] <= self.written:
@@ -326,14 +328,16 @@ class Channel:
         with self._lock:
             watch = self._watches.get(loop)
             if watch is not None:
-                if kind == READ and not self.readable():
-                    watch.drains.clear()  # readable for ever, or not ours to read: stop
+                if kind == READ and (drain is None or not self.readable()):
+                    watch.drain = None  # gone, readable for ever, or not ours to read: stop
                 self._update(loop, watch, kind)
         _resolve(futures)
 
     def _wake_all(self) -> None:
         """The socket is going: every waiter, on every loop, must look again."""
         watches, self._watches = self._watches, {}
+        if not watches:
+            return
         asyncio = sys.modules.get("asyncio")
         current = asyncio._get_running_loop() if asyncio is not None else None
         for loop, watch in watches.items():

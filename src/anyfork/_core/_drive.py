@@ -107,7 +107,7 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
             if chan is not None:
                 chan.add_waiter(loop, kind, fut, wait.upto)
             if drain is not None:
-                drain[0].add_drain(loop, drain[1])
+                drain[0].keep_drained(loop, drain[1])
             timer = None
             if until is not None:
                 timer = loop.call_later(max(0.0, until - time.monotonic()), _expire, fut)
@@ -121,8 +121,6 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
                     timer.cancel()
                 if chan is not None:
                     chan.discard_waiter(loop, kind, fut)
-                if drain is not None:
-                    drain[0].discard_drain(loop, drain[1])
             if not ready and deadline is not None and time.monotonic() >= deadline:
                 op.close()
                 raise TimeoutError(f"no answer within {timeout} s")

@@ -24,7 +24,6 @@ import errno
 import os
 import signal
 import socket
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -34,7 +33,7 @@ from .._errors import ClosedError, SpawnError
 from .._util import publish
 from . import _reaper
 from ._channel import Channel
-from ._drive import drive_async, drive_blocking, release
+from ._drive import drive_async, drive_blocking
 from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
 
 if TYPE_CHECKING:
@@ -64,19 +63,6 @@ class Process(ProcessProtocol):
     its socket once everything queued for it has been written: a process that has not run
     carries out every command it was sent, then sees EOF and exits ("configure and forget").
     """
-
-    def __init__(
-        self,
-        chan: Channel,
-        *,
-        pid: int | None = None,
-        template: Process | None = None,
-        direct: bool = False,
-    ):
-        super().__init__(chan, pid=pid, template=template, direct=direct)
-        # Not a method of self: the finaliser must not keep the process alive.
-        self._finalizer = weakref.finalize(self, release, chan, self._template_channels())
-        _channels.add(chan)
 
     def __repr__(self) -> str:
         return f"<anyfork.Process pid={self._pid} {self._state}>"
@@ -365,22 +351,6 @@ def func_ref(func: Func) -> str:
             f"function); define it at module level"
         )
     return f"{module}:{qualname}"
-
-
-# -- every live channel, for the at-fork reset -----------------------------------------------
-
-_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
-
-
-def _close_in_child() -> None:
-    """A forked copy of this program (ours or the user's) must not hold our processes' sockets:
-    they would keep templates alive after we are gone, and two processes would share them."""
-    for chan in list(_channels):
-        chan.forget()
-    _channels.clear()
-
-
-os.register_at_fork(after_in_child=_close_in_child)
 
 
 publish(globals())

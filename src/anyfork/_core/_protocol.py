@@ -17,9 +17,11 @@ reports are drained too, so that a burst of children never leaves their exit rep
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,6 +30,7 @@ from .._child import _wire
 from .._errors import ClosedError, ProtocolError, SpawnError, describe_returncode, rebuild
 from . import _reaper
 from ._channel import READ, WRITE, Channel, Drain, Op, Wait
+from ._drive import release
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -60,6 +63,10 @@ class ProcessProtocol:
         self._fork_failures: deque[str] = deque(maxlen=64)
         self._exits: dict[int, int] = {}
         self._lock = threading.RLock()
+        # Dropping the process lets go of its channel (``release``: what is queued is still
+        # delivered).  Not a method of self: the finaliser must not keep the process alive.
+        self._finalizer = weakref.finalize(self, release, chan, self._template_channels())
+        _channels.add(chan)
 
     def _name(self) -> str:
         return f"process pid {self._pid}" if self._pid is not None else "process"
@@ -293,3 +300,19 @@ class ProcessProtocol:
         if self._pid is None:
             raise ClosedError("the process was closed before it reported its pid")
         return self._pid
+
+
+# -- every live channel, for the at-fork reset -----------------------------------------------
+
+_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """A forked copy of this program (ours or the user's) must not hold our processes' sockets:
+    they would keep templates alive after we are gone, and two processes would share them."""
+    for chan in list(_channels):
+        chan.forget()
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)

@@ -66,7 +66,11 @@ def new_exec(*, python: str | None = None) -> Process:
 
 
 def new_from_fh(sock: socket.socket | int) -> Process:
-    """Continue preparing a process whose socket another process handed over with ``to_fh``."""
+    """Continue preparing a process whose socket another process handed over with ``to_fh``.
+
+    The process takes ``sock`` over (an int is wrapped): close the process, not the socket.
+    It asks the child for its pid (known after the next wait), and everything queued is
+    delivered even if the process is dropped before ``run``, as for any process."""
     if isinstance(sock, int):
         sock = socket.socket(fileno=sock)
     proc = Process(Channel(sock))
