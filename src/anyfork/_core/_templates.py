@@ -73,9 +73,13 @@ def new_from_fh(sock: socket.socket | int) -> Process:
     delivered even if the process is dropped before ``run``, as for any process."""
     if isinstance(sock, int):
         sock = socket.socket(fileno=sock)
-    proc = Process(Channel(sock))
-    proc._send(_wire.PID, b"")
-    return proc
+    chan = Channel(sock)
+    chan.queue(_wire.frame(_wire.PID))
+    try:
+        chan.flush_nowait()
+    except OSError:
+        pass  # gone already: the first wait says how (what it reported, or how it died)
+    return Process(chan)
 
 
 def start_early() -> Process:
