@@ -8,6 +8,7 @@ only ever raise ``WireError``.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 
@@ -219,6 +220,19 @@ def test_report_payloads() -> None:
     assert _wire.version_error(b"rec") == frame(_wire.ERROR, pack_values(["version", b"rec"]))
 
 
+@FAST
+@given(st.integers(-(2**31), 2**31 - 1))
+def test_exit_codes_are_what_os_makes_of_a_wait_status(status: int) -> None:
+    payload = _wire.EXIT.pack(7, status)
+    try:
+        expected = os.waitstatus_to_exitcode(status)
+    except ValueError:
+        with pytest.raises(WireError, match="is not the wait status of a process that ended"):
+            _wire.unpack_exit(payload)
+    else:
+        assert _wire.unpack_exit(payload) == (7, expected)
+
+
 @pytest.mark.parametrize(
     ("unpack", "payload", "message"),
     [
@@ -230,7 +244,7 @@ def test_report_payloads() -> None:
         (_wire.unpack_message, pack_values(["a", "b"]), "expected one message, got 2"),
         (_wire.unpack_message, pack_values([b"a"]), "expected a list of strings"),
         (_wire.unpack_exit, b"\0" * 7, "an EXITED report is 8 bytes, not 7"),
-        (_wire.unpack_exit, _wire.EXIT.pack(1, 0x137F), "0x137f is not a wait status"),
+        (_wire.unpack_exit, _wire.EXIT.pack(1, 0x137F), "0x137f is not the wait status"),
     ],
 )
 def test_report_payload_errors(

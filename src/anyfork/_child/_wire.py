@@ -189,12 +189,14 @@ def unpack_exit(payload: bytes) -> tuple[int, int]:
     if len(payload) != EXIT.size:
         raise WireError(f"an EXITED report is {EXIT.size} bytes, not {len(payload)}")
     pid, status = EXIT.unpack(payload)
-    from os import waitstatus_to_exitcode  # (the parent's: ``os`` is loaded, no import cost)
-
-    try:
-        return pid, waitstatus_to_exitcode(status)
-    except ValueError:
-        raise WireError(f"{status:#x} is not a wait status") from None
+    # os.waitstatus_to_exitcode, without importing os here: the low 7 bits are 0 for an exit
+    # (its code in the next byte), the killing signal otherwise; 0x7f is a stopped process.
+    signum = status & 0x7F
+    if signum == 0:
+        return pid, (status >> 8) & 0xFF
+    if signum != 0x7F:
+        return pid, -signum
+    raise WireError(f"{status:#x} is not the wait status of a process that ended")
 
 
 def version_error(record: bytes) -> bytes:

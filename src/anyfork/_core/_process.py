@@ -90,32 +90,76 @@ class Process(ProcessProtocol):
     # -- preparation (queue, never block) --------------------------------------------------
 
     def require(self: P, *modules: str) -> P:
-        """Import ``modules`` in the process (in order).  A failure surfaces at ``run``."""
+        """Import ``modules`` in the process, in order.
+
+        Raises:
+            TypeError: a name that is not a non-empty ``str`` (at once; nothing is queued).
+            ClosedError: the process has run, been handed over or closed.
+            SpawnError: the process is known to be dead.
+
+        A failed import surfaces at the next wait (:meth:`run`...) as the child's own error,
+        e.g. ``ModuleNotFoundError``, which is also an ``AnyforkError``.
+        """
         for name in modules:
             if not isinstance(name, str) or not name:
                 raise TypeError(f"module names are non-empty str, not {name!r}")
         return self._send(_wire.IMPORT, _wire.pack_values(modules))
 
     def eval(self: P, code: str, *args: str | bytes) -> P:
-        """Run ``code`` in the process's ``__main__``, with ``args`` bound to a tuple of ``args``
-        while it runs.  Functions it defines can be named in ``run`` by their bare name.  An
-        exception surfaces at ``run`` as its own type (builtins) or ``RemoteError``."""
+        """Run ``code`` in the process's ``__main__``; functions it defines can be named in
+        :meth:`run` by their bare name.
+
+        Args:
+            code: Python source.
+            args: ``str`` or ``bytes`` values, bound to the name ``args`` (a tuple) while the
+                code runs.
+
+        Raises:
+            SyntaxError: ``code`` does not compile (at once; nothing is queued).
+            TypeError: ``code`` is not a ``str``, or a value is neither ``str`` nor ``bytes``.
+            ValueError: the command exceeds ``anyfork._child._wire.MAX_COMMAND`` bytes.
+            ClosedError: the process has run, been handed over or closed.
+            SpawnError: the process is known to be dead.
+
+        An exception in the code surfaces at the next wait as its own type (rebuilt where the
+        parent can, else ``RemoteError``), which is also an ``AnyforkError``.
+        """
         if not isinstance(code, str):
             raise TypeError(f"eval code is str, not {type(code).__name__}")
         compile(code, "<anyfork eval>", "exec")  # a syntax error is the caller's bug: say so here
         return self._send(_wire.EVAL, _wire.pack_values((code, *args)))
 
     def send_arg(self: P, *values: str | bytes) -> P:
-        """Append ``values`` (``str`` or ``bytes``; each arrives as what it was) to the arguments
-        ``run``'s function receives."""
+        """Append ``values`` to the arguments ``run``'s function receives.
+
+        Args:
+            values: ``str`` or ``bytes``; each arrives as what it was.
+
+        Raises:
+            TypeError: a value is neither ``str`` nor ``bytes`` (nothing is queued).
+            ValueError: the command exceeds ``anyfork._child._wire.MAX_COMMAND`` bytes.
+            ClosedError: the process has run, been handed over or closed.
+            SpawnError: the process is known to be dead.
+        """
         return self._send(_wire.ARGS, _wire.pack_values(values))
 
     def send_fh(self: P, *handles: FdLike) -> P:
-        """Pass file descriptors (ints, sockets, files, anything with ``fileno()``) to the
-        process; they join the arguments in order.  The descriptor is duplicated at once, so
-        the caller may close its own copy right after this call.  In the child a socket arrives
-        as ``socket.socket``, a file or pipe as an unbuffered binary file object of the right
-        mode, a directory as an int."""
+        """Pass file descriptors to the process; they join the arguments in order.
+
+        Each descriptor is duplicated at once, so the caller may close its own copy right after
+        this call.  In the child a socket arrives as ``socket.socket``, a file or pipe as an
+        unbuffered binary file object of the right mode, a directory as an int.
+
+        Args:
+            handles: ints, sockets, files: anything with ``fileno()``.
+
+        Raises:
+            ValueError: a handle has no open file descriptor (nothing is queued).
+            OSError: a descriptor could not be duplicated, with its errno (``EMFILE`` when this
+                process is out of file descriptors); nothing is queued.
+            ClosedError: the process has run, been handed over or closed.
+            SpawnError: the process is known to be dead.
+        """
         dups: list[int] = []
         try:
             for handle in handles:
@@ -146,8 +190,12 @@ class Process(ProcessProtocol):
         """Return a new process forked from this one, which keeps serving.
 
         The child inherits everything sent to this process before the fork; what is sent to
-        the child afterwards is its own.  Raises ``SpawnError`` at once if this process is
-        known to be dead."""
+        the child afterwards is its own.
+
+        Raises:
+            SpawnError: this process is known to be dead, or failed (at once).
+            ClosedError: this process has run, been handed over or closed.
+        """
         self._check_open()
         self._poll_reports()
         self._raise_if_failed()
@@ -159,6 +207,7 @@ class Process(ProcessProtocol):
         except BaseException:
             child.close()
             raise
+        self._forked += 1
         return child
 
     def _send(self: P, op: int, payload: bytes, fds: list[int] | None = None) -> P:
@@ -196,14 +245,25 @@ class Process(ProcessProtocol):
     async def run(self, func: Func, *, timeout: float | None = None) -> socket.socket:
         """Call ``func(sock, *args)`` in the child; return the parent's end of ``sock``.
 
-        ``func`` is a function object (sent as ``module:qualname``) or such a string; a bare
-        name resolves in the child's ``__main__``.  The child receives every ``send_arg`` and
-        ``send_fh`` value in the order sent.  Returns once everything queued is written and the
-        child has found ``func``: a non-blocking ``socket.socket`` on which the function's first
-        byte is the first byte you read.  After ``run`` the process object is spent.
+        The child receives every ``send_arg`` and ``send_fh`` value in the order sent.  Returns
+        once everything queued is written and the child has found ``func``.  After ``run`` the
+        process object is spent.
 
-        Raises the child's error (see the class docs), ``SpawnError`` if the process or its
-        template died first, ``TimeoutError`` after ``timeout`` seconds.
+        Args:
+            func: a function object (sent as ``module:qualname``) or such a string; a bare
+                name resolves in the child's ``__main__``.
+            timeout: seconds for the whole wait; ``None`` waits as long as it takes.
+
+        Returns:
+            A non-blocking ``socket.socket`` whose first byte is the function's first byte.
+
+        Raises:
+            Exception: the error of a command the child could not carry out (``require``,
+                ``eval``, finding ``func``) as its own type and an ``AnyforkError``.
+            SpawnError: the process or its template died first.
+            ProtocolError: the child sent bytes that are not reports (or speaks another
+                protocol version); the message names the process.
+            TimeoutError: after ``timeout`` seconds.
 
         Cancellation (or timeout): the parent's end is closed, so a child that has not started
         the function exits, and one that has sees EOF.
@@ -213,7 +273,8 @@ class Process(ProcessProtocol):
         return sock
 
     def run_blocking(self, func: Func, *, timeout: float | None = None) -> socket.socket:
-        """The blocking twin of :meth:`run`; returns a blocking socket."""
+        """The blocking twin of :meth:`run` (same arguments and errors); returns a blocking
+        socket."""
         ref = self._start_run(func)
         sock = drive_blocking(self._run_op(ref), timeout)
         sock.setblocking(True)
@@ -224,13 +285,25 @@ class Process(ProcessProtocol):
         anything: pass it to another process, which continues with
         :func:`anyfork.new_from_fh`.  The process object is spent afterwards.
 
+        Args:
+            timeout: seconds for the whole wait; ``None`` waits as long as it takes.
+
+        Returns:
+            The socket, between two reports (the new owner reads whole reports from its start).
+
+        Raises:
+            Exception: a reported command error, as for :meth:`run`.
+            SpawnError: the process or its template died first.
+            ProtocolError: the child sent bytes that are not reports.
+            TimeoutError: after ``timeout`` seconds.
+
         Cancellation: as for :meth:`run`."""
         self._start_handover()
         sock: socket.socket = await drive_async(self._handover_op(), timeout)
         return sock
 
     def to_fh_blocking(self, *, timeout: float | None = None) -> socket.socket:
-        """The blocking twin of :meth:`to_fh`."""
+        """The blocking twin of :meth:`to_fh` (same arguments and errors)."""
         self._start_handover()
         sock = drive_blocking(self._handover_op(), timeout)
         sock.setblocking(True)
@@ -239,14 +312,24 @@ class Process(ProcessProtocol):
     async def wait_started(self, *, timeout: float | None = None) -> int:
         """Wait until the process exists and has reported its pid; return it.
 
-        Raises the error of a failed command that has been reported by then (the command's
-        error, as for :meth:`run`), or ``SpawnError`` if it died.  Cancellation leaves the
-        process as it was."""
+        Args:
+            timeout: seconds for the whole wait; ``None`` waits as long as it takes.
+
+        Raises:
+            Exception: the error of a failed command reported by then, as for :meth:`run`
+                (commands still being carried out may fail later).
+            SpawnError: the process died first.
+            ProtocolError: the child sent bytes that are not reports (or speaks another
+                protocol version).
+            ClosedError: the process was closed before it reported its pid.
+            TimeoutError: after ``timeout`` seconds.
+
+        Cancellation: the process is left as it was."""
         pid: int = await drive_async(self._started_op(), timeout)
         return pid
 
     def wait_started_blocking(self, *, timeout: float | None = None) -> int:
-        """The blocking twin of :meth:`wait_started`."""
+        """The blocking twin of :meth:`wait_started` (same arguments and errors)."""
         return drive_blocking(self._started_op(), timeout)
 
     # -- RPC -------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ import, an exception in eval code, a missing function) are rebuilt as their own 
 The waits are written once, as generators run by ``_drive.drive_async`` and
 ``drive_blocking``: flushing what a process depends on (its templates' queues, up to the FORK
 frame that makes it), and reading its reports, up to RUNNING (``run``), a frame boundary
-(``to_fh``) or STARTED (``wait_started``).  While a wait is for a forked child, its template's
-reports are drained too, so that a burst of children never leaves their exit reports piling up.
+(``to_fh``) or STARTED (``wait_started``).  The parent drains a template's reports whenever it
+touches the template (``fork``...), and while it waits for one of the template's children if
+more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never leaves them
+piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous child's exit.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 #: How long the error path waits for a template to report how a child died.
 _EXIT_REPORT_WAIT = 1.0
 
+#: A wait for a forked child drains its template's reports meanwhile once the template has more
+#: children than this whose exit it has not reported (a fraction of the ~270 reports its
+#: socket holds; beyond them the template keeps the rest itself, it never blocks).
+_DRAIN_BACKLOG = 32
+
 _OPEN, _HANDED, _CLOSED = "open", "handed", "closed"
 
 
@@ -62,6 +69,8 @@ class ProcessProtocol:
         self._failure: BaseException | None = None
         self._fork_failures: deque[str] = deque(maxlen=64)
         self._exits: dict[int, int] = {}
+        self._forked = 0  # children forked from this process...
+        self._exited = 0  # ...and EXITED reports received (spares make this one run ahead)
         self._lock = threading.RLock()
         # Dropping the process lets go of its channel (``release``: what is queued is still
         # delivered).  Not a method of self: the finaliser must not keep the process alive.
@@ -145,12 +154,16 @@ class ProcessProtocol:
             self._fork_failures.append(_wire.unpack_message(payload))
         elif op == _wire.EXITED:
             pid, code = _wire.unpack_exit(payload)
+            self._exited += 1
             if len(self._exits) > 4096:
                 self._exits.pop(next(iter(self._exits)))
             self._exits[pid] = code
 
-    def _drain(self) -> Drain:
-        """What a wait for one of this template's children drains meanwhile: its reports."""
+    def _drain(self) -> Drain | None:
+        """What a wait for one of this template's children drains meanwhile: its reports, if
+        enough children may have exits to report (``_DRAIN_BACKLOG``)."""
+        if self._forked - self._exited <= _DRAIN_BACKLOG:
+            return None
         return self._chan, self._receive
 
     def _poll_reports(self) -> None:
@@ -233,13 +246,13 @@ class ProcessProtocol:
                     if chan.flush_nowait(upto):
                         break
                 except OSError as exc:
-                    proc._receive()
                     if proc is not self:
                         proc._poll_reports()
                         raise SpawnError(
                             f"the template ({proc._name()}) died before forking this process"
                         ) from (proc._failure or exc)
-                    failure = proc._failure
+                    self._receive()  # what it reported before it went: why it failed
+                    failure = self._failure
                     if failure is None:
                         failure = self._death((yield from self._exit_code_op()))
                     raise failure from None
