@@ -3,7 +3,9 @@
 A template reports every child's exit (EXITED) to its creator.  It must never block on a creator
 that has not read them yet: a template blocked in a write stops reading FORK frames, and every
 child still queued behind them then waits for ever.  And the parent drains a template's reports
-on its own, whenever it waits for one of the template's children.
+on its own: whenever it touches the template, and while it waits for one of the template's
+children if many of them may have exits to report.  A test for each half stops the template
+while its children exit (so that it reaps them all at once, more than its socket holds).
 
 ``ANYFORK_BURST`` sets the burst size (default 600; the issue's bar is 5,000, checked with
 ``ANYFORK_BURST=5000``); any size above a few hundred overflowed the template's socket before.
@@ -22,7 +24,7 @@ from typing import NamedTuple
 import pytest
 
 import anyfork
-from helpers import FACES, eventually, recv_all, state
+from helpers import FACES, alive, children, eventually, recv_all, state
 
 BURST = int(os.environ.get("ANYFORK_BURST", "600"))
 #: For the whole burst; a hang shows as a TimeoutError here, before pytest-timeout's backstop.
@@ -84,6 +86,38 @@ def test_burst_from_threads(make_child: MakeChild) -> None:
         thread.join(DEADLINE)
     assert not errors
     assert done == [b""] * (BURST // THREADS * THREADS)
+
+
+def test_a_template_keeps_reaping_and_forking_while_nobody_reads_its_reports() -> None:
+    """The template side alone: its children exit while it is stopped, FORK frames wait in its
+    input, and then the parent does nothing at all (no wait, nothing that reads the template).
+    The template reaps every child and forks what waits: it never blocks on its creator."""
+    exited, queued = 400, 10
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        first = [tmpl.fork() for _ in range(exited)]
+        for proc in first:
+            proc.wait_started_blocking(timeout=10)
+        os.kill(tmpl_pid, signal.SIGSTOP)
+        try:
+            eventually(lambda: state(tmpl_pid) == "T", what="the template to stop")
+            # A command each, so that each is named a child, not a spare, once forked.
+            second = [tmpl.fork().send_arg(str(i)) for i in range(queued)]
+            for proc in first:
+                proc.run_blocking(CLOSE, timeout=DEADLINE).close()
+        finally:
+            os.kill(tmpl_pid, signal.SIGCONT)
+
+        def reaped_and_forked() -> bool:
+            kids = children(tmpl_pid)
+            return len(kids) == queued and all(alive(kid) for kid in kids)
+
+        eventually(reaped_and_forked, timeout=DEADLINE, what="the template to reap and fork")
+        outputs = []
+        for proc in second:
+            with proc.run_blocking("childfuncs:echo_args", timeout=DEADLINE) as sock:
+                outputs.append(recv_all(sock))
+        assert outputs == [repr(str(i)).encode() for i in range(queued)]
 
 
 @pytest.mark.parametrize("face", FACES)

@@ -94,7 +94,11 @@ def test_configure_and_forget(face: str) -> None:
 
     def configure() -> None:
         for i in range(50):
-            anyfork.new().send_fh(w).eval(WRITE_MARK, str(i))
+            if i % 2:
+                anyfork.new().send_fh(w).eval(WRITE_MARK, str(i))  # dropped at once
+            else:
+                with anyfork.new() as proc:  # closed
+                    proc.send_fh(w).eval(WRITE_MARK, str(i))
         os.close(w)
 
     try:
