@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 import anyfork
+from anyfork._child import _wire
 from anyfork._core import _reaper, _templates
 from helpers import FACES, alive, children, eventually, open_fds, recv_all, state, wait_on
 
@@ -82,6 +83,19 @@ def test_send_fh_at_the_fd_limit_says_what_happened() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_command_over_the_maximum_frame_size_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent never sends what the child would refuse (``_wire.MAX_COMMAND``, 1 GiB; made
+    small here): a clear error at the call, nothing queued, the process unharmed."""
+    monkeypatch.setattr(_wire, "MAX_COMMAND", 1000)
+    proc = anyfork.new()
+    with pytest.raises(ValueError, match="exceeds the maximum of 1000 bytes"):
+        proc.send_arg("x" * 1000)
+    with proc.send_arg("fine").run_blocking("childfuncs:echo_args", timeout=10) as sock:
+        assert recv_all(sock) == b"'fine'"
 
 
 def test_eval_syntax_error_is_raised_in_the_caller() -> None:

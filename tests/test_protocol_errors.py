@@ -10,6 +10,7 @@ reports it and exits; a parent and child of different protocol versions meet wit
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -132,6 +133,31 @@ def test_reports_byte_at_a_time_through_the_receive_boundary(
             proc._poll_reports()
         assert done()
     assert proc._chan.sock is None  # broken: closed
+
+
+def test_to_fh_hands_over_between_two_reports(
+    fake: tuple[anyfork.Process, socket.socket],
+) -> None:
+    """A report half read when ``to_fh`` is called is read to its end first: the new owner's
+    first byte starts a report."""
+    proc, child = fake
+    second = frame(_wire.FORK_FAILED, pack_values(["second"]))
+
+    async def main() -> socket.socket:
+        loop = asyncio.get_running_loop()
+        child.sendall(frame(_wire.STARTED, U32.pack(4242)) + second[:7])
+        handing = asyncio.ensure_future(proc.to_fh(timeout=10))
+        stepped = loop.create_future()
+        loop.call_soon(stepped.set_result, None)  # after the hand-over's first step
+        await stepped
+        child.sendall(second[7:])
+        return await handing
+
+    handed = asyncio.run(main())
+    child.sendall(frame(_wire.STARTED, U32.pack(4242)))  # for the new owner
+    adopted = anyfork.new_from_fh(handed)
+    assert adopted.wait_started_blocking(timeout=10) == 4242
+    adopted.close()
 
 
 # -- garbage in, only anyfork errors out ---------------------------------------------------------
