@@ -45,10 +45,7 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
                 ready = False
             elif chan.sock is not None:
                 ready = _poll(chan, _POLL_EVENTS[wait.kind], wait.drain, until)
-            if not ready and deadline is not None and time.monotonic() >= deadline:
-                op.close()
-                raise TimeoutError(f"no answer within {timeout} s")
-            wait = op.send(ready)
+            wait = _resume(op, ready, deadline, timeout)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
 
@@ -121,12 +118,18 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
                     timer.cancel()
                 if chan is not None:
                     chan.discard_waiter(loop, kind, fut)
-            if not ready and deadline is not None and time.monotonic() >= deadline:
-                op.close()
-                raise TimeoutError(f"no answer within {timeout} s")
-            wait = op.send(ready)
+            wait = _resume(op, ready, deadline, timeout)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
+
+
+def _resume(op: Op[T], ready: bool, deadline: float | None, timeout: float | None) -> Wait:
+    """Resume ``op`` after a wait (``ready``: it ended before its own deadline), unless the whole
+    operation's deadline has passed.  Raises ``StopIteration`` when ``op`` is done."""
+    if not ready and deadline is not None and time.monotonic() >= deadline:
+        op.close()
+        raise TimeoutError(f"no answer within {timeout} s")
+    return op.send(ready)
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
