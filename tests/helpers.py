@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -98,3 +99,23 @@ def recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+
+
+#: The two faces of every wait a process offers: awaited on an event loop, or its blocking twin.
+FACES = ("asyncio", "blocking")
+
+
+def wait_on(face: str, proc: object, what: str, *args: object, timeout: float = 10.0) -> Any:
+    """``proc.<what>(*args, timeout=timeout)`` on ``face``: awaited in ``asyncio.run``, or the
+    ``<what>_blocking`` twin.  A socket comes back blocking either way."""
+    if face == "blocking":
+        result = getattr(proc, f"{what}_blocking")(*args, timeout=timeout)
+    else:
+
+        async def main() -> Any:
+            return await getattr(proc, what)(*args, timeout=timeout)
+
+        result = asyncio.run(main())
+    if isinstance(result, socket.socket):
+        result.setblocking(True)
+    return result

@@ -77,6 +77,13 @@ def test_child_side_imports_are_cheap(statement: str) -> None:
     )
 
 
+def test_the_socket_lookalike_stands_alone() -> None:
+    """``_sock`` finds the socket module itself: no import of the command server (no cycle)."""
+    modules = _modules_after("from anyfork._child import _sock; _sock.Socket().family")
+    assert "anyfork._child._serve" not in modules
+    assert "anyfork._child._forking" not in modules
+
+
 def test_public_name_loads_the_parent_side() -> None:
     """The converse, so the test above cannot pass by accident: the lazy root does load."""
     modules = _modules_after("import anyfork; anyfork.Process")

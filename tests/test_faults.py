@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 
 import anyfork
+from anyfork._child import _wire
 from anyfork._core import _reaper, _templates
-from helpers import alive, children, eventually, recv_all, state
+from helpers import FACES, alive, children, eventually, open_fds, recv_all, state, wait_on
 
 
 def wait_gone(pid: int) -> None:
@@ -46,6 +50,52 @@ def test_send_fh_rejects_closed_and_bogus_fds_at_once() -> None:
     with pytest.raises(AttributeError):
         proc.send_fh("not a file")  # type: ignore[arg-type]
     proc.close()
+
+
+def test_send_fh_at_the_fd_limit_says_what_happened() -> None:
+    """Out of fds, ``send_fh`` cannot duplicate one: an ``OSError`` with errno EMFILE, not a
+    claim that the (open) fd is not open.  Nothing is queued: the process works after."""
+    proc = anyfork.new()
+    r, w = os.pipe()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+    try:
+        while len(fillers) < 100_000:  # take every free fd number below the limit
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        with pytest.raises(OSError, match=r"^\[Errno 24\] Too many open files \(send_fh") as info:
+            proc.send_fh(w)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert type(info.value) is OSError
+    assert info.value.errno == errno.EMFILE
+    assert f"send_fh could not duplicate fd {w}" in str(info.value)
+    try:
+        proc.send_fh(w).eval("import anyfork.worker\nanyfork.worker.take_args()[0].write(b'ok')")
+        with proc.run_blocking("childfuncs:echo_args", timeout=10) as sock:
+            assert recv_all(sock) == b""
+        assert os.read(r, 10) == b"ok"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_command_over_the_maximum_frame_size_is_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent never sends what the child would refuse (``_wire.MAX_COMMAND``, 1 GiB; made
+    small here): a clear error at the call, nothing queued, the process unharmed."""
+    monkeypatch.setattr(_wire, "MAX_COMMAND", 1000)
+    proc = anyfork.new()
+    with pytest.raises(ValueError, match="exceeds the maximum of 1000 bytes"):
+        proc.send_arg("x" * 1000)
+    with proc.send_arg("fine").run_blocking("childfuncs:echo_args", timeout=10) as sock:
+        assert recv_all(sock) == b"'fine'"
 
 
 def test_eval_syntax_error_is_raised_in_the_caller() -> None:
@@ -131,6 +181,57 @@ def test_missing_function_and_module_at_run() -> None:
         anyfork.new_exec().run_blocking("undefined_name", timeout=10)
     with pytest.raises(TypeError, match="not callable"):
         anyfork.new().eval("thing = 3").run_blocking("thing", timeout=10)
+
+
+GATE = "import anyfork.worker\nanyfork.worker.take_args()[0].read(1)"
+
+#: anyfork's own commands failing in the child: how to make each fail, the function ``run``
+#: names, and the type the failure keeps.
+FAILING: dict[str, tuple[Callable[[anyfork.Process], anyfork.Process], str]] = {
+    "require": (lambda p: p.require("os", "no_such_module_here"), "childfuncs:echo_args"),
+    "eval": (lambda p: p.eval("x = 1").eval("raise KeyError('nope')"), "childfuncs:echo_args"),
+    "run": (lambda p: p, "childfuncs:no_such_function"),
+}
+FAILING_TYPES = {"require": ModuleNotFoundError, "eval": KeyError, "run": AttributeError}
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("command", sorted(FAILING))
+def test_a_failed_command_is_its_own_type_and_an_anyfork_error_at_run(
+    face: str, command: str
+) -> None:
+    prepare, func = FAILING[command]
+    with pytest.raises(FAILING_TYPES[command]) as info:
+        wait_on(face, prepare(anyfork.new()), "run", func)
+    assert isinstance(info.value, anyfork.AnyforkError)
+    assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
+    assert any(f"in {command} of process pid" in note for note in info.value.__notes__)
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("command", sorted(FAILING))
+def test_a_failed_command_is_its_own_type_and_an_anyfork_error_at_wait_started(
+    face: str, command: str
+) -> None:
+    """``wait_started`` raises the error of a failed command once it has been reported: after
+    the child has gone (require, eval), or after ``run`` raised it."""
+    prepare, func = FAILING[command]
+    gate_r, gate_w = os.pipe()
+    try:
+        proc = prepare(anyfork.new().send_fh(gate_r).eval(GATE))
+        pid = proc.wait_started_blocking(timeout=10)  # the child waits at the gate
+        os.write(gate_w, b"x")
+        if command == "run":
+            with pytest.raises(AttributeError):
+                proc.run_blocking(func, timeout=10)
+        eventually(lambda: state(pid) is None, what="the failed child to exit")
+        with pytest.raises(FAILING_TYPES[command]) as info:
+            wait_on(face, proc, "wait_started")
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)
+    assert isinstance(info.value, anyfork.AnyforkError)
+    assert any(f"in {command} of process pid {pid}" in note for note in info.value.__notes__)
 
 
 def test_children_of_a_failed_template_fail_with_its_error() -> None:

@@ -61,7 +61,7 @@ def test_run_gets_args_and_fds_in_order_with_their_types() -> None:
     assert arun(main()) == ["'one'", "b'two'", "FileIO", "socket", "''", "b''"]
 
 
-def test_blocking_twin_has_the_same_semantics() -> None:
+def test_run_blocking_hands_out_a_blocking_socket_and_values_keep_their_type() -> None:
     proc = anyfork.new().send_arg("é", b"\x00\xff")
     sock = proc.run_blocking("childfuncs:echo_args", timeout=10)
     assert sock.getblocking()

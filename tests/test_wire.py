@@ -8,8 +8,9 @@ only ever raise ``WireError``.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -209,6 +210,48 @@ def test_unpack_ints() -> None:
     fds = [0, 3, 1023, -1, 2**31 - 1]
     assert _wire.unpack_ints(struct.pack(f"{len(fds)}i", *fds)) == tuple(fds)
     assert _wire.unpack_ints(b"") == ()
+
+
+def test_report_payloads() -> None:
+    assert _wire.unpack_error(pack_values(["eval", b"record"])) == ("eval", b"record")
+    assert _wire.unpack_message(pack_values(["fork failed"])) == "fork failed"
+    assert _wire.unpack_exit(_wire.EXIT.pack(12, 3 << 8)) == (12, 3)  # exit status 3
+    assert _wire.unpack_exit(_wire.EXIT.pack(12, 9)) == (12, -9)  # killed by signal 9
+    assert _wire.version_error(b"rec") == frame(_wire.ERROR, pack_values(["version", b"rec"]))
+
+
+@FAST
+@given(st.integers(-(2**31), 2**31 - 1))
+def test_exit_codes_are_what_os_makes_of_a_wait_status(status: int) -> None:
+    payload = _wire.EXIT.pack(7, status)
+    try:
+        expected = os.waitstatus_to_exitcode(status)
+    except ValueError:
+        with pytest.raises(WireError, match="is not the wait status of a process that ended"):
+            _wire.unpack_exit(payload)
+    else:
+        assert _wire.unpack_exit(payload) == (7, expected)
+
+
+@pytest.mark.parametrize(
+    ("unpack", "payload", "message"),
+    [
+        (_wire.unpack_error, pack_values(["eval"]), "an ERROR report is"),
+        (_wire.unpack_error, pack_values([b"eval", b"record"]), "an ERROR report is"),
+        (_wire.unpack_error, pack_values(["eval", "record"]), "an ERROR report is"),
+        (_wire.unpack_error, b"junk", "truncated value header"),
+        (_wire.unpack_message, b"", "expected one message, got 0"),
+        (_wire.unpack_message, pack_values(["a", "b"]), "expected one message, got 2"),
+        (_wire.unpack_message, pack_values([b"a"]), "expected a list of strings"),
+        (_wire.unpack_exit, b"\0" * 7, "an EXITED report is 8 bytes, not 7"),
+        (_wire.unpack_exit, _wire.EXIT.pack(1, 0x137F), "0x137f is not the wait status"),
+    ],
+)
+def test_report_payload_errors(
+    unpack: Callable[[bytes], object], payload: bytes, message: str
+) -> None:
+    with pytest.raises(WireError, match=message):
+        unpack(payload)
 
 
 @pytest.mark.parametrize(
@@ -470,11 +513,39 @@ def test_oversize_payload(limit: int) -> None:
         dec.next_frame()
 
 
-def test_default_limit_accepts_the_largest_header() -> None:
+def test_default_limit_is_the_documented_maximum_command() -> None:
     dec = Decoder(ALL_OPS)
-    dec.receive(_wire.HEADER.pack(_wire.EVAL, 0xFFFFFFFF))
+    dec.receive(_wire.HEADER.pack(_wire.EVAL, _wire.MAX_COMMAND))
+    assert dec.next_frame() is None  # accepted: waiting for the payload
+    for claimed in (_wire.MAX_COMMAND + 1, 0xFFFFFFFF):
+        dec = Decoder(ALL_OPS)
+        dec.receive(_wire.HEADER.pack(_wire.EVAL, claimed))
+        with pytest.raises(WireError, match=f"a frame of {claimed} bytes exceeds the limit"):
+            dec.next_frame()
+
+
+@pytest.mark.parametrize("claimed", [_wire.MAX_READ + 1, 1 << 20, _wire.MAX_COMMAND])
+def test_want_grows_with_what_arrives_not_with_what_a_header_claims(claimed: int) -> None:
+    """A reader allocates what ``want()`` asks for: never more than MAX_READ at once, however
+    big a frame its header claims, and the buffer holds only what has arrived."""
+    dec = Decoder(ALL_OPS)
+    dec.receive(_wire.HEADER.pack(_wire.EVAL, claimed))
     assert dec.next_frame() is None
-    assert dec.want() == 0xFFFFFFFF
+    assert dec.want() == _wire.MAX_READ
+    dec.receive(b"x" * 10)
+    assert dec.next_frame() is None
+    assert dec.want() == min(_wire.MAX_READ, claimed - 10)
+    assert len(dec._buf) == 10
+    dec.receive(b"")
+    with pytest.raises(WireError, match="EOF in the middle"):
+        dec.next_frame()
+
+
+def test_a_frame_larger_than_one_read_comes_out_whole() -> None:
+    payload = bytes(range(256)) * (3 * _wire.MAX_READ // 256 + 7)
+    stream = frame(_wire.EVAL, payload) + frame(_wire.PID)
+    dec = Decoder(ALL_OPS)
+    assert feed_by_want(dec, stream, [(_wire.EVAL, payload), (_wire.PID, b"")]) == len(stream)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SAMPLES))
@@ -578,6 +649,17 @@ def test_stop_after_property(frames: list[Frame], user: bytes) -> None:
 # -- hypothesis: garbage in, only WireError out ----------------------------------------------------
 
 
+#: Every payload decoder: garbage in, only WireError out.
+UNPACKERS = (
+    unpack_values,
+    _wire.unpack_strings,
+    _wire.unpack_u32,
+    _wire.unpack_error,
+    _wire.unpack_message,
+    _wire.unpack_exit,
+)
+
+
 def _decode_garbage(dec: Decoder, chunks: Iterable[bytes], limit: int) -> None:
     """Decode everything, unpacking each payload every way; only WireError may escape."""
     steps = 0
@@ -588,7 +670,7 @@ def _decode_garbage(dec: Decoder, chunks: Iterable[bytes], limit: int) -> None:
             assert steps <= limit, "the decoder produced more frames than the input can hold"
             _, payload, fds = f
             assert fds == []
-            for unpack in (unpack_values, _wire.unpack_strings, _wire.unpack_u32):
+            for unpack in UNPACKERS:
                 try:
                     unpack(payload)
                 except WireError:
@@ -647,7 +729,7 @@ def test_garbage_in_only_wire_error_out(
 @settings(FAST, max_examples=600)  # cheap enough: about 0.7 s
 @given(st.one_of(st.binary(max_size=200), value_garbage))
 def test_garbage_values_only_wire_error(payload: bytes) -> None:
-    for unpack in (unpack_values, _wire.unpack_strings, _wire.unpack_u32):
+    for unpack in UNPACKERS:
         try:
             unpack(payload)
         except WireError:

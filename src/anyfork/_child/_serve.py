@@ -19,10 +19,20 @@ Rules:
   swallowed by an earlier read.
 * Before ``run``, the child writes only its own reports (STARTED, ERROR, FORK_FAILED, EXITED,
   RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
+* A process never blocks on its creator: reports go out from a buffer, without blocking,
+  coalesced, whenever the socket takes them (a template reports every child's exit, and its
+  creator may be slow to read; a template blocked in a write would stop forking).  Only a
+  process about to exit or to hand its socket to ``run``'s function waits for its reports to
+  be written, and it goes on reaping its children meanwhile.
+* Every command received is carried out, in order, even after the creator has let go (a report
+  that finds the socket closed changes nothing): "configure and forget" works.  EOF on the
+  socket then ends the process: nothing outlives a creator that went away.  ``run`` is the
+  exception: with the creator gone, nobody would get the function's socket, so the process exits.
 * Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
-  than none.  A failed fork is reported (FORK_FAILED) and the template keeps serving.
-* EOF on the socket ends the process: nothing outlives a creator that went away.
-* A template keeps one spare: its next child, forked in advance (see ``_fork_spare``).
+  than none.  A frame that breaks the protocol is reported the same way (stage "protocol", as an
+  ``anyfork.ProtocolError``).  A failed fork is reported (FORK_FAILED) and the template keeps
+  serving.
+* A template keeps one spare: its next child, forked in advance (``_forking``).
 * A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
   their exit status to its creator (EXITED), so there are never zombies and the creator can say
   how a grandchild died.
@@ -32,11 +42,21 @@ from __future__ import annotations
 
 import _socket
 import atexit
-import gc
 import os
 import sys
 
 from . import _sock, _wire
+from ._forking import (
+    RECV_FLAGS,
+    Forker,
+    exit_code,
+    fds_from,
+    handled_signals,
+    ignore_interrupts,
+    leave,
+    name,
+    restore_signals,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +69,10 @@ else:
 
 _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
-_RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+#: Reports never block, and never raise SIGPIPE (a forked main program may not ignore it).
+_SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
+# select.POLLIN and friends, without importing select on the way to the first command.
+_POLLIN, _POLLOUT, _POLLERR, _POLLHUP = 0x1, 0x4, 0x8, 0x10
 
 #: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
 current: Server | None = None
@@ -61,52 +84,91 @@ class Fd(int):
     __slots__ = ()
 
 
-class Server:
+class Server(Forker):
     """Serves the commands of one creator on one socket, in a single-threaded process."""
 
     def __init__(self, fd: int, owner: int, args: list[object] | None = None):
+        super().__init__()
         self.sock = _stream(fd)
         self.owner = owner
         self.args: list[object] = args if args is not None else []
         self.decoder = _wire.Decoder(_wire.COMMANDS)
-        self.forked = False
-        #: A spare that has become a child still bears the spare's name until it is named
-        #: (at its first command other than ``run``, or at ``run``).
-        self.named = True
-        #: Signals with Python handlers, computed in the template before it forks (so that no
-        #: child has to look) and forgotten when a command may have installed new handlers.
-        self.handled: list[int] | None = None
-        self._spare: _socket.socket | None = None
-        self._wake_r = self._wake_w = -1
-        self._poll: object = None
+        #: A select.poll over the socket (and the wakeup fd of a template), made on first need.
+        self._poll: Any = None
+        self._polled = 0  # the events the socket is registered for in _poll
+        self._polled_wake = False  # the wakeup fd is registered in _poll
+        #: Reports not yet written (the socket did not take them without blocking).
+        self._out = bytearray()
+        #: The creator has closed its end: reports go nowhere, commands still arrive until EOF.
+        self.gone = False
 
     # -- reports ---------------------------------------------------------------------------
 
     def report(self, op: int, payload: bytes = b"") -> None:
-        self.sock.sendall(_wire.frame(op, payload))
+        """Queue a report and write what the socket takes now, without blocking."""
+        self._out += _wire.frame(op, payload)
+        self._write_reports()
+
+    def _write_reports(self) -> None:
+        out = self._out
+        while out:
+            try:
+                sent = self.sock.send(out, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return  # the rest goes when the socket is writable (_wait)
+            except OSError:
+                # EPIPE, ECONNRESET: the creator has gone.  Nobody will read a report again;
+                # the commands it sent before it went are still ours to carry out.
+                self.gone = True
+                out.clear()
+                return
+            del out[:sent]
+
+    def _flush_reports(self) -> None:
+        """Block until every report is written (or the creator is gone), reaping meanwhile."""
+        while self._out:
+            self._wait(read=False)
+
+    def report_exits(self, frames: bytes) -> None:
+        if not self.gone:
+            self._out += frames
+            self._write_reports()
+
+    def leave_reports(self) -> None:
+        self._poll = None
+        self._polled = 0
+        self._polled_wake = False
+        self._out = bytearray()  # the template's reports, for the template's creator
+        self.gone = False
 
     def fail(self, stage: str, exc: BaseException) -> NoReturn:
         """Report a failed command to the creator and end this process."""
         from . import _records  # only on the error path (with pickle and traceback)
 
-        record = _records.error_record(exc)
-        try:
-            self.report(_wire.ERROR, _wire.pack_values([stage, record]))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the creator is gone: nobody is left to care
-        except OSError:
-            text = _records.unpack(record)[4]
-            sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed:\n{text}")
-        _exit(1)
+        if isinstance(exc, _wire.WireError):
+            # The parent's stream broke the protocol: an error of the connection, which the
+            # parent raises as such (it rebuilds anyfork's own errors by name).
+            record = _records.anyfork_error(
+                "ProtocolError", f"the process received a broken command stream: {exc}"
+            )
+        else:
+            record = _records.error_record(exc)
+        payload = _wire.pack_values([stage, record])
+        if len(payload) > _wire.MAX_REPORT:  # a giant message: keep what the parent accepts
+            _, module, qualname, message, text = _records.unpack(record)
+            cut = _wire.MAX_REPORT // 4
+            record = _records.pack(b"", module, qualname, message[:cut], text[-cut:])
+            payload = _wire.pack_values([stage, record])
+        self.report(_wire.ERROR, payload)
+        self._flush_reports()
+        leave(1)
 
     # -- the loop --------------------------------------------------------------------------
 
     def start(self) -> NoReturn:
-        """Report our pid, then serve; a creator already gone means there is nothing to do."""
-        try:
-            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
-        except (BrokenPipeError, ConnectionResetError):
-            _exit(0)
+        """Report our pid, then serve (even if the creator has gone already: what it sent
+        before it went is still carried out)."""
+        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
         self.serve()
 
     def serve(self) -> NoReturn:
@@ -118,13 +180,11 @@ class Server:
             except _wire.WireError as exc:
                 self.fail("protocol", exc)
             if frame is None:
-                _exit(0)
+                leave(0)
             op, payload, fds = frame
             try:
                 self._dispatch(op, payload, fds)
-            except SystemExit as exc:
-                self.fail(_STAGES.get(op, "command"), exc)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # SystemExit: an eval that called exit()
                 self.fail(_STAGES.get(op, "command"), exc)
 
     def _read_frame(self) -> tuple[int, bytes, list[int]] | None:
@@ -135,59 +195,50 @@ class Server:
                 return frame
             if dec.eof:
                 return None
-            if self.forked:
-                self._wait_readable()
+            if self.forked or self._out:
+                self._wait(read=True)
             try:
-                data, anc, flags, _ = self.sock.recvmsg(dec.want(), _ANCILLARY, _RECV_FLAGS)
+                data, anc, flags, _ = self.sock.recvmsg(dec.want(), _ANCILLARY, RECV_FLAGS)
             except (ConnectionResetError, BrokenPipeError):
                 return None
-            fds = _fds_from(anc)
+            fds = fds_from(anc)
             if flags & getattr(_socket, "MSG_CTRUNC", 0):
                 for fd in fds:
                     os.close(fd)
                 raise _wire.WireError("too many file descriptors in one frame")
             dec.receive(data, fds)
 
-    def _wait_readable(self) -> None:
-        """Block until a command arrives, reaping and reporting children meanwhile."""
+    def _wait(self, read: bool) -> None:
+        """Block until a command can be read (``read``) or every report is written, writing
+        reports whenever the socket takes them, and (a template) reaping and reporting
+        children meanwhile."""
         poll = self._poll
+        if poll is None:
+            import select
+
+            poll = self._poll = select.poll()
+        if self.wake_r >= 0 and not self._polled_wake:
+            poll.register(self.wake_r, _POLLIN)
+            self._polled_wake = True
+        fd = self.sock.fileno()
         while True:
-            events = poll.poll()  # type: ignore[attr-defined]  # a select.poll, set in _arm_reaper
-            for fd, _ in events:
-                if fd == self._wake_r:
-                    try:
-                        os.read(self._wake_r, 512)
-                    except BlockingIOError:
-                        pass
-                    self._reap()
-            if any(fd != self._wake_r for fd, _ in events):
+            events = (_POLLIN if read else 0) | (_POLLOUT if self._out else 0)
+            if not events:
+                return  # nothing left to write, and not asked to read
+            if events != self._polled:
+                poll.register(fd, events)  # (registering again modifies)
+                self._polled = events
+            readable = False
+            for ready, what in poll.poll():
+                if ready == self.wake_r:
+                    self.reap()
+                    continue
+                if what & (_POLLOUT | _POLLERR | _POLLHUP) and self._out:
+                    self._write_reports()
+                if what & (_POLLIN | _POLLERR | _POLLHUP):
+                    readable = True  # data, or EOF: recvmsg says which
+            if read and readable:
                 return
-
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            try:
-                self.report(_wire.EXITED, _wire.EXIT.pack(pid, status))
-            except OSError:
-                pass  # the creator is gone; we are about to see EOF and exit
-
-    def _arm_reaper(self) -> None:
-        """Reap forked children at once: SIGCHLD wakes the poll through a wakeup fd."""
-        import select
-
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake_r, self._wake_w = r, w
-        _signal.set_wakeup_fd(w)
-        _signal.signal(_signal.SIGCHLD, _on_sigchld)
-        poll = select.poll()
-        poll.register(self.sock.fileno(), select.POLLIN)
-        poll.register(r, select.POLLIN)
-        self._poll = poll
 
     # -- commands --------------------------------------------------------------------------
 
@@ -198,14 +249,14 @@ class Server:
             raise _wire.WireError(f"unexpected file descriptors on opcode {op:#x}")
         if not self.named and op != _wire.RUN:
             self.named = True
-            _name("child")  # no longer a spare, to ps and to the tests' leak checks
+            name("child")  # no longer a spare, to ps and to the tests' leak checks
         if op != _wire.FORK and op != _wire.PID:
-            self._drop_spare()  # the state it was forked with is about to change
+            self.drop_spare()  # the state it was forked with is about to change
         if op == _wire.IMPORT or op == _wire.EVAL:
             self.handled = None
         if op == _wire.IMPORT:
-            for name in _wire.unpack_strings(payload):
-                __import__(name)
+            for module in _wire.unpack_strings(payload):
+                __import__(module)
         elif op == _wire.EVAL:
             self._eval(payload)
         elif op == _wire.ARGS:
@@ -222,12 +273,12 @@ class Server:
                 for fd in fds:
                     os.close(fd)
                 raise _wire.WireError("a FORK frame carries exactly one socket")
-            self._fork(fds[0])
+            self.fork(fds[0])
         elif op == _wire.RUN:
             (ref,) = _wire.unpack_strings(payload)
             self._run(ref)
         elif op == _wire.PID:
-            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))  # (new_from_fh asks)
 
     def _eval(self, payload: bytes) -> None:
         code, *args = _wire.unpack_values(payload)
@@ -248,99 +299,7 @@ class Server:
                 else:
                     main["args"] = saved
 
-    def _fork(self, fd: int) -> None:
-        if not self.forked:
-            _preload()
-            gc.collect()  # once: the heap the children will share starts without garbage
-            self._arm_reaper()
-            self.forked = True
-        # Freeze: the children's collector never walks (and so never dirties) the pages they
-        # share with us.  (What is frozen is also never collected here; a template that keeps
-        # creating cyclic garbage between forks should call gc.collect() in its own eval.)
-        gc.freeze()
-        if self.handled is None:
-            self.handled = _handled_signals()
-        if self._hand_to_spare(fd):
-            self._fork_spare()
-            return
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(fd)
-            self.report(_wire.FORK_FAILED, _wire.pack_values([f"fork failed: {exc}"]))
-            return
-        if pid == 0:
-            # The child: drop everything that belongs to the template, serve our own creator.
-            self._leave_template()
-            self._serve_creator(fd)
-        os.close(fd)
-        self._fork_spare()
-
-    # A spare is the next child, forked in advance: after each fork the template forks one more
-    # process, which waits for the socket of the next FORK.  The fork (and CPython's own
-    # after-fork work) then happens on another core while the previous child runs, instead of
-    # between a FORK and its child's first byte.  Any command that changes the template's state
-    # discards the spare, so a child always starts from exactly the state it would have had.
-
-    def _hand_to_spare(self, fd: int) -> bool:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return False
-        try:
-            spare.sendmsg(
-                [b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _wire.pack_ints([fd]))]
-            )
-        except OSError:
-            return False  # the spare died (killed from outside): fork the child directly
-        finally:
-            spare.close()
-        os.close(fd)
-        return True
-
-    def _fork_spare(self) -> None:
-        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return  # no spare this time; the next FORK forks directly and reports failure
-        if pid:
-            theirs.close()
-            self._spare = ours
-            return
-        ours.close()
-        self._leave_template()
-        _name("spare")
-        try:
-            _, anc, _, _ = theirs.recvmsg(1, _socket.CMSG_SPACE(4), _RECV_FLAGS)
-        except OSError:
-            anc = []
-        theirs.close()
-        fds = _fds_from(anc)
-        if not fds:
-            _exit(0)  # discarded: the template's state changed, or it is gone
-        self.named = False
-        self._serve_creator(fds[0])
-
-    def _drop_spare(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()  # it sees EOF and exits; we reap it
-
-    def _leave_template(self) -> None:
-        """In a new child: let go of what belongs to the template."""
-        _signal.set_wakeup_fd(-1)
-        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self.sock.close()
-        self.forked = False
-        self._wake_r = self._wake_w = -1
-        self._poll = None
-
-    def _serve_creator(self, fd: int) -> NoReturn:
+    def serve_creator(self, fd: int) -> NoReturn:
         self.sock = _stream(fd)
         self.owner = os.getppid()
         self.decoder = _wire.Decoder(_wire.COMMANDS)
@@ -351,23 +310,27 @@ class Server:
         func = resolve(ref)
         args = [wrap(a) if type(a) is Fd else a for a in self.args]
         self.args = []
+        restore_signals(self.handled if self.handled is not None else handled_signals())
+        name(ref.rpartition(":")[2] or ref)
+        # RUNNING is our last word, after every report still queued (a template's EXITED...).
+        self.report(_wire.RUNNING, _wire.U32.pack(os.getpid()))
+        self._flush_reports()
+        if self.gone:
+            leave(0)  # the creator has let go (run was cancelled): nobody wants the function
         sock = _user_socket(self.sock)
-        _restore_signals(self.handled if self.handled is not None else _handled_signals())
-        _name(ref.rpartition(":")[2] or ref)
-        sock.sendall(_wire.frame(_wire.RUNNING, _wire.U32.pack(os.getpid())))
         global current
         current = None
         code = 0
         try:
             func(sock, *args)
         except SystemExit as exc:
-            code = _exit_code(exc)
+            code = exit_code(exc)
         except BaseException:
             import traceback
 
             traceback.print_exc()
             code = 1
-        _exit(code)
+        leave(code)
 
 
 _STAGES = {
@@ -378,19 +341,6 @@ _STAGES = {
     _wire.FORK: "fork",
     _wire.RUN: "run",
 }
-
-
-def _on_sigchld(signum: int, frame: object) -> None:
-    """Nothing to do here: the wakeup fd has already woken the serve loop."""
-
-
-def _fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(_wire.unpack_ints(data[:usable]))
-    return fds
 
 
 def resolve(ref: str) -> Callable[..., object]:
@@ -428,18 +378,6 @@ def _lib(name: str) -> Any:
     return module
 
 
-def _preload() -> None:
-    """Import, once in the template, every module a forked child needs on its way to ``run``."""
-    import fcntl  # noqa: F401  # wrap() uses it for every passed fd
-    import socket  # noqa: F401  # the function receives a socket.socket
-    # Not traceback: it costs milliseconds and a bigger template, for the error path only.
-
-    # Run the compiler once: its first use sets up state that every child's eval would
-    # otherwise set up again in its own copy (an exec'd template that received its code,
-    # _spawn, may never have compiled anything: measured 850 -> 500 processes/s for eval+run).
-    compile("def f(a, *b, c=1, **d):\n    return [a.b for a in b if c] or {d: 0}\n", "", "exec")
-
-
 def _stream(fd: int) -> _socket.socket:
     # Family and type are known (our socketpair): naming them spares three syscalls of
     # detection.  The socket is blocking already: blocking-ness is per open file, and the
@@ -475,89 +413,36 @@ def wrap(fd: int) -> object:
     return open(int(fd), file_mode, buffering=0)  # ownership passes to the user
 
 
-def _handled_signals() -> list[int]:
-    """The signals with a Python handler that ``run`` must reset (SIGINT and SIGCHLD apart)."""
-    handled = []
-    for signum in range(1, _signal.NSIG):
-        if signum in (_signal.SIGINT, _signal.SIGCHLD, _signal.SIGPIPE):
-            continue
-        try:
-            handler = _signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        if callable(handler):
-            handled.append(signum)
-    return handled
+def _refuse_version(fd: int, version: str) -> NoReturn:
+    """Tell a parent that speaks another protocol version so, in the one form every version
+    understands (``_wire`` Rule 3), and exit: it raises ``ProtocolError`` at its first wait."""
+    from . import _records
 
-
-def _restore_signals(handled: list[int]) -> None:
-    """Give the function a process with default signal handling, as a fresh interpreter has."""
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-    for signum in handled:
-        _signal.signal(signum, _signal.SIG_DFL)
-
-
-def _name(title: str) -> None:
-    """Name the process where ``ps`` and ``top`` show it (Linux's 15-byte comm)."""
-    title = f"af:{title}"[:15]
-    setproctitle = sys.modules.get("setproctitle")
-    if setproctitle is not None:
-        setproctitle.setproctitle(f"anyfork {title}")
+    message = (
+        f"the parent speaks anyfork command protocol version {version}, this child (Python "
+        f"{sys.version.split()[0]} at {sys.executable}, anyfork from {__file__}) speaks "
+        f"version {_wire.VERSION}: parent and child import different anyfork versions"
+    )
+    data = _wire.version_error(_records.anyfork_error("ProtocolError", message))
     try:
-        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+        while data:
+            data = data[os.write(fd, data) :]
     except OSError:
-        return
-    try:
-        os.write(fd, title.encode(errors="replace"))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _exit_code(exc: SystemExit) -> int:
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    sys.stderr.write(f"{code}\n")
-    return 1
-
-
-def _exit(code: int) -> NoReturn:
-    """Leave without running the creator's atexit handlers or finalising a copy-on-write heap:
-    flush what the function wrote, run the handlers registered in this process, go."""
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except Exception:
-                pass
-        os._exit(code)
-
-
-def _ignore_interrupts() -> None:
-    # A template lives as long as its creator's socket; a terminal's Ctrl-C belongs to the
-    # creator, which will close the socket if it wants us gone.
-    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+        pass  # the parent has gone
+    os._exit(2)
 
 
 def serve_forked(fd: int, owner: int) -> NoReturn:
     """Serve in a process forked from the main program (early and main templates)."""
     atexit._clear()  # the main program's handlers are not ours to run
-    _ignore_interrupts()
+    ignore_interrupts()
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    _name("anyfork tmpl")
+    name("anyfork tmpl")
     Server(fd, owner).start()
 
 
 def main() -> NoReturn:
-    """Entry point of an exec'd interpreter (see ``_spawn.boot_argv``)."""
+    """Entry point of an exec'd interpreter (``_spawn.BOOT`` and ``_spawn.SHIPPED_BOOT``)."""
     version, fd, owner = sys.argv[1:4]
     del sys.argv[1:]
     # Only stdio and our socket: whatever else our creator had open without close-on-exec (a
@@ -567,11 +452,7 @@ def main() -> NoReturn:
     # Inherited through exec, so inheritable: as every fd Python opens (PEP 446), it must not
     # leak into what the function execs (the creator would not see EOF while that lives).
     os.set_inheritable(int(fd), False)
-    if int(version) != _wire.VERSION:
-        sys.stderr.write(
-            f"anyfork: protocol version {version} from the parent, {_wire.VERSION} here: "
-            f"the parent and child import different anyfork versions\n"
-        )
-        os._exit(2)
-    _ignore_interrupts()
+    if version != str(_wire.VERSION):
+        _refuse_version(int(fd), version)
+    ignore_interrupts()
     Server(int(fd), int(owner)).start()

@@ -21,6 +21,7 @@ would find the C versions first.
 from __future__ import annotations
 
 import _socket
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,9 +29,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _socket_module() -> Any:
-    from ._serve import _lib  # (which imports this module)
-
-    return _lib("socket")
+    """The ``socket`` module, imported on first need (a dict lookup once it is loaded)."""
+    module = sys.modules.get("socket")
+    if module is None:
+        module = __import__("socket")
+    return module
 
 
 class Socket(_socket.socket):

@@ -18,8 +18,19 @@ frame that is not yet its own.  ``Decoder.want()`` says how many bytes may be re
 without crossing a frame boundary; the parent relies on it to hand the socket over after
 ``RUNNING`` with not one byte of the user's stream consumed.
 
+Sizes: a command's payload is at most ``MAX_COMMAND`` bytes (the parent refuses to queue a
+bigger one), a report's at most ``MAX_REPORT``.  A header claiming more is a ``WireError`` at
+once, before any of its payload is read, and ``want()`` never asks for more than ``MAX_READ``
+bytes: what a reader allocates grows with the bytes that actually arrived, never with what a
+header claims.
+
 Rule 1: nothing here touches a socket, a clock or the filesystem.
-Rule 2: every decoding error is ``WireError``; the caller decides what it means.
+Rule 2: every decoding error is ``WireError``; the caller decides what it means (the parent turns
+it into ``anyfork.ProtocolError`` at its one receive boundary, ``Process._poll_reports``; the child
+reports it and exits).
+Rule 3: what a child says when the parent speaks another protocol version never changes: a
+``frame(ERROR, pack_values(["version", record]))`` (``version_error``), the header layout, the
+ERROR opcode, ``pack_values`` and the error record (``_records``) being the same in every version.
 """
 
 from __future__ import annotations
@@ -42,6 +53,13 @@ U32 = struct.Struct(">I")
 
 #: Most fds one frame may carry; the kernel's SCM_MAX_FD is 253.
 MAX_FDS = 253
+
+#: The largest command payload (an ``eval``'s code and arguments, a ``send_arg``'s values).
+MAX_COMMAND = 1 << 30
+#: The largest report payload (an error record with its traceback is the biggest there is).
+MAX_REPORT = 16 << 20
+#: The most bytes ``Decoder.want()`` asks a reader to read at once.
+MAX_READ = 1 << 16
 
 # Parent -> child commands.
 IMPORT = ord("i")  # payload: list of module names
@@ -147,16 +165,59 @@ def unpack_u32(payload: bytes) -> int:
     return int(U32.unpack(payload)[0])
 
 
+# -- report payloads (decoded by the parent, at its receive boundary) --------------------------
+
+
+def unpack_error(payload: bytes) -> tuple[str, bytes]:
+    """An ERROR report: ``(stage, error record)``."""
+    values = unpack_values(payload)
+    if len(values) != 2 or not isinstance(values[0], str) or not isinstance(values[1], bytes):
+        raise WireError("an ERROR report is [stage (str), record (bytes)]")
+    return values[0], values[1]
+
+
+def unpack_message(payload: bytes) -> str:
+    """A FORK_FAILED report: one string."""
+    values = unpack_strings(payload)
+    if len(values) != 1:
+        raise WireError(f"expected one message, got {len(values)} values")
+    return values[0]
+
+
+def unpack_exit(payload: bytes) -> tuple[int, int]:
+    """An EXITED report: ``(pid, return code)``, the code ``-N`` for death by signal N."""
+    if len(payload) != EXIT.size:
+        raise WireError(f"an EXITED report is {EXIT.size} bytes, not {len(payload)}")
+    pid, status = EXIT.unpack(payload)
+    # os.waitstatus_to_exitcode, without importing os here: the low 7 bits are 0 for an exit
+    # (its code in the next byte), the killing signal otherwise; 0x7f is a stopped process.
+    signum = status & 0x7F
+    if signum == 0:
+        return pid, (status >> 8) & 0xFF
+    if signum != 0x7F:
+        return pid, -signum
+    raise WireError(f"{status:#x} is not the wait status of a process that ended")
+
+
+def version_error(record: bytes) -> bytes:
+    """The one thing a child says to a parent that speaks another protocol version (Rule 3)."""
+    return frame(ERROR, pack_values(["version", record]))
+
+
 class Decoder:
     """Turns a byte stream (plus the fds that rode on it) into ``(op, payload, fds)`` frames.
 
     ``receive(data, fds)`` buffers; ``next_frame()`` returns one complete frame or ``None``;
-    ``want()`` is the largest read that cannot cross a frame boundary.  ``receive(b"")`` means
-    EOF: a partial frame at EOF is a ``WireError``.  After ``stop_after`` is seen (the parent uses
-    ``RUNNING``), the decoder accepts no more bytes: they belong to someone else.
+    ``want()`` is the largest read that cannot cross a frame boundary (and at most
+    ``MAX_READ``).  ``receive(b"")`` means EOF: a partial frame at EOF is a ``WireError``.  A
+    header whose opcode is not ``allowed`` or whose length exceeds ``max_payload`` is a
+    ``WireError`` as soon as the header is complete.  After ``stop_after`` is seen (the parent
+    uses ``RUNNING``), the decoder accepts no more bytes: they belong to someone else.
     """
 
-    def __init__(self, allowed: frozenset[int], max_payload: int = 1 << 32, stop_after: int = -1):
+    def __init__(
+        self, allowed: frozenset[int], max_payload: int = MAX_COMMAND, stop_after: int = -1
+    ):
         self._allowed = allowed
         self._max_payload = max_payload
         self._stop_after = stop_after
@@ -168,10 +229,12 @@ class Decoder:
         self.stopped = False
 
     def want(self) -> int:
-        """How many bytes the caller may read next without reading past the current frame."""
+        """How many bytes the caller may read next without reading past the current frame
+        (never more than ``MAX_READ``: a reader's buffer grows with what arrives)."""
         if self.stopped or self.eof:
             return 0
-        return self._need - len(self._buf)
+        need = self._need - len(self._buf)
+        return need if need < MAX_READ else MAX_READ
 
     def receive(self, data: bytes, fds: Sequence[int] = ()) -> None:
         if self.stopped:
@@ -200,7 +263,9 @@ class Decoder:
                 if op not in self._allowed:
                     raise WireError(f"unexpected opcode {op:#x}")
                 if size > self._max_payload:
-                    raise WireError(f"frame of {size} bytes exceeds the limit")
+                    raise WireError(
+                        f"a frame of {size} bytes exceeds the limit of {self._max_payload} bytes"
+                    )
                 del self._buf[:HEADER_SIZE]
                 self._op, self._need = op, size
                 continue

@@ -4,8 +4,8 @@ Processes forked by a template are the template's children; it reaps them itself
 reaped here, without a thread (a thread would make every later ``os.fork`` of the program unsafe):
 
 * a SIGCHLD handler, installed only when SIGCHLD has no handler yet and we are on the main thread
-  (it chains to any handler installed after it would replace it, so it never steals: it waits
-  only for the pids registered here, never ``waitpid(-1)``);
+  (a handler the program installs later replaces it, which is why the poll below exists; it
+  never steals a child: it waits only for the pids registered here, never ``waitpid(-1)``);
 * a poll at every anyfork call, for programs whose main thread is busy or which handle SIGCHLD
   themselves.
 """
@@ -15,12 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable
 
 _lock = threading.RLock()
 _watched: set[int] = set()
 _status: dict[int, int] = {}
-_listeners: dict[int, list[Callable[[int], None]]] = {}
 _installed = False
 _STATUS_LIMIT = 4096
 
@@ -33,16 +31,6 @@ def watch(pid: int) -> None:
         _status.pop(pid, None)
     _install()
     poll()
-
-
-def add_listener(pid: int, callback: Callable[[int], None]) -> None:
-    """Call ``callback(returncode)`` once ``pid`` has been reaped (at once if it already was)."""
-    with _lock:
-        code = _status.get(pid)
-        if code is None:
-            _listeners.setdefault(pid, []).append(callback)
-            return
-    callback(code)
 
 
 def returncode(pid: int) -> int | None:
@@ -60,7 +48,6 @@ def known(pid: int) -> int | None:
 
 def poll() -> None:
     """Reap every watched child that has exited, without blocking."""
-    done: list[tuple[int, int]] = []
     with _lock:
         for pid in list(_watched):
             try:
@@ -72,14 +59,9 @@ def poll() -> None:
             if got == 0:
                 continue
             _watched.discard(pid)
-            code = os.waitstatus_to_exitcode(status)
-            _status[pid] = code
-            done.append((pid, code))
+            _status[pid] = os.waitstatus_to_exitcode(status)
         while len(_status) > _STATUS_LIMIT:
             del _status[next(iter(_status))]
-        callbacks = [(cb, code) for pid, code in done for cb in _listeners.pop(pid, ())]
-    for cb, code in callbacks:
-        cb(code)
 
 
 def poll_unhandled() -> None:
@@ -127,7 +109,6 @@ def _reset_in_child() -> None:
     _lock = threading.RLock()
     _watched.clear()
     _status.clear()
-    _listeners.clear()
     if _installed and signal.getsignal(signal.SIGCHLD) is _on_sigchld:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _installed = False

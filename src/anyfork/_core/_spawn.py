@@ -61,6 +61,7 @@ CHILD_MODULES = (
     "anyfork._child",
     "anyfork._child._wire",
     "anyfork._child._sock",
+    "anyfork._child._forking",
     "anyfork._child._serve",
 )
 

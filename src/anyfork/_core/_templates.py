@@ -27,7 +27,12 @@ def new() -> Process:
 
     The default template is a small interpreter exec'd on the first call (in each process that
     uses anyfork) and kept; if it has died, the next call makes a new one.  With an early
-    template (:func:`start_early`), that is the default template."""
+    template (:func:`start_early`), that is the default template.
+
+    Raises:
+        SpawnError: no interpreter to exec for the default template, or it could not start.
+        OSError: no file descriptors left for the new process's socket.
+    """
     global _default
     _reaper.poll_unhandled()
     with _lock:
@@ -44,7 +49,15 @@ def new_exec(*, python: str | None = None) -> Process:
 
     The caller is never forked (``posix_spawn``), so this is safe in a program with threads
     or a running event loop.  With an early template and no ``python`` given, the process is
-    forked from the early template instead, and nothing is exec'd at all."""
+    forked from the early template instead, and nothing is exec'd at all.
+
+    Args:
+        python: the interpreter to exec (default: ``$ANYFORK_PYTHON``, else this one).
+
+    Raises:
+        SpawnError: the interpreter cannot be exec'd.  A child that imports another anyfork
+            version fails its first wait with ``ProtocolError`` naming both versions.
+    """
     _reaper.poll_unhandled()
     global _early
     if _early is not None and python is None:
@@ -66,12 +79,25 @@ def new_exec(*, python: str | None = None) -> Process:
 
 
 def new_from_fh(sock: socket.socket | int) -> Process:
-    """Continue preparing a process whose socket another process handed over with ``to_fh``."""
+    """Continue preparing a process whose socket another process handed over with ``to_fh``.
+
+    The process takes ``sock`` over (an int is wrapped): close the process, not the socket.
+    It asks the child for its pid (known after the next wait), and everything queued is
+    delivered even if the process is dropped before ``run``, as for any process.  Nothing is
+    raised for a child that has gone: the first wait says what happened.
+
+    Args:
+        sock: the socket ``to_fh`` returned (in this or another process), or its fd.
+    """
     if isinstance(sock, int):
         sock = socket.socket(fileno=sock)
-    proc = Process(Channel(sock))
-    proc._send(_wire.PID, b"")
-    return proc
+    chan = Channel(sock)
+    chan.queue(_wire.frame(_wire.PID))
+    try:
+        chan.flush_nowait()
+    except OSError:
+        pass  # gone already: the first wait says how (what it reported, or how it died)
+    return Process(chan)
 
 
 def start_early() -> Process:
@@ -80,8 +106,12 @@ def start_early() -> Process:
 
     Call it first thing in the main program (or ``import anyfork.early``), before anything starts
     threads, opens fds, or creates an event loop: the template is a copy of the program at this
-    moment, and every worker will inherit what it holds.  Raises ``RuntimeError`` if threads
-    or a running loop make forking unsafe."""
+    moment, and every worker will inherit what it holds.
+
+    Raises:
+        RuntimeError: other threads or a running event loop make forking unsafe.
+        SpawnError: the fork failed.
+    """
     global _early, _default
     with _lock:
         if _early is not None and _early._usable():
@@ -96,14 +126,19 @@ def main_template() -> Process:
 
     Use it after importing and defining what workers need (functions in ``__main__`` can be
     run by bare name), before threads or an event loop exist.  The program's atexit handlers
-    do not run in the template or its children, and inherited fds stay open in them."""
+    do not run in the template or its children, and inherited fds stay open in them.
+
+    Raises:
+        RuntimeError: other threads or a running event loop make forking unsafe.
+        SpawnError: the fork failed.
+    """
     sock, pid = _spawn.fork_main()
     _reaper.watch(pid)
     return Process(Channel(sock), pid=pid, direct=True)
 
 
 def _reset_in_child() -> None:
-    """A forked copy of this program has no templates of its own (``_process`` closes the
+    """A forked copy of this program has no templates of its own (``_protocol`` closes the
     sockets it inherited) and a fresh lock."""
     global _default, _early, _lock
     _lock = threading.Lock()

@@ -1,0 +1,278 @@
+"""Forking, for the command server: a template's children and its spare, reaping them, and the
+clean state a new process starts from (signals, name, the template's fds left behind).
+
+``Forker`` is the forking half of ``_serve.Server``, which derives from it.  Like ``_serve``, this
+module is loaded into every exec'd interpreter and lives in every fork: it imports only ``os``
+and builtin modules.
+
+A spare is the next child, forked in advance: after each fork the template forks one more
+process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
+work) then happens on another core while the previous child runs, instead of between a FORK and
+its child's first byte.  Any command that changes the template's state discards the spare, so a
+child always starts from exactly the state it would have had.
+"""
+
+from __future__ import annotations
+
+import _socket
+import atexit
+import gc
+import os
+import sys
+
+from . import _wire
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import signal as _signal  # the same functions; ``signal`` itself would import enum
+    from typing import NoReturn
+else:
+    import _signal
+
+RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+
+
+class Forker:
+    """Forks children (and spares) of this process, and reaps them at once.
+
+    The server provides ``sock`` (its creator's socket), ``report(op, payload)`` and
+    ``report_exits(frames)`` (reports for the creator: FORK_FAILED, EXITED), ``serve_creator(fd)``
+    (a new child serves the creator whose socket rode on its FORK frame) and ``leave_reports()``
+    (a new child forgets the template's reports)."""
+
+    sock: _socket.socket
+
+    def __init__(self) -> None:
+        #: This process has forked: it reaps (SIGCHLD through the wakeup fd ``wake_r``).
+        self.forked = False
+        self.wake_r = self.wake_w = -1
+        #: A spare that has become a child still bears the spare's name until it is named
+        #: (at its first command other than ``run``, or at ``run``).
+        self.named = True
+        #: Signals with Python handlers, computed in the template before it forks (so that no
+        #: child has to look) and forgotten when a command may have installed new handlers.
+        self.handled: list[int] | None = None
+        self._spare: _socket.socket | None = None
+
+    def report(self, op: int, payload: bytes = b"") -> None:
+        raise NotImplementedError
+
+    def report_exits(self, frames: bytes) -> None:
+        raise NotImplementedError
+
+    def serve_creator(self, fd: int) -> NoReturn:
+        raise NotImplementedError
+
+    def leave_reports(self) -> None:
+        raise NotImplementedError
+
+    def fork(self, fd: int) -> None:
+        """Fork a child that serves the socket ``fd`` (a failed fork is reported: FORK_FAILED,
+        and this process goes on serving)."""
+        if not self.forked:
+            preload()
+            gc.collect()  # once: the heap the children will share starts without garbage
+            self._arm_reaper()
+            self.forked = True
+        # Freeze: the children's collector never walks (and so never dirties) the pages they
+        # share with us.  (What is frozen is also never collected here; a template that keeps
+        # creating cyclic garbage between forks should call gc.collect() in its own eval.)
+        gc.freeze()
+        if self.handled is None:
+            self.handled = handled_signals()
+        if self._hand_to_spare(fd):
+            self._fork_spare()
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)
+            self.report(_wire.FORK_FAILED, _wire.pack_values([f"fork failed: {exc}"]))
+            return
+        if pid == 0:
+            # The child: drop everything that belongs to the template, serve our own creator.
+            self.leave_template()
+            self.serve_creator(fd)
+        os.close(fd)
+        self._fork_spare()
+
+    def _hand_to_spare(self, fd: int) -> bool:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return False
+        try:
+            spare.sendmsg(
+                [b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _wire.pack_ints([fd]))]
+            )
+        except OSError:
+            return False  # the spare died (killed from outside): fork the child directly
+        finally:
+            spare.close()
+        os.close(fd)
+        return True
+
+    def _fork_spare(self) -> None:
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return  # no spare this time; the next FORK forks directly and reports failure
+        if pid:
+            theirs.close()
+            self._spare = ours
+            return
+        ours.close()
+        self.leave_template()
+        name("spare")
+        try:
+            _, anc, _, _ = theirs.recvmsg(1, _socket.CMSG_SPACE(4), RECV_FLAGS)
+        except OSError:
+            anc = []
+        theirs.close()
+        fds = fds_from(anc)
+        if not fds:
+            leave(0)  # discarded: the template's state changed, or it is gone
+        self.named = False
+        self.serve_creator(fds[0])
+
+    def drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()  # it sees EOF and exits; we reap it
+
+    def leave_template(self) -> None:
+        """In a new child: let go of what belongs to the template."""
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self.sock.close()
+        self.forked = False
+        self.wake_r = self.wake_w = -1
+        self.leave_reports()
+
+    def _arm_reaper(self) -> None:
+        """Reap forked children at once: SIGCHLD wakes the serve loop through a wakeup fd."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake_r, self.wake_w = r, w
+        _signal.set_wakeup_fd(w)
+        _signal.signal(_signal.SIGCHLD, _on_sigchld)
+
+    def reap(self) -> None:
+        """Reap every child that has exited, and report them all, in as few writes as can be."""
+        try:
+            os.read(self.wake_r, 512)
+        except BlockingIOError:
+            pass
+        exits = []
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            exits.append(_wire.frame(_wire.EXITED, _wire.EXIT.pack(pid, status)))
+        if exits:
+            self.report_exits(b"".join(exits))
+
+
+def _on_sigchld(signum: int, frame: object) -> None:
+    """Nothing to do here: the wakeup fd has already woken the serve loop."""
+
+
+def fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(_wire.unpack_ints(data[:usable]))
+    return fds
+
+
+def preload() -> None:
+    """Import, once in the template, every module a forked child needs on its way to ``run``."""
+    import fcntl  # noqa: F401  # wrap() uses it for every passed fd
+    import socket  # noqa: F401  # the function receives a socket.socket
+    # Not traceback: it costs milliseconds and a bigger template, for the error path only.
+
+    # Run the compiler once: its first use sets up state that every child's eval would
+    # otherwise set up again in its own copy (an exec'd template that received its code,
+    # _spawn, may never have compiled anything: measured 850 -> 500 processes/s for eval+run).
+    compile("def f(a, *b, c=1, **d):\n    return [a.b for a in b if c] or {d: 0}\n", "", "exec")
+
+
+def handled_signals() -> list[int]:
+    """The signals with a Python handler that ``run`` must reset (SIGINT, SIGCHLD and SIGPIPE
+    apart: ``restore_signals`` sets the first two itself, and SIGPIPE stays as Python set it)."""
+    handled = []
+    for signum in range(1, _signal.NSIG):
+        if signum in (_signal.SIGINT, _signal.SIGCHLD, _signal.SIGPIPE):
+            continue
+        try:
+            handler = _signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            handled.append(signum)
+    return handled
+
+
+def restore_signals(handled: list[int]) -> None:
+    """Give the function a process with default signal handling, as a fresh interpreter has."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    for signum in handled:
+        _signal.signal(signum, _signal.SIG_DFL)
+
+
+def ignore_interrupts() -> None:
+    # A template lives as long as its creator's socket; a terminal's Ctrl-C belongs to the
+    # creator, which will close the socket if it wants us gone.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+
+
+def name(title: str) -> None:
+    """Name the process where ``ps`` and ``top`` show it (Linux's 15-byte comm)."""
+    title = f"af:{title}"[:15]
+    setproctitle = sys.modules.get("setproctitle")
+    if setproctitle is not None:
+        setproctitle.setproctitle(f"anyfork {title}")
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, title.encode(errors="replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def exit_code(exc: SystemExit) -> int:
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def leave(code: int) -> NoReturn:
+    """Leave without running the creator's atexit handlers or finalising a copy-on-write heap:
+    flush what the function wrote, run the handlers registered in this process, go."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        os._exit(code)

@@ -1,0 +1,213 @@
+"""The two drivers of the protocol generators (``_channel.Op``), and ``release``.
+
+``drive_async`` runs a generator on the running event loop, ``drive_blocking`` with ``poll``:
+each ``Wait`` it yields is one wait for a channel to be readable or writable (or a deadline),
+during which a template's reports may be drained (``Wait.drain``) without waking the generator.
+
+Letting go (``release``): a process dropped or closed before ``run`` still gets everything that
+was queued for it (and for the templates it is forked from: its FORK frame), then EOF.  Without
+a running event loop in the calling thread ``release`` writes it there and then, waiting only
+for the kernel to take it (as long as the children read); with one, a task on that loop writes
+it, and finishes in a blocking write if the loop shuts down first.  No thread is ever started.
+"""
+
+from __future__ import annotations
+
+import select
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from ._channel import WRITE, Channel, Drain, Op, Wait
+
+if TYPE_CHECKING:
+    # Only drive_async needs asyncio at run time, and imports it there: an early or main
+    # template forked from a program that has not imported asyncio must not carry it.
+    import asyncio
+
+T = TypeVar("T")
+
+_POLL_EVENTS = (select.POLLIN, select.POLLOUT)
+
+
+def drive_blocking(op: Op[T], timeout: float | None) -> T:
+    """Run a protocol generator to completion, blocking in ``poll``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        wait = next(op)
+        while True:
+            until = _earliest(deadline, wait.until)
+            chan = wait.chan
+            ready = True
+            if chan is None:
+                time.sleep(max(0.0, (until or 0.0) - time.monotonic()))
+                ready = False
+            elif chan.sock is not None:
+                ready = _poll(chan, _POLL_EVENTS[wait.kind], wait.drain, until)
+            wait = _resume(op, ready, deadline, timeout)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
+
+
+def _poll(chan: Channel, events: int, drain: Drain | None, until: float | None) -> bool:
+    """Wait for ``events`` on ``chan`` (``False``: ``until`` passed); meanwhile call ``drain[1]``
+    whenever ``drain[0]`` is readable."""
+    poller = select.poll()
+    mask, other = events, -1  # other: the drain's fd, when it is not chan's
+    if drain is not None:
+        if not drain[0].readable():
+            drain = None
+        elif drain[0] is chan:
+            mask |= select.POLLIN
+        else:
+            other = drain[0].fd
+            poller.register(other, select.POLLIN)
+    poller.register(chan.fd, mask)
+    while True:
+        remaining = None if until is None else max(0.0, until - time.monotonic())
+        ready = poller.poll(None if remaining is None else remaining * 1000)
+        if not ready:
+            return False
+        mine = False
+        for fd, what in ready:
+            if fd == other:
+                drain[1]()  # type: ignore[index]  # other >= 0 only with a drain
+            elif fd == chan.fd:
+                if mask != events and what & select.POLLIN:  # readable: the drain's business
+                    drain[1]()  # type: ignore[index]  # mask != events only with a drain
+                    what &= ~select.POLLIN
+                if what:
+                    mine = True
+        if mine:
+            return True
+        if drain is not None and not drain[0].readable():  # at EOF, or past RUNNING
+            if other >= 0:
+                poller.unregister(other)
+            else:
+                poller.modify(chan.fd, events)
+            drain, mask, other = None, events, -1
+
+
+async def drive_async(op: Op[T], timeout: float | None) -> T:
+    """Run a protocol generator to completion on the running event loop."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        wait = next(op)
+        while True:
+            until = _earliest(deadline, wait.until)
+            chan, kind, drain = wait.chan, wait.kind, wait.drain
+            fut: asyncio.Future[bool] = loop.create_future()
+            if chan is not None:
+                chan.add_waiter(loop, kind, fut, wait.upto)
+            if drain is not None:
+                drain[0].keep_drained(loop, drain[1])
+            timer = None
+            if until is not None:
+                timer = loop.call_later(max(0.0, until - time.monotonic()), _expire, fut)
+            try:
+                ready = await fut
+            except BaseException:
+                op.close()
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if chan is not None:
+                    chan.discard_waiter(loop, kind, fut)
+            wait = _resume(op, ready, deadline, timeout)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
+
+
+def _resume(op: Op[T], ready: bool, deadline: float | None, timeout: float | None) -> Wait:
+    """Resume ``op`` after a wait (``ready``: it ended before its own deadline), unless the whole
+    operation's deadline has passed.  Raises ``StopIteration`` when ``op`` is done."""
+    if not ready and deadline is not None and time.monotonic() >= deadline:
+        op.close()
+        raise TimeoutError(f"no answer within {timeout} s")
+    return op.send(ready)
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+# -- letting go ----------------------------------------------------------------------------------
+
+#: The tasks finishing a ``release`` on an event loop (the loop keeps only weak references).
+_releasing: set[asyncio.Task[None]] = set()
+
+
+def release(chan: Channel, chain: Sequence[Channel] = ()) -> None:
+    """Let go of ``chan``: close it once everything queued on it, and on ``chain`` (the
+    channels of the templates its process is forked from, oldest first: its FORK frame may
+    still be queued there), has been written.  The child then reads it all, then EOF.
+
+    Returns at once when the kernel takes everything now (the usual case).  Otherwise, on a
+    thread with a running event loop, a task finishes the writes; on any other thread the
+    writes finish here, blocking as long as the children take no more (a child still busy with
+    an earlier command that takes forever keeps this waiting).  A dead process, or one whose
+    socket is closed, ends its part at once."""
+    if chan.sock is None:
+        return
+    if _flush_nowait((*chain, chan)):
+        chan.close()
+        return
+    asyncio = sys.modules.get("asyncio")
+    loop = asyncio._get_running_loop() if asyncio is not None else None
+    if loop is None:
+        try:
+            drive_blocking(_deliver(chan, chain), None)
+        finally:
+            chan.close()
+        return
+    task = loop.create_task(_deliver_async(chan, chain))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+
+
+async def _deliver_async(chan: Channel, chain: Sequence[Channel]) -> None:
+    import asyncio
+
+    try:
+        await drive_async(_deliver(chan, chain), None)
+    except asyncio.CancelledError:
+        # The loop is shutting down (asyncio.run cancels what is left): finish without it.
+        drive_blocking(_deliver(chan, chain), None)
+    finally:
+        chan.close()
+
+
+def _deliver(chan: Channel, chain: Sequence[Channel]) -> Op[None]:
+    for each in (*chain, chan):
+        upto = each.queued
+        while each.sock is not None:
+            try:
+                if each.flush_nowait(upto):
+                    break
+            except OSError:
+                break  # gone: what depends on it is gone too
+            yield Wait(WRITE, each, upto=upto)
+
+
+def _flush_nowait(chans: Sequence[Channel]) -> bool:
+    done = True
+    for each in chans:
+        try:
+            done = each.flush_nowait() and done
+        except OSError:
+            pass
+    return done
