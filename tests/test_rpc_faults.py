@@ -387,16 +387,17 @@ def test_version_mismatch_found_by_the_worker(face: Face, monkeypatch: pytest.Mo
     proc = anyfork.new()
     with pytest.raises(anyfork.ProtocolError) as info:
         face.rpc(proc, "rpc_funcs:add")
-    assert str(info.value) == W.version_mismatch(99, 2)
+    assert str(info.value) == W.version_mismatch(99, W.VERSION)
     assert info.value.__notes__ == [f"(anyfork RPC worker pid {proc.pid} failed to start)"]
 
 
 def test_version_mismatch_found_by_the_parent(face: Face, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(W, "VERSION", 99)  # here only: the worker still speaks 2
+    speaks = W.VERSION
+    monkeypatch.setattr(W, "VERSION", 99)  # here only: the worker still speaks its own
     proc = anyfork.new()
     with pytest.raises(anyfork.ProtocolError) as info:
         face.rpc(proc, "rpc_funcs:add")
-    assert str(info.value) == f"{W.version_mismatch(99, 2)} (pid {proc.pid})"
+    assert str(info.value) == f"{W.version_mismatch(99, speaks)} (pid {proc.pid})"
 
 
 # -- point 11: start-up failures are both their own type and an AnyforkError --------------------

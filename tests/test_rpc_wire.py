@@ -247,7 +247,9 @@ def test_a_valid_header_then_garbage_is_taken_as_payload(tail: bytes) -> None:
 
 def test_config_roundtrip_and_version() -> None:
     text = W.pack_config("m:f", "sync", "pickle", "", 8)
-    assert W.parse_config(text) == (W.VERSION, "m:f", "sync", "pickle", "", 8)
+    assert W.parse_config(text) == (W.VERSION, "m:f", "sync", "pickle", "", "", 8)
+    text = W.pack_config("m:f", "async", "json", "m:init", 3, done="m:done")
+    assert W.parse_config(text) == (W.VERSION, "m:f", "async", "json", "m:init", "m:done", 3)
     skewed = W.pack_config("m:f", "sync", "pickle", "", 8, version=W.VERSION + 1)
     assert W.parse_config(skewed)[0] == W.VERSION + 1
     for bad in (b"bytes", "not a config", "anyfork.rpc\x00x"):

@@ -16,7 +16,8 @@ Built in (by name):
     ``msgpack`` (needs the package on both sides), ``use_bin_type=True``.
 ``"bytes"`` / ``"str"``
     Raw: a call takes exactly one ``bytes`` (or ``str``) argument and no keyword arguments, a
-    result is one such value, an event carries one such value.  The fastest choice.
+    result is one such value, an event carries one such value.  The fastest choice for single
+    calls; they cannot carry a batch of calls (a list), so ``map`` sends one call per item.
 
 **User serialisers**: name an object as ``"module:attr"`` (importable in the child too).  The
 object needs two methods::
@@ -25,7 +26,8 @@ object needs two methods::
     loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
 
 A call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
-event as ``dumps(list_of_args)``, so it must handle lists and str-keyed dicts.  Any object with
+event as ``dumps(list_of_args)``, a batch of calls as ``dumps([list_of_args, ...])`` and its
+results as ``dumps([result, ...])``, so it must handle lists and str-keyed dicts.  Any object with
 those two methods qualifies, a module with two such functions included (``"mymod:codec"`` where
 ``codec`` is that module, imported into ``mymod``).
 
@@ -68,6 +70,8 @@ class Codec:
     """
 
     name = ""
+    #: Whether it can carry a batch (a list of argument tuples, a list of results).
+    batches = True
 
     def dump_value(self, value: Any) -> Chunks:
         raise NotImplementedError
@@ -97,6 +101,27 @@ class Codec:
         if not isinstance(value, (list, tuple)):
             raise ValueError("an event payload is a list of arguments")
         return tuple(value)
+
+    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
+        """A batch of calls: one list of argument tuples, serialised once."""
+        return self.dump_value([list(args) for args in items])
+
+    def load_batch(self, data: Buffer) -> list[Any]:
+        """The argument sequences of a batch (each is unpacked as ``func(*args)``)."""
+        return _a_list(self.load_value(data), "a batch payload is a list of argument lists")
+
+    def load_results(self, data: Buffer) -> list[Any]:
+        """The results of a batch (``dump_value`` of their list)."""
+        return _a_list(self.load_value(data), "a batch's results are a list")
+
+
+def _a_list(value: Any, what: str) -> list[Any]:
+    if type(value) is list:
+        same: list[Any] = value
+        return same
+    if type(value) is tuple:
+        return list(value)
+    raise ValueError(what)
 
 
 class _Pickle(Codec):
@@ -130,6 +155,9 @@ class _Pickle(Codec):
 
     def dump_event(self, args: tuple[Any, ...]) -> Chunks:
         return self.dump_value(args)
+
+    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
+        return self.dump_value(items)
 
     def load_value(self, data: Buffer) -> Any:
         view = memoryview(data)
@@ -251,6 +279,8 @@ class _Objects(Codec):
 class _Raw(Codec):
     """One ``bytes`` (or ``str``) value per call, result and event; no framing of its own."""
 
+    batches = False
+
     def __init__(self, kind: type) -> None:
         self._kind = kind
         self.name = kind.__name__
@@ -292,6 +322,21 @@ class _Raw(Codec):
 
     def load_event(self, data: Buffer) -> tuple[Any, ...]:
         return (self.load_value(data),)
+
+    def _no_batch(self) -> TypeError:
+        return TypeError(
+            f"the {self.name!r} serialiser carries exactly one {self.name} value per frame: it "
+            f"cannot carry a batch of calls (send one call per item, chunksize=1)"
+        )
+
+    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
+        raise self._no_batch()
+
+    def load_batch(self, data: Buffer) -> list[Any]:
+        raise self._no_batch()
+
+    def load_results(self, data: Buffer) -> list[Any]:
+        raise self._no_batch()
 
 
 def _json() -> Codec:
