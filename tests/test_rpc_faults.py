@@ -23,7 +23,7 @@ import struct
 import sys
 import termios
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -33,77 +33,13 @@ import rpc_funcs
 from anyfork._child import _rpc_wire as W
 from anyfork._rpc import _start
 from helpers import eventually
+from rpc_faces import FACE_IDS, FACES, AsyncFace, BlockingFace, Face
 
 T = TypeVar("T")
 DEADLINE = 30.0
 
 
-class AsyncFace:
-    """The asyncio ``Client``, driven from plain test code on a loop of its own."""
-
-    name = "asyncio"
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-
-    def run(self, coro: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, DEADLINE))
-
-    def rpc(self, proc: anyfork.Process, func: str, **kw: Any) -> Any:
-        kw.setdefault("timeout", 10)
-        return self.run(anyfork.rpc(proc, func, **kw))
-
-    def call(
-        self, client: Any, *args: Any, timeout: float = 10, first: Callable[[], object] = int
-    ) -> Any:
-        """``first()``, then the call, in one step of the loop: nothing is read in between."""
-
-        async def call() -> Any:
-            first()
-            return await client.call(*args, timeout=timeout)
-
-        return self.run(call())
-
-    def map(self, client: Any, items: list[Any], timeout: float = 10) -> list[Any]:
-        return self.run(client.map(items, timeout=timeout))
-
-    def close(self, client: Any) -> None:
-        self.run(client.aclose(timeout=10))
-
-    def end(self) -> None:
-        self.loop.close()
-
-
-class BlockingFace:
-    """The ``BlockingClient``."""
-
-    name = "blocking"
-
-    def rpc(self, proc: anyfork.Process, func: str, **kw: Any) -> Any:
-        kw.setdefault("timeout", 10)
-        return anyfork.rpc_blocking(proc, func, **kw)
-
-    def call(
-        self, client: Any, *args: Any, timeout: float = 10, first: Callable[[], object] = int
-    ) -> Any:
-        first()
-        return client.call(*args, timeout=timeout)
-
-    def map(self, client: Any, items: list[Any], timeout: float = 10) -> list[Any]:
-        result: list[Any] = client.map(items, timeout=timeout)
-        return result
-
-    def close(self, client: Any) -> None:
-        client.close(timeout=10)
-
-    def end(self) -> None:
-        pass
-
-
-Face = AsyncFace | BlockingFace
-
-
-@pytest.fixture(params=[AsyncFace, BlockingFace], ids=["asyncio", "blocking"])
+@pytest.fixture(params=FACES, ids=FACE_IDS)
 def face(request: pytest.FixtureRequest) -> Iterator[Face]:
     made: Face = request.param()
     try:
@@ -356,6 +292,35 @@ def test_garbage_after_ready_fails_the_connection(face: Face, mode: str, why: st
     with pytest.raises(anyfork.ProtocolError) as info:
         face.call(client, 1, 2)
     assert str(info.value) == f"the RPC worker (pid {client.pid}) sent a broken stream: {why}"
+    assert errors == [info.value]
+    assert not client.usable
+    face.close(client)
+
+
+@pytest.mark.usefixtures("fake_server")
+@pytest.mark.parametrize(
+    ("mode", "batch", "why"),
+    [
+        ("a batch answer to a single call", False, "an answer as a batch to call 1, which is not"),
+        ("a single answer to a batch", True, "an answer as a single call to call 1, which is not"),
+        ("too few results", True, "a batch answer with 1 results for 2"),
+        ("an item past the end failed", True, "item 5 of a batch of 2 failed"),
+        ("a short BATCH_ERROR", True, "BATCH_ERROR payload of 3 bytes"),
+    ],
+)
+def test_broken_batch_answers_fail_the_connection(
+    face: Face, mode: str, batch: bool, why: str
+) -> None:
+    errors: list[BaseException] = []
+    client = face.rpc(anyfork.new().send_arg(mode), "rpc_funcs:add", on_error=errors.append)
+
+    def send() -> object:
+        return face.batch(client, [[1, 2]]) if batch else face.call(client, 1)
+
+    with pytest.raises(anyfork.ProtocolError) as info:
+        send()
+    assert str(info.value).startswith(f"the RPC worker (pid {client.pid}) sent a broken stream: ")
+    assert why in str(info.value)
     assert errors == [info.value]
     assert not client.usable
     face.close(client)

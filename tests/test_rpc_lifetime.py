@@ -1,5 +1,5 @@
 """Client lifetime and batches: a client dropped without aclose()/close() closes its
-connection (the worker exits); ``map`` pipelines calls, keeps their order and their errors,
+connection (the worker exits); ``map`` keeps the order of its calls and their errors,
 and abandons what is left when it is cancelled or times out.
 """
 
@@ -84,7 +84,7 @@ def test_map_keeps_order_and_raises_the_first_error(backend: Any) -> None:
                 await client.map([1, "x", 2, None], [1, 1, 1, 1])
             assert await client.map([5]) == [5]  # still usable
             with pytest.raises(anyfork.EncodeError):
-                await client.map([1, lambda: None])  # encoded before anything is sent
+                await client.map([1, lambda: None])  # in the parent: not sent
             assert await client(1, 1) == 2
 
     _run(main())

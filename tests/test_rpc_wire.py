@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,9 @@ _FRAMES = [
     (W.EVENT, 0, b""),
     (W.ERROR, 0xFFFFFFFF, b"x" * 70_000),  # bigger than the decoder's buffer
     (W.CANCELLED, 7, b"y" * 300),
+    (W.BATCH_OK, 3, b"results"),
+    (W.EVENT, 4, b"of call 4"),
+    (W.BATCH_ERROR, 4, W.batch_error_head(1, 2) + b"rsrecord"),
     (W.OK, 2, b""),
 ]
 
@@ -353,3 +357,102 @@ def test_pickle_big_bytes_out_of_band_types_kept() -> None:
     assert got == value
     assert type(got[0][0]) is bytes
     assert type(got[1]["k"]) is bytearray
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+def test_batch_error_payload() -> None:
+    payload = W.batch_error_head(2, 5) + b"12345" + b"the record"
+    index, results, record = W.parse_batch_error(payload)
+    assert (index, bytes(results), bytes(record)) == (2, b"12345", b"the record")
+    for bad in (b"", b"\x00" * 7, W.batch_error_head(0, 6) + b"12345"):
+        with pytest.raises(W.RpcWireError, match="BATCH_ERROR"):
+            W.parse_batch_error(bad)
+
+
+@pytest.mark.parametrize("name", ["pickle", "json", "test_rpc_wire:Marshal"])
+def test_codec_batch_roundtrip(name: str) -> None:
+    codec = _serializers.get(name)
+    assert codec.batches
+    columns: list[list[Any]] = [[1, 2, 3], ["a", "b", "c"]]
+    got, n = codec.load_batch(_join(codec.dump_batch(columns)))
+    assert (got, n) == (columns, 3)
+    assert codec.load_results(_join(codec.dump_results([1, None, "x"]))) == [1, None, "x"]
+
+
+@pytest.mark.parametrize(
+    "payload", [[], [[1], [1, 2]], [1, 2], {"a": [1]}, "ab"], ids=lambda p: repr(p)
+)
+def test_codec_refuses_what_is_not_a_batch(payload: Any) -> None:
+    codec = _serializers.get("pickle")
+    with pytest.raises(ValueError, match="a batch payload is a list of argument lists"):
+        codec.load_batch(_join(codec.dump_value(payload)))
+    with pytest.raises(ValueError, match="results are a list"):
+        codec.load_results(_join(codec.dump_value({"not": "a list"})))
+
+
+def test_tuples_are_taken_for_lists() -> None:
+    codec = _serializers.get("pickle")
+    assert codec.load_batch(_join(codec.dump_value(([1, 2], (3, 4))))) == ([[1, 2], [3, 4]], 2)
+    assert codec.load_results(_join(codec.dump_value((1, 2)))) == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["bytes", "str"])
+def test_raw_codecs_cannot_batch(name: str) -> None:
+    codec = _serializers.get(name)
+    assert not codec.batches
+    for attempt in (
+        lambda: codec.dump_batch([[b"x"]]),
+        lambda: codec.load_batch(b"x"),
+        lambda: codec.dump_results([b"x"]),
+        lambda: codec.load_results(b"x"),
+    ):
+        with pytest.raises(TypeError, match="cannot carry a batch of calls"):
+            attempt()
+
+
+def test_a_batch_of_pickles_keeps_bytes_in_band_and_buffers_out_of_band() -> None:
+    codec = _serializers.get("pickle")
+    big = b"z" * (1 << 17)
+    chunks = codec.dump_batch([[big, bytearray(b"s")]])
+    assert not any(isinstance(c, memoryview) for c in chunks)  # no look for big bytes
+    assert codec.load_batch(_join(chunks)) == ([[big, bytearray(b"s")]], 2)
+    buffer = pickle.PickleBuffer(bytearray(big))
+    chunks = codec.dump_results([buffer])
+    assert any(isinstance(c, memoryview) and c.nbytes == len(big) for c in chunks)
+
+
+def _answer(name: str, results: list[object], failure: Exception | None) -> tuple[int, Any]:
+    """What ``_batch_answer`` sends, decoded: ``(BATCH_OK, results)`` or
+    ``(BATCH_ERROR, (index, results, error type name, message))``."""
+    from anyfork._child import _records
+    from anyfork._child._rpc_server import _batch_answer
+
+    codec = _serializers.get(name)
+    kind, chunks = _batch_answer(codec, list(results), failure)
+    payload = _join(chunks)
+    if kind == W.BATCH_OK:
+        return kind, codec.load_results(payload)
+    index, data, record = W.parse_batch_error(payload)
+    _, module, qualname, message, _ = _records.unpack(record)
+    return kind, (index, codec.load_results(data), f"{module}.{qualname}", message)
+
+
+def test_batch_answer_all_results() -> None:
+    assert _answer("pickle", [1, "a"], None) == (W.BATCH_OK, [1, "a"])
+
+
+def test_batch_answer_an_item_that_raised() -> None:
+    kind, (index, results, type_name, message) = _answer("pickle", [1, 2], KeyError("k"))
+    assert (kind, index, results, type_name) == (W.BATCH_ERROR, 2, [1, 2], "builtins.KeyError")
+    assert "k" in message
+
+
+@pytest.mark.parametrize("failure", [None, KeyError("later")])
+def test_batch_answer_a_result_that_cannot_be_encoded(failure: Exception | None) -> None:
+    """It fails its item, even when a later item raised: the results before it are sent."""
+    kind, (index, results, type_name, message) = _answer("json", [1, 2, {3}, 4], failure)
+    assert (kind, index, results) == (W.BATCH_ERROR, 2, [1, 2])
+    assert type_name == "anyfork.EncodeError"
+    assert "cannot encode the result (set)" in message

@@ -262,7 +262,7 @@ class AsyncServer:
         self.current.set(call_id)
         codec = self.codec
         try:
-            items = codec.load_batch(payload)
+            columns, _ = codec.load_batch(payload)
         except Exception as exc:
             err = _serialization_error("decode", "cannot decode the batch's arguments", exc)
             self.write(W.ERROR, call_id, [err])
@@ -271,16 +271,19 @@ class AsyncServer:
         func = self.func
         isawaitable = inspect.isawaitable
         results: list[Any] = []
-        failure = None
+        failure: Exception | None = None
         try:
-            for args in items:
+            for args in zip(*columns, strict=True):
                 result = func(*args)
                 if isawaitable(result):
                     result = await result
                 results.append(result)
+        except StopIteration as exc:  # as the sync backend's map() must take it (PEP 479)
+            failure = RuntimeError("the function raised StopIteration")
+            failure.__cause__ = exc
         except Exception as exc:
             failure = exc
-        del items
+        del columns
         kind, chunks = _batch_answer(codec, results, failure)
         self.write(kind, call_id, chunks)
 

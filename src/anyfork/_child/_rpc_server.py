@@ -16,20 +16,24 @@ Backends:
   ``anyfork.worker.flush()`` drains them synchronously.
 
 An exception in the function fails that call only (``ERROR`` frame); a result that cannot be
-serialised fails that call with an ``EncodeError`` (side ``"child"``).  A batch (``CALL_BATCH``)
-runs ``func(*args)`` for each item in order, as one call (one task in the async backend, where
-awaitable results are awaited); the first item that raises (or whose result cannot be
-serialised) ends it, and one frame answers for the whole batch (``_batch_answer``).  An event
-carries the id of the call that raised it: the running call (sync), the call whose task (or a
-task it started) raised it (async, a context variable); 0 outside any call.  ``BaseException``s that
+serialised fails that call with an ``EncodeError`` (side ``"child"``).  ``BaseException``s that
 are not ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) end the worker, as they would end
-any program.  On EOF the worker finishes every call it has received, writes the replies and
-exits, after ``done()`` if there is one (awaited if it returns an awaitable, async backend; an
-exception in it is printed to stderr and the worker exits with status 1).  If the parent has gone
-(write error), it exits at once, without ``done``.  A broken stream from the parent
-(a bad header, EOF inside a frame) is reported as ``FAILED`` (a ``ProtocolError`` record; the
-parent fails its outstanding calls with it), and the worker exits with status 1 at once: it
-runs nothing more and answers nothing more.
+any program.
+
+A batch (``CALL_BATCH``) runs ``func(*args)`` for each item in order (``map(func, *columns)``),
+as one call (one task in the async backend, where awaitable results are awaited); the first
+item that raises (or whose result cannot be serialised) ends it, and one frame answers for the
+whole batch (``_batch_answer``).  An event carries the id of the call that raised it: the
+running call (sync), the call whose task (or a task it started) raised it (async, a context
+variable); 0 outside any call.
+
+On EOF the worker finishes every call it has received, writes the replies and exits, after
+``done()`` if there is one (awaited if it returns an awaitable, async backend; an exception in
+it is printed to stderr and the worker exits with status 1).  If the parent has gone (write
+error), it exits at once, without ``done``.  A broken stream from the parent (a bad header, EOF
+inside a frame) is reported as ``FAILED`` (a ``ProtocolError`` record; the parent fails its
+outstanding calls with it), and the worker exits with status 1 at once: it runs nothing more
+and answers nothing more.
 """
 
 from __future__ import annotations
@@ -152,7 +156,7 @@ def _batch_answer(
     last result, or the first result that cannot be serialised), then its error record."""
     record = None if failure is None else error_record(failure)
     try:
-        chunks = codec.dump_value(results)
+        chunks = codec.dump_results(results)
     except Exception:
         count, chunks, record = _encodable_prefix(codec, results)
         del results[count:]
@@ -175,13 +179,13 @@ def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[in
     else:  # each one can, their list cannot: nothing is answered
         failed, what = 0, "cannot encode the batch's results"
         try:
-            codec.dump_value(results)
+            codec.dump_results(results)
         except Exception as exc:
             cause = exc
     try:
-        chunks = codec.dump_value(results[:failed])
+        chunks = codec.dump_results(results[:failed])
     except Exception:
-        failed, chunks = 0, codec.dump_value([])
+        failed, chunks = 0, codec.dump_results([])
     return failed, chunks, _serialization_error("encode", what, cause)
 
 
@@ -296,21 +300,24 @@ class SyncServer:
         self.current = call_id
         codec = self.codec
         try:
-            items = codec.load_batch(payload)
+            columns, n = codec.load_batch(payload)
         except Exception as exc:
             err = _serialization_error("decode", "cannot decode the batch's arguments", exc)
             _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         del payload
-        func = self.func
         results: list[Any] = []
-        append = results.append
-        failure = None
+        failure: Exception | None = None
         try:
-            for args in items:
-                append(func(*args))
+            # The loop runs in C (map): twice the calls per second of a Python loop.  On an
+            # exception list.extend keeps what it has appended: the results before it.
+            results.extend(map(self.func, *columns))
         except Exception as exc:
             failure = exc
-        del items
+        else:
+            if len(results) < n:
+                # map ends at a StopIteration: the function's own, taken as PEP 479 does.
+                failure = RuntimeError("the function raised StopIteration")
+        del columns
         kind, chunks = _batch_answer(codec, results, failure)
         _send_chunks(self.sock, kind, call_id, chunks)

@@ -8,8 +8,9 @@ Frame::
     | kind: u8 | call id: u32 (BE)| length: u32 (BE)    | payload (length)  |
     +----------+------------------+---------------------+-------------------+
 
-Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CALL_BATCH`` (id, serialised
-list of argument tuples: the worker runs ``func(*args)`` for each, in order, as one call),
+Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CALL_BATCH`` (id, the
+serialised list of the calls' arguments by column, ``[first_args, second_args, ...]``: the
+worker runs ``func(*args)`` for each call, in order, as one call),
 ``CANCEL`` (id, empty; the async backend cancels the call's task, the sync backend ignores it).
 
 Child -> parent: ``READY`` (id 0, payload u32 version + u32 pid; the first frame, sent once the

@@ -6,7 +6,8 @@ Built in (by name):
     ``pickle`` protocol 5.  Big ``bytes``/``bytearray`` (64 KiB or more, up to three containers
     deep) and every ``PickleBuffer`` a value offers (numpy arrays) travel out of band: they are
     not copied into the pickle stream, and on the receiving side they are rebuilt from views of
-    the received frame.
+    the received frame.  In a batch (a list of calls, or of results) ``bytes`` travel in band:
+    looking for big ones would cost more than the calls a batch is made for.
 ``"cloudpickle"``
     Like pickle, but lambdas and closures travel too (needs the ``cloudpickle`` package on both
     sides; results are loaded with plain ``pickle``).
@@ -26,8 +27,9 @@ object needs two methods::
     loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
 
 A call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
-event as ``dumps(list_of_args)``, a batch of calls as ``dumps([list_of_args, ...])`` and its
-results as ``dumps([result, ...])``, so it must handle lists and str-keyed dicts.  Any object with
+event as ``dumps(list_of_args)``, a batch of calls as ``dumps([first_args, second_args, ...])``
+(one list per parameter, as ``map(func, *columns)`` takes them) and its results as
+``dumps([result, ...])``, so it must handle lists and str-keyed dicts.  Any object with
 those two methods qualifies, a module with two such functions included (``"mymod:codec"`` where
 ``codec`` is that module, imported into ``mymod``).
 
@@ -102,17 +104,34 @@ class Codec:
             raise ValueError("an event payload is a list of arguments")
         return tuple(value)
 
-    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
-        """A batch of calls: one list of argument tuples, serialised once."""
-        return self.dump_value([list(args) for args in items])
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
+        """A batch of calls, serialised once: its arguments by column (``columns[j][i]`` is the
+        ``j``-th argument of call ``i``), as ``map(func, *columns)`` takes them.  Lists of
+        plain values serialise (and load) several times faster than lists of tuples."""
+        return self.dump_value(columns)
 
-    def load_batch(self, data: Buffer) -> list[Any]:
-        """The argument sequences of a batch (each is unpacked as ``func(*args)``)."""
-        return _a_list(self.load_value(data), "a batch payload is a list of argument lists")
+    def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
+        """The columns of a batch (at least one, all as long), and how many calls they make."""
+        columns = _a_list(self.load_value(data), _NOT_COLUMNS)
+        if not columns:
+            raise ValueError(_NOT_COLUMNS)
+        for j, column in enumerate(columns):
+            if type(column) is not list:
+                columns[j] = column = _a_list(column, _NOT_COLUMNS)
+            if len(column) != len(columns[0]):
+                raise ValueError(_NOT_COLUMNS)
+        return columns, len(columns[0])
+
+    def dump_results(self, results: list[Any]) -> Chunks:
+        """The results of a batch: their list, serialised once."""
+        return self.dump_value(results)
 
     def load_results(self, data: Buffer) -> list[Any]:
-        """The results of a batch (``dump_value`` of their list)."""
+        """The results of a batch (``dump_results``)."""
         return _a_list(self.load_value(data), "a batch's results are a list")
+
+
+_NOT_COLUMNS = "a batch payload is a list of argument lists, all as long"
 
 
 def _a_list(value: Any, what: str) -> list[Any]:
@@ -137,6 +156,9 @@ class _Pickle(Codec):
             # bytes and bytearray pickle in band (and pickle never offers them to a
             # reducer_override): wrap the big ones, in shallow copies of their containers.
             value = _wrap_big_bytes(value, 3)
+        return self._dump(value)
+
+    def _dump(self, value: Any) -> Chunks:
         # Every PickleBuffer goes out of band (big bytes wrapped above, numpy arrays...): the
         # list's own append is the cheapest callback, and most values offer none at all.
         buffers: list[pickle.PickleBuffer] = []
@@ -156,8 +178,12 @@ class _Pickle(Codec):
     def dump_event(self, args: tuple[Any, ...]) -> Chunks:
         return self.dump_value(args)
 
-    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
-        return self.dump_value(items)
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
+        # No look for big bytes (see the module docs): it cost 1.2 us per item, 10x pickle's.
+        return self._dump(columns)
+
+    def dump_results(self, results: list[Any]) -> Chunks:
+        return self._dump(results)
 
     def load_value(self, data: Buffer) -> Any:
         view = memoryview(data)
@@ -257,6 +283,9 @@ class _CloudPickle(_Pickle):
     def dump_value(self, value: Any) -> Chunks:
         return [_COUNT.pack(0), self._cloud.dumps(value, protocol=5)]
 
+    def _dump(self, value: Any) -> Chunks:
+        return self.dump_value(value)
+
 
 class _Objects(Codec):
     """Any ``dumps``/``loads`` pair (json, msgpack, user serialisers)."""
@@ -329,10 +358,13 @@ class _Raw(Codec):
             f"cannot carry a batch of calls (send one call per item, chunksize=1)"
         )
 
-    def dump_batch(self, items: list[tuple[Any, ...]]) -> Chunks:
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
         raise self._no_batch()
 
-    def load_batch(self, data: Buffer) -> list[Any]:
+    def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
+        raise self._no_batch()
+
+    def dump_results(self, results: list[Any]) -> Chunks:
         raise self._no_batch()
 
     def load_results(self, data: Buffer) -> list[Any]:

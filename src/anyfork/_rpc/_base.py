@@ -43,17 +43,15 @@ from .._errors import (
     AnyforkError,
     ClosedError,
     DecodeError,
-    EncodeError,
     ProtocolError,
     RemoteError,
     SpawnError,
     WorkerDiedError,
     describe_returncode,
-    rebuild,
 )
-from ._batching import BatchResult
+from ._answers import batch_result, rebuild_record
 from ._map import MapRun, Unit
-from ._outbox import Outbox, chunk_size
+from ._outbox import Outbox, encode
 from ._waiters import Waiter
 
 Backend = Literal["sync", "async"]
@@ -164,36 +162,6 @@ class Base:
                 self._next_id = cid
                 return cid
 
-    def _encode(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        batch: list[tuple[Any, ...]] | None = None,
-    ) -> tuple[list[Any], int]:
-        """The call's payload (or the ``batch``'s) as chunks, and its size; ``EncodeError``
-        before anything is sent."""
-        what = "call's" if batch is None else "batch's"
-        try:
-            if batch is None:
-                chunks = self._codec.dump_call(args, kwargs)
-            else:
-                chunks = self._codec.dump_batch(batch)
-            if len(chunks) == 1 and type(chunks[0]) is bytes:
-                size = len(chunks[0])  # the common case: one small pickle
-            else:
-                size = 0
-                for chunk in chunks:
-                    size += chunk_size(chunk)
-        except Exception as exc:
-            raise EncodeError(
-                f"cannot encode the {what} arguments with {self._codec.name!r}: "
-                f"{type(exc).__name__}: {exc}",
-                "parent",
-            ) from exc
-        if size > W.MAX_PAYLOAD:
-            raise EncodeError(f"the {what} arguments take {size} bytes; a frame holds 4 GiB")
-        return chunks, size
-
     def _send(
         self,
         kind: int,
@@ -212,15 +180,15 @@ class Base:
 
     def _send_batch(
         self,
-        items: list[tuple[Any, ...]],
+        columns: list[list[Any]],
         waiter: Waiter,
         on_event: Callable[..., object] | None,
     ) -> int:
-        """Encode and queue a batch (``EncodeError`` sends nothing); ``waiter`` gets its
-        :class:`BatchResult`."""
-        chunks, size = self._encode((), {}, items)
+        """Encode and queue a batch, its arguments by column (``_batching.check_columns``;
+        ``EncodeError`` sends nothing); ``waiter`` gets its :class:`BatchResult`."""
+        chunks, size = encode(self._codec, (), {}, columns)
         cid = self._send(W.CALL_BATCH, chunks, size, waiter, on_event)
-        self._batches[cid] = len(items)
+        self._batches[cid] = len(columns[0])
         return cid
 
     def _map_send(self, run: MapRun) -> None:
@@ -231,7 +199,7 @@ class Base:
             try:
                 self._check_usable()
                 if unit.n == 1:
-                    self._send(W.CALL, *self._encode(run.items[unit.start], {}), unit, None)
+                    self._send(W.CALL, *encode(self._codec, run.args(unit), {}), unit, None)
                 else:
                     self._send_batch(run.batch(unit), unit, None)
             except AnyforkError as exc:
@@ -250,6 +218,10 @@ class Base:
             return
         if self._batches:
             self._batches.pop(cid, None)
+        if cid in self._handlers:
+            # Its caller gave up on it: what it still says is for nobody (not for the client's
+            # on_event, which never asked for this call's events).
+            self._handlers[cid] = _ignore
         if self._sock is None or self._eof:
             return
         # Its answer may be on its way already (even read, in a frame not handled yet): when it
@@ -319,7 +291,7 @@ class Base:
                 # Rebuilt before the call leaves _pending: a broken record fails the connection,
                 # and with it this call too.
                 context = f"(raised in anyfork RPC worker pid {self.pid})"
-                failure = _rebuild(payload, context, ours=False)
+                failure = rebuild_record(payload, context, ours=False)
             else:
                 failure = RemoteError("the call was cancelled in the worker")
             del self._pending[cid]
@@ -343,33 +315,22 @@ class Base:
         return n
 
     def _batch_answer(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
-        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`."""
+        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`.  The call
+        leaves ``_pending`` only once its answer is known good: a broken one fails the
+        connection, and with it this call too."""
         n = self._answered(cid, True)
         waiter = self._pending.get(cid)
         if waiter is None or waiter.done() or n is None:
             self._unexpected(cid, self._pending.pop(cid, None))
             return
-        error = None
-        if kind == _BATCH_OK:
-            data: bytes | bytearray | memoryview = payload
-            count = n
-        else:
-            count, data, record = W.parse_batch_error(payload)
-            if count >= n:
-                raise W.RpcWireError(f"item {count} of a batch of {n} failed")
-            context = f"(raised in anyfork RPC worker pid {self.pid})"
-            error = _rebuild(bytes(record), context, ours=False)
-        del self._pending[cid]
         try:
-            results = self._codec.load_results(data)
-        except Exception as exc:
-            err = DecodeError(f"cannot decode the batch's results: {type(exc).__name__}: {exc}")
-            err.__cause__ = exc
+            result = batch_result(self._codec, kind, payload, n, self.pid)
+        except DecodeError as err:
+            del self._pending[cid]
             waiter.set_exception(err)
             return
-        if len(results) != count:
-            raise W.RpcWireError(f"a batch answer with {len(results)} results for {count}")
-        waiter.set_result(BatchResult(results, error))
+        del self._pending[cid]
+        waiter.set_result(result)
 
     def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
         """``READY``, or ``FAILED``: before ``READY`` the start-up error, after it the worker's
@@ -387,10 +348,10 @@ class Base:
             return
         if not self._ready:
             context = f"(anyfork RPC worker pid {self.pid} failed to start)"
-            self._startup_error = _rebuild(payload, context, ours=True)
+            self._startup_error = rebuild_record(payload, context, ours=True)
             return
         context = f"(from anyfork RPC worker pid {self.pid})"
-        stopped = _rebuild(payload, context, ours=True)
+        stopped = rebuild_record(payload, context, ours=True)
         raise ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}") from stopped
 
     def _unexpected(self, cid: int, waiter: Waiter) -> None:
@@ -543,10 +504,5 @@ class Base:
                 self._on_close()
 
 
-def _rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
-    """``_errors.rebuild``, with bytes that are not an error record a decoding error like any
-    other (``_recv_some`` reports it)."""
-    try:
-        return rebuild(record, context, ours=ours)
-    except ProtocolError as exc:
-        raise W.RpcWireError("a broken error record") from exc
+def _ignore(*args: object) -> None:
+    """The handler of an abandoned call that had one of its own."""

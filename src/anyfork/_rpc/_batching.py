@@ -3,10 +3,11 @@
 Pure: no I/O, no clock (times are passed in), no asyncio; shared by ``Client.map``,
 ``BlockingClient.map`` and the pools.
 
-A batch is one ``CALL_BATCH`` frame: N argument tuples, run in order as one call, answered by
-one frame (``_child._rpc_wire``).  Its outcome is a :class:`BatchResult`: the results of the
-items that ran, and the exception of the item that failed, if one did (the items after it were
-not run, as in a ``concurrent.futures`` chunk).
+A batch is one ``CALL_BATCH`` frame: N calls, their arguments by column (``columns[j][i]`` is
+the ``j``-th argument of call ``i``: ``map(func, *columns)``; ``columns_of`` makes them), run
+in order as one call and answered by one frame (``_child._rpc_wire``).  Its outcome is a
+:class:`BatchResult`: the results of the items that ran, and the exception of the item that
+failed, if one did (the items after it were not run, as in a ``concurrent.futures`` chunk).
 
 The sizer (:class:`Sizer`) chooses batch sizes for cheap calls the way joblib's auto-batching
 does: small batches first, then sizes that make a batch take about ``target`` seconds, from the
@@ -21,9 +22,10 @@ time per item measured on the batches so far, bounded so that several batches st
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["BatchResult", "Sizer", "service_time"]
+__all__ = ["BatchResult", "Sizer", "check_columns", "columns_of", "service_time"]
 
 #: Seconds a batch should take: long enough that the per-frame cost (two frames, a few
 #: syscalls and loop wake-ups, ~0.1 ms) is lost in it, short enough that progress is reported
@@ -66,6 +68,30 @@ class BatchResult:
         if self.error is None:
             return f"<BatchResult {len(self.results)} results>"
         return f"<BatchResult {len(self.results)} results, then {type(self.error).__name__}>"
+
+
+def columns_of(iterables: Sequence[Iterable[Any]]) -> list[list[Any]]:
+    """The arguments of ``map(func, *iterables)`` by column: one list per iterable, all cut to
+    the shortest (as ``zip`` does: an endless iterable next to a finite one is fine)."""
+    if len(iterables) == 1:
+        return [list(iterables[0])]
+    rows = list(zip(*iterables, strict=False))
+    if not rows:
+        return [[] for _ in iterables]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def check_columns(columns: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """``columns`` as lists (those that are lists already are not copied); ``ValueError``
+    unless there is at least one and all are as long."""
+    if not columns:
+        raise ValueError("a batch needs at least one column of arguments")
+    out = [c if type(c) is list else list(c) for c in columns]
+    n = len(out[0])
+    if any(len(c) != n for c in out):
+        lengths = sorted({len(c) for c in out})
+        raise ValueError(f"a batch's columns of arguments are all as long, not {lengths}")
+    return out
 
 
 def service_time(sent: float, answered: float, previous: float | None) -> float:

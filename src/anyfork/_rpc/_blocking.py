@@ -21,8 +21,9 @@ from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish
 from ._base import EXIT_STATUS_WAIT, Base
-from ._batching import BatchResult
+from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun
+from ._outbox import encode
 from ._waiters import Box
 
 __all__ = ["BlockingClient"]
@@ -83,8 +84,7 @@ class BlockingClient(Base):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_usable()
-            items = list(zip(*iterables, strict=False))
-            run = MapRun(items, chunksize, self.batchable, time.monotonic)
+            run = MapRun(columns_of(iterables), chunksize, self.batchable, time.monotonic)
             try:
                 while True:
                     self._map_send(run)
@@ -109,7 +109,7 @@ class BlockingClient(Base):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_usable()
-            chunks, size = self._encode(args, kwargs)
+            chunks, size = encode(self._codec, args, kwargs)
             box = Box()
             cid = self._send(W.CALL, chunks, size, box, on_event)
             self._wait(box, cid, deadline, timeout)
@@ -117,20 +117,21 @@ class BlockingClient(Base):
 
     def _call_batch(
         self,
-        items: Sequence[tuple[Any, ...]],
+        columns: Sequence[Sequence[Any]],
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
     ) -> BatchResult:
-        """Run ``items`` (argument tuples) as one batch; return its
+        """Run one batch of calls, their arguments by column; return its
         :class:`~anyfork._rpc._batching.BatchResult`, or raise what failed it as a whole (see
         :meth:`Client._submit_batch`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        checked = check_columns(columns)
         with self._lock:
-            self._check_usable()
-            if not items:
+            if not checked[0]:
                 return BatchResult([])
+            self._check_usable()
             box = Box()
-            cid = self._send_batch(list(items), box, on_event)
+            cid = self._send_batch(checked, box, on_event)
             self._wait(box, cid, deadline, timeout)
             result: BatchResult = box.outcome()
             return result

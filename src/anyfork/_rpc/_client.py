@@ -24,8 +24,9 @@ from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish, wait_for
 from ._base import EXIT_STATUS_WAIT, Base
-from ._batching import BatchResult
+from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun
+from ._outbox import encode
 
 __all__ = ["Client"]
 
@@ -193,7 +194,7 @@ class Client(Base):
         """
         self._check_usable()
         loop = self._loop
-        run = MapRun(list(zip(*iterables, strict=False)), chunksize, self.batchable, loop.time)
+        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time)
         fut: asyncio.Future[None] | None = None
 
         def wake() -> None:
@@ -233,7 +234,7 @@ class Client(Base):
         fut._client = None
         try:
             self._check_usable()
-            chunks, size = self._encode(args, kwargs)
+            chunks, size = encode(self._codec, args, kwargs)
         except Exception as exc:  # raised when the future is awaited, as from a coroutine
             fut.set_exception(exc)
             return fut
@@ -248,21 +249,25 @@ class Client(Base):
         return fut
 
     def _submit_batch(
-        self, items: Sequence[tuple[Any, ...]], on_event: Callable[..., object] | None = None
+        self,
+        columns: Sequence[Sequence[Any]],
+        on_event: Callable[..., object] | None = None,
     ) -> _Call:
-        """Send ``items`` (argument tuples) as one batch: the future's result is its
+        """Send one batch of calls, their arguments by column (``func(*args)`` for ``args`` in
+        ``zip(*columns)``; see ``_batching``): the future's result is its
         :class:`~anyfork._rpc._batching.BatchResult`; its exception what failed the batch as a
         whole (``EncodeError`` before anything is sent, also for a serialiser that cannot
-        batch; ``DecodeError``; what ends the connection).  Cancelling it abandons the batch,
-        as a call."""
+        batch; ``ValueError`` for columns not all as long; ``DecodeError``; what ends the
+        connection).  Cancelling it abandons the batch, as a call."""
         fut = _Call(loop=self._loop)
         fut._client = None
-        if not items:
-            fut.set_result(BatchResult([]))
-            return fut
         try:
+            checked = check_columns(columns)
+            if not checked[0]:
+                fut.set_result(BatchResult([]))
+                return fut
             self._check_usable()
-            fut._cid = self._send_batch(list(items), fut, on_event)
+            fut._cid = self._send_batch(checked, fut, on_event)
         except Exception as exc:
             fut.set_exception(exc)
             return fut

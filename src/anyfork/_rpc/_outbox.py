@@ -1,4 +1,5 @@
-"""RPC, parent side: the frames queued for the worker, written with as few syscalls as possible.
+"""RPC, parent side: the frames for the worker, encoded, queued and written with as few
+syscalls as possible.
 
 Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
 ``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
@@ -11,6 +12,8 @@ import socket
 from typing import Any
 
 from .._child import _rpc_wire as W
+from .._child._serializers import Codec
+from .._errors import EncodeError
 
 #: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
 MAX_IOV = 512
@@ -39,6 +42,33 @@ def advance(bufs: list[Any], sent: int) -> list[Any]:
 
 def chunk_size(chunk: Any) -> int:
     return chunk.nbytes if type(chunk) is memoryview else len(chunk)
+
+
+def encode(
+    codec: Codec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    columns: list[list[Any]] | None = None,
+) -> tuple[list[Any], int]:
+    """A call's payload (or, given ``columns``, a batch's) as chunks, and its size;
+    ``EncodeError`` (side ``"parent"``) if it cannot be encoded."""
+    what = "call's" if columns is None else "batch's"
+    try:
+        chunks = codec.dump_call(args, kwargs) if columns is None else codec.dump_batch(columns)
+        if len(chunks) == 1 and type(chunks[0]) is bytes:
+            size = len(chunks[0])  # the common case: one small pickle
+        else:
+            size = 0
+            for chunk in chunks:
+                size += chunk_size(chunk)
+    except Exception as exc:
+        raise EncodeError(
+            f"cannot encode the {what} arguments with {codec.name!r}: {type(exc).__name__}: {exc}",
+            "parent",
+        ) from exc
+    if size > W.MAX_PAYLOAD:
+        raise EncodeError(f"the {what} arguments take {size} bytes; a frame holds 4 GiB")
+    return chunks, size
 
 
 class Outbox:
