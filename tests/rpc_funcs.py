@@ -403,3 +403,15 @@ def init_stderr(pipe: Any) -> None:
     """Send this worker's stderr to the pipe the parent passed."""
     os.dup2(pipe.fileno(), 2)
     pipe.close()
+
+
+def stream_forever(x: Any) -> None:
+    """Events until writing one fails (the parent has gone)."""
+    while True:
+        anyfork.worker.event("tick", x)
+
+
+async def astream_forever(x: Any) -> None:
+    while True:
+        anyfork.worker.event("tick", x)
+        await _Yield()

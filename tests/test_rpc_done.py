@@ -64,10 +64,10 @@ def pipe() -> Iterator[Pipe]:
         made.close()
 
 
-def _start(face: Face, pipe: Pipe, init: str, **kw: Any) -> Any:
+def _start(face: Face, pipe: Pipe, init: str, func: str = "rpc_funcs:counted", **kw: Any) -> Any:
     """A worker that keeps the write end of ``pipe`` (ours is closed once it has it)."""
     w = pipe.w
-    client = face.rpc(anyfork.new().send_fh(w), "rpc_funcs:counted", init=init, **kw)
+    client = face.rpc(anyfork.new().send_fh(w), func, init=init, **kw)
     os.close(pipe.give_away())
     return client
 
@@ -152,6 +152,22 @@ def test_done_does_not_run_after_a_broken_stream(face: Face, pipe: Pipe, backend
     face.close(client)
     assert client.returncode == 1
     assert pipe.read_all() == b""
+
+
+@pytest.mark.parametrize(
+    ("backend", "func"),
+    [("sync", "rpc_funcs:stream_forever"), ("async", "rpc_funcs:astream_forever")],
+)
+def test_done_does_not_run_when_the_parent_has_gone(
+    face: Face, pipe: Pipe, backend: str, func: str
+) -> None:
+    """The parent lets go while the worker writes to it: the worker exits without ``done``."""
+    client = _start(
+        face, pipe, "rpc_funcs:init_pipes", func, backend=backend, done="rpc_funcs:done_write"
+    )
+    with pytest.raises(anyfork.ClosedError, match="aborted"):
+        face.call(client, 1, on_event=lambda *args: client.abort())
+    assert pipe.read_all() == b""  # until the worker has exited
 
 
 @pytest.mark.parametrize(

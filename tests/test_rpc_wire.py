@@ -456,3 +456,76 @@ def test_batch_answer_a_result_that_cannot_be_encoded(failure: Exception | None)
     assert (kind, index, results) == (W.BATCH_ERROR, 2, [1, 2])
     assert type_name == "anyfork.EncodeError"
     assert "cannot encode the result (set)" in message
+
+
+def _served_batch(name: str, payload: bytes, func: Callable[..., object] = abs) -> Any:
+    """What a sync-backend worker answers to one ``CALL_BATCH`` frame, in this process:
+    ``(kind, decoded)`` where ``decoded`` is the results, or ``(type name, message)``."""
+    import socket
+
+    from anyfork._child import _records
+    from anyfork._child._rpc_server import SyncServer
+
+    codec = _serializers.get(name)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        SyncServer(theirs, codec, func).batch(7, payload)
+        theirs.close()
+        dec = W.Decoder(W.TO_PARENT)
+        while not dec.eof:
+            dec.receive(ours.recv(65536))
+        frames = _decode_all(dec)
+    [(kind, cid, answer)] = frames
+    assert cid == 7
+    if kind == W.BATCH_OK:
+        return kind, codec.load_results(answer)
+    if kind == W.BATCH_ERROR:
+        index, data, record = W.parse_batch_error(answer)
+        _, module, qualname, message, _ = _records.unpack(record)
+        return kind, (index, codec.load_results(data), f"{module}.{qualname}")
+    assert kind == W.ERROR
+    _, module, qualname, message, _ = _records.unpack(answer)
+    return kind, (f"{module}.{qualname}", message)
+
+
+def test_a_worker_answers_a_batch_in_one_frame() -> None:
+    codec = _serializers.get("pickle")
+    payload = _join(codec.dump_batch([[1, -2, 3]]))
+    assert _served_batch("pickle", payload) == (W.BATCH_OK, [1, 2, 3])
+    payload = _join(codec.dump_batch([[1, "x", 3]]))
+    assert _served_batch("pickle", payload) == (W.BATCH_ERROR, (1, [1], "builtins.TypeError"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x00\x00\x00\x00garbage", b"\x00\x00\x00\x00" + pickle.dumps([[1], [1, 2]])],
+    ids=["empty", "not a pickle", "columns not all as long"],
+)
+def test_a_worker_answers_a_broken_batch_with_a_decode_error(payload: bytes) -> None:
+    kind, (type_name, message) = _served_batch("pickle", payload)
+    assert (kind, type_name) == (W.ERROR, "anyfork.DecodeError")
+    assert message.startswith("cannot decode the batch's arguments: ")
+
+
+@given(st.binary(max_size=64))
+def test_a_worker_answers_any_batch_payload_with_one_frame(payload: bytes) -> None:
+    """JSON, so that random bytes cannot name a function for the loader to call."""
+    kind, _ = _served_batch("json", payload, func=repr)
+    assert kind in (W.BATCH_OK, W.BATCH_ERROR, W.ERROR)
+
+
+@given(
+    st.sampled_from([W.BATCH_OK, W.BATCH_ERROR]),
+    st.binary(max_size=64),
+    st.integers(1, 5),
+)
+def test_a_broken_batch_answer_is_a_wire_or_decode_error(kind: int, payload: bytes, n: int) -> None:
+    from anyfork._errors import DecodeError
+    from anyfork._rpc._answers import batch_result
+
+    codec = _serializers.get("json")
+    try:
+        result = batch_result(codec, kind, payload, n, 1)
+    except (W.RpcWireError, DecodeError):
+        return
+    assert len(result.results) == (n if kind == W.BATCH_OK else result.failed_at)

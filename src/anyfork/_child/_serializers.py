@@ -156,21 +156,21 @@ class _Pickle(Codec):
             # bytes and bytearray pickle in band (and pickle never offers them to a
             # reducer_override): wrap the big ones, in shallow copies of their containers.
             value = _wrap_big_bytes(value, 3)
-        return self._dump(value)
-
-    def _dump(self, value: Any) -> Chunks:
         # Every PickleBuffer goes out of band (big bytes wrapped above, numpy arrays...): the
         # list's own append is the cheapest callback, and most values offer none at all.
         buffers: list[pickle.PickleBuffer] = []
         stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         if not buffers:
+            return [_NO_BUFFERS + stream]  # inline: this runs for every call and result
+        return _out_of_band(stream, buffers)
+
+    def _dump(self, value: Any) -> Chunks:
+        """``dump_value`` without the look for big bytes."""
+        buffers: list[pickle.PickleBuffer] = []
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if not buffers:
             return [_NO_BUFFERS + stream]
-        raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
-        head = [_COUNT.pack(len(raws))]
-        head.extend(_SIZE.pack(r.nbytes) for r in raws)
-        chunks: Chunks = [b"".join(head), stream]
-        chunks.extend(raws)
-        return chunks
+        return _out_of_band(stream, buffers)
 
     def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
         return self.dump_value((args, kwargs))
@@ -212,6 +212,16 @@ class _Pickle(Codec):
             if type(args) is tuple and type(kwargs) is dict:
                 return args, kwargs
         raise ValueError("a call payload is (args, kwargs)")
+
+
+def _out_of_band(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Chunks:
+    """The payload of a pickle stream with out-of-band buffers (see ``_Pickle``)."""
+    raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
+    head = [_COUNT.pack(len(raws))]
+    head.extend(_SIZE.pack(r.nbytes) for r in raws)
+    chunks: Chunks = [b"".join(head), stream]
+    chunks.extend(raws)
+    return chunks
 
 
 def _has_big_bytes(value: Any, depth: int) -> bool:

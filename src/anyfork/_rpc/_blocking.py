@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
@@ -111,9 +111,19 @@ class BlockingClient(Base):
             self._check_usable()
             chunks, size = encode(self._codec, args, kwargs)
             box = Box()
-            cid = self._send(W.CALL, chunks, size, box, on_event)
-            self._wait(box, cid, deadline, timeout)
-            return box.outcome()
+            # Inline (not _send, _wait, outcome): the hot path of a blocking call.
+            cid = self._new_id()
+            self._pending[cid] = box
+            if on_event is not None:
+                self._handlers[cid] = on_event
+            self._out.queue(W.CALL, cid, chunks, size)
+            try:
+                self._io_until(box.done, deadline)
+            except BaseException as exc:
+                self._gave_up(cid, exc, timeout)
+            if box.exc is not None:
+                raise box.exc
+            return box.value
 
     def _call_batch(
         self,
@@ -132,21 +142,21 @@ class BlockingClient(Base):
             self._check_usable()
             box = Box()
             cid = self._send_batch(checked, box, on_event)
-            self._wait(box, cid, deadline, timeout)
+            try:
+                self._io_until(box.done, deadline)
+            except BaseException as exc:
+                self._gave_up(cid, exc, timeout)
             result: BatchResult = box.outcome()
             return result
 
-    def _wait(self, box: Box, cid: int, deadline: float | None, timeout: float | None) -> None:
-        """Write and read until call ``cid`` is answered; abandon it on a timeout (or an
-        exception from an event handler)."""
-        try:
-            self._io_until(box.done, deadline)
-        except TimeoutError:
+    def _gave_up(self, cid: int, exc: BaseException, timeout: float | None) -> NoReturn:
+        """Waiting for call ``cid`` raised ``exc`` (a timeout, an exception from an event
+        handler, a ``KeyboardInterrupt``): abandon the call, raise."""
+        if isinstance(exc, TimeoutError):
             self._abandon(cid, f"timed out after {timeout} s")
             raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
-        except BaseException:
-            self._abandon(cid, "was interrupted")
-            raise
+        self._abandon(cid, "was interrupted")
+        raise exc
 
     def _flush_later(self) -> None:
         pass  # the next _io_until writes it
