@@ -1,11 +1,13 @@
 """The two faces of an RPC client, driven the same way from plain test code, so that one test
-body checks both (``face`` fixtures parametrise over ``FACES``)."""
+body checks both (the ``face`` fixture, imported into a test module, runs it with each)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
+
+import pytest
 
 import anyfork
 from anyfork._rpc._batching import BatchResult
@@ -115,5 +117,13 @@ class BlockingFace:
 
 
 Face = AsyncFace | BlockingFace
-FACES = [AsyncFace, BlockingFace]
-FACE_IDS = ["asyncio", "blocking"]
+
+
+@pytest.fixture(params=[AsyncFace, BlockingFace], ids=["asyncio", "blocking"])
+def face(request: pytest.FixtureRequest) -> Iterator[Face]:
+    """Each face in turn (import it into a test module to use it there)."""
+    made: Face = request.param()
+    try:
+        yield made
+    finally:
+        made.end()

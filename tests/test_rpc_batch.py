@@ -11,24 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import anyfork
+import rpc_faces
 import rpc_funcs
 from anyfork._rpc._batching import BatchResult
-from rpc_faces import FACE_IDS, FACES, AsyncFace, Face
+from rpc_faces import AsyncFace, Face
 
-
-@pytest.fixture(params=FACES, ids=FACE_IDS)
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    made: Face = request.param()
-    try:
-        yield made
-    finally:
-        made.end()
+face = rpc_faces.face  # the fixture: each test runs with each face
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -17,16 +17,10 @@ from typing import Any
 import pytest
 
 import anyfork
-from rpc_faces import FACE_IDS, FACES, AsyncFace, Face
+import rpc_faces
+from rpc_faces import AsyncFace, Face
 
-
-@pytest.fixture(params=FACES, ids=FACE_IDS)
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    made: Face = request.param()
-    try:
-        yield made
-    finally:
-        made.end()
+face = rpc_faces.face  # the fixture: each test runs with each face
 
 
 class Pipe:

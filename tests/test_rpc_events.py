@@ -9,23 +9,16 @@ Every wait has a deadline; synchronisation with the worker uses its events, neve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import anyfork
 import anyfork.worker
-from rpc_faces import FACE_IDS, FACES, AsyncFace, BlockingFace, Face
+import rpc_faces
+from rpc_faces import AsyncFace, BlockingFace, Face
 
-
-@pytest.fixture(params=FACES, ids=FACE_IDS)
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    made: Face = request.param()
-    try:
-        yield made
-    finally:
-        made.end()
+face = rpc_faces.face  # the fixture: each test runs with each face
 
 
 class Log:

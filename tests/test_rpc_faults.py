@@ -24,28 +24,21 @@ import sys
 import termios
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import anyfork
+import rpc_faces
 import rpc_funcs
 from anyfork._child import _rpc_wire as W
 from anyfork._rpc import _start
 from helpers import eventually
-from rpc_faces import FACE_IDS, FACES, AsyncFace, BlockingFace, Face
+from rpc_faces import AsyncFace, BlockingFace, Face
 
-T = TypeVar("T")
+face = rpc_faces.face  # the fixture: each test runs with each face
+
 DEADLINE = 30.0
-
-
-@pytest.fixture(params=FACES, ids=FACE_IDS)
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    made: Face = request.param()
-    try:
-        yield made
-    finally:
-        made.end()
 
 
 def _wait_readable(fd: int) -> None:
