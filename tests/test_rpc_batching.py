@@ -339,3 +339,23 @@ def test_any_answer_order_gives_the_results_in_order_or_the_first_error(
         assert run.results[:fail_at] == [10 * x for x in range(fail_at)]
     else:
         assert run.outcome() == [10 * x for x in range(n)]
+
+
+@pytest.mark.parametrize("module", ["_batching", "_map", "_answers"])
+def test_pure_modules_import_no_io_and_no_clock(module: str) -> None:
+    """The sizer and a map's bookkeeping are shared with the pools: no socket, clock, thread
+    or event loop in them (times are passed in)."""
+    import ast
+    from pathlib import Path
+
+    import anyfork._rpc
+
+    path = Path(anyfork._rpc.__file__).parent / f"{module}.py"
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            imported.add(node.module.partition(".")[0])
+    banned = {"asyncio", "socket", "select", "selectors", "time", "threading", "os"}
+    assert not imported & banned, f"{module} imports {sorted(imported & banned)}"

@@ -152,7 +152,8 @@ class Client(Base):
                 the worker).
             on_event: called as ``on_event(*args)`` for each event this call raises (the
                 client's ``on_event`` gets the others), in the order the worker produced them,
-                each before the call's result is returned.
+                each before the call's result is returned.  Once the call is abandoned
+                (cancelled, timed out) what it still raises is dropped.
             **kwargs: the function's keyword arguments (to pass one named ``timeout`` or
                 ``on_event`` to it, use ``client(...)``).
         """
@@ -175,11 +176,13 @@ class Client(Base):
         which send one call per item).
 
         Args:
-            *iterables: the arguments, one iterable per positional parameter (read at once).
-            chunksize: items per batch, as in ``concurrent.futures``; every batch is sent at
-                once.  ``None`` (the default) sizes them from the measured time per item:
-                small ones first, then batches of about 30 ms, a few in flight at a time (for
-                calls that cost little, many times faster than one call per item).
+            *iterables: the arguments, one iterable per positional parameter (read at once,
+                as ``zip`` reads them).
+            chunksize: items per batch, as in ``concurrent.futures`` (``1``: one call per
+                item, pipelined); enough batches are in flight to keep the worker busy.
+                ``None`` (the default) sizes them from the measured time per item: small ones
+                first, then batches of about 30 ms, a few in flight at a time (for calls that
+                cost little, many times faster than one call per item).
             timeout: seconds for the whole map; then ``TimeoutError``.
 
         Raises:
@@ -421,9 +424,11 @@ class Client(Base):
     async def aclose(self, *, timeout: float | None = None) -> None:
         """Let the worker finish every call sent so far, then wait until it has exited.
 
-        The client accepts no new calls.  Outstanding calls still get their results; after
-        the worker has closed its end, ``on_close`` fires (once).  Raises ``TimeoutError``
-        after ``timeout`` seconds, having killed the worker.
+        The client accepts no new calls.  Outstanding calls still get their results; then the
+        worker runs ``done`` (``rpc(done=...)``; an exception in it makes the worker exit with
+        status 1, ``returncode``, and is no error here); after the worker has closed its end,
+        ``on_close`` fires (once).  Raises ``TimeoutError`` after ``timeout`` seconds, having
+        killed the worker.
 
         Cancellation (or timeout): the worker is killed and outstanding calls fail with
         ``WorkerDiedError``; the socket is closed either way.
