@@ -311,3 +311,33 @@ def test_a_killed_worker_fails_the_map(face: Face) -> None:
     assert info.value.returncode == -signal.SIGKILL
     assert log.events == [("blocked", "a", pid)]
     face.close(client)
+
+
+def test_an_async_worker_gets_as_many_calls_as_it_runs_at_once(face: Face) -> None:
+    """``map`` keeps every one of the async backend's ``concurrency`` slots busy: slow calls
+    (here: held until all ten have started) run side by side."""
+    r, w = os.pipe()
+    try:
+        started: list[int] = []
+
+        def on_event(tag: str, i: int) -> None:
+            started.append(i)
+            if len(started) == 10:
+                os.write(w, b"x" * 10)  # release them all
+
+        client = face.rpc(
+            anyfork.new().send_fh(r),
+            "rpc_funcs:hold",
+            backend="async",
+            init="rpc_funcs:init_gate",
+            concurrency=10,
+            on_event=on_event,
+        )
+        try:
+            assert face.map(client, range(10)) == list(range(10))
+            assert face.call(client, -1) == 10  # the most that ran at once
+        finally:
+            face.close(client)
+    finally:
+        os.close(r)
+        os.close(w)

@@ -359,3 +359,8 @@ def test_pure_modules_import_no_io_and_no_clock(module: str) -> None:
             imported.add(node.module.partition(".")[0])
     banned = {"asyncio", "socket", "select", "selectors", "time", "threading", "os"}
     assert not imported & banned, f"{module} imports {sorted(imported & banned)}"
+
+
+def test_a_window_per_slot_of_the_worker() -> None:
+    run = MapRun([list(range(1000))], None, True, Clock(), slots=3)
+    assert len(_drain(run)) == 3 * B.WINDOW

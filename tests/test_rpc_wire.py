@@ -424,13 +424,13 @@ def test_a_batch_of_pickles_keeps_bytes_in_band_and_buffers_out_of_band() -> Non
 
 
 def _answer(name: str, results: list[object], failure: Exception | None) -> tuple[int, Any]:
-    """What ``_batch_answer`` sends, decoded: ``(BATCH_OK, results)`` or
+    """What ``batch_answer`` sends, decoded: ``(BATCH_OK, results)`` or
     ``(BATCH_ERROR, (index, results, error type name, message))``."""
     from anyfork._child import _records
-    from anyfork._child._rpc_server import _batch_answer
+    from anyfork._child._rpc_server import batch_answer
 
     codec = _serializers.get(name)
-    kind, chunks = _batch_answer(codec, list(results), failure)
+    kind, chunks = batch_answer(codec, list(results), failure)
     payload = _join(chunks)
     if kind == W.BATCH_OK:
         return kind, codec.load_results(payload)

@@ -15,12 +15,12 @@ from .. import worker
 from . import _rpc_wire as W
 from ._records import error_record
 from ._rpc_server import (
-    _MAX_IOV,
-    _batch_answer,
-    _broken_stream,
-    _frame_chunks,
-    _serialization_error,
+    MAX_IOV,
     advance,
+    batch_answer,
+    broken_stream,
+    frame_chunks,
+    serialization_error,
 )
 
 TYPE_CHECKING = False
@@ -86,12 +86,12 @@ class AsyncServer:
     def write(self, kind: int, call_id: int, chunks: Chunks) -> None:
         if self.broken:
             return
-        views = [memoryview(c).cast("B") for c in _frame_chunks(kind, call_id, chunks)]
+        views = [memoryview(c).cast("B") for c in frame_chunks(kind, call_id, chunks)]
         if self.wbuf:
             self.wbuf.extend(views)
             return
         try:
-            sent = self.sock.sendmsg(views[:_MAX_IOV])
+            sent = self.sock.sendmsg(views[:MAX_IOV])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -104,7 +104,7 @@ class AsyncServer:
 
     def _writable(self) -> None:
         try:
-            sent = self.sock.sendmsg(self.wbuf[:_MAX_IOV])
+            sent = self.sock.sendmsg(self.wbuf[:MAX_IOV])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -122,7 +122,7 @@ class AsyncServer:
 
         while self.wbuf and not self.broken:
             try:
-                sent = self.sock.sendmsg(self.wbuf[:_MAX_IOV])
+                sent = self.sock.sendmsg(self.wbuf[:MAX_IOV])
             except (BlockingIOError, InterruptedError):
                 select.select([], [self.sock], [])
                 continue
@@ -148,7 +148,7 @@ class AsyncServer:
         """The parent's stream broke the protocol: say so, then stop at once."""
         self.failed = True
         self._pause_reading()
-        self.write(W.FAILED, 0, [_broken_stream(exc)])
+        self.write(W.FAILED, 0, [broken_stream(exc)])
         self.flush()
         self._gone()
 
@@ -237,7 +237,7 @@ class AsyncServer:
         try:
             args, kwargs = self.codec.load_call(payload)
         except Exception as exc:
-            err = _serialization_error("decode", "cannot decode the call's arguments", exc)
+            err = serialization_error("decode", "cannot decode the call's arguments", exc)
             self.write(W.ERROR, call_id, [err])
             return
         del payload
@@ -253,7 +253,7 @@ class AsyncServer:
             chunks = self.codec.dump_value(result)
         except Exception as exc:
             what = f"cannot encode the result ({type(result).__name__})"
-            err = _serialization_error("encode", what, exc)
+            err = serialization_error("encode", what, exc)
             self.write(W.ERROR, call_id, [err])
             return
         self.write(W.OK, call_id, chunks)
@@ -264,7 +264,7 @@ class AsyncServer:
         try:
             columns, _ = codec.load_batch(payload)
         except Exception as exc:
-            err = _serialization_error("decode", "cannot decode the batch's arguments", exc)
+            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
             self.write(W.ERROR, call_id, [err])
             return
         del payload
@@ -284,7 +284,7 @@ class AsyncServer:
         except Exception as exc:
             failure = exc
         del columns
-        kind, chunks = _batch_answer(codec, results, failure)
+        kind, chunks = batch_answer(codec, results, failure)
         self.write(kind, call_id, chunks)
 
     def _check_done(self) -> None:

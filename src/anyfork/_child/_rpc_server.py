@@ -10,10 +10,10 @@ Backends:
 
 * ``sync``: a blocking loop, one call at a time; replies and events are written synchronously,
   in the order they happen.  Imports nothing beyond what a worker already has (plus ``pickle``).
-* ``async``: ``asyncio`` (imported here, only in this backend); each call runs as a task, at most
-  ``concurrency`` at once (later calls wait in a queue, and reading stops while the queue is
-  long, so a flood of calls cannot swamp the worker).  Writes are buffered behind the loop;
-  ``anyfork.worker.flush()`` drains them synchronously.
+* ``async`` (``_rpc_async``, imported with ``asyncio`` only for this backend): each call runs
+  as a task, at most ``concurrency`` at once (later calls wait in a queue, and reading stops
+  while the queue is long, so a flood of calls cannot swamp the worker).  Writes are buffered
+  behind the loop; ``anyfork.worker.flush()`` drains them synchronously.
 
 An exception in the function fails that call only (``ERROR`` frame); a result that cannot be
 serialised fails that call with an ``EncodeError`` (side ``"child"``).  ``BaseException``s that
@@ -23,7 +23,7 @@ any program.
 A batch (``CALL_BATCH``) runs ``func(*args)`` for each item in order (``map(func, *columns)``),
 as one call (one task in the async backend, where awaitable results are awaited); the first
 item that raises (or whose result cannot be serialised) ends it, and one frame answers for the
-whole batch (``_batch_answer``).  An event carries the id of the call that raised it: the
+whole batch (``batch_answer``).  An event carries the id of the call that raised it: the
 running call (sync), the call whose task (or a task it started) raised it (async, a context
 variable); 0 outside any call.
 
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     Chunks = list[bytes | bytearray | memoryview]
 
 #: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
-_MAX_IOV = 64
+MAX_IOV = 64
 
 
 class ParentGone(BaseException):
@@ -125,12 +125,12 @@ def _done_sync(done: Callable[[], object]) -> None:
         raise TypeError("done() returned an awaitable: awaiting it needs backend='async'")
 
 
-def _broken_stream(exc: W.RpcWireError) -> bytes:
+def broken_stream(exc: W.RpcWireError) -> bytes:
     """The ``FAILED`` record a worker sends when the parent's stream breaks the protocol."""
     return anyfork_error("ProtocolError", f"it received a broken stream ({exc})")
 
 
-def _serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
+def serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
     """The record of an ``EncodeError``/``DecodeError`` (side ``"child"``), made by name: the
     worker never imports the parent side."""
     qualname = "EncodeError" if kind == "encode" else "DecodeError"
@@ -144,11 +144,11 @@ def _size(chunks: Chunks) -> int:
     return size
 
 
-def _frame_chunks(kind: int, call_id: int, chunks: Chunks) -> Chunks:
+def frame_chunks(kind: int, call_id: int, chunks: Chunks) -> Chunks:
     return [W.header(kind, call_id, _size(chunks)), *chunks]
 
 
-def _batch_answer(
+def batch_answer(
     codec: _serializers.Codec, results: list[Any], failure: Exception | None
 ) -> tuple[int, Chunks]:
     """The one frame that answers a batch: ``BATCH_OK`` with every result, or ``BATCH_ERROR``
@@ -169,15 +169,14 @@ def _batch_answer(
 def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[int, Chunks, bytes]:
     """The list of results cannot be serialised: the first result that cannot fails its item
     (an ``EncodeError``, side ``"child"``); the results before it are answered."""
+    failed, what, cause = 0, "cannot encode the batch's results", None
     for i, result in enumerate(results):
         try:
             codec.dump_value(result)
         except Exception as exc:
-            what = f"cannot encode the result ({type(result).__name__})"
-            failed, cause = i, exc
+            failed, what, cause = i, f"cannot encode the result ({type(result).__name__})", exc
             break
     else:  # each one can, their list cannot: nothing is answered
-        failed, what = 0, "cannot encode the batch's results"
         try:
             codec.dump_results(results)
         except Exception as exc:
@@ -186,19 +185,20 @@ def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[in
         chunks = codec.dump_results(results[:failed])
     except Exception:
         failed, chunks = 0, codec.dump_results([])
-    return failed, chunks, _serialization_error("encode", what, cause)
+    why = cause if cause is not None else ValueError("the serialiser failed, then did not")
+    return failed, chunks, serialization_error("encode", what, why)
 
 
 def _send_chunks(sock: socket.socket, kind: int, call_id: int, chunks: Chunks) -> None:
     """Write one frame on a blocking socket; ``ParentGone`` if the parent has gone."""
-    out = _frame_chunks(kind, call_id, chunks)
+    out = frame_chunks(kind, call_id, chunks)
     try:
         if len(out) == 2 and len(out[1]) < 65536:
             sock.sendall(bytes(out[0]) + bytes(out[1]))
             return
         views = [memoryview(c).cast("B") for c in out]
         while views:
-            sent = sock.sendmsg(views[:_MAX_IOV])
+            sent = sock.sendmsg(views[:MAX_IOV])
             views = advance(views, sent)
     except OSError as exc:
         raise ParentGone(str(exc)) from None
@@ -246,7 +246,7 @@ class SyncServer:
                 try:
                     frame = dec.next_frame()
                 except W.RpcWireError as exc:
-                    _send_chunks(self.sock, W.FAILED, 0, [_broken_stream(exc)])
+                    _send_chunks(self.sock, W.FAILED, 0, [broken_stream(exc)])
                     return True
                 if frame is None:
                     if dec.eof:
@@ -277,7 +277,7 @@ class SyncServer:
         try:
             args, kwargs = codec.load_call(payload)
         except Exception as exc:
-            err = _serialization_error("decode", "cannot decode the call's arguments", exc)
+            err = serialization_error("decode", "cannot decode the call's arguments", exc)
             _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         del payload
@@ -291,7 +291,7 @@ class SyncServer:
             chunks = codec.dump_value(result)
         except Exception as exc:
             what = f"cannot encode the result ({type(result).__name__})"
-            err = _serialization_error("encode", what, exc)
+            err = serialization_error("encode", what, exc)
             _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         _send_chunks(self.sock, W.OK, call_id, chunks)
@@ -302,7 +302,7 @@ class SyncServer:
         try:
             columns, n = codec.load_batch(payload)
         except Exception as exc:
-            err = _serialization_error("decode", "cannot decode the batch's arguments", exc)
+            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
             _send_chunks(self.sock, W.ERROR, call_id, [err])
             return
         del payload
@@ -319,5 +319,5 @@ class SyncServer:
                 # map ends at a StopIteration: the function's own, taken as PEP 479 does.
                 failure = RuntimeError("the function raised StopIteration")
         del columns
-        kind, chunks = _batch_answer(codec, results, failure)
+        kind, chunks = batch_answer(codec, results, failure)
         _send_chunks(self.sock, kind, call_id, chunks)

@@ -79,12 +79,15 @@ class Base:
         on_event: Callable[..., object] | None,
         on_error: Callable[[BaseException], object] | None,
         on_close: Callable[[], object] | None,
+        concurrency: int = 1,
     ):
         self._proc = proc
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._codec = codec
         self._backend = backend
+        # How many calls (or batches) the worker runs at once: a map keeps them all busy.
+        self._slots = concurrency if backend == "async" else 1
         self._on_event = on_event
         self._on_error = on_error
         self._on_close = on_close

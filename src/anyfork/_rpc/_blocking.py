@@ -84,7 +84,9 @@ class BlockingClient(Base):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_usable()
-            run = MapRun(columns_of(iterables), chunksize, self.batchable, time.monotonic)
+            run = MapRun(
+                columns_of(iterables), chunksize, self.batchable, time.monotonic, self._slots
+            )
             try:
                 while True:
                     self._map_send(run)

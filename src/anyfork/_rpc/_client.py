@@ -197,7 +197,7 @@ class Client(Base):
         """
         self._check_usable()
         loop = self._loop
-        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time)
+        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, self._slots)
         fut: asyncio.Future[None] | None = None
 
         def wake() -> None:

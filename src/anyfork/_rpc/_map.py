@@ -2,11 +2,11 @@
 
 A map cuts its items into frames (:class:`Unit`): one ``CALL`` for a single item, one
 ``CALL_BATCH`` for several.  With ``chunksize=None`` the sizes come from a ``_batching.Sizer``
-(small first, then about ``_batching.TARGET`` seconds each) and at most ``_batching.WINDOW``
-frames are in flight; with a ``chunksize`` every frame is sent at once, as
-``concurrent.futures`` does.  Results land at their items' positions; the first exception (in
-item order) is the map's, and once one is known no more frames are sent (those in flight are
-still waited for: a sync-backend worker would be killed to abandon them).
+(small first, then about ``_batching.TARGET`` seconds each) and a few frames are in flight per
+call the worker runs at once (``slots``: the async backend's ``concurrency``); with a
+``chunksize``, enough to keep the socket busy.  Results land at their items' positions; the
+first exception (in item order) is the map's, and once one is known no more frames are sent
+(those in flight are still waited for: a sync-backend worker would be killed to abandon them).
 
 The client drives it: ``next_unit()`` until ``None``, encoding and sending each (``unsent()``
 if that fails), waits until ``wake`` is called (an answer came: more can be sent, or it is
@@ -57,6 +57,7 @@ class MapRun:
         chunksize: items per frame, or ``None`` for sizes chosen from measured times.
         batchable: whether the serialiser can carry a batch (if not, one call per item).
         clock: the time, in seconds (for the sizer).
+        slots: how many calls the worker runs at once (each a batch, or a single call).
 
     Raises:
         ValueError: a ``chunksize`` that is not a positive int.
@@ -68,6 +69,7 @@ class MapRun:
         chunksize: int | None,
         batchable: bool,
         clock: Callable[[], float],
+        slots: int = 1,
     ) -> None:
         if chunksize is not None and (
             not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
@@ -77,11 +79,13 @@ class MapRun:
         self.n = n = min(map(len, columns), default=0)
         self.results: list[Any] = [None] * n  # Any: the function's results
         self.clock = clock
-        self.sizer = Sizer() if chunksize is None and batchable else None
+        self.sizer = Sizer(workers=slots) if chunksize is None and batchable else None
         self.chunksize = chunksize or 1
-        # Frames in flight: a few batches, or enough single calls to keep the socket busy (all
-        # at once cost memory and time: 1,000,000 calls went 3x slower).
-        self.window = WINDOW if chunksize is None else max(WINDOW, 4096 // chunksize)
+        # Frames in flight: a few batches per slot (the worker takes the next at once), or
+        # enough single calls to keep the socket busy (all at once cost memory and time:
+        # 1,000,000 calls went 3x slower).
+        busy = WINDOW * slots
+        self.window = busy if chunksize is None else max(busy, 4096 // chunksize)
         self.next = 0  # the first item not sent yet
         self.in_flight = 0
         self.error: BaseException | None = None

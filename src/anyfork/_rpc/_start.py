@@ -160,7 +160,9 @@ async def rpc(
     prime(proc._template)
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
-        client = Client(proc, sock, codec, backend, on_event, on_error, on_close, loop=loop)
+        client = Client(
+            proc, sock, codec, backend, on_event, on_error, on_close, concurrency, loop=loop
+        )
     except BaseException:
         sock.close()
         raise
@@ -189,7 +191,9 @@ def rpc_blocking(
     prime(proc._template)
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
-        client = BlockingClient(proc, sock, codec, backend, on_event, on_error, on_close)
+        client = BlockingClient(
+            proc, sock, codec, backend, on_event, on_error, on_close, concurrency
+        )
     except BaseException:
         sock.close()
         raise
