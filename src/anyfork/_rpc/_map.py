@@ -113,7 +113,12 @@ class MapRun:
         start = self.next
         remaining = self.n - start
         sizer = self.sizer
-        n = min(self.chunksize, remaining) if sizer is None else sizer.next_size(remaining)
+        if sizer is None:  # no clock needed
+            n = self.chunksize if self.chunksize < remaining else remaining
+            self.next = start + n
+            self.in_flight += 1
+            return Unit(self, start, n, 0.0)
+        n = sizer.next_size(remaining)
         self.next = start + n
         self.in_flight += 1
         return Unit(self, start, n, self.clock())
