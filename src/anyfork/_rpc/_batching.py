@@ -49,8 +49,9 @@ class BatchResult:
         results: the results of the items that ran, in order: all of them, or those before
             the item that failed.
         error: ``None``, or the exception of item ``len(results)`` (its own type, with the
-            worker's traceback as its ``__cause__``, as for a single call); the items after it
-            were not run.
+            worker's traceback as its ``__cause__``, as for a single call).  If that item
+            raised, the items after it were not run; if its result could not be serialised
+            (an ``EncodeError``, side ``"child"``), they were, and their results are lost.
     """
 
     __slots__ = ("error", "results")
