@@ -3,11 +3,14 @@
     .venv/bin/python bench/rpc.py            # ~1 minute: 5 interleaved rounds
     .venv/bin/python bench/rpc.py --quick    # smoke run: 2 short rounds
 
-Three measurements, each row in every round, rounds interleaved across rows so that the drift
+Four measurements, each row in every round, rounds interleaved across rows so that the drift
 of a loaded machine (other jobs, a noisy VM) hits every row alike:
 
 * **latency**: the round trip of a trivial call, one at a time (anyfork: sync backend);
 * **throughput**: calls per second pipelined over 2 workers;
+* **map**: 1,000,000 trivial calls over 2 workers, each face's ``map`` with its own batching
+  (anyfork: ``chunksize=None``, batches sized from measured times) next to the peers' maps and
+  to one call per item (``chunksize=1``: the throughput row);
 * **10 MiB**: the round trip of a 10 MiB ``bytes`` argument returned as the result.
 
 Floors: a raw ping-pong of length-prefixed pickles over a socketpair to a forked echo process,
@@ -40,6 +43,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -199,6 +203,7 @@ class Bench:
         self.acleanup: list[Callable[[], Awaitable[Any]]] = []
         self.latency: list[Row] = []
         self.throughput: list[Row] = []
+        self.bulk: list[Row] = []
         self.big: list[Row] = []
 
     def q(self, full: int, quick: int) -> int:
@@ -263,7 +268,7 @@ class Bench:
 
         async def af_map(n: int) -> None:
             half = n // 2
-            await asyncio.gather(c2.map(range(half)), c3.map(range(half)))
+            await asyncio.gather(c2.map(range(half), chunksize=1), c3.map(range(half), chunksize=1))
 
         async def af_big_async(n: int) -> None:
             for _ in range(n):
@@ -281,8 +286,9 @@ class Bench:
         ]
         self.throughput += [
             Row("af_gather", "anyfork Client, asyncio.gather, 2 clients", tp_n, af_gather),
-            Row("af_map", "anyfork Client.map, 2 clients", tp_n, af_map),
+            Row("af_map", "anyfork Client.map, 2 clients, chunksize=1", tp_n, af_map),
         ]
+        self._bulk_rows(c2, c3)
         self.big += [
             Row("raw_big", "raw socketpair pickle ping-pong (in band)", big_n, raw_big),
             Row("af_big_blocking", "anyfork BlockingClient", big_n, af_big_blocking),
@@ -300,6 +306,19 @@ class Bench:
         self._peer_rows(
             "mp", "multiprocessing.Pool", pools["mp1"].apply, pools["mp2"], peer_n, tp_peer_n
         )
+        bulk_n = self.q(1_000_000, 100_000)
+
+        async def mp_bulk(k: int) -> None:
+            pools["mp2"].map(ident, range(k))
+
+        async def ppe_bulk(k: int) -> None:
+            for _ in ppe2.map(ident, range(k), chunksize=1000):
+                pass
+
+        self.bulk += [
+            Row("mp_bulk", "multiprocessing.Pool(2).map (its chunksize)", bulk_n, mp_bulk),
+            Row("ppe_bulk", "ProcessPoolExecutor(2).map, chunksize=1000", bulk_n, ppe_bulk),
+        ]
         self._executor_rows("ppe", "ProcessPoolExecutor", ppe1, ppe2, peer_n, tp_peer_n, payload)
         self.big.append(
             self._big_row(
@@ -319,9 +338,38 @@ class Bench:
             rows.append(Row(key, "Perl AnyEvent::Fork::RPC", 0, None, perl))
 
         # Warm up every row once (imports, page faults, pool start-up).
-        for row in [*self.latency, *([] if self.latency_only else [*self.throughput, *self.big])]:
+        rest = [] if self.latency_only else [*self.throughput, *self.bulk, *self.big]
+        for row in [*self.latency, *rest]:
             if row.run is not None:
                 await row.run(min(row.n, 50))
+
+    def _bulk_rows(self, c2: anyfork.Client, c3: anyfork.Client) -> None:
+        """``map`` over 2 workers: batched (``chunksize=None``) and one call per item."""
+        bulk_n = self.q(1_000_000, 100_000)
+        b2 = anyfork.rpc_blocking(anyfork.new().eval(WORKER_CODE), "ident", timeout=30)
+        b3 = anyfork.rpc_blocking(anyfork.new().eval(WORKER_CODE), "ident", timeout=30)
+        self.cleanup += [lambda: b2.close(timeout=30), lambda: b3.close(timeout=30)]
+
+        async def two(n: int) -> None:
+            half = n // 2
+            await asyncio.gather(c2.map(range(half)), c3.map(range(half)))
+
+        async def blocking_two(n: int) -> None:
+            half = n // 2
+            other = threading.Thread(target=b3.map, args=(range(half),))
+            other.start()
+            b2.map(range(half))
+            other.join()
+
+        self.bulk += [
+            Row("af_bulk", "anyfork Client.map, 2 clients (auto)", bulk_n, two),
+            Row(
+                "af_bulk_blocking",
+                "anyfork BlockingClient.map, 2 threads (auto)",
+                bulk_n,
+                blocking_two,
+            ),
+        ]
 
     def _peer_rows(
         self, key: str, label: str, apply: Callable[..., Any], pool2: Any, n: int, tp_n: int
@@ -414,7 +462,9 @@ class Bench:
             )
 
     async def measure(self) -> None:
-        rows = [r for r in (*self.latency, *self.throughput, *self.big) if r.run is not None]
+        rows = [
+            r for r in (*self.latency, *self.throughput, *self.bulk, *self.big) if r.run is not None
+        ]
         if self.latency_only:
             rows = [r for r in self.latency if r.run is not None]
         for rnd in range(self.rounds):
@@ -439,7 +489,7 @@ class Bench:
 
 
 def report(b: Bench, pinned: list[Row]) -> list[tuple[str, bool | None]]:
-    rows = {r.key: r for r in (*b.latency, *b.throughput, *b.big)}
+    rows = {r.key: r for r in (*b.latency, *b.throughput, *b.bulk, *b.big)}
     floor = rows["raw_blocking"]
     pinned_rows = {r.key: r for r in pinned}
 
@@ -470,11 +520,20 @@ def report(b: Bench, pinned: list[Row]) -> list[tuple[str, bool | None]]:
         "      best        median   vs floor",
     )
     section(
-        "Pipelined throughput, 2 workers (x: median per-round time ratio to Client.map)",
+        "Pipelined throughput, one call per item, 2 workers (x: median per-round time ratio to "
+        "Client.map)",
         b.throughput,
         fmt_rate,
         rows["af_map"],
         "      best        median   vs map",
+    )
+    section(
+        "map of 1,000,000 trivial calls, 2 workers (chunksize=1: the pipelined row above; x: "
+        "median per-round time per call to the batched Client.map)",
+        [*b.bulk[:2], rows["af_map"], *b.bulk[2:]],
+        fmt_rate,
+        rows["af_bulk"],
+        "      best        median   vs auto",
     )
     section(
         "10 MiB bytes argument returned as the result (x: to the raw floor)",
@@ -517,6 +576,19 @@ def report(b: Bench, pinned: list[Row]) -> list[tuple[str, bool | None]]:
         row = rows[key]
         rate = 1 / statistics.median(row.samples) if row.samples else None
         target(f"{row.label} >= 100k calls/s", rate and rate / 1000, lambda v: v >= 100, "k/s")
+    for key in ("af_bulk", "af_bulk_blocking"):
+        target(
+            f"{rows[key].label} >= 1x multiprocessing.Pool(2).map",
+            per_round_ratio(rows["mp_bulk"], rows[key]),
+            lambda v: v >= 1.0,
+            "x",
+        )
+        target(
+            f"{rows[key].label} >= 3x ProcessPoolExecutor(2).map(chunksize=1000)",
+            per_round_ratio(rows["ppe_bulk"], rows[key]),
+            lambda v: v >= 3.0,
+            "x",
+        )
     for key in ("af_big_blocking", "af_big_async"):
         target(
             f"10 MiB, {rows[key].label} <= 1.5x the raw in-band floor",

@@ -236,7 +236,11 @@ def fake_server(sock: Any, mode: str, *config: Any) -> None:
     """Stands in for the RPC server (the test points ``rpc()`` at it) and breaks the protocol
     the way ``mode`` says: before READY, or as the answer to the first call."""
     from anyfork._child import _rpc_wire as W
+    from anyfork._child._serializers import get
     from helpers import recv_exactly
+
+    def results(*values: Any) -> bytes:
+        return b"".join(bytes(c) for c in get("pickle").dump_results(list(values)))
 
     ready = W.frame(W.READY, 0, W.ready_payload(os.getpid()))
     if mode == "garbage instead of READY":
@@ -254,6 +258,14 @@ def fake_server(sock: Any, mode: str, *config: Any) -> None:
                 "an answer to no call": W.frame(W.OK, cid + 100, b""),
                 "a broken error record": W.frame(W.ERROR, cid, b"\x00\x00\x00\x09abc"),
                 "a header claiming 4 GiB": W.header(W.OK, cid, W.MAX_PAYLOAD) + b"abc",
+                # Answers to a batch of two calls, or to a single call.
+                "a batch answer to a single call": W.frame(W.BATCH_OK, cid, results()),
+                "a single answer to a batch": W.frame(W.OK, cid, results()),
+                "too few results": W.frame(W.BATCH_OK, cid, results(1)),
+                "an item past the end failed": W.frame(
+                    W.BATCH_ERROR, cid, W.batch_error_head(5, 0) + b"record"
+                ),
+                "a short BATCH_ERROR": W.frame(W.BATCH_ERROR, cid, b"abc"),
             }[mode]
         )
         if mode == "a header claiming 4 GiB":
@@ -273,3 +285,133 @@ def loads(data: bytes) -> Any:
     import pickle
 
     return pickle.loads(data)
+
+
+# -- batches, per-call events, done ---------------------------------------------------------------
+
+
+def item(x: Any) -> Any:
+    """An event per item (so a test sees which items ran), then ``2 * x``; negative items
+    raise ``ValueError``, ``"lambda"`` returns what cannot be pickled."""
+    anyfork.worker.event("ran", x)
+    if x == "lambda":
+        return lambda: None
+    if x == "stop":
+        raise StopIteration
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return 2 * x
+
+
+async def aitem(x: Any) -> Any:
+    """``item``, as a coroutine function that yields to the loop between its event and its
+    result."""
+    anyfork.worker.event("ran", x)
+    await _Yield()
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return 2 * x
+
+
+def pair(a: Any, b: Any) -> Any:
+    return (a, b)
+
+
+def _refuse() -> None:
+    raise RuntimeError("this argument cannot be loaded in the worker")
+
+
+class LoadsNowhere:
+    """Pickles in the parent; loading it in the worker raises."""
+
+    def __reduce__(self) -> Any:
+        return _refuse, ()
+
+
+async def in_subtask(tag: str) -> str:
+    """An event from a task the call starts: it belongs to the call."""
+    import asyncio
+
+    async def sub() -> None:
+        anyfork.worker.event("sub", tag)
+
+    await asyncio.get_running_loop().create_task(sub())
+    return tag
+
+
+async def outside_any_call(tag: str) -> str:
+    """An event from a callback in a context of its own: it belongs to no call."""
+    import asyncio
+    import contextvars
+
+    loop = asyncio.get_running_loop()
+    loop.call_soon(anyfork.worker.event, "outside", tag, context=contextvars.Context())
+    await _Yield()  # the callback runs (and writes its event) before this call answers
+    return tag
+
+
+async def report_cancel(tag: str) -> None:
+    """Wait for good (but for ``"return"``); when cancelled, say so (an event of this call)
+    before the cancellation."""
+    import asyncio
+
+    anyfork.worker.event("waiting", tag)
+    if tag == "return":
+        return
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        anyfork.worker.event("cancelled", tag)
+        raise
+
+
+def retire_then(x: Any) -> Any:
+    anyfork.worker.event("before retire", x)
+    anyfork.worker.retire()
+    return x
+
+
+_count = [0]
+
+
+def counted(x: Any) -> Any:
+    """Count the calls this worker has answered (``done_write`` reports the count)."""
+    _count[0] += 1
+    return x
+
+
+def done_write() -> None:
+    """``done``: write how many calls were answered to the pipe ``init_pipes`` kept."""
+    _pipes[0].write(f"done after {_count[0]}".encode())
+    _pipes[0].flush()
+
+
+async def adone_write() -> None:
+    await _Yield()
+    done_write()
+
+
+def done_fail() -> None:
+    raise CustomError("done failed")
+
+
+def done_event() -> None:
+    anyfork.worker.event("too late")
+
+
+def init_stderr(pipe: Any) -> None:
+    """Send this worker's stderr to the pipe the parent passed."""
+    os.dup2(pipe.fileno(), 2)
+    pipe.close()
+
+
+def stream_forever(x: Any) -> None:
+    """Events until writing one fails (the parent has gone)."""
+    while True:
+        anyfork.worker.event("tick", x)
+
+
+async def astream_forever(x: Any) -> None:
+    while True:
+        anyfork.worker.event("tick", x)
+        await _Yield()

@@ -23,93 +23,22 @@ import struct
 import sys
 import termios
 import types
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 import anyfork
+import rpc_faces
 import rpc_funcs
 from anyfork._child import _rpc_wire as W
 from anyfork._rpc import _start
 from helpers import eventually
+from rpc_faces import AsyncFace, BlockingFace, Face
 
-T = TypeVar("T")
+face = rpc_faces.face  # the fixture: each test runs with each face
+
 DEADLINE = 30.0
-
-
-class AsyncFace:
-    """The asyncio ``Client``, driven from plain test code on a loop of its own."""
-
-    name = "asyncio"
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-
-    def run(self, coro: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(asyncio.wait_for(coro, DEADLINE))
-
-    def rpc(self, proc: anyfork.Process, func: str, **kw: Any) -> Any:
-        kw.setdefault("timeout", 10)
-        return self.run(anyfork.rpc(proc, func, **kw))
-
-    def call(
-        self, client: Any, *args: Any, timeout: float = 10, first: Callable[[], object] = int
-    ) -> Any:
-        """``first()``, then the call, in one step of the loop: nothing is read in between."""
-
-        async def call() -> Any:
-            first()
-            return await client.call(*args, timeout=timeout)
-
-        return self.run(call())
-
-    def map(self, client: Any, items: list[Any], timeout: float = 10) -> list[Any]:
-        return self.run(client.map(items, timeout=timeout))
-
-    def close(self, client: Any) -> None:
-        self.run(client.aclose(timeout=10))
-
-    def end(self) -> None:
-        self.loop.close()
-
-
-class BlockingFace:
-    """The ``BlockingClient``."""
-
-    name = "blocking"
-
-    def rpc(self, proc: anyfork.Process, func: str, **kw: Any) -> Any:
-        kw.setdefault("timeout", 10)
-        return anyfork.rpc_blocking(proc, func, **kw)
-
-    def call(
-        self, client: Any, *args: Any, timeout: float = 10, first: Callable[[], object] = int
-    ) -> Any:
-        first()
-        return client.call(*args, timeout=timeout)
-
-    def map(self, client: Any, items: list[Any], timeout: float = 10) -> list[Any]:
-        result: list[Any] = client.map(items, timeout=timeout)
-        return result
-
-    def close(self, client: Any) -> None:
-        client.close(timeout=10)
-
-    def end(self) -> None:
-        pass
-
-
-Face = AsyncFace | BlockingFace
-
-
-@pytest.fixture(params=[AsyncFace, BlockingFace], ids=["asyncio", "blocking"])
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    made: Face = request.param()
-    try:
-        yield made
-    finally:
-        made.end()
 
 
 def _wait_readable(fd: int) -> None:
@@ -362,6 +291,35 @@ def test_garbage_after_ready_fails_the_connection(face: Face, mode: str, why: st
 
 
 @pytest.mark.usefixtures("fake_server")
+@pytest.mark.parametrize(
+    ("mode", "batch", "why"),
+    [
+        ("a batch answer to a single call", False, "an answer as a batch to call 1, which is not"),
+        ("a single answer to a batch", True, "an answer as a single call to call 1, which is not"),
+        ("too few results", True, "a batch answer with 1 results for 2"),
+        ("an item past the end failed", True, "item 5 of a batch of 2 failed"),
+        ("a short BATCH_ERROR", True, "BATCH_ERROR payload of 3 bytes"),
+    ],
+)
+def test_broken_batch_answers_fail_the_connection(
+    face: Face, mode: str, batch: bool, why: str
+) -> None:
+    errors: list[BaseException] = []
+    client = face.rpc(anyfork.new().send_arg(mode), "rpc_funcs:add", on_error=errors.append)
+
+    def send() -> object:
+        return face.batch(client, [[1, 2]]) if batch else face.call(client, 1)
+
+    with pytest.raises(anyfork.ProtocolError) as info:
+        send()
+    assert str(info.value).startswith(f"the RPC worker (pid {client.pid}) sent a broken stream: ")
+    assert why in str(info.value)
+    assert errors == [info.value]
+    assert not client.usable
+    face.close(client)
+
+
+@pytest.mark.usefixtures("fake_server")
 def test_a_header_claiming_4_gib_costs_nothing_in_the_parent(face: Face) -> None:
     """The fake answers with a header that claims 4 GiB, three bytes, and exits: the parent
     allocates for what arrived, and the call fails as soon as the worker is gone."""
@@ -387,16 +345,17 @@ def test_version_mismatch_found_by_the_worker(face: Face, monkeypatch: pytest.Mo
     proc = anyfork.new()
     with pytest.raises(anyfork.ProtocolError) as info:
         face.rpc(proc, "rpc_funcs:add")
-    assert str(info.value) == W.version_mismatch(99, 2)
+    assert str(info.value) == W.version_mismatch(99, W.VERSION)
     assert info.value.__notes__ == [f"(anyfork RPC worker pid {proc.pid} failed to start)"]
 
 
 def test_version_mismatch_found_by_the_parent(face: Face, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(W, "VERSION", 99)  # here only: the worker still speaks 2
+    speaks = W.VERSION
+    monkeypatch.setattr(W, "VERSION", 99)  # here only: the worker still speaks its own
     proc = anyfork.new()
     with pytest.raises(anyfork.ProtocolError) as info:
         face.rpc(proc, "rpc_funcs:add")
-    assert str(info.value) == f"{W.version_mismatch(99, 2)} (pid {proc.pid})"
+    assert str(info.value) == f"{W.version_mismatch(99, speaks)} (pid {proc.pid})"
 
 
 # -- point 11: start-up failures are both their own type and an AnyforkError --------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,9 @@ _FRAMES = [
     (W.EVENT, 0, b""),
     (W.ERROR, 0xFFFFFFFF, b"x" * 70_000),  # bigger than the decoder's buffer
     (W.CANCELLED, 7, b"y" * 300),
+    (W.BATCH_OK, 3, b"results"),
+    (W.EVENT, 4, b"of call 4"),
+    (W.BATCH_ERROR, 4, W.batch_error_head(1, 2) + b"rsrecord"),
     (W.OK, 2, b""),
 ]
 
@@ -247,7 +251,9 @@ def test_a_valid_header_then_garbage_is_taken_as_payload(tail: bytes) -> None:
 
 def test_config_roundtrip_and_version() -> None:
     text = W.pack_config("m:f", "sync", "pickle", "", 8)
-    assert W.parse_config(text) == (W.VERSION, "m:f", "sync", "pickle", "", 8)
+    assert W.parse_config(text) == (W.VERSION, "m:f", "sync", "pickle", "", "", 8)
+    text = W.pack_config("m:f", "async", "json", "m:init", 3, done="m:done")
+    assert W.parse_config(text) == (W.VERSION, "m:f", "async", "json", "m:init", "m:done", 3)
     skewed = W.pack_config("m:f", "sync", "pickle", "", 8, version=W.VERSION + 1)
     assert W.parse_config(skewed)[0] == W.VERSION + 1
     for bad in (b"bytes", "not a config", "anyfork.rpc\x00x"):
@@ -351,3 +357,175 @@ def test_pickle_big_bytes_out_of_band_types_kept() -> None:
     assert got == value
     assert type(got[0][0]) is bytes
     assert type(got[1]["k"]) is bytearray
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+def test_batch_error_payload() -> None:
+    payload = W.batch_error_head(2, 5) + b"12345" + b"the record"
+    index, results, record = W.parse_batch_error(payload)
+    assert (index, bytes(results), bytes(record)) == (2, b"12345", b"the record")
+    for bad in (b"", b"\x00" * 7, W.batch_error_head(0, 6) + b"12345"):
+        with pytest.raises(W.RpcWireError, match="BATCH_ERROR"):
+            W.parse_batch_error(bad)
+
+
+@pytest.mark.parametrize("name", ["pickle", "json", "test_rpc_wire:Marshal"])
+def test_codec_batch_roundtrip(name: str) -> None:
+    codec = _serializers.get(name)
+    assert codec.batches
+    columns: list[list[Any]] = [[1, 2, 3], ["a", "b", "c"]]
+    got, n = codec.load_batch(_join(codec.dump_batch(columns)))
+    assert (got, n) == (columns, 3)
+    assert codec.load_results(_join(codec.dump_results([1, None, "x"]))) == [1, None, "x"]
+
+
+@pytest.mark.parametrize(
+    "payload", [[], [[1], [1, 2]], [1, 2], {"a": [1]}, "ab"], ids=lambda p: repr(p)
+)
+def test_codec_refuses_what_is_not_a_batch(payload: Any) -> None:
+    codec = _serializers.get("pickle")
+    with pytest.raises(ValueError, match="a batch payload is a list of argument lists"):
+        codec.load_batch(_join(codec.dump_value(payload)))
+    with pytest.raises(ValueError, match="results are a list"):
+        codec.load_results(_join(codec.dump_value({"not": "a list"})))
+
+
+def test_tuples_are_taken_for_lists() -> None:
+    codec = _serializers.get("pickle")
+    assert codec.load_batch(_join(codec.dump_value(([1, 2], (3, 4))))) == ([[1, 2], [3, 4]], 2)
+    assert codec.load_results(_join(codec.dump_value((1, 2)))) == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["bytes", "str"])
+def test_raw_codecs_cannot_batch(name: str) -> None:
+    codec = _serializers.get(name)
+    assert not codec.batches
+    for attempt in (
+        lambda: codec.dump_batch([[b"x"]]),
+        lambda: codec.load_batch(b"x"),
+        lambda: codec.dump_results([b"x"]),
+        lambda: codec.load_results(b"x"),
+    ):
+        with pytest.raises(TypeError, match="cannot carry a batch of calls"):
+            attempt()
+
+
+def test_a_batch_of_pickles_keeps_bytes_in_band_and_buffers_out_of_band() -> None:
+    codec = _serializers.get("pickle")
+    big = b"z" * (1 << 17)
+    chunks = codec.dump_batch([[big, bytearray(b"s")]])
+    assert not any(isinstance(c, memoryview) for c in chunks)  # no look for big bytes
+    assert codec.load_batch(_join(chunks)) == ([[big, bytearray(b"s")]], 2)
+    buffer = pickle.PickleBuffer(bytearray(big))
+    chunks = codec.dump_results([buffer])
+    assert any(isinstance(c, memoryview) and c.nbytes == len(big) for c in chunks)
+
+
+def _answer(name: str, results: list[object], failure: Exception | None) -> tuple[int, Any]:
+    """What ``batch_answer`` sends, decoded: ``(BATCH_OK, results)`` or
+    ``(BATCH_ERROR, (index, results, error type name, message))``."""
+    from anyfork._child import _records
+    from anyfork._child._rpc_server import batch_answer
+
+    codec = _serializers.get(name)
+    kind, chunks = batch_answer(codec, list(results), failure)
+    payload = _join(chunks)
+    if kind == W.BATCH_OK:
+        return kind, codec.load_results(payload)
+    index, data, record = W.parse_batch_error(payload)
+    _, module, qualname, message, _ = _records.unpack(record)
+    return kind, (index, codec.load_results(data), f"{module}.{qualname}", message)
+
+
+def test_batch_answer_all_results() -> None:
+    assert _answer("pickle", [1, "a"], None) == (W.BATCH_OK, [1, "a"])
+
+
+def test_batch_answer_an_item_that_raised() -> None:
+    kind, (index, results, type_name, message) = _answer("pickle", [1, 2], KeyError("k"))
+    assert (kind, index, results, type_name) == (W.BATCH_ERROR, 2, [1, 2], "builtins.KeyError")
+    assert "k" in message
+
+
+@pytest.mark.parametrize("failure", [None, KeyError("later")])
+def test_batch_answer_a_result_that_cannot_be_encoded(failure: Exception | None) -> None:
+    """It fails its item, even when a later item raised: the results before it are sent."""
+    kind, (index, results, type_name, message) = _answer("json", [1, 2, {3}, 4], failure)
+    assert (kind, index, results) == (W.BATCH_ERROR, 2, [1, 2])
+    assert type_name == "anyfork.EncodeError"
+    assert "cannot encode the result (set)" in message
+
+
+def _served_batch(name: str, payload: bytes, func: Callable[..., object] = abs) -> Any:
+    """What a sync-backend worker answers to one ``CALL_BATCH`` frame, in this process:
+    ``(kind, decoded)`` where ``decoded`` is the results, or ``(type name, message)``."""
+    import socket
+
+    from anyfork._child import _records
+    from anyfork._child._rpc_server import SyncServer
+
+    codec = _serializers.get(name)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        SyncServer(theirs, codec, func).batch(7, payload)
+        theirs.close()
+        dec = W.Decoder(W.TO_PARENT)
+        while not dec.eof:
+            dec.receive(ours.recv(65536))
+        frames = _decode_all(dec)
+    [(kind, cid, answer)] = frames
+    assert cid == 7
+    if kind == W.BATCH_OK:
+        return kind, codec.load_results(answer)
+    if kind == W.BATCH_ERROR:
+        index, data, record = W.parse_batch_error(answer)
+        _, module, qualname, message, _ = _records.unpack(record)
+        return kind, (index, codec.load_results(data), f"{module}.{qualname}")
+    assert kind == W.ERROR
+    _, module, qualname, message, _ = _records.unpack(answer)
+    return kind, (f"{module}.{qualname}", message)
+
+
+def test_a_worker_answers_a_batch_in_one_frame() -> None:
+    codec = _serializers.get("pickle")
+    payload = _join(codec.dump_batch([[1, -2, 3]]))
+    assert _served_batch("pickle", payload) == (W.BATCH_OK, [1, 2, 3])
+    payload = _join(codec.dump_batch([[1, "x", 3]]))
+    assert _served_batch("pickle", payload) == (W.BATCH_ERROR, (1, [1], "builtins.TypeError"))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\x00\x00\x00\x00garbage", b"\x00\x00\x00\x00" + pickle.dumps([[1], [1, 2]])],
+    ids=["empty", "not a pickle", "columns not all as long"],
+)
+def test_a_worker_answers_a_broken_batch_with_a_decode_error(payload: bytes) -> None:
+    kind, (type_name, message) = _served_batch("pickle", payload)
+    assert (kind, type_name) == (W.ERROR, "anyfork.DecodeError")
+    assert message.startswith("cannot decode the batch's arguments: ")
+
+
+@given(st.binary(max_size=64))
+def test_a_worker_answers_any_batch_payload_with_one_frame(payload: bytes) -> None:
+    """JSON, so that random bytes cannot name a function for the loader to call."""
+    kind, _ = _served_batch("json", payload, func=repr)
+    assert kind in (W.BATCH_OK, W.BATCH_ERROR, W.ERROR)
+
+
+@given(
+    st.sampled_from([W.BATCH_OK, W.BATCH_ERROR]),
+    st.binary(max_size=64),
+    st.integers(1, 5),
+)
+def test_a_broken_batch_answer_is_a_wire_or_decode_error(kind: int, payload: bytes, n: int) -> None:
+    from anyfork._errors import DecodeError
+    from anyfork._rpc._answers import batch_result
+
+    codec = _serializers.get("json")
+    try:
+        result = batch_result(codec, kind, payload, n, 1)
+    except (W.RpcWireError, DecodeError):
+        return
+    assert len(result.results) == (n if kind == W.BATCH_OK else result.failed_at)

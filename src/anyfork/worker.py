@@ -50,10 +50,13 @@ def event(*args: object) -> None:
             return "done"
 
     The parent's ``on_event`` sees every ``("progress", ...)`` of a call before that call's
-    result is returned to it.  The arguments go through the RPC serialiser (with ``"bytes"`` or
+    result is returned to it.  An event belongs to the call that raised it (with the async
+    backend: the call whose task, or a task that task started, raised it): a call made with
+    ``client.call(..., on_event=handler)`` has its events go to ``handler``, the others go to
+    the client's ``on_event``.  The arguments go through the RPC serialiser (with ``"bytes"`` or
     ``"str"``: exactly one such value).  The sync backend writes at once; the async backend
     buffers behind its event loop (``flush()`` before ``os._exit``).  Not available in ``init``
-    (the parent is not listening yet): raises ``RuntimeError``.
+    (the parent is not listening yet) nor in ``done``: raises ``RuntimeError``.
     """
     sink = _sink
     if sink is None:
@@ -85,7 +88,8 @@ def retire() -> None:
             return result
 
     Calling it again is harmless.  Outside a pool (a plain RPC worker) the parent's
-    ``on_event`` receives the pool's private retire event; raises ``RuntimeError`` outside an
+    ``on_event`` receives the pool's private retire event (the client's, never a handler given
+    to the running call); raises ``RuntimeError`` outside an
     RPC worker.
     """
     global _retired
@@ -96,7 +100,9 @@ def retire() -> None:
         return
     _retired = True
     # The raw "bytes" serialiser carries exactly one bytes value; every other one takes a str.
-    sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,))
+    # Sent as no call's event (id 0): it is for the pool's own handler, never for a handler the
+    # caller of the running call gave.
+    sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,), 0)
 
 
 def _apply(fn: Any, args: Any, kwargs: Any) -> Any:

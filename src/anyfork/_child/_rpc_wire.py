@@ -8,16 +8,22 @@ Frame::
     | kind: u8 | call id: u32 (BE)| length: u32 (BE)    | payload (length)  |
     +----------+------------------+---------------------+-------------------+
 
-Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CANCEL`` (id, empty; the async
-backend cancels the call's task, the sync backend ignores it).
+Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CALL_BATCH`` (id, the
+serialised list of the calls' arguments by column, ``[first_args, second_args, ...]``: the
+worker runs ``func(*args)`` for each call, in order, as one call),
+``CANCEL`` (id, empty; the async backend cancels the call's task, the sync backend ignores it).
 
 Child -> parent: ``READY`` (id 0, payload u32 version + u32 pid; the first frame, sent once the
-function is resolved and ``init`` has run), ``FAILED`` (id 0, an error record: before ``READY``,
-start-up failed; after it, the worker received a broken stream and stops; nothing follows
-either), ``OK`` (id, serialised result), ``ERROR`` (id, an error record), ``CANCELLED`` (id,
-empty: the call was cancelled before it produced a result), ``EVENT`` (id 0, serialised event
-arguments).  Frames are written in the order the child produced them; that is the only ordering
-guarantee, and the parent delivers events and results in exactly that order.
+functions are resolved and ``init`` has run), ``FAILED`` (id 0, an error record: before
+``READY``, start-up failed; after it, the worker received a broken stream and stops; nothing
+follows either), ``OK`` (id, serialised result), ``ERROR`` (id, an error record; for a batch: it
+failed before any item ran, e.g. its arguments could not be decoded), ``CANCELLED`` (id, empty:
+the call was cancelled before it produced a result), ``EVENT`` (the id of the call that raised
+it, 0 outside any call; serialised event arguments), ``BATCH_OK`` (id, the serialised list of
+every item's result), ``BATCH_ERROR`` (id; ``batch_error_head(i, n)``, then the serialised list
+of the results of items ``0..i-1`` in ``n`` bytes, then item ``i``'s error record; the items
+after ``i`` were not run).  Frames are written in the order the child produced them; that is
+the only ordering guarantee, and the parent delivers events and results in exactly that order.
 
 Maximum frame size: a payload holds at most ``MAX_PAYLOAD`` bytes (4 GiB - 1, what its length
 field can say); a sender refuses more, a receiver treats a longer header as broken.  A receiver
@@ -41,16 +47,19 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
     pass
 
-#: Bumped whenever a frame or the configuration changes meaning.
-VERSION = 2
+#: Bumped whenever a frame or the configuration changes meaning (3: batches, the call id of an
+#: event, ``done`` in the configuration).
+VERSION = 3
 
 HEADER = struct.Struct(">BII")
 HEADER_SIZE = HEADER.size
 U32 = struct.Struct(">I")
 READY_PAYLOAD = struct.Struct(">II")
+BATCH_ERROR_HEAD = struct.Struct(">II")
 
 # Parent -> child.
 CALL = ord("C")
+CALL_BATCH = ord("B")
 CANCEL = ord("X")
 # Child -> parent.
 READY = ord("Y")
@@ -59,9 +68,11 @@ OK = ord("O")
 ERROR = ord("E")
 CANCELLED = ord("N")
 EVENT = ord("V")
+BATCH_OK = ord("L")
+BATCH_ERROR = ord("Q")
 
-TO_CHILD = frozenset((CALL, CANCEL))
-TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT))
+TO_CHILD = frozenset((CALL, CALL_BATCH, CANCEL))
+TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT, BATCH_OK, BATCH_ERROR))
 
 MAX_PAYLOAD = 0xFFFFFFFF
 MAX_ID = 0xFFFFFFFF
@@ -110,25 +121,44 @@ def parse_ready(payload: bytes) -> tuple[int, int]:
     return int(version), int(pid)
 
 
+def batch_error_head(index: int, results_size: int) -> bytes:
+    """The start of a ``BATCH_ERROR`` payload: the failed item's index, and the size of the
+    serialised results of the items before it (they follow; the error record comes last)."""
+    return BATCH_ERROR_HEAD.pack(index, results_size)
+
+
+def parse_batch_error(payload: bytes | bytearray) -> tuple[int, memoryview, memoryview]:
+    """``(index, results, record)`` from a ``BATCH_ERROR`` payload (views of it)."""
+    view = memoryview(payload)
+    if len(view) < BATCH_ERROR_HEAD.size:
+        raise RpcWireError(f"BATCH_ERROR payload of {len(view)} bytes")
+    index, size = BATCH_ERROR_HEAD.unpack_from(view)
+    end = BATCH_ERROR_HEAD.size + size
+    if end > len(view):
+        raise RpcWireError(f"BATCH_ERROR results of {size} bytes in {len(view)}")
+    return int(index), view[BATCH_ERROR_HEAD.size : end], view[end:]
+
+
 def pack_config(
     func: str,
     backend: str,
     serializer: str,
     init: str,
     concurrency: int,
+    done: str = "",
     version: int = VERSION,
 ) -> str:
     """The configuration string the parent sends as the server's last argument."""
-    items = [_CONFIG_MAGIC, str(version), func, backend, serializer, init, str(concurrency)]
+    items = [_CONFIG_MAGIC, str(version), func, backend, serializer, init, done, str(concurrency)]
     for item in items:
         if _SEP in item:
             raise ValueError(f"configuration values cannot contain NUL: {item!r}")
     return _SEP.join(items)
 
 
-def parse_config(text: object) -> tuple[int, str, str, str, str, int]:
-    """``(version, func, backend, serializer, init, concurrency)``; the version is *not* checked
-    here, so that the caller can report a mismatch in words."""
+def parse_config(text: object) -> tuple[int, str, str, str, str, str, int]:
+    """``(version, func, backend, serializer, init, done, concurrency)``; the version is *not*
+    checked here, so that the caller can report a mismatch in words."""
     if not isinstance(text, str):
         raise RpcWireError("the last argument is not an RPC configuration (use anyfork.rpc)")
     items = text.split(_SEP)
@@ -139,15 +169,15 @@ def parse_config(text: object) -> tuple[int, str, str, str, str, int]:
     except ValueError:
         raise RpcWireError(f"bad RPC protocol version {items[1]!r}") from None
     if version != VERSION:
-        return version, "", "", "", "", 0
-    if len(items) != 7:
-        raise RpcWireError(f"an RPC configuration has 7 items, not {len(items)}")
-    _, _, func, backend, serializer, init, concurrency = items
+        return version, "", "", "", "", "", 0
+    if len(items) != 8:
+        raise RpcWireError(f"an RPC configuration has 8 items, not {len(items)}")
+    _, _, func, backend, serializer, init, done, concurrency = items
     try:
         limit = int(concurrency)
     except ValueError:
         raise RpcWireError(f"bad concurrency {concurrency!r}") from None
-    return version, func, backend, serializer, init, limit
+    return version, func, backend, serializer, init, done, limit
 
 
 class Decoder:

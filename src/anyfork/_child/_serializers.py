@@ -6,7 +6,8 @@ Built in (by name):
     ``pickle`` protocol 5.  Big ``bytes``/``bytearray`` (64 KiB or more, up to three containers
     deep) and every ``PickleBuffer`` a value offers (numpy arrays) travel out of band: they are
     not copied into the pickle stream, and on the receiving side they are rebuilt from views of
-    the received frame.
+    the received frame.  In a batch (a list of calls, or of results) ``bytes`` travel in band:
+    looking for big ones would cost more than the calls a batch is made for.
 ``"cloudpickle"``
     Like pickle, but lambdas and closures travel too (needs the ``cloudpickle`` package on both
     sides; results are loaded with plain ``pickle``).
@@ -16,7 +17,8 @@ Built in (by name):
     ``msgpack`` (needs the package on both sides), ``use_bin_type=True``.
 ``"bytes"`` / ``"str"``
     Raw: a call takes exactly one ``bytes`` (or ``str``) argument and no keyword arguments, a
-    result is one such value, an event carries one such value.  The fastest choice.
+    result is one such value, an event carries one such value.  The fastest choice for single
+    calls; they cannot carry a batch of calls (a list), so ``map`` sends one call per item.
 
 **User serialisers**: name an object as ``"module:attr"`` (importable in the child too).  The
 object needs two methods::
@@ -25,7 +27,9 @@ object needs two methods::
     loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
 
 A call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
-event as ``dumps(list_of_args)``, so it must handle lists and str-keyed dicts.  Any object with
+event as ``dumps(list_of_args)``, a batch of calls as ``dumps([first_args, second_args, ...])``
+(one list per parameter, as ``map(func, *columns)`` takes them) and its results as
+``dumps([result, ...])``, so it must handle lists and str-keyed dicts.  Any object with
 those two methods qualifies, a module with two such functions included (``"mymod:codec"`` where
 ``codec`` is that module, imported into ``mymod``).
 
@@ -68,6 +72,8 @@ class Codec:
     """
 
     name = ""
+    #: Whether it can carry a batch (a list of argument tuples, a list of results).
+    batches = True
 
     def dump_value(self, value: Any) -> Chunks:
         raise NotImplementedError
@@ -98,6 +104,44 @@ class Codec:
             raise ValueError("an event payload is a list of arguments")
         return tuple(value)
 
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
+        """A batch of calls, serialised once: its arguments by column (``columns[j][i]`` is the
+        ``j``-th argument of call ``i``), as ``map(func, *columns)`` takes them.  Lists of
+        plain values serialise (and load) several times faster than lists of tuples."""
+        return self.dump_value(columns)
+
+    def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
+        """The columns of a batch (at least one, all as long), and how many calls they make."""
+        columns = _a_list(self.load_value(data), _NOT_COLUMNS)
+        if not columns:
+            raise ValueError(_NOT_COLUMNS)
+        for j, column in enumerate(columns):
+            if type(column) is not list:
+                columns[j] = column = _a_list(column, _NOT_COLUMNS)
+            if len(column) != len(columns[0]):
+                raise ValueError(_NOT_COLUMNS)
+        return columns, len(columns[0])
+
+    def dump_results(self, results: list[Any]) -> Chunks:
+        """The results of a batch: their list, serialised once."""
+        return self.dump_value(results)
+
+    def load_results(self, data: Buffer) -> list[Any]:
+        """The results of a batch (``dump_results``)."""
+        return _a_list(self.load_value(data), "a batch's results are a list")
+
+
+_NOT_COLUMNS = "a batch payload is a list of argument lists, all as long"
+
+
+def _a_list(value: Any, what: str) -> list[Any]:
+    if type(value) is list:
+        same: list[Any] = value
+        return same
+    if type(value) is tuple:
+        return list(value)
+    raise ValueError(what)
+
 
 class _Pickle(Codec):
     """Protocol 5 with out-of-band buffers.
@@ -117,19 +161,29 @@ class _Pickle(Codec):
         buffers: list[pickle.PickleBuffer] = []
         stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
         if not buffers:
+            return [_NO_BUFFERS + stream]  # inline: this runs for every call and result
+        return _out_of_band(stream, buffers)
+
+    def _dump(self, value: Any) -> Chunks:
+        """``dump_value`` without the look for big bytes."""
+        buffers: list[pickle.PickleBuffer] = []
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if not buffers:
             return [_NO_BUFFERS + stream]
-        raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
-        head = [_COUNT.pack(len(raws))]
-        head.extend(_SIZE.pack(r.nbytes) for r in raws)
-        chunks: Chunks = [b"".join(head), stream]
-        chunks.extend(raws)
-        return chunks
+        return _out_of_band(stream, buffers)
 
     def dump_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Chunks:
         return self.dump_value((args, kwargs))
 
     def dump_event(self, args: tuple[Any, ...]) -> Chunks:
         return self.dump_value(args)
+
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
+        # No look for big bytes (see the module docs): it cost 1.2 us per item, 10x pickle's.
+        return self._dump(columns)
+
+    def dump_results(self, results: list[Any]) -> Chunks:
+        return self._dump(results)
 
     def load_value(self, data: Buffer) -> Any:
         view = memoryview(data)
@@ -158,6 +212,16 @@ class _Pickle(Codec):
             if type(args) is tuple and type(kwargs) is dict:
                 return args, kwargs
         raise ValueError("a call payload is (args, kwargs)")
+
+
+def _out_of_band(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Chunks:
+    """The payload of a pickle stream with out-of-band buffers (see ``_Pickle``)."""
+    raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
+    head = [_COUNT.pack(len(raws))]
+    head.extend(_SIZE.pack(r.nbytes) for r in raws)
+    chunks: Chunks = [b"".join(head), stream]
+    chunks.extend(raws)
+    return chunks
 
 
 def _has_big_bytes(value: Any, depth: int) -> bool:
@@ -229,6 +293,9 @@ class _CloudPickle(_Pickle):
     def dump_value(self, value: Any) -> Chunks:
         return [_COUNT.pack(0), self._cloud.dumps(value, protocol=5)]
 
+    def _dump(self, value: Any) -> Chunks:
+        return self.dump_value(value)
+
 
 class _Objects(Codec):
     """Any ``dumps``/``loads`` pair (json, msgpack, user serialisers)."""
@@ -250,6 +317,8 @@ class _Objects(Codec):
 
 class _Raw(Codec):
     """One ``bytes`` (or ``str``) value per call, result and event; no framing of its own."""
+
+    batches = False
 
     def __init__(self, kind: type) -> None:
         self._kind = kind
@@ -292,6 +361,24 @@ class _Raw(Codec):
 
     def load_event(self, data: Buffer) -> tuple[Any, ...]:
         return (self.load_value(data),)
+
+    def _no_batch(self) -> TypeError:
+        return TypeError(
+            f"the {self.name!r} serialiser carries exactly one {self.name} value per frame: it "
+            f"cannot carry a batch of calls (send one call per item, chunksize=1)"
+        )
+
+    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
+        raise self._no_batch()
+
+    def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
+        raise self._no_batch()
+
+    def dump_results(self, results: list[Any]) -> Chunks:
+        raise self._no_batch()
+
+    def load_results(self, data: Buffer) -> list[Any]:
+        raise self._no_batch()
 
 
 def _json() -> Codec:

@@ -7,20 +7,24 @@ Data flow (one socket, frames from ``_rpc_wire``)::
     send_arg(config), run(serve)  ------->   init(*args), resolve func
                                   <-------   READY (version, pid)  | FAILED (error record)
     CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
-                                  <-------   EVENT ...  (worker.event, any number, in order)
+                                  <-------   EVENT id, ... (worker.event, any number, in order)
                                   <-------   OK id, result  | ERROR id, error record
+    CALL_BATCH id, [args, ...]    ------->   func(*args) for each, in order
+                                  <-------   BATCH_OK id, [result, ...]
+                                           | BATCH_ERROR id, i, [result, ...i], error record
     CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
     (a broken stream)             ------->   (nothing more is run)
                                   <-------   FAILED (a ProtocolError record), exit 1
     shutdown(SHUT_WR)             ------->   finish every call, reply, exit
                                   <-------   EOF
 
-Outgoing frames are queued, small ones joined into one ``bytearray`` and big buffers (pickle's
-out-of-band ones) kept as views, so that many calls leave in one ``sendmsg`` and a 10 MiB
-argument is never copied by us.  Incoming bytes land in the decoder's buffer, and every complete
-frame of one read is handled before the next read.  The I/O itself (an event loop's callbacks,
-or ``poll``) lives in ``_client`` and ``_blocking``; what stands for a call's future where there
-is none, in ``_waiters``.
+Outgoing frames are queued in an ``_outbox.Outbox`` (many calls leave in one ``sendmsg``, a
+10 MiB argument is never copied by us).  Incoming bytes land in the decoder's buffer, and every
+complete frame of one read is handled before the next read.  An event goes to the handler
+given to its call (``on_event=`` of that call), else to the client's ``on_event``.  The I/O
+itself (an event loop's callbacks, or ``poll``) lives in ``_client`` and ``_blocking``; what
+stands for a call's future where there is none, in ``_waiters``; a map's bookkeeping in
+``_map``; batch results and sizes in ``_batching``.
 """
 
 from __future__ import annotations
@@ -36,54 +40,31 @@ from .._child._serializers import Codec
 from .._core import _reaper
 from .._core._process import Process
 from .._errors import (
+    AnyforkError,
     ClosedError,
     DecodeError,
-    EncodeError,
     ProtocolError,
     RemoteError,
     SpawnError,
     WorkerDiedError,
     describe_returncode,
-    rebuild,
 )
-from ._waiters import Batch, Slot, Waiter
+from ._answers import batch_result, rebuild_record
+from ._map import MapRun, Unit
+from ._outbox import Outbox, encode
+from ._waiters import Waiter
 
 Backend = Literal["sync", "async"]
 
 #: How long the error path waits for a dead worker's exit status (its template reports it).
 EXIT_STATUS_WAIT = 5.0
 
-#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_IOV = 512
-#: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
-#: of their own, and it lets thousands of pipelined calls leave in one syscall.
-JOIN_LIMIT = 16 << 10
-
-_HEADER = W.HEADER
 _OK = W.OK
 _EVENT = W.EVENT
 _ERROR = W.ERROR
 _CANCELLED = W.CANCELLED
-
-
-def advance(bufs: list[Any], sent: int) -> list[Any]:
-    """Drop ``sent`` bytes from the front of ``bufs`` (bytes-likes of byte format)."""
-    i = 0
-    while sent and i < len(bufs):
-        n = len(bufs[i])
-        if sent >= n:
-            sent -= n
-            i += 1
-        else:
-            bufs[i] = memoryview(bufs[i])[sent:]
-            sent = 0
-    while i < len(bufs) and not len(bufs[i]):
-        i += 1
-    return bufs[i:]
-
-
-def _chunk_size(chunk: Any) -> int:
-    return chunk.nbytes if type(chunk) is memoryview else len(chunk)
+_BATCH_OK = W.BATCH_OK
+_BATCH_ERROR = W.BATCH_ERROR
 
 
 class Base:
@@ -98,22 +79,25 @@ class Base:
         on_event: Callable[..., object] | None,
         on_error: Callable[[BaseException], object] | None,
         on_close: Callable[[], object] | None,
+        concurrency: int = 1,
     ):
         self._proc = proc
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._codec = codec
         self._backend = backend
+        # How many calls (or batches) the worker runs at once: a map keeps them all busy.
+        self._slots = concurrency if backend == "async" else 1
         self._on_event = on_event
         self._on_error = on_error
         self._on_close = on_close
         self._dec = W.Decoder(W.TO_PARENT)
-        # Outgoing: _wbuf holds what is ready for sendmsg, _wsmall the small frames queued
-        # since, joined (it moves to _wbuf when a big buffer or a send comes).
-        self._wbuf: list[Any] = []
-        self._wsmall = bytearray()
-        self._send_flags = 0  # MSG_DONTWAIT where the socket is left in blocking mode
+        self._out = Outbox()
         self._pending: dict[int, Waiter] = {}
+        # The calls given a handler of their own (on_event=), until they are answered.
+        self._handlers: dict[int, Callable[..., object]] = {}
+        # The outstanding batches: how many items each carries.
+        self._batches: dict[int, int] = {}
         self._abandoned: set[int] = set()
         self._next_id = 0
         self._ready = False
@@ -142,6 +126,12 @@ class Base:
             and self._failure is None
             and self._kill_reason is None
         )
+
+    @property
+    def batchable(self) -> bool:
+        """``True`` if the serialiser can carry a batch of calls (all but ``"bytes"`` and
+        ``"str"``, which carry exactly one value): ``map`` batches only then."""
+        return self._codec.batches
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -175,93 +165,53 @@ class Base:
                 self._next_id = cid
                 return cid
 
-    def _encode(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], int]:
-        """The call's payload as chunks, and its size; ``EncodeError`` before anything is sent."""
-        try:
-            chunks = self._codec.dump_call(args, kwargs)
-            if len(chunks) == 1 and type(chunks[0]) is bytes:
-                size = len(chunks[0])  # the common case: one small pickle
-            else:
-                size = 0
-                for chunk in chunks:
-                    size += _chunk_size(chunk)
-        except Exception as exc:
-            raise EncodeError(
-                f"cannot encode the call's arguments with {self._codec.name!r}: "
-                f"{type(exc).__name__}: {exc}",
-                "parent",
-            ) from exc
-        if size > W.MAX_PAYLOAD:
-            raise EncodeError(f"the call's arguments take {size} bytes; a frame holds 4 GiB")
-        return chunks, size
+    def _send(
+        self,
+        kind: int,
+        chunks: list[Any],
+        size: int,
+        waiter: Waiter,
+        on_event: Callable[..., object] | None,
+    ) -> int:
+        """Register ``waiter`` for a new call and queue its frame; return its id."""
+        cid = self._new_id()
+        self._pending[cid] = waiter
+        if on_event is not None:
+            self._handlers[cid] = on_event
+        self._out.queue(kind, cid, chunks, size)
+        return cid
 
-    def _queue(self, kind: int, cid: int, chunks: list[Any], size: int) -> None:
-        small = self._wsmall
-        small += _HEADER.pack(kind, cid, size)
-        if size <= JOIN_LIMIT:
-            for chunk in chunks:
-                small += chunk
-            return
-        for chunk in chunks:
-            if _chunk_size(chunk) <= JOIN_LIMIT:
-                small += chunk
-            else:
-                # A big buffer goes out as a view of itself: no copy on our side.
-                self._wbuf.append(small)
-                self._wbuf.append(memoryview(chunk).cast("B"))
-                self._wsmall = small = bytearray()
+    def _send_batch(
+        self,
+        columns: list[list[Any]],
+        waiter: Waiter,
+        on_event: Callable[..., object] | None,
+    ) -> int:
+        """Encode and queue a batch, its arguments by column (``_batching.check_columns``;
+        ``EncodeError`` sends nothing); ``waiter`` gets its :class:`BatchResult`."""
+        chunks, size = encode(self._codec, (), {}, columns)
+        cid = self._send(W.CALL_BATCH, chunks, size, waiter, on_event)
+        self._batches[cid] = len(columns[0])
+        return cid
 
-    def _has_output(self) -> bool:
-        return bool(self._wbuf or self._wsmall)
-
-    def _send_some(self) -> None:
-        """Write what the socket takes now (raises ``OSError`` if the child has gone)."""
-        sock = self._sock
-        if sock is None:
-            return
-        flags = self._send_flags
-        small = self._wsmall
-        if small:
-            if not self._wbuf:
-                # The common case: only joined small frames.  Reuse the bytearray when it all
-                # went out (nothing else refers to it then).
-                try:
-                    sent = sock.send(small, flags)
-                except (BlockingIOError, InterruptedError):
-                    return
-                if sent == len(small):
-                    del small[:]
-                    return
-                self._wbuf.append(memoryview(small)[sent:])
-            else:
-                self._wbuf.append(small)
-            self._wsmall = bytearray()
-        while self._wbuf:
+    def _map_send(self, run: MapRun) -> None:
+        """Encode and queue the frames ``run`` wants sent now (the caller writes them).  A frame
+        that cannot be sent (an argument that cannot be encoded, a client no longer usable) is
+        the map's failure at its first item."""
+        while (unit := run.next_unit()) is not None:
             try:
-                if len(self._wbuf) == 1:
-                    sent = sock.send(self._wbuf[0], flags)
+                self._check_usable()
+                if unit.n == 1:
+                    self._send(W.CALL, *encode(self._codec, run.args(unit), {}), unit, None)
                 else:
-                    sent = sock.sendmsg(self._wbuf[:MAX_IOV], (), flags)
-            except (BlockingIOError, InterruptedError):
+                    self._send_batch(run.batch(unit), unit, None)
+            except AnyforkError as exc:
+                run.unsent(unit, exc)
                 return
-            self._wbuf = advance(self._wbuf, sent)
 
-    def _drop_output(self) -> None:
-        self._wbuf = []
-        self._wsmall = bytearray()
-
-    def _register_batch(self, batch: Batch, calls: list[tuple[list[Any], int]]) -> None:
-        pending = self._pending
-        for index, (chunks, size) in enumerate(calls):
-            cid = self._new_id()
-            pending[cid] = Slot(batch, index)
-            batch.cids.append(cid)
-            self._queue(W.CALL, cid, chunks, size)
-
-    def _abandon_batch(self, batch: Batch, why: str) -> None:
-        for cid in batch.cids:
-            waiter = self._pending.get(cid)
-            if getattr(waiter, "batch", None) is batch:  # not a later call reusing the id
+    def _abandon_map(self, run: MapRun, why: str) -> None:
+        for cid, waiter in list(self._pending.items()):
+            if type(waiter) is Unit and waiter.run is run:
                 self._abandon(cid, why)
 
     def _abandon(self, cid: int, why: str) -> None:
@@ -269,13 +219,19 @@ class Base:
         after 2 s"...)."""
         if self._pending.pop(cid, None) is None:
             return
+        if self._batches:
+            self._batches.pop(cid, None)
+        if cid in self._handlers:
+            # Its caller gave up on it: what it still says is for nobody (not for the client's
+            # on_event, which never asked for this call's events).
+            self._handlers[cid] = _ignore
         if self._sock is None or self._eof:
             return
         # Its answer may be on its way already (even read, in a frame not handled yet): when it
         # comes, it is dropped, not taken for a broken stream.
         self._abandoned.add(cid)
         if self._backend == "async":
-            self._queue(W.CANCEL, cid, [], 0)
+            self._out.queue(W.CANCEL, cid, [], 0)
             self._flush_later()
             return
         # Sync backend: a running Python function cannot be interrupted safely.
@@ -300,6 +256,8 @@ class Base:
 
     def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
         if kind == _OK:  # the hot path first
+            if self._handlers or self._batches:
+                self._answered(cid, False)
             waiter = self._pending.pop(cid, None)
             if waiter is None or waiter.done():
                 self._unexpected(cid, waiter)
@@ -320,9 +278,14 @@ class Base:
                 err = DecodeError(f"cannot decode an event: {type(exc).__name__}: {exc}", "parent")
                 self._report(err)
                 return
-            self._event(args)
+            handlers = self._handlers
+            self._event(args, handlers.get(cid) if handlers else None)
+            return
+        if kind in (_BATCH_OK, _BATCH_ERROR):
+            self._batch_answer(kind, cid, payload)
             return
         if kind in (_ERROR, _CANCELLED):
+            self._answered(cid, None)
             waiter = self._pending.get(cid)
             if waiter is None or waiter.done():
                 self._unexpected(cid, self._pending.pop(cid, None))
@@ -331,7 +294,7 @@ class Base:
                 # Rebuilt before the call leaves _pending: a broken record fails the connection,
                 # and with it this call too.
                 context = f"(raised in anyfork RPC worker pid {self.pid})"
-                failure = _rebuild(payload, context, ours=False)
+                failure = rebuild_record(payload, context, ours=False)
             else:
                 failure = RemoteError("the call was cancelled in the worker")
             del self._pending[cid]
@@ -341,6 +304,36 @@ class Base:
             self._first_frame(kind, payload)
             return
         raise W.RpcWireError(f"unexpected frame {kind:#x}")
+
+    def _answered(self, cid: int, batch: bool | None) -> int | None:
+        """Call ``cid`` is answered (``batch``: by a batch's answer, a single call's, either):
+        forget its handler; return its item count if it is an outstanding batch.  An answer of
+        the wrong kind for an outstanding call breaks the stream."""
+        if self._handlers:
+            self._handlers.pop(cid, None)
+        n = self._batches.pop(cid, None) if self._batches else None
+        if batch is not None and (n is not None) is not batch and cid in self._pending:
+            what = "a batch" if batch else "a single call"
+            raise W.RpcWireError(f"an answer as {what} to call {cid}, which is not one")
+        return n
+
+    def _batch_answer(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
+        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`.  The call
+        leaves ``_pending`` only once its answer is known good: a broken one fails the
+        connection, and with it this call too."""
+        n = self._answered(cid, True)
+        waiter = self._pending.get(cid)
+        if waiter is None or waiter.done() or n is None:
+            self._unexpected(cid, self._pending.pop(cid, None))
+            return
+        try:
+            result = batch_result(self._codec, kind, payload, n, self.pid)
+        except DecodeError as err:
+            del self._pending[cid]
+            waiter.set_exception(err)
+            return
+        del self._pending[cid]
+        waiter.set_result(result)
 
     def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
         """``READY``, or ``FAILED``: before ``READY`` the start-up error, after it the worker's
@@ -358,10 +351,10 @@ class Base:
             return
         if not self._ready:
             context = f"(anyfork RPC worker pid {self.pid} failed to start)"
-            self._startup_error = _rebuild(payload, context, ours=True)
+            self._startup_error = rebuild_record(payload, context, ours=True)
             return
         context = f"(from anyfork RPC worker pid {self.pid})"
-        stopped = _rebuild(payload, context, ours=True)
+        stopped = rebuild_record(payload, context, ours=True)
         raise ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}") from stopped
 
     def _unexpected(self, cid: int, waiter: Waiter) -> None:
@@ -373,14 +366,16 @@ class Base:
             return
         raise W.RpcWireError(f"an answer to call {cid}, which is not outstanding")
 
-    def _event(self, args: tuple[Any, ...]) -> None:
+    def _event(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
         raise NotImplementedError
 
-    def _deliver(self, args: tuple[Any, ...]) -> None:
-        if self._on_event is None:
+    def _deliver(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
+        """Call the event's handler: its call's, else the client's ``on_event``."""
+        target = self._on_event if handler is None else handler
+        if target is None:
             self._report(ProtocolError("event received, but no on_event handler"))
             return
-        self._on_event(*args)
+        target(*args)
 
     def _report(self, exc: BaseException) -> None:
         if self._on_error is not None:
@@ -490,6 +485,8 @@ class Base:
         self._failure = exc
         pending, self._pending = self._pending, {}
         self._abandoned.clear()
+        self._handlers.clear()
+        self._batches.clear()
         for waiter in pending.values():
             if not waiter.done():
                 if isinstance(exc, WorkerDiedError):
@@ -501,7 +498,7 @@ class Base:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        self._drop_output()
+        self._out.drop()
 
     def _closed_cleanly(self) -> None:
         if not self._close_fired:
@@ -510,10 +507,5 @@ class Base:
                 self._on_close()
 
 
-def _rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
-    """``_errors.rebuild``, with bytes that are not an error record a decoding error like any
-    other (``_recv_some`` reports it)."""
-    try:
-        return rebuild(record, context, ours=ours)
-    except ProtocolError as exc:
-        raise W.RpcWireError("a broken error record") from exc
+def _ignore(*args: object) -> None:
+    """The handler of an abandoned call that had one of its own."""

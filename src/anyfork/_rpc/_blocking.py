@@ -2,24 +2,29 @@
 
 It shares every line of frame handling with the asyncio client (``_base``) and does its
 I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
-reply has been handled (events on the way are delivered from inside the call).
+reply has been handled (events on the way are delivered from inside the call, to the handler
+given to their call or to ``on_event``).
 """
 
 from __future__ import annotations
 
+import functools
 import select
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish
 from ._base import EXIT_STATUS_WAIT, Base
-from ._waiters import Batch, Box
+from ._batching import BatchResult, check_columns, columns_of
+from ._map import MapRun
+from ._outbox import encode
+from ._waiters import Box
 
 __all__ = ["BlockingClient"]
 
@@ -31,7 +36,8 @@ _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 class BlockingClient(Base):
     """The blocking twin of :class:`Client`, for programs without an event loop; made by
     :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
-    threads take turns; ``on_event`` runs inside the call that reads the event.
+    threads take turns; an event handler (the call's ``on_event=``, or the client's) runs
+    inside the call that reads the event.
 
     ``timeout``: ``TimeoutError``; with the sync backend the worker is killed (the client is no
     longer ``usable``, and a new call fails at once with ``WorkerDiedError``, as with
@@ -49,65 +55,116 @@ class BlockingClient(Base):
         sock = self._sock
         assert sock is not None
         sock.setblocking(True)  # see _io_until
-        self._send_flags = _DONTWAIT
+        self._out.flags = _DONTWAIT
         self._finalizer = weakref.finalize(self, sock.close)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function with ``args`` and ``kwargs``; return its result."""
         return self._call(args, kwargs, None)
 
-    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Like ``client(...)``, with a ``timeout`` in seconds."""
-        return self._call(args, kwargs, timeout)
+    def call(
+        self,
+        *args: Any,
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like ``client(...)``, with a ``timeout`` in seconds and an event handler of its own
+        (see :meth:`Client.call`)."""
+        return self._call(args, kwargs, timeout, on_event)
 
-    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[Any]:
-        """Pipeline one call per item and return the results in order (see
-        :meth:`Client.map`; ``timeout`` is for the whole batch)."""
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Call the function once per item, in batches, and return the results in order (see
+        :meth:`Client.map`; ``timeout`` is for the whole map)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_usable()
-            calls = [self._encode(args, {}) for args in zip(*iterables, strict=False)]
-            if not calls:
-                return []
-            batch = Batch(len(calls), None)
-            self._register_batch(batch, calls)
-            del calls
+            run = MapRun(
+                columns_of(iterables), chunksize, self.batchable, time.monotonic, self._slots
+            )
             try:
-                self._io_until(lambda: not batch.left, deadline)
+                while True:
+                    self._map_send(run)
+                    if run.finished:
+                        break
+                    self._io_until(functools.partial(run.answered_since, run.answers), deadline)
             except TimeoutError:
-                self._abandon_batch(batch, f"timed out after {timeout} s")
+                self._abandon_map(run, f"timed out after {timeout} s")
                 raise TimeoutError(f"the RPC calls timed out after {timeout} s") from None
             except BaseException:
-                self._abandon_batch(batch, "was interrupted")
+                self._abandon_map(run, "was interrupted")
                 raise
-            return batch.outcome()
+            return run.outcome()
 
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    def _call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_usable()
-            chunks, size = self._encode(args, kwargs)
-            cid = self._new_id()
+            chunks, size = encode(self._codec, args, kwargs)
             box = Box()
+            # Inline (not _send, _wait, outcome): the hot path of a blocking call.
+            cid = self._new_id()
             self._pending[cid] = box
-            self._queue(W.CALL, cid, chunks, size)
+            if on_event is not None:
+                self._handlers[cid] = on_event
+            self._out.queue(W.CALL, cid, chunks, size)
             try:
                 self._io_until(box.done, deadline)
-            except TimeoutError:
-                self._abandon(cid, f"timed out after {timeout} s")
-                raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
-            except BaseException:
-                self._abandon(cid, "was interrupted")
-                raise
+            except BaseException as exc:
+                self._gave_up(cid, exc, timeout)
             if box.exc is not None:
                 raise box.exc
             return box.value
 
+    def _call_batch(
+        self,
+        columns: Sequence[Sequence[Any]],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> BatchResult:
+        """Run one batch of calls, their arguments by column; return its
+        :class:`~anyfork._rpc._batching.BatchResult`, or raise what failed it as a whole (see
+        :meth:`Client._submit_batch`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        checked = check_columns(columns)
+        with self._lock:
+            if not checked[0]:
+                return BatchResult([])
+            self._check_usable()
+            box = Box()
+            cid = self._send_batch(checked, box, on_event)
+            try:
+                self._io_until(box.done, deadline)
+            except BaseException as exc:
+                self._gave_up(cid, exc, timeout)
+            result: BatchResult = box.outcome()
+            return result
+
+    def _gave_up(self, cid: int, exc: BaseException, timeout: float | None) -> NoReturn:
+        """Waiting for call ``cid`` raised ``exc`` (a timeout, an exception from an event
+        handler, a ``KeyboardInterrupt``): abandon the call, raise."""
+        if isinstance(exc, TimeoutError):
+            self._abandon(cid, f"timed out after {timeout} s")
+            raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
+        self._abandon(cid, "was interrupted")
+        raise exc
+
     def _flush_later(self) -> None:
         pass  # the next _io_until writes it
 
-    def _event(self, args: tuple[Any, ...]) -> None:
-        self._deliver(args)
+    def _event(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
+        self._deliver(args, handler)
 
     def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Write and read until ``done()``; handles EOF (death or clean close) on the way.
@@ -120,14 +177,15 @@ class BlockingClient(Base):
             sock = self._sock
             if sock is None:
                 return
-            if self._has_output():
+            out = self._out
+            if out.has_output():
                 try:
-                    self._send_some()
+                    out.send_some(sock)
                 except OSError:
-                    self._drop_output()
+                    out.drop()
             if done():
                 return
-            writing = self._has_output()
+            writing = out.has_output()
             if self._closing and not writing and not self._eof:
                 try:
                     sock.shutdown(socket.SHUT_WR)

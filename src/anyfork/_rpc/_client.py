@@ -5,7 +5,7 @@ from the caller, buffering behind ``add_writer`` only when the socket is full: a
 future and no task.  Calls made in the same loop iteration leave together: the first is written
 at once (latency), the others are joined and written by one callback at the end of the iteration
 (throughput).  Events are delivered with ``loop.call_soon``, the way a result wakes its caller,
-so ``on_event`` calls and returning calls interleave in exactly the order the child produced them.
+so event handlers and returning calls interleave in exactly the order the child produced them.
 
 The loop holds the client only weakly (its reader callback goes through a weak reference), so a
 client dropped without ``aclose()``/``abort()`` is finalised: its socket closes, the worker sees
@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
 from .._util import publish, wait_for
 from ._base import EXIT_STATUS_WAIT, Base
-from ._waiters import Batch
+from ._batching import BatchResult, check_columns, columns_of
+from ._map import MapRun
+from ._outbox import encode
 
 __all__ = ["Client"]
 
@@ -83,10 +85,11 @@ class Client(Base):
     ``await client(*args, **kwargs)`` calls the function with those arguments and returns its
     result (every keyword goes to the function).  The call is sent at once: ``client(...)``
     returns a future, so many calls can be in flight (``asyncio.gather(*(client(x) for x in
-    xs))``).  ``await client.call(*args, timeout=..., **kwargs)`` does the same with a deadline;
-    ``await client.map(xs)`` pipelines one call per item and returns the results in order.  With
-    the sync backend the worker runs calls one at a time in order, with the async backend up to
-    its ``concurrency`` at once.
+    xs))``).  ``await client.call(*args, timeout=..., on_event=..., **kwargs)`` does the same
+    with a deadline and an event handler of its own; ``await client.map(xs)`` runs the function
+    once per item, in batches, and returns the results in order.  With the sync backend the
+    worker runs calls one at a time in order, with the async backend up to its
+    ``concurrency`` at once (a batch counts as one).
 
     Errors: the function's exception, as its own type when it unpickles (else ``RemoteError``),
     with the child's traceback as ``__cause__``; ``EncodeError`` (side ``"parent"``) for
@@ -134,59 +137,107 @@ class Client(Base):
         worker)."""
         return self._submit(args, kwargs)
 
-    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Awaitable[Any]:
-        """Like ``client(...)``, with a ``timeout`` in seconds (``TimeoutError``; see the class
-        docs for what happens to the worker).  Pass a keyword argument named ``timeout`` to
-        the function with ``client(...)``."""
-        fut = self._submit(args, kwargs)
+    def call(
+        self,
+        *args: Any,
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> Awaitable[Any]:
+        """Like ``client(...)``, with a deadline and an event handler of its own.
+
+        Args:
+            *args: the function's positional arguments.
+            timeout: seconds; then ``TimeoutError`` (see the class docs for what happens to
+                the worker).
+            on_event: called as ``on_event(*args)`` for each event this call raises (the
+                client's ``on_event`` gets the others), in the order the worker produced them,
+                each before the call's result is returned.  Once the call is abandoned
+                (cancelled, timed out) what it still raises is dropped.
+            **kwargs: the function's keyword arguments (to pass one named ``timeout`` or
+                ``on_event`` to it, use ``client(...)``).
+        """
+        fut = self._submit(args, kwargs, on_event)
         if timeout is None or fut.done():
             return fut
         return self._with_timeout(fut, timeout)
 
-    async def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    async def map(
+        self,
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Call the function once per item (``func(*items)`` for ``items`` in
-        ``zip(*iterables)``), pipelined, and return the results in order.
+        ``zip(*iterables)``) and return the results in order.
 
-        Every argument is encoded before anything is sent (``EncodeError`` sends nothing).  If
-        calls fail, the exception of the first failed one (in order) is raised once all have
-        answered.  ``timeout`` (seconds, for the whole batch) raises ``TimeoutError``.
+        The items travel in batches, each one frame each way and run by the worker as one
+        call, in order (``Client.batchable``: every serialiser but ``"bytes"`` and ``"str"``,
+        which send one call per item).
 
-        Cancellation (and timeout): every call not answered yet is abandoned, as for a single
+        Args:
+            *iterables: the arguments, one iterable per positional parameter (read at once,
+                as ``zip`` reads them).
+            chunksize: items per batch, as in ``concurrent.futures`` (``1``: one call per
+                item, pipelined); enough batches are in flight to keep the worker busy.
+                ``None`` (the default) sizes them from the measured time per item: small ones
+                first, then batches of about 30 ms, a few in flight at a time (for calls that
+                cost little, many times faster than one call per item).
+            timeout: seconds for the whole map; then ``TimeoutError``.
+
+        Raises:
+            The exception of the first item (in order) that failed: its own, or
+            ``EncodeError`` for arguments that cannot be encoded (their batch is not sent), or
+            what ends the connection (``WorkerDiedError``...).  It is raised once the batches
+            in flight have answered; no batch is sent after a failure, and the items after
+            the failed one in its batch are not run.  ``ValueError`` for a bad ``chunksize``.
+
+        Cancellation (and timeout): every batch not answered yet is abandoned, as a single
         call (the async backend cancels them, the sync backend kills the worker).
         """
         self._check_usable()
-        calls = [self._encode(args, {}) for args in zip(*iterables, strict=False)]
-        if not calls:
-            return []
-        done: asyncio.Future[None] = self._loop.create_future()
+        loop = self._loop
+        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, self._slots)
+        fut: asyncio.Future[None] | None = None
 
         def wake() -> None:
-            if not done.done():
-                done.set_result(None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
-        batch = Batch(len(calls), wake)
-        self._register_batch(batch, calls)
-        del calls
-        self._kick()
-        handle = None
-        if timeout is not None:
-            handle = self._loop.call_later(timeout, self._expire_batch, batch, done, timeout)
+        def expire() -> None:
+            self._abandon_map(run, f"timed out after {timeout} s")
+            if fut is not None and not fut.done():
+                fut.set_exception(TimeoutError(f"the RPC calls timed out after {timeout} s"))
+
+        run.wake = wake
+        handle = None if timeout is None else loop.call_later(timeout, expire)
         try:
-            await done
+            while True:
+                self._map_send(run)
+                self._kick()
+                if run.finished:
+                    break
+                fut = loop.create_future()
+                await fut
         except asyncio.CancelledError:
-            self._abandon_batch(batch, "was cancelled")
+            self._abandon_map(run, "was cancelled")
             raise
         finally:
             if handle is not None:
                 handle.cancel()
-        return batch.outcome()
+        return run.outcome()
 
-    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
+    def _submit(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_event: Callable[..., object] | None = None,
+    ) -> _Call:
         fut = _Call(loop=self._loop)
         fut._client = None
         try:
             self._check_usable()
-            chunks, size = self._encode(args, kwargs)
+            chunks, size = encode(self._codec, args, kwargs)
         except Exception as exc:  # raised when the future is awaited, as from a coroutine
             fut.set_exception(exc)
             return fut
@@ -194,7 +245,36 @@ class Client(Base):
         fut._cid = cid
         fut._client = self
         self._pending[cid] = fut
-        self._queue(W.CALL, cid, chunks, size)
+        if on_event is not None:
+            self._handlers[cid] = on_event
+        self._out.queue(W.CALL, cid, chunks, size)
+        self._kick()
+        return fut
+
+    def _submit_batch(
+        self,
+        columns: Sequence[Sequence[Any]],
+        on_event: Callable[..., object] | None = None,
+    ) -> _Call:
+        """Send one batch of calls, their arguments by column (``func(*args)`` for ``args`` in
+        ``zip(*columns)``; see ``_batching``): the future's result is its
+        :class:`~anyfork._rpc._batching.BatchResult`; its exception what failed the batch as a
+        whole (``EncodeError`` before anything is sent, also for a serialiser that cannot
+        batch; ``ValueError`` for columns not all as long; ``DecodeError``; what ends the
+        connection).  Cancelling it abandons the batch, as a call."""
+        fut = _Call(loop=self._loop)
+        fut._client = None
+        try:
+            checked = check_columns(columns)
+            if not checked[0]:
+                fut.set_result(BatchResult([]))
+                return fut
+            self._check_usable()
+            fut._cid = self._send_batch(checked, fut, on_event)
+        except Exception as exc:
+            fut.set_exception(exc)
+            return fut
+        fut._client = self
         self._kick()
         return fut
 
@@ -209,11 +289,6 @@ class Client(Base):
         if not fut.done() and fut._cid in self._pending:
             self._abandon(fut._cid, f"timed out after {timeout} s")
             fut.set_exception(TimeoutError(f"the RPC call timed out after {timeout} s"))
-
-    def _expire_batch(self, batch: Batch, done: asyncio.Future[None], timeout: float) -> None:
-        if not done.done():
-            self._abandon_batch(batch, f"timed out after {timeout} s")
-            done.set_exception(TimeoutError(f"the RPC calls timed out after {timeout} s"))
 
     # -- I/O --------------------------------------------------------------------------------
 
@@ -231,16 +306,18 @@ class Client(Base):
 
     def _uncork(self) -> None:
         self._corked = False
-        if not self._writing and self._has_output():
+        if not self._writing and self._out.has_output():
             self._write_now()
 
     def _write_now(self) -> None:
-        try:
-            self._send_some()
-        except OSError:
-            # The child has gone; the reader will see EOF and fail what is outstanding.
-            self._drop_output()
-        if self._has_output():
+        out = self._out
+        if self._sock is not None:
+            try:
+                out.send_some(self._sock)
+            except OSError:
+                # The child has gone; the reader will see EOF and fail what is outstanding.
+                out.drop()
+        if out.has_output():
             if not self._writing and self._sock is not None:
                 self._loop.add_writer(self._fd, self._write_now)
                 self._writing = True
@@ -315,12 +392,12 @@ class Client(Base):
         if not fut.done():
             fut.set_result(None)
 
-    def _event(self, args: tuple[Any, ...]) -> None:
-        self._loop.call_soon(self._deliver_safely, args)
+    def _event(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
+        self._loop.call_soon(self._deliver_safely, args, handler)
 
-    def _deliver_safely(self, args: tuple[Any, ...]) -> None:
+    def _deliver_safely(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
         try:
-            self._deliver(args)
+            self._deliver(args, handler)
         except Exception as exc:
             self._loop.call_exception_handler(
                 {"message": "anyfork RPC on_event callback failed", "exception": exc}
@@ -347,9 +424,11 @@ class Client(Base):
     async def aclose(self, *, timeout: float | None = None) -> None:
         """Let the worker finish every call sent so far, then wait until it has exited.
 
-        The client accepts no new calls.  Outstanding calls still get their results; after
-        the worker has closed its end, ``on_close`` fires (once).  Raises ``TimeoutError``
-        after ``timeout`` seconds, having killed the worker.
+        The client accepts no new calls.  Outstanding calls still get their results; then the
+        worker runs ``done`` (``rpc(done=...)``; an exception in it makes the worker exit with
+        status 1, ``returncode``, and is no error here); after the worker has closed its end,
+        ``on_close`` fires (once).  Raises ``TimeoutError`` after ``timeout`` seconds, having
+        killed the worker.
 
         Cancellation (or timeout): the worker is killed and outstanding calls fail with
         ``WorkerDiedError``; the socket is closed either way.

@@ -75,6 +75,7 @@ def _prepare(
     serializer: str,
     init: Func | None,
     concurrency: int,
+    done: Func | None,
 ) -> Codec:
     """Check the arguments, build the serialiser and send the configuration.  What fails here is
     a start-up failure like those the worker reports: its own type and an ``AnyforkError``."""
@@ -85,7 +86,10 @@ def _prepare(
             raise ValueError(f"concurrency is a positive int, not {concurrency!r}")
         codec = get_codec(serializer)
         init_ref = func_ref(init) if init is not None else ""
-        config = W.pack_config(func_ref(func), backend, serializer, init_ref, concurrency)
+        done_ref = func_ref(done) if done is not None else ""
+        config = W.pack_config(
+            func_ref(func), backend, serializer, init_ref, concurrency, done=done_ref
+        )
         proc.send_arg(config)
     except Exception as exc:
         raise also_anyfork(exc) from exc.__cause__
@@ -104,6 +108,7 @@ async def rpc(
     on_close: Callable[[], object] | None = None,
     concurrency: int = 64,
     timeout: float | None = None,
+    done: Func | None = None,
 ) -> Client:
     """Turn ``proc`` (prepared, not yet run) into an RPC server for ``func``; return its client.
 
@@ -120,33 +125,44 @@ async def rpc(
             ``"msgpack"``, ``"bytes"``, ``"str"``, or ``"module:attr"`` naming an object with
             ``dumps``/``loads`` (see ``anyfork._serializers``).
         init: called in the child first, with the args and fds sent before.
-        on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)``, in
-            the order the child produced events and results.
+        on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` (but
+            those of a call given a handler of its own, ``client.call(..., on_event=...)``),
+            in the order the child produced events and results.
         on_error: called with the exception when the connection fails (the worker died with
             calls outstanding, a broken stream, an event nobody handles).
         on_close: called once when the worker has closed the connection with nothing
             outstanding (normally after ``aclose``).
         concurrency: the async backend's limit on calls running at once.
         timeout: seconds for the start-up (``TimeoutError``).
+        done: called in the child, without arguments, as its last act: once the parent has
+            closed the connection (``aclose()``, or the client dropped or its process gone)
+            and every call has been answered; the counterpart of ``init``.  With
+            ``backend="async"`` it may be a coroutine function (awaited).  Resolved at
+            start-up, like ``func`` and ``init``.  An exception in it is printed to the
+            worker's stderr and the worker exits with status 1: ``aclose()`` still returns
+            (``client.returncode`` is 1).  Not called after a broken stream, nor when the
+            parent has gone while the worker was writing to it.
 
     Raises:
         The start-up error, as its own type and an ``AnyforkError`` both (``except
         ModuleNotFoundError`` and ``except anyfork.AnyforkError`` both catch it): a wrong
-        function name (``AttributeError``, ``ModuleNotFoundError``), an exception in ``init``
-        (its own type), a serialiser that cannot be built here or in the worker
-        (``ImportError``, ``ValueError``...), a bad argument (``ValueError``); a worker that
-        died first (``SpawnError``); a protocol-version mismatch or a broken stream
+        function name, ``init`` or ``done`` (``AttributeError``, ``ModuleNotFoundError``), an
+        exception in ``init`` (its own type), a serialiser that cannot be built here or in the
+        worker (``ImportError``, ``ValueError``...), a bad argument (``ValueError``); a worker
+        that died first (``SpawnError``); a protocol-version mismatch or a broken stream
         (``ProtocolError``, naming the worker's pid); ``TimeoutError`` after ``timeout``.
 
     Cancellation: the connection is closed; the worker sees EOF and exits.
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    codec = _prepare(proc, func, backend, serializer, init, concurrency)
+    codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
     prime(proc._template)
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
-        client = Client(proc, sock, codec, backend, on_event, on_error, on_close, loop=loop)
+        client = Client(
+            proc, sock, codec, backend, on_event, on_error, on_close, concurrency, loop=loop
+        )
     except BaseException:
         sock.close()
         raise
@@ -167,14 +183,17 @@ def rpc_blocking(
     on_close: Callable[[], object] | None = None,
     concurrency: int = 64,
     timeout: float | None = None,
+    done: Func | None = None,
 ) -> BlockingClient:
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    codec = _prepare(proc, func, backend, serializer, init, concurrency)
+    codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
     prime(proc._template)
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
-        client = BlockingClient(proc, sock, codec, backend, on_event, on_error, on_close)
+        client = BlockingClient(
+            proc, sock, codec, backend, on_event, on_error, on_close, concurrency
+        )
     except BaseException:
         sock.close()
         raise

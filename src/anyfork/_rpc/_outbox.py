@@ -1,0 +1,136 @@
+"""RPC, parent side: the frames for the worker, encoded, queued and written with as few
+syscalls as possible.
+
+Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
+``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
+10 MiB argument is never copied by us.  No waiting here: the clients decide when to write.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from .._child import _rpc_wire as W
+from .._child._serializers import Codec
+from .._errors import EncodeError
+
+#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_IOV = 512
+#: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
+#: of their own, and it lets thousands of pipelined calls leave in one syscall.
+JOIN_LIMIT = 16 << 10
+
+_HEADER = W.HEADER
+
+
+def advance(bufs: list[Any], sent: int) -> list[Any]:
+    """Drop ``sent`` bytes from the front of ``bufs`` (bytes-likes of byte format)."""
+    i = 0
+    while sent and i < len(bufs):
+        n = len(bufs[i])
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            bufs[i] = memoryview(bufs[i])[sent:]
+            sent = 0
+    while i < len(bufs) and not len(bufs[i]):
+        i += 1
+    return bufs[i:]
+
+
+def chunk_size(chunk: Any) -> int:
+    return chunk.nbytes if type(chunk) is memoryview else len(chunk)
+
+
+def encode(
+    codec: Codec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    columns: list[list[Any]] | None = None,
+) -> tuple[list[Any], int]:
+    """A call's payload (or, given ``columns``, a batch's) as chunks, and its size;
+    ``EncodeError`` (side ``"parent"``) if it cannot be encoded."""
+    what = "call's" if columns is None else "batch's"
+    try:
+        chunks = codec.dump_call(args, kwargs) if columns is None else codec.dump_batch(columns)
+        if len(chunks) == 1 and type(chunks[0]) is bytes:
+            size = len(chunks[0])  # the common case: one small pickle
+        else:
+            size = 0
+            for chunk in chunks:
+                size += chunk_size(chunk)
+    except Exception as exc:
+        raise EncodeError(
+            f"cannot encode the {what} arguments with {codec.name!r}: {type(exc).__name__}: {exc}",
+            "parent",
+        ) from exc
+    if size > W.MAX_PAYLOAD:
+        raise EncodeError(f"the {what} arguments take {size} bytes; a frame holds 4 GiB")
+    return chunks, size
+
+
+class Outbox:
+    """What is queued for the socket: ``bufs`` ready for ``sendmsg``, then ``small``, the small
+    frames queued since, joined (it moves to ``bufs`` when a big buffer or a send comes)."""
+
+    __slots__ = ("bufs", "flags", "small")
+
+    def __init__(self) -> None:
+        self.bufs: list[Any] = []
+        self.small = bytearray()
+        self.flags = 0  # MSG_DONTWAIT where the socket is left in blocking mode
+
+    def has_output(self) -> bool:
+        return bool(self.bufs or self.small)
+
+    def queue(self, kind: int, cid: int, chunks: list[Any], size: int) -> None:
+        """Queue one frame (``size``: the sum of the chunks' sizes)."""
+        small = self.small
+        small += _HEADER.pack(kind, cid, size)
+        if size <= JOIN_LIMIT:
+            for chunk in chunks:
+                small += chunk
+            return
+        for chunk in chunks:
+            if chunk_size(chunk) <= JOIN_LIMIT:
+                small += chunk
+            else:
+                # A big buffer goes out as a view of itself: no copy on our side.
+                self.bufs.append(small)
+                self.bufs.append(memoryview(chunk).cast("B"))
+                self.small = small = bytearray()
+
+    def send_some(self, sock: socket.socket) -> None:
+        """Write what the socket takes now (raises ``OSError`` if the child has gone)."""
+        flags = self.flags
+        small = self.small
+        if small:
+            if not self.bufs:
+                # The common case: only joined small frames.  Reuse the bytearray when it all
+                # went out (nothing else refers to it then).
+                try:
+                    sent = sock.send(small, flags)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if sent == len(small):
+                    del small[:]
+                    return
+                self.bufs.append(memoryview(small)[sent:])
+            else:
+                self.bufs.append(small)
+            self.small = bytearray()
+        while self.bufs:
+            try:
+                if len(self.bufs) == 1:
+                    sent = sock.send(self.bufs[0], flags)
+                else:
+                    sent = sock.sendmsg(self.bufs[:MAX_IOV], (), flags)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.bufs = advance(self.bufs, sent)
+
+    def drop(self) -> None:
+        self.bufs = []
+        self.small = bytearray()
