@@ -118,7 +118,7 @@ def test_blocking_pool_errors_and_death() -> None:
     with anyfork.BlockingPool(None, "pool_funcs:pid", max=1, idle=1) as pool:
         (victim,) = pool.worker_pids()
         os.kill(victim, signal.SIGKILL)
-        s = pool.wait_for(lambda s: s.died == 1 and s.idle == 1, timeout=WAIT)
+        s = pool.wait_until(lambda s: s.died == 1 and s.idle == 1, timeout=WAIT)
         assert s.started == 2
         assert pool(1)[1] != victim
 
@@ -136,9 +136,9 @@ def test_blocking_pool_map_stops_early_and_cancel(gate: SyncGate) -> None:
     results = pool.map(range(10), max_in_flight=3)
     assert next(results)[0] == 0
     assert next(results)[0] == 1
+    gate.wait_started(3)  # the third call runs (a call not started yet would be withdrawn)
     results.close()  # stops early: queued calls withdrawn, the running one left to finish
-    gate.wait_started(3)
-    s = pool.wait_for(lambda s: s.queued == 0, timeout=WAIT)
+    s = pool.wait_until(lambda s: s.queued == 0, timeout=WAIT)
     assert s.busy == 1
     pool.cancel()
     assert not pool_threads()

@@ -1,67 +1,73 @@
-"""The pool's policy driven by threads: the engine of ``PoolExecutor``.
+"""The threads engine: the pool's core driven by threads, under ``BlockingPool`` and
+``PoolExecutor``.
 
-``anyfork.Pool`` drives ``_policy.decide`` from an event loop.  An executor's callers are
-threads, and routing each call through a loop thread costs two thread handoffs per call, more
-than the call itself (measured: 145 us through the loop against 17 us for a blocking RPC round
-trip).  So this driver gives every worker a thread of its own, holding a ``BlockingClient``::
+Their callers are threads already, and routing each call through an event loop thread would cost
+two thread handoffs per call, more than the call itself (measured: 145 us through a loop thread
+against 17 us for a blocking RPC round trip).  So every worker has a thread of its own, holding
+a ``BlockingClient``, and a caller waiting for its call runs it itself when it can::
 
-    submit() ──> queue ──(Dispatch w)──> w's inbox ──> w's thread: client(*args) ──> future
-    decide()  ── Start ──> a new worker thread: template.fork().rpc_blocking(func), then serve
-              ── Stop w ─> w's thread closes its client and ends
-              ── Wake t ─> a timer calls decide() again at t
+    submit() ── queue ── core.schedule(now) ── Send ──> w's inbox ──> w's thread (or the caller
+                                        waiting in result()): client(*args) ──> the call's future
+             core ── Launch ──> a new worker thread: template.fork().rpc_blocking(func), then serve
+                  ── Halt ───> w's thread closes its client and ends
+                  ── Wake ───> the clock thread calls schedule() again at ``at``
 
-One lock guards every record; each worker thread waits on its own condition of that lock.
-Semantics are the Pool's (see its docstring): least-loaded dispatch below ``load`` (a worker's
-thread runs its inbox one call after another), pacing, ``retire()``, ``max_calls``,
-``max_memory``; a worker that dies fails only the call it was running and is replaced; a call
-taken by a worker found dead before it was sent is queued again.
+One lock guards the core; no future is settled and no user callback runs while it is held
+(a future's callbacks may come back into the pool).  A worker whose call was abandoned (timed
+out, interrupted) and so condemned leaves the rotation before that call's future is settled;
+a call given to a worker found dead (or condemned) before the call was sent is queued again.
+
+The threads are daemon threads: at exit, every pool still open is closed the graceful way (its
+queued calls still run), as the standard library's executors are (``atexit``).
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import functools
-import queue
+import os
 import select
+import signal
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Process
-from .._errors import AnyforkError, SpawnError, WorkerDiedError
+from .._core._process import Func, Process
+from .._errors import AnyforkError, ClosedError, SpawnError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
 from . import _policy
-from ._records import (
-    _RETIRE_MARKS,
-    PoolStatistics,
-    PoolTemplate,
-    Totals,
-    WorkerState,
-    check_recycling,
-    policy_view,
-    rss,
-    settings,
-    snapshot,
-    worker_options,
-)
+from ._core import Halt, Launch, PoolCore, Send
+from ._records import PoolStatistics, Worker
+from ._system import rss, settings
+from ._worker import STOP_TIMEOUT, Starter
 
 
 class _Call:
-    __slots__ = ("args", "claimed", "fut", "kwargs", "worker")
+    __slots__ = ("args", "claimed", "deadline", "fut", "kwargs", "timeout", "worker")
 
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]):
+    def __init__(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        engine: ThreadsEngine,
+        timeout: float | None,
+    ) -> None:
         self.args = args
         self.kwargs = kwargs
-        self.fut: _Future = _Future(self)
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.fut = _Future(self, engine)
         self.worker: _Worker | None = None  # set when a worker is given the call
         self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
 
 
 class _Future(cf.Future[Any]):
-    """The executor's future: a caller that waits for it may run the call itself.
+    """The engine's future: a caller that waits for it may run the call itself.
 
     A call given to a worker normally waits in that worker's inbox until its thread wakes and
     runs it: a thread handoff each way, more than the call itself.  A caller blocked in
@@ -70,37 +76,98 @@ class _Future(cf.Future[Any]):
     once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
     """
 
-    def __init__(self, call: _Call) -> None:
+    def __init__(self, call: _Call, engine: ThreadsEngine) -> None:
         super().__init__()
         self._call = call
-        self._pool: ThreadedPool | None = None
+        self._engine = engine
 
     def result(self, timeout: float | None = None) -> Any:
-        pool = self._pool
         # With a timeout the caller must be free to stop waiting, so it does not run the call.
-        if timeout is None and pool is not None and not self.done():
-            pool._help(self._call)
+        if timeout is None and not self.done():
+            self._engine._help(self._call)
         return super().result(timeout)
 
 
-class _Worker(WorkerState):
+class _Worker(Worker):
     __slots__ = ("client", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
         self.client: BlockingClient | None = None
-        # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
-        # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
-        self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.inbox = _Inbox()
 
 
-class ThreadedPool:
-    """A pool whose calls go from the calling thread to a worker's own thread and back."""
+#: What ``_Inbox.get`` returns when the idle worker's connection was closed by its end.
+_HUNG_UP = object()
+
+
+class _Inbox:
+    """The calls given to a worker, and ``None`` to stop it; its thread waits here for the next
+    one and, at the same time, for its idle worker to die (so that a dead idle worker is
+    noticed and replaced without any call).
+
+    The thread sleeps in ``poll`` on an eventfd and on the worker's socket for ``POLLRDHUP``
+    only (the worker's end closed: no reply a waiting caller reads on that socket wakes it).
+    ``put`` (always under the pool's lock) writes the eventfd only while the thread sleeps, so
+    a busy worker's calls cost no syscall; the thread says it sleeps before it looks at the
+    queue one last time, so no call is missed."""
+
+    __slots__ = ("_calls", "_fd", "_sleeping")
+
+    def __init__(self) -> None:
+        self._calls: deque[_Call | None] = deque()
+        self._fd = -1  # the eventfd, made by the worker's thread
+        self._sleeping = False
+
+    def open(self) -> int:
+        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        return self._fd
+
+    def put(self, item: _Call | None) -> None:
+        self._calls.append(item)
+        if self._sleeping and self._fd >= 0:
+            os.eventfd_write(self._fd, 1)
+
+    def get(self, poller: select.poll) -> Any:
+        """The next call, ``None`` (stop), or ``_HUNG_UP``; blocks until there is one."""
+        calls = self._calls
+        while True:
+            if calls:
+                return calls.popleft()
+            self._sleeping = True
+            try:
+                if calls:
+                    continue
+                ready = poller.poll()
+            finally:
+                self._sleeping = False
+            for fd, _ in ready:
+                if fd != self._fd:
+                    return _HUNG_UP
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._fd)
+
+    def drain(self) -> list[_Call]:
+        """Take every call still here (the stop marks go too)."""
+        calls = [c for c in self._calls if c is not None]
+        self._calls.clear()
+        return calls
+
+    def close(self) -> None:
+        """Its thread ends (under the pool's lock, as ``put`` is)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class ThreadsEngine:
+    """A pool whose calls go from the calling thread to a worker's own thread and back (or are
+    run by the waiting caller).  Arguments as for ``anyfork.Pool``."""
 
     def __init__(
         self,
         template: Process | None,
-        func: str,
+        func: Func,
         *,
         max: int | None = None,
         idle: int = 1,
@@ -113,28 +180,24 @@ class ThreadedPool:
         on_close: Callable[[], object] | None = None,
         **rpc_options: Any,
     ) -> None:
-        self._rpc_options, self._user_on_event = worker_options(rpc_options)
-        self._settings = settings(max, idle, load, start, stop)
-        check_recycling(max_calls, max_memory)
-        self._func = func
-        self._templates = PoolTemplate(template, func)
-        self._max_calls = max_calls
-        self._max_memory = max_memory
+        self._starter = Starter(template, func, rpc_options)
+        self._core: PoolCore[_Worker, _Call] = PoolCore(
+            settings(max, idle, load, start, stop),
+            max_calls=max_calls,
+            max_memory=max_memory,
+            new_worker=_Worker,
+            measure=rss,
+        )
         self._on_error = on_error
         self._on_close = on_close
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # for close() and statistics waiters
-        self._workers: dict[int, _Worker] = {}
+        self._changed = threading.Condition(self._lock)  # for statistics waiters
+        self._version = 0  # bumped at every change of state, under the lock
         self._threads: set[threading.Thread] = set()
-        self._queue: deque[_Call] = deque()
         #: Every call submitted and not finished: what shutdown(cancel_futures=True) cancels
         #: (cancel() succeeds only on those no worker has started).
         self._outstanding: set[_Call] = set()
-        self._next_id = 0
-        self._last_start: float | None = None
-        self._last_stop: float | None = None
-        self._start_failed = False
-        self._closing = False
+        self._opened = False
         self._closed = False
         # One clock thread for the policy's Wake times (pacing, idle stops), started on the
         # first one: the wake time moves with every call that leaves a worker idle, so a timer
@@ -142,25 +205,85 @@ class ThreadedPool:
         self._clock = threading.Condition(self._lock)
         self._clock_thread: threading.Thread | None = None
         self._wake_at: float | None = None
-        self._totals = Totals()
-        # Workers start with the first call (as ProcessPoolExecutor's do), not here.
+
+    @property
+    def func(self) -> str:
+        return self._starter.func
+
+    @property
+    def settings(self) -> _policy.Settings:
+        return self._core.settings
+
+    @property
+    def closing(self) -> bool:
+        return self._core.closing
 
     # -- calls --------------------------------------------------------------------------------
 
-    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
-        call = _Call(args, kwargs)
-        fut = call.fut
-        fut._pool = self
+    def open(self, *, wait: bool) -> None:
+        """Start the initial workers (at once, or with the first call); ``wait``: return once
+        they are ready, or raise the start-up error (the pool is then closed)."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append(call)
+            self._open()
+        if not wait:
+            return
+        try:
+            stats = self.wait_until(lambda s: s.starting == 0 or s.failed_starts > 0)
+        except BaseException:
+            self.close(cancel=True)
+            raise
+        error = self._core.start_error
+        if error is not None and stats.started == 0:
+            self.close(cancel=True)
+            raise error
+
+    def _open(self) -> None:
+        if not self._opened:
+            self._opened = True
+            _opened(self)
+            self._schedule()
+
+    def submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+    ) -> _Future:
+        """Queue a call (a ``timeout`` in seconds covers its whole life); its future.  Raises
+        ``ClosedError`` once the pool is closing."""
+        call = _Call(args, kwargs, self, timeout)
+        with self._lock:
+            if self._core.closing:
+                raise ClosedError("the pool is closed")
+            self._open()
+            self._core.submit(call)
             self._outstanding.add(call)
             self._schedule()
-        fut.add_done_callback(functools.partial(self._settled, call))
-        return fut
+        call.fut.add_done_callback(self._settled)
+        return call.fut
 
-    def _settled(self, call: _Call, fut: cf.Future[Any]) -> None:
+    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Make a call and wait for its result, running it in this thread when it can.
+
+        Raises what the function raised, ``WorkerDiedError``, the start-up error,
+        ``ClosedError``, or ``TimeoutError`` after ``timeout`` seconds (a call that times out
+        while running is abandoned as the RPC client does it: the sync backend kills its
+        worker).  Interrupted (``KeyboardInterrupt``): a call not started is withdrawn; one
+        this thread runs is abandoned as for a timeout; one a worker's thread runs finishes
+        there, its result dropped."""
+        fut = self.submit(args, kwargs, timeout)
+        call = fut._call
+        try:
+            self._help(call)
+            # At the deadline a call not started (queued, or in a busy worker's inbox) is
+            # withdrawn; a running one ends by the same deadline in the thread that runs it.
+            expired = call.deadline is not None and not _settles(fut, call.deadline)
+            if expired and fut.cancel():
+                raise TimeoutError(f"the pool call timed out after {timeout} s")
+            return cf.Future.result(fut)
+        except BaseException:
+            fut.cancel()
+            raise
+
+    def _settled(self, fut: cf.Future[Any]) -> None:
+        call = fut._call  # type: ignore[attr-defined]  # always a _Future
         with self._lock:
             self._outstanding.discard(call)
         if fut.cancelled():
@@ -169,63 +292,45 @@ class ThreadedPool:
     def _withdraw(self, call: _Call) -> None:
         """A cancelled future: out of the queue if it is there (a worker that already has it
         skips it), and ``wait``/``as_completed`` are told now, wherever it was."""
-        with self._lock, contextlib.suppress(ValueError):
-            self._queue.remove(call)
-            self._changed.notify_all()
+        with self._lock:
+            if self._core.withdraw(call):
+                self._bump()
         _notify_cancelled(call.fut)
 
     # -- the policy ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Ask the policy what to do and do it.  Called with the lock held."""
-        now = time.monotonic()
-        view = policy_view(
-            self._workers.values(),
-            len(self._queue),
-            self._last_start,
-            self._last_stop,
-            self._closing,
-            self._start_failed,
-        )
-        for action in _policy.decide(now, view, self._settings):
-            if isinstance(action, _policy.Dispatch):
-                worker = self._workers[action.worker]
-                call = self._queue.popleft()
-                worker.load += 1
-                worker.dispatched += 1
-                if self._max_calls is not None and worker.dispatched >= self._max_calls:
-                    worker.retiring = True
-                call.worker = worker
-                worker.inbox.put(call)
-            elif isinstance(action, _policy.Start):
-                self._next_id += 1
-                worker = _Worker(self._next_id, now)
-                self._workers[worker.id] = worker
-                self._last_start = now
+        """Ask the core what to do and do it.  Called with the lock held."""
+        for effect in self._core.schedule(time.monotonic()):
+            if isinstance(effect, Send):
+                effect.call.worker = effect.worker
+                effect.worker.inbox.put(effect.call)
+            elif isinstance(effect, Launch):
+                worker = effect.worker
                 thread = threading.Thread(
-                    target=self._serve, args=(worker,), name=f"anyfork-pool-worker-{worker.id}"
+                    target=self._serve,
+                    args=(worker,),
+                    name=f"anyfork-pool-worker-{worker.id}",
+                    daemon=True,
                 )
                 self._threads.add(thread)
                 thread.start()
-            elif isinstance(action, _policy.Stop):
-                worker = self._workers.pop(action.worker)
-                if action.why == "idle":
-                    self._last_stop = now
-                elif action.why == "retired":
-                    self._totals.retired += 1
-                worker.stopping = True
-                worker.inbox.put(None)
-            else:
+            elif isinstance(effect, Halt):
+                effect.worker.inbox.put(None)
+            elif self._wake_at is None or effect.at < self._wake_at:
                 # An earlier wake than needed only makes the policy look again: keep the
                 # earliest.
-                if self._wake_at is None or action.at < self._wake_at:
-                    self._wake_at = action.at
-                    self._clock.notify()
+                self._wake_at = effect.at
+                self._clock.notify()
                 if self._clock_thread is None:
                     self._clock_thread = threading.Thread(
                         target=self._tick, name="anyfork-pool-clock", daemon=True
                     )
                     self._clock_thread.start()
+        self._bump()
+
+    def _bump(self) -> None:
+        self._version += 1
         self._changed.notify_all()
 
     def _tick(self) -> None:
@@ -249,32 +354,55 @@ class ThreadedPool:
             client = self._spawn(worker)
         except BaseException as exc:
             with self._lock:
-                self._workers.pop(worker.id, None)
-                self._totals.failed_starts += 1
-                self._start_failed = True
-                if not self._workers:
-                    self._fail_queue(exc)  # nobody can serve it: fail it rather than hang
+                error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
-            self._report(exc)
-            self._thread_done()
+            _fail(calls, error)  # nobody can serve them: fail them rather than hang
+            self._report(error)
             return
         with self._lock:
-            worker.client, worker.pid = client, client.pid
-            worker.ready = True
-            worker.idle_since = time.monotonic()
-            self._totals.started += 1
-            self._start_failed = False
-            self._schedule()
-        while not worker.dead:
-            call = worker.inbox.get()
-            if call is None:
-                break
-            if self._claim(worker, call):
-                self._execute(worker, call)
+            worker.client = client
+            ready = self._core.started(worker, client.pid, time.monotonic())
+            if ready:
+                self._schedule()
+        if not ready:
+            client.abort()  # the pool was cancelled while it started
+            return
+        sock = client._sock
+        assert sock is not None
+        poller = select.poll()
+        poller.register(worker.inbox.open(), select.POLLIN)
+        poller.register(sock.fileno(), select.POLLRDHUP)
+        try:
+            while (item := worker.inbox.get(poller)) is not None:
+                if item is _HUNG_UP:
+                    if _died_idle(client):
+                        self._lost(worker, None)  # it died while idle: replaced without a call
+                elif self._claim(worker, item):
+                    self._execute(worker, item)
+        finally:
+            with self._lock:
+                worker.inbox.close()
         if not worker.dead:
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
-                client.close(timeout=30.0)
-        self._thread_done()
+                client.close(timeout=STOP_TIMEOUT)
+
+    def _spawn(self, worker: _Worker) -> BlockingClient:
+        starter = self._starter
+        options = starter.options(functools.partial(self._retire, worker))
+        for retry in (True, False):
+            tmpl = starter.get()
+            try:
+                return tmpl.fork().rpc_blocking(starter.func, **options)
+            except SpawnError as exc:
+                error = starter.failed(tmpl, exc, retry)
+            if error is not None:
+                raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._core.retire(worker):
+                self._schedule()
 
     def _claim(self, worker: _Worker, call: _Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
@@ -288,8 +416,8 @@ class ThreadedPool:
             return True
 
     def _help(self, call: _Call) -> None:
-        """A caller waiting in ``result()``: run the call now if a worker has it and nobody has
-        started it (see ``_Future``)."""
+        """A caller waiting for ``call``: run it now if a worker has it and nobody has started
+        it (see ``_Future``)."""
         with self._lock:
             worker = call.worker
             if worker is None or worker.dead or call.claimed or worker.client is None:
@@ -303,111 +431,118 @@ class ThreadedPool:
         """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
         client = worker.client
         assert client is not None
-        if _gone(client):
-            # It died while idle: the call never ran, so it is queued again, not lost.
-            died = WorkerDiedError("the worker died while idle", client.pid, None)
-            self._lost(worker, died, unstarted=call)
+        result: Any = None
+        exc: BaseException | None = None
+        # Under the client's lock (which its calls take too), the check that the worker can
+        # take the call and the call itself are one step: no other thread's abandoned call can
+        # condemn the worker in between.
+        with client._lock:
+            sendable = client.usable and not _died_idle(client)
+            running = sendable and _run_or_skip(call.fut)
+            if running:
+                try:
+                    if call.deadline is not None and time.monotonic() >= call.deadline:
+                        raise TimeoutError  # expired before it was sent: it is not sent
+                    result = client._call(call.args, call.kwargs, _remaining(call.deadline))
+                except BaseException as e:
+                    exc = e
+        if not sendable:
+            # It died while idle, or was condemned, before this call was sent: the call never
+            # ran, so it is queued again, not lost.
+            self._lost(worker, None, unstarted=call)
             return
-        if not _run_or_skip(call.fut):
-            self._finished(worker, completed=False)
+        if not running:
+            self._finished(worker, completed=False)  # cancelled before it started
             return
-        try:
-            result = client._call(call.args, call.kwargs, None)
-        except WorkerDiedError as exc:
-            call.fut.set_exception(exc)
-            self._lost(worker, exc)
-            return
-        except BaseException as exc:
-            call.fut.set_exception(exc)
-        else:
+        timed_out = (
+            isinstance(exc, TimeoutError)
+            and call.deadline is not None
+            and time.monotonic() >= call.deadline
+        )
+        if timed_out:
+            exc = TimeoutError(f"the pool call timed out after {call.timeout} s")
+        if not client.usable:
+            # Dead, or condemned by this call's abandonment: out of the rotation before anyone
+            # hears of this call (who might make the next one at once).
+            self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
+        abandoned = timed_out or not isinstance(exc, (Exception, type(None)))
+        lost = isinstance(exc, (WorkerDiedError, ClosedError))
+        self._finished(worker, completed=not abandoned and not lost)
+        if exc is None:
             call.fut.set_result(result)
-        self._finished(worker)
+            return
+        call.fut.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise exc  # KeyboardInterrupt in a caller that ran its call itself
 
-    def _lost(self, worker: _Worker, died: WorkerDiedError, unstarted: _Call | None = None) -> None:
-        """The worker died: it leaves the pool once; the calls it had not started (those still
-        in its inbox, and ``unstarted``, claimed but found undeliverable) are queued again, each
-        once; its thread (perhaps waiting for its next call) ends."""
+    def _lost(
+        self, worker: _Worker, died: WorkerDiedError | None, unstarted: _Call | None = None
+    ) -> None:
+        """The worker cannot take calls: it leaves the pool once; the calls it had not started
+        (those still in its inbox, and ``unstarted``, claimed but found undeliverable) are
+        queued again, each once; its thread (perhaps waiting for its next call) ends."""
         with self._lock:
             # The claimed call may still sit in the inbox too (a waiting caller claimed it
             # there): it is queued once, here.
-            left = [c for c in _drain(worker.inbox) if not c.claimed]
+            left = [c for c in worker.inbox.drain() if not c.claimed]
             if unstarted is not None:
                 left.insert(0, unstarted)
             for c in left:
                 c.worker = None
                 c.claimed = False
-            self._queue.extendleft(reversed(left))
+            failed = self._core.requeue(left)
             worker.inbox.put(None)  # after every drain: it may have taken an earlier one
-            if worker.dead:
-                self._schedule()
-                return
-            worker.dead = True
-            if self._workers.pop(worker.id, None) is not None:
-                self._totals.died += 1
+            first = self._core.lost(worker)
             self._schedule()
-        if worker.client is not None:
-            worker.client.abort()
-        self._report(died)
+        _fail(failed, ClosedError("the pool was cancelled"))
+        client = worker.client
+        if first and client is not None:
+            with client._lock:  # not under a call another thread makes on it
+                client.abort()
+        if died is not None and worker.dead:
+            self._report(died)
 
-    def _spawn(self, worker: _Worker) -> BlockingClient:
-        def on_event(*args: Any) -> None:
-            if len(args) == 1 and args[0] in _RETIRE_MARKS:
-                with self._lock:
-                    worker.retiring = True  # acted on when its call completes
-            elif self._user_on_event is not None:
-                self._user_on_event(*args)
-
-        for attempt in (1, 2):
-            tmpl = self._templates.get()
-            try:
-                return tmpl.fork().rpc_blocking(self._func, on_event=on_event, **self._rpc_options)
-            except SpawnError:
-                if not self._templates.retry_after(tmpl, attempt):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _finished(self, worker: _Worker, completed: bool = True) -> None:
+    def _finished(self, worker: _Worker, *, completed: bool) -> None:
         with self._lock:
-            if completed:
-                self._totals.calls += 1
-            worker.load -= 1
-            if worker.load == 0:
-                worker.idle_since = time.monotonic()
-            if self._max_memory is not None and worker.pid is not None and not worker.retiring:
-                size = rss(worker.pid)
-                if size is not None and size > self._max_memory:
-                    worker.retiring = True
+            self._core.finished(worker, time.monotonic(), completed=completed)
             self._schedule()
-
-    def _fail_queue(self, cause: BaseException) -> None:
-        queue, self._queue = self._queue, deque()
-        for call in queue:
-            if _run_or_skip(call.fut):
-                err = SpawnError(
-                    f"no pool worker could be started: {type(cause).__name__}: {cause}"
-                )
-                err.__cause__ = cause
-                call.fut.set_exception(err)
-
-    def _thread_done(self) -> None:
-        with self._lock:
-            self._changed.notify_all()
 
     def _report(self, exc: BaseException) -> None:
         if self._on_error is not None:
             with contextlib.suppress(Exception):
                 self._on_error(exc)
 
-    # -- introspection and closing ------------------------------------------------------------
+    # -- introspection ------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
         with self._lock:
-            return snapshot(self._workers.values(), len(self._queue), self._totals)
+            return self._core.statistics()
 
     def worker_pids(self) -> list[int]:
-        """The pids of the ready workers, oldest first."""
         with self._lock:
-            return [w.pid for w in self._workers.values() if w.ready and w.pid is not None]
+            return self._core.worker_pids()
+
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(statistics)`` holds (checked at each change, outside the
+        lock, so it may call the pool); ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                stats, version = self._core.statistics(), self._version
+            if predicate(stats):
+                return stats
+            with self._lock:
+                while self._version == version:
+                    wait = _remaining(deadline)
+                    if wait == 0.0:
+                        raise TimeoutError(
+                            f"the pool did not reach the condition within {timeout} s: {stats}"
+                        )
+                    self._changed.wait(wait)
+
+    # -- closing ------------------------------------------------------------------------------
 
     def cancel_pending(self) -> None:
         """Cancel every call no worker has started (``shutdown(cancel_futures=True)``)."""
@@ -416,29 +551,67 @@ class ThreadedPool:
         for call in pending:
             call.fut.cancel()  # queued ones withdraw themselves; inbox ones are skipped
 
-    def close(self, *, wait: bool = True) -> None:
-        """No new calls; the queue is still served.  ``wait``: return once every worker thread
-        has finished (their processes have exited) and the template is closed; otherwise a
-        thread finishes that in the background."""
+    def close(
+        self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None
+    ) -> None:
+        """No new calls; the queue is still served (``cancel``: the fast way, see
+        :meth:`_cancel`).  ``wait``: return once every worker thread has finished (their
+        processes have exited) and the template is closed; otherwise a thread finishes that
+        in the background.  ``timeout``: after that many seconds the rest is done the fast way
+        and ``TimeoutError`` raised."""
+        if cancel:
+            self._cancel()
         with self._lock:
-            self._closing = True
-            self._schedule()
+            if not self._core.closing:
+                self._core.close()
+                self._schedule()
         if not wait:
             threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
             return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._join(deadline):
+            self._cancel()
+            self._finish()
+            raise TimeoutError(f"the pool did not close within {timeout} s (its workers killed)")
         self._finish()
 
-    def _finish(self) -> None:
-        # Join every worker thread, including any a closing pool starts to serve its queue.
+    def _cancel(self) -> None:
+        """Queued calls fail with ``ClosedError`` (and those given to a worker that has not
+        started them), workers are killed (their running calls fail with
+        ``WorkerDiedError``), starting ones abandoned."""
+        with self._lock:
+            calls, workers = self._core.cancel()
+            for worker in workers:
+                for call in worker.inbox.drain():
+                    if not call.claimed:
+                        call.claimed = True
+                        calls.append(call)
+                worker.inbox.put(None)
+            self._bump()
+        _fail(calls, ClosedError("the pool was cancelled"))
+        for worker in workers:
+            client = worker.client
+            if worker.pid is not None and client is not None and client.usable:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+
+    def _join(self, deadline: float | None) -> bool:
+        """Join every worker thread, including any a closing pool starts to serve its queue;
+        ``False`` at the deadline."""
         while True:
             with self._lock:
                 threads = list(self._threads)
             if not threads:
-                break
+                return True
             for thread in threads:
-                thread.join()
+                thread.join(_remaining(deadline))
+                if thread.is_alive():
+                    return False
             with self._lock:
                 self._threads.difference_update(threads)
+
+    def _finish(self) -> None:
+        self._join(None)
         with self._lock:
             if self._closed:
                 return
@@ -447,10 +620,36 @@ class ThreadedPool:
             clock = self._clock_thread
         if clock is not None:
             clock.join()
-        self._templates.close()
+        self._starter.close()
+        _live.discard(self)
         if self._on_close is not None:
             self._on_close()
 
+
+# -- the pools still open at exit ------------------------------------------------------------
+
+_live: weakref.WeakSet[ThreadsEngine] = weakref.WeakSet()
+_at_exit: list[bool] = []  # a hook registered
+
+
+def _opened(engine: ThreadsEngine) -> None:
+    _live.add(engine)
+    if not _at_exit:
+        _at_exit.append(True)
+        atexit.register(_close_all)
+
+
+def _close_all() -> None:
+    """At exit: every pool still open is closed the graceful way (queued calls still run,
+    workers stop, threads end), as ``concurrent.futures`` does for its executors."""
+    for engine in list(_live):
+        engine.close(wait=True)
+
+
+os.register_at_fork(after_in_child=_live.clear)  # a forked child has none of those threads
+
+
+# -- helpers ----------------------------------------------------------------------------------
 
 # A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
 # through set_running_or_notify_cancel(), which raises if called twice.  A cancel() from any
@@ -473,18 +672,29 @@ def _notify_cancelled(fut: cf.Future[Any]) -> None:
             fut.set_running_or_notify_cancel()
 
 
-def _drain(inbox: queue.SimpleQueue[_Call | None]) -> list[_Call]:
-    calls: list[_Call] = []
-    while True:
-        try:
-            call = inbox.get_nowait()
-        except queue.Empty:
-            return calls
-        if call is not None:
-            calls.append(call)
+def _fail(calls: list[_Call], error: BaseException) -> None:
+    """Fail calls that never reached a worker (outside the pool's lock: callbacks run)."""
+    for call in calls:
+        if _run_or_skip(call.fut):
+            call.fut.set_exception(error)
 
 
-def _gone(client: BlockingClient) -> bool:
+def _settles(fut: cf.Future[Any], deadline: float) -> bool:
+    """Wait until ``fut`` is done or ``deadline``; ``False`` at the deadline."""
+    try:
+        fut.exception(_remaining(deadline))  # the call's own error is not raised here
+    except cf.TimeoutError:
+        return False
+    except cf.CancelledError:
+        pass
+    return True
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _died_idle(client: BlockingClient) -> bool:
     """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
     worker sends nothing unasked.
 
