@@ -218,6 +218,15 @@ class PoolExecutor(cf.Executor):
         """The pids of the executor's ready workers, oldest first."""
         return self._pool.worker_pids()
 
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(executor.statistics())`` holds (see ``Pool.wait_until``).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds."""
+        return self._pool.wait_until(predicate, timeout)
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures=True`` cancels those not started yet.  ``wait=True``
         returns once every call has finished, the workers have exited and the pool's threads

@@ -17,13 +17,12 @@ One lock guards the core; no future is settled and no user callback runs while i
 out, interrupted) and so condemned leaves the rotation before that call's future is settled;
 a call given to a worker found dead (or condemned) before the call was sent is queued again.
 
-The threads are daemon threads: at exit, every pool still open is closed the graceful way (its
-queued calls still run), as the standard library's executors are (``atexit``).
+The threads are daemon threads: when the main thread ends, every pool still open is closed the
+graceful way (its queued calls still run), as the standard library's executors are.
 """
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures as cf
 import contextlib
 import functools
@@ -629,14 +628,18 @@ class ThreadsEngine:
 # -- the pools still open at exit ------------------------------------------------------------
 
 _live: weakref.WeakSet[ThreadsEngine] = weakref.WeakSet()
-_at_exit: list[bool] = []  # a hook registered
+_at_exit: list[bool] = []  # the hook is registered
 
 
 def _opened(engine: ThreadsEngine) -> None:
     _live.add(engine)
     if not _at_exit:
         _at_exit.append(True)
-        atexit.register(_close_all)
+        # Where the stdlib's executors register theirs: run when the main thread ends, before
+        # non-daemon threads are joined, and before atexit (whose weakref finalizers close
+        # the workers' sockets under the pool).
+        with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
+            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
 
 
 def _close_all() -> None:
@@ -704,7 +707,7 @@ def _died_idle(client: BlockingClient) -> bool:
     death aborted the client under it (seen under CPU load)."""
     with client._lock:
         sock = client._sock
-        if sock is None:
+        if sock is None or sock.fileno() < 0:
             return True
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
