@@ -78,10 +78,10 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
 
 
 def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
-    """``_died_idle`` (is an idle worker dead?) must wait for a call another thread has in flight
+    """``died_idle`` (is an idle worker dead?) must wait for a call another thread has in flight
     on the same client: until that call reads its reply, the socket is readable without any
     death.  (Modelled with a socketpair; the pool's real race needs a loaded machine.)"""
-    from anyfork._pool._threads import _died_idle
+    from anyfork._pool._watch import died_idle
 
     class SpyLock:
         """The client's lock, telling when someone tries to take it."""
@@ -104,14 +104,14 @@ def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
         answers: list[bool] = []
         with lock.inner:  # a call in flight: its request is out, and its reply arrives
             b.sendall(b"reply")
-            other = threading.Thread(target=lambda: answers.append(_died_idle(client)))  # type: ignore[arg-type]
+            other = threading.Thread(target=lambda: answers.append(died_idle(client)))  # type: ignore[arg-type]
             other.start()
-            assert lock.tried.wait(5), "_died_idle looked at the socket without the client's lock"
+            assert lock.tried.wait(5), "died_idle looked at the socket without the client's lock"
             assert a.recv(5) == b"reply"  # the call reads its reply, then lets go
         other.join(WAIT)
         assert answers == [False]
         b.close()
-        assert _died_idle(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
+        assert died_idle(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:

@@ -16,6 +16,7 @@ One lock guards the core; no future is settled and no user callback runs while i
 (a future's callbacks may come back into the pool).  A worker whose call was abandoned (timed
 out, interrupted) and so condemned leaves the rotation before that call's future is settled;
 a call given to a worker found dead (or condemned) before the call was sent is queued again.
+A dead idle worker is noticed by the pool's watcher thread (``_watch.Watcher``).
 
 The threads are daemon threads: when the main thread ends, every pool still open is closed the
 graceful way (its queued calls still run), as the standard library's executors are.
@@ -27,136 +28,35 @@ import concurrent.futures as cf
 import contextlib
 import functools
 import os
-import select
+import queue
 import signal
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .._core._process import Func, Process
-from .._errors import AnyforkError, ClosedError, SpawnError, WorkerDiedError
+from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
-from . import _policy
+from . import _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
+from ._futures import Call, Future, fail, notify_cancelled, remaining, run_or_skip, settles
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
+from ._watch import Watcher, died_idle
 from ._worker import STOP_TIMEOUT, Starter
 
 
-class _Call:
-    __slots__ = ("args", "claimed", "deadline", "fut", "kwargs", "timeout", "worker")
-
-    def __init__(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        engine: ThreadsEngine,
-        timeout: float | None,
-    ) -> None:
-        self.args = args
-        self.kwargs = kwargs
-        self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.fut = _Future(self, engine)
-        self.worker: _Worker | None = None  # set when a worker is given the call
-        self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
-
-
-class _Future(cf.Future[Any]):
-    """The engine's future: a caller that waits for it may run the call itself.
-
-    A call given to a worker normally waits in that worker's inbox until its thread wakes and
-    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
-    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
-    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
-    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
-    """
-
-    def __init__(self, call: _Call, engine: ThreadsEngine) -> None:
-        super().__init__()
-        self._call = call
-        self._engine = engine
-
-    def result(self, timeout: float | None = None) -> Any:
-        # With a timeout the caller must be free to stop waiting, so it does not run the call.
-        if timeout is None and not self.done():
-            self._engine._help(self._call)
-        return super().result(timeout)
-
-
 class _Worker(Worker):
-    __slots__ = ("client", "inbox")
+    __slots__ = ("client", "fd", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
         self.client: BlockingClient | None = None
-        self.inbox = _Inbox()
-
-
-#: What ``_Inbox.get`` returns when the idle worker's connection was closed by its end.
-_HUNG_UP = object()
-
-
-class _Inbox:
-    """The calls given to a worker, and ``None`` to stop it; its thread waits here for the next
-    one and, at the same time, for its idle worker to die (so that a dead idle worker is
-    noticed and replaced without any call).
-
-    The thread sleeps in ``poll`` on an eventfd and on the worker's socket for ``POLLRDHUP``
-    only (the worker's end closed: no reply a waiting caller reads on that socket wakes it).
-    ``put`` (always under the pool's lock) writes the eventfd only while the thread sleeps, so
-    a busy worker's calls cost no syscall; the thread says it sleeps before it looks at the
-    queue one last time, so no call is missed."""
-
-    __slots__ = ("_calls", "_fd", "_sleeping")
-
-    def __init__(self) -> None:
-        self._calls: deque[_Call | None] = deque()
-        self._fd = -1  # the eventfd, made by the worker's thread
-        self._sleeping = False
-
-    def open(self) -> int:
-        self._fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        return self._fd
-
-    def put(self, item: _Call | None) -> None:
-        self._calls.append(item)
-        if self._sleeping and self._fd >= 0:
-            os.eventfd_write(self._fd, 1)
-
-    def get(self, poller: select.poll) -> Any:
-        """The next call, ``None`` (stop), or ``_HUNG_UP``; blocks until there is one."""
-        calls = self._calls
-        while True:
-            if calls:
-                return calls.popleft()
-            self._sleeping = True
-            try:
-                if calls:
-                    continue
-                ready = poller.poll()
-            finally:
-                self._sleeping = False
-            for fd, _ in ready:
-                if fd != self._fd:
-                    return _HUNG_UP
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._fd)
-
-    def drain(self) -> list[_Call]:
-        """Take every call still here (the stop marks go too)."""
-        calls = [c for c in self._calls if c is not None]
-        self._calls.clear()
-        return calls
-
-    def close(self) -> None:
-        """Its thread ends (under the pool's lock, as ``put`` is)."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self.fd = -1  # its client's socket, while the watcher watches it
+        # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
+        # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
+        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
 class ThreadsEngine:
@@ -180,7 +80,7 @@ class ThreadsEngine:
         **rpc_options: Any,
     ) -> None:
         self._starter = Starter(template, func, rpc_options)
-        self._core: PoolCore[_Worker, _Call] = PoolCore(
+        self._core: PoolCore[_Worker, Call] = PoolCore(
             settings(max, idle, load, start, stop),
             max_calls=max_calls,
             max_memory=max_memory,
@@ -195,7 +95,7 @@ class ThreadsEngine:
         self._threads: set[threading.Thread] = set()
         #: Every call submitted and not finished: what shutdown(cancel_futures=True) cancels
         #: (cancel() succeeds only on those no worker has started).
-        self._outstanding: set[_Call] = set()
+        self._outstanding: set[Call] = set()
         self._opened = False
         self._closed = False
         # One clock thread for the policy's Wake times (pacing, idle stops), started on the
@@ -204,6 +104,7 @@ class ThreadsEngine:
         self._clock = threading.Condition(self._lock)
         self._clock_thread: threading.Thread | None = None
         self._wake_at: float | None = None
+        self._watcher = Watcher(self._hung_up)
 
     @property
     def func(self) -> str:
@@ -239,15 +140,15 @@ class ThreadsEngine:
     def _open(self) -> None:
         if not self._opened:
             self._opened = True
-            _opened(self)
+            _watch.opened(self)
             self._schedule()
 
     def submit(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
-    ) -> _Future:
+    ) -> Future:
         """Queue a call (a ``timeout`` in seconds covers its whole life); its future.  Raises
         ``ClosedError`` once the pool is closing."""
-        call = _Call(args, kwargs, self, timeout)
+        call = Call(args, kwargs, self, timeout)
         with self._lock:
             if self._core.closing:
                 raise ClosedError("the pool is closed")
@@ -268,12 +169,12 @@ class ThreadsEngine:
         this thread runs is abandoned as for a timeout; one a worker's thread runs finishes
         there, its result dropped."""
         fut = self.submit(args, kwargs, timeout)
-        call = fut._call
+        call = fut.call
         try:
-            self._help(call)
+            self.help_with(call)
             # At the deadline a call not started (queued, or in a busy worker's inbox) is
             # withdrawn; a running one ends by the same deadline in the thread that runs it.
-            expired = call.deadline is not None and not _settles(fut, call.deadline)
+            expired = call.deadline is not None and not settles(fut, call.deadline)
             if expired and fut.cancel():
                 raise TimeoutError(f"the pool call timed out after {timeout} s")
             return cf.Future.result(fut)
@@ -282,19 +183,19 @@ class ThreadsEngine:
             raise
 
     def _settled(self, fut: cf.Future[Any]) -> None:
-        call = fut._call  # type: ignore[attr-defined]  # always a _Future
+        call = fut.call  # type: ignore[attr-defined]  # always one of ours
         with self._lock:
             self._outstanding.discard(call)
         if fut.cancelled():
             self._withdraw(call)
 
-    def _withdraw(self, call: _Call) -> None:
+    def _withdraw(self, call: Call) -> None:
         """A cancelled future: out of the queue if it is there (a worker that already has it
         skips it), and ``wait``/``as_completed`` are told now, wherever it was."""
         with self._lock:
             if self._core.withdraw(call):
                 self._bump()
-        _notify_cancelled(call.fut)
+        notify_cancelled(call.fut)
 
     # -- the policy ---------------------------------------------------------------------------
 
@@ -350,60 +251,52 @@ class ThreadsEngine:
 
     def _serve(self, worker: _Worker) -> None:
         try:
-            client = self._spawn(worker)
+            client = self._starter.start_blocking(functools.partial(self._retire, worker))
         except BaseException as exc:
             with self._lock:
                 error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
-            _fail(calls, error)  # nobody can serve them: fail them rather than hang
+            fail(calls, error)  # nobody can serve them: fail them rather than hang
             self._report(error)
             return
         with self._lock:
             worker.client = client
             ready = self._core.started(worker, client.pid, time.monotonic())
             if ready:
+                sock = client._sock
+                assert sock is not None
+                worker.fd = sock.fileno()
+                self._watcher.watch(worker.fd, worker)
                 self._schedule()
         if not ready:
             client.abort()  # the pool was cancelled while it started
             return
-        sock = client._sock
-        assert sock is not None
-        poller = select.poll()
-        poller.register(worker.inbox.open(), select.POLLIN)
-        poller.register(sock.fileno(), select.POLLRDHUP)
-        try:
-            while (item := worker.inbox.get(poller)) is not None:
-                if item is _HUNG_UP:
-                    if _died_idle(client):
-                        self._lost(worker, None)  # it died while idle: replaced without a call
-                elif self._claim(worker, item):
-                    self._execute(worker, item)
-        finally:
-            with self._lock:
-                worker.inbox.close()
+        while (call := worker.inbox.get()) is not None:
+            if self._claim(worker, call):
+                self._execute(worker, call)
+        with self._lock:
+            self._watcher.forget(worker.fd, worker)
         if not worker.dead:
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
                 client.close(timeout=STOP_TIMEOUT)
 
-    def _spawn(self, worker: _Worker) -> BlockingClient:
-        starter = self._starter
-        options = starter.options(functools.partial(self._retire, worker))
-        for retry in (True, False):
-            tmpl = starter.get()
-            try:
-                return tmpl.fork().rpc_blocking(starter.func, **options)
-            except SpawnError as exc:
-                error = starter.failed(tmpl, exc, retry)
-            if error is not None:
-                raise error
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _hung_up(self, worker: _Worker) -> None:
+        """The watcher saw the worker's end close: if it died while idle, it is replaced now
+        (if it is busy, its call tells, and this waits for that)."""
+        client = worker.client
+        if worker.dead or client is None:
+            return
+        if died_idle(client):
+            self._lost(worker, None)
+        else:
+            self._watcher.rearm(worker.fd, worker)
 
     def _retire(self, worker: _Worker) -> None:
         with self._lock:
             if self._core.retire(worker):
                 self._schedule()
 
-    def _claim(self, worker: _Worker, call: _Call) -> bool:
+    def _claim(self, worker: _Worker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
         claimed it, or the call has moved on.  (A caller that found this worker dead queues the
         call again, unclaimed, while this thread may already hold it: this thread must not run
@@ -414,9 +307,9 @@ class ThreadsEngine:
             call.claimed = True
             return True
 
-    def _help(self, call: _Call) -> None:
+    def help_with(self, call: Call) -> None:
         """A caller waiting for ``call``: run it now if a worker has it and nobody has started
-        it (see ``_Future``)."""
+        it (see ``_futures.Future``)."""
         with self._lock:
             worker = call.worker
             if worker is None or worker.dead or call.claimed or worker.client is None:
@@ -426,7 +319,7 @@ class ThreadsEngine:
             call.claimed = True
         self._execute(worker, call)
 
-    def _execute(self, worker: _Worker, call: _Call) -> None:
+    def _execute(self, worker: _Worker, call: Call) -> None:
         """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
         client = worker.client
         assert client is not None
@@ -436,13 +329,13 @@ class ThreadsEngine:
         # take the call and the call itself are one step: no other thread's abandoned call can
         # condemn the worker in between.
         with client._lock:
-            sendable = client.usable and not _died_idle(client)
-            running = sendable and _run_or_skip(call.fut)
+            sendable = client.usable and not died_idle(client)
+            running = sendable and run_or_skip(call.fut)
             if running:
                 try:
                     if call.deadline is not None and time.monotonic() >= call.deadline:
                         raise TimeoutError  # expired before it was sent: it is not sent
-                    result = client._call(call.args, call.kwargs, _remaining(call.deadline))
+                    result = client._call(call.args, call.kwargs, remaining(call.deadline))
                 except BaseException as e:
                     exc = e
         if not sendable:
@@ -475,7 +368,7 @@ class ThreadsEngine:
             raise exc  # KeyboardInterrupt in a caller that ran its call itself
 
     def _lost(
-        self, worker: _Worker, died: WorkerDiedError | None, unstarted: _Call | None = None
+        self, worker: _Worker, died: WorkerDiedError | None, unstarted: Call | None = None
     ) -> None:
         """The worker cannot take calls: it leaves the pool once; the calls it had not started
         (those still in its inbox, and ``unstarted``, claimed but found undeliverable) are
@@ -483,7 +376,7 @@ class ThreadsEngine:
         with self._lock:
             # The claimed call may still sit in the inbox too (a waiting caller claimed it
             # there): it is queued once, here.
-            left = [c for c in worker.inbox.drain() if not c.claimed]
+            left = [c for c in _drain(worker.inbox) if not c.claimed]
             if unstarted is not None:
                 left.insert(0, unstarted)
             for c in left:
@@ -492,8 +385,9 @@ class ThreadsEngine:
             failed = self._core.requeue(left)
             worker.inbox.put(None)  # after every drain: it may have taken an earlier one
             first = self._core.lost(worker)
+            self._watcher.forget(worker.fd, worker)  # before its socket closes
             self._schedule()
-        _fail(failed, ClosedError("the pool was cancelled"))
+        fail(failed, ClosedError("the pool was cancelled"))
         client = worker.client
         if first and client is not None:
             with client._lock:  # not under a call another thread makes on it
@@ -534,7 +428,7 @@ class ThreadsEngine:
                 return stats
             with self._lock:
                 while self._version == version:
-                    wait = _remaining(deadline)
+                    wait = remaining(deadline)
                     if wait == 0.0:
                         raise TimeoutError(
                             f"the pool did not reach the condition within {timeout} s: {stats}"
@@ -581,13 +475,13 @@ class ThreadsEngine:
         with self._lock:
             calls, workers = self._core.cancel()
             for worker in workers:
-                for call in worker.inbox.drain():
+                for call in _drain(worker.inbox):
                     if not call.claimed:
                         call.claimed = True
                         calls.append(call)
                 worker.inbox.put(None)
             self._bump()
-        _fail(calls, ClosedError("the pool was cancelled"))
+        fail(calls, ClosedError("the pool was cancelled"))
         for worker in workers:
             client = worker.client
             if worker.pid is not None and client is not None and client.usable:
@@ -603,7 +497,7 @@ class ThreadsEngine:
             if not threads:
                 return True
             for thread in threads:
-                thread.join(_remaining(deadline))
+                thread.join(remaining(deadline))
                 if thread.is_alive():
                     return False
             with self._lock:
@@ -619,96 +513,19 @@ class ThreadsEngine:
             clock = self._clock_thread
         if clock is not None:
             clock.join()
+        self._watcher.close()
         self._starter.close()
-        _live.discard(self)
+        _watch.closed(self)
         if self._on_close is not None:
             self._on_close()
 
 
-# -- the pools still open at exit ------------------------------------------------------------
-
-_live: weakref.WeakSet[ThreadsEngine] = weakref.WeakSet()
-_at_exit: list[bool] = []  # the hook is registered
-
-
-def _opened(engine: ThreadsEngine) -> None:
-    _live.add(engine)
-    if not _at_exit:
-        _at_exit.append(True)
-        # Where the stdlib's executors register theirs: run when the main thread ends, before
-        # non-daemon threads are joined, and before atexit (whose weakref finalizers close
-        # the workers' sockets under the pool).
-        with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
-            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
-
-
-def _close_all() -> None:
-    """At exit: every pool still open is closed the graceful way (queued calls still run,
-    workers stop, threads end), as ``concurrent.futures`` does for its executors."""
-    for engine in list(_live):
-        engine.close(wait=True)
-
-
-os.register_at_fork(after_in_child=_live.clear)  # a forked child has none of those threads
-
-
-# -- helpers ----------------------------------------------------------------------------------
-
-# A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
-# through set_running_or_notify_cancel(), which raises if called twice.  A cancel() from any
-# thread can race a worker taking the call, so both transitions are made under the future's own
-# (reentrant) lock, reading its state, as the stdlib executors' internals do.
-
-
-def _run_or_skip(fut: cf.Future[Any]) -> bool:
-    """Mark the future running (``True``), or notify its cancellation once (``False``)."""
-    with fut._condition:  # private, see above
-        if fut._state == "PENDING":
-            return fut.set_running_or_notify_cancel()
-        _notify_cancelled(fut)
-        return False
-
-
-def _notify_cancelled(fut: cf.Future[Any]) -> None:
-    with fut._condition:
-        if fut._state == "CANCELLED":
-            fut.set_running_or_notify_cancel()
-
-
-def _fail(calls: list[_Call], error: BaseException) -> None:
-    """Fail calls that never reached a worker (outside the pool's lock: callbacks run)."""
-    for call in calls:
-        if _run_or_skip(call.fut):
-            call.fut.set_exception(error)
-
-
-def _settles(fut: cf.Future[Any], deadline: float) -> bool:
-    """Wait until ``fut`` is done or ``deadline``; ``False`` at the deadline."""
-    try:
-        fut.exception(_remaining(deadline))  # the call's own error is not raised here
-    except cf.TimeoutError:
-        return False
-    except cf.CancelledError:
-        pass
-    return True
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _died_idle(client: BlockingClient) -> bool:
-    """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
-    worker sends nothing unasked.
-
-    Looked at under the client's lock, which a call holds from its request to its reply: a
-    call another thread has in flight on this worker (a waiting caller's, next to the
-    worker's thread) makes the socket readable too, with its reply, and taking that for a
-    death aborted the client under it (seen under CPU load)."""
-    with client._lock:
-        sock = client._sock
-        if sock is None or sock.fileno() < 0:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+def _drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
+    calls: list[Call] = []
+    while True:
+        try:
+            call = inbox.get_nowait()
+        except queue.Empty:
+            return calls
+        if call is not None:
+            calls.append(call)

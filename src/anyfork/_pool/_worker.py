@@ -11,6 +11,10 @@ from typing import Any
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, SpawnError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._rpc._start import BlockingClient, Client
+
 #: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.
 START_TIMEOUT = 60.0
 #: How long stopping one worker may take before it is killed.
@@ -23,20 +27,8 @@ _RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurre
 
 class Starter:
     """What a pool needs to start a worker: its template, its function and the ``rpc()``
-    options.  Checks them all at construction, so that a pool raises for bad arguments at once.
-
-    The start itself is the engine's (``await ....rpc(...)`` or ``....rpc_blocking(...)``),
-    in this loop::
-
-        for retry in (True, False):
-            tmpl = starter.get()
-            try:
-                return tmpl.fork().rpc_blocking(starter.func, **starter.options(...))
-            except SpawnError as exc:
-                error = starter.failed(tmpl, exc, retry)
-            if error is not None:
-                raise error  # outside the except clause: no implicit chain
-    """
+    options (checked at construction, so that a pool raises for bad arguments at once), and
+    the start itself, for either engine: :meth:`start` (asyncio) and :meth:`start_blocking`."""
 
     def __init__(self, template: Process | None, func: Func, rpc_options: dict[str, Any]) -> None:
         if template is not None and not isinstance(template, Process):
@@ -51,12 +43,12 @@ class Starter:
         options = dict(rpc_options)
         self._on_event: Callable[..., object] | None = options.pop("on_event", None)
         options.setdefault("timeout", START_TIMEOUT)
-        self._options = options
+        self._rpc_options = options
         self._template = template
         self._owned = template is None
         self._lock = threading.Lock()  # the threads engine starts workers from several threads
 
-    def options(
+    def _options(
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
     ) -> dict[str, Any]:
         """The ``rpc()`` options for one worker: the pool's own plus ``callbacks``
@@ -71,9 +63,38 @@ class Starter:
             elif user is not None:
                 user(*args)
 
-        return dict(self._options, on_event=on_event, **callbacks)
+        return dict(self._rpc_options, on_event=on_event, **callbacks)
 
-    def get(self) -> Process:
+    async def start(
+        self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
+    ) -> Client:
+        """Fork a worker and start its RPC server (see :meth:`_options` for the arguments);
+        its client.  Raises its start-up error (see :meth:`_failed`)."""
+        options = self._options(on_retire, **callbacks)
+        for retry in (True, False):
+            tmpl = self._get()
+            try:
+                return await tmpl.fork().rpc(self.func, **options)
+            except SpawnError as exc:
+                error = self._failed(tmpl, exc, retry)
+            if error is not None:
+                raise error  # outside the except clause: the chain stays the error's own
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def start_blocking(self, on_retire: Callable[[], object]) -> BlockingClient:
+        """The blocking twin of :meth:`start`."""
+        options = self._options(on_retire)
+        for retry in (True, False):
+            tmpl = self._get()
+            try:
+                return tmpl.fork().rpc_blocking(self.func, **options)
+            except SpawnError as exc:
+                error = self._failed(tmpl, exc, retry)
+            if error is not None:
+                raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _get(self) -> Process:
         """The template to fork the next worker from (the pool's own is made, and every
         template primed with the RPC server, on first use)."""
         from .._rpc._start import prime
@@ -85,12 +106,12 @@ class Starter:
         prime(tmpl)
         return tmpl
 
-    def failed(self, tmpl: Process, exc: SpawnError, retry: bool) -> BaseException | None:
+    def _failed(self, tmpl: Process, exc: SpawnError, retry: bool) -> BaseException | None:
         """Starting a worker forked from ``tmpl`` raised ``exc``.  Returns the error to raise,
         or ``None`` to try once more (only if ``retry``).
 
         The caller's template is the caller's: its death fails the start (``SpawnError``).
-        The pool's own is dropped (the next :meth:`get` makes a new one, from a new default
+        The pool's own is dropped (the next :meth:`_get` makes a new one, from a new default
         template if need be): when it merely died, that is worth one more try; when it failed
         to import the function's module (a typo), the error is that failure, of the type
         ``rpc()`` raises for the same mistake (``ModuleNotFoundError``, also an
