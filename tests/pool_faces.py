@@ -238,7 +238,7 @@ class ExecutorFace(Face):
     def shutdown(self) -> None:
         if self.ex is not None:
             # The executor has no way to kill running calls (a test's gated ones): its engine's.
-            self.ex._pool.close(cancel=True)
+            self.ex._engine.close(cancel=True)
 
 
 FACES: dict[str, Callable[[], Face]] = {

@@ -66,7 +66,7 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
         armed.set()
         tag, second = ex.submit(pool_funcs.pid, 2).result()  # no timeout: the caller helps
         assert (tag, second != first) == (2, True)
-        engine = ex._pool
+        engine = ex._engine
         eventually(
             lambda: all(w.load == 0 for w in engine._core.workers.values()),
             what="the replacement worker to be idle (not loaded with a ghost copy of the call)",

@@ -12,7 +12,7 @@ from .._core._process import Func, Process
 from .._util import publish
 from ._aio_engine import AsyncEngine, Call
 from ._map import Progress, Window, amap, window_size
-from ._records import PoolStatistics
+from ._records import PoolStatistics, describe
 from ._system import settings
 
 __all__ = ["Pool"]
@@ -102,12 +102,7 @@ class Pool(AsyncEngine):
         )
 
     def __repr__(self) -> str:
-        s = self.statistics()
-        state = "closed" if self._core.closing else "open"
-        return (
-            f"<anyfork.Pool {self._starter.func} {state} workers={s.workers} busy={s.busy} "
-            f"queued={s.queued}>"
-        )
+        return describe("Pool", self._starter.func, self._core.closing, self.statistics())
 
     # -- calls --------------------------------------------------------------------------------
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +33,7 @@ from . import _policy
 from ._core import Halt, Launch, PoolCore, Send
 from ._records import PoolStatistics, Worker
 from ._system import rss
-from ._worker import STOP_TIMEOUT, Starter
+from ._worker import STOP_TIMEOUT, Starter, kill
 
 
 class _Worker(Worker):
@@ -174,11 +172,7 @@ class AsyncEngine:
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
-        if call.worker is None:
-            if self._core.withdraw(call):
-                self._notify()
-            return
-        self._abandon_sent(call)
+        self._give_up(call)
 
     def _expire(self, call: Call) -> None:
         call.timer = None
@@ -186,18 +180,16 @@ class AsyncEngine:
             return  # its outcome is there (the reply arrived with the deadline)
         call.pool = None
         call.set_exception(TimeoutError(f"the pool call timed out after {call.timeout} s"))
-        if call.worker is None:
+        self._give_up(call)
+
+    def _give_up(self, call: Call) -> None:
+        """Withdraw a queued call; abandon a sent one: the client cancels it (async backend)
+        or kills the worker (sync backend), and a worker so condemned leaves the rotation now."""
+        worker, inner = call.worker, call.inner
+        if worker is None or inner is None:
             if self._core.withdraw(call):
                 self._notify()
             return
-        self._abandon_sent(call)
-
-    def _abandon_sent(self, call: Call) -> None:
-        """Abandon a call the worker has: the client cancels it (async backend) or kills the
-        worker (sync backend), and a worker so condemned leaves the rotation now."""
-        worker, inner = call.worker, call.inner
-        assert worker is not None
-        assert inner is not None
         inner.cancel()
         client = worker.client
         if client is not None and not client.usable:
@@ -431,9 +423,6 @@ class AsyncEngine:
         calls, workers = self._core.cancel()
         self._fail_calls(calls, ClosedError("the pool was cancelled"))
         for worker in workers:
-            client = worker.client
-            if worker.pid is not None and client is not None and client.usable:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
+            kill(worker.pid, worker.client)
             self._stop(worker)
         self._notify()

@@ -18,7 +18,7 @@ from .._core._process import Func, Process, func_ref
 from .._errors import ClosedError
 from .._util import publish
 from ._map import Progress, Window, bmap, window_size
-from ._records import PoolStatistics
+from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
 
 __all__ = ["BlockingPool", "PoolExecutor"]
@@ -27,7 +27,33 @@ __all__ = ["BlockingPool", "PoolExecutor"]
 _APPLY = "anyfork.worker:_apply"
 
 
-class BlockingPool:
+class _Face:
+    """What both faces read from their engine."""
+
+    _engine: ThreadsEngine
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's workers, queue and totals (see
+        :class:`anyfork.PoolStatistics`)."""
+        return self._engine.statistics()
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the pool's ready workers, oldest first."""
+        return self._engine.worker_pids()
+
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(pool.statistics())`` holds; return those statistics
+        (checked after every change of the pool's state, never polled: see
+        ``Pool.wait_until``).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds."""
+        return self._engine.wait_until(predicate, timeout)
+
+
+class BlockingPool(_Face):
     """The blocking twin of :class:`anyfork.Pool`, for programs without an event loop.
 
     ::
@@ -57,12 +83,8 @@ class BlockingPool:
         self._engine.open(wait=True)
 
     def __repr__(self) -> str:
-        s = self.statistics()
-        state = "closed" if self._engine.closing else "open"
-        return (
-            f"<anyfork.BlockingPool {self._engine.func} {state} workers={s.workers} "
-            f"busy={s.busy} queued={s.queued}>"
-        )
+        engine = self._engine
+        return describe("BlockingPool", engine.func, engine.closing, self.statistics())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in a worker and return its result (see ``Pool.__call__``)."""
@@ -99,19 +121,6 @@ class BlockingPool:
         )
         return bmap(window)
 
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool (see :class:`anyfork.PoolStatistics`)."""
-        return self._engine.statistics()
-
-    def wait_until(
-        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
-    ) -> PoolStatistics:
-        """Block until ``predicate(statistics)`` holds (see ``Pool.wait_until``).
-
-        Raises:
-            TimeoutError: after ``timeout`` seconds."""
-        return self._engine.wait_until(predicate, timeout)
-
     def wait_for(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
@@ -122,10 +131,6 @@ class BlockingPool:
             2,
         )
         return self.wait_until(predicate, timeout=timeout)
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the pool's ready workers, oldest first."""
-        return self._engine.worker_pids()
 
     def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Close the pool (see ``Pool.aclose``) and join its threads.  Idempotent.
@@ -146,7 +151,7 @@ class BlockingPool:
         self.close(cancel=t is not None)
 
 
-class PoolExecutor(cf.Executor):
+class PoolExecutor(_Face, cf.Executor):
     """A :class:`concurrent.futures.Executor` backed by a pool of RPC workers.
 
     ::
@@ -188,7 +193,7 @@ class PoolExecutor(cf.Executor):
             options["max"] = max_workers
         self._func = func_ref(func) if func is not None else None
         # Built now so that bad settings raise here; workers start with the first submit().
-        self._pool = ThreadsEngine(template, self._func or _APPLY, **options)
+        self._engine = ThreadsEngine(template, self._func or _APPLY, **options)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` (``fn`` must be the pool's function when it has
@@ -206,34 +211,17 @@ class PoolExecutor(cf.Executor):
                     f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
                 )
         try:
-            return self._pool.submit(args, kwargs)
+            return self._engine.submit(args, kwargs)
         except ClosedError:
             raise RuntimeError("cannot schedule new futures after shutdown") from None
-
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the executor's pool (see :class:`anyfork.PoolStatistics`)."""
-        return self._pool.statistics()
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the executor's ready workers, oldest first."""
-        return self._pool.worker_pids()
-
-    def wait_until(
-        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
-    ) -> PoolStatistics:
-        """Block until ``predicate(executor.statistics())`` holds (see ``Pool.wait_until``).
-
-        Raises:
-            TimeoutError: after ``timeout`` seconds."""
-        return self._pool.wait_until(predicate, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures=True`` cancels those not started yet.  ``wait=True``
         returns once every call has finished, the workers have exited and the pool's threads
         are joined; ``wait=False`` returns at once and all that happens afterwards."""
         if cancel_futures:
-            self._pool.cancel_pending()
-        self._pool.close(wait=wait)
+            self._engine.cancel_pending()
+        self._engine.close(wait=wait)
 
 
 publish(globals())

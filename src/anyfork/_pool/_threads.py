@@ -27,9 +27,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import functools
-import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +42,7 @@ from ._futures import Call, Future, fail, notify_cancelled, remaining, run_or_sk
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
 from ._watch import Watcher, died_idle
-from ._worker import STOP_TIMEOUT, Starter
+from ._worker import STOP_TIMEOUT, Starter, kill
 
 
 class _Worker(Worker):
@@ -483,10 +481,7 @@ class ThreadsEngine:
             self._bump()
         fail(calls, ClosedError("the pool was cancelled"))
         for worker in workers:
-            client = worker.client
-            if worker.pid is not None and client is not None and client.usable:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
+            kill(worker.pid, worker.client)
 
     def _join(self, deadline: float | None) -> bool:
         """Join every worker thread, including any a closing pool starts to serve its queue;

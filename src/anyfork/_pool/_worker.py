@@ -4,6 +4,9 @@ to each worker's ``rpc()`` (the pool's ``on_event`` filter in front of the user'
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +16,7 @@ from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .._rpc._base import Base
     from .._rpc._start import BlockingClient, Client
 
 #: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.
@@ -152,3 +156,11 @@ def _own_template(func: str) -> Process:
     if ":" in func and module != "__main__":
         tmpl.require(module)
     return tmpl
+
+
+def kill(pid: int | None, client: Base | None) -> None:
+    """Kill a worker the pool is closing the fast way, if it runs (a client not yet at its
+    worker's end: the pid is not reused yet)."""
+    if pid is not None and client is not None and client.usable:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
