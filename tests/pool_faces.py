@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures as cf
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyfork
 from anyfork import PoolStatistics
@@ -40,6 +40,12 @@ class Pending:
         self._cancel()
 
 
+class MapIterator(Protocol):
+    def __next__(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 class Face:
     """What every face offers the contract tests."""
 
@@ -57,6 +63,10 @@ class Face:
         raise NotImplementedError
 
     def map(self, items: Iterable[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def map_iter(self, items: Iterable[Any], **options: Any) -> MapIterator:
+        """The map's results one at a time (``next``), and ``close()`` to stop early."""
         raise NotImplementedError
 
     def statistics(self) -> PoolStatistics:
@@ -125,6 +135,27 @@ class PoolFace(Face):
 
         return self._run(collect())
 
+    def map_iter(self, items: Iterable[Any], **options: Any) -> MapIterator:
+        face, results = self, self._pool().map(items, **options)
+
+        class Steps:
+            def __next__(self) -> Any:
+                async def step() -> Any:
+                    try:
+                        return await results.__anext__()
+                    except StopAsyncIteration:
+                        return Steps  # the end: StopAsyncIteration cannot cross threads
+
+                value = face._run(step())
+                if value is Steps:
+                    raise StopIteration
+                return value
+
+            def close(self) -> None:
+                face._run(results.aclose())
+
+        return Steps()
+
     def statistics(self) -> PoolStatistics:
         async def stats() -> PoolStatistics:
             return self._pool().statistics()
@@ -175,6 +206,9 @@ class BlockingPoolFace(Face):
 
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._pool().map(items))
+
+    def map_iter(self, items: Iterable[Any], **options: Any) -> MapIterator:
+        return self._pool().map(items, **options)
 
     def statistics(self) -> PoolStatistics:
         return self._pool().statistics()

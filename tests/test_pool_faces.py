@@ -81,6 +81,36 @@ def test_map_keeps_the_order(face: Face) -> None:
     assert face.map([]) == []
 
 
+@faces(*ABANDONING)
+def test_map_is_lazy_bounded_reports_progress_and_withdraws_when_stopped(
+    face: Face, gate: Gate
+) -> None:
+    open_gated(face, gate, max=1, idle=1, load=1)
+    consumed: list[int] = []
+    progress: list[tuple[int, int | None]] = []
+
+    def lazy() -> Iterator[int]:
+        for i in range(10):
+            consumed.append(i)
+            yield i
+
+    results = face.map_iter(lazy(), max_in_flight=3, progress=lambda *p: progress.append(p))
+    assert consumed == []  # nothing before the first result is asked for
+    gate.release(1)
+    assert next(results)[0] == 0
+    assert consumed == [0, 1, 2]  # read lazily, at most 3 calls in flight
+    assert progress == [(1, None)]  # an iterator has no length
+    face.wait_until(lambda s: s.busy == 1 and s.queued == 1)  # 1 runs, 2 waits
+    gate.wait_started(2)
+    results.close()  # stopped early: the queued call is withdrawn, the running one finishes
+    assert consumed == [0, 1, 2]
+    s = face.wait_until(lambda s: s.queued == 0)
+    assert s.busy == 1
+    gate.release(1)
+    s = face.wait_until(lambda s: s.busy == 0)
+    assert (s.calls, s.died) == (2, 0)
+
+
 # -- faults --------------------------------------------------------------------------------------
 
 
