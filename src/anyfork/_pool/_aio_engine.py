@@ -155,6 +155,7 @@ class AsyncEngine:
             call.timer.cancel()
             call.timer = None
         exc = None if inner.cancelled() else inner.exception()
+        call.pool = call.inner = None  # a future kept by its caller keeps nothing else alive
         if not call.done():
             if exc is None:
                 call.set_result(inner.result())

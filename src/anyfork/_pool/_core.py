@@ -2,9 +2,9 @@
 to them.  No I/O: no sockets, no clocks, no threads, no asyncio (time comes in as ``now``, a
 worker's memory through the ``measure`` function the engine gives it).
 
-Both engines hold one ``PoolCore`` (``_aio.Pool``, asyncio; ``_threads.ThreadsEngine``, a thread
-per worker, under ``BlockingPool`` and ``PoolExecutor``).  They tell it what happened and carry
-out the effects :meth:`PoolCore.schedule` returns::
+Both engines hold one ``PoolCore`` (``_aio_engine.AsyncEngine`` under ``Pool``;
+``_threads.ThreadsEngine``, a thread per worker, under ``BlockingPool`` and ``PoolExecutor``).
+They tell it what happened and carry out the effects :meth:`PoolCore.schedule` returns::
 
     engine ── submit / withdraw / requeue ──────────> queue ──┐
            ── started / start_failed / finished ───> workers ─┼─> _policy.decide(now, view)

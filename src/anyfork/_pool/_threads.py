@@ -90,6 +90,7 @@ class ThreadsEngine:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # for statistics waiters
         self._version = 0  # bumped at every change of state, under the lock
+        self._waiting = 0  # threads in wait_until
         self._threads: set[threading.Thread] = set()
         #: Every call submitted and not finished: what shutdown(cancel_futures=True) cancels
         #: (cancel() succeeds only on those no worker has started).
@@ -229,7 +230,8 @@ class ThreadsEngine:
 
     def _bump(self) -> None:
         self._version += 1
-        self._changed.notify_all()
+        if self._waiting:
+            self._changed.notify_all()
 
     def _tick(self) -> None:
         with self._lock:
@@ -357,12 +359,15 @@ class ThreadsEngine:
             self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
         abandoned = timed_out or not isinstance(exc, (Exception, type(None)))
         lost = isinstance(exc, (WorkerDiedError, ClosedError))
-        self._finished(worker, completed=not abandoned and not lost)
+        with self._lock:  # counted before the caller hears of it, scheduled after
+            self._core.finished(worker, time.monotonic(), completed=not abandoned and not lost)
         if exc is None:
             call.fut.set_result(result)
-            return
-        call.fut.set_exception(exc)
-        if not isinstance(exc, Exception):
+        else:
+            call.fut.set_exception(exc)
+        with self._lock:
+            self._schedule()
+        if exc is not None and not isinstance(exc, Exception):
             raise exc  # KeyboardInterrupt in a caller that ran its call itself
 
     def _lost(
@@ -431,7 +436,11 @@ class ThreadsEngine:
                         raise TimeoutError(
                             f"the pool did not reach the condition within {timeout} s: {stats}"
                         )
-                    self._changed.wait(wait)
+                    self._waiting += 1
+                    try:
+                        self._changed.wait(wait)
+                    finally:
+                        self._waiting -= 1
 
     # -- closing ------------------------------------------------------------------------------
 
