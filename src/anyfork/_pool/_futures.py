@@ -4,6 +4,7 @@ changes it makes from several threads at once."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import queue
 import time
 from typing import Any, Protocol
 
@@ -99,3 +100,15 @@ def settles(fut: cf.Future[Any], deadline: float) -> bool:
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (``time.monotonic()``), never below 0; ``None``: none."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
+    """Take every call from a worker's inbox (the stop marks go too)."""
+    calls: list[Call] = []
+    while True:
+        try:
+            call = inbox.get_nowait()
+        except queue.Empty:
+            return calls
+        if call is not None:
+            calls.append(call)

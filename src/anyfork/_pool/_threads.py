@@ -36,12 +36,12 @@ from typing import Any
 from .._core._process import Func, Process
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
-from . import _policy, _watch
+from . import _futures, _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
-from ._futures import Call, Future, fail, notify_cancelled, remaining, run_or_skip, settles
+from ._futures import Call, Future, drain, fail, remaining, run_or_skip
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
-from ._watch import Watcher, died_idle
+from ._watch import Changes, Watcher, died_idle
 from ._worker import STOP_TIMEOUT, Starter, kill
 
 
@@ -88,9 +88,7 @@ class ThreadsEngine:
         self._on_error = on_error
         self._on_close = on_close
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # for statistics waiters
-        self._version = 0  # bumped at every change of state, under the lock
-        self._waiting = 0  # threads in wait_until
+        self._changes = Changes(self._lock)  # for statistics waiters
         self._threads: set[threading.Thread] = set()
         #: Every call submitted and not finished: what shutdown(cancel_futures=True) cancels
         #: (cancel() succeeds only on those no worker has started).
@@ -173,7 +171,7 @@ class ThreadsEngine:
             self.help_with(call)
             # At the deadline a call not started (queued, or in a busy worker's inbox) is
             # withdrawn; a running one ends by the same deadline in the thread that runs it.
-            expired = call.deadline is not None and not settles(fut, call.deadline)
+            expired = call.deadline is not None and not _futures.settles(fut, call.deadline)
             if expired and fut.cancel():
                 raise TimeoutError(f"the pool call timed out after {timeout} s")
             return cf.Future.result(fut)
@@ -193,8 +191,8 @@ class ThreadsEngine:
         skips it), and ``wait``/``as_completed`` are told now, wherever it was."""
         with self._lock:
             if self._core.withdraw(call):
-                self._bump()
-        notify_cancelled(call.fut)
+                self._changes.bump()
+        _futures.notify_cancelled(call.fut)
 
     # -- the policy ---------------------------------------------------------------------------
 
@@ -226,12 +224,7 @@ class ThreadsEngine:
                         target=self._tick, name="anyfork-pool-clock", daemon=True
                     )
                     self._clock_thread.start()
-        self._bump()
-
-    def _bump(self) -> None:
-        self._version += 1
-        if self._waiting:
-            self._changed.notify_all()
+        self._changes.bump()
 
     def _tick(self) -> None:
         with self._lock:
@@ -379,7 +372,7 @@ class ThreadsEngine:
         with self._lock:
             # The claimed call may still sit in the inbox too (a waiting caller claimed it
             # there): it is queued once, here.
-            left = [c for c in _drain(worker.inbox) if not c.claimed]
+            left = [c for c in drain(worker.inbox) if not c.claimed]
             if unstarted is not None:
                 left.insert(0, unstarted)
             for c in left:
@@ -426,21 +419,14 @@ class ThreadsEngine:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                stats, version = self._core.statistics(), self._version
+                stats, version = self._core.statistics(), self._changes.version
             if predicate(stats):
                 return stats
             with self._lock:
-                while self._version == version:
-                    wait = remaining(deadline)
-                    if wait == 0.0:
-                        raise TimeoutError(
-                            f"the pool did not reach the condition within {timeout} s: {stats}"
-                        )
-                    self._waiting += 1
-                    try:
-                        self._changed.wait(wait)
-                    finally:
-                        self._waiting -= 1
+                if not self._changes.wait_past(version, deadline):
+                    raise TimeoutError(
+                        f"the pool did not reach the condition within {timeout} s: {stats}"
+                    )
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -482,12 +468,12 @@ class ThreadsEngine:
         with self._lock:
             calls, workers = self._core.cancel()
             for worker in workers:
-                for call in _drain(worker.inbox):
+                for call in drain(worker.inbox):
                     if not call.claimed:
                         call.claimed = True
                         calls.append(call)
                 worker.inbox.put(None)
-            self._bump()
+            self._changes.bump()
         fail(calls, ClosedError("the pool was cancelled"))
         for worker in workers:
             kill(worker.pid, worker.client)
@@ -522,14 +508,3 @@ class ThreadsEngine:
         _watch.closed(self)
         if self._on_close is not None:
             self._on_close()
-
-
-def _drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
-    calls: list[Call] = []
-    while True:
-        try:
-            call = inbox.get_nowait()
-        except queue.Empty:
-            return calls
-        if call is not None:
-            calls.append(call)

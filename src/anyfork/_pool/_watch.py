@@ -1,5 +1,5 @@
-"""What the threads engine watches besides its calls: idle workers that die, and the end of the
-program."""
+"""What the threads engine watches besides its calls: idle workers that die, its own changes of
+state (for ``wait_until``), and the end of the program."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._rpc._blocking import BlockingClient
+from ._futures import remaining
 
 #: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
 _MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
@@ -85,6 +86,35 @@ class Watcher:
         if epoll is not None:
             epoll.close()
             os.close(stop)
+
+
+class Changes:
+    """The pool's changes of state, for ``wait_until``: a count bumped at each (under the
+    pool's lock), and the threads waiting for the next one (notified only if there are)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._cond = threading.Condition(lock)
+        self.version = 0
+        self._waiting = 0
+
+    def bump(self) -> None:
+        self.version += 1
+        if self._waiting:
+            self._cond.notify_all()
+
+    def wait_past(self, version: int, deadline: float | None) -> bool:
+        """With the lock held: wait until the state has changed since ``version``; ``False``
+        at the deadline (``time.monotonic()``)."""
+        while self.version == version:
+            wait = remaining(deadline)
+            if wait == 0.0:
+                return False
+            self._waiting += 1
+            try:
+                self._cond.wait(wait)
+            finally:
+                self._waiting -= 1
+        return True
 
 
 def died_idle(client: BlockingClient) -> bool:
