@@ -11,7 +11,7 @@ Measurements (issue 4, point 6), each the median of the rounds:
   stdlib pools are timed from construction to the results of N calls with ``chunksize=1``
   (they start their workers eagerly, or on demand for ProcessPoolExecutor).
 * **throughput** of trivial calls: ``pool.map`` over M items, and ``submit`` in a loop (all
-  submitted, then all waited for), on 2 workers.
+  submitted, then all waited for), on 2 workers; ``BlockingPool``: its ``map`` and a call.
 * **latency**: ``submit(f, x).result()`` one at a time.
 * **USS** per worker (``/proc/<pid>/smaps_rollup``: Private_Clean + Private_Dirty) with numpy
   imported in the template, after each worker has run one call.
@@ -168,6 +168,22 @@ def executor_rates(make: Callable[[], Any], fn: Any, m: int, k: int) -> tuple[fl
         ex.shutdown(wait=True)
 
 
+def blocking_rates(tmpl: anyfork.Process, m: int, k: int) -> tuple[float, float]:
+    """(map calls/s, call latency s) of anyfork.BlockingPool on 2 workers."""
+    with anyfork.BlockingPool(tmpl, "ident", max=2, idle=2, load=8) as pool:
+        pool(0)
+        t0 = time.perf_counter()
+        for _ in pool.map(range(m), max_in_flight=256):
+            pass
+        rate = m / (time.perf_counter() - t0)
+        lat = []
+        for i in range(k):
+            t0 = time.perf_counter()
+            pool(i)
+            lat.append(time.perf_counter() - t0)
+        return rate, statistics.median(lat)
+
+
 # -- memory --------------------------------------------------------------------------------
 
 
@@ -305,6 +321,10 @@ def main() -> None:
         print(f"{name:40}{r[0]:11.0f}{r[1]:11.0f}{r[2] * 1000:12.3f}")
     amap = statistics.median(anyfork_map(m, tmpl) for _ in range(rounds))
     print(f"{'anyfork.Pool.map (asyncio)':40}{amap:11.0f}")
+    blocking = [blocking_rates(tmpl, m, k) for _ in range(rounds)]
+    bmap = statistics.median(r[0] for r in blocking)
+    blat = statistics.median(r[1] for r in blocking)
+    print(f"{'anyfork.BlockingPool (map, call)':40}{bmap:11.0f}{'':11}{blat * 1000:12.3f}")
     handoff = thread_handoff_floor()
     print(
         f"{'floor: a thread handoff round trip':40}{'':22}{handoff * 1000:12.3f}"

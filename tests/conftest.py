@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from anyfork._core import _reaper, _templates
-from helpers import children, eventually, open_fds
+from helpers import Gate, children, eventually, open_fds
 
 
 def _persistent() -> tuple[set[int], set[int]]:
@@ -70,3 +70,13 @@ def no_leaks() -> Iterator[None]:
                 pass
         if targets:
             pytest.fail(f"leaked fds: {targets}")
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    """A gate for the pool tests (see ``helpers.Gate``), closed with its templates."""
+    g = Gate()
+    try:
+        yield g
+    finally:
+        g.close()

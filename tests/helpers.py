@@ -1,12 +1,14 @@
-"""Test helpers: bounded waiting for OS facts (never a bare sleep), process and fd inspection."""
+"""Test helpers: bounded waiting for OS facts (never a bare sleep), process and fd inspection,
+and the pools' deadline and gate."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -119,3 +121,92 @@ def wait_on(face: str, proc: object, what: str, *args: object, timeout: float = 
     if isinstance(result, socket.socket):
         result.setblocking(True)
     return result
+
+
+# -- pools: a deadline around asyncio.run, and the gate pipe the pool tests' workers wait on ---
+
+#: The most a test's asyncio.run may take (the backstop; each wait has its own deadline too).
+DEADLINE = 30.0
+#: The most one wait for a pool's state or a worker's event may take.
+WAIT = 15.0
+
+
+def run(coro: Awaitable[T], deadline: float = DEADLINE) -> T:
+    """``asyncio.run(coro)`` with a deadline: a test fails instead of hanging."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, deadline)
+
+    return asyncio.run(bounded())
+
+
+class Gate:
+    """A pipe whose read end every worker inherits (through :meth:`template`): the gated calls
+    (``pool_funcs.gated``) report that they started, then wait for one byte each, so the test
+    decides exactly when each may finish (``release(n)``).
+
+    ``started`` collects the ``(tag, pid)`` of the ``("started", tag, pid)`` events, whichever
+    thread the pool delivers them in; :meth:`wait_started` waits for them blocking,
+    :meth:`wait_started_async` from the event loop."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.started: list[tuple[Any, int]] = []
+        self._cond = threading.Condition()
+        self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.templates: list[Any] = []
+
+    def template(self) -> Any:  # anyfork.Process (helpers import nothing of anyfork)
+        """A template holding the gate (closed with the gate)."""
+        import anyfork
+
+        tmpl = anyfork.new().require("pool_funcs").send_fh(self.r)
+        self.templates.append(tmpl)
+        return tmpl
+
+    def options(self) -> dict[str, Any]:
+        """The pool options of a gated pool: the worker's init keeps the gate, events come here."""
+        return {"init": "pool_funcs:init_gate", "on_event": self.on_event}
+
+    def on_event(self, kind: str, tag: Any, pid: int) -> None:
+        assert kind == "started"
+        with self._cond:
+            self.started.append((tag, pid))
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for loop, event in wakers:
+            loop.call_soon_threadsafe(event.set)
+
+    def wait_started(self, n: int) -> list[tuple[Any, int]]:
+        """Block until ``n`` gated calls have started; their ``(tag, pid)``."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.started) >= n, WAIT), (
+                f"{n} calls did not start within {WAIT} s: {self.started}"
+            )
+            return list(self.started)
+
+    async def wait_started_async(self, n: int) -> list[tuple[Any, int]]:
+        """:meth:`wait_started` for the event loop."""
+        event = asyncio.Event()
+        waker = (asyncio.get_running_loop(), event)
+        with self._cond:
+            self._wakers.append(waker)
+        try:
+            while True:
+                with self._cond:
+                    if len(self.started) >= n:
+                        return list(self.started)
+                    event.clear()
+                await asyncio.wait_for(event.wait(), WAIT)
+        finally:
+            with self._cond:
+                self._wakers.remove(waker)
+
+    def release(self, n: int = 1) -> None:
+        os.write(self.w, b"x" * n)
+
+    def close(self) -> None:
+        for tmpl in self.templates:
+            tmpl.close()
+        os.close(self.r)
+        os.close(self.w)

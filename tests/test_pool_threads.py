@@ -43,22 +43,22 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
     """The interleaving that once left a worker busy forever (and shutdown hanging): the dead
     worker's thread has taken the call from its inbox when a waiting caller claims it, finds
     the worker dead and queues it again.  The thread must then leave the call alone."""
-    from anyfork._pool._threads import ThreadedPool
+    from anyfork._pool._threads import ThreadsEngine
 
     armed, requeued = threading.Event(), threading.Event()
-    real_claim, real_lost = ThreadedPool._claim, ThreadedPool._lost
+    real_claim, real_lost = ThreadsEngine._claim, ThreadsEngine._lost
 
-    def claim(self: ThreadedPool, worker: Any, call: Any) -> bool:
+    def claim(self: ThreadsEngine, worker: Any, call: Any) -> bool:
         if armed.is_set() and worker.id == 1:
             assert requeued.wait(WAIT), "the waiting caller never found the worker dead"
         return real_claim(self, worker, call)
 
-    def lost(self: ThreadedPool, worker: Any, died: Any, unstarted: Any = None) -> None:
+    def lost(self: ThreadsEngine, worker: Any, died: Any, unstarted: Any = None) -> None:
         real_lost(self, worker, died, unstarted)
         requeued.set()
 
-    monkeypatch.setattr(ThreadedPool, "_claim", claim)
-    monkeypatch.setattr(ThreadedPool, "_lost", lost)
+    monkeypatch.setattr(ThreadsEngine, "_claim", claim)
+    monkeypatch.setattr(ThreadsEngine, "_lost", lost)
     with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
         os.kill(first, signal.SIGKILL)
@@ -66,9 +66,9 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
         armed.set()
         tag, second = ex.submit(pool_funcs.pid, 2).result()  # no timeout: the caller helps
         assert (tag, second != first) == (2, True)
-        engine = ex._pool
+        engine = ex._engine
         eventually(
-            lambda: all(w.load == 0 for w in engine._workers.values()),
+            lambda: all(w.load == 0 for w in engine._core.workers.values()),
             what="the replacement worker to be idle (not loaded with a ghost copy of the call)",
         )
         stats = ex.statistics()
@@ -78,10 +78,10 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
 
 
 def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
-    """``_gone`` (is an idle worker dead?) must wait for a call another thread has in flight
+    """``died_idle`` (is an idle worker dead?) must wait for a call another thread has in flight
     on the same client: until that call reads its reply, the socket is readable without any
     death.  (Modelled with a socketpair; the pool's real race needs a loaded machine.)"""
-    from anyfork._pool._threads import _gone
+    from anyfork._pool._watch import died_idle
 
     class SpyLock:
         """The client's lock, telling when someone tries to take it."""
@@ -104,14 +104,14 @@ def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
         answers: list[bool] = []
         with lock.inner:  # a call in flight: its request is out, and its reply arrives
             b.sendall(b"reply")
-            other = threading.Thread(target=lambda: answers.append(_gone(client)))  # type: ignore[arg-type]
+            other = threading.Thread(target=lambda: answers.append(died_idle(client)))  # type: ignore[arg-type]
             other.start()
-            assert lock.tried.wait(5), "_gone looked at the socket without the client's lock"
+            assert lock.tried.wait(5), "died_idle looked at the socket without the client's lock"
             assert a.recv(5) == b"reply"  # the call reads its reply, then lets go
         other.join(WAIT)
         assert answers == [False]
         b.close()
-        assert _gone(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
+        assert died_idle(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:

@@ -1,93 +1,59 @@
 """The pool without an event loop: ``BlockingPool`` and the ``concurrent.futures`` face.
 
-``BlockingPool`` runs an ordinary :class:`anyfork.Pool` on a private event loop in one
-background thread::
-
-    caller threads ──run_coroutine_threadsafe──> [anyfork-pool thread: event loop, Pool]
-                   <──concurrent.futures.Future──            │
-                                                             └── RPC sockets to the workers
-
-``PoolExecutor`` does not: its callers are threads already, and a loop thread in between
-costs two thread handoffs per call.  It drives the same policy with a thread per worker
-(``_pool_threads.ThreadedPool``).  Either way the threads exist only while the pool is open,
-and nothing is ever forked from this process (workers are forked by the template), so they
-make no fork unsafe.
+Both are faces over the threads engine (``_threads.ThreadsEngine``): a thread per worker, and a
+caller that waits for its call runs it on the worker's connection itself when it can.  The
+threads exist only while the pool is open, and nothing is ever forked from this process (workers
+are forked by the template), so they make no fork unsafe.  A pool left open at exit is closed
+the graceful way, as the standard library's executors are.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
-import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, TypeVar
+import warnings
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 from .._core._process import Func, Process, func_ref
+from .._errors import ClosedError
 from .._util import publish
-from ._aio import Pool
-from ._records import PoolStatistics
-from ._threads import ThreadedPool
+from ._map import Progress, Window, bmap, window_size
+from ._records import PoolStatistics, describe
+from ._threads import ThreadsEngine
 
 __all__ = ["BlockingPool", "PoolExecutor"]
-
-T = TypeVar("T")
 
 #: The function a PoolExecutor without a fixed function serves (calls ``fn(*args, **kw)``).
 _APPLY = "anyfork.worker:_apply"
 
 
-class _LoopThread:
-    """An event loop running in a daemon thread until ``stop()``."""
+class _Face:
+    """What both faces read from their engine."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
+    _engine: ThreadsEngine
 
-    def _main(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            # Whatever is left (callers that gave up) is cancelled, so nothing outlives the loop.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            asyncio.set_event_loop(None)
-            loop.close()
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's workers, queue and totals (see
+        :class:`anyfork.PoolStatistics`)."""
+        return self._engine.statistics()
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> cf.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def worker_pids(self) -> list[int]:
+        """The pids of the pool's ready workers, oldest first."""
+        return self._engine.worker_pids()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for it; an interrupted wait cancels it."""
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise RuntimeError("a blocking pool call from inside the pool's own thread")
-        fut = self.submit(coro)
-        try:
-            return fut.result(timeout)
-        except BaseException:
-            fut.cancel()
-            raise
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(pool.statistics())`` holds; return those statistics
+        (checked after every change of the pool's state, never polled: see
+        ``Pool.wait_until``).
 
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join()
+        Raises:
+            TimeoutError: after ``timeout`` seconds."""
+        return self._engine.wait_until(predicate, timeout)
 
 
-async def _open(template: Process | None, func: Func, options: dict[str, Any]) -> Pool:
-    pool = Pool(template, func, **options)
-    await pool.__aenter__()
-    return pool
-
-
-class BlockingPool:
+class BlockingPool(_Face):
     """The blocking twin of :class:`anyfork.Pool`, for programs without an event loop.
 
     ::
@@ -97,104 +63,81 @@ class BlockingPool:
             for result in pool.map(range(100)):
                 ...
 
-    Same arguments and behaviour as ``Pool``; the constructor opens the pool (and raises a
+    Same arguments and scheduling as ``Pool``; the constructor opens the pool (and raises a
     worker's start-up error, as ``async with Pool`` does).  Thread-safe: any thread may call.
-    The pool runs on a private event loop in one background thread, which ``close()`` joins.
+    Each worker is served by a thread of the pool's own, and a caller runs its call on the
+    worker's connection itself when the worker is free (no thread handoff); ``close()`` joins
+    the threads.  A pool never closed is closed at exit, its queued calls still served.
 
-    Interrupting a call (``KeyboardInterrupt``) cancels it as cancelling ``await pool(...)``
-    would: a queued call is withdrawn, a running one cancelled (the sync backend kills its
-    worker).
+    Raises:
+        The start-up error of the initial workers (its own type, and an ``AnyforkError``);
+        ``ValueError``/``TypeError`` for bad arguments.
+
+    Interrupting a call (``KeyboardInterrupt``): a call not started is withdrawn; one the
+    caller runs itself is abandoned as the RPC client does it (the sync backend kills its
+    worker, which leaves the pool at once); one a worker's thread runs finishes there.
     """
 
     def __init__(self, template: Process | None, func: Func, **options: Any) -> None:
-        self._thread: _LoopThread | None = _LoopThread("anyfork-pool")
-        try:
-            self._pool = self._thread.run(_open(template, func, options))
-        except BaseException:
-            self._thread.stop()
-            self._thread = None
-            raise
+        self._engine = ThreadsEngine(template, func, **options)
+        self._engine.open(wait=True)
 
     def __repr__(self) -> str:
-        return f"<anyfork.BlockingPool {'open' if self._thread else 'closed'}>"
-
-    def _loop_thread(self) -> _LoopThread:
-        thread = self._thread
-        if thread is None:
-            from .._errors import ClosedError
-
-            raise ClosedError("the pool is closed")
-        return thread
+        engine = self._engine
+        return describe("BlockingPool", engine.func, engine.closing, self.statistics())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in a worker and return its result (see ``Pool.__call__``)."""
-        return self._loop_thread().run(self._pool._call(args, kwargs, None))
+        return self._engine.call(args, kwargs, None)
 
     def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Like ``pool(...)`` with a ``timeout`` in seconds (see ``Pool.call``)."""
-        return self._loop_thread().run(self._pool._call(args, kwargs, timeout))
+        """Like ``pool(...)`` with a ``timeout`` in seconds (see ``Pool.call``).
+
+        Raises:
+            TimeoutError: the call took longer (queued or running); a running call is
+            abandoned (the sync backend kills its worker, which leaves the pool at once)."""
+        return self._engine.call(args, kwargs, timeout)
 
     def map(
         self,
         *iterables: Iterable[Any],
         max_in_flight: int | None = None,
         timeout: float | None = None,
-        progress: bool | Callable[[int, int | None], object] = False,
+        progress: bool | Progress = False,
     ) -> Generator[Any, None, None]:
         """Yield the results of ``func(*items)`` in order, with at most ``max_in_flight``
-        calls in flight (see ``Pool.map``; the iterables are read in the pool's thread)."""
-        thread = self._loop_thread()
-        agen = self._pool.map(
-            *iterables, max_in_flight=max_in_flight, timeout=timeout, progress=progress
+        calls in flight (see ``Pool.map``).  Closing the generator early withdraws the calls
+        still queued and lets those running finish.
+
+        Raises:
+            TypeError: no iterable; ValueError: a bad ``max_in_flight``."""
+        engine = self._engine
+        window: Window[cf.Future[Any]] = Window(
+            iterables,
+            window_size(max_in_flight, engine.settings),
+            progress,
+            lambda args: engine.submit(args, {}, timeout),
+            cf.Future.cancel,
         )
-
-        async def step() -> Any:
-            return await agen.__anext__()
-
-        async def stop() -> None:
-            await agen.aclose()
-
-        try:
-            while True:
-                try:
-                    yield thread.run(step())
-                except StopAsyncIteration:
-                    return
-        finally:
-            if thread.thread.is_alive():
-                thread.run(stop())
-
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool (see :class:`anyfork.PoolStatistics`)."""
-
-        async def stats() -> PoolStatistics:
-            return self._pool.statistics()
-
-        return self._loop_thread().run(stats())
+        return bmap(window)
 
     def wait_for(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
-        """Block until ``predicate(statistics)`` holds (see ``Pool.wait_for``)."""
-        return self._loop_thread().run(self._pool.wait_for(predicate, timeout=timeout))
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the pool's ready workers."""
-
-        async def pids() -> list[int]:
-            return self._pool.worker_pids()
-
-        return self._loop_thread().run(pids())
+        """Deprecated alias of :meth:`wait_until`."""
+        warnings.warn(
+            "BlockingPool.wait_for() is deprecated: use BlockingPool.wait_until()",
+            DeprecationWarning,
+            2,
+        )
+        return self.wait_until(predicate, timeout=timeout)
 
     def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
-        """Close the pool (see ``Pool.aclose``) and join its thread.  Idempotent."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        try:
-            thread.run(self._pool.aclose(cancel=cancel, timeout=timeout))
-        finally:
-            thread.stop()
+        """Close the pool (see ``Pool.aclose``) and join its threads.  Idempotent.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds, once the rest is cancelled."""
+        self._engine.close(cancel=cancel, timeout=timeout)
 
     def cancel(self) -> None:
         """Close the fast way: kill the workers, fail queued calls (see ``Pool.cancel``)."""
@@ -204,11 +147,12 @@ class BlockingPool:
         return self
 
     def __exit__(self, t: type[BaseException] | None, *rest: object) -> None:
+        """Graceful ``close()``; after an exception in the block, ``close(cancel=True)``."""
         self.close(cancel=t is not None)
 
 
-class PoolExecutor(cf.Executor):
-    """A :class:`concurrent.futures.Executor` backed by an :class:`anyfork.Pool`.
+class PoolExecutor(_Face, cf.Executor):
+    """A :class:`concurrent.futures.Executor` backed by a pool of RPC workers.
 
     ::
 
@@ -230,9 +174,11 @@ class PoolExecutor(cf.Executor):
     and a caller that waits in ``result()`` (without a timeout) runs its call on the worker's
     connection itself, which saves the handoff both ways.
     Workers start at the first ``submit``; ``shutdown(wait=True)`` runs the queued calls, stops
-    the workers and joins the threads.  ``future.cancel()`` succeeds until the call starts
-    (queued, or handed to a busy worker).  Worker death fails only that call's future
-    (``WorkerDiedError``); the executor stays usable, unlike ``ProcessPoolExecutor``.
+    the workers and joins the threads; an executor never shut down is shut down that way at
+    exit.  ``future.cancel()`` succeeds until the call starts (queued, or handed to a busy
+    worker).  Worker death fails only that call's future (``WorkerDiedError``); the executor
+    stays usable, unlike ``ProcessPoolExecutor``.  A worker that cannot start fails the futures
+    waiting for it with its start-up error (its own type, and an ``AnyforkError``).
     """
 
     def __init__(
@@ -246,38 +192,36 @@ class PoolExecutor(cf.Executor):
         if max_workers is not None:
             options["max"] = max_workers
         self._func = func_ref(func) if func is not None else None
-        # The pool's policy driven by threads (no event loop in between: see _pool_threads);
-        # built now so that bad settings raise here; workers start with the first submit().
-        self._pool = ThreadedPool(template, self._func or _APPLY, **options)
+        # Built now so that bad settings raise here; workers start with the first submit().
+        self._engine = ThreadsEngine(template, self._func or _APPLY, **options)
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` (``fn`` must be the pool's function when it has
-        one); return its :class:`concurrent.futures.Future`."""
+        one); return its :class:`concurrent.futures.Future`.
+
+        Raises:
+            ValueError: another function than the pool's; RuntimeError: after shutdown."""
         if self._func is None:
-            return self._pool.submit((fn, args, kwargs), {})
-        ref = func_ref(fn)
-        if ref != self._func:
-            raise ValueError(
-                f"this executor's pool serves {self._func}; submit() takes that function "
-                f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
-            )
-        return self._pool.submit(args, kwargs)
-
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the executor's pool (see :class:`anyfork.PoolStatistics`)."""
-        return self._pool.statistics()
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the executor's ready workers, oldest first."""
-        return self._pool.worker_pids()
+            args, kwargs = (fn, args, kwargs), {}
+        else:
+            ref = func_ref(fn)
+            if ref != self._func:
+                raise ValueError(
+                    f"this executor's pool serves {self._func}; submit() takes that function "
+                    f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
+                )
+        try:
+            return self._engine.submit(args, kwargs)
+        except ClosedError:
+            raise RuntimeError("cannot schedule new futures after shutdown") from None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures=True`` cancels those not started yet.  ``wait=True``
         returns once every call has finished, the workers have exited and the pool's threads
         are joined; ``wait=False`` returns at once and all that happens afterwards."""
         if cancel_futures:
-            self._pool.cancel_pending()
-        self._pool.close(wait=wait)
+            self._engine.cancel_pending()
+        self._engine.close(wait=wait)
 
 
 publish(globals())

@@ -1,21 +1,116 @@
-"""``Pool.map``: results in order, a bounded number of calls in flight, optional progress."""
+"""``map`` for every pool face: results in order, a bounded number of calls in flight, progress.
+
+One :class:`Window` holds the logic (read the iterables lazily, keep at most ``limit`` calls
+submitted, hand back the oldest, count and report progress, withdraw what is still queued when
+the map stops early); the two generators below only wait, one with ``await``, one blocking.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Sized
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sized
+from typing import Any, Generic, TypeVar
 
-if TYPE_CHECKING:
-    from ._aio import Pool
+from ._policy import Settings
 
+F = TypeVar("F")
 Progress = Callable[[int, "int | None"], object]
+
+
+def window_size(max_in_flight: int | None, settings: Settings) -> int:
+    """``max_in_flight``, checked, or by default twice the pool's capacity (``2 * max * load``)."""
+    if max_in_flight is None:
+        return 2 * settings.max * settings.load
+    if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
+    return max_in_flight
+
+
+class Window(Generic[F]):
+    """The calls of one ``map`` in flight: ``submit(args)`` makes one (a future, already
+    queued), ``withdraw(future)`` takes one back if it has not started (and makes sure an
+    abandoned one's error is never reported as unretrieved)."""
+
+    def __init__(
+        self,
+        iterables: tuple[Iterable[Any], ...],
+        limit: int,
+        progress: bool | Progress,
+        submit: Callable[[tuple[Any, ...]], F],
+        withdraw: Callable[[F], object],
+    ) -> None:
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        self._total = _length(iterables)
+        self._items = iter(zip(*iterables, strict=False))  # stops with the shortest, as map()
+        self._limit = limit
+        self._submit = submit
+        self._withdraw = withdraw
+        self._pending: deque[F] = deque()
+        self._exhausted = False
+        self._done = 0
+        self._progress = progress
+        self._hook: Progress | None = None
+        self._close_bar: Callable[[], object] = lambda: None
+
+    def next(self) -> F | None:
+        """Submit calls up to the limit; return the oldest one's future (``None``: all done)."""
+        if self._hook is None:
+            self._hook, self._close_bar = _progress_hook(self._progress, self._total)
+        pending = self._pending
+        while not self._exhausted and len(pending) < self._limit:
+            try:
+                args = next(self._items)
+            except StopIteration:
+                self._exhausted = True
+                break
+            pending.append(self._submit(args))
+        return pending[0] if pending else None
+
+    def delivered(self) -> None:
+        """The oldest call's result has been taken (counted as delivered, in order)."""
+        self._pending.popleft()
+        self._done += 1
+        assert self._hook is not None
+        self._hook(self._done, self._total)
+
+    def close(self) -> None:
+        """The map ends (done, failed or stopped early): calls still queued are withdrawn,
+        those running are left to finish (their results are dropped)."""
+        pending, self._pending = self._pending, deque()
+        for fut in pending:
+            self._withdraw(fut)
+        self._close_bar()
+
+
+async def amap(window: Window[Any]) -> AsyncGenerator[Any, None]:
+    """The results of ``window``'s calls in order, awaited."""
+    try:
+        while (fut := window.next()) is not None:
+            # shield: cancelling the consumer must not cancel a running call (that would kill
+            # its worker with the sync backend); close() decides what to do with it.
+            result = await asyncio.shield(fut)
+            window.delivered()
+            yield result
+    finally:
+        window.close()
+
+
+def bmap(window: Window[Any]) -> Generator[Any, None, None]:
+    """The results of ``window``'s calls in order (``concurrent.futures`` futures), waited for."""
+    try:
+        while (fut := window.next()) is not None:
+            result = fut.result()
+            window.delivered()
+            yield result
+    finally:
+        window.close()
 
 
 def _progress_hook(
     progress: bool | Progress, total: int | None
-) -> tuple[Progress, Callable[[], None]]:
+) -> tuple[Progress, Callable[[], object]]:
     """``(hook(done, total), close())`` for ``progress``: a callable as it is, ``True`` as a
     tqdm bar when tqdm is installed (else nothing), ``False`` nothing."""
     if callable(progress):
@@ -35,69 +130,3 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     if all(isinstance(it, Sized) for it in iterables):
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
     return None
-
-
-async def pool_map(
-    pool: Pool,
-    iterables: tuple[Iterable[Any], ...],
-    max_in_flight: int | None,
-    timeout: float | None,
-    progress: bool | Progress,
-) -> AsyncGenerator[Any, None]:
-    if not iterables:
-        raise TypeError("map() needs at least one iterable")
-    settings = pool._settings
-    limit = 2 * settings.max * settings.load if max_in_flight is None else max_in_flight
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
-    loop = asyncio.get_running_loop()
-    total = _length(iterables)
-    hook, close_bar = _progress_hook(progress, total)
-    done = 0
-    # Each task: the call's task and whether a worker has taken it (then it is left to finish
-    # if the map stops early, so the worker is not killed for nothing).
-    pending: deque[tuple[asyncio.Task[Any], list[bool]]] = deque()
-
-    def completed(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a dropped result never warns
-
-    def submit(args: tuple[Any, ...]) -> None:
-        taken = [False]
-
-        def on_dispatch() -> bool:
-            taken[0] = True
-            return True
-
-        task = loop.create_task(pool._call(args, {}, timeout, on_dispatch))
-        task.add_done_callback(completed)
-        pending.append((task, taken))
-
-    items = iter(zip(*iterables, strict=False))  # stops with the shortest, as map() does
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and len(pending) < limit:
-                try:
-                    args = next(items)
-                except StopIteration:
-                    exhausted = True
-                    break
-                submit(args)
-            if not pending:
-                return
-            task, _ = pending[0]
-            # shield: cancelling the consumer must not cancel a running call (that would kill
-            # its worker with the sync backend); the cleanup below decides what to do with it.
-            result = await asyncio.shield(task)
-            pending.popleft()
-            # Counted as delivered, in order: a done callback may not have run yet when a call
-            # that finished early is awaited (the await then does not suspend).
-            done += 1
-            hook(done, total)
-            yield result
-    finally:
-        for task, taken in pending:
-            if not taken[0]:
-                task.cancel()  # still queued: withdrawn
-        close_bar()

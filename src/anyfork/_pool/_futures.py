@@ -1,0 +1,114 @@
+"""The threads engine's calls and their ``concurrent.futures`` futures, and the future state
+changes it makes from several threads at once."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import queue
+import time
+from typing import Any, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._threads import _Worker
+
+
+class Helper(Protocol):
+    def help_with(self, call: Call) -> None:
+        """Run ``call`` in this (waiting) thread if a worker has it and nobody started it."""
+
+
+class Call:
+    """A call: its arguments, deadline and future, and where it is."""
+
+    __slots__ = ("args", "claimed", "deadline", "fut", "kwargs", "timeout", "worker")
+
+    def __init__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], helper: Helper, timeout: float | None
+    ) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.fut = Future(self, helper)
+        self.worker: _Worker | None = None  # set when a worker is given the call
+        self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
+
+
+class Future(cf.Future[Any]):
+    """The engine's future: a caller that waits for it may run the call itself.
+
+    A call given to a worker normally waits in that worker's inbox until its thread wakes and
+    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
+    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
+    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
+    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
+    """
+
+    def __init__(self, call: Call, helper: Helper) -> None:
+        super().__init__()
+        self.call = call
+        self._helper = helper
+
+    def result(self, timeout: float | None = None) -> Any:
+        # With a timeout the caller must be free to stop waiting, so it does not run the call.
+        if timeout is None and not self.done():
+            self._helper.help_with(self.call)
+        return super().result(timeout)
+
+
+# A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
+# through set_running_or_notify_cancel(), which raises if called twice.  A cancel() from any
+# thread can race a worker taking the call, so both transitions are made under the future's own
+# (reentrant) lock, reading its state, as the stdlib executors' internals do.
+
+
+def run_or_skip(fut: cf.Future[Any]) -> bool:
+    """Mark the future running (``True``), or notify its cancellation once (``False``)."""
+    with fut._condition:  # private, see above
+        if fut._state == "PENDING":
+            return fut.set_running_or_notify_cancel()
+        notify_cancelled(fut)
+        return False
+
+
+def notify_cancelled(fut: cf.Future[Any]) -> None:
+    """``wait``/``as_completed`` learn that a cancelled future is done (once)."""
+    with fut._condition:
+        if fut._state == "CANCELLED":
+            fut.set_running_or_notify_cancel()
+
+
+def fail(calls: list[Call], error: BaseException) -> None:
+    """Fail calls that never reached a worker (outside the pool's lock: callbacks run)."""
+    for call in calls:
+        if run_or_skip(call.fut):
+            call.fut.set_exception(error)
+
+
+def settles(fut: cf.Future[Any], deadline: float) -> bool:
+    """Wait until ``fut`` is done or ``deadline``; ``False`` at the deadline."""
+    try:
+        fut.exception(remaining(deadline))  # the call's own error is not raised here
+    except cf.TimeoutError:
+        return False
+    except cf.CancelledError:
+        pass
+    return True
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``time.monotonic()``), never below 0; ``None``: none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
+    """Take every call from a worker's inbox (the stop marks go too)."""
+    calls: list[Call] = []
+    while True:
+        try:
+            call = inbox.get_nowait()
+        except queue.Empty:
+            return calls
+        if call is not None:
+            calls.append(call)

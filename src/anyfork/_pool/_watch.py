@@ -1,0 +1,171 @@
+"""What the threads engine watches besides its calls: idle workers that die, its own changes of
+state (for ``wait_until``), and the end of the program."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .._rpc._blocking import BlockingClient
+from ._futures import remaining
+
+#: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
+_MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
+
+
+class Watcher:
+    """Notices idle workers that die, so they are replaced without waiting for a call.
+
+    One thread per pool (started with its first worker) sleeps in ``epoll`` on every ready
+    worker's socket for ``EPOLLRDHUP`` only: the worker's end was closed.  A reply arriving on a
+    socket does not wake it, so calls cost nothing here.  Each report is one-shot:
+    ``on_hangup(worker)`` looks (the worker may be busy: its call then tells), and calls
+    :meth:`rearm` if the worker lives.  The engine calls :meth:`forget` before the worker's
+    client closes its socket (whose fd number may be reused at once)."""
+
+    def __init__(self, on_hangup: Callable[[Any], object]) -> None:
+        self._on_hangup = on_hangup
+        self._lock = threading.Lock()
+        self._watched: dict[int, object] = {}
+        self._epoll: select.epoll | None = None
+        self._stop = -1  # an eventfd that ends the thread
+        self._thread: threading.Thread | None = None
+
+    def watch(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                self._stop = os.eventfd(0, os.EFD_CLOEXEC)
+                self._epoll.register(self._stop, select.EPOLLIN)
+                self._thread = threading.Thread(
+                    target=self._run,
+                    args=(self._epoll, self._stop),
+                    name="anyfork-pool-watch",
+                    daemon=True,
+                )
+                self._thread.start()
+            self._watched[fd] = worker
+            self._epoll.register(fd, _MASK)
+
+    def rearm(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is not None and self._watched.get(fd) is worker:
+                self._epoll.modify(fd, _MASK)
+
+    def forget(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is not None and self._watched.get(fd) is worker:
+                del self._watched[fd]
+                with contextlib.suppress(OSError):  # closed already: out of the epoll set
+                    self._epoll.unregister(fd)
+
+    def _run(self, epoll: select.epoll, stop: int) -> None:
+        while True:
+            for fd, _ in epoll.poll():
+                if fd == stop:
+                    return
+                with self._lock:
+                    worker = self._watched.get(fd)
+                if worker is not None:
+                    self._on_hangup(worker)
+
+    def close(self) -> None:
+        """End the thread (the pool has closed)."""
+        with self._lock:
+            epoll, thread, stop = self._epoll, self._thread, self._stop
+            self._epoll, self._thread, self._stop = None, None, -1
+            self._watched.clear()
+        if thread is not None:
+            os.eventfd_write(stop, 1)
+            thread.join()
+        if epoll is not None:
+            epoll.close()
+            os.close(stop)
+
+
+class Changes:
+    """The pool's changes of state, for ``wait_until``: a count bumped at each (under the
+    pool's lock), and the threads waiting for the next one (notified only if there are)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._cond = threading.Condition(lock)
+        self.version = 0
+        self._waiting = 0
+
+    def bump(self) -> None:
+        self.version += 1
+        if self._waiting:
+            self._cond.notify_all()
+
+    def wait_past(self, version: int, deadline: float | None) -> bool:
+        """With the lock held: wait until the state has changed since ``version``; ``False``
+        at the deadline (``time.monotonic()``)."""
+        while self.version == version:
+            wait = remaining(deadline)
+            if wait == 0.0:
+                return False
+            self._waiting += 1
+            try:
+                self._cond.wait(wait)
+            finally:
+                self._waiting -= 1
+        return True
+
+
+def died_idle(client: BlockingClient) -> bool:
+    """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
+    worker sends nothing unasked.
+
+    Looked at under the client's lock, which a call holds from its request to its reply: a
+    call another thread has in flight on this worker (a waiting caller's, next to the
+    worker's thread) makes the socket readable too, with its reply, and taking that for a
+    death aborted the client under it (seen under CPU load)."""
+    with client._lock:
+        sock = client._sock
+        if sock is None or sock.fileno() < 0:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+
+# -- the pools still open at exit ------------------------------------------------------------
+
+
+class Closable(Protocol):
+    def close(self, *, wait: bool = True) -> None: ...
+
+
+_live: weakref.WeakSet[Closable] = weakref.WeakSet()
+_at_exit: list[bool] = []  # the hook is registered
+
+
+def opened(pool: Closable) -> None:
+    """``pool`` is open: close it when the main thread ends, if it is still open then."""
+    _live.add(pool)
+    if not _at_exit:
+        _at_exit.append(True)
+        # Where the stdlib's executors register theirs: run when the main thread ends, before
+        # non-daemon threads are joined, and before atexit (whose weakref finalizers close
+        # the workers' sockets under the pool).
+        with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
+            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
+
+
+def closed(pool: Closable) -> None:
+    _live.discard(pool)
+
+
+def _close_all() -> None:
+    """At exit: every pool still open is closed the graceful way (queued calls still run,
+    workers stop, threads end), as ``concurrent.futures`` does for its executors."""
+    for pool in list(_live):
+        pool.close(wait=True)
+
+
+os.register_at_fork(after_in_child=_live.clear)  # a forked child has none of those threads
