@@ -66,6 +66,24 @@ def test_burst_on_an_event_loop(make_child: MakeChild) -> None:
     assert asyncio.run(main()) == [b""] * BURST
 
 
+@pytest.mark.timeout(180)
+def test_the_issues_burst_of_5000_through_one_template() -> None:
+    """The issue's bar, always run: 5,000 ``run``s through one user template, all gathered at
+    once on one event loop (no template may block on exit reports nobody has read yet)."""
+    n = 5000
+
+    async def main() -> list[bytes]:
+        with anyfork.new() as tmpl:
+
+            async def one() -> bytes:
+                with await tmpl.fork().run(CLOSE, timeout=150) as sock:
+                    return await _read_all(sock)
+
+            return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 150)
+
+    assert asyncio.run(main()) == [b""] * n
+
+
 def test_burst_from_threads(make_child: MakeChild) -> None:
     """Each thread forks its share at once, then runs them one by one: the blocking face."""
     done: list[bytes] = []
