@@ -161,6 +161,11 @@ class Server(Forker):
             payload = _wire.pack_values([stage, record])
         self.report(_wire.ERROR, payload)
         self._flush_reports()
+        if self.gone:
+            # Nobody reads the report (configure and forget): say it where the original does,
+            # on stderr, rather than fail in silence.
+            _, _, _, message, text = _records.unpack(record)
+            sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed: {text or message}\n")
         leave(1)
 
     # -- the loop --------------------------------------------------------------------------
