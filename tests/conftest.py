@@ -14,10 +14,12 @@ from helpers import children, eventually, open_fds
 
 
 def _persistent() -> tuple[set[int], set[int]]:
-    """The default and early templates outlive tests on purpose: their pid and fd are exempt."""
+    """The default and early templates outlive tests on purpose, and so does the child each
+    keeps forked ahead (``Process._ready``): their pids and fds are exempt."""
     pids: set[int] = set()
     fds: set[int] = set()
-    for proc in (_templates._default, _templates._early):
+    templates = (_templates._default, _templates._early)
+    for proc in (*templates, *(t._ready for t in templates if t is not None)):
         if proc is not None and proc._chan.sock is not None:
             fds.add(proc._chan.fd)
             if proc._pid is not None:

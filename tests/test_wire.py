@@ -140,8 +140,14 @@ def test_frame_layout() -> None:
 
 
 def test_opcodes() -> None:
-    commands = [_wire.IMPORT, _wire.EVAL, _wire.ARGS, _wire.FDS, _wire.FORK, _wire.RUN, _wire.PID]
-    reports = [_wire.STARTED, _wire.ERROR, _wire.FORK_FAILED, _wire.RUNNING, _wire.EXITED]
+    commands = [
+        *(_wire.IMPORT, _wire.EVAL, _wire.ARGS, _wire.FDS, _wire.FORK, _wire.RUN, _wire.PID),
+        _wire.MAIN,
+    ]
+    reports = [
+        *(_wire.STARTED, _wire.ERROR, _wire.FORK_FAILED, _wire.RUNNING, _wire.EXITED),
+        _wire.FORKED,
+    ]
     assert len(set(commands)) == len(commands)
     assert len(set(reports)) == len(reports)
     assert set(commands) == _wire.COMMANDS

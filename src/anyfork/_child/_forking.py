@@ -15,6 +15,7 @@ child always starts from exactly the state it would have had.
 from __future__ import annotations
 
 import _socket
+import _weakref
 import atexit
 import gc
 import os
@@ -25,11 +26,18 @@ from . import _wire
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal  # the same functions; ``signal`` itself would import enum
-    from typing import NoReturn
+    from typing import IO, NoReturn
 else:
     import _signal
 
 RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+# select.POLLIN and friends, without importing select on the way to the first command.
+POLLIN, POLLOUT, POLLERR, POLLHUP = 0x1, 0x4, 0x8, 0x10
+
+#: Buffered file objects made from received fds (weak references): flushed before a fork and
+#: when the process leaves, as Python flushes its own stdio, so nothing written is lost to
+#: ``os._exit`` or written twice by a fork.
+_files: list[_weakref.ref[IO[bytes] | IO[str]]] = []
 
 
 class Forker:
@@ -41,6 +49,8 @@ class Forker:
     (a new child forgets the template's reports)."""
 
     sock: _socket.socket
+    #: The creator has gone: nobody reads our reports any more.
+    gone: bool
 
     def __init__(self) -> None:
         #: This process has forked: it reaps (SIGCHLD through the wakeup fd ``wake_r``).
@@ -53,6 +63,7 @@ class Forker:
         #: child has to look) and forgotten when a command may have installed new handlers.
         self.handled: list[int] | None = None
         self._spare: _socket.socket | None = None
+        self._spare_pid = 0
 
     def report(self, op: int, payload: bytes = b"") -> None:
         raise NotImplementedError
@@ -67,8 +78,8 @@ class Forker:
         raise NotImplementedError
 
     def fork(self, fd: int) -> None:
-        """Fork a child that serves the socket ``fd`` (a failed fork is reported: FORK_FAILED,
-        and this process goes on serving)."""
+        """Fork a child that serves the socket ``fd``, and report its pid (FORKED), or the
+        failure (FORK_FAILED: this process goes on serving), in the order of the FORK frames."""
         if not self.forked:
             preload()
             gc.collect()  # once: the heap the children will share starts without garbage
@@ -80,9 +91,12 @@ class Forker:
         gc.freeze()
         if self.handled is None:
             self.handled = handled_signals()
-        if self._hand_to_spare(fd):
+        pid = self._hand_to_spare(fd)
+        if pid:
+            self.report(_wire.FORKED, _wire.U32.pack(pid))
             self._fork_spare()
             return
+        flush_files()  # or each child would write what our buffers hold once more
         try:
             pid = os.fork()
         except OSError as exc:
@@ -94,24 +108,27 @@ class Forker:
             self.leave_template()
             self.serve_creator(fd)
         os.close(fd)
+        self.report(_wire.FORKED, _wire.U32.pack(pid))
         self._fork_spare()
 
-    def _hand_to_spare(self, fd: int) -> bool:
+    def _hand_to_spare(self, fd: int) -> int:
+        """Give ``fd`` to the spare; its pid, or 0 without a (live) spare."""
         spare, self._spare = self._spare, None
         if spare is None:
-            return False
+            return 0
         try:
             spare.sendmsg(
                 [b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _wire.pack_ints([fd]))]
             )
         except OSError:
-            return False  # the spare died (killed from outside): fork the child directly
+            return 0  # the spare died (killed from outside): fork the child directly
         finally:
             spare.close()
         os.close(fd)
-        return True
+        return self._spare_pid
 
     def _fork_spare(self) -> None:
+        flush_files()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -122,6 +139,7 @@ class Forker:
         if pid:
             theirs.close()
             self._spare = ours
+            self._spare_pid = pid
             return
         ours.close()
         self.leave_template()
@@ -153,6 +171,45 @@ class Forker:
         self.forked = False
         self.wake_r = self.wake_w = -1
         self.leave_reports()
+
+    def linger(self) -> None:
+        """At EOF: while the creator still reads (it has only shut its writing side: it closed
+        this template but waits for its children), go on reaping the children and reporting
+        their exits, until none is left.  A creator that has gone altogether (a hangup on the
+        socket, or a report it refuses) wants nothing more: leave them at once."""
+        if not self.forked:
+            return
+        self.drop_spare()
+        import select  # (loaded already: the serve loop polls with it)
+
+        poll = select.poll()
+        poll.register(self.wake_r, POLLIN)
+        fd = self.sock.fileno()
+        while not self.gone:
+            self.reap()
+            if self.gone or not self.children_left():
+                return
+            poll.register(fd, POLLOUT if self.has_reports() else 0)
+            for ready, what in poll.poll():
+                if ready == fd:
+                    if what & (POLLHUP | POLLERR):
+                        return
+                    self.write_reports()
+
+    def children_left(self) -> bool:
+        """Any child not reaped yet (WNOWAIT: one that has just exited is reaped, and reported,
+        by ``reap``; the SIGCHLD it sent wakes the loop)."""
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
+
+    def has_reports(self) -> bool:
+        raise NotImplementedError
+
+    def write_reports(self) -> None:
+        raise NotImplementedError
 
     def _arm_reaper(self) -> None:
         """Reap forked children at once: SIGCHLD wakes the serve loop through a wakeup fd."""
@@ -263,12 +320,29 @@ def exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def track(file: IO[bytes] | IO[str]) -> None:
+    """Flush ``file`` (a buffered file made from a received fd) before forks and at exit."""
+    _files[:] = [ref for ref in _files if ref() is not None]
+    _files.append(_weakref.ref(file))
+
+
+def flush_files() -> None:
+    for ref in _files:
+        file = ref()
+        try:
+            if file is not None and not file.closed:
+                file.flush()
+        except Exception:
+            pass  # (a pipe nobody reads any more: what it held is lost, as at any exit)
+
+
 def leave(code: int) -> NoReturn:
     """Leave without running the creator's atexit handlers or finalising a copy-on-write heap:
     flush what the function wrote, run the handlers registered in this process, go."""
     try:
         atexit._run_exitfuncs()
     finally:
+        flush_files()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:

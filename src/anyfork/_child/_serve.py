@@ -47,6 +47,10 @@ import sys
 
 from . import _sock, _wire
 from ._forking import (
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
     RECV_FLAGS,
     Forker,
     exit_code,
@@ -56,6 +60,7 @@ from ._forking import (
     leave,
     name,
     restore_signals,
+    track,
 )
 
 TYPE_CHECKING = False
@@ -71,17 +76,23 @@ _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
 #: Reports never block, and never raise SIGPIPE (a forked main program may not ignore it).
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
-# select.POLLIN and friends, without importing select on the way to the first command.
-_POLLIN, _POLLOUT, _POLLERR, _POLLHUP = 0x1, 0x4, 0x8, 0x10
 
 #: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
 current: Server | None = None
+#: This process is a copy of the main program (an early or main template, or forked from one):
+#: its ``__main__`` is the program itself, as it was at the fork.
+forked_main = False
 
 
-class Fd(int):
-    """A received file descriptor in the argument list (kept apart from plain values)."""
+class Fd:
+    """A received file descriptor in the argument list (kept apart from plain values), and how
+    to hand it over (``_wire.FD_RAW``...)."""
 
-    __slots__ = ()
+    __slots__ = ("fd", "spec")
+
+    def __init__(self, fd: int, spec: str) -> None:
+        self.fd = fd
+        self.spec = spec
 
 
 class Server(Forker):
@@ -107,9 +118,12 @@ class Server(Forker):
     def report(self, op: int, payload: bytes = b"") -> None:
         """Queue a report and write what the socket takes now, without blocking."""
         self._out += _wire.frame(op, payload)
-        self._write_reports()
+        self.write_reports()
 
-    def _write_reports(self) -> None:
+    def has_reports(self) -> bool:
+        return bool(self._out)
+
+    def write_reports(self) -> None:
         out = self._out
         while out:
             try:
@@ -132,7 +146,7 @@ class Server(Forker):
     def report_exits(self, frames: bytes) -> None:
         if not self.gone:
             self._out += frames
-            self._write_reports()
+            self.write_reports()
 
     def leave_reports(self) -> None:
         self._poll = None
@@ -180,6 +194,10 @@ class Server(Forker):
             except _wire.WireError as exc:
                 self.fail("protocol", exc)
             if frame is None:
+                # EOF: the creator has let go.  A template still reports its children's exits
+                # while the creator reads (``linger``); then it goes.
+                self.linger()
+                self._flush_reports()
                 leave(0)
             op, payload, fds = frame
             try:
@@ -218,11 +236,11 @@ class Server(Forker):
 
             poll = self._poll = select.poll()
         if self.wake_r >= 0 and not self._polled_wake:
-            poll.register(self.wake_r, _POLLIN)
+            poll.register(self.wake_r, POLLIN)
             self._polled_wake = True
         fd = self.sock.fileno()
         while True:
-            events = (_POLLIN if read else 0) | (_POLLOUT if self._out else 0)
+            events = (POLLIN if read else 0) | (POLLOUT if self._out else 0)
             if not events:
                 return  # nothing left to write, and not asked to read
             if events != self._polled:
@@ -233,9 +251,9 @@ class Server(Forker):
                 if ready == self.wake_r:
                     self.reap()
                     continue
-                if what & (_POLLOUT | _POLLERR | _POLLHUP) and self._out:
-                    self._write_reports()
-                if what & (_POLLIN | _POLLERR | _POLLHUP):
+                if what & (POLLOUT | POLLERR | POLLHUP) and self._out:
+                    self.write_reports()
+                if what & (POLLIN | POLLERR | POLLHUP):
                     readable = True  # data, or EOF: recvmsg says which
             if read and readable:
                 return
@@ -262,12 +280,13 @@ class Server(Forker):
         elif op == _wire.ARGS:
             self.args.extend(_wire.unpack_values(payload))
         elif op == _wire.FDS:
-            count = _wire.unpack_u32(payload)
-            if count != len(fds):
+            try:
+                specs = _wire.unpack_fd_specs(payload, len(fds))
+            except _wire.WireError:
                 for fd in fds:
                     os.close(fd)
-                raise _wire.WireError(f"expected {count} file descriptors, received {len(fds)}")
-            self.args.extend(Fd(fd) for fd in fds)
+                raise
+            self.args.extend(map(Fd, fds, specs))
         elif op == _wire.FORK:
             if len(fds) != 1:
                 for fd in fds:
@@ -279,6 +298,10 @@ class Server(Forker):
             self._run(ref)
         elif op == _wire.PID:
             self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))  # (new_from_fh asks)
+        elif op == _wire.MAIN:
+            from . import _main  # only in the processes of a program that runs its functions
+
+            _main.learn(*_wire.unpack_main(payload))
 
     def _eval(self, payload: bytes) -> None:
         code, *args = _wire.unpack_values(payload)
@@ -340,26 +363,33 @@ _STAGES = {
     _wire.FDS: "send_fh",
     _wire.FORK: "fork",
     _wire.RUN: "run",
+    _wire.MAIN: "main",
 }
+
+#: The names a function of the parent's main program goes by: multiprocessing's name for the
+#: main script imported in a child, too (a reference made in such a child).
+MAIN_NAMES = ("__main__", "__mp_main__")
 
 
 def resolve(ref: str) -> Callable[..., object]:
-    """Find the function ``ref`` names: ``"module:qualname"``, or a bare name in ``__main__``."""
+    """Find the function ``ref`` names: ``"module:qualname"``, or a bare name in ``__main__``
+    (where a name not defined yet makes the process import the parent's main script: ``_main``).
+    """
     module_name, sep, qualname = ref.partition(":")
-    if not sep:
-        module_name, qualname = "__main__", ref
+    if not sep or module_name in MAIN_NAMES:
+        module_name, qualname = "__main__", qualname if sep else ref
     if not qualname:
         raise ValueError(f"function reference {ref!r} names no function")
     obj: object = _lib(module_name)
-    for part in qualname.split("."):
+    for depth, part in enumerate(qualname.split(".")):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            where = "the child's __main__" if module_name == "__main__" else repr(module_name)
-            raise AttributeError(
-                f"{where} has no attribute {qualname!r} (define it with eval(), or put it "
-                f"in an importable module)"
-            ) from None
+            if module_name != "__main__" or depth:
+                raise AttributeError(f"{module_name!r} has no attribute {qualname!r}") from None
+            from . import _main
+
+            raise AttributeError(_main.missing(qualname, forked_main)) from None
     if not callable(obj):
         raise TypeError(f"{ref!r} is not callable")
     return obj
@@ -398,19 +428,39 @@ def _user_socket(raw: _socket.socket) -> socket.socket:
     return _socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach())
 
 
-def wrap(fd: int) -> object:
-    """Turn a received fd into what a user expects: a socket, a file object, or (a directory)
-    the plain fd."""
+def wrap(arg: Fd) -> object:
+    """Turn a received fd into what a user expects: a socket, a file object (buffered and of
+    the kind the parent sent: ``_wire.FD_BUFFERED``, ``FD_TEXT``), or a directory's plain fd."""
+    fd, spec = arg.fd, arg.spec
     stat = _lib("stat")
     mode = os.fstat(fd).st_mode
     if stat.S_ISSOCK(mode):
-        return _socket_type()(fileno=int(fd))
+        return _socket_type()(fileno=fd)
     if stat.S_ISDIR(mode):
-        return int(fd)
+        return fd
     fcntl = _lib("fcntl")
     access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-    file_mode = {os.O_RDONLY: "rb", os.O_WRONLY: "wb"}.get(access, "r+b")
-    return open(int(fd), file_mode, buffering=0)  # ownership passes to the user
+    file_mode = {os.O_RDONLY: "r", os.O_WRONLY: "w"}.get(access, "r+")
+    raw = open(fd, file_mode + "b", buffering=0)  # noqa: SIM115  # the user owns it now
+    if spec == _wire.FD_RAW:
+        return raw
+    io = _lib("io")
+    try:
+        if file_mode == "r":
+            buffered = io.BufferedReader(raw)
+        elif file_mode == "w":
+            buffered = io.BufferedWriter(raw)
+        else:
+            buffered = io.BufferedRandom(raw)  # (a seekable file; else raw, below)
+    except (OSError, ValueError):
+        return raw
+    file = buffered
+    if spec != _wire.FD_BUFFERED:
+        encoding, errors, line_buffering = _wire.unpack_text_spec(spec)
+        file = io.TextIOWrapper(buffered, encoding, errors, line_buffering=line_buffering)
+    if file_mode != "r":
+        track(file)
+    return file
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
@@ -434,6 +484,8 @@ def _refuse_version(fd: int, version: str) -> NoReturn:
 
 def serve_forked(fd: int, owner: int) -> NoReturn:
     """Serve in a process forked from the main program (early and main templates)."""
+    global forked_main
+    forked_main = True
     atexit._clear()  # the main program's handlers are not ours to run
     ignore_interrupts()
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
@@ -445,6 +497,11 @@ def main() -> NoReturn:
     """Entry point of an exec'd interpreter (``_spawn.BOOT`` and ``_spawn.SHIPPED_BOOT``)."""
     version, fd, owner = sys.argv[1:4]
     del sys.argv[1:]
+    # ``__main__`` is the boot code's: what it bound there must not pass for the program's (a
+    # function ``main`` run by name), nor keep the shipped code (``data``) alive.
+    namespace = sys.modules["__main__"].__dict__
+    for key in [key for key in namespace if not key.startswith("__")]:
+        del namespace[key]
     # Only stdio and our socket: whatever else our creator had open without close-on-exec (a
     # library's, or its creator's) would otherwise live on in us and in every child we fork,
     # keeping connections and pipes open (AnyEvent::Fork's "leaked fds through exec").

@@ -48,14 +48,15 @@ class Wait:
     ``until`` (a ``time.monotonic()`` deadline) bounds this one wait: the generator is resumed
     with ``False`` when it passes, instead of the whole operation failing.  With ``chan``
     ``None`` it is a plain sleep until ``until`` (bounded polling for a fact only the OS knows,
-    such as a child's exit status), which the asyncio driver sleeps without blocking the loop.
+    such as a child's exit status), which the asyncio driver sleeps without blocking the loop;
+    or, given ``fd``, a wait for that fd to be readable (a pidfd: the process has exited).
 
     ``upto`` (WRITE): the frame whose writing the generator waits for (default: all queued).
     ``drain``: meanwhile, whenever ``drain[0]`` is readable, call ``drain[1]`` (which reads it)
     without waking the generator: how a child's wait keeps its template's reports drained.
     """
 
-    __slots__ = ("chan", "drain", "kind", "until", "upto")
+    __slots__ = ("chan", "drain", "fd", "kind", "until", "upto")
 
     def __init__(
         self,
@@ -65,12 +66,14 @@ class Wait:
         *,
         upto: int | None = None,
         drain: Drain | None = None,
+        fd: int | None = None,
     ):
         self.kind = kind
         self.chan = chan
         self.until = until
         self.upto = upto
         self.drain = drain
+        self.fd = fd
 
 
 Op = Generator[Wait, bool, T]
@@ -112,6 +115,8 @@ class Channel:
         self._out: deque[list[object]] = deque()
         self.queued = 0
         self.written = 0
+        #: ``shutdown_write`` was called: nothing more can be queued, reports can still be read.
+        self.write_shut = False
         self._lock = threading.RLock()
         self._watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
 
@@ -120,7 +125,7 @@ class Channel:
     def queue(self, data: bytes, fds: list[int] | None = None) -> int:
         """Append one frame and return its number; the channel owns (and will close) ``fds``."""
         with self._lock:
-            if self.sock is None:
+            if self.sock is None or self.write_shut:
                 for fd in fds or ():
                     os.close(fd)
                 raise BrokenPipeError("the channel is closed")
@@ -221,6 +226,21 @@ class Channel:
             self._wake_all()
         if sock is not None:
             sock.close()
+
+    def shutdown_write(self) -> None:
+        """Stop writing (the child sees EOF) but go on reading its reports: what the parent
+        does with a template it closes, whose children's exits it still wants to hear of."""
+        with self._lock:
+            sock = self.sock
+            if sock is None or self.write_shut:
+                return
+            self.write_shut = True
+            self._drop_queue()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # gone already: reading says so
+            self._wake_all()
 
     def forget(self) -> None:
         """In a forked copy of the program: close without a word to any event loop."""

@@ -16,14 +16,28 @@ While it waits for a forked child, a process also drains its template's reports 
 the template's other children), so that a burst of children never leaves them piling up.
 Dropping or closing a process before ``run`` still delivers what was queued for it
 (``_drive.release``).
+
+Forked ahead: once a template has forked, it keeps its next child forked and connected (the
+FORK frame sent ahead of need, ``_ready``), so that ``fork()`` of an unchanged template (and so
+``anyfork.new()``) hands over a process that is up and waiting for its commands.  A command that
+changes the template discards that child (it was forked with the old state).
+
+Lifetimes: every process's exit status is known to the parent, from the reaper (direct
+children) or from its template's EXITED report, matched to the process by the FORKED report
+that names each child's pid in the order of the FORK frames (so a recycled pid is never
+confused).  A closed template stops serving but, while its children live, goes on reaping them
+and reporting their exits, which ``wait()`` reads.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 import socket
+import sys
+import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -31,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from .._child import _wire
 from .._errors import ClosedError, SpawnError
 from .._util import publish
-from . import _reaper
+from . import _main, _reaper
 from ._channel import Channel
-from ._drive import drive_async, drive_blocking
+from ._drive import drive_async, drive_blocking, release
 from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
 
 if TYPE_CHECKING:
@@ -71,21 +85,24 @@ class Process(ProcessProtocol):
 
     @property
     def pid(self) -> int | None:
-        """The process id: known at once for exec'd processes and main-program templates, and
-        for forked ones as soon as the child has reported it (always after ``run``, or after
-        ``wait_started``).  ``None`` until then."""
-        if self._pid is None and self._state == _OPEN:
-            self._poll_reports()
+        """The process id, as far as it is known (this property does no I/O): at once for
+        exec'd processes and main-program templates; for forked ones once the parent has read
+        their template's or their own report of it (always after ``run``, ``wait_started`` or
+        ``wait``, and usually after ``fork()``: a child forked ahead has reported already).
+        ``None`` until then."""
         return self._pid
 
     @property
     def returncode(self) -> int | None:
-        """Exit status (``-N`` for signal N) once a *direct* child (``new_exec``, early and main
-        templates) has exited and been reaped; always ``None`` for forked processes, which are
-        their template's children."""
-        if not self._direct or self._pid is None:
-            return None
-        return _reaper.returncode(self._pid)
+        """The exit status once it is known (this property does no I/O), else ``None``: the
+        code the process exited with, or ``-N`` if signal N killed it (as in ``subprocess``).
+
+        Known after :meth:`wait` or :meth:`poll` returned it, or whenever anyfork has read it
+        meanwhile (direct children are reaped on SIGCHLD; a forked process's exit is reported
+        by its template, whose reports are read whenever the template is used)."""
+        if self._returncode is None and self._direct and self._pid is not None:
+            self._returncode = _reaper.known(self._pid)
+        return self._returncode
 
     # -- preparation (queue, never block) --------------------------------------------------
 
@@ -147,8 +164,15 @@ class Process(ProcessProtocol):
         """Pass file descriptors to the process; they join the arguments in order.
 
         Each descriptor is duplicated at once, so the caller may close its own copy right after
-        this call.  In the child a socket arrives as ``socket.socket``, a file or pipe as an
-        unbuffered binary file object of the right mode, a directory as an int.
+        this call.  In the child a socket arrives as ``socket.socket``, a directory as an int,
+        and a file or pipe as a file object of the right mode (read, write, both) and of the
+        kind sent: a buffered file object (``open(path, "rb")``) as a buffered one, a text file
+        as a text file of the same encoding, anything else (an int fd, an unbuffered
+        ``FileIO``) as an unbuffered binary ``FileIO``.  Wrap that one once to read it by lines
+        at speed: ``pipe = io.BufferedReader(pipe)`` (reading a ``FileIO`` by lines makes a
+        system call per byte).  A buffered writer is flushed when the child's function returns
+        and before a template forks (so nothing is lost or written twice); flush it yourself
+        before ``os._exit``.
 
         Args:
             handles: ints, sockets, files: anything with ``fileno()``.
@@ -161,6 +185,7 @@ class Process(ProcessProtocol):
             SpawnError: the process is known to be dead.
         """
         dups: list[int] = []
+        specs = [_fd_spec(handle) for handle in handles]
         try:
             for handle in handles:
                 fd = handle if isinstance(handle, int) else handle.fileno()
@@ -183,32 +208,65 @@ class Process(ProcessProtocol):
             raise
         for start in range(0, len(dups), _wire.MAX_FDS):
             chunk = dups[start : start + _wire.MAX_FDS]
-            self._send(_wire.FDS, _wire.U32.pack(len(chunk)), chunk)
+            kinds = specs[start : start + _wire.MAX_FDS]
+            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
         return self
 
     def fork(self) -> Process:
         """Return a new process forked from this one, which keeps serving.
 
         The child inherits everything sent to this process before the fork; what is sent to
-        the child afterwards is its own.
+        the child afterwards is its own.  This process keeps its next child forked ahead of
+        need: the one returned is usually up already, waiting for its commands (unless a
+        command changed this process since the last ``fork``).
 
         Raises:
             SpawnError: this process is known to be dead, or failed (at once).
             ClosedError: this process has run, been handed over or closed.
+            OSError: no file descriptors left for the new process's socket.
         """
-        self._check_open()
-        self._poll_reports()
-        self._raise_if_failed()
+        with self._lock:
+            self._check_open()
+            self._poll_reports()
+            self._raise_if_failed()
+            child, self._ready = self._ready, None
+            if child is not None:
+                child._template = self  # (see _new_child)
+                if not child._usable():
+                    child.close()  # it died while it waited (killed from outside): fork again
+                    child = None
+            if child is None:
+                child = self._new_child()
+            try:
+                self._ready = self._new_child()
+            except (OSError, SpawnError):
+                pass  # no child ahead this time; the next fork() says what is wrong
+            else:
+                # Until fork() hands it out, the child ahead holds no reference to us: we hold
+                # it, and a cycle would keep a dropped template (and its process) alive until
+                # the garbage collector runs.
+                self._ready._template = None
+            return child
+
+    def _new_child(self) -> Process:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd = child_end.detach()
         child = Process(Channel(parent_end), template=self)
+        child._main_forked = self._main_forked
         try:
             child._fork_frame = self._command(_wire.FORK, b"", [fd])
         except BaseException:
             child.close()
             raise
+        self._unforked.append(weakref.ref(child))
         self._forked += 1
         return child
+
+    def _discard_ready(self) -> None:
+        """This process's state is about to change: the child forked ahead has the old one."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.close()
 
     def _send(self: P, op: int, payload: bytes, fds: list[int] | None = None) -> P:
         self._command(op, payload, fds)
@@ -216,6 +274,8 @@ class Process(ProcessProtocol):
 
     def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
         """Queue a command, write what the socket takes; return the frame's number."""
+        if op != _wire.FORK and op != _wire.PID and self._ready is not None:
+            self._discard_ready()
         try:
             self._check_open()
             if len(payload) > _wire.MAX_COMMAND:
@@ -332,6 +392,44 @@ class Process(ProcessProtocol):
         """The blocking twin of :meth:`wait_started` (same arguments and errors)."""
         return drive_blocking(self._started_op(), timeout)
 
+    async def wait(self, *, timeout: float | None = None) -> int:
+        """Wait until the process has exited; return its exit status.
+
+        Works for every kind of process (``new``, ``new_exec``, forked from any template, early
+        and main templates), before or after ``run``, ``to_fh`` or ``close``: ``run`` spends the
+        process for commands, not for waiting.  A process that has not run serves commands
+        until it is closed (or killed), so close it first.  A closed template exits once the
+        children it forked have.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits as long as it takes.
+
+        Returns:
+            The exit status, as ``subprocess`` has it: the code the process exited with, or
+            ``-N`` if signal N killed it.  :attr:`returncode` holds it afterwards.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+            SpawnError: the process never existed (its template could not fork it, or ended
+                first).
+            ChildProcessError: the exit status cannot be known: the process was adopted with
+                ``new_from_fh``, or its template ended (or ran a function, or was handed over)
+                before reporting it, or something else reaped a direct child.
+
+        Cancellation (or timeout): the process is left as it was.
+        """
+        code: int = await drive_async(self._exit_op(), timeout)
+        return code
+
+    def wait_blocking(self, *, timeout: float | None = None) -> int:
+        """The blocking twin of :meth:`wait` (same arguments and errors)."""
+        return drive_blocking(self._exit_op(), timeout)
+
+    def poll(self) -> int | None:
+        """The exit status if the process has exited, else ``None``, without waiting (it reads
+        what has arrived: the reaper's news, the template's reports)."""
+        return self._known_exit_code()
+
     # -- RPC -------------------------------------------------------------------------------
 
     async def rpc(self, func: Func, **options: Any) -> Client:
@@ -356,26 +454,61 @@ class Process(ProcessProtocol):
     def close(self) -> None:
         """Let go of the process: the parent's end is closed once everything queued for it
         (and its FORK frame, still queued on its template) has been written.  A process that
-        has not run then carries out every command it was sent and exits; a template stops
-        serving (children already forked live on).  Dropping the last reference does the same.
+        has not run then carries out every command it was sent and exits.  A template stops
+        serving; the children it has forked live on, and it waits for them, reaping them and
+        reporting their exits (:meth:`wait`), then exits.  Dropping the last reference closes
+        the process as well (a template then exits at once; its children live on).  Closing
+        again does nothing.
 
         Usually the kernel takes everything at once and this returns at once.  Otherwise, in a
         thread with a running event loop a task on that loop writes the rest (and finishes it
         when the loop shuts down); in any other thread this blocks until the process (or its
-        template) has read enough of it.  A ``run`` or ``to_fh`` in progress is abandoned."""
+        template) has read enough of it.  A ``run`` or ``to_fh`` in progress is abandoned.
+
+        A prefork server shuts down in three steps: ``template.close()`` (no more workers), a
+        :meth:`terminate` for each worker, then ``await worker.wait()`` for each (and for the
+        template, which exits after its last worker)."""
         if self._state == _OPEN:
             self._state = _CLOSED
-            self._finalizer()
-        else:
+            self._discard_ready()
+            if self._children_to_report():
+                # A template whose children may still be waited for: it must go on reading
+                # their exits to us.
+                release(self._chan, self._template_channels(), keep_reading=True)
+            else:
+                self._finalizer()
+        elif self._state == _HANDED:
             self._chan.close()
         _reaper.poll()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the process (its pid must be known)."""
-        pid = self.pid
+        """Send ``sig`` (default ``SIGKILL``) to the process.
+
+        Does nothing once the process is known to have exited (its pid may belong to another
+        process by then): the parent looks at what its template (or the reaper) has reported
+        first.
+
+        Raises:
+            ProcessLookupError: the pid is not known yet (:meth:`wait_started` first).
+        """
+        # A template's child forked ahead was forked before the signal: it is not handed out
+        # after (a killed template must fail the next fork, not return a process it made).
+        self._discard_ready()
+        if self._known_exit_code() is not None:
+            return
+        if self._pid is None and self._state == _OPEN:
+            self._poll_reports()
+        pid = self._pid
         if pid is None:
             raise ProcessLookupError("the process has not reported its pid yet")
-        os.kill(pid, sig)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it has exited, and its exit is on its way to us
+
+    def terminate(self) -> None:
+        """Send ``SIGTERM`` to the process: :meth:`kill` with that signal."""
+        self.kill(signal.SIGTERM)
 
     def __enter__(self: P) -> P:
         return self
@@ -402,8 +535,9 @@ class Process(ProcessProtocol):
             raise ClosedError("this process has been closed")
 
     def _start_run(self, func: Func) -> str:
-        ref = func_ref(func)
         self._check_open()
+        ref = self._prepare_func(func)
+        self._discard_ready()
         # Queue only: a write error (the child is dead) is diagnosed by the run operation,
         # which can wait briefly to learn how the child died.
         try:
@@ -411,15 +545,61 @@ class Process(ProcessProtocol):
         except OSError:
             pass
         self._state = _HANDED
+        self._ran = ref
         return ref
 
     def _start_handover(self) -> None:
         self._check_open()
+        self._discard_ready()
         self._state = _HANDED
+
+    def _prepare_func(self, func: Func | None, *, now: bool = False) -> str:
+        """Get the process ready to find ``func``; return the reference to send for it.
+
+        The one way in for ``run``, ``rpc`` and the pools.  For a function of the main program
+        (``__main__:f``, a bare name, or ``func=None``: functions that will arrive pickled
+        later), the process learns where the main script is (a MAIN command, once per process
+        and the templates it is forked from) and imports it as ``__mp_main__`` when a name is
+        first missing from its ``__main__``; ``now``: at once (a template: every process forked
+        from it afterwards shares the import).  A copy of the main program (early and main
+        templates) needs nothing: its ``__main__`` is the program.
+
+        Raises:
+            TypeError: a lambda or local function; or a function of a main module that has
+                no file (interactive, ``-c``, notebook): the message names the ways out.
+            ValueError: a malformed reference string.
+            ClosedError, SpawnError: as for any command.
+        """
+        ref = "" if func is None else func_ref(func)
+        if (func is not None and not _main.names_main(ref)) or self._main_forked:
+            return ref
+        how, where = _main.location()
+        if how == "none" and func is not None and not isinstance(func, str):
+            raise TypeError(_main.unreachable(func, where))
+        level = 2 if now else 1
+        if self._main_level() < level:
+            argv = [arg for arg in sys.argv if isinstance(arg, str)]
+            payload = _wire.pack_values([how, where, "1" if now else "", *argv])
+            self._main_sent.setdefault(level, self._command(_wire.MAIN, payload))
+        _main.alias_in_parent()
+        return ref
+
+    def _main_level(self) -> int:
+        """What this process knows of the main script: 0 nothing, 1 where it is, 2 imported
+        (from MAIN commands sent to it, or to its templates before they forked it)."""
+        level = max(self._main_sent, default=0)
+        proc: Process = self
+        while (tmpl := proc._template) is not None:
+            before = [lvl for lvl, frame in tmpl._main_sent.items() if frame < proc._fork_frame]
+            level = max(level, *before, 0)
+            proc = tmpl
+        return level
 
 
 def func_ref(func: Func) -> str:
-    """``"module:qualname"`` for a function object; strings pass through (checked)."""
+    """``"module:qualname"`` for a function object; strings pass through (checked).  A
+    function of the main program is ``__main__:qualname`` (also one defined in the main
+    script a child imported as ``__mp_main__``)."""
     if isinstance(func, str):
         if not func or func.startswith(":") or func.endswith(":"):
             raise ValueError(f"bad function reference {func!r}: use 'module:qualname' or a name")
@@ -431,9 +611,22 @@ def func_ref(func: Func) -> str:
     if "<" in qualname:
         raise TypeError(
             f"{qualname} cannot be found by name in another process (a lambda or a local "
-            f"function); define it at module level"
+            f"function).  Ways out: define it at module level (in the main script too); or "
+            f"define it in the process with eval() and run it by name; RPC and pools can send "
+            f'it by value with serializer="cloudpickle"'
         )
+    if module in _main.MAIN_NAMES:
+        module = "__main__"
     return f"{module}:{qualname}"
+
+
+def _fd_spec(handle: FdLike) -> str:
+    """How the child hands the fd of ``handle`` over (``send_fh``): as the kind of file sent."""
+    if isinstance(handle, io.TextIOWrapper):
+        return _wire.text_spec(handle.encoding, handle.errors or "strict", handle.line_buffering)
+    if isinstance(handle, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+        return _wire.FD_BUFFERED
+    return _wire.FD_RAW
 
 
 publish(globals())
