@@ -97,3 +97,13 @@ def adopt_and_run(sock, handed):
         chunks.append(chunk)
     inner.close()
     sock.sendall(b"".join(chunks) + f"\npid={proc.pid}".encode())
+
+
+def serve_pids(sock, listener):
+    """A prefork server's worker: answer each connection with this process's pid, until killed
+    (SIGTERM: the default action)."""
+    sock.sendall(b"ready")
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(str(os.getpid()).encode())

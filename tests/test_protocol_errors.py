@@ -282,9 +282,7 @@ def test_a_protocol_version_mismatch_is_one_protocol_error_naming_both(
     if not shipped:
         monkeypatch.setattr(_spawn, "_same_interpreter", lambda exe: False)
     proc = anyfork.new_exec(python=sys.executable)
-    with pytest.raises(
-        anyfork.ProtocolError, match=rf"version 99.* speaks version {ours}\b"
-    ):
+    with pytest.raises(anyfork.ProtocolError, match=rf"version 99.* speaks version {ours}\b"):
         wait(proc, what, face)
     assert proc.wait_blocking(timeout=10) == 2
     assert proc.returncode == 2

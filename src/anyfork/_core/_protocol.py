@@ -187,10 +187,11 @@ class ProcessProtocol:
             self._exits[pid] = code
 
     def _children_to_report(self) -> bool:
-        """Some process forked from this one may still run, and its object lives here (so it
-        may be waited for): not known to have exited, nor to have failed (a failed process
-        exits at once), nor running one of anyfork's own servers (an RPC worker belongs to its
-        client, which learns of its end from its socket)."""
+        """Some process forked from this one runs a function (``run``) and may be waited for:
+        its object lives here, and it is not known to have exited.  Not counted: processes that
+        never ran one (they exit once their commands are done, or failed), and those running
+        one of anyfork's own servers (an RPC worker belongs to its client, which learns of its
+        end from its socket)."""
         if not self._forked:
             return False
         self._receive()
@@ -200,7 +201,7 @@ class ProcessProtocol:
         return any(
             (kid := ref()) is not None
             and kid._returncode is None
-            and kid._failure is None
+            and kid._ran
             and not kid._ran.startswith("anyfork.")
             for ref in refs
         )
