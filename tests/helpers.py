@@ -66,6 +66,12 @@ def children(pid: int | None = None, *, spares: bool = False) -> set[int]:
     return found
 
 
+def ahead(tmpl: anyfork.Process) -> set[int]:
+    """The pids of the children ``tmpl`` keeps forked ahead of need (waited for until they
+    have started: a template's own count of children includes them)."""
+    return {child.wait_started_blocking(timeout=10) for child in tmpl._ready}
+
+
 def state(pid: int) -> str | None:
     """The one-letter process state ('Z' for a zombie), or None if the pid is gone."""
     try:

@@ -339,21 +339,21 @@ def test_wait_started_waits_for_an_exec_child_to_report_in() -> None:
 # spare, forked but not connected (it becomes the child of the next FORK frame).
 
 
-def ahead_of(tmpl: anyfork.Process) -> int:
-    """The pid of the child ``tmpl`` keeps forked ahead (asking does not use it up)."""
-    ready = tmpl._ready
-    assert ready is not None
-    return ready.wait_started_blocking(timeout=10)
+def ahead_of(tmpl: anyfork.Process) -> list[int]:
+    """The pids of the children ``tmpl`` keeps forked ahead, next first (asking does not use
+    them up)."""
+    assert tmpl._ready
+    return [ready.wait_started_blocking(timeout=10) for ready in tmpl._ready]
 
 
-def spare_of(template_pid: int, ahead: int) -> int:
-    """The template's spare (the child forked ahead also bears a spare's name until its first
+def spare_of(template_pid: int, ahead: list[int]) -> int:
+    """The template's spare (a child forked ahead also bears a spare's name until its first
     command, when it came from the spare)."""
     found = eventually(
-        lambda: children(template_pid, spares=True) - children(template_pid) - {ahead},
+        lambda: children(template_pid, spares=True) - children(template_pid) - set(ahead),
         what="the template's spare",
     )
-    assert len(found) == 1
+    assert len(found) == 1, {pid: state(pid) for pid in children(template_pid, spares=True)}
     return found.pop()
 
 
@@ -388,28 +388,35 @@ def test_consecutive_children_are_forked_ahead_and_differ() -> None:
     with anyfork.new() as tmpl:
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
         first = facts_of(tmpl.fork())
-        ahead = ahead_of(tmpl)  # forked when the first fork() returned, up and waiting
+        ahead = ahead_of(tmpl)  # forked when the first child ran, up and waiting
         spare = spare_of(tmpl_pid, ahead)
         second = facts_of(tmpl.fork())
-        after = ahead_of(tmpl)
-    assert second["pid"] == ahead  # the child forked ahead became the second child
-    assert after == spare  # and the spare became the next one ahead
+        after = ahead_of(tmpl)  # forked when the second child ran: two this time
+    assert len(ahead) == 1
+    assert second["pid"] == ahead[0]  # the child forked ahead became the second child
+    assert len(after) == 2
+    assert after[0] == spare  # and the spare became the next one ahead
     assert second["ppid"] == tmpl_pid
     assert first["pid"] != second["pid"]
 
 
 def test_a_spare_that_became_a_template_no_longer_looks_like_one() -> None:
     """``ps`` (and the leak checks here) must not mistake a working process for a spare."""
-    with anyfork.new() as first:
-        first.wait_started_blocking(timeout=10)
-    with anyfork.new() as tmpl:  # the child forked ahead, handed to a spare
+    with anyfork.new() as outer:
+        outer_pid = outer.wait_started_blocking(timeout=10)
+        first = outer.fork()
+        spare = spare_of(outer_pid, [first.wait_started_blocking(timeout=10)])
+        tmpl = outer.fork()  # (no run yet, so no child forked ahead: the spare gets it)
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        assert tmpl_pid == spare
         assert is_spare(tmpl_pid)  # it has had no command but its start
         with tmpl.fork() as child:
             child.wait_started_blocking(timeout=10)
             assert not is_spare(tmpl_pid)
             with open(f"/proc/{tmpl_pid}/comm") as f:
                 assert f.read().strip() == "af:child"
+        tmpl.close()
+        first.close()
 
 
 def test_a_killed_spare_does_not_break_forking() -> None:
@@ -429,7 +436,7 @@ def test_a_killed_child_ahead_is_replaced() -> None:
     """``fork()`` does not hand out the child it forked ahead if that one has died."""
     with anyfork.new() as tmpl:
         facts_of(tmpl.fork())
-        ahead = ahead_of(tmpl)
+        (ahead,) = ahead_of(tmpl)
         os.kill(ahead, signal.SIGKILL)
         eventually(lambda: state(ahead) is None, what="the killed child to be reaped")
         info = facts_of(tmpl.fork().send_arg("still works"))
@@ -444,7 +451,7 @@ def test_spares_and_children_ahead_go_away_with_their_template() -> None:
     ahead = ahead_of(tmpl)
     waiting = spare_of(tmpl_pid, ahead)
     tmpl.close()
-    for pid in (ahead, waiting):
+    for pid in (*ahead, waiting):
         eventually(lambda: not alive(pid), what="the spare and the child ahead to exit")  # noqa: B023
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import anyfork
+from anyfork._child import _wire
 from helpers import FACES, alive, eventually, recv_all, result, run_script, wait_on
 
 MakeProcess = Callable[[], anyfork.Process]
@@ -208,13 +209,12 @@ def test_pid_returns_what_is_known_without_reading() -> None:
     ours, theirs = socket.socketpair()
     with theirs:
         proc = anyfork.new_from_fh(ours)
-        from anyfork._child import _wire
-
         theirs.sendall(_wire.frame(_wire.STARTED, _wire.U32.pack(4242)))
-        assert proc.pid is None
+        seen = [proc.pid]
         assert proc.wait_started_blocking(timeout=10) == 4242
-        assert proc.pid == 4242
+        seen.append(proc.pid)
         proc.close()
+    assert seen == [None, 4242]
 
 
 @pytest.mark.parametrize("how", ["main", "early"])

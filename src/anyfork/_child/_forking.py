@@ -5,11 +5,21 @@ clean state a new process starts from (signals, name, the template's fds left be
 module is loaded into every exec'd interpreter and lives in every fork: it imports only ``os``
 and builtin modules.
 
-A spare is the next child, forked in advance: after each fork the template forks one more
-process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
-work) then happens on another core while the previous child runs, instead of between a FORK and
-its child's first byte.  Any command that changes the template's state discards the spare, so a
-child always starts from exactly the state it would have had.
+Forking is slow, and slows down whatever runs beside it, so a template forks what it can when
+nothing else is going on:
+
+* A spare is the next child, forked in advance: after each fork the template forks one more
+  process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
+  work) then happens instead of between a FORK and its child's first byte.  The template forks
+  the spare once it has had no command for ``SPARE_DELAY``.
+* Children asked for ahead of need (AHEAD: the parent keeps children forked ahead, see
+  ``anyfork._core._process``) are forked once the template has been idle for ``SPARE_DELAY``
+  (the parent's processes start in the meantime undisturbed), or before the next command
+  (so that everything stays in order), or at once if the parent asks for that (it starts
+  processes in quick succession).
+
+Any command that changes the template's state discards the spare, so a child always starts from
+exactly the state it would have had.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ else:
     import _signal
 
 RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+#: How long (ms) a template waits without a command before it forks its next spare.
+SPARE_DELAY = 5
 # select.POLLIN and friends, without importing select on the way to the first command.
 POLLIN, POLLOUT, POLLERR, POLLHUP = 0x1, 0x4, 0x8, 0x10
 
@@ -64,6 +76,10 @@ class Forker:
         self.handled: list[int] | None = None
         self._spare: _socket.socket | None = None
         self._spare_pid = 0
+        #: A spare is to be forked, once no command has come for ``SPARE_DELAY``.
+        self.spare_due = False
+        #: Sockets of the children asked for ahead of need (AHEAD), not forked yet.
+        self.ahead: list[int] = []
 
     def report(self, op: int, payload: bytes = b"") -> None:
         raise NotImplementedError
@@ -91,10 +107,10 @@ class Forker:
         gc.freeze()
         if self.handled is None:
             self.handled = handled_signals()
+        self.spare_due = True
         pid = self._hand_to_spare(fd)
         if pid:
             self.report(_wire.FORKED, _wire.U32.pack(pid))
-            self._fork_spare()
             return
         flush_files()  # or each child would write what our buffers hold once more
         try:
@@ -109,7 +125,6 @@ class Forker:
             self.serve_creator(fd)
         os.close(fd)
         self.report(_wire.FORKED, _wire.U32.pack(pid))
-        self._fork_spare()
 
     def _hand_to_spare(self, fd: int) -> int:
         """Give ``fd`` to the spare; its pid, or 0 without a (live) spare."""
@@ -127,7 +142,23 @@ class Forker:
         os.close(fd)
         return self._spare_pid
 
-    def _fork_spare(self) -> None:
+    def fork_ahead(self) -> None:
+        """Fork the children asked for ahead of need, in order."""
+        while self.ahead:
+            self.fork(self.ahead.pop(0))
+
+    def idle(self) -> None:
+        """Nothing has happened for ``SPARE_DELAY``: fork what was asked ahead, or a spare."""
+        if self.ahead:
+            self.fork_ahead()
+        elif self.spare_due:
+            self.fork_spare()
+
+    def fork_spare(self) -> None:
+        """Fork the spare now (the template has been idle for ``SPARE_DELAY``)."""
+        self.spare_due = False
+        if self._spare is not None:
+            return
         flush_files()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -168,7 +199,11 @@ class Forker:
             if fd >= 0:
                 os.close(fd)
         self.sock.close()
+        for fd in self.ahead:
+            os.close(fd)
+        self.ahead = []
         self.forked = False
+        self.spare_due = False
         self.wake_r = self.wake_w = -1
         self.leave_reports()
 
@@ -180,6 +215,10 @@ class Forker:
         if not self.forked:
             return
         self.drop_spare()
+        self.spare_due = False
+        for fd in self.ahead:  # (nobody will use them now)
+            os.close(fd)
+        self.ahead = []
         import select  # (loaded already: the serve loop polls with it)
 
         poll = select.poll()

@@ -70,16 +70,17 @@ FORK = ord("f")  # payload: empty; exactly one fd (the new child's socket) rides
 RUN = ord("r")  # payload: list [function reference]
 PID = ord("q")  # payload: empty; asks the child to answer with a PID frame
 MAIN = ord("m")  # payload: list [how, where, now, *argv]: the parent's main script (_main)
+AHEAD = ord("g")  # as FORK for each socket riding on it, when idle; payload b"now": at once
 
 # Child -> parent reports.
 STARTED = ord("P")  # payload: u32 pid; the first frame every process sends
 ERROR = ord("E")  # payload: list [stage, error record (bytes, see _records)]
-FORK_FAILED = ord("X")  # payload: list [message]; the template keeps serving
+FORK_FAILED = ord("X")  # payload: list [message] (a FORK or AHEAD failed); the template serves on
 RUNNING = ord("R")  # payload: u32 pid; nothing of ours follows, the socket is the user's
 EXITED = ord("Z")  # payload: EXIT (pid, wait status) of a child this process forked and reaped
-FORKED = ord("F")  # payload: u32 pid of the child the next FORK frame made (FORK order)
+FORKED = ord("F")  # payload: u32 pid of the child the next FORK or AHEAD frame made (in order)
 
-COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID, MAIN))
+COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID, MAIN, AHEAD))
 REPORTS = frozenset((STARTED, ERROR, FORK_FAILED, RUNNING, EXITED, FORKED))
 
 # How an fd of an FDS frame is handed to the function (one str per fd): as the child sees fit
@@ -321,6 +322,29 @@ class Decoder:
             if op == self._stop_after:
                 self.stopped = True
             return op, payload, fds
+
+    def safe_prefix(self, data: bytes | bytearray | memoryview) -> int:
+        """How many bytes of ``data`` (what comes next in the stream) the caller may take at
+        once: all of them, unless the final frame (``stop_after``) ends among them; then up to
+        its end (what follows is not the caller's).  For a reader that peeks first, so that it
+        reads many frames in one call yet never past the final one."""
+        if self._stop_after < 0 or self.stopped:
+            return len(data) if not self.stopped else 0
+        end = len(data)
+        part = bytes(self._buf)  # what is buffered of the current header or payload
+        op, need, pos = self._op, self._need, 0
+        while True:
+            missing = need - len(part)
+            if pos + missing > end:
+                return end
+            if op < 0:
+                op, need = HEADER.unpack(part + bytes(data[pos : pos + missing]))
+                part = b""
+            elif op == self._stop_after:
+                return pos + missing
+            else:
+                op, need, part = -1, HEADER_SIZE, b""
+            pos += missing
 
     def at_boundary(self) -> bool:
         """No partial frame is buffered: the stream could be handed to another reader here."""

@@ -37,6 +37,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -63,6 +64,15 @@ class _HasFileno(Protocol):
 FdLike = int | _HasFileno
 Func = str | Callable[..., Any]
 P = TypeVar("P", bound="Process")
+
+#: The most children a template keeps forked ahead (see ``Process._fork_ahead``): asked for
+#: together, so that asking costs only every third start (measured: a template woken beside a
+#: starting child delays that child's first byte by a few tenths of a millisecond).
+_AHEAD = 3
+#: Starts closer together than this (seconds) are "in quick succession": the children ahead
+#: are forked at once, not when the template is idle (it may not be idle again before they
+#: are needed).
+_QUICK = 0.005
 
 
 class Process(ProcessProtocol):
@@ -216,9 +226,9 @@ class Process(ProcessProtocol):
         """Return a new process forked from this one, which keeps serving.
 
         The child inherits everything sent to this process before the fork; what is sent to
-        the child afterwards is its own.  This process keeps its next child forked ahead of
-        need: the one returned is usually up already, waiting for its commands (unless a
-        command changed this process since the last ``fork``).
+        the child afterwards is its own.  A process that has forked keeps its next children
+        forked ahead of need: the one returned is usually up already, waiting for its commands
+        (unless a command changed this process since the last ``fork``).
 
         Raises:
             SpawnError: this process is known to be dead, or failed (at once).
@@ -227,26 +237,75 @@ class Process(ProcessProtocol):
         """
         with self._lock:
             self._check_open()
+            while self._ready:
+                child = self._ready.popleft()
+                # Forked already (so whatever has become of this process since, the child is
+                # whole): hand it out if it lives.  Its STARTED gives its pid at once.
+                child._template = self  # (see _fork_ahead)
+                child._receive()
+                if child._failure is None and not child._chan.decoder.eof:
+                    if not child._started:
+                        # Not forked yet (the template waits for a quiet moment): any command
+                        # makes it fork what was asked ahead at once.
+                        self._command(_wire.PID, b"")
+                    self._hand_out()
+                    return child
+                child.close()  # it died while it waited (killed from outside): the next
             self._poll_reports()
             self._raise_if_failed()
-            child, self._ready = self._ready, None
-            if child is not None:
-                child._template = self  # (see _new_child)
-                if not child._usable():
-                    child.close()  # it died while it waited (killed from outside): fork again
-                    child = None
-            if child is None:
-                child = self._new_child()
+            self._hand_out()
+            return self._new_child()
+
+    def _hand_out(self) -> None:
+        now = time.monotonic()
+        self._quick = now - self._last_handout < _QUICK
+        self._last_handout = now
+        self._handed_out += 1
+
+    def _fork_ahead(self) -> None:
+        """Fork the next children ahead of need, once none waits.
+
+        Called when a child of this template has been sent its ``run`` (the parent would only
+        wait for it to answer).  Asking costs that start some time all the same (this process
+        wakes to take the request, beside the child that starts its function), so it asks for
+        several at once, in one AHEAD frame (as many as it has handed out, up to ``_AHEAD``):
+        most starts cost nothing, and a template forked from once makes one child in vain,
+        not three.  The template forks them when it is idle (see ``_child._forking``)."""
+        with self._lock:
+            if self._ready or self._state != _OPEN:
+                return
+            self._poll_reports()  # (fork() does not look at a template it takes a child from)
+            if self._failure is not None:
+                return
+            ends: list[socket.socket] = []
+            fds: list[int] = []
             try:
-                self._ready = self._new_child()
+                for _ in range(min(self._handed_out, _AHEAD)):
+                    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    ends.append(parent_end)
+                    fds.append(child_end.detach())
+            except OSError:
+                if not ends:
+                    return  # no fds left: no child ahead this time
+            children = [Process(Channel(end), template=self) for end in ends]
+            try:
+                # Forked at once if starts come in quick succession: the template may not be
+                # idle before they are needed.
+                frame = self._command(_wire.AHEAD, b"now" if self._quick else b"", fds)
             except (OSError, SpawnError):
-                pass  # no child ahead this time; the next fork() says what is wrong
-            else:
-                # Until fork() hands it out, the child ahead holds no reference to us: we hold
+                for child in children:
+                    child.close()
+                return  # the next fork() says what is wrong
+            for child in children:
+                child._fork_frame = frame
+                child._main_forked = self._main_forked
+                self._unforked.append(weakref.ref(child))
+                # Until fork() hands it out, a child ahead holds no reference to us: we hold
                 # it, and a cycle would keep a dropped template (and its process) alive until
                 # the garbage collector runs.
-                self._ready._template = None
-            return child
+                child._template = None
+            self._forked += len(children)
+            self._ready.extend(children)
 
     def _new_child(self) -> Process:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -263,10 +322,10 @@ class Process(ProcessProtocol):
         return child
 
     def _discard_ready(self) -> None:
-        """This process's state is about to change: the child forked ahead has the old one."""
-        ready, self._ready = self._ready, None
-        if ready is not None:
-            ready.close()
+        """This process's state is about to change: the children forked ahead have the old
+        one (or it is closing, or killed: they would never be handed out)."""
+        while self._ready:
+            self._ready.popleft().close()
 
     def _send(self: P, op: int, payload: bytes, fds: list[int] | None = None) -> P:
         self._command(op, payload, fds)
@@ -274,7 +333,7 @@ class Process(ProcessProtocol):
 
     def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
         """Queue a command, write what the socket takes; return the frame's number."""
-        if op != _wire.FORK and op != _wire.PID and self._ready is not None:
+        if op != _wire.FORK and op != _wire.PID and op != _wire.AHEAD and self._ready:
             self._discard_ready()
         try:
             self._check_open()
@@ -330,6 +389,7 @@ class Process(ProcessProtocol):
         """
         ref = self._start_run(func)
         sock: socket.socket = await drive_async(self._run_op(ref), timeout)
+        sock.setblocking(False)
         return sock
 
     def run_blocking(self, func: Func, *, timeout: float | None = None) -> socket.socket:
@@ -337,7 +397,7 @@ class Process(ProcessProtocol):
         socket."""
         ref = self._start_run(func)
         sock = drive_blocking(self._run_op(ref), timeout)
-        sock.setblocking(True)
+        sock.setblocking(True)  # (the fd may have been made non-blocking by another owner)
         return sock
 
     async def to_fh(self, *, timeout: float | None = None) -> socket.socket:
@@ -360,6 +420,7 @@ class Process(ProcessProtocol):
         Cancellation: as for :meth:`run`."""
         self._start_handover()
         sock: socket.socket = await drive_async(self._handover_op(), timeout)
+        sock.setblocking(False)
         return sock
 
     def to_fh_blocking(self, *, timeout: float | None = None) -> socket.socket:

@@ -70,7 +70,10 @@ class ProcessProtocol:
         self._fork_failure = ""  # why our template could not fork us (its FORK_FAILED)
         self._returncode: int | None = None
         self._ran = ""  # the function run() was given (its reference)
-        self._ready: Process | None = None  # our next child, forked ahead of need
+        self._ready: deque[Process] = deque()  # our next children, forked ahead of need
+        self._handed_out = 0  # children fork() has returned...
+        self._last_handout = 0.0  # ...the last one at this time.monotonic()
+        self._quick = False  # the last two close together (_QUICK)
         self._main_forked = False  # a copy of the main program: its __main__ is the program
         self._main_sent: dict[int, int] = {}  # MAIN commands sent: level -> frame number
         # Our children, in the order of their FORK frames, until the template says which pid
@@ -137,11 +140,7 @@ class ProcessProtocol:
         with self._lock:
             chan = self._chan
             try:
-                while chan.sock is not None:
-                    frame = chan.read_nowait()
-                    if frame is None:
-                        return
-                    self._apply(frame[0], frame[1])
+                chan.read_nowait(self._apply)
             except (_wire.WireError, ProtocolError) as exc:
                 if self._failure is None:
                     self._failure = (
@@ -221,10 +220,9 @@ class ProcessProtocol:
             if self._chan.decoder.eof and self._failure is None:
                 self._failure = self._death(None)
             self._check_exit()
-            if self._failure is not None and self._ready is not None:
-                # Never handed out now (fork() fails first): let it go at once.
-                ready, self._ready = self._ready, None
-                ready.close()
+            while self._failure is not None and self._ready:
+                # Never handed out now (fork() fails first): let them go at once.
+                self._ready.popleft().close()
 
     def _death(self, returncode: int | None) -> SpawnError:
         """The error for a process whose socket reached EOF before ``run``."""
@@ -386,6 +384,8 @@ class ProcessProtocol:
     def _run_op(self, ref: str) -> Op[socket.socket]:
         try:
             yield from self._flush_op()
+            if self._template is not None:
+                self._template._fork_ahead()  # while the child finds its function
             yield from self._reports_until(lambda: self._chan.decoder.stopped)
             self._learn_template_pids()
             return self._chan.detach()

@@ -59,7 +59,9 @@ def new() -> Process:
     _reaper.poll_unhandled()
     with _lock:
         template = _default
-        if template is None or not template._usable():
+        # With a child forked ahead there is nothing to check here (fork() hands it out,
+        # whatever has become of the template since; the next _fork_ahead looks at it).
+        if template is None or (not template._ready and not template._usable()):
             if template is not None:
                 template.close()
             template = _default = new_exec()

@@ -21,6 +21,6 @@ def report(sock: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    out = {"main_spec": __spec__.name if __spec__ else None, "main_pid": os.getpid()}
+    out: dict[str, object] = {"main_spec": getattr(__spec__, "name", None)}
     out["child"] = tmpl_funcs.read_json(anyfork.new().run_blocking(report, timeout=10))
     tmpl_funcs.emit(out)
