@@ -45,12 +45,14 @@ def test_a_guarded_scripts_functions_run_in_children(tmp_path: Path) -> None:
     assert {kid["ppid"] for kid in out["template_kids"]} == {template}
     assert out["point"] == ["Point", 7, True]
     assert out["rpc"] == 144
+    assert out["executor"] == 25
 
     imports = imports_of(log)
     assert imports[0] == (out["main_pid"], "__main__")
     # Once in each child that needed the script, once in the template for all its children;
     # never for a name eval() defined, nor in the template's children.
-    pids = [kid["pid"] for kid in kids] + [template, out["point_pid"], out["rpc_pid"]]
+    pids = [kid["pid"] for kid in kids]
+    pids += [template, out["point_pid"], out["rpc_pid"], out["executor_pid"]]
     assert sorted(imports[1:]) == sorted((pid, "__mp_main__") for pid in pids)
     imported = {pid for pid, _ in imports}
     assert out["eval_pid"] not in imported

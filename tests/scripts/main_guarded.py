@@ -90,12 +90,13 @@ def main() -> None:
     data = tmpl_funcs.read_all(anyfork.new().run_blocking(send_point, timeout=10))
     out["point_pid"], point = pickle.loads(data)
     out["point"] = [type(point).__name__, point.x, isinstance(point, Point)]
-    # The RPC layer finds the function the same way, once the process is prepared for it.
-    proc = anyfork.new()
-    proc._prepare_func(square)
-    client = anyfork.rpc_blocking(proc, square, timeout=10)
+    # The RPC layer finds the function the same way (Process.rpc prepares the worker), and a
+    # pool's workers (forked from its template), and calls that carry it pickled.
+    client = anyfork.new().rpc_blocking(square, timeout=10)
     out["rpc"], out["rpc_pid"] = client(12)
     client.close()
+    with anyfork.PoolExecutor(max_workers=1) as executor:
+        out["executor"], out["executor_pid"] = executor.submit(square, 5).result(timeout=20)
     tmpl_funcs.emit(out)
 
 

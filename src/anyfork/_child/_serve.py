@@ -45,7 +45,7 @@ import atexit
 import os
 import sys
 
-from . import _sock, _wire
+from . import _target, _wire
 from ._forking import (
     POLLERR,
     POLLHUP,
@@ -61,14 +61,13 @@ from ._forking import (
     leave,
     name,
     restore_signals,
-    track,
 )
+from ._target import Fd, socket_type, user_socket, wrap
+from ._target import resolve as resolve  # (also the RPC server's way to find its function)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal  # the same functions; ``signal`` itself would import enum
-    import socket
-    from collections.abc import Callable
     from typing import Any, NoReturn
 else:
     import _signal
@@ -80,20 +79,6 @@ _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
 #: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
 current: Server | None = None
-#: This process is a copy of the main program (an early or main template, or forked from one):
-#: its ``__main__`` is the program itself, as it was at the fork.
-forked_main = False
-
-
-class Fd:
-    """A received file descriptor in the argument list (kept apart from plain values), and how
-    to hand it over (``_wire.FD_RAW``...)."""
-
-    __slots__ = ("fd", "spec")
-
-    def __init__(self, fd: int, spec: str) -> None:
-        self.fd = fd
-        self.spec = spec
 
 
 class Server(Forker):
@@ -362,7 +347,7 @@ class Server(Forker):
         none: list[object] = []
         [wrap(a) if type(a) is Fd else a for a in none]  # (the comprehension's code)
         _wire.frame(_wire.RUNNING, _wire.U32.pack(0))
-        _socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, self.sock.fileno()).detach()
+        socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, self.sock.fileno()).detach()
 
     def _run(self, ref: str) -> NoReturn:
         func = resolve(ref)
@@ -375,7 +360,7 @@ class Server(Forker):
         if self.gone:
             leave(0)  # the creator has let go (run was cancelled): nobody wants the function
         name(ref.rpartition(":")[2] or ref)  # (while the creator reads RUNNING)
-        sock = _user_socket(self.sock)
+        sock = user_socket(self.sock)
         global current
         current = None
         code = 0
@@ -402,102 +387,12 @@ _STAGES = {
     _wire.MAIN: "main",
 }
 
-#: The names a function of the parent's main program goes by: multiprocessing's name for the
-#: main script imported in a child, too (a reference made in such a child).
-MAIN_NAMES = ("__main__", "__mp_main__")
-
-
-def resolve(ref: str) -> Callable[..., object]:
-    """Find the function ``ref`` names: ``"module:qualname"``, or a bare name in ``__main__``
-    (where a name not defined yet makes the process import the parent's main script: ``_main``).
-    """
-    module_name, sep, qualname = ref.partition(":")
-    if not sep or module_name in MAIN_NAMES:
-        module_name, qualname = "__main__", qualname if sep else ref
-    if not qualname:
-        raise ValueError(f"function reference {ref!r} names no function")
-    obj: object = _lib(module_name)
-    for depth, part in enumerate(qualname.split(".")):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            if module_name != "__main__" or depth:
-                raise AttributeError(f"{module_name!r} has no attribute {qualname!r}") from None
-            from . import _main
-
-            raise AttributeError(_main.missing(qualname, forked_main)) from None
-    if not callable(obj):
-        raise TypeError(f"{ref!r} is not callable")
-    return obj
-
-
-def _lib(name: str) -> Any:
-    """A module, by dict lookup when it is loaded already.
-
-    In a freshly forked child an ``import`` statement goes through the import machinery, whose
-    writes copy pages a dict lookup leaves shared: measured at a fifth of a forked child's cost
-    on its way to ``run`` (bench: 711 -> 895 processes/s)."""
-    module = sys.modules.get(name)
-    if module is None:
-        __import__(name)
-        module = sys.modules[name]
-    return module
-
 
 def _stream(fd: int) -> _socket.socket:
     # Family and type are known (our socketpair): naming them spares three syscalls of
     # detection.  The socket is blocking already: blocking-ness is per open file, and the
     # creator made it blocking.
     return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-
-
-def _socket_type() -> type[socket.socket]:
-    """``socket.socket`` if the module is loaded; else the look-alike that spares a fresh
-    interpreter importing it (see ``_sock``)."""
-    module = sys.modules.get("socket")
-    if module is not None:
-        return module.socket  # type: ignore[no-any-return]
-    return _sock.Socket  # type: ignore[return-value]  # socket.socket's methods, not its type
-
-
-def _user_socket(raw: _socket.socket) -> socket.socket:
-    return _socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach())
-
-
-def wrap(arg: Fd) -> object:
-    """Turn a received fd into what a user expects: a socket, a file object (buffered and of
-    the kind the parent sent: ``_wire.FD_BUFFERED``, ``FD_TEXT``), or a directory's plain fd."""
-    fd, spec = arg.fd, arg.spec
-    stat = _lib("stat")
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISSOCK(mode):
-        return _socket_type()(fileno=fd)
-    if stat.S_ISDIR(mode):
-        return fd
-    fcntl = _lib("fcntl")
-    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-    file_mode = {os.O_RDONLY: "r", os.O_WRONLY: "w"}.get(access, "r+")
-    raw = open(fd, file_mode + "b", buffering=0)  # noqa: SIM115  # the user owns it now
-    if spec == _wire.FD_RAW:
-        return raw
-    io = _lib("io")
-    try:
-        if file_mode == "r":
-            buffered = io.BufferedReader(raw)
-        elif file_mode == "w":
-            buffered = io.BufferedWriter(raw)
-        else:
-            buffered = io.BufferedRandom(raw)  # (a seekable file; else raw, below)
-    except (OSError, ValueError):
-        return raw
-    file = buffered
-    if spec != _wire.FD_BUFFERED:
-        encoding, errors, line_buffering = _wire.unpack_text_spec(spec)
-        file = io.TextIOWrapper(buffered, encoding, errors, line_buffering=line_buffering)
-        file.mode = file_mode  # (as open() sets it)
-    if file_mode != "r":
-        track(file)
-    return file
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
@@ -521,8 +416,7 @@ def _refuse_version(fd: int, version: str) -> NoReturn:
 
 def serve_forked(fd: int, owner: int) -> NoReturn:
     """Serve in a process forked from the main program (early and main templates)."""
-    global forked_main
-    forked_main = True
+    _target.forked_main = True
     atexit._clear()  # the main program's handlers are not ours to run
     ignore_interrupts()
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)

@@ -185,26 +185,6 @@ class ProcessProtocol:
                 self._exits.pop(next(iter(self._exits)))
             self._exits[pid] = code
 
-    def _children_to_report(self) -> bool:
-        """Some process forked from this one runs a function (``run``) and may be waited for:
-        its object lives here, and it is not known to have exited.  Not counted: processes that
-        never ran one (they exit once their commands are done, or failed), and those running
-        one of anyfork's own servers (an RPC worker belongs to its client, which learns of its
-        end from its socket)."""
-        if not self._forked:
-            return False
-        self._receive()
-        if not self._chan.readable():
-            return False  # nothing more will be reported
-        refs = (*self._unforked, *self._children.values())
-        return any(
-            (kid := ref()) is not None
-            and kid._returncode is None
-            and kid._ran
-            and not kid._ran.startswith("anyfork.")
-            for ref in refs
-        )
-
     def _drain(self) -> Drain | None:
         """What a wait for one of this template's children drains meanwhile: its reports, if
         enough children may have exits to report (``_DRAIN_BACKLOG``)."""
