@@ -10,6 +10,7 @@ main templates fork the program itself: ``tests/scripts/tmpl_wait.py`` does the 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -195,13 +196,16 @@ def test_an_adopted_process_cannot_be_waited_for() -> None:
     adopted.close()
 
 
-def test_kill_after_the_exit_does_nothing() -> None:
+def test_kill_after_the_exit_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the exit is known the pid may be another process's: ``kill`` leaves it alone."""
     proc = anyfork.new()
     proc.run_blocking("childfuncs:wait_for_eof", timeout=10).close()
     assert proc.wait_blocking(timeout=10) == 0
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append((pid, sig)))
     proc.kill()
     proc.terminate()
+    assert signalled == []
 
 
 def test_pid_returns_what_is_known_without_reading() -> None:

@@ -143,9 +143,15 @@ class Forker:
         return self._spare_pid
 
     def fork_ahead(self) -> None:
-        """Fork the children asked for ahead of need, in order."""
+        """Fork the children asked for ahead of need, in order (not those the creator has let
+        go of meanwhile: a command that changed the template discards them)."""
         while self.ahead:
-            self.fork(self.ahead.pop(0))
+            fd = self.ahead.pop(0)
+            if _hung_up(fd):
+                os.close(fd)
+                self.report(_wire.FORK_FAILED, _wire.pack_values(["not needed any more"]))
+            else:
+                self.fork(fd)
 
     def idle(self) -> None:
         """Nothing has happened for ``SPARE_DELAY``: fork what was asked ahead, or a spare."""
@@ -274,6 +280,15 @@ class Forker:
             exits.append(_wire.frame(_wire.EXITED, _wire.EXIT.pack(pid, status)))
         if exits:
             self.report_exits(b"".join(exits))
+
+
+def _hung_up(fd: int) -> bool:
+    """The other end of the socket ``fd`` is closed."""
+    import select  # (loaded already: the serve loop polls with it)
+
+    poll = select.poll()
+    poll.register(fd, 0)
+    return any(what & POLLHUP for _, what in poll.poll(0))
 
 
 def _on_sigchld(signum: int, frame: object) -> None:

@@ -17,8 +17,8 @@ Rules:
 
 * Read exactly one frame at a time (``_wire.Decoder.want``) so that a frame's fds are never
   swallowed by an earlier read.
-* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORK_FAILED, EXITED,
-  RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
+* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORKED, FORK_FAILED,
+  EXITED, RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
 * A process never blocks on its creator: reports go out from a buffer, without blocking,
   coalesced, whenever the socket takes them (a template reports every child's exit, and its
   creator may be slow to read; a template blocked in a write would stop forking).  Only a
@@ -28,14 +28,23 @@ Rules:
   that finds the socket closed changes nothing): "configure and forget" works.  EOF on the
   socket then ends the process: nothing outlives a creator that went away.  ``run`` is the
   exception: with the creator gone, nobody would get the function's socket, so the process exits.
+  A template whose creator has only shut its writing side (it closed the template but still
+  reads) goes on reaping its children and reporting their exits until none is left
+  (``Forker.linger``); one whose creator has gone altogether (a hangup) exits at once.
 * Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
   than none.  A frame that breaks the protocol is reported the same way (stage "protocol", as an
   ``anyfork.ProtocolError``).  A failed fork is reported (FORK_FAILED) and the template keeps
   serving.
-* A template keeps one spare: its next child, forked in advance (``_forking``).
+* A template keeps one spare (its next child, forked in advance) and forks the children its
+  creator asks for ahead of need (AHEAD) when it is idle (``_forking``).  It reports each
+  child's pid (FORKED) or failure (FORK_FAILED), in the order of the FORK and AHEAD frames.
 * A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
   their exit status to its creator (EXITED), so there are never zombies and the creator can say
   how a grandchild died.
+* A forked child goes once through what ``run`` will do, right after STARTED (``_warm_up``): the
+  pages that copies from its template are copied before ``run``, not after it.
+* MAIN tells the process where its creator's main script is; it imports it when a function of
+  it is needed (``_main``).
 """
 
 from __future__ import annotations

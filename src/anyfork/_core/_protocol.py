@@ -8,13 +8,19 @@ process, which fails it and closes the channel for good.  Errors a child reports
 import, an exception in eval code, a missing function) are rebuilt as their own type and an
 ``AnyforkError`` at once (``_errors.rebuild``).
 
+A template's children are known by the FORKED report that names each one's pid, in the order
+of the FORK (and AHEAD) frames (``_unforked``, then ``_children`` by pid): its EXITED report
+then sets the child's ``_returncode``, never a later child's that got the same pid.
+
 The waits are written once, as generators run by ``_drive.drive_async`` and
 ``drive_blocking``: flushing what a process depends on (its templates' queues, up to the FORK
-frame that makes it), and reading its reports, up to RUNNING (``run``), a frame boundary
-(``to_fh``) or STARTED (``wait_started``).  The parent drains a template's reports whenever it
-touches the template (``fork``...), and while it waits for one of the template's children if
-more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never leaves them
-piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous child's exit.
+frame that makes it), reading its reports, up to RUNNING (``run``), a frame boundary
+(``to_fh``) or STARTED (``wait_started``), and its exit (``_exit_op``: a pidfd for a direct
+child, the template's reports for a forked one).  The parent drains a template's reports
+whenever it touches the template (``fork``...), and while it waits for one of the template's
+children if more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never
+leaves them piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous
+child's exit.
 """
 
 from __future__ import annotations
