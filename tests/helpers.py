@@ -4,12 +4,18 @@ and the pools' deadline and gate."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import anyfork
 
 T = TypeVar("T")
 
@@ -60,6 +66,12 @@ def children(pid: int | None = None, *, spares: bool = False) -> set[int]:
     if not spares:
         found = {p for p in found if not is_spare(p)}
     return found
+
+
+def ahead(tmpl: anyfork.Process) -> set[int]:
+    """The pids of the children ``tmpl`` keeps forked ahead of need (waited for until they
+    have started: a template's own count of children includes them)."""
+    return {child.wait_started_blocking(timeout=10) for child in tmpl._ready}
 
 
 def state(pid: int) -> str | None:
@@ -210,3 +222,58 @@ class Gate:
             tmpl.close()
         os.close(self.r)
         os.close(self.w)
+
+
+# -- whole programs (tests/scripts/) ------------------------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().with_name("scripts")
+#: anyfork has no dependencies, so any interpreter runs the scripts with just this on its path.
+SRC = str(Path(anyfork.__file__).resolve().parent.parent)
+
+
+def run_script(
+    name: str,
+    *args: str,
+    python: str = sys.executable,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    returncode: int = 0,
+    module: bool = False,
+    code: str | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/scripts/<name>`` (``module``: as ``python -m name``, from that directory;
+    ``code``: ``python -c code``; ``stdin``: ``python -`` reading it), with a deadline; check
+    its exit code and that it wrote nothing to stderr (no traceback from the program, its
+    templates or their children)."""
+    environ = {**os.environ, **(env or {})}
+    environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, environ.get("PYTHONPATH", "")) if p)
+    environ.pop("ANYFORK_PYTHON", None)
+    environ.pop("PYTHONUNBUFFERED", None)  # the scripts' stdout must be block-buffered
+    if code is not None:
+        target = ["-c", code]
+    elif stdin is not None:
+        target = ["-"]
+    elif module:
+        target = ["-m", name]
+    else:
+        target = [str(SCRIPTS / name)]
+    proc = subprocess.run(
+        [python, *flags, *target, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environ,
+        check=False,
+        cwd=SCRIPTS,
+        input=stdin,
+    )
+    assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stderr == ""
+    return proc
+
+
+def result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The script's JSON line (the last line of its stdout)."""
+    value: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return value

@@ -5,7 +5,7 @@ Cheap to import (it runs in every worker): stdlib only, nothing of the parent si
 
 from __future__ import annotations
 
-from ._child import _serve
+from ._child import _serve, _target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +34,7 @@ def take_args() -> list[object]:
     if server is None:
         raise RuntimeError("take_args() works only in an anyfork process, before run")
     args, server.args = server.args, []
-    return [_serve.wrap(a) if type(a) is _serve.Fd else a for a in args]
+    return [_target.wrap(a) if type(a) is _target.Fd else a for a in args]
 
 
 def event(*args: object) -> None:
