@@ -296,7 +296,7 @@ def main() -> None:
     rates: dict[str, tuple[float, float, float]] = {}
 
     def anyfork_executor() -> Any:
-        return anyfork.PoolExecutor(tmpl, "ident", max=2, idle=2, load=8)
+        return anyfork.PoolExecutor(2, template=tmpl, func="ident", idle=2, load=8)
 
     # anyfork's pool serves "ident" as defined in its template; the others pickle ident.
     fns: dict[str, Any] = {"anyfork.PoolExecutor": "ident"}

@@ -244,7 +244,11 @@ class ExecutorFace(Face):
 
     def open(self, template: anyfork.Process | None, func: Any, **options: Any) -> None:
         self.func = func
-        self.ex = anyfork.PoolExecutor(template, func, **options)
+        if "max" in options:
+            options["max_workers"] = options.pop("max")
+        if "max_calls" in options:
+            options["max_tasks_per_child"] = options.pop("max_calls")
+        self.ex = anyfork.PoolExecutor(template=template, func=func, **options)
 
     def call(self, *args: Any, timeout: float | None = None) -> Any:
         assert timeout is None, "an executor's calls have no timeout"

@@ -39,17 +39,19 @@ from .._rpc._blocking import BlockingClient
 from . import _futures, _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
 from ._futures import Call, Future, drain, fail, remaining, run_or_skip
+from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
-from ._watch import Changes, Watcher, died_idle
+from ._watch import Changes, Clock, Watcher, died_idle
 from ._worker import STOP_TIMEOUT, Starter, kill
 
 
 class _Worker(Worker):
-    __slots__ = ("client", "fd", "inbox")
+    __slots__ = ("client", "fd", "inbox", "keyed")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
+        self.keyed = False  # started with the parent's multiprocessing authkey
         self.client: BlockingClient | None = None
         self.fd = -1  # its client's socket, while the watcher watches it
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
@@ -75,9 +77,13 @@ class ThreadsEngine:
         max_memory: int | None = None,
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
+        face: str = "BlockingPool",
+        setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
         **rpc_options: Any,
     ) -> None:
-        self._starter = Starter(template, func, rpc_options)
+        self._starter = Starter(template, func, rpc_options, face, setup)
+        #: An executor: a worker's start-up error is also a ``BrokenProcessPool``.
+        self._executor = face == "PoolExecutor"
         self._core: PoolCore[_Worker, Call] = PoolCore(
             settings(max, idle, load, start, stop),
             max_calls=max_calls,
@@ -95,12 +101,7 @@ class ThreadsEngine:
         self._outstanding: set[Call] = set()
         self._opened = False
         self._closed = False
-        # One clock thread for the policy's Wake times (pacing, idle stops), started on the
-        # first one: the wake time moves with every call that leaves a worker idle, so a timer
-        # per Wake would be a thread per call.
-        self._clock = threading.Condition(self._lock)
-        self._clock_thread: threading.Thread | None = None
-        self._wake_at: float | None = None
+        self._clock = Clock(self._lock, self._schedule)
         self._watcher = Watcher(self._hung_up)
 
     @property
@@ -114,6 +115,10 @@ class ThreadsEngine:
     @property
     def closing(self) -> bool:
         return self._core.closing
+
+    @property
+    def batchable(self) -> bool:
+        return self._starter.batchable
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -140,23 +145,76 @@ class ThreadsEngine:
             _watch.opened(self)
             self._schedule()
 
+    def _check_open(self) -> None:
+        """With the lock held: raise ``ClosedError`` if the pool takes no new call; open it."""
+        if self._core.closing:
+            raise ClosedError("the pool is closed")
+        if _watch.exiting:
+            raise ClosedError("the pool takes no new call: the program is ending")
+        self._open()
+        if self._starter.rekey():
+            self._retire_keyless()
+
     def submit(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
     ) -> Future:
-        """Queue a call (a ``timeout`` in seconds covers its whole life); its future.  Raises
-        ``ClosedError`` once the pool is closing."""
-        call = Call(args, kwargs, self, timeout)
+        """Queue a call (a ``timeout`` in seconds covers its whole life; ``on_event``: the
+        handler of its events); its future.  Raises ``ClosedError`` once the pool is closing."""
+        call = Call(args, kwargs, self, timeout, on_event)
         with self._lock:
-            if self._core.closing:
-                raise ClosedError("the pool is closed")
-            self._open()
+            self._check_open()
             self._core.submit(call)
             self._outstanding.add(call)
             self._schedule()
         call.fut.add_done_callback(self._settled)
         return call.fut
 
-    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    # -- maps ---------------------------------------------------------------------------------
+
+    def job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[Call]:
+        """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per
+        item of each of its calls."""
+        return MapJob(
+            functools.partial(self._unit, timeout),
+            chunksize=chunksize,
+            batchable=self.batchable,
+            workers=self._core.settings.max,
+        )
+
+    def queue_job(self, job: MapJob[Call]) -> None:
+        """Queue ``job`` (again: it has items to give).  Raises ``ClosedError`` once closing."""
+        with self._lock:
+            self._check_open()
+            self._core.submit_job(job)
+            self._schedule()
+
+    def withdraw_unit(self, unit: Unit) -> None:
+        """A map stopped early: its call of ``unit`` is withdrawn unless it has started (a
+        ``_map.Delivery``'s ``withdraw``)."""
+        call = getattr(unit, "call", None)
+        if call is not None:
+            call.fut.cancel()
+
+    def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
+        """The call of a map's ``unit`` (made by the core, under the lock)."""
+        call = Call((), {}, self, None if timeout is None else timeout * unit.n)
+        call.job, call.unit = job, unit
+        unit.call = call
+        self._outstanding.add(call)
+        call.fut.add_done_callback(self._settled)
+        return call
+
+    def call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Any:
         """Make a call and wait for its result, running it in this thread when it can.
 
         Raises what the function raised, ``WorkerDiedError``, the start-up error,
@@ -164,9 +222,10 @@ class ThreadsEngine:
         while running is abandoned as the RPC client does it: the sync backend kills its
         worker).  Interrupted (``KeyboardInterrupt``): a call not started is withdrawn; one
         this thread runs is abandoned as for a timeout; one a worker's thread runs finishes
-        there, its result dropped."""
-        fut = self.submit(args, kwargs, timeout)
-        call = fut.call
+        there, its result dropped.  Either way the pool is interrupted (:meth:`interrupt`)."""
+        fut = self.submit(args, kwargs, timeout, on_event)
+        call = fut._call
+        assert call is not None
         try:
             self.help_with(call)
             # At the deadline a call not started (queued, or in a busy worker's inbox) is
@@ -175,16 +234,36 @@ class ThreadsEngine:
             if expired and fut.cancel():
                 raise TimeoutError(f"the pool call timed out after {timeout} s")
             return cf.Future.result(fut)
+        except Exception:
+            fut.cancel()
+            raise
         except BaseException:
             fut.cancel()
+            self.interrupt()
             raise
 
     def _settled(self, fut: cf.Future[Any]) -> None:
-        call = fut.call  # type: ignore[attr-defined]  # always one of ours
+        """A call's future is settled: the pool forgets the call, and the future lets go of it
+        (no reference cycle keeps a dropped future and its result alive)."""
+        call: Call = fut._call  # type: ignore[attr-defined]  # always one of ours
+        fut._call = None  # type: ignore[attr-defined]
         with self._lock:
             self._outstanding.discard(call)
+        if call.job is not None and call.unit is not None:
+            self._answered(call, fut)
         if fut.cancelled():
             self._withdraw(call)
+
+    @staticmethod
+    def _answered(call: Call, fut: cf.Future[Any]) -> None:
+        """A map's call is over: its job hears how it went."""
+        assert call.job is not None
+        assert call.unit is not None
+        if fut.cancelled():
+            error: BaseException | None = cf.CancelledError()
+        else:
+            error = fut.exception()
+        call.job.answered(call.unit, None if error is not None else fut.result(), error, call.took)
 
     def _withdraw(self, call: Call) -> None:
         """A cancelled future: out of the queue if it is there (a worker that already has it
@@ -214,41 +293,25 @@ class ThreadsEngine:
                 thread.start()
             elif isinstance(effect, Halt):
                 effect.worker.inbox.put(None)
-            elif self._wake_at is None or effect.at < self._wake_at:
-                # An earlier wake than needed only makes the policy look again: keep the
-                # earliest.
-                self._wake_at = effect.at
-                self._clock.notify()
-                if self._clock_thread is None:
-                    self._clock_thread = threading.Thread(
-                        target=self._tick, name="anyfork-pool-clock", daemon=True
-                    )
-                    self._clock_thread.start()
+            else:
+                self._clock.wake_at(effect.at)
         self._changes.bump()
-
-    def _tick(self) -> None:
-        with self._lock:
-            while not self._closed:
-                at = self._wake_at
-                if at is None:
-                    self._clock.wait()
-                    continue
-                delay = at - time.monotonic()
-                if delay > 0:
-                    self._clock.wait(delay)
-                    continue
-                self._wake_at = None
-                self._schedule()
 
     # -- a worker's thread --------------------------------------------------------------------
 
     def _serve(self, worker: _Worker) -> None:
         try:
-            client = self._starter.start_blocking(functools.partial(self._retire, worker))
+            client, worker.keyed = self._starter.start_blocking(
+                functools.partial(self._retire, worker)
+            )
         except BaseException as exc:
             with self._lock:
                 error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
+            if self._executor:
+                from ._broken import also_broken
+
+                error = also_broken(error)
             fail(calls, error)  # nobody can serve them: fail them rather than hang
             self._report(error)
             return
@@ -264,9 +327,13 @@ class ThreadsEngine:
         if not ready:
             client.abort()  # the pool was cancelled while it started
             return
-        while (call := worker.inbox.get()) is not None:
+        while True:
+            call = worker.inbox.get()
+            if call is None:
+                break
             if self._claim(worker, call):
                 self._execute(worker, call)
+            del call  # a finished call's future is its caller's alone
         with self._lock:
             self._watcher.forget(worker.fd, worker)
         if not worker.dead:
@@ -288,6 +355,14 @@ class ThreadsEngine:
         with self._lock:
             if self._core.retire(worker):
                 self._schedule()
+
+    def _retire_keyless(self) -> None:
+        """With the lock held: a ``multiprocessing`` Manager appeared after workers started
+        without the parent's authkey (its proxies would be refused there): they are replaced
+        by workers that have it, as they finish their calls."""
+        for worker in list(self._core.workers.values()):
+            if not worker.keyed:
+                self._core.retire(worker)
 
     def _claim(self, worker: _Worker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
@@ -328,9 +403,22 @@ class ThreadsEngine:
                 try:
                     if call.deadline is not None and time.monotonic() >= call.deadline:
                         raise TimeoutError  # expired before it was sent: it is not sent
-                    result = client._call(call.args, call.kwargs, remaining(call.deadline))
+                    unit = call.unit
+                    if unit is None:
+                        result = client._call(
+                            call.args, call.kwargs, remaining(call.deadline), call.on_event
+                        )
+                    else:
+                        start = time.monotonic()
+                        if unit.n == 1:
+                            result = client._call(unit.args(), {}, remaining(call.deadline))
+                        else:
+                            assert unit.columns is not None
+                            result = client._call_batch(unit.columns, remaining(call.deadline))
+                        call.took = time.monotonic() - start
                 except BaseException as e:
                     exc = e
+                call.args, call.kwargs = (), {}
         if not sendable:
             # It died while idle, or was condemned, before this call was sent: the call never
             # ran, so it is queued again, not lost.
@@ -346,22 +434,41 @@ class ThreadsEngine:
         )
         if timed_out:
             exc = TimeoutError(f"the pool call timed out after {call.timeout} s")
+        if isinstance(exc, WorkerDiedError):
+            from ._broken import died
+
+            exc = died(exc)  # also a BrokenProcessPool
         if not client.usable:
             # Dead, or condemned by this call's abandonment: out of the rotation before anyone
             # hears of this call (who might make the next one at once).
             self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
-        abandoned = timed_out or not isinstance(exc, (Exception, type(None)))
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        abandoned = timed_out or interrupted
         lost = isinstance(exc, (WorkerDiedError, ClosedError))
+        items = 1 if call.unit is None else call.unit.n
         with self._lock:  # counted before the caller hears of it, scheduled after
-            self._core.finished(worker, time.monotonic(), completed=not abandoned and not lost)
+            self._core.finished(
+                worker, time.monotonic(), completed=not abandoned and not lost, items=items
+            )
         if exc is None:
             call.fut.set_result(result)
+        elif interrupted:
+            # A caller that ran its call itself was interrupted: the call was abandoned (its
+            # worker killed); whoever else waits for it learns that, not of the interrupt.
+            call.fut.set_exception(
+                WorkerDiedError(
+                    f"the pool call was interrupted ({type(exc).__name__}) and its worker "
+                    f"(pid {worker.pid}) killed",
+                    worker.pid,
+                    None,
+                )
+            )
         else:
             call.fut.set_exception(exc)
         with self._lock:
             self._schedule()
-        if exc is not None and not isinstance(exc, Exception):
-            raise exc  # KeyboardInterrupt in a caller that ran its call itself
+        if interrupted:
+            raise exc  # type: ignore[misc]  # KeyboardInterrupt in a caller that ran its call
 
     def _lost(
         self, worker: _Worker, died: WorkerDiedError | None, unstarted: Call | None = None
@@ -430,12 +537,30 @@ class ThreadsEngine:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def cancel_pending(self) -> None:
-        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``)."""
+    def cancel_pending(self) -> list[MapJob[Call]]:
+        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``), a map's
+        items not sent yet too; returns the maps' jobs."""
         with self._lock:
             pending = list(self._outstanding)
+            jobs = [job for job in self._core.queue if isinstance(job, MapJob)]
+            for job in jobs:
+                self._core.withdraw(job)
+        for job in jobs:
+            job.fail(cf.CancelledError())
         for call in pending:
             call.fut.cancel()  # queued ones withdraw themselves; inbox ones are skipped
+        return jobs
+
+    def interrupt(self) -> None:
+        """A caller was interrupted (``KeyboardInterrupt``) while it waited for the pool: every
+        call no worker has started is cancelled (a map's items not sent yet too), and the busy
+        workers are killed, so their running calls fail (``WorkerDiedError``) and nothing
+        outlives the program.  The pool stays open: a later call starts a new worker."""
+        self.cancel_pending()
+        with self._lock:
+            busy = [w for w in self._core.workers.values() if w.ready and w.load]
+        for worker in busy:
+            kill(worker.pid, worker.client)
 
     def close(
         self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None
@@ -455,7 +580,13 @@ class ThreadsEngine:
             threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._join(deadline):
+        try:
+            joined = self._join(deadline)
+        except BaseException:  # interrupted (KeyboardInterrupt): the rest the fast way
+            self._cancel()
+            self._finish()
+            raise
+        if not joined:
             self._cancel()
             self._finish()
             raise TimeoutError(f"the pool did not close within {timeout} s (its workers killed)")
@@ -499,10 +630,7 @@ class ThreadsEngine:
             if self._closed:
                 return
             self._closed = True
-            self._clock.notify()
-            clock = self._clock_thread
-        if clock is not None:
-            clock.join()
+        self._clock.stop()
         self._watcher.close()
         self._starter.close()
         _watch.closed(self)
