@@ -281,10 +281,12 @@ class AsyncEngine:
             call.took = service_time(call.sent, now, worker.answered)
         worker.answered = now
         if not call.done():
-            if exc is None:
-                call.set_result(inner.result())
-            else:
+            if exc is not None:
                 call.set_exception(exc)
+            elif call.unit is not None and call.unit.n == 1:
+                call.set_result([inner.result()])  # a one-item list: see MapJob.answered
+            else:
+                call.set_result(inner.result())
         items = 1 if call.unit is None else call.unit.n
         self._core.finished(worker, now, completed=completed, items=items)
         self._schedule()

@@ -10,6 +10,7 @@ the graceful way, as the standard library's executors are.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -20,7 +21,7 @@ from .._errors import ClosedError
 from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
-from ._map import Delivery, Progress, bmap, window_size
+from ._map import Delivery, Progress, bmap, items, window_size
 from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
 
@@ -130,7 +131,7 @@ class BlockingPool(_Face):
         limit = window_size(max_in_flight, engine.settings)
         job = engine.job(chunksize, timeout)
         delivery = Delivery(job, iterables, limit, progress, engine.queue_job, engine.withdraw_unit)
-        return bmap(delivery, interrupted=engine.interrupt)
+        return items(bmap(delivery, interrupted=engine.interrupt))
 
     def wait_for(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
@@ -190,8 +191,9 @@ class PoolExecutor(_Face, cf.Executor):
             ``submit`` then takes only that function, sent by name.  Default ``None``: any
             function, travelling with its arguments through the serialiser (by reference
             with pickle, so module-level functions; lambdas too with ``"cloudpickle"``).
-        **options: the other options of :class:`anyfork.Pool` (``idle``, ``load``,
-            ``start`` (default ``0`` here), ``stop``, ``max_memory``, ``on_error``,
+        **options: the other options of :class:`anyfork.Pool`, with the defaults of an
+            executor here: ``idle=0`` (no spare worker is kept; a worker idle for ``stop``
+            seconds, 10 by default, stops), ``load=1``, ``start=0``; ``max_memory``, ``on_error``,
             ``on_close``) and of :func:`anyfork.rpc` (``serializer``, ``backend``, ``init``,
             ``done``, ``on_event``, ``concurrency``, ``timeout``).
 
@@ -250,7 +252,11 @@ class PoolExecutor(_Face, cf.Executor):
                 from ._worker import unexpected
 
                 raise unexpected("PoolExecutor", {theirs})
+        # As the standard library's: a worker per call until max_workers, at once, and no
+        # spare kept idle.
         options.setdefault("start", 0.0)
+        options.setdefault("load", 1)
+        options.setdefault("idle", 0)
         self._func = func_ref(func) if func is not None else None
         # Built now so that bad settings raise here; workers start with the first submit().
         self._engine = ThreadsEngine(
@@ -345,7 +351,11 @@ class PoolExecutor(_Face, cf.Executor):
             delivery.start()
         except ClosedError:
             raise self._closed() from None
-        return _timed(bmap(delivery, deadline, engine.interrupt))
+        # Flattened in C: the results cost no Python code each (the generator under it ends
+        # the map when the iterator is dropped).
+        return itertools.chain.from_iterable(
+            bmap(delivery, deadline, engine.interrupt, cf.TimeoutError)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures=True`` cancels those not started yet (a ``map``'s
@@ -365,17 +375,6 @@ class PoolExecutor(_Face, cf.Executor):
             self._engine.close(cancel=True)
             return
         self.shutdown(wait=True)
-
-
-def _timed(results: Generator[Any, None, None]) -> Generator[Any, None, None]:
-    """``map``'s results, a timeout raised as ``concurrent.futures.TimeoutError`` (a class of
-    its own on Python 3.10)."""
-    try:
-        yield from results
-    except TimeoutError:
-        raise cf.TimeoutError() from None
-    finally:
-        results.close()
 
 
 publish(globals())

@@ -187,17 +187,20 @@ class MapJob(Job[C]):
     def answered(
         self, unit: Unit, outcome: Any, error: BaseException | None, took: float | None
     ) -> None:
-        """``unit``'s call is over: ``outcome`` is its result (a ``BatchResult`` for a batch),
-        ``error`` what failed the whole call; ``took``: the seconds the worker spent on it
-        (``None``: not known, or it did not run)."""
-        if error is None and type(outcome) is BatchResult:
+        """``unit``'s call is over: ``outcome`` is its result (a ``BatchResult`` for a batch,
+        a one-item list for a single call: the engine holds no reference to the item itself,
+        which is its consumer's once delivered), ``error`` what failed the whole call;
+        ``took``: the seconds the worker spent on it (``None``: not known, or it did not
+        run)."""
+        if error is not None:
+            results: list[Any] = []
+        elif type(outcome) is BatchResult:
             results, error = outcome.results, outcome.error
-        elif error is None:
-            results = [outcome]
         else:
-            results = []
+            results = outcome
         with self._lock:
             unit.results, unit.error, unit.done, unit.columns = results, error, True, None
+            unit.call = None  # (its future holds a single call's result)
             if error is not None:
                 self.failed = True
             elif took is not None and self.sizer is not None:
@@ -340,7 +343,7 @@ async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
                 await fut
                 continue
             delivery.delivered(unit)
-            for result in unit.results:
+            for result in draining(unit.results):
                 yield result
             if unit.error is not None:
                 raise unit.error
@@ -349,17 +352,33 @@ async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
         delivery.close()
 
 
+_END = object()
+
+
+def draining(results: list[Any]) -> Iterator[Any]:
+    """The items of ``results`` (emptied), each let go of as it is taken: a delivered result
+    is its consumer's alone, as ``concurrent.futures`` promises (no Python code per item)."""
+    queue = deque(results)
+    results.clear()
+    queue.append(_END)
+    return iter(queue.popleft, _END)
+
+
 def bmap(
     delivery: Delivery,
     deadline: float | None = None,
     interrupted: Callable[[], object] | None = None,
-) -> Generator[Any, None, None]:
-    """The results of a map in order, waited for; ``TimeoutError`` at ``deadline``
-    (``time.monotonic()``); ``interrupted()`` is called if the wait is interrupted (a
-    ``KeyboardInterrupt``)."""
+    timeout_error: type[Exception] = TimeoutError,
+) -> Generator[Iterator[Any], None, None]:
+    """The results of a map, an iterator per call, in order, waited for (flatten with
+    ``itertools.chain.from_iterable``: no Python code per item); ``timeout_error`` at
+    ``deadline`` (``time.monotonic()``); ``interrupted()`` is called if the wait is
+    interrupted (a ``KeyboardInterrupt``).  The failure after a call's results comes as the
+    next step."""
     job = delivery.job
+    error: BaseException | None = None
     try:
-        while True:
+        while error is None:
             delivery.pump()
             try:
                 with job.changed:
@@ -368,7 +387,7 @@ def bmap(
                     if unit is None:
                         wait = None if deadline is None else deadline - time.monotonic()
                         if wait is not None and wait <= 0:
-                            raise TimeoutError
+                            raise timeout_error
                         job.changed.wait(wait)
                         continue
             except StopIteration:
@@ -380,11 +399,22 @@ def bmap(
                     interrupted()
                 raise
             delivery.delivered(unit)
-            yield from unit.results
-            if unit.error is not None:
-                raise unit.error
+            error, results = unit.error, draining(unit.results)
+            del unit  # while the consumer takes the results, this frame holds none of them
+            yield results
+            del results
+        raise error
     finally:
         delivery.close()
+
+
+def items(results: Generator[Iterator[Any], None, None]) -> Generator[Any, None, None]:
+    """:func:`bmap`'s results one by one, as a generator (``close()`` stops the map)."""
+    try:
+        for chunk in results:
+            yield from chunk
+    finally:
+        results.close()
 
 
 _warned: list[bool] = []  # the warning about tqdm has been given

@@ -385,10 +385,10 @@ class ThreadsEngine:
             if threading.current_thread().name.startswith("anyfork-pool"):
                 return  # one of ours (a callback that waits): leave the call to its worker
             call.claimed = True
-        self._execute(worker, call)
+        self._execute(worker, call, caller=True)
 
-    def _execute(self, worker: _Worker, call: Call) -> None:
-        """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
+    def _execute(self, worker: _Worker, call: Call, caller: bool = False) -> None:
+        """Run a claimed call on ``worker`` (in its thread, or in a waiting ``caller``'s)."""
         client = worker.client
         assert client is not None
         result: Any = None
@@ -410,8 +410,8 @@ class ThreadsEngine:
                         )
                     else:
                         start = time.monotonic()
-                        if unit.n == 1:
-                            result = client._call(unit.args(), {}, remaining(call.deadline))
+                        if unit.n == 1:  # a one-item list: see MapJob.answered
+                            result = [client._call(unit.args(), {}, remaining(call.deadline))]
                         else:
                             assert unit.columns is not None
                             result = client._call_batch(unit.columns, remaining(call.deadline))
@@ -442,6 +442,8 @@ class ThreadsEngine:
             # Dead, or condemned by this call's abandonment: out of the rotation before anyone
             # hears of this call (who might make the next one at once).
             self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
+        # Interrupted: a KeyboardInterrupt in a caller that ran its call, or a SystemExit raised
+        # while its result was decoded here (an object whose unpickling exits).
         interrupted = exc is not None and not isinstance(exc, Exception)
         abandoned = timed_out or interrupted
         lost = isinstance(exc, (WorkerDiedError, ClosedError))
@@ -455,19 +457,15 @@ class ThreadsEngine:
         elif interrupted:
             # A caller that ran its call itself was interrupted: the call was abandoned (its
             # worker killed); whoever else waits for it learns that, not of the interrupt.
-            call.fut.set_exception(
-                WorkerDiedError(
-                    f"the pool call was interrupted ({type(exc).__name__}) and its worker "
-                    f"(pid {worker.pid}) killed",
-                    worker.pid,
-                    None,
-                )
-            )
+            from ._broken import died
+
+            why = f"the pool call was interrupted ({type(exc).__name__}) and its worker killed"
+            call.fut.set_exception(died(WorkerDiedError(why, worker.pid, None)))
         else:
             call.fut.set_exception(exc)
         with self._lock:
             self._schedule()
-        if interrupted:
+        if interrupted and caller:
             raise exc  # type: ignore[misc]  # KeyboardInterrupt in a caller that ran its call
 
     def _lost(
