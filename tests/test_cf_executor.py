@@ -64,9 +64,9 @@ SRC = str(Path(anyfork.__file__).resolve().parent.parent)
 
 def create_future(state: str = PENDING, exception: Any = None, result: Any = None) -> Future[Any]:
     f: Future[Any] = Future()
-    f._state = state  # type: ignore[attr-defined]  # as CPython's util.create_future
-    f._exception = exception  # type: ignore[attr-defined]
-    f._result = result  # type: ignore[attr-defined]
+    f._state = state  # as CPython's util.create_future
+    f._exception = exception
+    f._result = result
     return f
 
 
