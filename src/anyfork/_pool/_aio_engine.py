@@ -283,6 +283,8 @@ class AsyncEngine:
         if not call.done():
             if exc is not None:
                 call.set_exception(exc)
+                if self._core.cancelled:
+                    call.exception()  # the pool's cancel failed it: no "never retrieved" log
             elif call.unit is not None and call.unit.n == 1:
                 call.set_result([inner.result()])  # a one-item list: see MapJob.answered
             else:
@@ -427,6 +429,8 @@ class AsyncEngine:
             if not call.done():
                 call.pool = None
                 call.set_exception(error)
+                if self._core.cancelled:
+                    call.exception()  # the pool's cancel failed it: no "never retrieved" log
 
     def _lost(self, worker: _Worker, exc: BaseException | None) -> None:
         """The worker cannot take calls any more: its connection ended (``on_close`` /

@@ -379,8 +379,8 @@ def bmap(
     error: BaseException | None = None
     try:
         while error is None:
-            delivery.pump()
             try:
+                delivery.pump()
                 with job.changed:
                     # Looked at and waited for under the lock the outcomes are reported under.
                     unit = delivery.next_unit()
@@ -390,15 +390,15 @@ def bmap(
                             raise timeout_error
                         job.changed.wait(wait)
                         continue
+                delivery.delivered(unit)
             except StopIteration:
                 return
             except Exception:
                 raise
-            except BaseException:
+            except BaseException:  # interrupted while it waited (wherever it landed)
                 if interrupted is not None:
                     interrupted()
                 raise
-            delivery.delivered(unit)
             error, results = unit.error, draining(unit.results)
             del unit  # while the consumer takes the results, this frame holds none of them
             yield results

@@ -567,7 +567,19 @@ class ThreadsEngine:
         :meth:`_cancel`).  ``wait``: return once every worker thread has finished (their
         processes have exited) and the template is closed; otherwise a thread finishes that
         in the background.  ``timeout``: after that many seconds the rest is done the fast way
-        and ``TimeoutError`` raised."""
+        and ``TimeoutError`` raised.  Interrupted (``KeyboardInterrupt``, wherever it lands):
+        the rest is done the fast way, and the interrupt raised."""
+        try:
+            self._close(wait, cancel, timeout)
+        except Exception:
+            raise
+        except BaseException:
+            self.interrupt()
+            self._cancel()
+            self._finish()
+            raise
+
+    def _close(self, wait: bool, cancel: bool, timeout: float | None) -> None:
         if cancel:
             self._cancel()
         with self._lock:
@@ -578,13 +590,7 @@ class ThreadsEngine:
             threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            joined = self._join(deadline)
-        except BaseException:  # interrupted (KeyboardInterrupt): the rest the fast way
-            self._cancel()
-            self._finish()
-            raise
-        if not joined:
+        if not self._join(deadline):
             self._cancel()
             self._finish()
             raise TimeoutError(f"the pool did not close within {timeout} s (its workers killed)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import sys
 import threading
 import time
 import weakref
@@ -189,7 +190,7 @@ def died_idle(client: BlockingClient) -> bool:
 
 
 class Closable(Protocol):
-    def close(self, *, wait: bool = True) -> None: ...
+    def close(self, *, wait: bool = True, cancel: bool = False) -> None: ...
 
 
 _live: weakref.WeakSet[Closable] = weakref.WeakSet()
@@ -209,10 +210,15 @@ def closed(pool: Closable) -> None:
 
 def _close_all() -> None:
     """At exit: every pool still open is closed the graceful way (queued calls still run,
-    workers stop, threads end), as ``concurrent.futures`` does for its executors."""
+    workers stop, threads end), as ``concurrent.futures`` does for its executors; but the fast
+    way (workers killed, queued calls failed) when the program ends with an uncaught
+    ``KeyboardInterrupt``: a Ctrl-C that did not land in a wait for the pool must not leave
+    the program waiting for every queued call."""
     exiting.append(True)
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = last is not None and not isinstance(last, Exception)
     for pool in list(_live):
-        pool.close(wait=True)
+        pool.close(wait=True, cancel=interrupted)
 
 
 # Where the stdlib's executors register theirs (when their module is imported): run when the
