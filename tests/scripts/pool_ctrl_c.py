@@ -63,7 +63,13 @@ def outcome(tag: str, fut: Any) -> None:
         say("call", tag, "ok")
 
 
+def wait_started_then_waiting() -> None:
+    wait_started()
+    waiting()
+
+
 options: dict[str, Any] = {"init": "pool_funcs:init_gate", "on_event": on_event}
+futures: dict[str, Any] = {}
 if mode == "outside":
     ex = anyfork.PoolExecutor(2, template=tmpl, func="pool_funcs:gated", **options)
     futures = {tag: ex.submit("pool_funcs:gated", tag) for tag in "abcd"}
@@ -74,7 +80,6 @@ elif mode.startswith("executor"):
     ex = anyfork.PoolExecutor(2, template=tmpl, func="pool_funcs:gated", **options)
     if mode == "executor-map":
         results = ex.map("pool_funcs:gated", ["a", "b", "c", "d"], chunksize=1)
-        futures: dict[str, Any] = {}
     else:
         futures = {tag: ex.submit("pool_funcs:gated", tag) for tag in "abcd"}
     wait_started()
@@ -97,7 +102,6 @@ elif mode.startswith("executor"):
 elif mode.startswith("blocking"):
     pool = anyfork.BlockingPool(tmpl, "pool_funcs:gated", max=2, idle=2, load=1, **options)
     callers = cf.ThreadPoolExecutor(3, thread_name_prefix="caller")
-    futures = {}
     try:
         if mode == "blocking-call":
             futures = {tag: callers.submit(pool, tag) for tag in "abc"}
@@ -106,7 +110,7 @@ elif mode.startswith("blocking"):
             pool("d")  # queued: this thread waits for it
         else:
             results = pool.map(["a", "b", "c", "d"], chunksize=1)
-            threading.Thread(target=lambda: (wait_started(), waiting()), daemon=True).start()
+            threading.Thread(target=wait_started_then_waiting, daemon=True).start()
             list(results)
     except KeyboardInterrupt:
         say("interrupted")
