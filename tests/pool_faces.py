@@ -62,6 +62,10 @@ class Face:
     def start(self, *args: Any, timeout: float | None = None) -> Pending:
         raise NotImplementedError
 
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        """A call with an event handler of its own (each face's way)."""
+        raise NotImplementedError
+
     def map(self, items: Iterable[Any]) -> list[Any]:
         raise NotImplementedError
 
@@ -128,6 +132,12 @@ class PoolFace(Face):
 
         fut = asyncio.run_coroutine_threadsafe(wait(), self.loop)
         return Pending(fut, lambda: self.loop.call_soon_threadsafe(call.cancel))
+
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        async def call() -> Any:
+            return await self._pool().call(*args, on_event=on_event)
+
+        return self._run(call())
 
     def map(self, items: Iterable[Any]) -> list[Any]:
         async def collect() -> list[Any]:
@@ -204,6 +214,9 @@ class BlockingPoolFace(Face):
     def start(self, *args: Any, timeout: float | None = None) -> Pending:
         return Pending(self.callers.submit(self.call, *args, timeout=timeout))
 
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        return self._pool().call(*args, on_event=on_event)
+
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._pool().map(items))
 
@@ -257,6 +270,9 @@ class ExecutorFace(Face):
     def start(self, *args: Any, timeout: float | None = None) -> Pending:
         assert timeout is None, "an executor's calls have no timeout"
         return Pending(self._ex().submit(self.func, *args))
+
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        return self._ex().submit_with(self.func, *args, on_event=on_event).result(WAIT)
 
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._ex().map(self.func, items, timeout=WAIT))
