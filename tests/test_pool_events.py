@@ -55,6 +55,7 @@ def test_done_runs_in_every_worker_as_rpc_runs_it(face: Face, tmp_path: Path) ->
             done="pool_funcs:done_mark",
         )
         assert face.map(range(4)) == [0, 2, 4, 6]
+        face.wait_until(lambda s: s.starting == 0)  # every worker it started is known
         pids = face.worker_pids()
         face.close()
     finally:

@@ -8,6 +8,7 @@ pools give them."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import inspect
 import multiprocessing
 import os
@@ -44,9 +45,9 @@ def test_the_constructor_is_process_pool_executors_positional_order_included() -
 
 
 def test_bad_arguments_say_what_they_should_be() -> None:
-    with pytest.raises(TypeError, match="first argument is max_workers.*template="):
+    with pytest.raises(TypeError, match=r"first argument is max_workers.*template="):
         anyfork.PoolExecutor(anyfork.new())  # type: ignore[arg-type]  # the old order
-    with pytest.raises(TypeError, match="first argument is max_workers.*func="):
+    with pytest.raises(TypeError, match=r"first argument is max_workers.*func="):
         anyfork.PoolExecutor("pool_funcs:double")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="initializer must be a callable"):
         anyfork.PoolExecutor(1, initializer=3)  # type: ignore[arg-type]
@@ -74,12 +75,14 @@ def test_bad_arguments_say_what_they_should_be() -> None:
 )
 def test_another_pools_keyword_names_anyforks(face: str, theirs: str, ours: str) -> None:
     options: dict[str, Any] = {theirs: 2}
+    make = (
+        anyfork.PoolExecutor
+        if face == "PoolExecutor"
+        else functools.partial(getattr(anyfork, face), None, "pool_funcs:double")
+    )
     message = rf"{face}\(\) got unexpected keyword arguments \['{theirs}'\] \({theirs}= is {ours}="
     with pytest.raises(TypeError, match=message):
-        if face == "PoolExecutor":
-            anyfork.PoolExecutor(**options)
-        else:
-            getattr(anyfork, face)(None, "pool_funcs:double", **options)
+        make(**options)
 
 
 def test_workers_start_at_once_as_calls_queue_up_to_max_workers(gate: Gate) -> None:
