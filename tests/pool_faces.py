@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import anyfork
@@ -149,6 +149,9 @@ class PoolFace(Face):
         face, results = self, self._pool().map(items, **options)
 
         class Steps:
+            def __iter__(self) -> Steps:
+                return self
+
             def __next__(self) -> Any:
                 async def step() -> Any:
                     try:
@@ -276,6 +279,14 @@ class ExecutorFace(Face):
 
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._ex().map(self.func, items, timeout=WAIT))
+
+    def map_iter(self, items: Iterable[Any], **options: Any) -> MapIterator:
+        results = self._ex().map(self.func, items, timeout=WAIT, **options)
+
+        def steps() -> Iterator[Any]:
+            yield from results
+
+        return steps()  # type: ignore[return-value]  # a generator has close()
 
     def statistics(self) -> PoolStatistics:
         return self._ex().statistics()

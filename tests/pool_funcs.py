@@ -115,3 +115,10 @@ def has_multiprocessing() -> bool:
     import sys
 
     return "multiprocessing" in sys.modules
+
+
+def checked(x: Any) -> Any:
+    """``x``, or raise ``PoolError`` for a negative one."""
+    if x < 0:
+        raise PoolError(f"item {x}")
+    return x

@@ -307,8 +307,9 @@ class Delivery:
         """``unit``'s results are taken (counted, in order)."""
         with self.job.changed:
             self.job.pending.popleft()
-        self.done += len(unit.results)
-        self._hook(self.done, self.total)
+        if unit.results:
+            self.done += len(unit.results)
+            self._hook(self.done, self.total)
 
     def close(self) -> None:
         """The map ends (done, failed or stopped early): calls not started are withdrawn,
