@@ -117,9 +117,9 @@ def test_results_in_order_error_at_its_item_progress_exact(
             unit = outstanding.pop(rng.randrange(len(outstanding)))
             answer(job, unit, bad, took=rng.choice([1e-6, 0.01, 0.2]))
         elif job.units(1):
-            unit = job.take(0.0)
-            assert unit is not None
-            outstanding.append(unit)
+            cut = job.take(0.0)
+            assert cut is not None
+            outstanding.append(cut)
         else:
             break
     progress: list[tuple[int, int | None]] = []
