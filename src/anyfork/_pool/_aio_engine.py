@@ -31,6 +31,7 @@ from .._rpc._batching import service_time
 from .._rpc._start import Client
 from .._util import wait_for
 from . import _policy
+from ._aio_calls import Call, answered
 from ._core import Halt, Job, Launch, PoolCore, Send
 from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
@@ -39,79 +40,13 @@ from ._worker import STOP_TIMEOUT, Starter, kill
 
 
 class _Worker(Worker):
-    __slots__ = ("answered", "client", "keyed", "task")
+    __slots__ = ("answered", "client", "task")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
         self.client: Client | None = None
         self.task: asyncio.Task[None] | None = None
-        self.keyed = False  # started with the parent's multiprocessing authkey
         self.answered: float | None = None  # when it last answered a call (a map's sizes)
-
-
-class Call(asyncio.Future[Any]):
-    """A pool call: queued when it is made, sent when a worker takes it; resolves to the result.
-
-    Cancelling it withdraws it while it is queued, and abandons it once sent (as cancelling a
-    client's call does: the async backend cancels it in the worker, the sync backend kills the
-    worker, which then leaves the pool's rotation at once)."""
-
-    __slots__ = (
-        "args",
-        "inner",
-        "job",
-        "kwargs",
-        "on_event",
-        "pool",
-        "sent",
-        "timeout",
-        "timer",
-        "took",
-        "unit",
-        "worker",
-    )
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    on_event: Callable[..., object] | None
-    job: MapJob[Call] | None  # a map's call: its job, and the items it carries
-    unit: Unit | None
-    sent: float  # when it was sent (a map's call)
-    took: float | None  # the seconds its worker spent on it (a map's call)
-    pool: AsyncEngine | None
-    worker: _Worker | None  # the worker it was sent to; None while queued
-    inner: asyncio.Future[Any] | None  # the client's call, once sent
-    timer: asyncio.TimerHandle | None
-    timeout: float | None
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool._abandon(self)
-        return True
-
-    def withdraw(self) -> None:
-        """For ``map`` stopping early: cancel it if it is still queued; a running call is left
-        to finish, and its outcome is dropped without being reported as unretrieved."""
-        if self.worker is None:
-            self.cancel()
-        else:
-            self.add_done_callback(_retrieve)
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _answered(call: Call) -> None:
-    """A map's call is over: its job hears how it went."""
-    assert call.job is not None
-    assert call.unit is not None
-    error = asyncio.CancelledError() if call.cancelled() else call.exception()
-    call.job.answered(call.unit, None if error is not None else call.result(), error, call.took)
 
 
 class AsyncEngine:
@@ -181,13 +116,9 @@ class AsyncEngine:
         return call
 
     def _rekey(self) -> None:
-        """A ``multiprocessing`` Manager appeared after workers started without the parent's
-        authkey (its proxies would be refused there): they are replaced by workers that have
-        it, as they finish their calls."""
+        """See ``PoolCore.retire_keyless``."""
         if self._starter.rekey():
-            for worker in list(self._core.workers.values()):
-                if not worker.keyed:
-                    self._core.retire(worker)
+            self._core.retire_keyless()
 
     # -- maps ---------------------------------------------------------------------------------
 
@@ -218,7 +149,7 @@ class AsyncEngine:
         unit.call = call
         if call.timeout is not None:
             call.timer = loop.call_later(call.timeout, self._expire, call)
-        call.add_done_callback(_answered)
+        call.add_done_callback(answered)
         return call
 
     @staticmethod

@@ -299,6 +299,14 @@ class PoolCore(Generic[W, C]):
             if size is not None and size > self.max_memory:
                 worker.retiring = True
 
+    def retire_keyless(self) -> None:
+        """A ``multiprocessing`` Manager appeared after workers started without the parent's
+        authkey (its proxies would be refused there): they get no new calls and are replaced
+        (by workers that have it) as they finish theirs."""
+        for worker in self.workers.values():
+            if not worker.keyed:
+                worker.retiring = True
+
     def retire(self, worker: W) -> bool:
         """``worker`` asked to be replaced: it gets no new calls.  ``True`` if that is news."""
         if worker.retiring:

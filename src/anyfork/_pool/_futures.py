@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._rpc._blocking import BlockingClient
     from ._map import MapJob, Unit
     from ._threads import _Worker
 
@@ -141,6 +142,26 @@ def settles(fut: cf.Future[Any], deadline: float) -> bool:
     except cf.CancelledError:
         pass
     return True
+
+
+def invoke(client: BlockingClient, call: Call) -> Any:
+    """Run ``call`` on ``client`` (its lock held): a call, with its own event handler, or a
+    map's call (one item, answered as a one-item list: see ``_map.MapJob.answered``; or a
+    batch), timed for the map's sizes.  ``TimeoutError`` for a call whose deadline has passed
+    before it was sent (it is not sent)."""
+    if call.deadline is not None and time.monotonic() >= call.deadline:
+        raise TimeoutError
+    unit = call.unit
+    if unit is None:
+        return client._call(call.args, call.kwargs, remaining(call.deadline), call.on_event)
+    start = time.monotonic()
+    if unit.n == 1:
+        result: Any = [client._call(unit.args(), {}, remaining(call.deadline))]
+    else:
+        assert unit.columns is not None
+        result = client._call_batch(unit.columns, remaining(call.deadline))
+    call.took = time.monotonic() - start
+    return result
 
 
 def remaining(deadline: float | None) -> float | None:

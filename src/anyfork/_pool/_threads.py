@@ -38,20 +38,20 @@ from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
 from . import _futures, _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
-from ._futures import Call, Future, drain, fail, remaining, run_or_skip
+from ._futures import Call, Future, drain, fail, run_or_skip
 from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
+from ._threads_closing import Closing
 from ._watch import Changes, Clock, Watcher, died_idle
-from ._worker import STOP_TIMEOUT, Starter, kill
+from ._worker import STOP_TIMEOUT, Starter
 
 
 class _Worker(Worker):
-    __slots__ = ("client", "fd", "inbox", "keyed")
+    __slots__ = ("client", "fd", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
-        self.keyed = False  # started with the parent's multiprocessing authkey
         self.client: BlockingClient | None = None
         self.fd = -1  # its client's socket, while the watcher watches it
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
@@ -59,9 +59,10 @@ class _Worker(Worker):
         self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
-class ThreadsEngine:
+class ThreadsEngine(Closing):
     """A pool whose calls go from the calling thread to a worker's own thread and back (or are
-    run by the waiting caller).  Arguments as for ``anyfork.Pool``."""
+    run by the waiting caller).  Arguments as for ``anyfork.Pool``; its closing is
+    ``_threads_closing.Closing``'s."""
 
     def __init__(
         self,
@@ -153,7 +154,7 @@ class ThreadsEngine:
             raise ClosedError("the pool takes no new call: the program is ending")
         self._open()
         if self._starter.rekey():
-            self._retire_keyless()
+            self._core.retire_keyless()
 
     def submit(
         self,
@@ -356,14 +357,6 @@ class ThreadsEngine:
             if self._core.retire(worker):
                 self._schedule()
 
-    def _retire_keyless(self) -> None:
-        """With the lock held: a ``multiprocessing`` Manager appeared after workers started
-        without the parent's authkey (its proxies would be refused there): they are replaced
-        by workers that have it, as they finish their calls."""
-        for worker in list(self._core.workers.values()):
-            if not worker.keyed:
-                self._core.retire(worker)
-
     def _claim(self, worker: _Worker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
         claimed it, or the call has moved on.  (A caller that found this worker dead queues the
@@ -401,21 +394,7 @@ class ThreadsEngine:
             running = sendable and run_or_skip(call.fut)
             if running:
                 try:
-                    if call.deadline is not None and time.monotonic() >= call.deadline:
-                        raise TimeoutError  # expired before it was sent: it is not sent
-                    unit = call.unit
-                    if unit is None:
-                        result = client._call(
-                            call.args, call.kwargs, remaining(call.deadline), call.on_event
-                        )
-                    else:
-                        start = time.monotonic()
-                        if unit.n == 1:  # a one-item list: see MapJob.answered
-                            result = [client._call(unit.args(), {}, remaining(call.deadline))]
-                        else:
-                            assert unit.columns is not None
-                            result = client._call_batch(unit.columns, remaining(call.deadline))
-                        call.took = time.monotonic() - start
+                    result = _futures.invoke(client, call)
                 except BaseException as e:
                     exc = e
                 call.args, call.kwargs = (), {}
@@ -532,111 +511,3 @@ class ThreadsEngine:
                     raise TimeoutError(
                         f"the pool did not reach the condition within {timeout} s: {stats}"
                     )
-
-    # -- closing ------------------------------------------------------------------------------
-
-    def cancel_pending(self) -> list[MapJob[Call]]:
-        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``), a map's
-        items not sent yet too; returns the maps' jobs."""
-        with self._lock:
-            pending = list(self._outstanding)
-            jobs = [job for job in self._core.queue if isinstance(job, MapJob)]
-            for job in jobs:
-                self._core.withdraw(job)
-        for job in jobs:
-            job.fail(cf.CancelledError())
-        for call in pending:
-            call.fut.cancel()  # queued ones withdraw themselves; inbox ones are skipped
-        return jobs
-
-    def interrupt(self) -> None:
-        """A caller was interrupted (``KeyboardInterrupt``) while it waited for the pool: every
-        call no worker has started is cancelled (a map's items not sent yet too), and the busy
-        workers are killed, so their running calls fail (``WorkerDiedError``) and nothing
-        outlives the program.  The pool stays open: a later call starts a new worker."""
-        self.cancel_pending()
-        with self._lock:
-            busy = [w for w in self._core.workers.values() if w.ready and w.load]
-        for worker in busy:
-            kill(worker.pid, worker.client)
-
-    def close(
-        self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None
-    ) -> None:
-        """No new calls; the queue is still served (``cancel``: the fast way, see
-        :meth:`_cancel`).  ``wait``: return once every worker thread has finished (their
-        processes have exited) and the template is closed; otherwise a thread finishes that
-        in the background.  ``timeout``: after that many seconds the rest is done the fast way
-        and ``TimeoutError`` raised.  Interrupted (``KeyboardInterrupt``, wherever it lands):
-        the rest is done the fast way, and the interrupt raised."""
-        try:
-            self._close(wait, cancel, timeout)
-        except Exception:
-            raise
-        except BaseException:
-            self.interrupt()
-            self._cancel()
-            self._finish()
-            raise
-
-    def _close(self, wait: bool, cancel: bool, timeout: float | None) -> None:
-        if cancel:
-            self._cancel()
-        with self._lock:
-            if not self._core.closing:
-                self._core.close()
-                self._schedule()
-        if not wait:
-            threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._join(deadline):
-            self._cancel()
-            self._finish()
-            raise TimeoutError(f"the pool did not close within {timeout} s (its workers killed)")
-        self._finish()
-
-    def _cancel(self) -> None:
-        """Queued calls fail with ``ClosedError`` (and those given to a worker that has not
-        started them), workers are killed (their running calls fail with
-        ``WorkerDiedError``), starting ones abandoned."""
-        with self._lock:
-            calls, workers = self._core.cancel()
-            for worker in workers:
-                for call in drain(worker.inbox):
-                    if not call.claimed:
-                        call.claimed = True
-                        calls.append(call)
-                worker.inbox.put(None)
-            self._changes.bump()
-        fail(calls, ClosedError("the pool was cancelled"))
-        for worker in workers:
-            kill(worker.pid, worker.client)
-
-    def _join(self, deadline: float | None) -> bool:
-        """Join every worker thread, including any a closing pool starts to serve its queue;
-        ``False`` at the deadline."""
-        while True:
-            with self._lock:
-                threads = list(self._threads)
-            if not threads:
-                return True
-            for thread in threads:
-                thread.join(remaining(deadline))
-                if thread.is_alive():
-                    return False
-            with self._lock:
-                self._threads.difference_update(threads)
-
-    def _finish(self) -> None:
-        self._join(None)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._clock.stop()
-        self._watcher.close()
-        self._starter.close()
-        _watch.closed(self)
-        if self._on_close is not None:
-            self._on_close()
