@@ -53,12 +53,14 @@ class Pool(AsyncEngine):
             failed); the failed calls raise it too.
         on_close: called once the pool has closed and every worker has exited.
         rpc_options: passed to :func:`anyfork.rpc`: ``backend``, ``serializer``, ``init``,
-            ``on_event`` (the pool filters its own retire events out; without a handler, user
-            events are dropped), ``concurrency`` and ``timeout`` (each worker's start-up
-            deadline, default 60 s).
+            ``done``, ``on_event`` (the pool filters its own retire events out; without a
+            handler, user events are dropped; a call can have its own, see :meth:`call`),
+            ``concurrency`` and ``timeout`` (each worker's start-up deadline, default 60 s).
 
     Raises:
-        ValueError: a bad setting; TypeError: an unknown option, or a template that is not a
+        ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
+        another pool's: ``processes=`` is ``max=``, ``initializer=`` is ``init=``,
+        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a
         Process.
 
     Scheduling: each call goes to the least-loaded worker below ``load``; when all are at
@@ -71,7 +73,10 @@ class Pool(AsyncEngine):
 
     Cancellation of ``await pool(...)``: a queued call is withdrawn; a running one is
     cancelled as the RPC client does (with the sync backend its worker is killed, and that
-    worker's other running calls fail with ``WorkerDiedError``; it takes no new call).
+    worker's other running calls fail with ``WorkerDiedError``; it takes no new call).  A
+    worker's death fails its calls with an exception that is ``WorkerDiedError`` and the
+    standard library's ``BrokenProcessPool`` both.  Ctrl-C in ``asyncio.run`` cancels the
+    main task: leaving ``async with`` that way cancels the pool (workers killed, calls failed).
     """
 
     def __init__(

@@ -207,12 +207,13 @@ class PoolExecutor(_Face, cf.Executor):
     the executor replaces the worker and keeps serving.  The function's own exceptions keep
     their type, with the worker's traceback as ``__cause__`` (its text also as ``.tb``, as the
     standard library's).  ``multiprocessing.Manager()`` proxies passed as arguments work (the
-    workers get the parent's authkey once a Manager can exist).  The futures are
-    ``concurrent.futures.Future``\\s; the executor keeps no reference to a call's function,
-    arguments or result once the call is over.  Each worker is served by a thread of the
+    workers get the parent's authkey once a Manager can exist).  The futures are plain
+    ``concurrent.futures.Future`` objects; the executor keeps no reference to a call's
+    function, arguments or result once the call is over.  Each worker is served by a thread of the
     executor's own, and a caller waiting in ``result()`` (without a timeout) runs its call on
     the worker's connection itself.  An executor never shut down is shut down at exit, the
-    graceful way; a ``submit`` after that raises ``RuntimeError``.
+    graceful way (the fast way if the program ends with an uncaught ``KeyboardInterrupt``); a
+    ``submit`` after that raises ``RuntimeError``.
 
     Ctrl-C (``KeyboardInterrupt``) while a caller waits in ``result()``, ``map``,
     ``shutdown`` or at the end of a ``with`` block: the calls not started are cancelled and
@@ -311,7 +312,7 @@ class PoolExecutor(_Face, cf.Executor):
         the others.  (A keyword named ``on_event`` for ``fn`` goes through :meth:`submit`.)"""
         self._check(fn)
         if self._func is None:
-            args, kwargs = (fn, args, kwargs), {}
+            args = (fn, *args)  # _apply(fn, *args, **kwargs) in the worker
         try:
             return self._engine.submit(args, kwargs, None, on_event)
         except ClosedError:
@@ -343,8 +344,7 @@ class PoolExecutor(_Face, cf.Executor):
         job = engine.job(chunksize)
         columns = columns_of(iterables)
         if self._func is None and columns:
-            n = len(columns[0])
-            columns = [[fn] * n, list(zip(*columns, strict=True)), [{}] * n]
+            columns.insert(0, [fn] * len(columns[0]))  # _apply(fn, *items) in the worker
         job.feed(columns, True)
         delivery = Delivery(job, (), None, False, engine.queue_job, engine.withdraw_unit)
         try:
