@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import anyfork
@@ -60,6 +60,10 @@ class Face:
         raise NotImplementedError
 
     def start(self, *args: Any, timeout: float | None = None) -> Pending:
+        raise NotImplementedError
+
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        """A call with an event handler of its own (each face's way)."""
         raise NotImplementedError
 
     def map(self, items: Iterable[Any]) -> list[Any]:
@@ -129,6 +133,12 @@ class PoolFace(Face):
         fut = asyncio.run_coroutine_threadsafe(wait(), self.loop)
         return Pending(fut, lambda: self.loop.call_soon_threadsafe(call.cancel))
 
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        async def call() -> Any:
+            return await self._pool().call(*args, on_event=on_event)
+
+        return self._run(call())
+
     def map(self, items: Iterable[Any]) -> list[Any]:
         async def collect() -> list[Any]:
             return [r async for r in self._pool().map(items)]
@@ -139,6 +149,9 @@ class PoolFace(Face):
         face, results = self, self._pool().map(items, **options)
 
         class Steps:
+            def __iter__(self) -> Steps:
+                return self
+
             def __next__(self) -> Any:
                 async def step() -> Any:
                     try:
@@ -204,6 +217,9 @@ class BlockingPoolFace(Face):
     def start(self, *args: Any, timeout: float | None = None) -> Pending:
         return Pending(self.callers.submit(self.call, *args, timeout=timeout))
 
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        return self._pool().call(*args, on_event=on_event)
+
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._pool().map(items))
 
@@ -244,7 +260,11 @@ class ExecutorFace(Face):
 
     def open(self, template: anyfork.Process | None, func: Any, **options: Any) -> None:
         self.func = func
-        self.ex = anyfork.PoolExecutor(template, func, **options)
+        if "max" in options:
+            options["max_workers"] = options.pop("max")
+        if "max_calls" in options:
+            options["max_tasks_per_child"] = options.pop("max_calls")
+        self.ex = anyfork.PoolExecutor(template=template, func=func, **options)
 
     def call(self, *args: Any, timeout: float | None = None) -> Any:
         assert timeout is None, "an executor's calls have no timeout"
@@ -254,8 +274,19 @@ class ExecutorFace(Face):
         assert timeout is None, "an executor's calls have no timeout"
         return Pending(self._ex().submit(self.func, *args))
 
+    def call_with_events(self, *args: Any, on_event: Callable[..., object]) -> Any:
+        return self._ex().submit_with(self.func, *args, on_event=on_event).result(WAIT)
+
     def map(self, items: Iterable[Any]) -> list[Any]:
         return list(self._ex().map(self.func, items, timeout=WAIT))
+
+    def map_iter(self, items: Iterable[Any], **options: Any) -> MapIterator:
+        results = self._ex().map(self.func, items, timeout=WAIT, **options)
+
+        def steps() -> Iterator[Any]:
+            yield from results
+
+        return steps()  # type: ignore[return-value]  # a generator has close()
 
     def statistics(self) -> PoolStatistics:
         return self._ex().statistics()

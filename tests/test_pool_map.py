@@ -38,7 +38,7 @@ def test_map_bounds_calls_in_flight(gate: Gate) -> None:
                     consumed.append(i)
                     yield i
 
-            results = pool.map(lazy(), max_in_flight=3)
+            results = pool.map(lazy(), max_in_flight=3, chunksize=1)
             first = asyncio.ensure_future(results.__anext__())
             await gate.wait_started_async(1)
             s = await until(pool, lambda s: s.busy == 1 and s.queued == 2)
@@ -84,7 +84,9 @@ def test_map_stopped_early_withdraws_queued_calls(gate: Gate) -> None:
         async with pool:
             gate.release(2)
             got = []
-            async with contextlib.aclosing(pool.map(range(100), max_in_flight=4)) as results:
+            async with contextlib.aclosing(
+                pool.map(range(100), max_in_flight=4, chunksize=1)
+            ) as results:
                 async for tag, _ in results:
                     got.append(tag)
                     if len(got) == 2:

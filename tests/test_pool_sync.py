@@ -32,7 +32,9 @@ def no_threads() -> Iterator[None]:
 
 
 def gated_executor(gate: Gate, **kw: Any) -> anyfork.PoolExecutor:
-    return anyfork.PoolExecutor(gate.template(), "pool_funcs:gated", **gate.options(), **kw)
+    return anyfork.PoolExecutor(
+        template=gate.template(), func="pool_funcs:gated", **gate.options(), **kw
+    )
 
 
 # -- BlockingPool ---------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def test_blocking_pool_map_stops_early_and_cancel(gate: Gate) -> None:
         gate.template(), "pool_funcs:gated", **gate.options(), max=1, load=1
     )
     gate.release(2)
-    results = pool.map(range(10), max_in_flight=3)
+    results = pool.map(range(10), max_in_flight=3, chunksize=1)
     assert next(results)[0] == 0
     assert next(results)[0] == 1
     gate.wait_started(3)  # the third call runs (a call not started yet would be withdrawn)
@@ -115,7 +117,7 @@ def test_map_order_exceptions_and_builtin_equivalence() -> None:
 
 
 def test_fixed_function_executor() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.double, max=1) as ex:
+    with anyfork.PoolExecutor(1, func=pool_funcs.double) as ex:
         assert ex.submit(pool_funcs.double, 3).result(WAIT) == 6
         assert ex.submit("pool_funcs:double", "a").result(WAIT) == "aa"
         with pytest.raises(ValueError, match="serves pool_funcs:double"):
@@ -137,7 +139,7 @@ def test_submit_after_shutdown() -> None:
 
 
 def test_shutdown_wait_runs_queued_calls(gate: Gate) -> None:
-    ex = gated_executor(gate, max=1, load=1)
+    ex = gated_executor(gate, max_workers=1, load=1)
     futures = [ex.submit("pool_funcs:gated", i) for i in range(4)]
     gate.wait_started(1)
     gate.release(4)
@@ -146,7 +148,7 @@ def test_shutdown_wait_runs_queued_calls(gate: Gate) -> None:
 
 
 def test_cancel_pending_future_and_cancel_futures(gate: Gate) -> None:
-    ex = gated_executor(gate, max=1, load=1)
+    ex = gated_executor(gate, max_workers=1, load=1)
     running = ex.submit("pool_funcs:gated", "running")
     pending = [ex.submit("pool_funcs:gated", i) for i in range(3)]
     gate.wait_started(1)
@@ -209,7 +211,7 @@ def test_from_threads_and_run_in_executor() -> None:
 def test_cancel_futures_reaches_a_call_already_given_to_a_busy_worker(gate: Gate) -> None:
     # load=2: the second call is handed to the (busy) worker at once, but has not started; it is
     # still pending for concurrent.futures, so shutdown(cancel_futures=True) must cancel it.
-    ex = gated_executor(gate, max=1, load=2)
+    ex = gated_executor(gate, max_workers=1, load=2)
     running = ex.submit("pool_funcs:gated", "running")
     handed = ex.submit("pool_funcs:gated", "handed")
     queued = ex.submit("pool_funcs:gated", "queued")

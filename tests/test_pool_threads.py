@@ -24,7 +24,7 @@ WAIT = 20
 
 
 def test_an_idle_worker_killed_loses_no_call() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
@@ -59,7 +59,7 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
 
     monkeypatch.setattr(ThreadsEngine, "_claim", claim)
     monkeypatch.setattr(ThreadsEngine, "_lost", lost)
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
@@ -115,11 +115,11 @@ def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.die, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.die, max_workers=1) as ex:
         with pytest.raises(anyfork.WorkerDiedError) as info:
             ex.submit(pool_funcs.die, 7).result(WAIT)
         assert info.value.returncode == 7
-    with anyfork.PoolExecutor(None, None, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=None, max_workers=1) as ex:
         dying = ex.submit(pool_funcs.die, 3)
         after = ex.submit(pool_funcs.double, 21)
         with pytest.raises(anyfork.WorkerDiedError):
@@ -129,12 +129,12 @@ def test_a_worker_dying_mid_call_fails_only_that_call() -> None:
 
 
 def test_retire_and_max_calls_replace_workers() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.retire_after, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.retire_after, max_workers=1, idle=1) as ex:
         pids = [ex.submit(pool_funcs.retire_after, i).result(WAIT)[1] for i in range(3)]
         stats = ex.statistics()
     assert len(set(pids)) == 3  # each call retired its worker
     assert stats.retired >= 2
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, max_calls=2) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, max_tasks_per_child=2) as ex:
         pids = [ex.submit(pool_funcs.pid, i).result(WAIT)[1] for i in range(6)]
     assert len(set(pids)) == 3  # recycled every 2 calls
 
@@ -164,7 +164,7 @@ def result_within(fut: cf.Future[Any], deadline: float = WAIT) -> Any:
 
 
 def test_a_waiting_caller_runs_its_call_and_death_is_handled_once() -> None:
-    with anyfork.PoolExecutor(None, None, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=None, max_workers=1) as ex:
         assert result_within(ex.submit(pool_funcs.double, 4)) == 8
         with pytest.raises(anyfork.WorkerDiedError) as info:
             result_within(ex.submit(pool_funcs.die, 5))
@@ -176,7 +176,7 @@ def test_a_waiting_caller_runs_its_call_and_death_is_handled_once() -> None:
 
 
 def test_a_waiting_caller_finds_an_idle_worker_dead_and_loses_nothing() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = result_within(ex.submit(pool_funcs.pid, 1))
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
@@ -188,7 +188,7 @@ def test_a_waiting_caller_finds_an_idle_worker_dead_and_loses_nothing() -> None:
 def test_many_threads_waiting_and_not_waiting() -> None:
     """Callers that wait (and so run calls themselves) mixed with callers that only collect
     (so the workers' threads run theirs): every call runs exactly once, in its own future."""
-    with anyfork.PoolExecutor(None, pool_funcs.double, max_workers=2, idle=2) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.double, max_workers=2, idle=2) as ex:
 
         def waiter(base: int) -> list[Any]:
             return [ex.submit(pool_funcs.double, base + i).result() for i in range(100)]
@@ -210,11 +210,11 @@ def test_many_threads_waiting_and_not_waiting() -> None:
 
 
 def test_the_executor_checks_its_options_as_the_pool_does() -> None:
-    with pytest.raises(ValueError, match="max_calls"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, max_calls=0)
+    with pytest.raises(ValueError, match="max_tasks_per_child must be >= 1"):
+        anyfork.PoolExecutor(func=pool_funcs.pid, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="max_memory"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, max_memory=-1)
+        anyfork.PoolExecutor(func=pool_funcs.pid, max_memory=-1)
     with pytest.raises(ValueError, match="load"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, load=0)
+        anyfork.PoolExecutor(func=pool_funcs.pid, load=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, bogus=1)
+        anyfork.PoolExecutor(func=pool_funcs.pid, bogus=1)

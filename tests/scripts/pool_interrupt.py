@@ -33,7 +33,7 @@ with anyfork.BlockingPool(
     tmpl, "pool_funcs:gated", init="pool_funcs:init_gate", on_event=on_event, max=1, load=1
 ) as pool:
     try:
-        for result in pool.map(range(5)):
+        for result in pool.map(range(5), chunksize=1):
             say("result", result)
     except KeyboardInterrupt:
         say("interrupted")

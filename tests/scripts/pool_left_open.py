@@ -27,7 +27,7 @@ def say(*words: object) -> None:
 
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "executor":
-    ex = anyfork.PoolExecutor(None, "pool_funcs:record", max=1, idle=1, load=1)
+    ex = anyfork.PoolExecutor(1, func="pool_funcs:record", idle=1, load=1)
     ex.submit("pool_funcs:record", path, 0).result(30)
     say(ex.worker_pids()[0])
     for i in range(1, 21):

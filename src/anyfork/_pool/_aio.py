@@ -10,8 +10,8 @@ from typing import Any
 
 from .._core._process import Func, Process
 from .._util import publish
-from ._aio_engine import AsyncEngine, Call
-from ._map import Progress, Window, amap, window_size
+from ._aio_engine import AsyncEngine
+from ._map import Delivery, Progress, amap, window_size
 from ._records import PoolStatistics, describe
 from ._system import settings
 
@@ -53,12 +53,14 @@ class Pool(AsyncEngine):
             failed); the failed calls raise it too.
         on_close: called once the pool has closed and every worker has exited.
         rpc_options: passed to :func:`anyfork.rpc`: ``backend``, ``serializer``, ``init``,
-            ``on_event`` (the pool filters its own retire events out; without a handler, user
-            events are dropped), ``concurrency`` and ``timeout`` (each worker's start-up
-            deadline, default 60 s).
+            ``done``, ``on_event`` (the pool filters its own retire events out; without a
+            handler, user events are dropped; a call can have its own, see :meth:`call`),
+            ``concurrency`` and ``timeout`` (each worker's start-up deadline, default 60 s).
 
     Raises:
-        ValueError: a bad setting; TypeError: an unknown option, or a template that is not a
+        ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
+        another pool's: ``processes=`` is ``max=``, ``initializer=`` is ``init=``,
+        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a
         Process.
 
     Scheduling: each call goes to the least-loaded worker below ``load``; when all are at
@@ -71,7 +73,10 @@ class Pool(AsyncEngine):
 
     Cancellation of ``await pool(...)``: a queued call is withdrawn; a running one is
     cancelled as the RPC client does (with the sync backend its worker is killed, and that
-    worker's other running calls fail with ``WorkerDiedError``; it takes no new call).
+    worker's other running calls fail with ``WorkerDiedError``; it takes no new call).  A
+    worker's death fails its calls with an exception that is ``WorkerDiedError`` and the
+    standard library's ``BrokenProcessPool`` both.  Ctrl-C in ``asyncio.run`` cancels the
+    main task: leaving ``async with`` that way cancels the pool (workers killed, calls failed).
     """
 
     def __init__(
@@ -119,11 +124,26 @@ class Pool(AsyncEngine):
         Cancellation: see the class docs."""
         return self._submit(args, kwargs, None)
 
-    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> asyncio.Future[Any]:
-        """Like ``pool(...)``, with a ``timeout`` in seconds for the whole call (waiting in
-        the queue included): ``TimeoutError``.  A call that times out while running is
-        abandoned as a cancelled one is (the sync backend kills its worker)."""
-        return self._submit(args, kwargs, timeout)
+    def call(
+        self,
+        *args: Any,
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Future[Any]:
+        """Like ``pool(...)``, with a deadline and an event handler of its own.
+
+        Args:
+            *args: the function's positional arguments.
+            timeout: seconds for the whole call (waiting in the queue included), then
+                ``TimeoutError``; a call that times out while running is abandoned as a
+                cancelled one is (the sync backend kills its worker).
+            on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)``
+                this call raises (the pool's ``on_event`` gets the others), in order, each
+                before the call's result is returned.
+            **kwargs: the function's keyword arguments (one named ``timeout`` or
+                ``on_event`` goes through ``pool(...)``)."""
+        return self._submit(args, kwargs, timeout, on_event)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -164,32 +184,40 @@ class Pool(AsyncEngine):
         max_in_flight: int | None = None,
         timeout: float | None = None,
         progress: bool | Progress = False,
+        chunksize: int | None = None,
     ) -> AsyncGenerator[Any, None]:
         """Call the function on each item (``pool.map(xs)``: ``func(x)``; ``pool.map(xs, ys)``:
         ``func(x, y)``, as the builtin ``map`` zips) and yield the results in order.
 
-        At most ``max_in_flight`` calls are submitted at once (default: twice the pool's
-        capacity, ``2 * max * load``), so a huge or endless iterable is consumed lazily.  The
-        first exception is raised when its result's turn comes.  Closing the iterator early
+        Items travel in batches (one frame each way, run in order by one worker) sized by the
+        pool as workers take them: one item first, then batches of about 30 ms from the time
+        the earlier ones took (for cheap calls, many times faster than a call per item).
+        ``chunksize`` fixes the items per call instead, as in ``concurrent.futures``
+        (``chunksize=1``: one call per item).  With the ``"bytes"`` and ``"str"`` serialisers
+        every item is a call of its own.
+
+        At most ``max_in_flight`` calls (a batch is one) are in flight at once (default: twice
+        the pool's capacity, ``2 * max * load``), so a huge or endless iterable is read
+        lazily.  The first exception (in item order) is raised when its item's turn comes,
+        after the results before it; no call is sent after it.  Closing the iterator early
         withdraws the calls still queued and lets those running finish (their results are
         dropped); after a ``break`` that happens when the generator is finalised, so use
         ``async with contextlib.aclosing(pool.map(...)) as results:`` to make it immediate.
-        ``timeout`` applies to each call.
+        ``timeout`` applies to each call (a batch of ``n`` items: ``n * timeout``).
 
-        ``progress=True`` shows a tqdm bar if tqdm is installed (nothing otherwise);
-        ``progress=callable`` is called as ``callable(done, total)`` after each completed call
-        (``total`` is ``None`` when the iterables have no length).
+        ``progress=True`` shows a tqdm bar (without tqdm: a ``RuntimeWarning``, once, and no
+        bar); ``progress=callable`` is called as ``callable(done, total)`` as results are
+        delivered, ``done`` counting items (``total`` is ``None`` when the iterables have no
+        length).
 
         Raises:
-            TypeError: no iterable; ValueError: a bad ``max_in_flight``."""
-        window: Window[Call] = Window(
-            iterables,
-            window_size(max_in_flight, self._core.settings),
-            progress,
-            lambda args: self._submit(args, {}, timeout),
-            Call.withdraw,
-        )
-        return amap(window)
+            TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        limit = window_size(max_in_flight, self._core.settings)
+        job = self._job(chunksize, timeout)
+        delivery = Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
+        return amap(delivery)
 
     # -- closing ----------------------------------------------------------------------------------
 

@@ -27,61 +27,26 @@ from typing import Any
 
 from .._core._process import Func, Process
 from .._errors import ClosedError, WorkerDiedError
+from .._rpc._batching import service_time
 from .._rpc._start import Client
 from .._util import wait_for
 from . import _policy
-from ._core import Halt, Launch, PoolCore, Send
+from ._aio_calls import Call, answered
+from ._core import Halt, Job, Launch, PoolCore, Send
+from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
 from ._system import rss
 from ._worker import STOP_TIMEOUT, Starter, kill
 
 
 class _Worker(Worker):
-    __slots__ = ("client", "task")
+    __slots__ = ("answered", "client", "task")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
         self.client: Client | None = None
         self.task: asyncio.Task[None] | None = None
-
-
-class Call(asyncio.Future[Any]):
-    """A pool call: queued when it is made, sent when a worker takes it; resolves to the result.
-
-    Cancelling it withdraws it while it is queued, and abandons it once sent (as cancelling a
-    client's call does: the async backend cancels it in the worker, the sync backend kills the
-    worker, which then leaves the pool's rotation at once)."""
-
-    __slots__ = ("args", "inner", "kwargs", "pool", "timeout", "timer", "worker")
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    pool: AsyncEngine | None
-    worker: _Worker | None  # the worker it was sent to; None while queued
-    inner: asyncio.Future[Any] | None  # the client's call, once sent
-    timer: asyncio.TimerHandle | None
-    timeout: float | None
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool._abandon(self)
-        return True
-
-    def withdraw(self) -> None:
-        """For ``map`` stopping early: cancel it if it is still queued; a running call is left
-        to finish, and its outcome is dropped without being reported as unretrieved."""
-        if self.worker is None:
-            self.cancel()
-        else:
-            self.add_done_callback(_retrieve)
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+        self.answered: float | None = None  # when it last answered a call (a map's sizes)
 
 
 class AsyncEngine:
@@ -114,22 +79,85 @@ class AsyncEngine:
 
     # -- calls --------------------------------------------------------------------------------
 
-    def _submit(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Call:
+    def _submit(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Call:
         loop = self._bind()
-        call = Call(loop=loop)
-        call.args, call.kwargs = args, kwargs
-        call.worker = call.inner = call.timer = None
-        call.timeout = timeout
+        call = self._new_call(loop, args, kwargs, timeout)
+        call.on_event = on_event
         if self._core.closing:
             call.pool = None
             call.set_exception(ClosedError("the pool is closed"))
             return call
+        self._rekey()
         call.pool = self
         if timeout is not None:
             call.timer = loop.call_later(timeout, self._expire, call)
         self._core.submit(call)
         self._schedule()
         return call
+
+    @staticmethod
+    def _new_call(
+        loop: asyncio.AbstractEventLoop,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Call:
+        call = Call(loop=loop)
+        call.args, call.kwargs = args, kwargs
+        call.worker = call.inner = call.timer = call.job = call.unit = call.on_event = None
+        call.took = None
+        call.timeout = timeout
+        return call
+
+    def _rekey(self) -> None:
+        """See ``PoolCore.retire_keyless``."""
+        if self._starter.rekey():
+            self._core.retire_keyless()
+
+    # -- maps ---------------------------------------------------------------------------------
+
+    def _job(self, chunksize: int | None, timeout: float | None) -> MapJob[Call]:
+        """A new map whose calls this pool makes (``timeout``: seconds per item of a call)."""
+        return MapJob(
+            functools.partial(self._unit, timeout),
+            chunksize=chunksize,
+            batchable=self._starter.batchable,
+            workers=self._core.settings.max,
+        )
+
+    def _queue_job(self, job: MapJob[Call]) -> None:
+        """Queue ``job`` (again: it has items to give); ``ClosedError`` once closing."""
+        self._bind()
+        if self._core.closing:
+            raise ClosedError("the pool is closed")
+        self._rekey()
+        self._core.submit_job(job)
+        self._schedule()
+
+    def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
+        """The call of a map's ``unit`` (made by the core as a worker takes it)."""
+        loop = self._loop
+        assert loop is not None
+        call = self._new_call(loop, (), {}, None if timeout is None else timeout * unit.n)
+        call.job, call.unit, call.pool = job, unit, self
+        unit.call = call
+        if call.timeout is not None:
+            call.timer = loop.call_later(call.timeout, self._expire, call)
+        call.add_done_callback(answered)
+        return call
+
+    @staticmethod
+    def _withdraw_unit(unit: Unit) -> None:
+        """A map stopped early: its call of ``unit`` is withdrawn if it is still queued; one
+        sent is left to finish (abandoning it would kill a sync-backend worker)."""
+        if unit.call is not None:
+            unit.call.withdraw()
 
     def _send(self, worker: _Worker, call: Call) -> bool:
         """Send a dispatched call on its worker's client; ``False`` if the worker turned out
@@ -139,12 +167,27 @@ class AsyncEngine:
         if not client.usable:
             # It died, or was condemned, after its last call and before this one was sent:
             # the call never ran, so it queues again (first); the worker leaves.
-            self._fail_calls(self._core.requeue([call]), ClosedError("the pool was cancelled"))
+            self._fail_calls(
+                list(self._core.requeue([call])), ClosedError("the pool was cancelled")
+            )
             self._lost(worker, None)
             return False
         call.worker = worker
-        # The client's own entry point, so that a keyword named "timeout" goes to the function.
-        inner = call.inner = client._submit(call.args, call.kwargs)
+        unit = call.unit
+        if unit is None:
+            # The client's own entry point, so that a keyword named "timeout" goes to the
+            # function.
+            inner = client._submit(call.args, call.kwargs, call.on_event)
+            call.args, call.kwargs = (), {}  # encoded: the call keeps nothing of the caller's
+        else:
+            assert self._loop is not None
+            assert unit.columns is not None
+            call.sent = self._loop.time()
+            if unit.n == 1:
+                inner = client._submit(unit.args(), {})
+            else:
+                inner = client._submit_batch(unit.columns)
+        call.inner = inner
         inner.add_done_callback(functools.partial(self._returned, call))
         return True
 
@@ -155,17 +198,30 @@ class AsyncEngine:
             call.timer.cancel()
             call.timer = None
         exc = None if inner.cancelled() else inner.exception()
+        if isinstance(exc, WorkerDiedError):
+            from ._broken import died
+
+            exc = died(exc)  # also a BrokenProcessPool
         call.pool = call.inner = None  # a future kept by its caller keeps nothing else alive
-        if not call.done():
-            if exc is None:
-                call.set_result(inner.result())
-            else:
-                call.set_exception(exc)
         worker = call.worker
         assert worker is not None
         assert self._loop is not None
+        now = self._loop.time()
         completed = not inner.cancelled() and not isinstance(exc, (WorkerDiedError, ClosedError))
-        self._core.finished(worker, self._loop.time(), completed=completed)
+        if call.unit is not None and completed:
+            call.took = service_time(call.sent, now, worker.answered)
+        worker.answered = now
+        if not call.done():
+            if exc is not None:
+                call.set_exception(exc)
+                if self._core.cancelled:
+                    call.exception()  # the pool's cancel failed it: no "never retrieved" log
+            elif call.unit is not None and call.unit.n == 1:
+                call.set_result([inner.result()])  # a one-item list: see MapJob.answered
+            else:
+                call.set_result(inner.result())
+        items = 1 if call.unit is None else call.unit.n
+        self._core.finished(worker, now, completed=completed, items=items)
         self._schedule()
 
     def _abandon(self, call: Call) -> None:
@@ -266,7 +322,7 @@ class AsyncEngine:
     async def _start(self, worker: _Worker) -> None:
         core = self._core
         try:
-            client = await self._starter.start(
+            client, worker.keyed = await self._starter.start(
                 functools.partial(self._retire, worker),
                 on_error=functools.partial(self._lost, worker),
                 on_close=functools.partial(self._lost, worker, None),
@@ -292,14 +348,20 @@ class AsyncEngine:
         if self._core.retire(worker):
             self._schedule()
 
-    def _fail_calls(self, calls: list[Call], error: BaseException) -> None:
+    def _fail_calls(self, calls: list[Call | Job[Call]], error: BaseException) -> None:
         for call in calls:
+            if isinstance(call, Job):
+                assert isinstance(call, MapJob)
+                call.fail(error)  # a map: its items not cut yet
+                continue
             if call.timer is not None:
                 call.timer.cancel()
                 call.timer = None
             if not call.done():
                 call.pool = None
                 call.set_exception(error)
+                if self._core.cancelled:
+                    call.exception()  # the pool's cancel failed it: no "never retrieved" log
 
     def _lost(self, worker: _Worker, exc: BaseException | None) -> None:
         """The worker cannot take calls any more: its connection ended (``on_close`` /
@@ -312,6 +374,10 @@ class AsyncEngine:
                 # (failing what the worker was running), and make sure the socket goes.
                 self._stop(worker)
         if exc is not None and worker.dead:  # not one the pool was stopping (or cancelled)
+            if isinstance(exc, WorkerDiedError):
+                from ._broken import died
+
+                exc = died(exc)  # as its calls report it: also a BrokenProcessPool
             self._report(exc)
         if first:
             self._schedule()

@@ -18,6 +18,11 @@ A worker leaves the rotation the moment the pool learns it cannot take calls (it
 call it ran was abandoned and its worker condemned: :meth:`lost`), so no later call is given
 to it; a call given to a worker found dead before the call was sent is queued again, at the
 front (:meth:`requeue`), never lost.
+
+A ``map`` is one :class:`Job` in the queue: its items are cut into calls (batches) only when a
+worker takes one (:meth:`Job.take`), so each batch is sized from the time the earlier ones took,
+and goes to the least-loaded worker like any call.  The policy counts a job as the calls it
+could still give (:meth:`Job.units`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,23 @@ class Halt(Generic[W]):
 Effect = Send[W, C] | Launch[W] | Halt[W] | _policy.Wake
 
 
+class Job(Generic[C]):
+    """Many calls queued as one entry (a ``map``), cut into calls as workers take them."""
+
+    def units(self, limit: int) -> int:
+        """How many calls it could give now (at most ``limit``; at least 1 while it has
+        items to give)."""
+        raise NotImplementedError
+
+    def take(self, now: float) -> C | None:
+        """Cut the next call (``None``: nothing left to give now)."""
+        raise NotImplementedError
+
+    def queued(self) -> int:
+        """The items it holds that no call carries yet (for the statistics)."""
+        raise NotImplementedError
+
+
 def check_recycling(max_calls: int | None, max_memory: int | None) -> None:
     """Raise ``ValueError`` unless each is ``None`` or a positive int."""
     for name, value, what in (
@@ -101,7 +123,9 @@ class PoolCore(Generic[W, C]):
         self._new_worker = new_worker
         self._measure = measure
         self.workers: dict[int, W] = {}
-        self.queue: deque[C] = deque()
+        #: Calls and jobs, in order (a job leaves once it has nothing left to give).
+        self.queue: deque[C | Job[C]] = deque()
+        self._jobs: list[Job[C]] = []  # those in the queue
         self.totals = Totals()
         self.closing = False
         self.cancelled = False
@@ -118,13 +142,52 @@ class PoolCore(Generic[W, C]):
         """Queue a new call (last)."""
         self.queue.append(call)
 
-    def withdraw(self, call: C) -> bool:
-        """Take a queued call out of the queue (its caller gave up); ``False`` if not queued."""
+    def submit_job(self, job: Job[C]) -> None:
+        """Queue a job (last), unless it is queued already."""
+        if job not in self._jobs:
+            self._jobs.append(job)
+            self.queue.append(job)
+
+    def withdraw(self, call: C | Job[C]) -> bool:
+        """Take a queued call or job out of the queue (its caller gave up); ``False`` if not
+        queued."""
         try:
             self.queue.remove(call)
         except ValueError:
             return False
+        if isinstance(call, Job):
+            self._jobs.remove(call)
         return True
+
+    def _take(self, now: float) -> C | None:
+        """The next call to give a worker: the oldest, or cut from the oldest job."""
+        queue = self.queue
+        while queue:
+            first = queue[0]
+            if not isinstance(first, Job):
+                queue.popleft()
+                return first
+            call = first.take(now)
+            if call is not None and first.units(1):
+                return call
+            queue.popleft()  # it has nothing more to give now
+            self._jobs.remove(first)
+            if call is not None:
+                return call
+        return None
+
+    def _queued(self, limit: int) -> int:
+        """Calls queued, a job counting as the calls it could give (capped at ``limit``); a job
+        with none to give leaves the queue (its map is waiting for items, done or closed)."""
+        jobs = self._jobs
+        count = len(self.queue) - len(jobs)
+        for job in list(jobs):
+            units = job.units(limit)
+            if units:
+                count += units
+            else:
+                self.withdraw(job)
+        return count
 
     def requeue(self, calls: list[C]) -> list[C]:
         """Queue calls again, first and in this order: they were given to a worker that turned
@@ -142,12 +205,13 @@ class PoolCore(Generic[W, C]):
         carry out, in order."""
         if self.cancelled:
             return []
+        s = self.settings
         view = _policy.PoolView(
             workers=[
                 _policy.WorkerView(w.id, w.load, w.ready, w.retiring, w.idle_since)
                 for w in self.workers.values()
             ],
-            queued=len(self.queue),
+            queued=self._queued(s.max * s.load + 1) if self._jobs else len(self.queue),
             last_start=self._last_start,
             last_stop=self._last_stop,
             closing=self.closing,
@@ -156,12 +220,15 @@ class PoolCore(Generic[W, C]):
         effects: list[Effect[W, C]] = []
         for action in _policy.decide(now, view, self.settings):
             if isinstance(action, _policy.Dispatch):
+                call = self._take(now)
+                if call is None:
+                    continue  # a job gave fewer calls than it said it could
                 worker = self.workers[action.worker]
                 worker.load += 1
                 worker.dispatched += 1
                 if self.max_calls is not None and worker.dispatched >= self.max_calls:
                     worker.retiring = True
-                effects.append(Send(worker, self.queue.popleft()))
+                effects.append(Send(worker, call))
             elif isinstance(action, _policy.Start):
                 self._next_id += 1
                 worker = self._new_worker(self._next_id, now)
@@ -194,7 +261,7 @@ class PoolCore(Generic[W, C]):
         self._start_failed = False
         return True
 
-    def start_failed(self, worker: W, exc: BaseException) -> tuple[BaseException, list[C]]:
+    def start_failed(self, worker: W, exc: BaseException) -> tuple[BaseException, list[C | Job[C]]]:
         """``worker`` could not start.  Returns the error to report, the exception made an
         ``AnyforkError`` too (the failure of a pool's own start-up, as for ``rpc()``), and the
         queued calls the engine must fail with it: all of them when no worker is left to
@@ -208,6 +275,7 @@ class PoolCore(Generic[W, C]):
             return error, []
         calls = list(self.queue)
         self.queue.clear()
+        self._jobs.clear()
         return error, calls
 
     def forget(self, worker: W) -> None:
@@ -215,11 +283,12 @@ class PoolCore(Generic[W, C]):
         if self.workers.get(worker.id) is worker:
             del self.workers[worker.id]
 
-    def finished(self, worker: W, now: float, *, completed: bool) -> None:
+    def finished(self, worker: W, now: float, *, completed: bool, items: int = 1) -> None:
         """A call given to ``worker`` is over (``completed``: it ran to its end in the worker;
-        not: it was skipped, abandoned, or the worker died)."""
+        not: it was skipped, abandoned, or the worker died; ``items``: the calls a batch
+        carried)."""
         if completed:
-            self.totals.calls += 1
+            self.totals.calls += items
         if worker.dead or worker.stopping:
             return
         worker.load -= 1
@@ -228,6 +297,14 @@ class PoolCore(Generic[W, C]):
         if self.max_memory is not None and worker.pid is not None and not worker.retiring:
             size = self._measure(worker.pid)
             if size is not None and size > self.max_memory:
+                worker.retiring = True
+
+    def retire_keyless(self) -> None:
+        """A ``multiprocessing`` Manager appeared after workers started without the parent's
+        authkey (its proxies would be refused there): they get no new calls and are replaced
+        (by workers that have it) as they finish theirs."""
+        for worker in self.workers.values():
+            if not worker.keyed:
                 worker.retiring = True
 
     def retire(self, worker: W) -> bool:
@@ -255,12 +332,13 @@ class PoolCore(Generic[W, C]):
         """No new calls; the queue is still served, then every worker stops."""
         self.closing = True
 
-    def cancel(self) -> tuple[list[C], list[W]]:
-        """Close the fast way: returns the queued calls (the engine fails them) and every
-        worker (the engine kills and stops them); from now on nothing is scheduled."""
+    def cancel(self) -> tuple[list[C | Job[C]], list[W]]:
+        """Close the fast way: returns the queued calls and jobs (the engine fails them) and
+        every worker (the engine kills and stops them); from now on nothing is scheduled."""
         self.closing = self.cancelled = True
         calls = list(self.queue)
         self.queue.clear()
+        self._jobs.clear()
         workers = list(self.workers.values())
         self.workers.clear()
         for worker in workers:
@@ -284,7 +362,7 @@ class PoolCore(Generic[W, C]):
             starting=len(ws) - len(ready),
             idle=sum(1 for w in ready if w.load == 0 and not w.retiring),
             busy=sum(1 for w in ready if w.load),
-            queued=len(self.queue),
+            queued=len(self.queue) - len(self._jobs) + sum(j.queued() for j in self._jobs),
             started=t.started,
             died=t.died,
             retired=t.retired,

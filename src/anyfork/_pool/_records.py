@@ -48,6 +48,7 @@ class Worker:
         "dispatched",
         "id",
         "idle_since",
+        "keyed",
         "load",
         "pid",
         "ready",
@@ -64,6 +65,7 @@ class Worker:
         self.retiring = False  # gets no new calls; stops once drained
         self.stopping = False  # the pool is stopping it (its end is expected)
         self.dead = False  # it died, or the pool condemned it: out of rotation for good
+        self.keyed = False  # it has the parent's multiprocessing authkey (_worker.Starter)
         self.idle_since = now
 
 

@@ -38,11 +38,13 @@ from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
 from . import _futures, _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
-from ._futures import Call, Future, drain, fail, remaining, run_or_skip
+from ._futures import Call, Future, drain, fail, run_or_skip
+from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
 from ._system import rss, settings
-from ._watch import Changes, Watcher, died_idle
-from ._worker import STOP_TIMEOUT, Starter, kill
+from ._threads_closing import Closing
+from ._watch import Changes, Clock, Watcher, died_idle
+from ._worker import STOP_TIMEOUT, Starter
 
 
 class _Worker(Worker):
@@ -57,9 +59,10 @@ class _Worker(Worker):
         self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
-class ThreadsEngine:
+class ThreadsEngine(Closing):
     """A pool whose calls go from the calling thread to a worker's own thread and back (or are
-    run by the waiting caller).  Arguments as for ``anyfork.Pool``."""
+    run by the waiting caller).  Arguments as for ``anyfork.Pool``; its closing is
+    ``_threads_closing.Closing``'s."""
 
     def __init__(
         self,
@@ -75,9 +78,13 @@ class ThreadsEngine:
         max_memory: int | None = None,
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
+        face: str = "BlockingPool",
+        setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
         **rpc_options: Any,
     ) -> None:
-        self._starter = Starter(template, func, rpc_options)
+        self._starter = Starter(template, func, rpc_options, face, setup)
+        #: An executor: a worker's start-up error is also a ``BrokenProcessPool``.
+        self._executor = face == "PoolExecutor"
         self._core: PoolCore[_Worker, Call] = PoolCore(
             settings(max, idle, load, start, stop),
             max_calls=max_calls,
@@ -95,12 +102,7 @@ class ThreadsEngine:
         self._outstanding: set[Call] = set()
         self._opened = False
         self._closed = False
-        # One clock thread for the policy's Wake times (pacing, idle stops), started on the
-        # first one: the wake time moves with every call that leaves a worker idle, so a timer
-        # per Wake would be a thread per call.
-        self._clock = threading.Condition(self._lock)
-        self._clock_thread: threading.Thread | None = None
-        self._wake_at: float | None = None
+        self._clock = Clock(self._lock, self._schedule)
         self._watcher = Watcher(self._hung_up)
 
     @property
@@ -114,6 +116,10 @@ class ThreadsEngine:
     @property
     def closing(self) -> bool:
         return self._core.closing
+
+    @property
+    def batchable(self) -> bool:
+        return self._starter.batchable
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -140,23 +146,76 @@ class ThreadsEngine:
             _watch.opened(self)
             self._schedule()
 
+    def _check_open(self) -> None:
+        """With the lock held: raise ``ClosedError`` if the pool takes no new call; open it."""
+        if self._core.closing:
+            raise ClosedError("the pool is closed")
+        if _watch.exiting:
+            raise ClosedError("the pool takes no new call: the program is ending")
+        self._open()
+        if self._starter.rekey():
+            self._core.retire_keyless()
+
     def submit(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None = None
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
     ) -> Future:
-        """Queue a call (a ``timeout`` in seconds covers its whole life); its future.  Raises
-        ``ClosedError`` once the pool is closing."""
-        call = Call(args, kwargs, self, timeout)
+        """Queue a call (a ``timeout`` in seconds covers its whole life; ``on_event``: the
+        handler of its events); its future.  Raises ``ClosedError`` once the pool is closing."""
+        call = Call(args, kwargs, self, timeout, on_event)
         with self._lock:
-            if self._core.closing:
-                raise ClosedError("the pool is closed")
-            self._open()
+            self._check_open()
             self._core.submit(call)
             self._outstanding.add(call)
             self._schedule()
         call.fut.add_done_callback(self._settled)
         return call.fut
 
-    def call(self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+    # -- maps ---------------------------------------------------------------------------------
+
+    def job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[Call]:
+        """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per
+        item of each of its calls."""
+        return MapJob(
+            functools.partial(self._unit, timeout),
+            chunksize=chunksize,
+            batchable=self.batchable,
+            workers=self._core.settings.max,
+        )
+
+    def queue_job(self, job: MapJob[Call]) -> None:
+        """Queue ``job`` (again: it has items to give).  Raises ``ClosedError`` once closing."""
+        with self._lock:
+            self._check_open()
+            self._core.submit_job(job)
+            self._schedule()
+
+    def withdraw_unit(self, unit: Unit) -> None:
+        """A map stopped early: its call of ``unit`` is withdrawn unless it has started (a
+        ``_map.Delivery``'s ``withdraw``)."""
+        call = getattr(unit, "call", None)
+        if call is not None:
+            call.fut.cancel()
+
+    def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
+        """The call of a map's ``unit`` (made by the core, under the lock)."""
+        call = Call((), {}, self, None if timeout is None else timeout * unit.n)
+        call.job, call.unit = job, unit
+        unit.call = call
+        self._outstanding.add(call)
+        call.fut.add_done_callback(self._settled)
+        return call
+
+    def call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Any:
         """Make a call and wait for its result, running it in this thread when it can.
 
         Raises what the function raised, ``WorkerDiedError``, the start-up error,
@@ -164,9 +223,10 @@ class ThreadsEngine:
         while running is abandoned as the RPC client does it: the sync backend kills its
         worker).  Interrupted (``KeyboardInterrupt``): a call not started is withdrawn; one
         this thread runs is abandoned as for a timeout; one a worker's thread runs finishes
-        there, its result dropped."""
-        fut = self.submit(args, kwargs, timeout)
-        call = fut.call
+        there, its result dropped.  Either way the pool is interrupted (:meth:`interrupt`)."""
+        fut = self.submit(args, kwargs, timeout, on_event)
+        call = fut._call
+        assert call is not None
         try:
             self.help_with(call)
             # At the deadline a call not started (queued, or in a busy worker's inbox) is
@@ -175,16 +235,36 @@ class ThreadsEngine:
             if expired and fut.cancel():
                 raise TimeoutError(f"the pool call timed out after {timeout} s")
             return cf.Future.result(fut)
+        except Exception:
+            fut.cancel()
+            raise
         except BaseException:
             fut.cancel()
+            self.interrupt()
             raise
 
     def _settled(self, fut: cf.Future[Any]) -> None:
-        call = fut.call  # type: ignore[attr-defined]  # always one of ours
+        """A call's future is settled: the pool forgets the call, and the future lets go of it
+        (no reference cycle keeps a dropped future and its result alive)."""
+        call: Call = fut._call  # type: ignore[attr-defined]  # always one of ours
+        fut._call = None  # type: ignore[attr-defined]
         with self._lock:
             self._outstanding.discard(call)
+        if call.job is not None and call.unit is not None:
+            self._answered(call, fut)
         if fut.cancelled():
             self._withdraw(call)
+
+    @staticmethod
+    def _answered(call: Call, fut: cf.Future[Any]) -> None:
+        """A map's call is over: its job hears how it went."""
+        assert call.job is not None
+        assert call.unit is not None
+        if fut.cancelled():
+            error: BaseException | None = cf.CancelledError()
+        else:
+            error = fut.exception()
+        call.job.answered(call.unit, None if error is not None else fut.result(), error, call.took)
 
     def _withdraw(self, call: Call) -> None:
         """A cancelled future: out of the queue if it is there (a worker that already has it
@@ -214,41 +294,25 @@ class ThreadsEngine:
                 thread.start()
             elif isinstance(effect, Halt):
                 effect.worker.inbox.put(None)
-            elif self._wake_at is None or effect.at < self._wake_at:
-                # An earlier wake than needed only makes the policy look again: keep the
-                # earliest.
-                self._wake_at = effect.at
-                self._clock.notify()
-                if self._clock_thread is None:
-                    self._clock_thread = threading.Thread(
-                        target=self._tick, name="anyfork-pool-clock", daemon=True
-                    )
-                    self._clock_thread.start()
+            else:
+                self._clock.wake_at(effect.at)
         self._changes.bump()
-
-    def _tick(self) -> None:
-        with self._lock:
-            while not self._closed:
-                at = self._wake_at
-                if at is None:
-                    self._clock.wait()
-                    continue
-                delay = at - time.monotonic()
-                if delay > 0:
-                    self._clock.wait(delay)
-                    continue
-                self._wake_at = None
-                self._schedule()
 
     # -- a worker's thread --------------------------------------------------------------------
 
     def _serve(self, worker: _Worker) -> None:
         try:
-            client = self._starter.start_blocking(functools.partial(self._retire, worker))
+            client, worker.keyed = self._starter.start_blocking(
+                functools.partial(self._retire, worker)
+            )
         except BaseException as exc:
             with self._lock:
                 error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
+            if self._executor:
+                from ._broken import also_broken
+
+                error = also_broken(error)
             fail(calls, error)  # nobody can serve them: fail them rather than hang
             self._report(error)
             return
@@ -264,9 +328,13 @@ class ThreadsEngine:
         if not ready:
             client.abort()  # the pool was cancelled while it started
             return
-        while (call := worker.inbox.get()) is not None:
+        while True:
+            call = worker.inbox.get()
+            if call is None:
+                break
             if self._claim(worker, call):
                 self._execute(worker, call)
+            del call  # a finished call's future is its caller's alone
         with self._lock:
             self._watcher.forget(worker.fd, worker)
         if not worker.dead:
@@ -310,10 +378,10 @@ class ThreadsEngine:
             if threading.current_thread().name.startswith("anyfork-pool"):
                 return  # one of ours (a callback that waits): leave the call to its worker
             call.claimed = True
-        self._execute(worker, call)
+        self._execute(worker, call, caller=True)
 
-    def _execute(self, worker: _Worker, call: Call) -> None:
-        """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
+    def _execute(self, worker: _Worker, call: Call, caller: bool = False) -> None:
+        """Run a claimed call on ``worker`` (in its thread, or in a waiting ``caller``'s)."""
         client = worker.client
         assert client is not None
         result: Any = None
@@ -326,11 +394,10 @@ class ThreadsEngine:
             running = sendable and run_or_skip(call.fut)
             if running:
                 try:
-                    if call.deadline is not None and time.monotonic() >= call.deadline:
-                        raise TimeoutError  # expired before it was sent: it is not sent
-                    result = client._call(call.args, call.kwargs, remaining(call.deadline))
+                    result = _futures.invoke(client, call)
                 except BaseException as e:
                     exc = e
+                call.args, call.kwargs = (), {}
         if not sendable:
             # It died while idle, or was condemned, before this call was sent: the call never
             # ran, so it is queued again, not lost.
@@ -346,22 +413,39 @@ class ThreadsEngine:
         )
         if timed_out:
             exc = TimeoutError(f"the pool call timed out after {call.timeout} s")
+        if isinstance(exc, WorkerDiedError):
+            from ._broken import died
+
+            exc = died(exc)  # also a BrokenProcessPool
         if not client.usable:
             # Dead, or condemned by this call's abandonment: out of the rotation before anyone
             # hears of this call (who might make the next one at once).
             self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
-        abandoned = timed_out or not isinstance(exc, (Exception, type(None)))
+        # Interrupted: a KeyboardInterrupt in a caller that ran its call, or a SystemExit raised
+        # while its result was decoded here (an object whose unpickling exits).
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        abandoned = timed_out or interrupted
         lost = isinstance(exc, (WorkerDiedError, ClosedError))
+        items = 1 if call.unit is None else call.unit.n
         with self._lock:  # counted before the caller hears of it, scheduled after
-            self._core.finished(worker, time.monotonic(), completed=not abandoned and not lost)
+            self._core.finished(
+                worker, time.monotonic(), completed=not abandoned and not lost, items=items
+            )
         if exc is None:
             call.fut.set_result(result)
+        elif interrupted:
+            # A caller that ran its call itself was interrupted: the call was abandoned (its
+            # worker killed); whoever else waits for it learns that, not of the interrupt.
+            from ._broken import died
+
+            why = f"the pool call was interrupted ({type(exc).__name__}) and its worker killed"
+            call.fut.set_exception(died(WorkerDiedError(why, worker.pid, None)))
         else:
             call.fut.set_exception(exc)
         with self._lock:
             self._schedule()
-        if exc is not None and not isinstance(exc, Exception):
-            raise exc  # KeyboardInterrupt in a caller that ran its call itself
+        if interrupted and caller:
+            raise exc  # type: ignore[misc]  # KeyboardInterrupt in a caller that ran its call
 
     def _lost(
         self, worker: _Worker, died: WorkerDiedError | None, unstarted: Call | None = None
@@ -427,84 +511,3 @@ class ThreadsEngine:
                     raise TimeoutError(
                         f"the pool did not reach the condition within {timeout} s: {stats}"
                     )
-
-    # -- closing ------------------------------------------------------------------------------
-
-    def cancel_pending(self) -> None:
-        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``)."""
-        with self._lock:
-            pending = list(self._outstanding)
-        for call in pending:
-            call.fut.cancel()  # queued ones withdraw themselves; inbox ones are skipped
-
-    def close(
-        self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None
-    ) -> None:
-        """No new calls; the queue is still served (``cancel``: the fast way, see
-        :meth:`_cancel`).  ``wait``: return once every worker thread has finished (their
-        processes have exited) and the template is closed; otherwise a thread finishes that
-        in the background.  ``timeout``: after that many seconds the rest is done the fast way
-        and ``TimeoutError`` raised."""
-        if cancel:
-            self._cancel()
-        with self._lock:
-            if not self._core.closing:
-                self._core.close()
-                self._schedule()
-        if not wait:
-            threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._join(deadline):
-            self._cancel()
-            self._finish()
-            raise TimeoutError(f"the pool did not close within {timeout} s (its workers killed)")
-        self._finish()
-
-    def _cancel(self) -> None:
-        """Queued calls fail with ``ClosedError`` (and those given to a worker that has not
-        started them), workers are killed (their running calls fail with
-        ``WorkerDiedError``), starting ones abandoned."""
-        with self._lock:
-            calls, workers = self._core.cancel()
-            for worker in workers:
-                for call in drain(worker.inbox):
-                    if not call.claimed:
-                        call.claimed = True
-                        calls.append(call)
-                worker.inbox.put(None)
-            self._changes.bump()
-        fail(calls, ClosedError("the pool was cancelled"))
-        for worker in workers:
-            kill(worker.pid, worker.client)
-
-    def _join(self, deadline: float | None) -> bool:
-        """Join every worker thread, including any a closing pool starts to serve its queue;
-        ``False`` at the deadline."""
-        while True:
-            with self._lock:
-                threads = list(self._threads)
-            if not threads:
-                return True
-            for thread in threads:
-                thread.join(remaining(deadline))
-                if thread.is_alive():
-                    return False
-            with self._lock:
-                self._threads.difference_update(threads)
-
-    def _finish(self) -> None:
-        self._join(None)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._clock.notify()
-            clock = self._clock_thread
-        if clock is not None:
-            clock.join()
-        self._watcher.close()
-        self._starter.close()
-        _watch.closed(self)
-        if self._on_close is not None:
-            self._on_close()

@@ -1,12 +1,14 @@
 """What the threads engine watches besides its calls: idle workers that die, its own changes of
-state (for ``wait_until``), and the end of the program."""
+state (for ``wait_until``), the policy's wake times, and the end of the program."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import select
+import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -117,6 +119,56 @@ class Changes:
         return True
 
 
+class Clock:
+    """The policy's ``Wake`` times (pacing, idle stops): one thread, started on the first one,
+    calls ``tick()`` under the pool's lock at the earliest time asked for.  (The wake time moves
+    with every call that leaves a worker idle, so a timer per ``Wake`` would be a thread per
+    call.)"""
+
+    def __init__(self, lock: threading.Lock, tick: Callable[[], object]) -> None:
+        self._cond = threading.Condition(lock)
+        self._tick = tick
+        self._at: float | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def wake_at(self, at: float) -> None:
+        """With the lock held: call ``tick()`` at ``at`` (``time.monotonic()``), or earlier if
+        an earlier time is asked for (an early look is harmless: the policy looks again)."""
+        if self._at is not None and at >= self._at:
+            return
+        self._at = at
+        self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="anyfork-pool-clock", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                at = self._at
+                if at is None:
+                    self._cond.wait()
+                    continue
+                delay = at - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                self._at = None
+                self._tick()
+
+    def stop(self) -> None:
+        """End the thread (without the lock held)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
 def died_idle(client: BlockingClient) -> bool:
     """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
     worker sends nothing unasked.
@@ -138,23 +190,18 @@ def died_idle(client: BlockingClient) -> bool:
 
 
 class Closable(Protocol):
-    def close(self, *, wait: bool = True) -> None: ...
+    def close(self, *, wait: bool = True, cancel: bool = False) -> None: ...
 
 
 _live: weakref.WeakSet[Closable] = weakref.WeakSet()
-_at_exit: list[bool] = []  # the hook is registered
+#: The program is ending: the pools still open have been closed, and no new call is taken
+#: (``RuntimeError`` from an executor's ``submit``, as the standard library's say).
+exiting: list[bool] = []
 
 
 def opened(pool: Closable) -> None:
     """``pool`` is open: close it when the main thread ends, if it is still open then."""
     _live.add(pool)
-    if not _at_exit:
-        _at_exit.append(True)
-        # Where the stdlib's executors register theirs: run when the main thread ends, before
-        # non-daemon threads are joined, and before atexit (whose weakref finalizers close
-        # the workers' sockets under the pool).
-        with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
-            threading._register_atexit(_close_all)  # type: ignore[attr-defined]
 
 
 def closed(pool: Closable) -> None:
@@ -163,9 +210,22 @@ def closed(pool: Closable) -> None:
 
 def _close_all() -> None:
     """At exit: every pool still open is closed the graceful way (queued calls still run,
-    workers stop, threads end), as ``concurrent.futures`` does for its executors."""
+    workers stop, threads end), as ``concurrent.futures`` does for its executors; but the fast
+    way (workers killed, queued calls failed) when the program ends with an uncaught
+    ``KeyboardInterrupt``: a Ctrl-C that did not land in a wait for the pool must not leave
+    the program waiting for every queued call."""
+    exiting.append(True)
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = last is not None and not isinstance(last, Exception)
     for pool in list(_live):
-        pool.close(wait=True)
+        pool.close(wait=True, cancel=interrupted)
+
+
+# Where the stdlib's executors register theirs (when their module is imported): run when the
+# main thread ends, before non-daemon threads are joined, and before atexit (whose weakref
+# finalizers close the workers' sockets under the pool).
+with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
+    threading._register_atexit(_close_all)  # type: ignore[attr-defined]
 
 
 os.register_at_fork(after_in_child=_live.clear)  # a forked child has none of those threads

@@ -1,12 +1,16 @@
 """How a pool starts its workers, for both engines: the template (the caller's, or the pool's
 own, primed with the RPC server, made again if it dies), the function, and the options passed
-to each worker's ``rpc()`` (the pool's ``on_event`` filter in front of the user's)."""
+to each worker's ``rpc()`` (the pool's ``on_event`` filter in front of the user's), with the
+pool's own start-up step when it has one (``_in_worker.setup``: the parent's multiprocessing
+authkey once a ``multiprocessing.Manager`` may exist, an executor's ``initializer``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +30,37 @@ STOP_TIMEOUT = 30.0
 
 _RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"  # anyfork.worker._RETIRE, without importing it
 _RETIRE_MARKS = (_RETIRE, _RETIRE.encode())
-_RPC_OPTIONS = frozenset({"backend", "serializer", "init", "on_event", "concurrency", "timeout"})
+_RPC_OPTIONS = frozenset(
+    {"backend", "serializer", "init", "on_event", "concurrency", "timeout", "done"}
+)
+#: The names other pools give what anyfork's call otherwise, for the error that names ours.
+_THEIRS = {
+    "Pool": {
+        "processes": "max",
+        "max_workers": "max",
+        "initializer": "init",
+        "initargs": "init (with the template's send_arg)",
+        "maxtasksperchild": "max_calls",
+        "max_tasks_per_child": "max_calls",
+    },
+    "PoolExecutor": {
+        "processes": "max_workers",
+        "maxtasksperchild": "max_tasks_per_child",
+        "max_calls": "max_tasks_per_child",
+        "max": "max_workers",
+    },
+}
+_THEIRS["BlockingPool"] = _THEIRS["Pool"]
+_SETUP = "anyfork._pool._in_worker:setup"
+#: Loaded in the parent once a multiprocessing.Manager (whose proxies need the authkey) can be.
+_MANAGERS = "multiprocessing.managers"
+
+
+def unexpected(face: str, names: set[str]) -> TypeError:
+    """The error for unknown keyword arguments, naming anyfork's equivalent of the known ones."""
+    hints = [f"{n}= is {_THEIRS[face][n]}=" for n in sorted(names) if n in _THEIRS.get(face, {})]
+    note = f" ({'; '.join(hints)})" if hints else ""
+    return TypeError(f"{face}() got unexpected keyword arguments {sorted(names)}{note}")
 
 
 class Starter:
@@ -34,7 +68,14 @@ class Starter:
     options (checked at construction, so that a pool raises for bad arguments at once), and
     the start itself, for either engine: :meth:`start` (asyncio) and :meth:`start_blocking`."""
 
-    def __init__(self, template: Process | None, func: Func, rpc_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        template: Process | None,
+        func: Func,
+        rpc_options: dict[str, Any],
+        face: str = "Pool",
+        setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
+    ) -> None:
         if template is not None and not isinstance(template, Process):
             raise TypeError(
                 f"a pool's template is an anyfork.Process or None, not {template!r} (the function "
@@ -42,18 +83,67 @@ class Starter:
             )
         unknown = set(rpc_options) - _RPC_OPTIONS
         if unknown:
-            raise TypeError(f"Pool() got unexpected keyword arguments {sorted(unknown)}")
+            raise unexpected(face, unknown)
         self.func = func_ref(func)
         options = dict(rpc_options)
         self._on_event: Callable[..., object] | None = options.pop("on_event", None)
         options.setdefault("timeout", START_TIMEOUT)
+        init = options.pop("init", None)
+        self._init = func_ref(init) if init is not None else None
+        # An initializer travels pickled (by the serialiser's pickle, so cloudpickle takes
+        # lambdas), checked now: a bad one raises here rather than at every worker's start.
+        self._setup: bytes | None = None
+        if setup is not None:
+            dumps = pickle.dumps
+            if options.get("serializer") == "cloudpickle":
+                import cloudpickle
+
+                dumps = cloudpickle.dumps
+            try:
+                self._setup = dumps((self._init, *setup))
+            except Exception as exc:
+                raise TypeError(
+                    f"the pool's initializer or initargs cannot be pickled: {exc}"
+                ) from exc
         self._rpc_options = options
         self._template = template
         self._owned = template is None
         self._lock = threading.Lock()  # the threads engine starts workers from several threads
+        self._keyless = False  # a worker was started without the parent's authkey
+        from .._child._serializers import get
+
+        try:
+            #: The serialiser carries batches of calls (``map`` sends them).
+            self.batchable: bool = get(options.get("serializer", "pickle")).batches
+        except Exception:
+            self.batchable = False  # a serialiser that cannot be built: the start will say so
+
+    def rekey(self) -> bool:
+        """``True`` once, when a ``multiprocessing.Manager`` may exist and workers were started
+        without the authkey its proxies need (the pool replaces them)."""
+        if self._keyless and _MANAGERS in sys.modules:
+            self._keyless = False
+            return True
+        return False
+
+    def _prepare(self, proc: Process) -> tuple[dict[str, Any], bool]:
+        """The ``init`` (and its argument) of a worker about to start; whether it gets the
+        parent's authkey.  The pool's own step only when it has something to do: a worker
+        of a pool without a Manager around nor an initializer imports nothing more."""
+        key = None
+        if _MANAGERS in sys.modules:
+            from multiprocessing import process
+
+            key = bytes(process.current_process().authkey)
+        if key is None and self._setup is None:
+            self._keyless = True
+            return ({} if self._init is None else {"init": self._init}), False
+        setup = self._setup or pickle.dumps((self._init, None, ()))
+        proc.send_arg(pickle.dumps((key, setup)))
+        return {"init": _SETUP}, key is not None
 
     def _options(
-        self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
+        self, on_retire: Callable[[], object], **callbacks: Callable[..., object] | str
     ) -> dict[str, Any]:
         """The ``rpc()`` options for one worker: the pool's own plus ``callbacks``
         (``on_error``, ``on_close``), with an ``on_event`` that calls ``on_retire()`` for the
@@ -71,27 +161,31 @@ class Starter:
 
     async def start(
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
-    ) -> Client:
+    ) -> tuple[Client, bool]:
         """Fork a worker and start its RPC server (see :meth:`_options` for the arguments);
-        its client.  Raises its start-up error (see :meth:`_failed`)."""
-        options = self._options(on_retire, **callbacks)
+        its client, and whether it has the parent's authkey.  Raises its start-up error (see
+        :meth:`_failed`)."""
         for retry in (True, False):
             tmpl = self._get()
             try:
-                return await tmpl.fork().rpc(self.func, **options)
+                proc = tmpl.fork()
+                init, keyed = self._prepare(proc)
+                options = self._options(on_retire, **callbacks, **init)
+                return await proc.rpc(self.func, **options), keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
             if error is not None:
                 raise error  # outside the except clause: the chain stays the error's own
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def start_blocking(self, on_retire: Callable[[], object]) -> BlockingClient:
+    def start_blocking(self, on_retire: Callable[[], object]) -> tuple[BlockingClient, bool]:
         """The blocking twin of :meth:`start`."""
-        options = self._options(on_retire)
         for retry in (True, False):
             tmpl = self._get()
             try:
-                return tmpl.fork().rpc_blocking(self.func, **options)
+                proc = tmpl.fork()
+                init, keyed = self._prepare(proc)
+                return proc.rpc_blocking(self.func, **self._options(on_retire, **init)), keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
             if error is not None:
