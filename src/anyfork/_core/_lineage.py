@@ -275,6 +275,20 @@ class Lineage(ProcessProtocol):
         return level
 
 
+def prepare_rpc(proc: Lineage, func: Func) -> None:
+    """Get ``proc`` ready to serve ``func`` over RPC, and for functions of the main script that
+    calls bring pickled (``PoolExecutor.submit``): ``_prepare_func`` for both.  The one way in
+    for every RPC face (``anyfork.rpc``, ``rpc_blocking``, ``Process.rpc``, the pools).
+
+    Raises:
+        TypeError, ValueError: as ``_prepare_func`` (the RPC layer makes them start-up
+            failures: their own type and an ``AnyforkError``).
+        ClosedError, SpawnError: as for any command.
+    """
+    proc._prepare_func(func)
+    proc._prepare_func(None)
+
+
 def func_ref(func: Func) -> str:
     """``"module:qualname"`` for a function object; strings pass through (checked).  A
     function of the main program is ``__main__:qualname`` (also one defined in the main

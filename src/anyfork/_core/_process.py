@@ -39,7 +39,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._child import _wire
-from .._errors import also_anyfork
 from .._util import publish
 from . import _reaper
 from ._drive import drive_async, drive_blocking
@@ -370,24 +369,13 @@ class Process(Lineage):
         Cancellation: the connection is closed; the worker sees EOF and exits."""
         from .._rpc._start import rpc  # the RPC layer (and asyncio) only when it is used
 
-        self._prepare_rpc(func)
         return await rpc(self, func, **options)
 
     def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
         """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
         from .._rpc._start import rpc_blocking
 
-        self._prepare_rpc(func)
         return rpc_blocking(self, func, **options)
-
-    def _prepare_rpc(self, func: Func) -> None:
-        """Ready for ``func`` and for functions of the main script that calls bring pickled
-        (``PoolExecutor.submit``): a start-up failure, its own type and an ``AnyforkError``."""
-        try:
-            self._prepare_func(func)
-            self._prepare_func(None)
-        except (TypeError, ValueError) as exc:
-            raise also_anyfork(exc) from exc.__cause__
 
     # -- lifetime --------------------------------------------------------------------------
 
