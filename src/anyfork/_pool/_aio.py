@@ -18,7 +18,7 @@ from ._worker import START_TIMEOUT, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._rpc._base import Backend
+    from ._worker import Backend
 
 __all__ = ["Pool"]
 

@@ -21,7 +21,8 @@ from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._rpc._base import Backend, Base
+    from .._rpc._base import Backend as Backend  # (the pool faces take it from here)
+    from .._rpc._base import Base
     from .._rpc._start import BlockingClient, Client
 
 F = TypeVar("F", bound=Callable[..., None])
