@@ -169,7 +169,7 @@ class Lineage(ProcessProtocol):
 
     def _child(self, sock: socket.socket) -> Process:
         """A ``Process`` (the class of this one) for a child of this one on ``sock``."""
-        return cast("Process", type(self)(Channel(sock), template=self._as_process()))
+        return type(self._as_process())._create(Channel(sock), template=self._as_process())
 
     def _as_process(self) -> Process:
         return cast("Process", self)  # (every Lineage is a Process: its only subclass)

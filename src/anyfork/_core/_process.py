@@ -36,10 +36,10 @@ import os
 import signal
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 from .._child import _wire
-from .._util import publish
+from .._util import NoPublicConstructor, publish
 from . import _reaper
 from ._drive import drive_async, drive_blocking
 from ._lineage import Func as Func
@@ -61,11 +61,13 @@ FdLike = int | _HasFileno
 P = TypeVar("P", bound="Process")
 
 
-class Process(Lineage):
+@final
+class Process(Lineage, metaclass=NoPublicConstructor):
     """A process that serves commands until ``run`` hands it a function and a socket.
 
     Create one with :func:`anyfork.new`, :func:`anyfork.new_exec`, :meth:`fork`,
-    :func:`anyfork.new_from_fh` or a main-program template; the constructor is private.
+    :func:`anyfork.new_from_fh` or a main-program template: ``anyfork.Process(...)`` raises
+    ``TypeError``, and the class cannot be subclassed (type checkers say so).
 
     Any process is a template: :meth:`fork` makes a child of it that inherits everything sent
     to it so far (modules, ``eval`` state, args and fds), and it keeps serving.  Closing a
