@@ -1,7 +1,8 @@
 """Install what the benchmark's peers need; safe to run any number of times.
 
-* numpy goes into the running interpreter's environment (the venv when run by ``make bench``):
-  the template row forks from a template that has imported it.
+* numpy and loky go into the running interpreter's environment (the venv when run by
+  ``make bench``): the template row forks from a template that has imported numpy, and loky is
+  a peer of the pool benchmark (bench/pool.py).
 * Debian's ``libanyevent-fork-perl`` (plus ``libev-perl``, the event loop the reference figures
   were measured with) is installed when ``perl -MAnyEvent::Fork`` fails and we are root.
 
@@ -33,6 +34,16 @@ def ensure_numpy() -> None:
     rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "numpy"])
     if rc != 0:
         note(f"pip install numpy failed (exit {rc}); the numpy-template row will be skipped")
+
+
+def ensure_loky() -> None:
+    """loky is a peer of the pool benchmark's map rows (bench/pool.py)."""
+    if importlib.util.find_spec("loky") is not None:
+        return
+    note("installing loky into " + sys.prefix)
+    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "loky"])
+    if rc != 0:
+        note(f"pip install loky failed (exit {rc}); the loky rows will say n/a")
 
 
 def perl_has_anyevent_fork() -> bool:
@@ -78,6 +89,7 @@ def ensure_perl() -> None:
 
 def main() -> None:
     ensure_numpy()
+    ensure_loky()
     try:
         ensure_perl()
     except Exception as exc:  # never fail the bench over an optional peer

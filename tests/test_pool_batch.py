@@ -19,7 +19,7 @@ import anyfork
 import pool_funcs
 from anyfork._pool import _policy
 from anyfork._pool._core import Launch, PoolCore, Send
-from anyfork._pool._map import Delivery, MapJob, Unit, bmap, items
+from anyfork._pool._map import Delivery, MapJob, Results, Unit, bmap
 from anyfork._pool._records import Worker
 from anyfork._rpc._batching import BatchResult
 from pool_faces import FACES, Face
@@ -58,7 +58,7 @@ def deliver(job: MapJob[Unit], progress: list[tuple[int, int | None]]) -> tuple[
     delivery = Delivery(job, (), None, lambda d, t: progress.append((d, t)), print, print)
     out: list[Any] = []
     try:
-        for result in items(bmap(delivery)):
+        for result in Results.of(bmap(delivery)):
             out.append(result)  # noqa: PERF402 - the results before an error are the point
     except pool_funcs.PoolError as exc:
         return out, exc
