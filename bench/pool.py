@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pool.py            # a few minutes: 3 rounds
     .venv/bin/python bench/pool.py --quick    # smoke run: 1 round, N = 2 and 8 only
+    .venv/bin/python bench/pool.py --map      # only the map rows (one run, about 15 s)
 
 Measurements (issue 4, point 6), each the median of the rounds:
 
@@ -19,8 +20,11 @@ Measurements (issue 4, point 6), each the median of the rounds:
   on 2 workers, every anyfork face with ``map``'s default arguments (batches sized by the pool),
   against ``multiprocessing.Pool(2).map`` (its default chunksize), ``ProcessPoolExecutor(2).map``
   (``chunksize=1000``, and its best of 1000/10000/100000) and loky's (``chunksize=1000``); all
-  results taken (``list``, ``async for``).  The floor row is ``async for`` over the same number
-  of results already in memory: what ``Pool.map``'s consumer pays whatever the pool does.
+  results taken (``list``, ``async for``).  Each row also gives the parent's CPU time per call
+  (``getrusage``: all its threads, not the workers).  The floor rows: ``async for`` over the
+  same number of results already in memory (what ``Pool.map``'s consumer pays whatever the
+  pool does), and the parent's serial work without processes (the items read and pickled, the
+  answers unpickled and handed over in C), and their sum, the least a ``Pool.map`` costs.
 
 Peers that are not installed print "n/a".  Targets: warm N=32 start-up within 2x of raw
 os.fork x N and at least 5x faster than the forkserver pools; submit().result() latency at
@@ -284,8 +288,11 @@ def map_rates(n: int) -> dict[str, Rate | None]:
 
     asyncio.run(floor())
     answers = [pickle.dumps(list(range(i, min(n, i + 65536))), 5) for i in range(0, n, 65536)]
-    timed("floor: the parent's serial work, no IPC", functools.partial(_serial_work, n, answers))
+    timed(SERIAL, functools.partial(_serial_work, n, answers))
     return rates
+
+
+SERIAL = "floor: the parent's serial work, no IPC"
 
 
 def _serial_work(n: int, answers: list[bytes]) -> None:
@@ -370,6 +377,9 @@ def map_rows(n: int) -> None:
     print("-" * 98)
     mp_rate = maps["multiprocessing.Pool.map"]
     assert mp_rate is not None
+    floors = [maps["floor: async for over the results in memory"], maps[SERIAL]]
+    both = 1 / sum(1 / r[0] for r in floors if r is not None)
+    maps["floor: both (the least a Pool.map costs)"] = (both, sum(r[1] for r in floors if r))
     for name, rate in maps.items():
         if rate is None:
             print(f"{name:50}{'n/a':>12}")

@@ -27,23 +27,14 @@ def note(msg: str) -> None:
     print(f"bench/setup.py: {msg}", flush=True)
 
 
-def ensure_numpy() -> None:
-    if importlib.util.find_spec("numpy") is not None:
+def ensure_module(name: str, why: str) -> None:
+    """pip install ``name`` unless it can be imported (``why``: what lacks it otherwise)."""
+    if importlib.util.find_spec(name) is not None:
         return
-    note("installing numpy into " + sys.prefix)
-    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "numpy"])
+    note(f"installing {name} into {sys.prefix}")
+    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", name])
     if rc != 0:
-        note(f"pip install numpy failed (exit {rc}); the numpy-template row will be skipped")
-
-
-def ensure_loky() -> None:
-    """loky is a peer of the pool benchmark's map rows (bench/pool.py)."""
-    if importlib.util.find_spec("loky") is not None:
-        return
-    note("installing loky into " + sys.prefix)
-    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "loky"])
-    if rc != 0:
-        note(f"pip install loky failed (exit {rc}); the loky rows will say n/a")
+        note(f"pip install {name} failed (exit {rc}); {why}")
 
 
 def perl_has_anyevent_fork() -> bool:
@@ -88,8 +79,8 @@ def ensure_perl() -> None:
 
 
 def main() -> None:
-    ensure_numpy()
-    ensure_loky()
+    ensure_module("numpy", "the numpy-template row will be skipped")
+    ensure_module("loky", "the loky rows (bench/pool.py) will say n/a")
     try:
         ensure_perl()
     except Exception as exc:  # never fail the bench over an optional peer

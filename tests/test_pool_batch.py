@@ -233,3 +233,11 @@ def test_serialisers_that_cannot_batch_send_a_call_per_item(face: Face) -> None:
     face.open(None, "pool_funcs:double", max=2, serializer="bytes")
     values = [bytes([i % 256]) for i in range(500)]
     assert face.map(values) == [v * 2 for v in values]
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_a_map_of_a_range_on_every_face_and_serialiser(face: Face, serializer: str) -> None:
+    face.open(None, "pool_funcs:double", max=2, serializer=serializer)
+    assert face.map(range(3, 3000)) == [2 * x for x in range(3, 3000)]
+    assert face.map(range(0)) == []
+    assert face.map(range(10, 0, -3)) == [20, 14, 8, 2]

@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import sys
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,10 +18,9 @@ import anyfork
 import batch_funcs
 from anyfork import worker
 from anyfork._child._rpc_server import batch_calls
-from anyfork._pool._map import Delivery, MapJob, Unit
-from anyfork._rpc._batching import BatchResult
+from anyfork._pool._map import STRETCH, Delivery, MapJob, Unit
+from anyfork._rpc._batching import BatchResult, Sizer
 from helpers import WAIT
-from pool_faces import FACES, Face
 
 
 def _other(x: Any) -> Any:
@@ -146,23 +144,6 @@ def test_a_long_range_forgets_what_was_cut() -> None:
     ]
 
 
-@pytest.fixture(params=list(FACES))
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    f = FACES[request.param]()
-    try:
-        yield f
-    finally:
-        f.shutdown()
-
-
-@pytest.mark.parametrize("serializer", ["pickle", "json"])
-def test_a_map_of_a_range_on_every_face_and_serialiser(face: Face, serializer: str) -> None:
-    face.open(None, "pool_funcs:double", max=2, serializer=serializer)
-    assert face.map(range(3, 3000)) == [2 * x for x in range(3, 3000)]
-    assert face.map(range(0)) == []
-    assert face.map(range(10, 0, -3)) == [20, 14, 8, 2]
-
-
 def test_pool_map_lets_go_of_each_result_as_it_gives_it() -> None:
     """``Pool.map`` holds no reference to a result it has given (the rest of its batch is
     still held): dropped by its consumer, it is freed at once (refcounts alone)."""
@@ -177,3 +158,43 @@ def test_pool_map_lets_go_of_each_result_as_it_gives_it() -> None:
             assert freed == 10
 
     asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_the_default_target_keeps_a_big_batch_measured_with_the_parents_delays() -> None:
+    """32,768 cheap items measured at 70 ms (the parent's delays in it, on a busy machine)
+    keep their size: the default target is 0.1 s."""
+    sizer = Sizer(workers=2)
+    sizer.size = 32768
+    sizer.observe(32768, 0.07)
+    assert sizer.next_size() == 32768
+    sizer.observe(32768, 0.3)  # items that got slower still shrink it
+    assert sizer.next_size() < 32768
+
+
+def test_pool_map_lets_the_loop_run_while_its_consumer_takes_a_big_batch() -> None:
+    """Other tasks (the pool's reading of answers, its dispatch) run every ``STRETCH``
+    results, not only between calls."""
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+        stopped = False
+
+        def tick() -> None:  # a callback that comes back at each run of the loop
+            nonlocal ticks
+            ticks += 1
+            if not stopped:
+                loop.call_soon(tick)
+
+        async with anyfork.Pool(None, "pool_funcs:double", max=1) as pool:
+            results = pool.map(range(4 * STRETCH), chunksize=4 * STRETCH)
+            first = await anext(results)
+            loop.call_soon(tick)
+            seen = [ticks async for _ in results]
+            stopped = True
+        assert first == 0
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert len(seen) == 4 * STRETCH - 1
+    assert len(set(seen)) >= 3  # the ticker ran while the one call's results were taken

@@ -4,7 +4,7 @@ take them, and the delivery of its results in order.
 A map is one :class:`MapJob` (a ``_core.Job``): the pool's core cuts the next call from it
 only when a worker can take one (``take``), so each call is sized then, from the time the
 earlier ones took (the RPC layer's ``_batching.Sizer``, as ``Client.map`` does: 1 item first,
-then batches of about 30 ms), and goes to the least-loaded worker like any call::
+then batches of about 0.1 s), and goes to the least-loaded worker like any call::
 
     consumer ── feed(items) ──> job ── core.schedule: take() ──> unit (1 item: a call;
        ^                                                           n items: a batch) ──> worker
@@ -27,6 +27,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sized
+from itertools import repeat
 from typing import Any, TypeVar, cast
 
 from .._rpc._batching import BatchResult, Sizer
@@ -343,6 +344,10 @@ class Delivery:
         self._close_bar()
 
 
+#: Results a ``Pool.map`` gives between two runs of its loop.
+STRETCH = 4096
+
+
 async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
     """The results of a map in order, awaited (on the pool's loop, which reports outcomes)."""
     job = delivery.job
@@ -375,7 +380,14 @@ async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
             results.reverse()
             pop = results.pop
             while results:
-                yield pop()
+                for _ in repeat(None, min(STRETCH, len(results))):
+                    yield pop()
+                if results:
+                    # Taking results lets no other task run: the loop runs every STRETCH of
+                    # them, so that answers are read as they come (less of the consumer's
+                    # time counts as its call's: see _batching.TARGET) and the workers are
+                    # given their next calls while the consumer takes these.
+                    await asyncio.sleep(0)
             if unit.error is not None:
                 raise unit.error
     finally:
