@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/pool.py            # a few minutes: 3 rounds
     .venv/bin/python bench/pool.py --quick    # smoke run: 1 round, N = 2 and 8 only
+    .venv/bin/python bench/pool.py --map      # only the map rows (one run, about 15 s)
 
 Measurements (issue 4, point 6), each the median of the rounds:
 
@@ -19,8 +20,11 @@ Measurements (issue 4, point 6), each the median of the rounds:
   on 2 workers, every anyfork face with ``map``'s default arguments (batches sized by the pool),
   against ``multiprocessing.Pool(2).map`` (its default chunksize), ``ProcessPoolExecutor(2).map``
   (``chunksize=1000``, and its best of 1000/10000/100000) and loky's (``chunksize=1000``); all
-  results taken (``list``, ``async for``).  The floor row is ``async for`` over the same number
-  of results already in memory: what ``Pool.map``'s consumer pays whatever the pool does.
+  results taken (``list``, ``async for``).  Each row also gives the parent's CPU time per call
+  (``getrusage``: all its threads, not the workers).  The floor rows: ``async for`` over the
+  same number of results already in memory (what ``Pool.map``'s consumer pays whatever the
+  pool does), and the parent's serial work without processes (the items read and pickled, the
+  answers unpickled and handed over in C), and their sum, the least a ``Pool.map`` costs.
 
 Peers that are not installed print "n/a".  Targets: warm N=32 start-up within 2x of raw
 os.fork x N and at least 5x faster than the forkserver pools; submit().result() latency at
@@ -36,8 +40,11 @@ import asyncio
 import concurrent.futures as cf
 import functools
 import importlib.util
+import itertools
 import multiprocessing
 import os
+import pickle
+import resource
 import statistics
 import sys
 import time
@@ -207,24 +214,40 @@ def _drain(ex: Any, f: Any, items: range, chunksize: int) -> None:
         pass
 
 
-def map_rates(n: int) -> dict[str, float | None]:
-    """calls/s of each map row (``None``: the peer is not installed)."""
+def _cpu() -> float:
+    """CPU seconds of this process so far, all its threads (the workers' are not counted)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+Rate = tuple[float, float]  # (calls/s, the parent's CPU ns per call)
+
+
+def map_rates(n: int) -> dict[str, Rate | None]:
+    """calls/s and the parent's CPU time per call of each map row (``None``: the peer is not
+    installed)."""
     f = _children.ident
     items = range(n)
-    rates: dict[str, float | None] = {}
+    rates: dict[str, Rate | None] = {}
 
     def timed(name: str, run: Callable[[], object]) -> None:
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         run()
-        rates[name] = n / (time.perf_counter() - t0)
+        t, c = time.perf_counter() - t0, _cpu() - c0
+        rates[name] = (n / t, c * 1e9 / n)
 
     async def pool_map() -> None:
         async with anyfork.Pool(None, f, max=2, idle=2) as pool:
             [r async for r in pool.map(range(1000))]  # warm: workers up, sizes measured once
-            t0 = time.perf_counter()
-            results = [r async for r in pool.map(items)]
-            rates["anyfork Pool.map"] = n / (time.perf_counter() - t0)
-            assert len(results) == n
+
+            async def run() -> None:
+                results = [r async for r in pool.map(items)]
+                assert len(results) == n
+
+            c0, t0 = _cpu(), time.perf_counter()
+            await run()
+            t, c = time.perf_counter() - t0, _cpu() - c0
+            rates["anyfork Pool.map"] = (n / t, c * 1e9 / n)
 
     asyncio.run(pool_map())
     with anyfork.BlockingPool(None, f, max=2, idle=2) as pool:
@@ -258,12 +281,30 @@ def map_rates(n: int) -> dict[str, float | None]:
                 for r in chunk:
                     yield r
 
-        t0 = time.perf_counter()
+        c0, t0 = _cpu(), time.perf_counter()
         [r async for r in results()]
-        rates["floor: async for over the results in memory"] = n / (time.perf_counter() - t0)
+        t, c = time.perf_counter() - t0, _cpu() - c0
+        rates["floor: async for over the results in memory"] = (n / t, c * 1e9 / n)
 
     asyncio.run(floor())
+    answers = [pickle.dumps(list(range(i, min(n, i + 65536))), 5) for i in range(0, n, 65536)]
+    timed(SERIAL, functools.partial(_serial_work, n, answers))
     return rates
+
+
+SERIAL = "floor: the parent's serial work, no IPC"
+
+
+def _serial_work(n: int, answers: list[bytes]) -> None:
+    """What a pool's parent does per item whatever its design, in batches of 65,536: the items
+    read from the iterable and pickled, the (ready) answers unpickled and their results handed
+    over one by one in C; no process, no socket, no wait."""
+    it = iter(items := range(n))
+    del items
+    for answer in answers:
+        pickle.dumps([list(itertools.islice(it, 65536))], 5)
+        for _ in pickle.loads(answer):
+            pass
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -325,10 +366,57 @@ def thread_handoff_floor(n: int = 3000) -> float:
     return statistics.median(times)
 
 
+def map_rows(n: int) -> None:
+    """The map rows (one run), their targets, and the floors that bound them."""
+    maps = map_rates(n)
+    print()
+    print(
+        f"{f'map of {n:,} ints (2 workers)':50}{'calls/s':>12}{'vs mp.Pool.map':>16}"
+        f"{'parent CPU ns/call':>20}"
+    )
+    print("-" * 98)
+    mp_rate = maps["multiprocessing.Pool.map"]
+    assert mp_rate is not None
+    floors = [maps["floor: async for over the results in memory"], maps[SERIAL]]
+    both = 1 / sum(1 / r[0] for r in floors if r is not None)
+    maps["floor: both (the least a Pool.map costs)"] = (both, sum(r[1] for r in floors if r))
+    for name, rate in maps.items():
+        if rate is None:
+            print(f"{name:50}{'n/a':>12}")
+        else:
+            print(f"{name:50}{rate[0]:12.0f}{rate[0] / mp_rate[0]:15.2f}x{rate[1]:20.0f}")
+    print()
+    print("map targets")
+    ppe_best = max(r[0] for k, r in maps.items() if k.startswith("PPE") and r is not None)
+    for face in ("Pool", "BlockingPool", "PoolExecutor"):
+        got = maps[f"anyfork {face}.map"]
+        assert got is not None
+        target(
+            f"{face}.map >= 1x multiprocessing.Pool.map",
+            got[0] >= mp_rate[0],
+            f"{got[0] / mp_rate[0]:.2f}x",
+        )
+        target(
+            f"{face}.map >= 3x PPE.map at its best chunksize",
+            got[0] >= 3 * ppe_best,
+            f"{got[0] / ppe_best:.2f}x",
+        )
+
+
+def target(label: str, ok: bool | None, detail: str) -> None:
+    verdict = "n/a" if ok is None else "PASS" if ok else "MISS"
+    print(f"  {label:62} {detail:>18}  {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one short round")
+    parser.add_argument("--map", action="store_true", help="only the map rows (one run)")
     opts = parser.parse_args()
+    if opts.map:
+        print(f"anyfork map benchmark  ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})")
+        map_rows(100_000 if opts.quick else 1_000_000)
+        return
     rounds = 1 if opts.quick else 3
     sizes = [2, 8] if opts.quick else [2, 8, 32]
     m = 2000 if opts.quick else 20000
@@ -413,18 +501,7 @@ def main() -> None:
         "  (what an executor's submit().result() costs when another thread runs the call)"
     )
 
-    map_n = 100_000 if opts.quick else 1_000_000
-    maps = map_rates(map_n)
-    print()
-    print(f"{f'map of {map_n:,} ints (2 workers)':50}{'calls/s':>12}{'vs mp.Pool.map':>16}")
-    print("-" * 78)
-    mp_rate = maps["multiprocessing.Pool.map"]
-    for name, rate in maps.items():
-        if rate is None:
-            print(f"{name:50}{'n/a':>12}")
-        else:
-            ratio = f"{rate / mp_rate:.2f}x" if mp_rate else ""
-            print(f"{name:50}{rate:12.0f}{ratio:>16}")
+    map_rows(100_000 if opts.quick else 1_000_000)
 
     mem = numpy_uss(4) if has("numpy") else []
     print()
@@ -438,10 +515,6 @@ def main() -> None:
 
     print()
     print("targets")
-
-    def target(label: str, ok: bool | None, detail: str) -> None:
-        verdict = "n/a" if ok is None else "PASS" if ok else "MISS"
-        print(f"  {label:62} {detail:>18}  {verdict}")
 
     top = sizes[-1]
     a = med.get(("anyfork.Pool, warm template", top))
@@ -462,19 +535,6 @@ def main() -> None:
             "submit().result() latency >= 2x faster than PPE",
             ppe[2] >= 2 * ours[2],
             f"{ppe[2] / ours[2]:.1f}x",
-        )
-    ppe_best = max(r for k, r in maps.items() if k.startswith("PPE") and r is not None)
-    for face in ("Pool", "BlockingPool", "PoolExecutor"):
-        rate = maps[f"anyfork {face}.map"]
-        assert rate is not None
-        assert mp_rate is not None
-        target(
-            f"{face}.map >= 1x multiprocessing.Pool.map", rate >= mp_rate, f"{rate / mp_rate:.2f}x"
-        )
-        target(
-            f"{face}.map >= 3x PPE.map at its best chunksize",
-            rate >= 3 * ppe_best,
-            f"{rate / ppe_best:.2f}x",
         )
     if mem:
         worst = max(mem)

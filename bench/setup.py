@@ -1,7 +1,8 @@
 """Install what the benchmark's peers need; safe to run any number of times.
 
-* numpy goes into the running interpreter's environment (the venv when run by ``make bench``):
-  the template row forks from a template that has imported it.
+* numpy and loky go into the running interpreter's environment (the venv when run by
+  ``make bench``): the template row forks from a template that has imported numpy, and loky is
+  a peer of the pool benchmark (bench/pool.py).
 * Debian's ``libanyevent-fork-perl`` (plus ``libev-perl``, the event loop the reference figures
   were measured with) is installed when ``perl -MAnyEvent::Fork`` fails and we are root.
 
@@ -26,13 +27,14 @@ def note(msg: str) -> None:
     print(f"bench/setup.py: {msg}", flush=True)
 
 
-def ensure_numpy() -> None:
-    if importlib.util.find_spec("numpy") is not None:
+def ensure_module(name: str, why: str) -> None:
+    """pip install ``name`` unless it can be imported (``why``: what lacks it otherwise)."""
+    if importlib.util.find_spec(name) is not None:
         return
-    note("installing numpy into " + sys.prefix)
-    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", "numpy"])
+    note(f"installing {name} into {sys.prefix}")
+    rc = subprocess.call([sys.executable, "-m", "pip", "install", "-q", name])
     if rc != 0:
-        note(f"pip install numpy failed (exit {rc}); the numpy-template row will be skipped")
+        note(f"pip install {name} failed (exit {rc}); {why}")
 
 
 def perl_has_anyevent_fork() -> bool:
@@ -77,7 +79,8 @@ def ensure_perl() -> None:
 
 
 def main() -> None:
-    ensure_numpy()
+    ensure_module("numpy", "the numpy-template row will be skipped")
+    ensure_module("loky", "the loky rows (bench/pool.py) will say n/a")
     try:
         ensure_perl()
     except Exception as exc:  # never fail the bench over an optional peer

@@ -19,7 +19,7 @@ import anyfork
 import pool_funcs
 from anyfork._pool import _policy
 from anyfork._pool._core import Launch, PoolCore, Send
-from anyfork._pool._map import Delivery, MapJob, Unit, bmap, items
+from anyfork._pool._map import Delivery, MapJob, Results, Unit, bmap
 from anyfork._pool._records import Worker
 from anyfork._rpc._batching import BatchResult
 from pool_faces import FACES, Face
@@ -58,7 +58,7 @@ def deliver(job: MapJob[Unit], progress: list[tuple[int, int | None]]) -> tuple[
     delivery = Delivery(job, (), None, lambda d, t: progress.append((d, t)), print, print)
     out: list[Any] = []
     try:
-        for result in items(bmap(delivery)):
+        for result in Results.of(bmap(delivery)):
             out.append(result)  # noqa: PERF402 - the results before an error are the point
     except pool_funcs.PoolError as exc:
         return out, exc
@@ -233,3 +233,11 @@ def test_serialisers_that_cannot_batch_send_a_call_per_item(face: Face) -> None:
     face.open(None, "pool_funcs:double", max=2, serializer="bytes")
     values = [bytes([i % 256]) for i in range(500)]
     assert face.map(values) == [v * 2 for v in values]
+
+
+@pytest.mark.parametrize("serializer", ["pickle", "json"])
+def test_a_map_of_a_range_on_every_face_and_serialiser(face: Face, serializer: str) -> None:
+    face.open(None, "pool_funcs:double", max=2, serializer=serializer)
+    assert face.map(range(3, 3000)) == [2 * x for x in range(3, 3000)]
+    assert face.map(range(0)) == []
+    assert face.map(range(10, 0, -3)) == [20, 14, 8, 2]

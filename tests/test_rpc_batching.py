@@ -146,7 +146,9 @@ def test_service_time_counts_no_queueing() -> None:
 
 
 def test_columns_of_one_or_several_iterables() -> None:
-    assert B.columns_of([range(3)]) == [[0, 1, 2]]
+    lone: list[Any] = B.columns_of([range(3)])
+    assert lone == [range(3)]  # a lone range stays one: sent as slices
+    assert B.columns_of([(1, 2)]) == [[1, 2]]
     assert B.columns_of([range(3), "abcd"]) == [[0, 1, 2], ["a", "b", "c"]]
     assert B.columns_of([itertools.count(), "ab"]) == [[0, 1], ["a", "b"]]  # zip's way
     assert B.columns_of([[], "ab"]) == [[], []]
@@ -158,6 +160,9 @@ def test_check_columns() -> None:
     checked = B.check_columns([column, (3, 4)])
     assert checked == [[1, 2], [3, 4]]
     assert checked[0] is column  # not copied
+    numbers = range(5, 7)
+    kept: list[Any] = B.check_columns([numbers])
+    assert kept[0] is numbers  # a range is not made a list
     with pytest.raises(ValueError, match="at least one column"):
         B.check_columns([])
     with pytest.raises(ValueError, match=r"all as long, not \[1, 2\]"):

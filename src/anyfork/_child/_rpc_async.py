@@ -18,6 +18,7 @@ from ._rpc_server import (
     MAX_IOV,
     advance,
     batch_answer,
+    batch_calls,
     broken_stream,
     frame_chunks,
     serialization_error,
@@ -268,7 +269,7 @@ class AsyncServer:
             self.write(W.ERROR, call_id, [err])
             return
         del payload
-        func = self.func
+        func, columns = batch_calls(self.func, columns)
         isawaitable = inspect.isawaitable
         results: list[Any] = []
         failure: Exception | None = None

@@ -108,7 +108,9 @@ class Codec:
         """A batch of calls, serialised once: its arguments by column (``columns[j][i]`` is the
         ``j``-th argument of call ``i``), as ``map(func, *columns)`` takes them.  Lists of
         plain values serialise (and load) several times faster than lists of tuples."""
-        return self.dump_value(columns)
+        # A map of a range sends its slices (``_batching.check_columns``): as lists here.
+        given: list[Any] = columns  # (a range stands in for a list)
+        return self.dump_value([list(c) if type(c) is range else c for c in given])
 
     def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
         """The columns of a batch (at least one, all as long), and how many calls they make."""
@@ -116,7 +118,7 @@ class Codec:
         if not columns:
             raise ValueError(_NOT_COLUMNS)
         for j, column in enumerate(columns):
-            if type(column) is not list:
+            if type(column) is not list and type(column) is not range:  # (a map of a range)
                 columns[j] = column = _a_list(column, _NOT_COLUMNS)
             if len(column) != len(columns[0]):
                 raise ValueError(_NOT_COLUMNS)

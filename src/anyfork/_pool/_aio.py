@@ -204,7 +204,7 @@ class Pool(AsyncEngine):
         ``func(x, y)``, as the builtin ``map`` zips) and yield the results in order.
 
         Items travel in batches (one frame each way, run in order by one worker) sized by the
-        pool as workers take them: one item first, then batches of about 30 ms from the time
+        pool as workers take them: one item first, then batches of about 0.1 s from the time
         the earlier ones took (for cheap calls, many times faster than a call per item).
         ``chunksize`` fixes the items per call instead, as in ``concurrent.futures``
         (``chunksize=1``: one call per item).  With the ``"bytes"`` and ``"str"`` serialisers

@@ -10,10 +10,9 @@ the graceful way, as the standard library's executors are.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import itertools
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._core._process import Func, Process, func_ref
@@ -21,7 +20,7 @@ from .._errors import ClosedError
 from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
-from ._map import Delivery, Progress, bmap, items, window_size
+from ._map import Delivery, Progress, Results, bmap, window_size
 from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
 from ._worker import START_TIMEOUT, other_pools_names, rpc_options
@@ -157,11 +156,11 @@ class BlockingPool(_Face):
         timeout: float | None = None,
         progress: bool | Progress = False,
         chunksize: int | None = None,
-    ) -> Generator[Any, None, None]:
-        """Yield the results of ``func(*items)`` in order, items sent in batches sized by the
-        pool (or ``chunksize`` items per call), at most ``max_in_flight`` calls in flight (see
-        ``Pool.map``).  Closing the generator early withdraws the calls still queued and lets
-        those running finish.
+    ) -> Results:
+        """An iterator over the results of ``func(*items)`` in order, items sent in batches
+        sized by the pool (or ``chunksize`` items per call), at most ``max_in_flight`` calls in
+        flight (see ``Pool.map``).  Stopping early (``close()``, or dropping the iterator)
+        withdraws the calls still queued and lets those running finish.
 
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
@@ -171,7 +170,7 @@ class BlockingPool(_Face):
         limit = window_size(max_in_flight, engine.settings)
         job = engine.job(chunksize, timeout)
         delivery = Delivery(job, iterables, limit, progress, engine.queue_job, engine.withdraw_unit)
-        return items(bmap(delivery, interrupted=engine.interrupt))
+        return Results.of(bmap(delivery, interrupted=engine.interrupt))
 
     def wait_for(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
@@ -377,7 +376,7 @@ class PoolExecutor(_Face, cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-    ) -> Iterator[Any]:
+    ) -> Results:
         """``map(fn, *iterables)`` in the workers: every item is taken now (as
         ``ProcessPoolExecutor.map`` does) and the results are yielded in order.
 
@@ -404,11 +403,7 @@ class PoolExecutor(_Face, cf.Executor):
             delivery.start()
         except ClosedError:
             raise self._closed() from None
-        # Flattened in C: the results cost no Python code each (the generator under it ends
-        # the map when the iterator is dropped).
-        return itertools.chain.from_iterable(
-            bmap(delivery, deadline, engine.interrupt, cf.TimeoutError)
-        )
+        return Results.of(bmap(delivery, deadline, engine.interrupt, cf.TimeoutError))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new calls; ``cancel_futures=True`` cancels those not started yet (a ``map``'s
