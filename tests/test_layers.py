@@ -67,7 +67,9 @@ CHILD_STDLIB = frozenset(
         "fcntl",
         "gc",
         "importlib",
+        "itertools",  # builtin (C): a batch's repeated columns
         "json",
+        "operator",  # builtin (C): a batch's identity check
         "os",
         "pickle",
         "select",

@@ -1,6 +1,6 @@
 """The batch hot path (issue 9, point 1, part 3): what a map's batch costs per item.
 
-``PoolExecutor`` without a fixed function serves ``worker._apply(fn, *args)``; its map's batch
+``PoolExecutor`` without a fixed function serves ``_target.apply(fn, *args)``; its map's batch
 runs ``fn`` on the item columns directly (``_rpc_server.batch_calls``), on both backends."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 
 import anyfork
 import batch_funcs
-from anyfork import worker
+from anyfork._child import _target
 from anyfork._child._rpc_server import batch_calls
 from anyfork._pool._map import STRETCH, Delivery, MapJob, Unit
+from anyfork._rpc._base import Backend
 from anyfork._rpc._batching import BatchResult, Sizer
 from helpers import WAIT
 
@@ -30,7 +31,7 @@ def _other(x: Any) -> Any:
 def test_batch_calls_runs_the_one_function_of_an_executors_batch() -> None:
     fn = batch_funcs.caller
     columns: list[Any] = [[fn, fn, fn], [1, 2, 3], ["a", "b", "c"]]
-    func, args = batch_calls(worker._apply, columns)
+    func, args = batch_calls(_target.apply, columns)
     assert func is fn
     assert args == [[1, 2, 3], ["a", "b", "c"]]
 
@@ -38,10 +39,10 @@ def test_batch_calls_runs_the_one_function_of_an_executors_batch() -> None:
 @pytest.mark.parametrize(
     ("func", "columns"),
     [
-        (worker._apply, [[batch_funcs.caller, _other], [1, 2]]),  # two functions
-        (worker._apply, [[batch_funcs.Same("a"), batch_funcs.Same("b")], [1, 2]]),  # equal only
-        (worker._apply, [[_other, _other]]),  # fn() without arguments: map() needs a column
-        (worker._apply, [[], []]),
+        (_target.apply, [[batch_funcs.caller, _other], [1, 2]]),  # two functions
+        (_target.apply, [[batch_funcs.Same("a"), batch_funcs.Same("b")], [1, 2]]),  # equal only
+        (_target.apply, [[_other, _other]]),  # fn() without arguments: map() needs a column
+        (_target.apply, [[], []]),
         (_other, [[_other, _other], [1, 2]]),  # another function served
     ],
 )
@@ -52,17 +53,17 @@ def test_batch_calls_leaves_any_other_batch_as_it_is(func: Any, columns: list[An
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_executor_map_calls_fn_without_an_apply_frame_per_item(backend: str) -> None:
+def test_executor_map_calls_fn_without_an_apply_frame_per_item(backend: Backend) -> None:
     with anyfork.PoolExecutor(1, backend=backend) as ex:
         got = list(ex.map(batch_funcs.caller, range(20), chunksize=5, timeout=WAIT))
         single = ex.submit(batch_funcs.caller, 0).result(WAIT)
     assert [x for x, _ in got] == list(range(20))
-    assert "_apply" not in {name for _, name in got}
-    assert single == (0, "_apply")  # a single call still goes through it
+    assert "apply" not in {name for _, name in got}
+    assert single == (0, "apply")  # a single call still goes through it
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_executor_map_error_at_its_item_on_the_direct_path(backend: str) -> None:
+def test_executor_map_error_at_its_item_on_the_direct_path(backend: Backend) -> None:
     with anyfork.PoolExecutor(1, backend=backend) as ex:
         it = ex.map(batch_funcs.fail_at_3, range(10), chunksize=10, timeout=WAIT)
         assert [next(it) for _ in range(3)] == [0, 1, 2]

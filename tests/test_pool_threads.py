@@ -218,3 +218,45 @@ def test_the_executor_checks_its_options_as_the_pool_does() -> None:
         anyfork.PoolExecutor(func=pool_funcs.pid, load=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         anyfork.PoolExecutor(func=pool_funcs.pid, bogus=1)  # type: ignore[call-arg]
+
+
+def blocked_signals(thread: threading.Thread) -> set[int]:
+    """The signals ``thread`` blocks, as the kernel has them (its SigBlk mask)."""
+    with open(f"/proc/self/task/{thread.native_id}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+    raise AssertionError("no SigBlk line")
+
+
+@pytest.mark.parametrize("face", ["BlockingPool", "PoolExecutor"])
+def test_the_engines_threads_leave_ctrl_c_to_the_main_thread(face: str) -> None:
+    """The kernel gives a process-directed SIGINT to any thread that does not block it, and
+    CPython acts on it only in the main thread: if one of the engine's threads took it, a main
+    thread asleep in ``result()`` or ``map`` was never woken (a Ctrl-C hang seen under load).
+    Every thread the engine starts (a worker's, the watcher, the clock) blocks it; the
+    caller's mask is left as it was."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    if face == "BlockingPool":
+        pool: Any = anyfork.BlockingPool(None, "pool_funcs:double", max=1, idle=1)
+        call = pool.call
+        close = pool.close
+    else:
+        pool = anyfork.PoolExecutor(1)
+        call = lambda x: pool.submit(pool_funcs.double, x).result(WAIT)  # noqa: E731
+        close = pool.shutdown
+    try:
+        assert call(21) == 42
+        ours = [t for t in threading.enumerate() if t.name.startswith("anyfork-pool")]
+        assert ours, "the engine started no thread"
+        eventually(lambda: all(t.native_id for t in ours), what="the threads to be running")
+        for thread in ours:
+            assert {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD} <= blocked_signals(thread), (
+                thread.name
+            )
+            assert signal.SIGSEGV not in blocked_signals(thread)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+        assert signal.SIGINT not in blocked_signals(threading.main_thread())
+    finally:
+        close()

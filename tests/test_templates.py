@@ -7,12 +7,15 @@ scripts are written to be read: each one's docstring says what it sets up.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import anyfork
 from helpers import alive, eventually, result, run_script
 
 
@@ -251,3 +254,24 @@ def test_the_first_new_in_an_event_loop_does_not_wait_for_the_template(tmp_path:
     env = {"GATE_PYTHON": str(wrapper), "GATE_FD": "20"}
     out = result(run_script("first_new_in_loop.py", env=env))
     assert out["events"] == ["new returned", "task ran", "ran", "child of a template: True"]
+
+
+def test_an_exec_started_from_a_thread_that_blocks_signals_blocks_none() -> None:
+    """posix_spawn keeps the calling thread's signal mask: a template started from a thread
+    that blocks SIGCHLD (a pool's threads block the asynchronous signals) would never reap
+    its children, nor obey SIGTERM.  The new interpreter starts with none blocked."""
+    procs: list[anyfork.Process] = []
+
+    def spawn() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT})
+        procs.append(anyfork.new_exec())
+
+    thread = threading.Thread(target=spawn)
+    thread.start()
+    thread.join(10)
+    (proc,) = procs
+    with proc:
+        proc.wait_started_blocking(timeout=10)
+        with open(f"/proc/{proc.pid}/status") as status:
+            masks = [line.split()[1] for line in status if line.startswith("SigBlk:")]
+        assert masks == ["0" * 16]

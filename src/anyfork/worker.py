@@ -103,10 +103,3 @@ def retire() -> None:
     # Sent as no call's event (id 0): it is for the pool's own handler, never for a handler the
     # caller of the running call gave.
     sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,), 0)
-
-
-def _apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-    """The function a ``PoolExecutor`` without a fixed function serves: ``fn`` arrives first,
-    with its arguments (by reference through pickle, or by value with cloudpickle).  Flat, so
-    that a ``map``'s batch is ``map(_apply, fns, *columns)``: no tuple per item."""
-    return fn(*args, **kwargs)

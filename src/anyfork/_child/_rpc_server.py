@@ -44,7 +44,7 @@ from operator import is_ as _is
 
 from .. import worker
 from . import _rpc_wire as W
-from . import _serializers
+from . import _serializers, _target
 from ._records import anyfork_error, error_record
 from ._serve import resolve
 
@@ -154,11 +154,11 @@ def batch_calls(
     func: Callable[..., Any], columns: list[Any]
 ) -> tuple[Callable[..., Any], list[Any]]:
     """What a batch runs: ``map(f, *cols)`` for ``(f, cols)``.  A ``PoolExecutor`` without a
-    fixed function serves ``worker._apply(fn, *args)``, so its map's first column is ``fn``
+    fixed function serves ``_target.apply(fn, *args)``, so its map's first column is ``fn``
     over and over: then ``fn`` runs on the other columns directly, the same calls without an
-    ``_apply`` frame per item (half a trivial item's time in the worker).  Checked by identity,
+    ``apply`` frame per item (half a trivial item's time in the worker).  Checked by identity,
     in C: no ``__eq__`` of the user's runs."""
-    if func is worker._apply and len(columns) > 1 and columns[0]:
+    if func is _target.apply and len(columns) > 1 and columns[0]:
         fns = columns[0]
         fn = fns[0]
         if all(map(_is, fns, _repeat(fn))):

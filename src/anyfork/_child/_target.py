@@ -126,3 +126,10 @@ def wrap(arg: Fd) -> object:
     if file_mode != "r":
         track(file)
     return file
+
+
+def apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """The function a ``PoolExecutor`` without a fixed function serves: ``fn`` arrives first,
+    with its arguments (by reference through pickle, or by value with cloudpickle).  Flat, so
+    that a ``map``'s batch is ``map(apply, fns, *columns)``: no tuple per item."""
+    return fn(*args, **kwargs)

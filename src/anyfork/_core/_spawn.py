@@ -141,6 +141,10 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
                 argv + paths,
                 os.environ,
                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, CHILD_FD)],
+                # A new interpreter starts with no signal blocked, whatever the calling thread
+                # blocks (a pool's threads block SIGINT, SIGTERM, SIGCHLD...; a template that
+                # inherited that mask would never reap its children).
+                setsigmask=(),
             )
         except OSError as exc:
             raise SpawnError(f"could not exec {exe}: {exc}") from exc

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["BlockingPool", "PoolExecutor"]
 
 #: The function a PoolExecutor without a fixed function serves (calls ``fn(*args, **kw)``).
-_APPLY = "anyfork.worker:_apply"
+_APPLY = "anyfork._child._target:apply"
 
 
 class _Face:

@@ -36,7 +36,7 @@ from typing import Any
 from .._core._process import Func, Process
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
-from . import _futures, _policy, _watch
+from . import _daemon, _futures, _policy, _watch
 from ._core import Halt, Launch, PoolCore, Send
 from ._futures import Call, Future, drain, fail, run_or_skip
 from ._map import MapJob, Unit
@@ -284,14 +284,8 @@ class ThreadsEngine(Closing):
                 effect.worker.inbox.put(effect.call)
             elif isinstance(effect, Launch):
                 worker = effect.worker
-                thread = threading.Thread(
-                    target=self._serve,
-                    args=(worker,),
-                    name=f"anyfork-pool-worker-{worker.id}",
-                    daemon=True,
-                )
+                thread = _daemon.start(self._serve, f"anyfork-pool-worker-{worker.id}", (worker,))
                 self._threads.add(thread)
-                thread.start()
             elif isinstance(effect, Halt):
                 effect.worker.inbox.put(None)
             else:

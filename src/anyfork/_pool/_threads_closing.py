@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from .._errors import ClosedError
-from . import _watch
+from . import _daemon, _watch
 from ._core import PoolCore
 from ._futures import Call, drain, fail, remaining
 from ._map import MapJob
@@ -93,7 +93,7 @@ class Closing:
                 self._core.close()
                 self._schedule()
         if not wait:
-            threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
+            _daemon.start(self._finish, "anyfork-pool-close")
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._join(deadline):

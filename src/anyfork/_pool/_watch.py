@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .._rpc._blocking import BlockingClient
+from . import _daemon
 from ._futures import remaining
 
 #: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
@@ -44,13 +45,9 @@ class Watcher:
                 self._epoll = select.epoll()
                 self._stop = os.eventfd(0, os.EFD_CLOEXEC)
                 self._epoll.register(self._stop, select.EPOLLIN)
-                self._thread = threading.Thread(
-                    target=self._run,
-                    args=(self._epoll, self._stop),
-                    name="anyfork-pool-watch",
-                    daemon=True,
+                self._thread = _daemon.start(
+                    self._run, "anyfork-pool-watch", (self._epoll, self._stop)
                 )
-                self._thread.start()
             self._watched[fd] = worker
             self._epoll.register(fd, _MASK)
 
@@ -140,10 +137,7 @@ class Clock:
         self._at = at
         self._cond.notify()
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="anyfork-pool-clock", daemon=True
-            )
-            self._thread.start()
+            self._thread = _daemon.start(self._run, "anyfork-pool-clock")
 
     def _run(self) -> None:
         with self._cond:
