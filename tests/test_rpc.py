@@ -539,3 +539,11 @@ def test_abort_fails_outstanding_calls() -> None:
         os.kill(client.pid, signal.SIGKILL)  # block() would never see the EOF
 
     _run(main())
+
+
+@pytest.mark.parametrize("cls", ["Client", "BlockingClient"])
+def test_clients_have_no_public_constructor(cls: str) -> None:
+    """``rpc()``/``rpc_blocking()`` make clients; calling the class is refused, before anything
+    is looked at."""
+    with pytest.raises(TypeError, match=rf"^anyfork\.{cls} has no public constructor$"):
+        getattr(anyfork, cls)()

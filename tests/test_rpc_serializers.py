@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 import pytest
 
 import anyfork
+import rpc_funcs
+from rpc_faces import AsyncFace, BlockingFace, Face
+from test_rpc_wire import Marshal
 
 T = TypeVar("T")
 
@@ -193,3 +196,41 @@ def test_user_serializer_protocol_module_attr() -> None:
         assert events.items == [("progress", 3, 0)]
 
     _run(main())
+
+
+@pytest.mark.parametrize("face", [AsyncFace, BlockingFace], ids=["asyncio", "blocking"])
+@pytest.mark.parametrize("which", ["instance", "class"])
+def test_a_serializer_object_is_used_here_and_found_by_the_worker(
+    face: type[Face], which: str
+) -> None:
+    """``serializer=obj``: the parent uses the object, the worker imports it by the reference
+    derived from it (the global its module binds it to, or a class's qualname)."""
+    ser = rpc_funcs.TAGGED if which == "instance" else Marshal
+    made = face()
+    events = _Events()
+    try:
+        client = made.rpc(anyfork.new(), "rpc_funcs:progress", serializer=ser, on_event=events)
+        try:
+            assert made.call(client, 3, 1) == 3
+        finally:
+            made.close(client)
+    finally:
+        made.end()
+    assert events.items == [("progress", 3, 0)]
+
+
+def test_a_serializer_the_worker_cannot_find_is_refused_before_spawning() -> None:
+    class Local:
+        dumps = staticmethod(rpc_funcs.dumps)
+        loads = staticmethod(rpc_funcs.loads)
+
+    proc = anyfork.new()
+    try:
+        for ser in (Local, Local(), rpc_funcs.Tagged()):
+            with pytest.raises(ValueError, match="cannot be found by the worker") as info:
+                anyfork.rpc_blocking(proc, "rpc_funcs:ident", serializer=ser)
+            assert isinstance(info.value, anyfork.AnyforkError)
+        with pytest.raises(TypeError, match="an object with dumps"):
+            anyfork.rpc_blocking(proc, "rpc_funcs:ident", serializer=object())  # type: ignore[arg-type]
+    finally:
+        proc.close()

@@ -137,6 +137,9 @@ class AsyncServer:
         cid = self.current.get() if call_id is None else call_id
         self.write(W.EVENT, cid, self.codec.dump_event(args))
 
+    def retire(self) -> None:
+        self.write(W.RETIRE, 0, [])
+
     def _gone(self) -> None:
         self.broken = True
         self.wbuf = []

@@ -237,6 +237,9 @@ class SyncServer:
     def flush(self) -> bool:
         return True
 
+    def retire(self) -> None:
+        _send_chunks(self.sock, W.RETIRE, 0, [])
+
     def run(self) -> bool:
         """Serve until EOF; ``True`` if the stream broke the protocol (reported as ``FAILED``)."""
         dec = W.Decoder(W.TO_CHILD)

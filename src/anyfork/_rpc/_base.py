@@ -80,6 +80,7 @@ class Base:
         on_error: Callable[[BaseException], object] | None,
         on_close: Callable[[], object] | None,
         concurrency: int = 1,
+        on_retire: Callable[[], object] | None = None,
     ):
         self._proc = proc
         self._sock: socket.socket | None = sock
@@ -91,6 +92,7 @@ class Base:
         self._on_event = on_event
         self._on_error = on_error
         self._on_close = on_close
+        self._on_retire = on_retire
         self._dec = W.Decoder(W.TO_PARENT)
         self._out = Outbox()
         self._pending: dict[int, Waiter] = {}
@@ -299,6 +301,10 @@ class Base:
                 failure = RemoteError("the call was cancelled in the worker")
             del self._pending[cid]
             waiter.set_exception(failure)
+            return
+        if kind == W.RETIRE:
+            if self._on_retire is not None:  # else a plain client: nobody asked for it
+                self._event((), self._on_retire)
             return
         if self._startup_error is None and kind in (W.READY, W.FAILED):
             self._first_frame(kind, payload)

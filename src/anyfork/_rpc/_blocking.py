@@ -15,11 +15,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, final
 
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
-from .._util import publish
+from .._util import NoPublicConstructor, publish
 from ._base import EXIT_STATUS_WAIT, Base
 from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun
@@ -33,7 +33,8 @@ _DONTWAIT = int(socket.MSG_DONTWAIT)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-class BlockingClient(Base):
+@final
+class BlockingClient(Base, metaclass=NoPublicConstructor):
     """The blocking twin of :class:`Client`, for programs without an event loop; made by
     :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
     threads take turns; an event handler (the call's ``on_event=``, or the client's) runs

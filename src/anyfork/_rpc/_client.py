@@ -18,11 +18,11 @@ import asyncio
 import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, final
 
 from .._child import _rpc_wire as W
 from .._errors import ClosedError, ProtocolError
-from .._util import publish, wait_for
+from .._util import NoPublicConstructor, publish, wait_for
 from ._base import EXIT_STATUS_WAIT, Base
 from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun
@@ -79,7 +79,8 @@ def _reader(ref: weakref.ReferenceType[Client]) -> Any:
     return on_readable
 
 
-class Client(Base):
+@final
+class Client(Base, metaclass=NoPublicConstructor):
     """The asyncio client of an RPC worker; made by :func:`rpc`.
 
     ``await client(*args, **kwargs)`` calls the function with those arguments and returns its
