@@ -47,7 +47,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
-    pass
+    from typing import Any
 
 #: Bumped whenever a frame or the configuration changes meaning (3: batches, the call id of an
 #: event, ``done`` in the configuration; 4: ``RETIRE``).
@@ -79,6 +79,8 @@ TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT, BATCH_OK, BAT
 
 MAX_PAYLOAD = 0xFFFFFFFF
 MAX_ID = 0xFFFFFFFF
+#: Most buffers either side hands to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_IOV = 512
 
 _CONFIG_MAGIC = "anyfork.rpc"
 _SEP = "\x00"
@@ -102,6 +104,23 @@ def header(kind: int, call_id: int, length: int) -> bytes:
 def frame(kind: int, call_id: int = 0, payload: bytes = b"") -> bytes:
     """Encode one complete frame."""
     return header(kind, call_id, len(payload)) + payload
+
+
+def advance(bufs: list[Any], sent: int) -> list[Any]:
+    """What is left of ``bufs`` (buffers of byte format: ``len`` is their size) once a
+    ``sendmsg`` has written ``sent`` bytes of them (either side's writer)."""
+    i = 0
+    while sent and i < len(bufs):
+        n = len(bufs[i])
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            bufs[i] = memoryview(bufs[i])[sent:]
+            sent = 0
+    while i < len(bufs) and not len(bufs[i]):
+        i += 1
+    return bufs[i:]
 
 
 def version_mismatch(parent: int, worker: int) -> str:

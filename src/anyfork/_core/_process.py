@@ -51,7 +51,7 @@ from ._protocol import _HANDED, _OPEN
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._rpc._base import Backend
+    from .._rpc._connection import Backend
     from .._rpc._start import BlockingClient, Client, Serializer
 
 __all__ = ["Process"]

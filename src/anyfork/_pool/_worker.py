@@ -20,7 +20,7 @@ from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._rpc._base import Base
+    from .._rpc._connection import Facts
     from .._rpc._start import BlockingClient, Client
 
 #: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.
@@ -246,7 +246,7 @@ def _own_template(func: str) -> Process:
     return tmpl
 
 
-def kill(pid: int | None, client: Base | None) -> None:
+def kill(pid: int | None, client: Facts | None) -> None:
     """Kill a worker the pool is closing the fast way, if it runs (a client not yet at its
     worker's end: the pid is not reused yet)."""
     if pid is not None and client is not None and client.usable:

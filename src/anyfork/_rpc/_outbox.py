@@ -1,43 +1,43 @@
-"""RPC, parent side: the frames for the worker, encoded, queued and written with as few
-syscalls as possible.
+"""RPC, parent side: the socket edge of a connection, for both drivers: the frames for the
+worker, encoded, queued and written with as few syscalls as possible, and one read.
 
 Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
 ``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
-10 MiB argument is never copied by us.  No waiting here: the clients decide when to write.
+10 MiB argument is never copied by us.  No waiting here: the drivers decide when to write and
+read, on the socket they pass.
 """
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from .._child import _rpc_wire as W
 from .._child._serializers import Codec
-from .._errors import EncodeError
+from .._errors import AnyforkError, EncodeError
 
-#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_IOV = 512
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+    from .._core._process import Process
+    from ._connection import RpcConnection
+
+#: What ``recv_some`` returns when there was nothing to read.
+WOULD_BLOCK = "would block"
+#: How long a driver waits for a dead worker's exit status (its template, or the reaper, has
+#: it soon: the worker's end of the socket is closed, so it is exiting).
+EXIT_STATUS_WAIT = 5.0
+#: What ``Process.wait`` raises when the exit status cannot be learnt (in time, or at all: a
+#: template gone, a process adopted): the calls must fail all the same, never hang.
+EXIT_UNKNOWN = (TimeoutError, ChildProcessError, OSError, AnyforkError)
+
 #: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
 #: of their own, and it lets thousands of pipelined calls leave in one syscall.
 JOIN_LIMIT = 16 << 10
 
 _HEADER = W.HEADER
-
-
-def advance(bufs: list[Any], sent: int) -> list[Any]:
-    """Drop ``sent`` bytes from the front of ``bufs`` (bytes-likes of byte format)."""
-    i = 0
-    while sent and i < len(bufs):
-        n = len(bufs[i])
-        if sent >= n:
-            sent -= n
-            i += 1
-        else:
-            bufs[i] = memoryview(bufs[i])[sent:]
-            sent = 0
-    while i < len(bufs) and not len(bufs[i]):
-        i += 1
-    return bufs[i:]
+_MAX_IOV = W.MAX_IOV
+_advance = W.advance
 
 
 def chunk_size(chunk: Any) -> int:
@@ -126,11 +126,36 @@ class Outbox:
                 if len(self.bufs) == 1:
                     sent = sock.send(self.bufs[0], flags)
                 else:
-                    sent = sock.sendmsg(self.bufs[:MAX_IOV], (), flags)
+                    sent = sock.sendmsg(self.bufs[:_MAX_IOV], (), flags)
             except (BlockingIOError, InterruptedError):
                 return
-            self.bufs = advance(self.bufs, sent)
+            self.bufs = _advance(self.bufs, sent)
 
     def drop(self) -> None:
         self.bufs = []
         self.small = bytearray()
+
+
+def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | None:
+    """One read into ``conn``, which handles every complete frame: what it asks of the driver
+    (``RpcConnection.received``), or ``WOULD_BLOCK``."""
+    buf = conn.buffer()
+    try:
+        n = sock.recv_into(buf, 0, flags)
+    except (BlockingIOError, InterruptedError):
+        return WOULD_BLOCK
+    except ConnectionResetError:
+        n = 0
+    except OSError as exc:
+        return conn.read_failed(exc)
+    finally:
+        buf.release()
+    return conn.received(n)
+
+
+def kill(proc: Process) -> None:
+    """SIGKILL a condemned worker (``Process.kill``: never a pid that may have been reused)."""
+    try:
+        proc.kill()
+    except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
+        pass

@@ -7,16 +7,18 @@
     await client.aclose()
 
 The layer is split by role: ``_child._rpc_wire`` (frames, sans-IO, shared with the child),
-``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_base`` (the parent's
-frame handling and bookkeeping), ``_client`` (the asyncio :class:`Client`) and ``_blocking``
-(:class:`BlockingClient`).  This module is the entry point: it configures the process, starts
-the server in it and waits for its READY.
+``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_connection`` (the
+parent's sans-IO connection: frames, calls, states), ``_outbox`` (its socket edge), and its two
+drivers, ``_client`` (the asyncio :class:`Client`) and ``_blocking`` (:class:`BlockingClient`).
+This module is the entry point: it configures the process, starts the server in it and waits
+for its READY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
 import weakref
@@ -30,9 +32,10 @@ from .._child._serializers import of as codec_of
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, also_anyfork
 from .._util import publish
-from ._base import Backend
+from . import _blocking, _client
 from ._blocking import BlockingClient
 from ._client import Client
+from ._connection import Backend, RpcConnection
 
 __all__ = ["BlockingClient", "Client", "Serializer", "rpc", "rpc_blocking"]
 
@@ -199,18 +202,12 @@ async def rpc(
     prime(proc._template)
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
-        client = Client._create(
-            proc,
-            sock,
-            codec,
-            backend,
-            on_event,
-            on_error,
-            on_close,
-            concurrency,
-            _on_retire,
-            loop=loop,
-        )
+        conn = RpcConnection(
+            codec, backend, proc.pid, functools.partial(_client.emit, loop),
+            concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
+            on_retire=_on_retire,
+        )  # fmt: skip
+        client = Client._create(proc, sock, conn, loop=loop)
     except BaseException:
         sock.close()
         raise
@@ -240,9 +237,12 @@ def rpc_blocking(
     prime(proc._template)
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
-        client = BlockingClient._create(
-            proc, sock, codec, backend, on_event, on_error, on_close, concurrency, _on_retire
-        )
+        conn = RpcConnection(
+            codec, backend, proc.pid, _blocking.emit,
+            concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
+            on_retire=_on_retire,
+        )  # fmt: skip
+        client = BlockingClient._create(proc, sock, conn)
     except BaseException:
         sock.close()
         raise
