@@ -20,7 +20,7 @@ from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._rpc._connection import Facts
+    from .._rpc._drivers import Facts
     from .._rpc._start import BlockingClient, Client
 
 #: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.

@@ -23,9 +23,9 @@ from typing import Any, final
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish, wait_for
 from ._batching import BatchResult, check_columns, columns_of
-from ._connection import FLUSH, KILL, NEED_EXIT_STATUS, READY, STARTING, Facts, RpcConnection
+from ._connection import FLUSH, KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
 from ._map import MapRun
-from ._outbox import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, kill, recv_some
 
 __all__ = ["Client"]
 

@@ -28,14 +28,16 @@ calls (each a *waiter*: a future, a ``_waiters.Box``, a ``_map.Unit``), the aban
         |                 \\--EOF, nothing pending (the worker exited) -------> CLOSED
         \\-- FAILED, EOF, broken stream --> BROKEN <-- broken stream, death ---/
 
-Its inputs: ``call``/``batch``/``map_send`` (queue frames: ``out`` is the data to send, which the
-driver writes), ``buffer()`` + ``received(n)`` (the bytes read; ``0`` is EOF; ``receive_data``
-does both), ``abandon``, ``condemn``, ``close``, ``abort``, and ``died(returncode)`` once the
-driver knows how a dead worker ended.  Its outputs: the waiters it settles, the events it hands
-to ``emit(args, handler)`` (the driver delivers them, in order), and what ``received`` returns
-for the driver to act on: ``NEED_EXIT_STATUS`` (the worker died: wait for its exit status, then
-``died``/``start_failed``), ``CLOSED`` (a clean end), ``BROKEN`` (the stream broke the
-protocol: every call has failed), ``KILL`` from ``abandon``/``condemn`` (SIGKILL the worker).
+Its inputs: ``call``/``batch``/``map_send`` (queue frames: ``out`` is the data to send, which
+the driver writes), ``dec.get_buffer()`` + ``received(n)`` (the bytes read; ``0`` is EOF;
+``receive_data`` does both), ``abandon``, ``condemn``, ``close``, ``abort``, and
+``died(returncode)`` once the driver knows how a dead worker ended. Its outputs: the waiters it
+settles, the events it hands to ``emit(args, handler)`` (the driver delivers them, in order),
+and what ``received`` returns for the driver to act on: ``NEED_EXIT_STATUS`` (the worker died:
+wait for its exit status, then ``died``/``start_failure``), ``CLOSED`` (a clean end), ``BROKEN``
+(the stream broke the protocol: every call has failed), ``KILL`` from ``abandon``/``condemn``
+(SIGKILL the worker), ``FLUSH`` from ``abandon`` (a ``CANCEL`` frame to write).
+
 The drivers: ``_client`` (asyncio) and ``_blocking`` (``poll``/``recv`` under a lock).
 """
 
@@ -171,14 +173,19 @@ class RpcConnection:
 
     # -- calls --------------------------------------------------------------------------------
 
-    def _new_id(self) -> int:
+    def _register(self, waiter: Waiter, on_event: Callable[..., object] | None) -> int:
+        """A new call id, its waiter and its handler (if it has one of its own)."""
         cid = self._next_id
         pending = self.pending
         while True:
             cid = cid + 1 if cid < W.MAX_ID else 1
             if cid not in pending and cid not in self._abandoned:
-                self._next_id = cid
-                return cid
+                break
+        self._next_id = cid
+        pending[cid] = waiter
+        if on_event is not None:
+            self._handlers[cid] = on_event
+        return cid
 
     def call(
         self,
@@ -192,8 +199,15 @@ class RpcConnection:
         if self.state != READY or self.kill_reason is not None:
             self.check_usable()
         chunks, size = encode(self.codec, args, kwargs)
-        cid = self._new_id()
-        self.pending[cid] = waiter
+        # _register inlined: the hot path of every call.
+        cid = self._next_id
+        pending = self.pending
+        while True:
+            cid = cid + 1 if cid < W.MAX_ID else 1
+            if cid not in pending and cid not in self._abandoned:
+                break
+        self._next_id = cid
+        pending[cid] = waiter
         if on_event is not None:
             self._handlers[cid] = on_event
         self.out.queue(W.CALL, cid, chunks, size)
@@ -209,10 +223,7 @@ class RpcConnection:
         ``waiter`` gets its :class:`BatchResult`; its id."""
         self.check_usable()
         chunks, size = encode(self.codec, (), {}, columns)
-        cid = self._new_id()
-        self.pending[cid] = waiter
-        if on_event is not None:
-            self._handlers[cid] = on_event
+        cid = self._register(waiter, on_event)
         self._batches[cid] = len(columns[0])
         self.out.queue(W.CALL_BATCH, cid, chunks, size)
         return cid
@@ -293,35 +304,24 @@ class RpcConnection:
 
     # -- frames ---------------------------------------------------------------------------------
 
-    def buffer(self) -> memoryview:
-        """Where the driver reads into (then ``received``)."""
-        return self.dec.get_buffer()
-
     def receive_data(self, data: bytes) -> str | None:
-        """``received`` for bytes read elsewhere (``b""``: EOF)."""
+        """:meth:`received` for bytes read elsewhere (``b""``: EOF)."""
         if data:
             self.dec.receive(data)
-        else:
-            self.dec.buffer_updated(0)
-        return self._handle_frames(not data)
+        return self.received(len(data), fed=True)
 
-    def received(self, n: int) -> str | None:
-        """``n`` bytes were read into :meth:`buffer` (``0``: EOF): handle every complete frame.
+    def received(self, n: int, *, fed: bool = False) -> str | None:
+        """``n`` bytes were read into ``dec.get_buffer()`` (``0``: EOF; ``fed``: given to the
+        decoder already): handle every complete frame.
 
         The one receive boundary of the connection: every decoding error (a bad header, a bad
         ``READY``, a broken error record, an answer to no call) fails it with ``ProtocolError``
         naming the worker (``BROKEN``).  A frame cut by EOF is not one: the worker died writing
         it (``NEED_EXIT_STATUS``).  A frame is taken from the decoder only when it is handled,
         so an exception from a handler (a blocking client's ``on_event``) loses no frame."""
-        self.dec.buffer_updated(n)
-        return self._handle_frames(not n)
-
-    def read_failed(self, exc: OSError) -> str:
-        err = ProtocolError(f"reading from the RPC worker (pid {self.pid}) failed: {exc}")
-        err.__cause__ = exc
-        return self._broken(err)
-
-    def _handle_frames(self, eof: bool) -> str | None:
+        if not fed or not n:
+            self.dec.buffer_updated(n)
+        eof = not n
         next_frame = self.dec.next_frame
         handle = self._handle
         try:
@@ -346,6 +346,11 @@ class RpcConnection:
         if self._on_close is not None:
             self._on_close()
         return CLOSED
+
+    def read_failed(self, exc: OSError) -> str:
+        err = ProtocolError(f"reading from the RPC worker (pid {self.pid}) failed: {exc}")
+        err.__cause__ = exc
+        return self._broken(err)
 
     def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
         if kind == _OK:  # the hot path first
@@ -550,42 +555,6 @@ class _Stopped(Exception):
 
     def __init__(self, err: ProtocolError):
         self.err = err
-
-
-class Facts:
-    """What both clients say about their connection (``_conn``), read-only."""
-
-    __slots__ = ()
-    _conn: RpcConnection
-
-    def __repr__(self) -> str:
-        conn = self._conn
-        state = "open" if conn.state == READY else conn.state
-        return f"<anyfork.{type(self).__name__} pid={conn.pid} {conn.backend} {state}>"
-
-    @property
-    def pid(self) -> int | None:
-        """The worker's pid."""
-        return self._conn.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The worker's exit status once the client has learnt it (after ``aclose()``/
-        ``close()``, or its death), else ``None``."""
-        return self._conn.returncode
-
-    @property
-    def usable(self) -> bool:
-        """``True`` while the client takes new calls: open, not closing, its connection not
-        failed, and its worker not condemned (a sync-backend worker is killed when a call it
-        runs is abandoned, and takes no call after that decision)."""
-        return self._conn.usable
-
-    @property
-    def batchable(self) -> bool:
-        """``True`` if the serialiser can carry a batch of calls (all but ``"bytes"`` and
-        ``"str"``, which carry exactly one value): ``map`` batches only then."""
-        return self._conn.codec.batches
 
 
 def _ignore(*args: object) -> None:

@@ -1,10 +1,10 @@
-"""RPC, parent side: the socket edge of a connection, for both drivers: the frames for the
-worker, encoded, queued and written with as few syscalls as possible, and one read.
+"""RPC, parent side: the frames for the worker, encoded, queued and written with as few
+syscalls as possible.
 
 Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
 ``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
-10 MiB argument is never copied by us.  No waiting here: the drivers decide when to write and
-read, on the socket they pass.
+10 MiB argument is never copied by us.  No waiting here: the drivers decide when to write, on
+the socket they pass.
 """
 
 from __future__ import annotations
@@ -13,23 +13,11 @@ from typing import Any
 
 from .._child import _rpc_wire as W
 from .._child._serializers import Codec
-from .._errors import AnyforkError, EncodeError
+from .._errors import EncodeError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-
-    from .._core._process import Process
-    from ._connection import RpcConnection
-
-#: What ``recv_some`` returns when there was nothing to read.
-WOULD_BLOCK = "would block"
-#: How long a driver waits for a dead worker's exit status (its template, or the reaper, has
-#: it soon: the worker's end of the socket is closed, so it is exiting).
-EXIT_STATUS_WAIT = 5.0
-#: What ``Process.wait`` raises when the exit status cannot be learnt (in time, or at all: a
-#: template gone, a process adopted): the calls must fail all the same, never hang.
-EXIT_UNKNOWN = (TimeoutError, ChildProcessError, OSError, AnyforkError)
 
 #: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
 #: of their own, and it lets thousands of pipelined calls leave in one syscall.
@@ -134,28 +122,3 @@ class Outbox:
     def drop(self) -> None:
         self.bufs = []
         self.small = bytearray()
-
-
-def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | None:
-    """One read into ``conn``, which handles every complete frame: what it asks of the driver
-    (``RpcConnection.received``), or ``WOULD_BLOCK``."""
-    buf = conn.buffer()
-    try:
-        n = sock.recv_into(buf, 0, flags)
-    except (BlockingIOError, InterruptedError):
-        return WOULD_BLOCK
-    except ConnectionResetError:
-        n = 0
-    except OSError as exc:
-        return conn.read_failed(exc)
-    finally:
-        buf.release()
-    return conn.received(n)
-
-
-def kill(proc: Process) -> None:
-    """SIGKILL a condemned worker (``Process.kill``: never a pid that may have been reused)."""
-    try:
-        proc.kill()
-    except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
-        pass
