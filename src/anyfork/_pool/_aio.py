@@ -53,8 +53,8 @@ class Pool(AsyncEngine):
             failed); the failed calls raise it too.
         on_close: called once the pool has closed and every worker has exited.
         rpc_options: passed to :func:`anyfork.rpc`: ``backend``, ``serializer``, ``init``,
-            ``done``, ``on_event`` (the pool filters its own retire events out; without a
-            handler, user events are dropped; a call can have its own, see :meth:`call`),
+            ``done``, ``on_event`` (without a handler, events are dropped; a call can have
+            its own, see :meth:`call`),
             ``concurrency`` and ``timeout`` (each worker's start-up deadline, default 60 s).
 
     Raises:
