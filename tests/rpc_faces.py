@@ -38,12 +38,13 @@ class AsyncFace:
         timeout: float = 10,
         first: Callable[[], object] = int,
         on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """``first()``, then the call, in one step of the loop: nothing is read in between."""
 
         async def call() -> Any:
             first()
-            return await client.call(*args, timeout=timeout, on_event=on_event)
+            return await client.call(*args, timeout=timeout, on_event=on_event, **kwargs)
 
         return self.run(call())
 
@@ -90,9 +91,10 @@ class BlockingFace:
         timeout: float = 10,
         first: Callable[[], object] = int,
         on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
     ) -> Any:
         first()
-        return client.call(*args, timeout=timeout, on_event=on_event)
+        return client.call(*args, timeout=timeout, on_event=on_event, **kwargs)
 
     def map(self, client: Any, *iterables: Any, timeout: float = 10, **kw: Any) -> list[Any]:
         result: list[Any] = client.map(*iterables, timeout=timeout, **kw)

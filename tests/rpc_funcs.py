@@ -366,7 +366,7 @@ async def report_cancel(tag: str) -> None:
 
 
 def retire_then(x: Any) -> Any:
-    anyfork.worker.event("before retire", x)
+    anyfork.worker.event(x)  # one value: every serialiser carries it
     anyfork.worker.retire()
     return x
 
@@ -415,3 +415,22 @@ async def astream_forever(x: Any) -> None:
     while True:
         anyfork.worker.event("tick", x)
         await _Yield()
+
+
+class Tagged:
+    """A user serialiser as an instance: the worker finds it as this module's ``TAGGED``."""
+
+    def dumps(self, obj: Any) -> bytes:
+        import pickle
+
+        return b"T" + pickle.dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        import pickle
+
+        if data[:1] != b"T":
+            raise ValueError("not made by Tagged.dumps")
+        return pickle.loads(data[1:])
+
+
+TAGGED = Tagged()

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import pytest
 
 import anyfork
+from anyfork._rpc._connection import Backend
 from helpers import modules_after
 
 PACKAGE = Path(anyfork.__file__).resolve().parent
@@ -113,13 +114,7 @@ LAZY_FORWARDERS = {
 #: Reach-ins that remain, each ``(module, expression)``: whose they are, and why.  The list
 #: only shrinks: an entry that no longer occurs fails ``test_no_stale_reach_in_allowance``.
 REACH_INS = {
-    # RPC engineer: the exit status of a dead worker, until Process offers exit_status_op().
-    ("anyfork._rpc._base", "proc._pid"): "RPC: a dead worker's pid (WorkerDiedError.pid)",
-    ("anyfork._rpc._base", "proc._direct"): "RPC: how to learn a dead worker's exit status",
-    ("anyfork._rpc._base", "proc._template"): "RPC: the template that reports the exit",
-    ("anyfork._rpc._base", "tmpl._poll_reports"): "RPC: reads the template's EXITED reports",
-    ("anyfork._rpc._base", "tmpl._exits"): "RPC: the exit statuses the template reported",
-    ("anyfork._rpc._base", "tmpl._chan"): "RPC: whether the template can still report",
+    # RPC: the template a worker is forked from, primed with the RPC server before the fork.
     ("anyfork._rpc._start", "proc._template"): "RPC: primes the template with the RPC server",
     # RPC engineer: the running server, set on the worker module (worker.event()/flush()).
     ("anyfork._child._rpc_server", "worker._sink"): "RPC: installs the server for worker.event",
@@ -327,7 +322,7 @@ def report(what):
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_a_worker_whose_calls_fail_loads_nothing_heavy(backend: str) -> None:
+def test_a_worker_whose_calls_fail_loads_nothing_heavy(backend: Backend) -> None:
     """A real (exec'd) worker that failed to encode a result and raised an exception that
     does not pickle reports what it has loaded: the error paths load nothing of the parent
     side (once, such a worker had loaded ``typing`` and ``signal`` through ``_errors``)."""

@@ -19,8 +19,8 @@ import batch_funcs
 from anyfork._child import _target
 from anyfork._child._rpc_server import batch_calls
 from anyfork._pool._map import STRETCH, Delivery, MapJob, Unit
-from anyfork._rpc._base import Backend
 from anyfork._rpc._batching import BatchResult, Sizer
+from anyfork._rpc._connection import Backend
 from helpers import WAIT
 
 

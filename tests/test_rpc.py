@@ -1,7 +1,14 @@
-"""RPC over real processes: results, exceptions, events, faults, cancellation, close, leaks.
+"""RPC over real processes: results, exceptions, events, faults, timeouts, close, abort.
 
-Every wait has its own deadline (``_run`` and the ``timeout=`` arguments); synchronisation with
-the worker uses events it sends (a handshake), never sleeps.
+Every contract runs on both client faces (the ``face`` fixture: the asyncio ``Client`` and the
+``BlockingClient``), each test body once per face.  The tests at the end run on the asyncio face
+only, each for a reason it states: they need several calls in flight from one caller or a
+cancelled future, which the blocking client (one call at a time, no futures) has no way to
+express; its own equivalents (calls from threads, an interrupted call) are in
+``test_rpc_events.py`` and ``test_rpc_faults.py``.
+
+Every wait has its own deadline (the face's and the ``timeout=`` arguments); synchronisation
+with the worker uses events it sends (a handshake), never sleeps.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from typing import Any
 import pytest
 
 import anyfork
+import rpc_faces
 import rpc_funcs
 from helpers import run
+from rpc_faces import Face
+
+face = rpc_faces.face  # the fixture: each test runs with each face
 
 
 class Events:
@@ -50,60 +61,48 @@ async def _client(func: Any, proc: anyfork.Process | None = None, **kw: Any) -> 
 # -- results and arguments ----------------------------------------------------------------------
 
 
-def test_call_result_and_close() -> None:
+def test_call_result_and_close(face: Face) -> None:
     closes: list[int] = []
-
-    async def main() -> None:
-        client = await _client(rpc_funcs.add, on_close=lambda: closes.append(1))
-        assert await client(1, 2) == 3
-        assert await client("a", b="b") == "ab"
-        assert await client.call(2, b=3, timeout=10) == 5
-        results = await asyncio.gather(*(client(i, 1) for i in range(200)))
-        assert results == list(range(1, 201))
-        await client.aclose(timeout=10)
-        assert closes == [1]
-        assert client.returncode == 0
-        with pytest.raises(anyfork.ClosedError):
-            await client(1)
-        await client.aclose()  # idempotent
-        assert closes == [1]
-
-    run(main())
+    client = face.rpc(anyfork.new(), "rpc_funcs:add", on_close=lambda: closes.append(1))
+    assert face.call(client, 1, 2) == 3
+    assert face.call(client, "a", "b") == "ab"
+    assert face.call(client, 2, b=3) == 5
+    face.close(client)
+    assert closes == [1]
+    assert client.returncode == 0
+    assert not client.usable
+    with pytest.raises(anyfork.ClosedError):
+        face.call(client, 1)
+    face.close(client)  # idempotent
+    assert closes == [1]
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_worker_stays_lean(backend: str) -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:worker_facts", backend=backend) as client:
-            facts = await client()
-            assert facts["asyncio"] is (backend == "async")
-
-    run(main())
-
-
-def test_new_exec_worker_and_exit_status() -> None:
-    async def main() -> None:
-        client = await _client("rpc_funcs:exit_now", anyfork.new_exec(), on_event=Events())
-        with pytest.raises(anyfork.WorkerDiedError) as info:
-            await client("os._exit", 5)
-        assert info.value.returncode == 5
-        await client.aclose(timeout=10)
-
-    run(main())
+def test_worker_stays_lean(face: Face, backend: str) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:worker_facts", backend=backend)
+    try:
+        assert face.call(client)["asyncio"] is (backend == "async")
+    finally:
+        face.close(client)
 
 
-def test_init_gets_args_and_fds() -> None:
+def test_new_exec_worker_and_exit_status(face: Face) -> None:
+    client = face.rpc(anyfork.new_exec(), "rpc_funcs:exit_now", on_event=Events())
+    with pytest.raises(anyfork.WorkerDiedError) as info:
+        face.call(client, "os._exit", 5)
+    assert info.value.returncode == 5
+    face.close(client)
+
+
+def test_init_gets_args_and_fds(face: Face) -> None:
     r, w = os.pipe()
     try:
-
-        async def main() -> None:
-            proc = anyfork.new().send_arg("s", b"b").send_fh(r)
-            async with await _client(
-                "rpc_funcs:init_types", proc, init="rpc_funcs:init_store"
-            ) as c:
-                assert await c() == ["'s'", "b'b'", "FileIO"]
-
-        run(main())
+        proc = anyfork.new().send_arg("s", b"b").send_fh(r)
+        client = face.rpc(proc, "rpc_funcs:init_types", init="rpc_funcs:init_store")
+        try:
+            assert face.call(client) == ["'s'", "b'b'", "FileIO"]
+        finally:
+            face.close(client)
     finally:
         os.close(r)
         os.close(w)
@@ -117,143 +116,276 @@ def test_init_gets_args_and_fds() -> None:
         ("test_rpc_wire:Marshal", ((1,), {}), ([(1,)], {})),
     ],
 )
-def test_serializers(serializer: str, args: Any, expected: Any) -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:echo", serializer=serializer) as client:
-            assert await client(args[0], **args[1]) == expected
-
-    run(main())
+def test_serializers(face: Face, serializer: str, args: Any, expected: Any) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:echo", serializer=serializer)
+    try:
+        assert face.call(client, args[0], **args[1]) == expected
+    finally:
+        face.close(client)
 
 
 @pytest.mark.parametrize(("serializer", "value"), [("bytes", b"abc"), ("str", "abc")])
-def test_raw_serializers(serializer: str, value: Any) -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:upper", serializer=serializer) as client:
-            assert await client(value) == value.upper()
-            with pytest.raises(anyfork.EncodeError):
-                await client(value, value)
-            assert await client(value) == value.upper()
-
-    run(main())
+def test_raw_serializers(face: Face, serializer: str, value: Any) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:upper", serializer=serializer)
+    try:
+        assert face.call(client, value) == value.upper()
+        with pytest.raises(anyfork.EncodeError):
+            face.call(client, value, value)
+        assert face.call(client, value) == value.upper()
+    finally:
+        face.close(client)
 
 
 # -- exceptions -----------------------------------------------------------------------------------
 
 
-def test_exception_fails_only_that_call() -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:boom") as client:
-            with pytest.raises(ValueError, match="bad value") as info:
-                await client("value", "bad value")
-            assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
-            assert "in boom" in info.value.__cause__.text
-            with pytest.raises(rpc_funcs.CustomError, match="custom"):
-                await client("custom", "custom")
-            with pytest.raises(anyfork.RemoteError) as remote:
-                await client("unrebuildable", "m")
-            assert remote.value.type_name == "rpc_funcs.Unrebuildable"
-            assert "Unrebuildable" in remote.value.remote_traceback
-            with pytest.raises(ValueError, match="again"):
-                await client("value", "again")
-
-    run(main())
-
-
-def test_unpicklable_argument_fails_in_parent() -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:ident") as client:
-            with pytest.raises(anyfork.EncodeError) as info:
-                await client(lambda: None)
-            assert info.value.side == "parent"
-            assert await client(7) == 7
-
-    run(main())
+def test_exception_fails_only_that_call(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:boom")
+    try:
+        with pytest.raises(ValueError, match="bad value") as info:
+            face.call(client, "value", "bad value")
+        assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
+        assert "in boom" in info.value.__cause__.text
+        with pytest.raises(rpc_funcs.CustomError, match="custom"):
+            face.call(client, "custom", "custom")
+        with pytest.raises(anyfork.RemoteError) as remote:
+            face.call(client, "unrebuildable", "m")
+        assert remote.value.type_name == "rpc_funcs.Unrebuildable"
+        assert "Unrebuildable" in remote.value.remote_traceback
+        with pytest.raises(ValueError, match="again"):
+            face.call(client, "value", "again")
+    finally:
+        face.close(client)
 
 
-def test_unpicklable_result_fails_in_child() -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:unpicklable_result") as client:
-            with pytest.raises(anyfork.EncodeError, match="cannot encode the result") as info:
-                await client()
-            assert info.value.side == "child"
-            with pytest.raises(anyfork.EncodeError):
-                await client()
+def test_unpicklable_argument_fails_in_parent(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:ident")
+    try:
+        with pytest.raises(anyfork.EncodeError) as info:
+            face.call(client, lambda: None)
+        assert info.value.side == "parent"
+        assert face.call(client, 7) == 7
+    finally:
+        face.close(client)
 
-    run(main())
+
+def test_unpicklable_result_fails_in_child(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:unpicklable_result")
+    try:
+        with pytest.raises(anyfork.EncodeError, match="cannot encode the result") as info:
+            face.call(client)
+        assert info.value.side == "child"
+        with pytest.raises(anyfork.EncodeError):
+            face.call(client)
+    finally:
+        face.close(client)
 
 
-def test_large_payload_both_ways() -> None:
+def test_large_payload_both_ways(face: Face) -> None:
     big = os.urandom(1024) * (20 * 1024)  # 20 MiB
-
-    async def main() -> None:
-        async with await _client("rpc_funcs:ident") as client:
-            assert await client(big) == big
-            assert await client(bytearray(big)) == bytearray(big)
-            assert await client(1) == 1
-
-    run(main())
+    client = face.rpc(anyfork.new(), "rpc_funcs:ident")
+    try:
+        assert face.call(client, big) == big
+        assert face.call(client, bytearray(big)) == bytearray(big)
+        assert face.call(client, 1) == 1
+    finally:
+        face.close(client)
 
 
 # -- start-up failures ----------------------------------------------------------------------------
 
 
-def test_bad_function_name_at_startup() -> None:
-    async def main() -> None:
-        with pytest.raises(AttributeError, match="no_such_function"):
-            await _client("rpc_funcs:no_such_function")
-        with pytest.raises(ModuleNotFoundError):
-            await _client("no_such_module_xyz:f")
-
-    run(main())
+def test_bad_function_name_at_startup(face: Face) -> None:
+    with pytest.raises(AttributeError, match="no_such_function"):
+        face.rpc(anyfork.new(), "rpc_funcs:no_such_function")
+    with pytest.raises(ModuleNotFoundError):
+        face.rpc(anyfork.new(), "no_such_module_xyz:f")
 
 
-def test_init_failure_at_startup() -> None:
-    async def main() -> None:
-        proc = anyfork.new().send_arg("x")
-        with pytest.raises(rpc_funcs.CustomError, match="init failed with 1 args") as info:
-            await _client("rpc_funcs:add", proc, init="rpc_funcs:init_fail")
-        assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
-
-    run(main())
+def test_init_failure_at_startup(face: Face) -> None:
+    proc = anyfork.new().send_arg("x")
+    with pytest.raises(rpc_funcs.CustomError, match="init failed with 1 args") as info:
+        face.rpc(proc, "rpc_funcs:add", init="rpc_funcs:init_fail")
+    assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
 
 
-def test_event_in_init_is_an_error() -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError, match="only in an RPC worker"):
-            await _client("rpc_funcs:add", init="rpc_funcs:event_in_init")
-
-    run(main())
+def test_event_in_init_is_an_error(face: Face) -> None:
+    with pytest.raises(RuntimeError, match="only in an RPC worker"):
+        face.rpc(anyfork.new(), "rpc_funcs:add", init="rpc_funcs:event_in_init")
 
 
-def test_startup_death_is_spawn_error() -> None:
-    async def main() -> None:
-        proc = anyfork.new().eval("import os\ndef die(*a):\n    os._exit(3)\n")
-        with pytest.raises(anyfork.SpawnError, match="exit status 3"):
-            await _client("rpc_funcs:add", proc, init="die")
-
-    run(main())
+def test_startup_death_is_spawn_error(face: Face) -> None:
+    proc = anyfork.new().eval("import os\ndef die(*a):\n    os._exit(3)\n")
+    with pytest.raises(anyfork.SpawnError, match="exit status 3"):
+        face.rpc(proc, "rpc_funcs:add", init="die")
 
 
 def test_missing_optional_serializer_fails_before_spawning(
-    monkeypatch: pytest.MonkeyPatch,
+    face: Face, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # msgpack is installed for the suite: make it unimportable here (None in sys.modules makes
     # ``import msgpack`` raise ImportError), as on a machine without it.
     monkeypatch.setitem(sys.modules, "msgpack", None)
-
-    async def main() -> None:
-        proc = anyfork.new()
-        with pytest.raises(ImportError, match="pip install msgpack"):
-            await anyfork.rpc(proc, "rpc_funcs:add", serializer="msgpack")
-        proc.close()
-
-    run(main())
+    proc = anyfork.new()
+    with pytest.raises(ImportError, match="pip install msgpack"):
+        face.rpc(proc, "rpc_funcs:add", serializer="msgpack")
+    proc.close()
 
 
 # -- events and ordering ---------------------------------------------------------------------------
 
 
-def test_sync_events_and_results_in_order() -> None:
+@pytest.mark.parametrize("backend", ["sync", "async"])
+def test_events_come_before_their_calls_result(face: Face, backend: str) -> None:
+    log: list[Any] = []
+    client = face.rpc(anyfork.new(), "rpc_funcs:progress", backend=backend, on_event=Events(log))
+    try:
+        log.extend(("result", face.call(client, i, 3)) for i in range(3))
+    finally:
+        face.close(client)
+    expected = []
+    for i in range(3):
+        expected += [("event", "progress", i, k) for k in range(3)] + [("result", i)]
+    assert log == expected
+
+
+def test_async_flush_before_exit_delivers_event(face: Face) -> None:
+    events = Events()
+    client = face.rpc(anyfork.new(), "rpc_funcs:event_flush_exit", backend="async", on_event=events)
+    with pytest.raises(anyfork.WorkerDiedError) as info:
+        face.call(client, 9)
+    assert info.value.returncode == 9
+    assert events.items == [("bye",)]
+    face.close(client)
+
+
+def test_sync_flush_is_a_noop(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:sync_flush")
+    try:
+        assert face.call(client) is True
+    finally:
+        face.close(client)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sync", "async"])
+def test_kill_9_mid_call(face: Face, backend: str) -> None:
+    """The worker killed while it runs a call (the call's first event says it runs): the call
+    fails with ``WorkerDiedError`` saying how, ``on_error`` is told once, ``on_close`` never,
+    and a later call fails the same way, unsent."""
+    func = "rpc_funcs:block" if backend == "sync" else "rpc_funcs:wait_forever"
+    errors: list[BaseException] = []
+    closes: list[int] = []
+    client = face.rpc(
+        anyfork.new(),
+        func,
+        backend=backend,
+        on_error=errors.append,
+        on_close=lambda: closes.append(1),
+    )
+
+    def kill(*event: Any) -> None:
+        assert client.pid is not None
+        os.kill(client.pid, signal.SIGKILL)
+
+    with pytest.raises(anyfork.WorkerDiedError) as info:
+        face.call(client, "c", on_event=kill)
+    exc = info.value
+    assert (exc.pid, exc.returncode, exc.signal) == (client.pid, -signal.SIGKILL, signal.SIGKILL)
+    assert "died with calls outstanding (killed by SIGKILL)" in str(exc)
+    with pytest.raises(anyfork.WorkerDiedError):
+        face.call(client, "after")
+    face.close(client)
+    assert len(errors) == 1
+    assert isinstance(errors[0], anyfork.WorkerDiedError)
+    assert closes == []
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "returncode"),
+    [("os._exit", 3, 3), ("sys.exit", 4, 4), ("segfault", 0, -signal.SIGSEGV)],
+)
+def test_worker_exits_mid_call(face: Face, how: str, code: int, returncode: int) -> None:
+    events = Events()
+    client = face.rpc(anyfork.new(), "rpc_funcs:exit_now", on_event=events)
+    with pytest.raises(anyfork.WorkerDiedError) as info:
+        face.call(client, how, code)
+    assert info.value.returncode == returncode
+    assert "died with calls outstanding" in str(info.value)
+    assert events.items == [("exiting", how)]
+    with pytest.raises(anyfork.WorkerDiedError):
+        face.call(client, how, code)
+    face.close(client)
+
+
+# -- timeouts, close and abort --------------------------------------------------------------------
+
+
+def test_a_sync_timeout_kills_the_worker(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:block", on_event=Events())
+    with pytest.raises(TimeoutError):
+        face.call(client, "first", timeout=0.2)  # block() never returns
+    assert not client.usable
+    with pytest.raises(anyfork.WorkerDiedError, match=r"because call 1 timed out after 0\.2 s"):
+        face.call(client, "second")  # refused, unsent: the worker has been killed
+    face.close(client)
+    assert client.returncode == -signal.SIGKILL
+
+
+def test_an_async_timeout_cancels_the_call_and_the_worker_serves_on(face: Face) -> None:
+    events = Events()
+    client = face.rpc(anyfork.new(), "rpc_funcs:wait_forever", backend="async", on_event=events)
+    try:
+        with pytest.raises(TimeoutError):
+            face.call(client, "a", timeout=0.2)
+        with pytest.raises(TimeoutError):
+            face.call(client, "b", timeout=0)
+        assert client.usable
+        with pytest.raises(TimeoutError):
+            face.call(client, "c", timeout=0.2)
+        assert client.usable
+    finally:
+        face.close(client)
+
+
+def test_abort(face: Face) -> None:
+    """``abort()`` closes at once; the worker sees EOF and exits; a later call is refused."""
+    client = face.rpc(anyfork.new(), "rpc_funcs:ident")
+    assert face.call(client, 1) == 1
+    client.abort()
+    assert not client.usable
+    with pytest.raises(anyfork.ClosedError):
+        face.call(client, 2)
+    client.abort()  # idempotent
+
+
+@pytest.mark.parametrize("cls", ["Client", "BlockingClient"])
+def test_clients_have_no_public_constructor(cls: str) -> None:
+    """``rpc()``/``rpc_blocking()`` make clients; calling the class is refused, before anything
+    is looked at."""
+    with pytest.raises(TypeError, match=rf"^anyfork\.{cls} has no public constructor$"):
+        getattr(anyfork, cls)()
+
+
+# -- asyncio only: several calls in flight from one caller, cancelled futures ---------------------
+
+
+def test_pipelined_calls_from_one_task() -> None:
+    """asyncio only: ``gather`` over one client (the blocking client takes one call at a time;
+    calls from several threads take turns: ``test_rpc_events``)."""
+
+    async def main() -> None:
+        async with await _client(rpc_funcs.add) as client:
+            results = await asyncio.gather(*(client(i, 1) for i in range(200)))
+            assert results == list(range(1, 201))
+
+    run(main())
+
+
+def test_sync_events_and_results_in_order_when_pipelined() -> None:
+    """asyncio only: many calls in flight at once (see above)."""
     log: list[Any] = []
 
     async def one(client: anyfork.Client, i: int) -> None:
@@ -271,6 +403,7 @@ def test_sync_events_and_results_in_order() -> None:
 
 
 def test_async_events_and_results_in_child_order() -> None:
+    """asyncio only: concurrent calls in the worker need several in flight (see above)."""
     seqs: list[int] = []
 
     def on_event(tag: str, seq: int) -> None:
@@ -289,44 +422,9 @@ def test_async_events_and_results_in_child_order() -> None:
     assert seqs == list(range(1, 51))
 
 
-def test_blocking_client_events_in_order() -> None:
-    log: list[Any] = []
-    with anyfork.rpc_blocking(
-        anyfork.new(), "rpc_funcs:progress", on_event=Events(log), timeout=10
-    ) as client:
-        log.extend(("result", client(i, 2)) for i in range(3))
-    expected = []
-    for i in range(3):
-        expected += [("event", "progress", i, k) for k in range(2)] + [("result", i)]
-    assert log == expected
-
-
-def test_async_flush_before_exit_delivers_event() -> None:
-    async def main() -> None:
-        events = Events()
-        client = await _client("rpc_funcs:event_flush_exit", backend="async", on_event=events)
-        with pytest.raises(anyfork.WorkerDiedError) as info:
-            await client(9)
-        assert info.value.returncode == 9
-        assert events.items == [("bye",)]
-        await client.aclose(timeout=10)
-
-    run(main())
-
-
-def test_sync_flush_is_a_noop() -> None:
-    async def main() -> None:
-        async with await _client("rpc_funcs:sync_flush") as client:
-            assert await client() is True
-
-    run(main())
-
-
-# -- concurrency --------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("limit", [1, 3])
 def test_async_concurrency_limit(limit: int) -> None:
+    """asyncio only: more calls in flight than the limit (see above)."""
     r, w = os.pipe()
     try:
 
@@ -356,24 +454,14 @@ def test_async_concurrency_limit(limit: int) -> None:
         os.close(w)
 
 
-# -- faults ---------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_kill_9_mid_call_fails_all_outstanding(backend: str) -> None:
+def test_kill_9_fails_every_outstanding_call(backend: str) -> None:
+    """asyncio only: several calls outstanding (see above; one call: ``test_kill_9_mid_call``)."""
     func = "rpc_funcs:block" if backend == "sync" else "rpc_funcs:wait_forever"
-    errors: list[BaseException] = []
-    closes: list[int] = []
 
     async def main() -> None:
         events = Events()
-        client = await _client(
-            func,
-            backend=backend,
-            on_event=events,
-            on_error=errors.append,
-            on_close=lambda: closes.append(1),
-        )
+        client = await _client(func, backend=backend, on_event=events)
         calls = [asyncio.ensure_future(client(f"c{i}")) for i in range(3)]
         await events.wait(lambda items: len(items) >= 1)  # a call is running in the worker
         assert client.pid is not None
@@ -383,54 +471,16 @@ def test_kill_9_mid_call_fails_all_outstanding(backend: str) -> None:
             assert isinstance(exc, anyfork.WorkerDiedError)
             assert exc.pid == client.pid
             assert exc.returncode == -signal.SIGKILL
-            assert exc.signal == signal.SIGKILL
-        with pytest.raises(anyfork.WorkerDiedError):
-            await client("after")
-        await client.aclose(timeout=10)
-
-    run(main())
-    assert len(errors) == 1
-    assert isinstance(errors[0], anyfork.WorkerDiedError)
-    assert closes == []
-
-
-@pytest.mark.parametrize(
-    ("how", "code", "returncode"),
-    [("os._exit", 3, 3), ("sys.exit", 4, 4), ("segfault", 0, -signal.SIGSEGV)],
-)
-def test_worker_exits_mid_call(how: str, code: int, returncode: int) -> None:
-    async def main() -> None:
-        events = Events()
-        client = await _client("rpc_funcs:exit_now", on_event=events)
-        with pytest.raises(anyfork.WorkerDiedError) as info:
-            await client(how, code)
-        assert info.value.returncode == returncode
-        assert "died with calls outstanding" in str(info.value)
-        assert events.items == [("exiting", how)]
         await client.aclose(timeout=10)
 
     run(main())
 
 
-def test_blocking_client_worker_death() -> None:
-    client = anyfork.rpc_blocking(
-        anyfork.new(), "rpc_funcs:exit_now", on_event=Events(), timeout=10
-    )
-    with pytest.raises(anyfork.WorkerDiedError) as info:
-        client.call("os._exit", 6, timeout=10)
-    assert info.value.returncode == 6
-    with pytest.raises(anyfork.WorkerDiedError):
-        client("os._exit", 6)
-    client.close(timeout=10)
+def test_sync_timeout_fails_the_other_outstanding_calls() -> None:
+    """asyncio only: a second call outstanding while the first times out (see above)."""
 
-
-# -- cancellation and timeouts ------------------------------------------------------------------
-
-
-def test_sync_timeout_kills_worker() -> None:
     async def main() -> None:
-        events = Events()
-        client = await _client("rpc_funcs:block", on_event=events)
+        client = await _client("rpc_funcs:block", on_event=Events())
         other = asyncio.ensure_future(client("second"))
         with pytest.raises(TimeoutError):
             await client.call("first", timeout=0.2)  # block() never returns
@@ -443,6 +493,9 @@ def test_sync_timeout_kills_worker() -> None:
 
 
 def test_sync_cancel_kills_worker() -> None:
+    """asyncio only: a cancelled future (the blocking client's interrupted call:
+    ``test_rpc_events.test_a_failing_handler_in_the_blocking_client_abandons_its_call``)."""
+
     async def main() -> None:
         events = Events()
         client = await _client("rpc_funcs:block", on_event=events)
@@ -458,7 +511,9 @@ def test_sync_cancel_kills_worker() -> None:
     run(main())
 
 
-def test_async_cancel_and_timeout_cancel_child_task() -> None:
+def test_async_cancel_cancels_the_child_task() -> None:
+    """asyncio only: a cancelled future (see above)."""
+
     async def main() -> None:
         events = Events()
         client = await _client("rpc_funcs:wait_forever", backend="async", on_event=events)
@@ -468,11 +523,7 @@ def test_async_cancel_and_timeout_cancel_child_task() -> None:
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
-            with pytest.raises(TimeoutError):
-                await client.call("b", timeout=0.2)
-            with pytest.raises(TimeoutError):
-                await client.call("c", timeout=0)
-            # The worker is alive and cancelled every one of them.
+            # The worker is alive and cancelled it.
             events.items.clear()
             call = asyncio.ensure_future(client("d"))
             await events.wait(lambda items: ("waiting", "d") in items)
@@ -483,24 +534,8 @@ def test_async_cancel_and_timeout_cancel_child_task() -> None:
     run(main())
 
 
-def test_blocking_timeout_sync_kills_async_cancels() -> None:
-    client = anyfork.rpc_blocking(
-        anyfork.new(), "rpc_funcs:wait_forever", backend="async", on_event=Events(), timeout=10
-    )
-    with client:
-        with pytest.raises(TimeoutError):
-            client.call("x", timeout=0.1)
-        with pytest.raises(TimeoutError):
-            client.call("y", timeout=0.1)
-    client = anyfork.rpc_blocking(anyfork.new(), "rpc_funcs:block", on_event=Events(), timeout=10)
-    with pytest.raises(TimeoutError):
-        client.call("x", timeout=0.1)
-    with pytest.raises((anyfork.WorkerDiedError, anyfork.ClosedError)):
-        client("y")
-    client.close(timeout=10)
-
-
 def test_close_lets_outstanding_calls_finish() -> None:
+    """asyncio only: calls still in flight when ``aclose()`` starts (see above)."""
     closes: list[int] = []
 
     async def main() -> None:
@@ -518,6 +553,8 @@ def test_close_lets_outstanding_calls_finish() -> None:
 
 
 def test_abort_fails_outstanding_calls() -> None:
+    """asyncio only: a call in flight when ``abort()`` is called (see above)."""
+
     async def main() -> None:
         events = Events()
         client = await _client("rpc_funcs:block", on_event=events)

@@ -128,15 +128,35 @@ def test_an_event_outside_any_call_goes_to_the_client(face: Face) -> None:
         face.close(client)
 
 
-def test_the_retire_event_is_never_a_calls(face: Face) -> None:
-    """The pool's own event goes to the client's handler (the pool's), whatever handler the
-    running call was given."""
+@pytest.mark.parametrize("serializer", ["pickle", "bytes"])
+@pytest.mark.parametrize("backend", ["sync", "async"])
+def test_retire_is_no_event(face: Face, backend: str, serializer: str) -> None:
+    """``worker.retire()`` is a frame of its own: no ``on_event`` ever sees it (neither the
+    client's nor the call's); the pools' internal ``_on_retire`` gets it, in order."""
+    log = Log()
+    client = face.rpc(
+        anyfork.new(),
+        "rpc_funcs:retire_then",
+        backend=backend,
+        serializer=serializer,
+        on_event=log.handler("client"),
+        _on_retire=log.handler("retire"),
+    )
+    try:
+        x = b"x" if serializer == "bytes" else 5
+        assert face.call(client, x, on_event=log.handler("mine")) == x
+        assert log.entries == [("mine", x), ("retire",)]
+    finally:
+        face.close(client)
+
+
+def test_retire_in_a_plain_worker_is_ignored(face: Face) -> None:
     log = Log()
     client = face.rpc(anyfork.new(), "rpc_funcs:retire_then", on_event=log.handler("client"))
     try:
-        assert face.call(client, 5, on_event=log.handler("mine")) == 5
-        assert log.of("mine") == [("before retire", 5)]
-        assert log.of("client") == [(anyfork.worker._RETIRE,)]
+        assert face.call(client, 5) == 5
+        assert face.call(client, 6) == 6
+        assert log.entries == [("client", 5), ("client", 6)]
     finally:
         face.close(client)
 

@@ -416,3 +416,26 @@ def test_a_calls_own_exception_is_only_its_own_type(face: Face) -> None:
         assert not isinstance(custom.value, anyfork.AnyforkError)
     finally:
         face.close(client)
+
+
+# -- one behaviour for a worker that died idle -----------------------------------------------------
+
+
+def test_a_call_after_an_idle_worker_died_is_worker_died(face: Face) -> None:
+    """Whether the client saw the EOF while idle (asyncio) or finds it with the call (blocking),
+    a call to a worker that has died is a ``WorkerDiedError``."""
+    ended = asyncio.Event()
+    proc = anyfork.new()
+    client = face.rpc(proc, "rpc_funcs:ident", on_close=ended.set)
+    try:
+        assert face.call(client, 1) == 1
+        proc.kill()
+        assert proc.wait_blocking(timeout=DEADLINE) == -9
+        if isinstance(face, AsyncFace):
+            face.run(ended.wait())  # the client has read the EOF: it knows, idle
+            assert not client.usable
+        with pytest.raises(anyfork.WorkerDiedError):
+            face.call(client, 2)
+        assert not client.usable
+    finally:
+        client.abort()

@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 
 import anyfork
+import rpc_faces
 from helpers import alive, eventually, run
+from rpc_faces import Face
+
+face = rpc_faces.face  # the fixture: a test taking it runs with each face
 
 
 def _worker_gone(pid: int) -> None:
@@ -63,32 +67,50 @@ def test_dropped_blocking_client_closes_its_connection() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
-def test_map_keeps_order_and_raises_the_first_error(backend: Any) -> None:
-    async def main() -> None:
-        async with await anyfork.rpc(
-            anyfork.new(), "rpc_funcs:add", backend=backend, timeout=10
-        ) as client:
-            assert await client.map(range(1000), range(1000)) == [2 * i for i in range(1000)]
-            assert await client.map([]) == []
-            with pytest.raises(TypeError, match="can only concatenate"):  # "x" + 1, not None + 1
-                await client.map([1, "x", 2, None], [1, 1, 1, 1])
-            assert await client.map([5]) == [5]  # still usable
-            with pytest.raises(anyfork.EncodeError):
-                await client.map([1, lambda: None])  # in the parent: not sent
-            assert await client(1, 1) == 2
-
-    run(main())
+def test_map_keeps_order_and_raises_the_first_error(face: Face, backend: Any) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:add", backend=backend)
+    try:
+        assert face.map(client, range(1000), range(1000)) == [2 * i for i in range(1000)]
+        assert face.map(client, []) == []
+        with pytest.raises(TypeError, match="can only concatenate"):  # "x" + 1, not None + 1
+            face.map(client, [1, "x", 2, None], [1, 1, 1, 1])
+        assert face.map(client, [5]) == [5]  # still usable
+        with pytest.raises(anyfork.EncodeError):
+            face.map(client, [1, lambda: None])  # in the parent: not sent
+        assert face.call(client, 1, 1) == 2
+    finally:
+        face.close(client)
 
 
-def test_blocking_map() -> None:
-    with anyfork.rpc_blocking(anyfork.new(), "rpc_funcs:add", timeout=10) as client:
-        assert client.map(range(500), range(500)) == [2 * i for i in range(500)]
-        with pytest.raises(TypeError):
-            client.map([1, None])
-        assert client(2, 3) == 5
+def test_a_map_timeout_kills_a_sync_worker(face: Face) -> None:
+    client = face.rpc(anyfork.new(), "rpc_funcs:block", on_event=lambda *a: None)
+    with pytest.raises(TimeoutError):
+        face.map(client, ["x", "y"], timeout=0.2)
+    assert not client.usable
+    with pytest.raises(anyfork.WorkerDiedError, match="timed out"):
+        face.call(client, "z")
+    face.close(client)
+
+
+def test_a_map_timeout_cancels_an_async_workers_calls(face: Face) -> None:
+    events: list[Any] = []
+    client = face.rpc(
+        anyfork.new(),
+        "rpc_funcs:wait_forever",
+        backend="async",
+        on_event=lambda *a: events.append(a),
+    )
+    try:
+        with pytest.raises(TimeoutError):
+            face.map(client, ["a", "b", "c"], timeout=0.2)
+        assert client.usable
+    finally:
+        face.close(client)
 
 
 def test_async_map_timeout_cancels_the_rest_and_the_worker_keeps_serving() -> None:
+    """asyncio only: a map cancelled as a task (the timeout on both faces: above)."""
+
     async def main() -> None:
         events: list[Any] = []
         seen = asyncio.Event()
@@ -109,20 +131,6 @@ def test_async_map_timeout_cancels_the_rest_and_the_worker_keeps_serving() -> No
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-
-    run(main())
-
-
-def test_sync_map_cancel_kills_the_worker() -> None:
-    async def main() -> None:
-        client = await anyfork.rpc(
-            anyfork.new(), "rpc_funcs:block", on_event=lambda *a: None, timeout=10
-        )
-        with pytest.raises(TimeoutError):
-            await client.map(["x", "y"], timeout=0.2)
-        with pytest.raises(anyfork.WorkerDiedError, match="timed out"):
-            await client.call("z", timeout=10)
-        await client.aclose(timeout=10)
 
     run(main())
 

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 import anyfork
+import rpc_faces
+import rpc_funcs
 from helpers import run
+from rpc_faces import Face
+from test_rpc_wire import Marshal
+
+face = rpc_faces.face  # the fixture: a test taking it runs with each face
+
 
 msgpack = pytest.importorskip("msgpack")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -43,32 +50,21 @@ class _Events:
 )
 @pytest.mark.parametrize("backend", ["sync", "async"])
 def test_calls_results_and_events_round_trip(
-    serializer: str, call: Any, expected: Any, backend: Any
+    face: Face, serializer: str, call: Any, expected: Any, backend: Any
 ) -> None:
-    async def main() -> None:
-        events = _Events()
-        async with await anyfork.rpc(
-            anyfork.new(),
-            "rpc_funcs:echo",
-            serializer=serializer,
-            backend=backend,
-            on_event=events,
-            timeout=10,
-        ) as client:
-            got = await client(*call[0], **call[1])
-            assert got == expected
-        async with await anyfork.rpc(
-            anyfork.new(),
-            "rpc_funcs:progress",
-            serializer=serializer,
-            backend=backend,
-            on_event=events,
-            timeout=10,
-        ) as client:
-            assert await client(7, 2) == 7
-        assert [list(e) for e in events.items] == [["progress", 7, 0], ["progress", 7, 1]]
-
-    run(main())
+    events = _Events()
+    kw: dict[str, Any] = {"serializer": serializer, "backend": backend, "on_event": events}
+    client = face.rpc(anyfork.new(), "rpc_funcs:echo", **kw)
+    try:
+        assert face.call(client, *call[0], **call[1]) == expected
+    finally:
+        face.close(client)
+    client = face.rpc(anyfork.new(), "rpc_funcs:progress", **kw)
+    try:
+        assert face.call(client, 7, 2) == 7
+    finally:
+        face.close(client)
+    assert [list(e) for e in events.items] == [["progress", 7, 0], ["progress", 7, 1]]
 
 
 def test_cloudpickle_carries_lambdas_and_closures() -> None:
@@ -183,3 +179,34 @@ def test_user_serializer_protocol_module_attr() -> None:
         assert events.items == [("progress", 3, 0)]
 
     run(main())
+
+
+@pytest.mark.parametrize("which", ["instance", "class"])
+def test_a_serializer_object_is_used_here_and_found_by_the_worker(face: Face, which: str) -> None:
+    """``serializer=obj``: the parent uses the object, the worker imports it by the reference
+    derived from it (the global its module binds it to, or a class's qualname)."""
+    ser = rpc_funcs.TAGGED if which == "instance" else Marshal
+    events = _Events()
+    client = face.rpc(anyfork.new(), "rpc_funcs:progress", serializer=ser, on_event=events)
+    try:
+        assert face.call(client, 3, 1) == 3
+    finally:
+        face.close(client)
+    assert events.items == [("progress", 3, 0)]
+
+
+def test_a_serializer_the_worker_cannot_find_is_refused_before_spawning() -> None:
+    class Local:
+        dumps = staticmethod(rpc_funcs.dumps)
+        loads = staticmethod(rpc_funcs.loads)
+
+    proc = anyfork.new()
+    try:
+        for ser in (Local, Local(), rpc_funcs.Tagged()):
+            with pytest.raises(ValueError, match="cannot be found by the worker") as info:
+                anyfork.rpc_blocking(proc, "rpc_funcs:ident", serializer=ser)
+            assert isinstance(info.value, anyfork.AnyforkError)
+        with pytest.raises(TypeError, match="an object with dumps"):
+            anyfork.rpc_blocking(proc, "rpc_funcs:ident", serializer=object())  # type: ignore[arg-type]
+    finally:
+        proc.close()

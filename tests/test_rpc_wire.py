@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anyfork._child import _rpc_wire as W
@@ -203,6 +203,7 @@ def test_a_grown_frame_arrives_whole() -> None:
     assert _decode_all(dec) == [(W.OK, 9, payload), (W.OK, 10, b"next")]
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(
     st.lists(
         st.tuples(
@@ -227,6 +228,7 @@ def test_roundtrip_any_chunking(frames: list[tuple[int, int, bytes]], step: int,
     assert got == frames
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(st.binary(max_size=200), st.sampled_from([W.TO_PARENT, W.TO_CHILD]), st.booleans())
 def test_garbage_raises_only_wire_errors(data: bytes, allowed: frozenset[int], eof: bool) -> None:
     # The default limit (4 GiB): a garbage length must not be allocated either.
@@ -242,6 +244,7 @@ def test_garbage_raises_only_wire_errors(data: bytes, allowed: frozenset[int], e
         pass
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(st.binary(min_size=1, max_size=40))
 def test_a_valid_header_then_garbage_is_taken_as_payload(tail: bytes) -> None:
     dec = W.Decoder(W.TO_PARENT, size=16)
@@ -301,6 +304,7 @@ def test_pickle_big_buffers_travel_out_of_band() -> None:
     assert codec.load_value(_join(chunks)) == {"data": big, "small": bytearray(b"s")}
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text() | st.binary(), st.lists))
 def test_pickle_value_roundtrip(value: object) -> None:
     codec = _serializers.get("pickle")
@@ -507,6 +511,7 @@ def test_a_worker_answers_a_broken_batch_with_a_decode_error(payload: bytes) -> 
     assert message.startswith("cannot decode the batch's arguments: ")
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(st.binary(max_size=64))
 def test_a_worker_answers_any_batch_payload_with_one_frame(payload: bytes) -> None:
     """JSON, so that random bytes cannot name a function for the loader to call."""
@@ -514,6 +519,7 @@ def test_a_worker_answers_any_batch_payload_with_one_frame(payload: bytes) -> No
     assert kind in (W.BATCH_OK, W.BATCH_ERROR, W.ERROR)
 
 
+@settings(deadline=None)  # no time limit per example: the machine may be loaded
 @given(
     st.sampled_from([W.BATCH_OK, W.BATCH_ERROR]),
     st.binary(max_size=64),

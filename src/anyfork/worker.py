@@ -15,10 +15,6 @@ __all__ = ["event", "flush", "retire", "take_args"]
 
 #: The running RPC server (``_rpc_server``), while it serves calls.
 _sink: Any = None
-
-#: The event ``retire()`` sends: a pool recognises it and never passes it to ``on_event``.  A
-#: long, unlikely string (as in AnyEvent::Fork::Pool) so no user event is ever mistaken for it.
-_RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"
 _retired = False
 
 
@@ -87,10 +83,9 @@ def retire() -> None:
                 anyfork.worker.retire()
             return result
 
-    Calling it again is harmless.  Outside a pool (a plain RPC worker) the parent's
-    ``on_event`` receives the pool's private retire event (the client's, never a handler given
-    to the running call); raises ``RuntimeError`` outside an
-    RPC worker.
+    Calling it again is harmless; so is calling it outside a pool (a plain RPC worker): the
+    request (a frame of its own, never an event) is ignored there.  Raises ``RuntimeError``
+    outside an RPC worker.
     """
     global _retired
     sink = _sink
@@ -99,7 +94,4 @@ def retire() -> None:
     if _retired:
         return
     _retired = True
-    # The raw "bytes" serialiser carries exactly one bytes value; every other one takes a str.
-    # Sent as no call's event (id 0): it is for the pool's own handler, never for a handler the
-    # caller of the running call gave.
-    sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,), 0)
+    sink.retire()

@@ -15,8 +15,6 @@ from .. import worker
 from . import _rpc_wire as W
 from ._records import error_record
 from ._rpc_server import (
-    MAX_IOV,
-    advance,
     batch_answer,
     batch_calls,
     broken_stream,
@@ -92,26 +90,26 @@ class AsyncServer:
             self.wbuf.extend(views)
             return
         try:
-            sent = self.sock.sendmsg(views[:MAX_IOV])
+            sent = self.sock.sendmsg(views[: W.MAX_IOV])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             self._gone()
             return
-        self.wbuf = advance(views, sent)
+        self.wbuf = W.advance(views, sent)
         if self.wbuf and not self.writing:
             self.loop.add_writer(self.sock.fileno(), self._writable)
             self.writing = True
 
     def _writable(self) -> None:
         try:
-            sent = self.sock.sendmsg(self.wbuf[:MAX_IOV])
+            sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._gone()
             return
-        self.wbuf = advance(self.wbuf, sent)
+        self.wbuf = W.advance(self.wbuf, sent)
         if not self.wbuf:
             self.loop.remove_writer(self.sock.fileno())
             self.writing = False
@@ -123,7 +121,7 @@ class AsyncServer:
 
         while self.wbuf and not self.broken:
             try:
-                sent = self.sock.sendmsg(self.wbuf[:MAX_IOV])
+                sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
             except (BlockingIOError, InterruptedError):
                 select.select([], [self.sock], [])
                 continue
@@ -131,12 +129,15 @@ class AsyncServer:
                 self.broken = True
                 self.wbuf = []
                 return False
-            self.wbuf = advance(self.wbuf, sent)
+            self.wbuf = W.advance(self.wbuf, sent)
         return not self.broken
 
     def event(self, args: tuple[Any, ...], call_id: int | None = None) -> None:
         cid = self.current.get() if call_id is None else call_id
         self.write(W.EVENT, cid, self.codec.dump_event(args))
+
+    def retire(self) -> None:
+        self.write(W.RETIRE, 0, [])
 
     def _gone(self) -> None:
         self.broken = True

@@ -56,9 +56,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     Chunks = list[bytes | bytearray | memoryview]
 
-#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_IOV = 64
-
 
 class ParentGone(BaseException):
     """A write failed: the parent has gone away.  A BaseException so user code does not catch
@@ -216,26 +213,10 @@ def _send_chunks(sock: socket.socket, kind: int, call_id: int, chunks: Chunks) -
             return
         views = [memoryview(c).cast("B") for c in out]
         while views:
-            sent = sock.sendmsg(views[:MAX_IOV])
-            views = advance(views, sent)
+            sent = sock.sendmsg(views[: W.MAX_IOV])
+            views = W.advance(views, sent)
     except OSError as exc:
         raise ParentGone(str(exc)) from None
-
-
-def advance(views: list[memoryview], sent: int) -> list[memoryview]:
-    """Drop ``sent`` bytes from the front of ``views``."""
-    i = 0
-    while sent and i < len(views):
-        n = views[i].nbytes
-        if sent >= n:
-            sent -= n
-            i += 1
-        else:
-            views[i] = views[i][sent:]
-            sent = 0
-    while i < len(views) and not views[i].nbytes:
-        i += 1
-    return views[i:]
 
 
 class SyncServer:
@@ -254,6 +235,9 @@ class SyncServer:
 
     def flush(self) -> bool:
         return True
+
+    def retire(self) -> None:
+        _send_chunks(self.sock, W.RETIRE, 0, [])
 
     def run(self) -> bool:
         """Serve until EOF; ``True`` if the stream broke the protocol (reported as ``FAILED``)."""

@@ -22,8 +22,10 @@ the call was cancelled before it produced a result), ``EVENT`` (the id of the ca
 it, 0 outside any call; serialised event arguments), ``BATCH_OK`` (id, the serialised list of
 every item's result), ``BATCH_ERROR`` (id; ``batch_error_head(i, n)``, then the serialised list
 of the results of items ``0..i-1`` in ``n`` bytes, then item ``i``'s error record; the items
-after ``i`` were not run).  Frames are written in the order the child produced them; that is
-the only ordering guarantee, and the parent delivers events and results in exactly that order.
+after ``i`` were not run), ``RETIRE`` (id 0, empty: ``anyfork.worker.retire()``, the worker asks
+the pool it belongs to for a replacement; a plain client ignores it). Frames are written in the
+order the child produced them; that is the only ordering guarantee, and the parent
+delivers events and results in exactly that order.
 
 Maximum frame size: a payload holds at most ``MAX_PAYLOAD`` bytes (4 GiB - 1, what its length
 field can say); a sender refuses more, a receiver treats a longer header as broken.  A receiver
@@ -45,11 +47,11 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never imports typing
-    pass
+    from typing import Any
 
 #: Bumped whenever a frame or the configuration changes meaning (3: batches, the call id of an
-#: event, ``done`` in the configuration).
-VERSION = 3
+#: event, ``done`` in the configuration; 4: ``RETIRE``).
+VERSION = 4
 
 HEADER = struct.Struct(">BII")
 HEADER_SIZE = HEADER.size
@@ -70,12 +72,15 @@ CANCELLED = ord("N")
 EVENT = ord("V")
 BATCH_OK = ord("L")
 BATCH_ERROR = ord("Q")
+RETIRE = ord("R")
 
 TO_CHILD = frozenset((CALL, CALL_BATCH, CANCEL))
-TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT, BATCH_OK, BATCH_ERROR))
+TO_PARENT = frozenset((READY, FAILED, OK, ERROR, CANCELLED, EVENT, BATCH_OK, BATCH_ERROR, RETIRE))
 
 MAX_PAYLOAD = 0xFFFFFFFF
 MAX_ID = 0xFFFFFFFF
+#: Most buffers either side hands to one sendmsg (IOV_MAX is 1024 on Linux).
+MAX_IOV = 512
 
 _CONFIG_MAGIC = "anyfork.rpc"
 _SEP = "\x00"
@@ -99,6 +104,23 @@ def header(kind: int, call_id: int, length: int) -> bytes:
 def frame(kind: int, call_id: int = 0, payload: bytes = b"") -> bytes:
     """Encode one complete frame."""
     return header(kind, call_id, len(payload)) + payload
+
+
+def advance(bufs: list[Any], sent: int) -> list[Any]:
+    """What is left of ``bufs`` (buffers of byte format: ``len`` is their size) once a
+    ``sendmsg`` has written ``sent`` bytes of them (either side's writer)."""
+    i = 0
+    while sent and i < len(bufs):
+        n = len(bufs[i])
+        if sent >= n:
+            sent -= n
+            i += 1
+        else:
+            bufs[i] = memoryview(bufs[i])[sent:]
+            sent = 0
+    while i < len(bufs) and not len(bufs[i]):
+        i += 1
+    return bufs[i:]
 
 
 def version_mismatch(parent: int, worker: int) -> str:

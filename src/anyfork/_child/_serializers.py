@@ -20,8 +20,9 @@ Built in (by name):
     result is one such value, an event carries one such value.  The fastest choice for single
     calls; they cannot carry a batch of calls (a list), so ``map`` sends one call per item.
 
-**User serialisers**: name an object as ``"module:attr"`` (importable in the child too).  The
-object needs two methods::
+**User serialisers**: pass the object, or name it as ``"module:attr"``; either way the child
+imports it by that reference (an object passed is found as its module's global, or by its
+``__module__`` and ``__qualname__``).  The object needs two methods::
 
     dumps(obj) -> bytes           # raise anything on failure: it becomes an EncodeError
     loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     Chunks = list[bytes | bytearray | memoryview]
     Buffer = bytes | bytearray | memoryview
 
-__all__ = ["BUILTIN", "Codec", "get"]
+__all__ = ["BUILTIN", "Codec", "get", "of"]
 
 BUILTIN = ("pickle", "cloudpickle", "json", "msgpack", "bytes", "str")
 
@@ -434,6 +435,12 @@ def get(name: str) -> Codec:
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
+    return of(name, obj)
+
+
+def of(name: str, obj: Any) -> Codec:
+    """The codec of the user serialiser ``obj``, known to the worker as ``name``; ``ValueError``
+    if it lacks callable ``dumps()`` and ``loads()``."""
     dumps = getattr(obj, "dumps", None)
     loads = getattr(obj, "loads", None)
     if not callable(dumps) or not callable(loads):

@@ -36,7 +36,7 @@ import os
 import signal
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Protocol, TypeVar, final
 
 from .._child import _wire
 from .._util import NoPublicConstructor, publish
@@ -48,7 +48,10 @@ from ._lineage import func_ref as func_ref
 from ._protocol import _HANDED, _OPEN
 
 if TYPE_CHECKING:
-    from .._rpc._start import BlockingClient, Client
+    from collections.abc import Callable
+
+    from .._rpc._connection import Backend
+    from .._rpc._start import BlockingClient, Client, Serializer
 
 __all__ = ["Process"]
 
@@ -359,11 +362,24 @@ class Process(Lineage, metaclass=NoPublicConstructor):
 
     # -- RPC -------------------------------------------------------------------------------
 
-    async def rpc(self, func: Func, **options: Any) -> Client:
+    async def rpc(
+        self,
+        func: Func,
+        *,
+        backend: Backend = "sync",
+        serializer: str | Serializer = "pickle",
+        init: Func | None = None,
+        on_event: Callable[..., object] | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+        on_close: Callable[[], object] | None = None,
+        concurrency: int = 64,
+        timeout: float | None = None,
+        done: Func | None = None,
+        _on_retire: Callable[[], object] | None = None,
+    ) -> Client:
         """Turn this process into an RPC server for ``func`` and return its client:
         ``client = await anyfork.new().require("mod").rpc("mod:work")``, then
-        ``await client(*args)``.  Options as for :func:`anyfork.rpc` (backend, serializer,
-        init, on_event, on_error, on_close, concurrency, timeout).
+        ``await client(*args)``.  The keywords are :func:`anyfork.rpc`'s.
 
         A function of the main script works too (the worker imports the script, see
         :meth:`run`), and so do functions of it that calls carry pickled.
@@ -371,13 +387,35 @@ class Process(Lineage, metaclass=NoPublicConstructor):
         Cancellation: the connection is closed; the worker sees EOF and exits."""
         from .._rpc._start import rpc  # the RPC layer (and asyncio) only when it is used
 
-        return await rpc(self, func, **options)
+        return await rpc(
+            self, func, backend=backend, serializer=serializer, init=init, on_event=on_event,
+            on_error=on_error, on_close=on_close, concurrency=concurrency, timeout=timeout,
+            done=done, _on_retire=_on_retire,
+        )  # fmt: skip
 
-    def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
+    def rpc_blocking(
+        self,
+        func: Func,
+        *,
+        backend: Backend = "sync",
+        serializer: str | Serializer = "pickle",
+        init: Func | None = None,
+        on_event: Callable[..., object] | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+        on_close: Callable[[], object] | None = None,
+        concurrency: int = 64,
+        timeout: float | None = None,
+        done: Func | None = None,
+        _on_retire: Callable[[], object] | None = None,
+    ) -> BlockingClient:
         """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
         from .._rpc._start import rpc_blocking
 
-        return rpc_blocking(self, func, **options)
+        return rpc_blocking(
+            self, func, backend=backend, serializer=serializer, init=init, on_event=on_event,
+            on_error=on_error, on_close=on_close, concurrency=concurrency, timeout=timeout,
+            done=done, _on_retire=_on_retire,
+        )  # fmt: skip
 
     # -- lifetime --------------------------------------------------------------------------
 

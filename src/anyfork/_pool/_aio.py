@@ -18,7 +18,7 @@ from ._worker import START_TIMEOUT, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._worker import Backend
+    from ._worker import Backend, Serializer
 
 __all__ = ["Pool"]
 
@@ -59,9 +59,8 @@ class Pool(AsyncEngine):
         on_close: called once the pool has closed and every worker has exited.
         backend, serializer, init, done, concurrency: passed to each worker's
             :func:`anyfork.rpc`.
-        on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` (the
-            pool filters its own retire events out; without a handler, user events are
-            dropped; a call can have its own, see :meth:`call`).
+        on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` (without a
+            handler, events are dropped; a call can have its own, see :meth:`call`).
         timeout: each worker's start-up deadline in seconds (``rpc()``'s ``timeout``).
 
     Raises:
@@ -102,7 +101,7 @@ class Pool(AsyncEngine):
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
         backend: Backend = "sync",
-        serializer: str = "pickle",
+        serializer: str | Serializer = "pickle",
         init: Func | None = None,
         done: Func | None = None,
         on_event: Callable[..., object] | None = None,

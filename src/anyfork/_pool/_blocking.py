@@ -27,7 +27,7 @@ from ._worker import START_TIMEOUT, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._worker import Backend
+    from ._worker import Backend, Serializer
 
 __all__ = ["BlockingPool", "PoolExecutor"]
 
@@ -103,7 +103,7 @@ class BlockingPool(_Face):
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
         backend: Backend = "sync",
-        serializer: str = "pickle",
+        serializer: str | Serializer = "pickle",
         init: Func | None = None,
         done: Func | None = None,
         on_event: Callable[..., object] | None = None,
@@ -280,7 +280,7 @@ class PoolExecutor(_Face, cf.Executor):
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
         backend: Backend = "sync",
-        serializer: str = "pickle",
+        serializer: str | Serializer = "pickle",
         init: Func | None = None,
         done: Func | None = None,
         on_event: Callable[..., object] | None = None,

@@ -1,6 +1,6 @@
 """How a pool starts its workers, for both engines: the template (the caller's, or the pool's
 own, primed with the RPC server, made again if it dies), the function, and the options passed
-to each worker's ``rpc()`` (the pool's ``on_event`` filter in front of the user's), with the
+to each worker's ``rpc()`` (with the pool's ``on_retire``), with the
 pool's own start-up step when it has one (``_in_worker.setup``: the parent's multiprocessing
 authkey once a ``multiprocessing.Manager`` may exist, an executor's ``initializer``)."""
 
@@ -21,9 +21,10 @@ from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._rpc._base import Backend as Backend  # (the pool faces take it from here)
-    from .._rpc._base import Base
+    from .._rpc._connection import Backend as Backend  # (the pool faces take it from here)
+    from .._rpc._drivers import Facts
     from .._rpc._start import BlockingClient, Client
+    from .._rpc._start import Serializer as Serializer
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -32,8 +33,6 @@ START_TIMEOUT = 60.0
 #: How long stopping one worker may take before it is killed.
 STOP_TIMEOUT = 30.0
 
-_RETIRE = "anyfork.pool:retire:9d2f6c1e8b7a4e35"  # anyfork.worker._RETIRE, without importing it
-_RETIRE_MARKS = (_RETIRE, _RETIRE.encode())
 _RPC_OPTIONS = frozenset(
     {"backend", "serializer", "init", "on_event", "concurrency", "timeout", "done"}
 )
@@ -58,6 +57,10 @@ _THEIRS["BlockingPool"] = _THEIRS["Pool"]
 _SETUP = "anyfork._pool._in_worker:setup"
 #: Loaded in the parent once a multiprocessing.Manager (whose proxies need the authkey) can be.
 _MANAGERS = "multiprocessing.managers"
+
+
+def _drop(*args: object) -> None:
+    """The ``on_event`` of a pool's workers when the user gave none."""
 
 
 def unexpected(face: str, names: set[str]) -> TypeError:
@@ -91,7 +94,7 @@ def other_pools_names(face: str) -> Callable[[F], F]:
 
 def rpc_options(
     backend: Backend,
-    serializer: str,
+    serializer: str | Serializer,
     init: Func | None,
     done: Func | None,
     on_event: Callable[..., object] | None,
@@ -193,18 +196,10 @@ class Starter:
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object] | str
     ) -> dict[str, Any]:
         """The ``rpc()`` options for one worker: the pool's own plus ``callbacks``
-        (``on_error``, ``on_close``), with an ``on_event`` that calls ``on_retire()`` for the
-        worker's ``anyfork.worker.retire()`` and passes every other event to the user's
-        handler (dropped without one)."""
-        user = self._on_event
-
-        def on_event(*args: Any) -> None:
-            if len(args) == 1 and args[0] in _RETIRE_MARKS:
-                on_retire()
-            elif user is not None:
-                user(*args)
-
-        return dict(self._rpc_options, on_event=on_event, **callbacks)
+        (``on_error``, ``on_close``), and ``on_retire()`` for the worker's
+        ``anyfork.worker.retire()``.  Without the user's ``on_event``, events are dropped."""
+        on_event = self._on_event or _drop
+        return dict(self._rpc_options, on_event=on_event, _on_retire=on_retire, **callbacks)
 
     async def start(
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
@@ -299,7 +294,7 @@ def _own_template(func: str) -> Process:
     return tmpl
 
 
-def kill(pid: int | None, client: Base | None) -> None:
+def kill(pid: int | None, client: Facts | None) -> None:
     """Kill a worker the pool is closing the fast way, if it runs (a client not yet at its
     worker's end: the pid is not reused yet)."""
     if pid is not None and client is not None and client.usable:

@@ -1,7 +1,7 @@
 """RPC, parent side: what a worker's answers say, decoded (pure: no I/O, no state).
 
-A broken answer raises ``RpcWireError`` (the caller, ``_base``, fails the connection with it at
-its one receive boundary); an answer that is sound but cannot be decoded here (a result whose
+A broken answer raises ``RpcWireError`` (the caller, ``_connection``, fails the connection with
+it at its one receive boundary); an answer that is sound but cannot be decoded here (a result whose
 class this process cannot load) is a ``DecodeError`` for that call only.
 """
 

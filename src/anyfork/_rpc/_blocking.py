@@ -1,6 +1,6 @@
 """RPC, parent side: the blocking client, for programs without an event loop.
 
-It shares every line of frame handling with the asyncio client (``_base``) and does its
+It drives the same sans-IO connection as the asyncio client (``_connection``) and does its
 I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
 reply has been handled (events on the way are delivered from inside the call, to the handler
 given to their call or to ``on_event``).
@@ -15,25 +15,31 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, final
 
-from .._child import _rpc_wire as W
-from .._errors import ClosedError, ProtocolError
-from .._util import publish
-from ._base import EXIT_STATUS_WAIT, Base
+from .._core._process import Process
+from .._util import NoPublicConstructor, publish
 from ._batching import BatchResult, check_columns, columns_of
+from ._connection import KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
 from ._map import MapRun
-from ._outbox import encode
 from ._waiters import Box
 
 __all__ = ["BlockingClient"]
+
+
+def emit(args: tuple[Any, ...], handler: Callable[..., object]) -> None:
+    """Events are delivered inside the call that reads them."""
+    handler(*args)
+
 
 _POLLIN = select.POLLIN
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
 
-class BlockingClient(Base):
+@final
+class BlockingClient(Facts, metaclass=NoPublicConstructor):
     """The blocking twin of :class:`Client`, for programs without an event loop; made by
     :func:`rpc_blocking`.  One call (or one ``map``) at a time: thread-safe, calls from several
     threads take turns; an event handler (the call's ``on_event=``, or the client's) runs
@@ -47,15 +53,16 @@ class BlockingClient(Base):
     is garbage-collected (the worker then exits).
     """
 
-    def __init__(self, *a: Any, **kw: Any):
-        super().__init__(*a, **kw)
+    def __init__(self, proc: Process, sock: socket.socket, conn: RpcConnection):
+        self._proc = proc
+        self._conn = conn
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
         self._lock = threading.RLock()
         self._poller = select.poll()
         self._poll_mask = 0
-        sock = self._sock
-        assert sock is not None
         sock.setblocking(True)  # see _io_until
-        self._out.flags = _DONTWAIT
+        self._conn.out.flags = _DONTWAIT
         self._finalizer = weakref.finalize(self, sock.close)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -83,21 +90,22 @@ class BlockingClient(Base):
         :meth:`Client.map`; ``timeout`` is for the whole map)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self._check_usable()
+            conn = self._conn
+            conn.check_usable()
             run = MapRun(
-                columns_of(iterables), chunksize, self.batchable, time.monotonic, self._slots
+                columns_of(iterables), chunksize, self.batchable, time.monotonic, conn.slots
             )
             try:
                 while True:
-                    self._map_send(run)
+                    conn.map_send(run)
                     if run.finished:
                         break
                     self._io_until(functools.partial(run.answered_since, run.answers), deadline)
             except TimeoutError:
-                self._abandon_map(run, f"timed out after {timeout} s")
+                self._act(conn.abandon_map(run, f"timed out after {timeout} s"))
                 raise TimeoutError(f"the RPC calls timed out after {timeout} s") from None
             except BaseException:
-                self._abandon_map(run, "was interrupted")
+                self._act(conn.abandon_map(run, "was interrupted"))
                 raise
             return run.outcome()
 
@@ -110,15 +118,8 @@ class BlockingClient(Base):
     ) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self._check_usable()
-            chunks, size = encode(self._codec, args, kwargs)
             box = Box()
-            # Inline (not _send, _wait, outcome): the hot path of a blocking call.
-            cid = self._new_id()
-            self._pending[cid] = box
-            if on_event is not None:
-                self._handlers[cid] = on_event
-            self._out.queue(W.CALL, cid, chunks, size)
+            cid = self._conn.call(box, args, kwargs, on_event)
             try:
                 self._io_until(box.done, deadline)
             except BaseException as exc:
@@ -141,9 +142,8 @@ class BlockingClient(Base):
         with self._lock:
             if not checked[0]:
                 return BatchResult([])
-            self._check_usable()
             box = Box()
-            cid = self._send_batch(checked, box, on_event)
+            cid = self._conn.batch(box, checked, on_event)
             try:
                 self._io_until(box.done, deadline)
             except BaseException as exc:
@@ -155,16 +155,15 @@ class BlockingClient(Base):
         """Waiting for call ``cid`` raised ``exc`` (a timeout, an exception from an event
         handler, a ``KeyboardInterrupt``): abandon the call, raise."""
         if isinstance(exc, TimeoutError):
-            self._abandon(cid, f"timed out after {timeout} s")
+            self._act(self._conn.abandon(cid, f"timed out after {timeout} s"))
             raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
-        self._abandon(cid, "was interrupted")
+        self._act(self._conn.abandon(cid, "was interrupted"))
         raise exc
 
-    def _flush_later(self) -> None:
-        pass  # the next _io_until writes it
-
-    def _event(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
-        self._deliver(args, handler)
+    def _act(self, action: str | None) -> None:
+        """A ``CANCEL`` queued leaves with the next ``_io_until``; a condemned worker dies now."""
+        if action == KILL:
+            kill(self._proc)
 
     def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Write and read until ``done()``; handles EOF (death or clean close) on the way.
@@ -173,11 +172,12 @@ class BlockingClient(Base):
         ``MSG_DONTWAIT``: with nothing left to write and no deadline, the wait for the reply
         is the ``recv`` itself, one syscall instead of ``poll`` plus ``recv``.
         """
+        conn = self._conn
+        out = conn.out
         while True:
             sock = self._sock
             if sock is None:
                 return
-            out = self._out
             if out.has_output():
                 try:
                     out.send_some(sock)
@@ -186,7 +186,7 @@ class BlockingClient(Base):
             if done():
                 return
             writing = out.has_output()
-            if self._closing and not writing and not self._eof:
+            if conn.wants_shutdown:
                 try:
                     sock.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -210,50 +210,38 @@ class BlockingClient(Base):
                     continue
             else:
                 flags = 0  # block in recv until the worker says something
-            try:
-                eof = self._recv_some(flags)
-            except ProtocolError as err:
-                self._broken(err)
-                return
-            if eof:
-                self._eof = True
-                self._end()
-                return
-
-    def _wait_exit(self) -> None:
-        """Wait (bounded) until the dead worker's exit status is known: an OS fact, polled."""
-        deadline = time.monotonic() + EXIT_STATUS_WAIT
-        delay = 0.001
-        while not self._exit_known() and time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    def _end(self) -> None:
-        if self._pending:
-            self._wait_exit()
-            err = self._died()
-            self._fail_all(err)
+            outcome = recv_some(conn, sock, flags)
+            if outcome is None or outcome is WOULD_BLOCK:
+                continue
+            if outcome == NEED_EXIT_STATUS and conn.pending:
+                conn.died(self._exit_status())
             self._close_socket()
-            self._report(err)
-        else:
-            self._close_socket()
-            if self._ready and self._startup_error is None:
-                self._closed_cleanly()
+            return
+
+    def _exit_status(self) -> int | None:
+        """How the worker (whose end of the socket is closed) ended, if it can be learnt."""
+        try:
+            return self._proc.wait_blocking(timeout=EXIT_STATUS_WAIT)
+        except EXIT_UNKNOWN:
+            return self._proc.returncode
 
     def _close_socket(self) -> None:
         self._finalizer.detach()
-        super()._close_socket()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._conn.io_closed()
 
     def _wait_ready(self, deadline: float | None) -> None:
+        conn = self._conn
         try:
-            self._io_until(lambda: self._ready or self._startup_error is not None, deadline)
+            self._io_until(lambda: conn.state != STARTING, deadline)
         except BaseException:
             self.abort()
             raise
-        if self._startup_error is not None or not self._ready:
-            if self._startup_error is None:
-                self._wait_exit()
-            err = self._start_failure()
+        if conn.state != READY:
+            returncode = None if conn.failure is not None else self._exit_status()
+            err = conn.start_failure(returncode)
             self.abort()
             raise err
 
@@ -261,21 +249,23 @@ class BlockingClient(Base):
         """Let the worker finish, then wait until it has exited (see :meth:`Client.aclose`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self._closing = True
+            conn = self._conn
+            conn.close()
             try:
                 self._io_until(lambda: self._sock is None, deadline)
             except BaseException as exc:
                 timed_out = isinstance(exc, TimeoutError)
-                self._kill("close() timed out" if timed_out else "close() was interrupted")
+                self._act(
+                    conn.condemn("close() timed out" if timed_out else "close() was interrupted")
+                )
                 self.abort()
                 raise
-            self._wait_exit()
+            if conn.returncode is None:
+                conn.returncode = self._exit_status()
 
     def abort(self) -> None:
         """Close the connection now (see :meth:`Client.abort`)."""
-        self._closing = True
-        if self._pending:
-            self._fail_all(ClosedError("the RPC client was aborted"))
+        self._conn.abort()
         self._close_socket()
 
     def __enter__(self) -> BlockingClient:

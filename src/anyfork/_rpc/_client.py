@@ -18,15 +18,14 @@ import asyncio
 import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, final
 
-from .._child import _rpc_wire as W
-from .._errors import ClosedError, ProtocolError
-from .._util import publish, wait_for
-from ._base import EXIT_STATUS_WAIT, Base
+from .._core._process import Process
+from .._util import NoPublicConstructor, publish, wait_for
 from ._batching import BatchResult, check_columns, columns_of
+from ._connection import FLUSH, KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
 from ._map import MapRun
-from ._outbox import encode
 
 __all__ = ["Client"]
 
@@ -70,6 +69,25 @@ def _dropped(loop: asyncio.AbstractEventLoop, fd: int, sock: socket.socket) -> N
     sock.close()
 
 
+def emit(
+    loop: asyncio.AbstractEventLoop, args: tuple[Any, ...], handler: Callable[..., object]
+) -> None:
+    """Deliver an event with ``call_soon``, the way a result wakes its caller: event handlers
+    and returning calls run in exactly the order the child produced them."""
+    loop.call_soon(_deliver, loop, args, handler)
+
+
+def _deliver(
+    loop: asyncio.AbstractEventLoop, args: tuple[Any, ...], handler: Callable[..., object]
+) -> None:
+    try:
+        handler(*args)
+    except Exception as exc:
+        loop.call_exception_handler(
+            {"message": "anyfork RPC on_event callback failed", "exception": exc}
+        )
+
+
 def _reader(ref: weakref.ReferenceType[Client]) -> Any:
     def on_readable() -> None:
         client = ref()
@@ -79,7 +97,8 @@ def _reader(ref: weakref.ReferenceType[Client]) -> Any:
     return on_readable
 
 
-class Client(Base):
+@final
+class Client(Facts, metaclass=NoPublicConstructor):
     """The asyncio client of an RPC worker; made by :func:`rpc`.
 
     ``await client(*args, **kwargs)`` calls the function with those arguments and returns its
@@ -97,8 +116,9 @@ class Client(Base):
     ``"child"``) for a result that cannot; ``WorkerDiedError`` (``.pid``, ``.returncode``,
     ``.signal``) for every outstanding call when the worker dies; ``ProtocolError`` (naming the
     worker's pid) for every outstanding call when the stream breaks the protocol in either
-    direction; ``ClosedError`` for a call made after ``aclose`` or after such a failure.  Only
-    those two failures end the connection (``usable`` is then ``False``).
+    direction; for a call made after that, ``WorkerDiedError`` if the worker has died (also
+    while idle: it exited, or was killed) and ``ClosedError`` after a broken stream or
+    ``aclose``.  Only those failures end the connection (``usable`` is then ``False``).
 
     Cancellation (and ``timeout``, which raises ``TimeoutError``): with the async backend the
     worker cancels the call's task and keeps serving.  With the sync backend the worker is
@@ -111,17 +131,24 @@ class Client(Base):
     (the worker sees EOF and exits); ``aclose()`` is still the way to wait for that.
     """
 
-    def __init__(self, *a: Any, loop: asyncio.AbstractEventLoop, **kw: Any):
-        super().__init__(*a, **kw)
+    def __init__(
+        self,
+        proc: Process,
+        sock: socket.socket,
+        conn: RpcConnection,
+        *,
+        loop: asyncio.AbstractEventLoop,
+    ):
+        self._proc = proc
         self._loop = loop
+        self._conn = conn
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
         self._writing = False
         self._reading = False
         self._corked = False
         self._ready_fut: asyncio.Future[None] = loop.create_future()
         self._closed_fut: asyncio.Future[None] = loop.create_future()
-        sock = self._sock
-        if sock is None:  # pragma: no cover - Base sets it
-            raise ClosedError("the RPC client has been closed")
         sock.setblocking(False)
         loop.add_reader(self._fd, _reader(weakref.ref(self)))
         self._reading = True
@@ -195,9 +222,10 @@ class Client(Base):
         Cancellation (and timeout): every batch not answered yet is abandoned, as a single
         call (the async backend cancels them, the sync backend kills the worker).
         """
-        self._check_usable()
+        conn = self._conn
+        conn.check_usable()
         loop = self._loop
-        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, self._slots)
+        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, conn.slots)
         fut: asyncio.Future[None] | None = None
 
         def wake() -> None:
@@ -213,7 +241,7 @@ class Client(Base):
         handle = None if timeout is None else loop.call_later(timeout, expire)
         try:
             while True:
-                self._map_send(run)
+                conn.map_send(run)
                 self._kick()
                 if run.finished:
                     break
@@ -236,18 +264,11 @@ class Client(Base):
         fut = _Call(loop=self._loop)
         fut._client = None
         try:
-            self._check_usable()
-            chunks, size = encode(self._codec, args, kwargs)
+            fut._cid = self._conn.call(fut, args, kwargs, on_event)
         except Exception as exc:  # raised when the future is awaited, as from a coroutine
             fut.set_exception(exc)
             return fut
-        cid = self._new_id()
-        fut._cid = cid
         fut._client = self
-        self._pending[cid] = fut
-        if on_event is not None:
-            self._handlers[cid] = on_event
-        self._out.queue(W.CALL, cid, chunks, size)
         self._kick()
         return fut
 
@@ -269,8 +290,7 @@ class Client(Base):
             if not checked[0]:
                 fut.set_result(BatchResult([]))
                 return fut
-            self._check_usable()
-            fut._cid = self._send_batch(checked, fut, on_event)
+            fut._cid = self._conn.batch(fut, checked, on_event)
         except Exception as exc:
             fut.set_exception(exc)
             return fut
@@ -286,9 +306,24 @@ class Client(Base):
             handle.cancel()
 
     def _expire(self, fut: _Call, timeout: float) -> None:
-        if not fut.done() and fut._cid in self._pending:
+        if not fut.done() and fut._cid in self._conn.pending:
             self._abandon(fut._cid, f"timed out after {timeout} s")
             fut.set_exception(TimeoutError(f"the RPC call timed out after {timeout} s"))
+
+    def _abandon(self, cid: int, why: str) -> None:
+        self._act(self._conn.abandon(cid, why))
+
+    def _abandon_map(self, run: MapRun, why: str) -> None:
+        self._act(self._conn.abandon_map(run, why))
+
+    def _condemn(self, reason: str) -> None:
+        self._act(self._conn.condemn(reason))
+
+    def _act(self, action: str | None) -> None:
+        if action == FLUSH:
+            self._kick()
+        elif action == KILL:
+            kill(self._proc)
 
     # -- I/O --------------------------------------------------------------------------------
 
@@ -298,7 +333,7 @@ class Client(Base):
         ``sendmsg`` at its end (throughput)."""
         if self._writing or self._corked:
             return
-        if len(self._pending) > 1:
+        if len(self._conn.pending) > 1:
             self._corked = True
             self._loop.call_soon(self._uncork)
             return
@@ -306,73 +341,64 @@ class Client(Base):
 
     def _uncork(self) -> None:
         self._corked = False
-        if not self._writing and self._out.has_output():
+        if not self._writing and self._conn.out.has_output():
             self._write_now()
 
     def _write_now(self) -> None:
-        out = self._out
-        if self._sock is not None:
-            try:
-                out.send_some(self._sock)
-            except OSError:
-                # The child has gone; the reader will see EOF and fail what is outstanding.
-                out.drop()
+        conn = self._conn
+        out = conn.out
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            out.send_some(sock)
+        except OSError:
+            # The child has gone; the reader will see EOF and fail what is outstanding.
+            out.drop()
         if out.has_output():
-            if not self._writing and self._sock is not None:
+            if not self._writing:
                 self._loop.add_writer(self._fd, self._write_now)
                 self._writing = True
-        else:
-            if self._writing:
-                self._loop.remove_writer(self._fd)
-                self._writing = False
-            if self._closing and self._sock is not None and not self._eof:
-                try:
-                    self._sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-
-    def _flush_later(self) -> None:
-        self._kick()
+            return
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        if conn.wants_shutdown:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
     def _on_readable(self) -> None:
-        try:
-            eof = self._recv_some()
-        except ProtocolError as err:
-            self._stop_io()
-            self._broken(err)
-            self._set(self._ready_fut)
-            self._set(self._closed_fut)
+        sock = self._sock
+        if sock is None:
             return
-        if not self._ready_fut.done() and (self._startup_error is not None or self._ready):
-            self._ready_fut.set_result(None)
-        if eof:
-            self._eof = True
-            self._stop_io()
-            self._set(self._ready_fut)
-            if self._pending:
-                self._loop.create_task(self._report_death())
-            else:
-                self._close_socket()
-                if self._ready and self._startup_error is None:
-                    self._closed_cleanly()
-                self._set(self._closed_fut)
+        conn = self._conn
+        outcome = recv_some(conn, sock, 0)
+        if outcome is None:
+            if conn.state != STARTING and not self._ready_fut.done():
+                self._ready_fut.set_result(None)
+            return
+        if outcome is WOULD_BLOCK:
+            return
+        self._stop_io()
+        self._set(self._ready_fut)
+        if outcome == NEED_EXIT_STATUS and conn.pending:
+            self._loop.create_task(self._report_death())
+            return
+        self._close_socket()
+        self._set(self._closed_fut)
 
-    async def _await_exit(self) -> None:
-        """Wait (bounded) until the dead worker's exit status is known: an OS fact, polled."""
-        deadline = self._loop.time() + EXIT_STATUS_WAIT
-        delay = 0.001
-        for _ in range(100_000):
-            if self._exit_known() or self._loop.time() >= deadline:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+    async def _exit_status(self) -> int | None:
+        """How the worker (whose end of the socket is closed) ended, if it can be learnt."""
+        try:
+            return await self._proc.wait(timeout=EXIT_STATUS_WAIT)
+        except EXIT_UNKNOWN:
+            return self._proc.returncode
 
     async def _report_death(self) -> None:
-        await self._await_exit()
-        err = self._died()
-        self._fail_all(err)
+        self._conn.died(await self._exit_status())
         self._close_socket()
-        self._report(err)
         self._set(self._closed_fut)
 
     def _stop_io(self) -> None:
@@ -385,23 +411,15 @@ class Client(Base):
 
     def _close_socket(self) -> None:
         self._finalizer.detach()
-        super()._close_socket()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._conn.io_closed()
 
     @staticmethod
     def _set(fut: asyncio.Future[None]) -> None:
         if not fut.done():
             fut.set_result(None)
-
-    def _event(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
-        self._loop.call_soon(self._deliver_safely, args, handler)
-
-    def _deliver_safely(self, args: tuple[Any, ...], handler: Callable[..., object] | None) -> None:
-        try:
-            self._deliver(args, handler)
-        except Exception as exc:
-            self._loop.call_exception_handler(
-                {"message": "anyfork RPC on_event callback failed", "exception": exc}
-            )
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -414,10 +432,10 @@ class Client(Base):
         except BaseException:
             self.abort()
             raise
-        if self._startup_error is not None or not self._ready:
-            if self._startup_error is None:
-                await self._await_exit()
-            err = self._start_failure()
+        conn = self._conn
+        if conn.state != READY:
+            returncode = None if conn.failure is not None else await self._exit_status()
+            err = conn.start_failure(returncode)
             self.abort()
             raise err
 
@@ -433,9 +451,10 @@ class Client(Base):
         Cancellation (or timeout): the worker is killed and outstanding calls fail with
         ``WorkerDiedError``; the socket is closed either way.
         """
-        if not self._closing:
-            self._closing = True
-            if self._sock is not None and not self._writing:
+        conn = self._conn
+        if not conn.closing:
+            conn.close()
+            if not self._writing:
                 self._write_now()
         try:
             if timeout is None:
@@ -443,21 +462,20 @@ class Client(Base):
             else:
                 await wait_for(asyncio.shield(self._closed_fut), timeout)
         except BaseException as exc:
-            self._kill(
+            self._condemn(
                 "aclose() timed out" if isinstance(exc, TimeoutError) else "aclose() was cancelled"
             )
             self.abort()
             raise
-        await self._await_exit()
+        if conn.returncode is None:
+            conn.returncode = await self._exit_status()
 
     def abort(self) -> None:
         """Close the connection now, without waiting: outstanding calls fail with
         ``ClosedError``; the worker sees EOF and exits after the call it is running (its reply
         is lost)."""
-        self._closing = True
         self._stop_io()
-        if self._pending:
-            self._fail_all(ClosedError("the RPC client was aborted"))
+        self._conn.abort()
         self._close_socket()
         self._set(self._ready_fut)
         self._set(self._closed_fut)

@@ -3,41 +3,29 @@ syscalls as possible.
 
 Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
 ``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
-10 MiB argument is never copied by us.  No waiting here: the clients decide when to write.
+10 MiB argument is never copied by us.  No waiting here: the drivers decide when to write, on
+the socket they pass.
 """
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from .._child import _rpc_wire as W
 from .._child._serializers import Codec
 from .._errors import EncodeError
 
-#: Most buffers handed to one sendmsg (IOV_MAX is 1024 on Linux).
-MAX_IOV = 512
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
 #: Chunks up to this size are copied into the shared outgoing bytearray: cheaper than an iovec
 #: of their own, and it lets thousands of pipelined calls leave in one syscall.
 JOIN_LIMIT = 16 << 10
 
 _HEADER = W.HEADER
-
-
-def advance(bufs: list[Any], sent: int) -> list[Any]:
-    """Drop ``sent`` bytes from the front of ``bufs`` (bytes-likes of byte format)."""
-    i = 0
-    while sent and i < len(bufs):
-        n = len(bufs[i])
-        if sent >= n:
-            sent -= n
-            i += 1
-        else:
-            bufs[i] = memoryview(bufs[i])[sent:]
-            sent = 0
-    while i < len(bufs) and not len(bufs[i]):
-        i += 1
-    return bufs[i:]
+_MAX_IOV = W.MAX_IOV
+_advance = W.advance
 
 
 def chunk_size(chunk: Any) -> int:
@@ -136,10 +124,10 @@ class Outbox:
                 if len(self.bufs) == 1:
                     sent = sock.send(self.bufs[0], flags)
                 else:
-                    sent = sock.sendmsg(self.bufs[:MAX_IOV], (), flags)
+                    sent = sock.sendmsg(self.bufs[:_MAX_IOV], (), flags)
             except (BlockingIOError, InterruptedError):
                 return
-            self.bufs = advance(self.bufs, sent)
+            self.bufs = _advance(self.bufs, sent)
 
     def drop(self) -> None:
         self.bufs = []

@@ -7,16 +7,19 @@
     await client.aclose()
 
 The layer is split by role: ``_child._rpc_wire`` (frames, sans-IO, shared with the child),
-``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_base`` (the parent's
-frame handling and bookkeeping), ``_client`` (the asyncio :class:`Client`) and ``_blocking``
-(:class:`BlockingClient`).  This module is the entry point: it configures the process, starts
-the server in it and waits for its READY.
+``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_connection`` (the
+parent's sans-IO connection: frames, calls, states), ``_outbox`` (its socket edge), and its two
+drivers, ``_client`` (the asyncio :class:`Client`) and ``_blocking`` (:class:`BlockingClient`).
+This module is the entry point: it configures the process, starts the server in it and waits
+for its READY.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -25,13 +28,15 @@ from typing import Any, Protocol
 from .._child import _rpc_wire as W
 from .._child._serializers import Codec
 from .._child._serializers import get as get_codec
+from .._child._serializers import of as codec_of
 from .._core._lineage import prepare_rpc
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, also_anyfork
 from .._util import publish
-from ._base import Backend
+from . import _blocking, _client
 from ._blocking import BlockingClient
 from ._client import Client
+from ._connection import Backend, RpcConnection
 
 __all__ = ["BlockingClient", "Client", "Serializer", "rpc", "rpc_blocking"]
 
@@ -58,7 +63,8 @@ def prime(tmpl: Process | None) -> None:
 
 
 class Serializer(Protocol):
-    """A user serialiser, named to ``rpc`` as ``"module:attr"`` (see ``anyfork._serializers``)."""
+    """A user serialiser for ``rpc(serializer=...)``: the object itself, or its ``"module:attr"``
+    name (the worker imports it by that name; see ``anyfork._child._serializers``)."""
 
     def dumps(self, obj: Any, /) -> bytes:  # Any: user values cross the serialiser boundary
         """Encode ``obj`` (lists, str-keyed dicts and the values they hold); raise on failure."""
@@ -69,11 +75,34 @@ class Serializer(Protocol):
         ...
 
 
+def serializer_ref(obj: object) -> str:
+    """The ``"module:attr"`` by which a worker imports the serialiser ``obj``: its
+    ``__module__`` and ``__qualname__`` (a class, a function-like object), else the global of
+    its class's module bound to it.  ``ValueError`` when neither names it from outside the
+    main script."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)):
+        module = type(obj).__module__
+        space = vars(sys.modules[module]) if module in sys.modules else {}
+        qualname = next((name for name, value in space.items() if value is obj), None)
+    if module not in (None, "__main__", "__mp_main__") and qualname and "<" not in qualname:
+        found: object = sys.modules.get(module)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+        if found is obj:
+            return f"{module}:{qualname}"
+    raise ValueError(
+        f"the serializer {obj!r} cannot be found by the worker: bind it to a global of a module "
+        f"the worker can import (not the main script), or pass its 'module:attr' name"
+    )
+
+
 def _prepare(
     proc: Process,
     func: Func,
     backend: str,
-    serializer: str,
+    serializer: str | Serializer,
     init: Func | None,
     concurrency: int,
     done: Func | None,
@@ -86,12 +115,20 @@ def _prepare(
             raise ValueError(f"backend is 'sync' or 'async', not {backend!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency is a positive int, not {concurrency!r}")
-        codec = get_codec(serializer)
+        if isinstance(serializer, str):
+            name, codec = serializer, get_codec(serializer)
+        elif not callable(getattr(serializer, "dumps", None)) or not callable(
+            getattr(serializer, "loads", None)
+        ):
+            raise TypeError(
+                f"serializer is a name or an object with dumps() and loads(), not {serializer!r}"
+            )
+        else:
+            name = serializer_ref(serializer)
+            codec = codec_of(name, serializer)
         init_ref = func_ref(init) if init is not None else ""
         done_ref = func_ref(done) if done is not None else ""
-        config = W.pack_config(
-            func_ref(func), backend, serializer, init_ref, concurrency, done=done_ref
-        )
+        config = W.pack_config(func_ref(func), backend, name, init_ref, concurrency, done=done_ref)
         proc.send_arg(config)
     except Exception as exc:
         raise also_anyfork(exc) from exc.__cause__
@@ -103,7 +140,7 @@ async def rpc(
     func: Func,
     *,
     backend: Backend = "sync",
-    serializer: str = "pickle",
+    serializer: str | Serializer = "pickle",
     init: Func | None = None,
     on_event: Callable[..., object] | None = None,
     on_error: Callable[[BaseException], object] | None = None,
@@ -111,6 +148,7 @@ async def rpc(
     concurrency: int = 64,
     timeout: float | None = None,
     done: Func | None = None,
+    _on_retire: Callable[[], object] | None = None,
 ) -> Client:
     """Turn ``proc`` (prepared, not yet run) into an RPC server for ``func``; return its client.
 
@@ -124,8 +162,10 @@ async def rpc(
         backend: ``"sync"`` (a blocking loop, one call at a time, no event loop in the child)
             or ``"async"`` (calls run concurrently on an asyncio loop in the child).
         serializer: ``"pickle"`` (default, protocol 5), ``"cloudpickle"``, ``"json"``,
-            ``"msgpack"``, ``"bytes"``, ``"str"``, or ``"module:attr"`` naming an object with
-            ``dumps``/``loads`` (see ``anyfork._serializers``).
+            ``"msgpack"``, ``"bytes"``, ``"str"``, or a user serialiser: an object with
+            ``dumps``/``loads`` (a :class:`Serializer`) or its ``"module:attr"`` name.  The
+            worker imports it by that name (an object passed must be a global of a module it
+            can import, or a class; else ``ValueError``).
         init: called in the child first, with the args and fds sent before.
         on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` (but
             those of a call given a handler of its own, ``client.call(..., on_event=...)``),
@@ -144,6 +184,8 @@ async def rpc(
             worker's stderr and the worker exits with status 1: ``aclose()`` still returns
             (``client.returncode`` is 1).  Not called after a broken stream, nor when the
             parent has gone while the worker was writing to it.
+        _on_retire: internal (the pools'): called, as an event would be, when the worker
+            calls ``anyfork.worker.retire()``; without it the request is ignored.
 
     Raises:
         The start-up error, as its own type and an ``AnyforkError`` both (``except
@@ -162,9 +204,12 @@ async def rpc(
     prime(proc._template)
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
-        client = Client(
-            proc, sock, codec, backend, on_event, on_error, on_close, concurrency, loop=loop
-        )
+        conn = RpcConnection(
+            codec, backend, proc.pid, functools.partial(_client.emit, loop),
+            concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
+            on_retire=_on_retire,
+        )  # fmt: skip
+        client = Client._create(proc, sock, conn, loop=loop)
     except BaseException:
         sock.close()
         raise
@@ -178,7 +223,7 @@ def rpc_blocking(
     func: Func,
     *,
     backend: Backend = "sync",
-    serializer: str = "pickle",
+    serializer: str | Serializer = "pickle",
     init: Func | None = None,
     on_event: Callable[..., object] | None = None,
     on_error: Callable[[BaseException], object] | None = None,
@@ -186,6 +231,7 @@ def rpc_blocking(
     concurrency: int = 64,
     timeout: float | None = None,
     done: Func | None = None,
+    _on_retire: Callable[[], object] | None = None,
 ) -> BlockingClient:
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -193,9 +239,12 @@ def rpc_blocking(
     prime(proc._template)
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
-        client = BlockingClient(
-            proc, sock, codec, backend, on_event, on_error, on_close, concurrency
-        )
+        conn = RpcConnection(
+            codec, backend, proc.pid, _blocking.emit,
+            concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
+            on_retire=_on_retire,
+        )  # fmt: skip
+        client = BlockingClient._create(proc, sock, conn)
     except BaseException:
         sock.close()
         raise

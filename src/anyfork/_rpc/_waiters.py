@@ -2,7 +2,7 @@
 
 ``Client`` gives each call (and each batch) an ``asyncio.Future``; the blocking client a
 ``Box``; a ``map`` one ``_map.Unit`` per frame (either client).  All three have what the frame
-handling in ``_base`` uses: ``done()``, ``set_result()``, ``set_exception()``.
+handling in ``_connection`` uses: ``done()``, ``set_result()``, ``set_exception()``.
 """
 
 from __future__ import annotations

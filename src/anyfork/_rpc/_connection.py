@@ -1,0 +1,561 @@
+"""RPC, parent side: the connection to one worker, sans-IO (no socket, clock, signal or loop).
+
+Data flow (one socket, frames from ``_rpc_wire``)::
+
+    parent                                   child (_rpc_server)
+    ------                                   -------------------
+    send_arg(config), run(serve)  ------->   init(*args), resolve func
+                                  <-------   READY (version, pid)  | FAILED (error record)
+    CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
+                                  <-------   EVENT id, ... (worker.event, any number, in order)
+                                  <-------   RETIRE (worker.retire: for the pools' _on_retire)
+                                  <-------   OK id, result  | ERROR id, error record
+    CALL_BATCH id, [args, ...]    ------->   func(*args) for each, in order
+                                  <-------   BATCH_OK id, [result, ...]
+                                           | BATCH_ERROR id, i, [result, ...i], error record
+    CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
+    (a broken stream)             ------->   (nothing more is run)
+                                  <-------   FAILED (a ProtocolError record), exit 1
+    shutdown(SHUT_WR)             ------->   finish every call, reply, exit
+                                  <-------   EOF
+
+:class:`RpcConnection` holds everything but the I/O and the waiting: the call ids, the pending
+calls (each a *waiter*: a future, a ``_waiters.Box``, a ``_map.Unit``), the abandonment policy
+(``CANCEL`` frame or the worker condemned), and the state::
+
+    STARTING --READY--> READY --close()--> CLOSING --EOF, nothing pending--> CLOSED
+        |                 |  \\--abort()--------------------------------------> CLOSED
+        |                 \\--EOF, nothing pending (the worker exited) -------> CLOSED
+        \\-- FAILED, EOF, broken stream --> BROKEN <-- broken stream, death ---/
+
+Its inputs: ``call``/``batch``/``map_send`` (queue frames: ``out`` is the data to send, which
+the driver writes), ``dec.get_buffer()`` + ``received(n)`` (the bytes read; ``0`` is EOF;
+``receive_data`` does both), ``abandon``, ``condemn``, ``close``, ``abort``, and
+``died(returncode)`` once the driver knows how a dead worker ended. Its outputs: the waiters it
+settles, the events it hands to ``emit(args, handler)`` (the driver delivers them, in order),
+and what ``received`` returns for the driver to act on: ``NEED_EXIT_STATUS`` (the worker died:
+wait for its exit status, then ``died``/``start_failure``), ``CLOSED`` (a clean end), ``BROKEN``
+(the stream broke the protocol: every call has failed), ``KILL`` from ``abandon``/``condemn``
+(SIGKILL the worker), ``FLUSH`` from ``abandon`` (a ``CANCEL`` frame to write).
+
+The drivers: ``_client`` (asyncio) and ``_blocking`` (``poll``/``recv`` under a lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from .._child import _rpc_wire as W
+from .._child._serializers import Codec
+from .._errors import (
+    AnyforkError,
+    ClosedError,
+    DecodeError,
+    ProtocolError,
+    RemoteError,
+    SpawnError,
+    WorkerDiedError,
+    describe_returncode,
+)
+from ._answers import batch_result, rebuild_record
+from ._map import MapRun, Unit
+from ._outbox import Outbox, encode
+from ._waiters import Waiter
+
+Backend = Literal["sync", "async"]
+
+STARTING, READY, CLOSING, CLOSED, BROKEN = "starting", "ready", "closing", "closed", "broken"
+
+#: What ``received``, ``abandon`` and ``condemn`` ask of the driver (``None``: nothing).
+NEED_EXIT_STATUS = "need exit status"
+KILL = "kill"
+FLUSH = "flush"
+
+_OK = W.OK
+_EVENT = W.EVENT
+_ERROR = W.ERROR
+_CANCELLED = W.CANCELLED
+_BATCH_OK = W.BATCH_OK
+_BATCH_ERROR = W.BATCH_ERROR
+
+Emit = Callable[[tuple[Any, ...], Callable[..., object]], None]
+
+
+class RpcConnection:
+    """The sans-IO state of one RPC connection (see the module docs)."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        backend: Backend,
+        pid: int | None,
+        emit: Emit,
+        *,
+        concurrency: int = 1,
+        on_event: Callable[..., object] | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+        on_close: Callable[[], object] | None = None,
+        on_retire: Callable[[], object] | None = None,
+    ):
+        self.codec = codec
+        self.backend = backend
+        self.pid = pid
+        self.state = STARTING
+        # How many calls (or batches) the worker runs at once: a map keeps them all busy.
+        self.slots = concurrency if backend == "async" else 1
+        self._emit = emit
+        self._on_event = on_event
+        self._on_error = on_error
+        self._on_close = on_close
+        self._on_retire = on_retire
+        self.dec = W.Decoder(W.TO_PARENT)
+        self.out = Outbox()
+        self.pending: dict[int, Waiter] = {}
+        # The calls given a handler of their own (on_event=), until they are answered.
+        self._handlers: dict[int, Callable[..., object]] = {}
+        # The outstanding batches: how many items each carries.
+        self._batches: dict[int, int] = {}
+        self._abandoned: set[int] = set()
+        self._next_id = 0
+        #: Why start-up failed, or why the connection broke (``BROKEN``).
+        self.failure: BaseException | None = None
+        #: Why the worker was condemned (killed): it takes no call from then on.
+        self.kill_reason: str | None = None
+        self.eof = False
+        #: ``close()`` or ``abort()`` was called: a new call is a ``ClosedError``.
+        self.closing = False
+        #: The worker ended the connection unasked, with nothing outstanding (it exited).
+        self.exited = False
+        self.returncode: int | None = None
+        self._unreported: BaseException | None = None
+
+    # -- facts --------------------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.state == READY and self.kill_reason is None and not self.eof
+
+    @property
+    def io_done(self) -> bool:
+        """Nothing more is read or written: the driver closes the socket."""
+        return self.state in (CLOSED, BROKEN)
+
+    def check_usable(self) -> None:
+        """Raise why a new call cannot be sent (nothing is sent then)."""
+        if self.state == READY and self.kill_reason is None:
+            return
+        exc = self.failure
+        if self.state == BROKEN and exc is not None:
+            if isinstance(exc, WorkerDiedError):
+                raise WorkerDiedError(str(exc), exc.pid, exc.returncode) from exc
+            raise ClosedError(f"the RPC connection failed: {exc}") from exc
+        if self.closing:
+            raise ClosedError("the RPC client has been closed")
+        if self.kill_reason is not None:
+            # Condemned: its SIGKILL is on its way (or done), and a call sent now would die with
+            # it.
+            raise WorkerDiedError(
+                f"the RPC worker (pid {self.pid}) has been killed because {self.kill_reason}; "
+                f"the call was not sent",
+                self.pid,
+                self.returncode,
+            )
+        if self.exited:
+            # The worker ended the connection by itself (it exited, or was killed) while idle.
+            how = describe_returncode(self.returncode)
+            raise WorkerDiedError(
+                f"the RPC worker (pid {self.pid}) has exited ({how}); the call was not sent",
+                self.pid,
+                self.returncode,
+            )
+        raise ClosedError("the RPC client has been closed")
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def _register(self, waiter: Waiter, on_event: Callable[..., object] | None) -> int:
+        """A new call id, its waiter and its handler (if it has one of its own)."""
+        cid = self._next_id
+        pending = self.pending
+        while True:
+            cid = cid + 1 if cid < W.MAX_ID else 1
+            if cid not in pending and cid not in self._abandoned:
+                break
+        self._next_id = cid
+        pending[cid] = waiter
+        if on_event is not None:
+            self._handlers[cid] = on_event
+        return cid
+
+    def call(
+        self,
+        waiter: Waiter,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        on_event: Callable[..., object] | None,
+    ) -> int:
+        """Check, encode and queue a call (``EncodeError`` or why the connection cannot take
+        it: nothing is queued then); ``waiter`` gets its outcome; its id."""
+        if self.state != READY or self.kill_reason is not None:
+            self.check_usable()
+        chunks, size = encode(self.codec, args, kwargs)
+        # _register inlined: the hot path of every call.
+        cid = self._next_id
+        pending = self.pending
+        while True:
+            cid = cid + 1 if cid < W.MAX_ID else 1
+            if cid not in pending and cid not in self._abandoned:
+                break
+        self._next_id = cid
+        pending[cid] = waiter
+        if on_event is not None:
+            self._handlers[cid] = on_event
+        self.out.queue(W.CALL, cid, chunks, size)
+        return cid
+
+    def batch(
+        self,
+        waiter: Waiter,
+        columns: list[list[Any]],
+        on_event: Callable[..., object] | None,
+    ) -> int:
+        """Check, encode and queue a batch, its arguments by column (``_batching.check_columns``);
+        ``waiter`` gets its :class:`BatchResult`; its id."""
+        self.check_usable()
+        chunks, size = encode(self.codec, (), {}, columns)
+        cid = self._register(waiter, on_event)
+        self._batches[cid] = len(columns[0])
+        self.out.queue(W.CALL_BATCH, cid, chunks, size)
+        return cid
+
+    def map_send(self, run: MapRun) -> None:
+        """Queue the frames ``run`` wants sent now.  A frame that cannot be sent (an argument
+        that cannot be encoded, a connection no longer usable) is the map's failure at its
+        first item."""
+        while (unit := run.next_unit()) is not None:
+            try:
+                if unit.n == 1:
+                    self.call(unit, run.args(unit), {}, None)
+                else:
+                    self.batch(unit, run.batch(unit), None)
+            except AnyforkError as exc:
+                run.unsent(unit, exc)
+                return
+
+    def abandon_map(self, run: MapRun, why: str) -> str | None:
+        """Abandon every frame of ``run`` still outstanding (see :meth:`abandon`)."""
+        action = None
+        for cid, waiter in list(self.pending.items()):
+            if type(waiter) is Unit and waiter.run is run:
+                action = self.abandon(cid, why) or action
+        return action
+
+    def abandon(self, cid: int, why: str) -> str | None:
+        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled", "timed out
+        after 2 s"...).  ``FLUSH``: a ``CANCEL`` frame is queued (async backend); ``KILL``: the
+        worker is condemned (sync backend: a running Python function cannot be interrupted
+        safely), the driver kills it."""
+        if self.pending.pop(cid, None) is None:
+            return None
+        if self._batches:
+            self._batches.pop(cid, None)
+        if cid in self._handlers:
+            # Its caller gave up on it: what it still says is for nobody (not for the client's
+            # on_event, which never asked for this call's events).
+            self._handlers[cid] = _ignore
+        if self.io_done or self.eof:
+            return None
+        # Its answer may be on its way already (even read, in a frame not handled yet): when it
+        # comes, it is dropped, not taken for a broken stream.
+        self._abandoned.add(cid)
+        if self.backend == "async":
+            self.out.queue(W.CANCEL, cid, [], 0)
+            return FLUSH
+        return self.condemn(f"call {cid} {why}")
+
+    def condemn(self, reason: str) -> str | None:
+        """Condemn the worker, once: from here on it takes no call, and the calls it owes fail
+        with ``WorkerDiedError`` naming ``reason`` once its death is seen.  ``KILL``: the driver
+        kills it now."""
+        if self.kill_reason is not None or self.pid is None or self.eof or self.io_done:
+            return None
+        self.kill_reason = reason
+        return KILL
+
+    def close(self) -> None:
+        """No new calls; the driver shuts down the write side once ``out`` is empty."""
+        self.closing = True
+        if self.state in (STARTING, READY):
+            self.state = CLOSING
+
+    @property
+    def wants_shutdown(self) -> bool:
+        """``True`` when the driver should shut down its write side now."""
+        return self.state == CLOSING and not self.eof and not self.out.has_output()
+
+    def abort(self) -> None:
+        """Close now: outstanding calls fail with ``ClosedError``."""
+        self.closing = True
+        if self.pending:
+            self._fail_all(ClosedError("the RPC client was aborted"))
+        if self.state != BROKEN:
+            self.state = CLOSED
+        self.out.drop()
+
+    # -- frames ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> str | None:
+        """:meth:`received` for bytes read elsewhere (``b""``: EOF)."""
+        if data:
+            self.dec.receive(data)
+        return self.received(len(data), fed=True)
+
+    def received(self, n: int, *, fed: bool = False) -> str | None:
+        """``n`` bytes were read into ``dec.get_buffer()`` (``0``: EOF; ``fed``: given to the
+        decoder already): handle every complete frame.
+
+        The one receive boundary of the connection: every decoding error (a bad header, a bad
+        ``READY``, a broken error record, an answer to no call) fails it with ``ProtocolError``
+        naming the worker (``BROKEN``).  A frame cut by EOF is not one: the worker died writing
+        it (``NEED_EXIT_STATUS``).  A frame is taken from the decoder only when it is handled,
+        so an exception from a handler (a blocking client's ``on_event``) loses no frame."""
+        if not fed or not n:
+            self.dec.buffer_updated(n)
+        eof = not n
+        next_frame = self.dec.next_frame
+        handle = self._handle
+        try:
+            while (frame := next_frame()) is not None:
+                handle(*frame)
+        except W.TruncatedError:
+            eof = True
+        except _Stopped as stopped:
+            return self._broken(stopped.err)
+        except W.RpcWireError as exc:
+            err = ProtocolError(f"the RPC worker (pid {self.pid}) sent a broken stream: {exc}")
+            err.__cause__ = exc.__cause__
+            return self._broken(err)
+        if not eof or self.io_done:
+            return None
+        self.eof = True
+        if self.pending or self.state == STARTING:
+            return NEED_EXIT_STATUS
+        if self.state == READY:
+            self.exited = True
+        self.state = CLOSED
+        if self._on_close is not None:
+            self._on_close()
+        return CLOSED
+
+    def read_failed(self, exc: OSError) -> str:
+        err = ProtocolError(f"reading from the RPC worker (pid {self.pid}) failed: {exc}")
+        err.__cause__ = exc
+        return self._broken(err)
+
+    def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
+        if kind == _OK:  # the hot path first
+            if self._handlers or self._batches:
+                self._answered(cid, False)
+            waiter = self.pending.pop(cid, None)
+            if waiter is None or waiter.done():
+                self._unexpected(cid, waiter)
+                return
+            try:
+                value = self.codec.load_value(payload)
+            except Exception as exc:
+                err = DecodeError(f"cannot decode the result: {type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                waiter.set_exception(err)
+                return
+            waiter.set_result(value)
+            return
+        if kind == _EVENT:
+            try:
+                args = self.codec.load_event(payload)
+            except Exception as exc:
+                err = DecodeError(f"cannot decode an event: {type(exc).__name__}: {exc}", "parent")
+                self.report(err)
+                return
+            handlers = self._handlers
+            handler = handlers.get(cid) if handlers else None
+            target = self._on_event if handler is None else handler
+            if target is None:
+                self.report(ProtocolError("event received, but no on_event handler"))
+                return
+            self._emit(args, target)
+            return
+        if kind in (_BATCH_OK, _BATCH_ERROR):
+            self._batch_answer(kind, cid, payload)
+            return
+        if kind in (_ERROR, _CANCELLED):
+            self._answered(cid, None)
+            waiter = self.pending.get(cid)
+            if waiter is None or waiter.done():
+                self._unexpected(cid, self.pending.pop(cid, None))
+                return
+            if kind == _ERROR:
+                # Rebuilt before the call leaves pending: a broken record fails the connection,
+                # and with it this call too.
+                context = f"(raised in anyfork RPC worker pid {self.pid})"
+                failure = rebuild_record(payload, context, ours=False)
+            else:
+                failure = RemoteError("the call was cancelled in the worker")
+            del self.pending[cid]
+            waiter.set_exception(failure)
+            return
+        if kind == W.RETIRE:
+            if self._on_retire is not None:  # else a plain client: nobody asked for it
+                self._emit((), self._on_retire)
+            return
+        if self.state == STARTING and kind in (W.READY, W.FAILED):
+            self._first_frame(kind, payload)
+            return
+        if kind == W.FAILED and self.state != STARTING:
+            # The worker's word that our stream broke the protocol (it stops).
+            context = f"(from anyfork RPC worker pid {self.pid})"
+            stopped = rebuild_record(payload, context, ours=True)
+            halt = ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}")
+            halt.__cause__ = stopped
+            raise _Stopped(halt)
+        if kind == W.READY and self.state != STARTING and self.failure is None:
+            raise W.RpcWireError("a second READY")
+        raise W.RpcWireError(f"unexpected frame {kind:#x}")
+
+    def _answered(self, cid: int, batch: bool | None) -> int | None:
+        """Call ``cid`` is answered (``batch``: by a batch's answer, a single call's, either):
+        forget its handler; return its item count if it is an outstanding batch.  An answer of
+        the wrong kind for an outstanding call breaks the stream."""
+        if self._handlers:
+            self._handlers.pop(cid, None)
+        n = self._batches.pop(cid, None) if self._batches else None
+        if batch is not None and (n is not None) is not batch and cid in self.pending:
+            what = "a batch" if batch else "a single call"
+            raise W.RpcWireError(f"an answer as {what} to call {cid}, which is not one")
+        return n
+
+    def _batch_answer(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
+        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`.  The call
+        leaves ``pending`` only once its answer is known good: a broken one fails the
+        connection, and with it this call too."""
+        n = self._answered(cid, True)
+        waiter = self.pending.get(cid)
+        if waiter is None or waiter.done() or n is None:
+            self._unexpected(cid, self.pending.pop(cid, None))
+            return
+        try:
+            result = batch_result(self.codec, kind, payload, n, self.pid)
+        except DecodeError as err:
+            del self.pending[cid]
+            waiter.set_exception(err)
+            return
+        del self.pending[cid]
+        waiter.set_result(result)
+
+    def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
+        """``READY``, or ``FAILED``: the start-up error."""
+        if kind == W.READY:
+            version, pid = W.parse_ready(bytes(payload))
+            if version != W.VERSION:
+                mismatch = W.version_mismatch(W.VERSION, version)
+                self._start_failed(ProtocolError(f"{mismatch} (pid {pid})"))
+                return
+            self.state = READY
+            self.pid = pid
+            return
+        context = f"(anyfork RPC worker pid {self.pid} failed to start)"
+        self._start_failed(rebuild_record(payload, context, ours=True))
+
+    def _start_failed(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.state = BROKEN
+
+    def _unexpected(self, cid: int, waiter: Waiter) -> None:
+        """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
+        if waiter is not None:
+            return  # its caller gave up (a timeout) just before the reply arrived
+        if cid in self._abandoned:
+            self._abandoned.discard(cid)
+            return
+        raise W.RpcWireError(f"an answer to call {cid}, which is not outstanding")
+
+    def report(self, exc: BaseException) -> None:
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def _broken(self, err: ProtocolError) -> str:
+        """The stream broke the protocol: fail every call; ``on_error`` is told once the driver
+        has closed its socket (before ``READY``, ``rpc()`` raises it instead)."""
+        started = self.state != STARTING
+        if started and self.state != BROKEN:
+            self._fail_all(err)
+            self._unreported = err
+        elif not started:
+            self._start_failed(err)
+        self.state = BROKEN
+        self.out.drop()
+        return BROKEN
+
+    def died(self, returncode: int | None) -> WorkerDiedError:
+        """The driver knows how the worker that ended the connection with calls outstanding
+        ended (``None``: it could not learn it): fail them; ``on_error`` is told once the
+        driver has closed its socket."""
+        self.returncode = returncode
+        how = describe_returncode(returncode)
+        if not self.dec.at_boundary():
+            how += ", in the middle of a frame"
+        reason = f": it was killed because {self.kill_reason}" if self.kill_reason else ""
+        err = WorkerDiedError(
+            f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
+            self.pid,
+            returncode,
+        )
+        self._fail_all(err)
+        self.state = BROKEN
+        self.out.drop()
+        self._unreported = err
+        return err
+
+    def io_closed(self) -> None:
+        """The driver has closed its socket: tell ``on_error`` why, if the connection failed."""
+        self.out.drop()
+        err, self._unreported = self._unreported, None
+        if err is not None:
+            self.report(err)
+
+    def start_failure(self, returncode: int | None) -> BaseException:
+        """Why start-up failed: the worker's own error, else its death (``returncode``: how it
+        ended, as far as the driver could learn)."""
+        self.returncode = returncode
+        if self.failure is None:
+            how = describe_returncode(returncode)
+            self.failure = SpawnError(
+                f"the RPC worker (pid {self.pid}) exited during start-up ({how})"
+            )
+        self.state = BROKEN
+        return self.failure
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.failure = exc
+        pending, self.pending = self.pending, {}
+        self._abandoned.clear()
+        self._handlers.clear()
+        self._batches.clear()
+        for waiter in pending.values():
+            if not waiter.done():
+                if isinstance(exc, WorkerDiedError):
+                    waiter.set_exception(WorkerDiedError(str(exc), exc.pid, exc.returncode))
+                else:
+                    waiter.set_exception(exc)
+
+
+class _Stopped(Exception):
+    """The worker reported that our stream broke the protocol: ``err`` says so."""
+
+    def __init__(self, err: ProtocolError):
+        self.err = err
+
+
+def _ignore(*args: object) -> None:
+    """The handler of an abandoned call that had one of its own."""

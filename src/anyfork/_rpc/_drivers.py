@@ -1,0 +1,84 @@
+"""RPC, parent side: what both drivers of a connection (``_client``, ``_blocking``) share: one
+read into the connection, the kill of a condemned worker, how long to wait for a dead worker's
+exit status, and the facts a client tells about itself."""
+
+from __future__ import annotations
+
+from .._errors import AnyforkError
+from ._connection import READY, RpcConnection
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+    from .._core._process import Process
+
+#: What ``recv_some`` returns when there was nothing to read.
+WOULD_BLOCK = "would block"
+#: How long a driver waits for a dead worker's exit status (its template, or the reaper, has
+#: it soon: the worker's end of the socket is closed, so it is exiting).
+EXIT_STATUS_WAIT = 5.0
+#: What ``Process.wait`` raises when the exit status cannot be learnt (in time, or at all: a
+#: template gone, a process adopted): the calls must fail all the same, never hang.
+EXIT_UNKNOWN = (TimeoutError, ChildProcessError, OSError, AnyforkError)
+
+
+def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | None:
+    """One read into ``conn``, which handles every complete frame: what it asks of the driver
+    (``RpcConnection.received``), or ``WOULD_BLOCK``."""
+    buf = conn.dec.get_buffer()
+    try:
+        n = sock.recv_into(buf, 0, flags)
+    except (BlockingIOError, InterruptedError):
+        return WOULD_BLOCK
+    except ConnectionResetError:
+        n = 0
+    except OSError as exc:
+        return conn.read_failed(exc)
+    finally:
+        buf.release()
+    return conn.received(n)
+
+
+def kill(proc: Process) -> None:
+    """SIGKILL a condemned worker (``Process.kill``: never a pid that may have been reused)."""
+    try:
+        proc.kill()
+    except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
+        pass
+
+
+class Facts:
+    """What both clients say about their connection (``_conn``), read-only."""
+
+    __slots__ = ()
+    _conn: RpcConnection
+
+    def __repr__(self) -> str:
+        conn = self._conn
+        state = "open" if conn.state == READY else conn.state
+        return f"<anyfork.{type(self).__name__} pid={conn.pid} {conn.backend} {state}>"
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid."""
+        return self._conn.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The worker's exit status once the client has learnt it (after ``aclose()``/
+        ``close()``, or its death), else ``None``."""
+        return self._conn.returncode
+
+    @property
+    def usable(self) -> bool:
+        """``True`` while the client takes new calls: open, not closing, its connection not
+        failed, and its worker not condemned (a sync-backend worker is killed when a call it
+        runs is abandoned, and takes no call after that decision)."""
+        return self._conn.usable
+
+    @property
+    def batchable(self) -> bool:
+        """``True`` if the serialiser can carry a batch of calls (all but ``"bytes"`` and
+        ``"str"``, which carry exactly one value): ``map`` batches only then."""
+        return self._conn.codec.batches
