@@ -66,8 +66,10 @@ def template(*modules: str) -> Process:
         modules: module names to import in the template after joblib's.
 
     Raises:
-        TypeError: a name that is not a non-empty ``str``.  A module that cannot be imported
-        fails the first worker's start (``ModuleNotFoundError``, also an ``AnyforkError``).
+        TypeError: a name that is not a non-empty ``str``.
+
+    A module that cannot be imported fails the first worker's start instead (with
+    ``ModuleNotFoundError``, also an ``AnyforkError``).
     """
     return new().require(*PRELOAD, *modules)
 
