@@ -32,6 +32,10 @@ COLOURS = {
 }
 
 
+#: Line colours of the peers in a line chart (none of them anyfork's blue).
+PEER_LINES = ["#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+
+
 class Unreadable(Exception):
     """A results file whose tables this script does not recognise."""
 
@@ -219,6 +223,7 @@ def chart_rpc(plt: Any, text: str, out: Path) -> None:
 def chart_pool(plt: Any, text: str, out: Path) -> None:
     sizes, rows, source = parse_pool(text)
     fig, ax = _figure(plt, 4.2)
+    others = iter(PEER_LINES * 2)
     for label, values in rows.items():
         points = [(n, v) for n, v in zip(sizes, values, strict=False) if v is not None]
         if not points:
@@ -226,7 +231,7 @@ def chart_pool(plt: Any, text: str, out: Path) -> None:
         fam = family(label)
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o", label=label, lw=2.5 if fam == "anyfork" else 1.2,
-                color=COLOURS[fam] if fam != "peer" else None)  # fmt: skip
+                color=COLOURS[fam] if fam != "peer" else next(others))  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sizes, [str(n) for n in sizes])

@@ -83,7 +83,7 @@ def test_wheel_and_sdist_carry_the_version_and_py_typed(dist: Path) -> None:
     sdist = one(dist, f"anyfork-{anyfork.__version__}.tar.gz")
     with tarfile.open(sdist) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
-    assert {"src/anyfork/py.typed", "CHANGELOG.md", "pyproject.toml"} <= members
+    assert {"src/anyfork/py.typed", "CHANGELOG.md", "pyproject.toml", "mkdocs.yml"} <= members
     assert not any(".venv" in m or m.startswith("bench/results") for m in members)
 
 
