@@ -1,5 +1,7 @@
 # Every target bootstraps .venv by itself, so a fresh clone needs nothing but python3 >= 3.10.
 PYTHON ?= python3
+# bash, so that `make bench` keeps a bench's failure through `| tee` (set -o pipefail)
+SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -39,14 +41,17 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Processes, RPC and pools, each side by side with its peers in one run (about 3 minutes).
+# Processes, RPC and pools, each side by side with its peers in one run (several minutes),
+# then the charts of docs/plots/ from the results in bench/results/.
 bench: $(BENCH_STAMP)
 	$(PY) bench/setup.py
 	$(PY) bench/rpc_setup.py
 	$(PY) bench/run.py
 	$(PY) -m bench.fork_cost
-	$(PY) bench/rpc.py
-	$(PY) bench/pool.py
+	mkdir -p bench/results
+	set -o pipefail; $(PY) bench/rpc.py | tee bench/results/rpc.txt
+	set -o pipefail; $(PY) bench/pool.py | tee bench/results/pool.txt
+	$(PY) bench/memory.py
 	$(PY) bench/joblib_bench.py
 	$(PY) bench/plots.py
 
