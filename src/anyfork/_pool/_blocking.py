@@ -321,6 +321,8 @@ class PoolExecutor(_Face, cf.Executor):
             setup=None if initializer is None else (initializer, tuple(initargs)),
             **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
+        # The size code written for the standard library's executors reads (Dask does).
+        self._max_workers = self._engine.settings.max
 
     def __repr__(self) -> str:
         engine = self._engine
