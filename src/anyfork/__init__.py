@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._errors import EncodeError as EncodeError
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RemoteError as RemoteError
+    from ._errors import RemoteHostError as RemoteHostError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
     from ._errors import SpawnError as SpawnError
@@ -48,6 +49,7 @@ _LAZY = {
     "EncodeError": "_errors",
     "ProtocolError": "_errors",
     "RemoteError": "_errors",
+    "RemoteHostError": "_errors",
     "RemoteTraceback": "_errors",
     "SerializationError": "_errors",
     "SpawnError": "_errors",

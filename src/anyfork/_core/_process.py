@@ -395,6 +395,11 @@ class Process(ProcessProtocol):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _where(self) -> str:
+        """Hook for ``anyfork.remote``: what errors about this process add after its pid (the
+        host it runs on, and whether the connection to it is lost); nothing for a local one."""
+        return ""
+
     def _check_open(self) -> None:
         if self._state == _HANDED:
             raise ClosedError("this process has already run (or been handed over with to_fh)")

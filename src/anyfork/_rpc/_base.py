@@ -29,7 +29,6 @@ stands for a call's future where there is none, in ``_waiters``; a map's bookkee
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -245,7 +244,7 @@ class Base:
             return
         self._kill_reason = reason
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            self._proc.kill(signal.SIGKILL)  # (a remote process is killed by its host)
         except ProcessLookupError:
             pass
 
@@ -468,7 +467,9 @@ class Base:
         if self._startup_error is not None:
             return self._startup_error
         how = describe_returncode(self.returncode)
-        return SpawnError(f"the RPC worker (pid {self.pid}) exited during start-up ({how})")
+        return SpawnError(
+            f"the RPC worker (pid {self.pid}{self._proc._where()}) exited during start-up ({how})"
+        )
 
     def _died(self) -> WorkerDiedError:
         how = describe_returncode(self.returncode)
@@ -476,7 +477,8 @@ class Base:
             how += ", in the middle of a frame"
         reason = f": it was killed because {self._kill_reason}" if self._kill_reason else ""
         return WorkerDiedError(
-            f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
+            f"the RPC worker (pid {self.pid}{self._proc._where()}) died with calls outstanding "
+            f"({how}){reason}",
             self.pid,
             self.returncode,
         )

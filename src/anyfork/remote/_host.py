@@ -1,0 +1,647 @@
+"""``Host``: one ssh connection to a remote host, and the processes made there.
+
+Connecting (``_connect_op``, run by ``_drive.drive_async`` or ``drive_blocking``, so both faces
+share every step)::
+
+    parent                                       ssh master (our child)        remote host
+    ------                                       ----------------------        -----------
+    LOCAL = mkdtemp (0700): the control socket, the forward, ssh's log
+    spawn ssh -M -S LOCAL/c ... -- DEST 'exec python3 -c BOOTSTRAP', its stdin and stdout a
+    socketpair (ours)                            connects, authenticates ----> BOOTSTRAP
+    "anyfork-boot 1 3.11.7"  <--------------------------------------------------  version
+    12 digits, the loader, the archive  ------------------------------------->  _boot.load
+    "anyfork-ready 1 2 PID DIR"  <---------------------------------------------  _agent.main
+    ssh -S LOCAL/c -O forward -L LOCAL/a:DIR/agent.sock  (one short ssh run, ~10 ms)
+
+READY implies the master listens on its control socket: ssh starts listening before it opens
+the session whose output carries READY.  Then every ``new_exec()``/``new()`` is one
+``connect()`` to ``LOCAL/a``, which the master turns into a channel to the agent's socket (no
+TCP, no key exchange), and the process's command stream follows on it.
+
+Closing (``_close_op``): everything queued for the agent is written, then EOF on its stdin; it
+kills every process it made, removes its directory and says RUNNING (its last report); then the
+master is ended (SIGTERM) and reaped, and ``LOCAL`` removed.  The parent exiting or being killed
+closes our end of the socketpair, which is the same EOF for the agent; so is a lost connection.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from types import TracebackType
+
+from .._child import _wire
+from .._core import _reaper, _spawn
+from .._core._channel import READ, WRITE, Channel, Op, Wait
+from .._core._drive import drive_async, drive_blocking
+from .._errors import ClosedError, RemoteHostError
+from . import _boot, _ssh
+from ._agent import CONTROL, EXEC, NEW
+from ._process import AgentProcess, RemoteProcess
+
+__all__ = ["Host"]
+
+#: The most bytes the remote side may print before the bootstrap's line (a login banner...).
+_MAX_JUNK = 64 << 10
+#: How long the parent waits for ssh to exit once its stdout has closed (an OS fact: polled).
+_EXIT_WAIT = 2.0
+
+_payload: bytes | None = None
+
+
+class Connection:
+    """One connection to a host: the ssh master, the private directory, the agent."""
+
+    def __init__(self, destination: str):
+        self.destination = destination
+        self.creator = os.getpid()
+        self.local = _local_dir()
+        self.control = os.path.join(self.local, "c")
+        self.log = os.path.join(self.local, "log")
+        self.forward = os.path.join(self.local, "a")
+        self.ssh_pid = 0
+        self.helpers: list[int] = []  # short ssh runs (-O forward) while they run
+        #: ssh's stdin and stdout: the session's, then the agent's lifeline (its EOF ends it).
+        self.session: Channel | None = None
+        #: The agent's control connection (commands, reports; its EOF: the agent is gone).
+        self.agent: AgentProcess | None = None
+        self.python_version = ""
+        self.remote_dir = ""
+
+    def ssh_returncode(self) -> int | None:
+        return _reaper.returncode(self.ssh_pid) if self.ssh_pid else None
+
+    def ssh_ended(self) -> bool:
+        """ssh has exited (or is exiting: its end of our socketpair is closed)."""
+        if self.ssh_returncode() is not None:
+            return True
+        session = self.session
+        if session is None or session.sock is None:
+            return False
+        try:
+            return session.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
+    def loss(self) -> RemoteHostError:
+        """The error for a connection that is gone: ssh ended, or the agent did."""
+        dest = self.destination
+        said = _ssh.log_tail(self.log)
+        if self.ssh_ended():
+            code = self.ssh_returncode()
+            how = "ssh has exited" if code is None else f"ssh exited with status {code}"
+            why = f"{how}: {said}" if said else how
+        else:
+            failure = self.agent._failure if self.agent is not None else None
+            why = "the anyfork agent there has gone, with every process it made"
+            if failure is not None and not isinstance(failure, RemoteHostError):
+                why += f" (it failed: {failure})"
+        return RemoteHostError(f"the connection to {dest!r} was lost ({why})", dest)
+
+    def abandon(self) -> None:
+        """Let go at once, without waiting for anything: close our end (the agent's EOF), end
+        ssh, remove the local directory.  Only in the process that connected (a forked copy
+        of the program must not touch its parent's connection)."""
+        if os.getpid() != self.creator:
+            return
+        for chan in (self.agent._chan if self.agent is not None else None, self.session):
+            if chan is not None:
+                chan.close()
+        for pid in (*self.helpers, self.ssh_pid):
+            if pid and _reaper.returncode(pid) is None:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(self.local, ignore_errors=True)
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def connect_op(self, host: Host) -> Op[None]:
+        """Start ssh, bring the agent up, set up the forward (see the module docstring)."""
+        dest = self.destination
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = _ssh.master_argv(
+                host._ssh,
+                host._ssh_options,
+                dest,
+                self.control,
+                self.log,
+                host._python,
+                host.connect_timeout,
+            )
+            self.ssh_pid = _ssh.spawn(argv, theirs.fileno(), dest)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        _reaper.watch(self.ssh_pid)
+        chan = self.session = Channel(ours)
+
+        line, junk = yield from _read_line(chan, (_boot.BOOT_LINE,))
+        if line is None:
+            raise (yield from self._failed(host, junk))
+        words = line.split()
+        version = words[2].decode() if len(words) == 3 else "?"
+        if words[1:2] != [str(_boot.PROTOCOL).encode()]:
+            raise RemoteHostError(
+                f"cannot start anyfork on {dest!r}: the bootstrap speaks another protocol "
+                f"({line!r})",
+                dest,
+            )
+        self.python_version = version
+        if tuple(int(p) for p in version.split(".")[:2]) < _boot.MIN_PYTHON:
+            yield from _exit_status(self.ssh_pid)
+            raise _ssh.too_old(dest, host._python, version)
+
+        chan.queue(_bootstrap_payload())
+        try:
+            while not chan.flush_nowait():
+                yield Wait(WRITE, chan)
+        except OSError:
+            raise (yield from self._failed(host, junk)) from None
+
+        line, junk = yield from _read_line(chan, (_boot.READY_LINE, _boot.FAILED_LINE))
+        if line is None:
+            raise (yield from self._failed(host, junk))
+        if line.startswith(_boot.FAILED_LINE):
+            why = line[len(_boot.FAILED_LINE) :].decode("utf-8", "replace").strip()
+            raise RemoteHostError(f"cannot start anyfork on {dest!r}: {why}", dest)
+        words = line[len(_boot.READY_LINE) :].rstrip(b"\n").split(b" ", 3)
+        expected = [str(_boot.PROTOCOL).encode(), str(_wire.VERSION).encode()]
+        if len(words) != 4 or words[:2] != expected:
+            raise RemoteHostError(
+                f"cannot start anyfork on {dest!r}: the agent answered {line!r}, expected "
+                f"protocol {_boot.PROTOCOL} and command protocol {_wire.VERSION}",
+                dest,
+            )
+        agent_pid = int(words[2])
+        self.remote_dir = os.fsdecode(words[3])
+        yield from self._forward_op(host)
+        self.agent = AgentProcess(self.open(CONTROL), agent_pid, self)
+
+    def open(self, request: int) -> Channel:
+        """A new connection to the agent (through the forward), its request queued first."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.forward)
+        except OSError as exc:
+            sock.close()
+            if self.agent is not None and self.agent.is_lost():
+                raise self.loss() from exc
+            raise RemoteHostError(
+                f"cannot reach the agent on {self.destination!r} through ssh: {exc}",
+                self.destination,
+            ) from exc
+        chan = Channel(sock)
+        chan.queue(_wire.frame(request))
+        try:
+            chan.flush_nowait()
+        except OSError:
+            pass  # gone already: the first wait says how
+        return chan
+
+    def _forward_op(self, host: Host) -> Op[None]:
+        remote = os.path.join(self.remote_dir, "agent.sock")
+        argv = _ssh.forward_argv(
+            host._ssh, host._ssh_options, self.destination, self.control, self.forward, remote
+        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = _ssh.spawn(argv, theirs.fileno(), self.destination)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.helpers.append(pid)
+        _reaper.watch(pid)
+        chan = Channel(ours)
+        said = b""
+        try:
+            while True:
+                try:
+                    data = ours.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    yield Wait(READ, chan)
+                    continue
+                if not data:
+                    break
+                said = (said + data)[-2000:]
+        finally:
+            chan.close()
+        code = yield from _exit_status(pid)
+        self.helpers.remove(pid)
+        if code != 0:
+            text = said.decode("utf-8", "replace").strip() or _ssh.log_tail(self.log)
+            raise RemoteHostError(
+                f"cannot connect to {self.destination!r}: ssh could not forward the agent's "
+                f"socket (status {code}: {text})",
+                self.destination,
+            )
+
+    def _failed(self, host: Host, junk: bytes) -> Op[RemoteHostError]:
+        """The error for an ssh that ended before the agent was up."""
+        code = yield from _exit_status(self.ssh_pid)
+        return _ssh.failure(self.destination, code, self.log, host._python, junk)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close_op(self, timeout: float) -> Op[None]:
+        """EOF to the agent, its last reports, then the end of ssh (see the module docstring)."""
+        until = time.monotonic() + timeout
+        agent, session = self.agent, self.session
+        try:
+            chan = agent._chan if agent is not None else None
+            if agent is not None and chan is not None and chan.sock is not None:
+                try:
+                    while not chan.flush_nowait():
+                        if not (yield Wait(WRITE, chan, until)):
+                            break
+                    chan.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # gone already
+                while chan.readable():
+                    agent._receive()  # up to RUNNING, the agent's last word (or EOF)
+                    if not chan.readable() or not (yield Wait(READ, chan, until)):
+                        break
+            if self.ssh_pid and _reaper.returncode(self.ssh_pid) is None:
+                try:
+                    os.kill(self.ssh_pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                # ssh exiting closes its stdin and stdout: our socket's EOF.
+                while session is not None and session.sock is not None:
+                    try:
+                        if not session.sock.recv(4096):
+                            break
+                    except (BlockingIOError, InterruptedError):
+                        if not (yield Wait(READ, session, until)):
+                            break
+                    except OSError:
+                        break
+                if (yield from _exit_status(self.ssh_pid)) is None:
+                    os.kill(self.ssh_pid, signal.SIGKILL)
+        finally:
+            self.abandon()
+
+
+def _local_dir() -> str:
+    """A private local directory with a short path (unix socket paths are ~100 bytes at most,
+    and ssh adds a 17-byte suffix to the control socket's while it creates it)."""
+    base = tempfile.mkdtemp(prefix="anyfork-ssh-")
+    if len(base) > 80:
+        os.rmdir(base)
+        base = tempfile.mkdtemp(prefix="anyfork-ssh-", dir="/tmp")
+    return base
+
+
+def _read_line(chan: Channel, prefixes: tuple[bytes, ...]) -> Op[tuple[bytes | None, bytes]]:
+    """Read lines until one starts with one of ``prefixes``; return it and what came before it
+    (``None`` and that at EOF).  Never reads past that line's newline: what follows is not
+    ours to read here."""
+    sock = chan.sock
+    assert sock is not None
+    junk = bytearray()
+    line = bytearray()
+    while True:
+        try:
+            data = sock.recv(4096, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            yield Wait(READ, chan)
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            return None, bytes(junk + line)
+        end = data.find(b"\n")
+        line += sock.recv(len(data) if end < 0 else end + 1)
+        if not line.endswith(b"\n"):
+            continue
+        if line.startswith(prefixes):
+            return bytes(line), bytes(junk)
+        junk += line
+        line.clear()
+        if len(junk) > _MAX_JUNK:
+            raise RemoteHostError(
+                f"the remote side printed more than {_MAX_JUNK} bytes before anyfork's "
+                f"bootstrap answered: {bytes(junk[:200])!r}..."
+            )
+
+
+def _exit_status(pid: int) -> Op[int | None]:
+    """The exit status of a child whose stdout has closed (it is exiting): bounded polling for
+    the OS to say (timer waits, which the asyncio driver sleeps without blocking the loop)."""
+    until = time.monotonic() + _EXIT_WAIT
+    while (code := _reaper.returncode(pid)) is None and time.monotonic() < until:
+        yield Wait(READ, None, min(until, time.monotonic() + 0.002))
+    return code
+
+
+def _bootstrap_payload() -> bytes:
+    """What the parent sends after the bootstrap's line: the loader (stage 2), then the
+    archive: the child side (``anyfork``, ``anyfork.worker``, ``anyfork._child``), the agent,
+    and the settings it needs.  Built once."""
+    global _payload
+    if _payload is None:
+        root = importlib.resources.files("anyfork")
+        child = root.joinpath("_child")
+        files = [
+            ("anyfork/__init__.py", root.joinpath("__init__.py")),
+            ("anyfork/worker.py", root.joinpath("worker.py")),
+            *(
+                (f"anyfork/_child/{entry.name}", entry)
+                for entry in sorted(child.iterdir(), key=lambda e: e.name)
+                if entry.name.endswith(".py")
+            ),
+            (f"{_boot.AGENT_MODULE}.py", root.joinpath("remote").joinpath("_agent.py")),
+        ]
+        settings = {
+            "boot": _spawn.BOOT,
+            "protocol": str(_boot.PROTOCOL),
+            "ready": _boot.READY_LINE.decode(),
+        }
+        archive = _boot.pack_archive(
+            [(name, entry.read_bytes()) for name, entry in files], settings
+        )
+        loader = root.joinpath("remote").joinpath("_boot.py").read_bytes()
+        _payload = b"%012d" % len(loader) + loader + archive
+    return _payload
+
+
+class Host:
+    """A remote host reached with OpenSSH, where processes are made as they are here.
+
+    One ssh connection per host (a ControlMaster), made by :meth:`connect` (or ``with`` /
+    ``async with``, or the first :meth:`new_exec`), carries everything: each new process is a
+    channel through it, with no new TCP connection or key exchange.  Only ``python3`` (3.8 or
+    newer) must exist on the host: anyfork sends its child side there at connect time, into a
+    private directory (mode 0700) that is removed when the host is closed.
+
+    Args:
+        destination: what ``ssh`` is given: ``"host"``, ``"user@host"``, an alias of your ssh
+            config, ``"ssh://user@host:port"``.  Passed to ssh as one argument, never through
+            a local shell.
+        python: the remote interpreter: a command name or path, or a list of words (each is
+            quoted for the remote shell).
+        ssh: the local ssh command (and leading arguments of it).
+        ssh_options: more ssh arguments (``("-F", "config")``, ``("-i", "key")``,
+            ``("-o", "Port=2222")``...); they take precedence over anyfork's defaults
+            (keepalives, ``ConnectTimeout``), not over what a host needs to work (the master,
+            no pty, ``BatchMode``).
+        connect_timeout: seconds for connecting (ssh's ``ConnectTimeout`` too) when
+            :meth:`connect` is given no timeout.
+
+    A connection that goes silent is given up after about 20 s (``ServerAliveInterval=5``,
+    ``ServerAliveCountMax=3``; change them with ``ssh_options``), and a lost connection fails
+    every call on it at once.  Closing the host (:meth:`close`, :meth:`aclose`, leaving a
+    ``with`` block), the program exiting or being killed, and a lost connection all end every
+    process made on the host (SIGKILL).
+
+    Security: only ssh is used; nothing listens on TCP; the sockets on both sides are in
+    directories only the user can enter.  Results and events come back through the RPC
+    serialiser: with pickle (the default), a remote host can run code in this program, so use
+    hosts you trust as much as this program, or a data-only serialiser (``"json"``,
+    ``"msgpack"``).
+    """
+
+    def __init__(
+        self,
+        destination: str,
+        *,
+        python: str | Sequence[str] = "python3",
+        ssh: Sequence[str] = ("ssh",),
+        ssh_options: Sequence[str] = (),
+        connect_timeout: float = 30.0,
+    ):
+        if not isinstance(destination, str) or not destination:
+            raise TypeError(f"destination is a non-empty str, not {destination!r}")
+        words = [python] if isinstance(python, str) else list(python)
+        for name, seq in (("python", words), ("ssh", list(ssh))):
+            if not seq or not all(isinstance(w, str) and w for w in seq):
+                raise TypeError(f"{name} is a non-empty str or sequence of them, not {seq!r}")
+        if isinstance(ssh_options, str) or not all(isinstance(w, str) for w in ssh_options):
+            raise TypeError(f"ssh_options is a sequence of str, not {ssh_options!r}")
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout is a positive number, not {connect_timeout!r}")
+        self._destination = destination
+        self._python = words
+        self._ssh = list(ssh)
+        self._ssh_options = list(ssh_options)
+        self.connect_timeout = float(connect_timeout)
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._closed = False
+        self._finalizer: weakref.finalize[[], Host] | None = None
+
+    def __repr__(self) -> str:
+        conn = self._conn
+        state = "closed" if self._closed else "connected" if conn is not None else "new"
+        return f"<anyfork.remote.Host {self._destination!r} {state}>"
+
+    @property
+    def destination(self) -> str:
+        """The destination given to ssh."""
+        return self._destination
+
+    @property
+    def python_version(self) -> str | None:
+        """The remote interpreter's version (``"3.11.7"``) once connected, else ``None``."""
+        conn = self._conn
+        return conn.python_version if conn is not None else None
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        """Connect (a no-op when connected; after a lost connection, connect anew).
+
+        Args:
+            timeout: seconds for the whole connection (default: ``connect_timeout``).
+
+        Raises:
+            RemoteHostError: ssh could not connect (the message says why: unreachable,
+                refused, authentication, host key), or the remote Python is missing or
+                older than 3.8.
+            ClosedError: the host has been closed.
+            TimeoutError: after ``timeout`` seconds.
+
+        Cancellation (or timeout): ssh is ended and nothing is left behind on either side.
+        """
+        conn = self._start_connecting()
+        if conn is None:
+            return
+        budget = self.connect_timeout if timeout is None else timeout
+        try:
+            await drive_async(conn.connect_op(self), budget)
+        except TimeoutError:
+            conn.abandon()
+            raise self._timed_out(budget) from None
+        except BaseException:
+            conn.abandon()
+            raise
+        self._install(conn)
+
+    def connect_blocking(self, *, timeout: float | None = None) -> None:
+        """The blocking twin of :meth:`connect` (same arguments and errors)."""
+        conn = self._start_connecting()
+        if conn is None:
+            return
+        budget = self.connect_timeout if timeout is None else timeout
+        try:
+            drive_blocking(conn.connect_op(self), budget)
+        except TimeoutError:
+            conn.abandon()
+            raise self._timed_out(budget) from None
+        except BaseException:
+            conn.abandon()
+            raise
+        self._install(conn)
+
+    def _timed_out(self, budget: float) -> TimeoutError:
+        return TimeoutError(f"connecting to {self._destination!r} took longer than {budget} s")
+
+    def _start_connecting(self) -> Connection | None:
+        """A new connection to bring up, or ``None`` when the current one is fine."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+        if conn is not None and conn.agent is not None and not conn.agent.is_lost():
+            return None
+        _reaper.poll_unhandled()
+        return Connection(self._destination)
+
+    def _install(self, conn: Connection) -> None:
+        with self._lock:
+            old = self._conn
+            if self._closed or (
+                old is not None and old.agent is not None and not old.agent.is_lost()
+            ):
+                # Closed meanwhile, or another thread connected first: ours is not needed.
+                conn.abandon()
+                self._check_open()
+                return
+            self._conn = conn
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, conn.abandon)
+        if old is not None:
+            old.abandon()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the host {self._destination!r} has been closed")
+
+    def _connection(self) -> Connection:
+        """The live connection, connecting first if there has never been one."""
+        conn = self._conn
+        if conn is None:
+            self.connect_blocking()
+            conn = self._conn
+        self._check_open()
+        if conn is None or conn.agent is None:
+            raise ClosedError(f"the host {self._destination!r} has been closed")
+        if conn.creator != os.getpid():
+            raise ClosedError(
+                f"the host {self._destination!r} belongs to the process that connected it "
+                f"(pid {conn.creator}), not to this forked copy"
+            )
+        if conn.agent.is_lost():
+            raise conn.loss()
+        return conn
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def new_exec(self) -> RemoteProcess:
+        """A new process: a fresh interpreter on the host (``python -S``, the child side
+        loaded from the private directory, the host's ``sys.path``).
+
+        Connects first if the host has never been connected (blocking: in asyncio code,
+        ``await host.connect()`` or ``async with host`` first).
+
+        Raises:
+            RemoteHostError: the host cannot be connected, or the connection is lost.
+            ClosedError: the host has been closed.
+            OSError: no file descriptors left for the new process's socket.
+        """
+        return self._new(EXEC)
+
+    def new(self) -> RemoteProcess:
+        """A new process forked on the host from its template (the host's agent: an
+        interpreter with the child side loaded, and the modules that RPC workers need once
+        one has started), as :func:`anyfork.new` forks from the default template here.
+
+        Raises, and connects, as :meth:`new_exec`.
+        """
+        return self._new(NEW)
+
+    def _new(self, request: int) -> RemoteProcess:
+        conn = self._connection()
+        agent = conn.agent
+        assert agent is not None
+        chan = conn.open(request)
+        agent.made_one()
+        return RemoteProcess(chan, self, agent)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, *, timeout: float = 10.0) -> None:
+        """Close the host: every process made on it is killed (SIGKILL), the private directory
+        on the host removed, and the ssh connection ended.
+
+        Args:
+            timeout: seconds to wait for the host to confirm before the connection is cut
+                anyway (the agent then still kills everything: it sees EOF).
+        """
+        conn = self._take()
+        if conn is not None:
+            drive_blocking(conn.close_op(timeout), None)
+
+    async def aclose(self, *, timeout: float = 10.0) -> None:
+        """The asyncio twin of :meth:`close` (same argument).
+
+        Cancellation: the connection is cut at once; the host still kills every process (it
+        sees EOF)."""
+        conn = self._take()
+        if conn is not None:
+            await drive_async(conn.close_op(timeout), None)
+
+    def _take(self) -> Connection | None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+                self._finalizer = None
+        if conn is not None and conn.creator != os.getpid():
+            return None
+        return conn
+
+    def __enter__(self) -> Host:
+        self.connect_blocking()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Host:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,186 @@
+"""The parent's objects for what runs on a remote host: ``RemoteProcess`` and ``AgentProcess``.
+
+A ``RemoteProcess`` is a ``Process`` whose socket is a connection through the host's ssh master
+to the remote agent's socket (``_agent``): commands, reports, ``run`` and RPC go over it
+unchanged.  Its template is the agent (``AgentProcess``): the process that made it on the host,
+reaps it and reports its exit, exactly as a local template reports its children's, so the exit
+status of a remote process reaches every waiter (``run``, RPC clients) the way a forked local
+one's does.  What differs is said here, at the call: file descriptors cannot cross hosts
+(``send_fh``, ``to_fh``), signals are sent by the agent (``kill``), and a process's errors name
+its host.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, NoReturn
+
+from .._child import _wire
+from .._core._channel import Channel
+from .._core._process import FdLike, Process
+from .._errors import RemoteHostError, SpawnError
+from ._agent import KILL
+
+if TYPE_CHECKING:
+    from ._host import Connection, Host
+
+__all__ = ["RemoteProcess"]
+
+#: Exit statuses kept per host for ``returncode`` (the oldest are forgotten first).
+_KEEP = 4096
+
+
+class AgentProcess(Process):
+    """The parent's end of a host's agent: its stdin and stdout, through the ssh master.
+
+    The template of every remote process of the host (see the module docstring).  Its commands
+    are the agent's (``IMPORT``, which ``rpc`` sends to prime a template, and ``KILL``); its
+    reports are a template's (``EXITED``...)."""
+
+    def __init__(self, chan: Channel, pid: int, conn: Connection):
+        super().__init__(chan, pid=pid)
+        self.conn = conn
+        #: Exit statuses by pid (the template's ``_exits`` are taken by their waiters).
+        self.returncodes: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<anyfork.remote agent pid={self._pid} on {self.conn.destination!r}>"
+
+    def _name(self) -> str:
+        return f"the anyfork agent (pid {self._pid}) on {self.conn.destination!r}"
+
+    def _apply(self, op: int, payload: bytes) -> None:
+        super()._apply(op, payload)
+        if op == _wire.EXITED:
+            pid, code = _wire.unpack_exit(payload)
+            if len(self.returncodes) >= _KEEP:
+                self.returncodes.pop(next(iter(self.returncodes)))
+            self.returncodes[pid] = code
+
+    def _death(self, returncode: int | None) -> SpawnError:
+        return self.conn.loss()
+
+    def made_one(self) -> None:
+        """Count a process made on the host: a wait for it drains the agent's reports once
+        many have exits to report (``ProcessProtocol._drain``)."""
+        self._forked += 1
+
+    def signal(self, pid: int, sig: int) -> None:
+        """Have the agent send ``sig`` (by name: numbers differ between systems) to ``pid``."""
+        name = signal.Signals(sig).name
+        self._command(KILL, _wire.pack_values([str(pid), name]))
+
+    def is_lost(self) -> bool:
+        """The connection to the host is gone (reads what has arrived to know)."""
+        self._poll_reports()
+        return self._failure is not None or self._chan.sock is None
+
+
+class RemoteProcess(Process):
+    """A :class:`anyfork.Process` on a remote host (made by :meth:`Host.new_exec` or
+    :meth:`Host.new`).
+
+    Everything a local process offers works the same (``require``, ``eval``, ``send_arg``,
+    ``run`` and its socket, ``rpc``, ``pid``, the blocking twins), with these differences:
+
+    * ``send_fh``, ``to_fh`` and ``to_fh_blocking`` raise ``NotImplementedError`` at the call:
+      file descriptors cannot travel to another machine.
+    * ``fork`` raises ``NotImplementedError`` (not yet: ``host.new()`` forks on the host).
+    * ``kill`` has the host's agent send the signal; it returns before the signal arrives.
+    * ``returncode`` is known once the host has reported the exit (for every remote process,
+      not only direct children).
+    * ``pid`` is the process id on the remote host.
+    * Errors name the host; a lost connection is a :class:`anyfork.RemoteHostError`.
+    """
+
+    def __init__(self, chan: Channel, host: Host, agent: AgentProcess):
+        super().__init__(chan, template=agent)
+        #: The host the process runs on (it keeps the connection open while it lives).
+        self.host = host
+        self._agent = agent
+
+    def __repr__(self) -> str:
+        where = self.host.destination
+        return f"<anyfork.remote.RemoteProcess pid={self._pid} {self._state} on {where!r}>"
+
+    def _name(self) -> str:
+        where = f"on {self.host.destination!r}"
+        return f"process pid {self._pid} {where}" if self._pid is not None else f"process {where}"
+
+    def _where(self) -> str:
+        where = f" on {self.host.destination!r}"
+        if self._agent.is_lost():
+            where += f": {self._agent.conn.loss()}"
+        return where
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status (``-N`` for signal N) once the host has reported the process's exit;
+        ``None`` before."""
+        pid = self._pid
+        if pid is None:
+            return None
+        self._agent._poll_reports()
+        return self._agent.returncodes.get(pid)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Have the host send ``sig`` to the process; returns before it arrives.
+
+        Raises:
+            ProcessLookupError: the pid is not known yet, the process has exited, or the
+                connection to the host is lost (its processes are killed then).
+        """
+        pid = self.pid
+        if pid is None:
+            raise ProcessLookupError("the process has not reported its pid yet")
+        if self.returncode is not None:
+            raise ProcessLookupError(f"{self._name()} has exited")
+        try:
+            self._agent.signal(pid, sig)
+        except SpawnError as exc:
+            raise ProcessLookupError(f"{self._name()} is gone: {exc}") from exc
+
+    def send_fh(self, *handles: FdLike) -> NoReturn:
+        """Not possible: file descriptors cannot travel to another host.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(
+            f"send_fh cannot pass file descriptors to {self._name()}: they do not cross "
+            f"hosts (send data with send_arg, or have the process open what it needs)"
+        )
+
+    def to_fh(self, *, timeout: float | None = None) -> NoReturn:
+        """Not possible: the process's socket is a connection through ssh, not a socket to
+        hand to another process.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(f"to_fh cannot hand over {self._name()}: it is on another host")
+
+    def to_fh_blocking(self, *, timeout: float | None = None) -> NoReturn:
+        """Not possible (see :meth:`to_fh`).
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(f"to_fh cannot hand over {self._name()}: it is on another host")
+
+    def fork(self) -> NoReturn:
+        """Not yet: forking a remote process on its host comes later; :meth:`Host.new` forks
+        a fresh process there.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError(
+            f"fork() of {self._name()} is not supported yet: use host.new() or host.new_exec()"
+        )
+
+    def _death(self, returncode: int | None) -> SpawnError:
+        if self._agent.is_lost():
+            loss = self._agent.conn.loss()
+            return RemoteHostError(f"{self._name()} is gone: {loss}", loss.host)
+        return super()._death(returncode)

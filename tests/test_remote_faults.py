@@ -1,0 +1,231 @@
+"""anyfork.remote's failures: each a clear ``anyfork`` error naming the host, never a hang,
+and nothing left behind (on either side).
+
+Connection failures: unreachable port, wrong user key, changed host key, a server that never
+answers, a missing or too old remote Python.  Losses: the ssh process killed, the server's
+session process killed, the network going silent (keepalives), the host's agent killed, a
+remote worker killed.  The RPC ones run on both client faces (``face``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import anyfork
+import remote_support
+import rpc_faces
+from anyfork.remote import Host, RemoteHostError
+from helpers import FACES, children, recv_exactly
+from remote_support import CODE, close, connect, interpreter, pid_gone, run_remote
+from rpc_faces import Face
+from sshd import SshServers
+
+sshd = remote_support.sshd
+remote_clean = remote_support.remote_clean
+face = rpc_faces.face
+
+pytestmark = pytest.mark.usefixtures("remote_clean")
+
+
+def local_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("anyfork-ssh-*")}
+
+
+@pytest.fixture
+def no_local_dirs() -> Iterator[None]:
+    """A failed connection leaves no private directory here."""
+    before = local_dirs()
+    yield
+    assert local_dirs() <= before
+
+
+@pytest.mark.usefixtures("no_local_dirs")
+@pytest.mark.parametrize(
+    ("alias", "cause"),
+    [
+        ("closed", "host unreachable"),
+        ("badkey", "authentication failed"),
+        ("badhostkey", "host key verification failed"),
+    ],
+)
+@pytest.mark.parametrize("how", FACES)
+def test_ssh_failures_say_why_and_name_the_host(
+    sshd: SshServers, how: str, alias: str, cause: str
+) -> None:
+    host = Host(alias, ssh_options=sshd.ssh_options)
+    with pytest.raises(RemoteHostError) as info:
+        connect(how, host)
+    err = info.value
+    assert isinstance(err, anyfork.SpawnError)
+    assert isinstance(err, anyfork.AnyforkError)
+    assert err.host == alias
+    assert str(err).startswith(f"cannot connect to {alias!r}: {cause} (ssh exited with status 255")
+    # Nothing half made: the next use tries again, and fails the same way.
+    with pytest.raises(RemoteHostError, match=cause):
+        host.new_exec()
+    close(how, host)
+
+
+@pytest.mark.usefixtures("no_local_dirs")
+@pytest.mark.parametrize(
+    ("python", "expected"),
+    [
+        ("/nonexistent/python3", r"^/nonexistent/python3 was not found on 'host1'"),
+        (["python3; touch MARKER"], r"^'python3; touch MARKER' was not found on 'host1'"),
+        ("3.7", r" on 'host1' is Python 3\.7\.\d+, too old: anyfork needs Python 3\.8 or newer"),
+        ("2.7", r" on 'host1' is Python 2\.7\.\d+, too old"),
+    ],
+)
+def test_a_missing_or_old_remote_python_is_named(
+    sshd: SshServers, python: str | list[str], expected: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "MARKER"
+    if isinstance(python, list):  # a path with a space and ";": quoted for the remote shell
+        python = [python[0].replace("MARKER", str(marker))]
+        expected = expected.replace("MARKER", str(marker))
+    elif python[0].isdigit():
+        python = interpreter(python)
+    host = Host("host1", python=python, ssh_options=sshd.ssh_options)
+    with pytest.raises(RemoteHostError, match=expected):
+        host.connect_blocking()
+    assert not marker.exists()
+    host.close()
+
+
+def test_a_destination_is_never_run_by_a_shell(sshd: SshServers, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    for destination in (f"127.0.0.1; touch {marker}", f"host1 touch {marker}", "a b"):
+        host = Host(destination, ssh_options=sshd.ssh_options, connect_timeout=10)
+        with pytest.raises(RemoteHostError) as info:
+            host.connect_blocking()
+        assert repr(destination) in str(info.value)
+        assert info.value.host == destination
+        host.close()
+    assert not marker.exists()
+
+
+@pytest.mark.usefixtures("no_local_dirs")
+@pytest.mark.parametrize("how", FACES)
+def test_a_server_that_never_answers_times_out(how: str) -> None:
+    """TCP connects, nothing ever answers: our deadline ends it, and ssh with it."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # (never accepted)
+        port = silent.getsockname()[1]
+        host = Host("127.0.0.1", ssh_options=("-p", str(port), "-F", "/dev/null"))
+        ours = children()
+        with pytest.raises(TimeoutError, match="connecting to '127.0.0.1' took longer than 1"):
+            connect(how, host, timeout=1)
+        host.close()
+    assert children() <= ours  # ssh was ended (and reaped: no_leaks)
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+
+def _cutters(sshd: SshServers) -> dict[str, Callable[[Host], None]]:
+    def ssh(host: Host) -> None:
+        os.kill(host._conn.ssh_pid, signal.SIGKILL)  # type: ignore[union-attr]
+
+    def sshd_session(host: Host) -> None:
+        sshd.servers["host1"].cut()
+
+    def agent(host: Host) -> None:
+        os.kill(host._conn.agent._pid, signal.SIGKILL)  # type: ignore[union-attr,arg-type]
+
+    return {"ssh killed": ssh, "sshd session killed": sshd_session, "agent killed": agent}
+
+
+@pytest.mark.parametrize("cut", ["ssh killed", "sshd session killed", "agent killed"])
+def test_a_connection_cut_mid_call_fails_the_call_at_once(
+    sshd: SshServers, face: Face, cut: str
+) -> None:
+    host = Host("host1", ssh_options=sshd.ssh_options)
+    try:
+        host.connect_blocking(timeout=60)
+        cutter = _cutters(sshd)[cut]
+        client = face.rpc(host.new().eval(CODE), "started_then_block")
+        other = face.rpc(host.new_exec().eval(CODE), "math:comb")
+        try:
+            # The call is running remotely when the connection is cut (the worker's event
+            # says so); it would block for ever, so only the cut can end it.
+            with pytest.raises(anyfork.WorkerDiedError) as info:
+                face.call(client, "x", timeout=60, on_event=lambda *a: cutter(host))
+            message = str(info.value)
+            assert "'host1'" in message
+            assert "the connection to 'host1' was lost" in message
+            # Every call on the connection fails at once, not only the one running.
+            with pytest.raises((anyfork.WorkerDiedError, anyfork.ClosedError)):
+                face.call(other, 5, 2, timeout=60)
+        finally:
+            face.close(client)
+            face.close(other)
+        with pytest.raises(RemoteHostError, match="the connection to 'host1' was lost"):
+            host.new_exec()
+    finally:
+        host.close()
+
+
+def test_a_silent_connection_is_given_up_by_the_keepalives(sshd: SshServers, face: Face) -> None:
+    """The server stops answering (stopped, as a dead network would be): with keepalives every
+    second, given up after two, the call fails well before its own deadline."""
+    options = (*sshd.ssh_options, "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2")
+    host = Host("host1", ssh_options=options)
+    server = sshd.servers["host1"]
+    try:
+        host.connect_blocking(timeout=60)
+        client = face.rpc(host.new().eval(CODE), "started_then_block")
+        try:
+            with pytest.raises(anyfork.WorkerDiedError, match="the connection to 'host1' was lost"):
+                face.call(client, "x", timeout=120, on_event=lambda *a: server.freeze())
+        finally:
+            server.thaw()
+            face.close(client)
+    finally:
+        server.thaw()
+        host.close()
+
+
+def test_a_remote_worker_killed_is_reported_with_its_status(
+    sshd: SshServers, face: Face, host1: Host
+) -> None:
+    client = face.rpc(host1.new().eval(CODE), "started_then_block")
+    try:
+        with pytest.raises(anyfork.WorkerDiedError, match=r"killed by SIGKILL") as info:
+            face.call(client, "x", timeout=60, on_event=lambda _, pid: os.kill(pid, 9))
+        assert info.value.returncode == -signal.SIGKILL
+        assert "'host1'" in str(info.value)
+        assert "lost" not in str(info.value)  # the host is fine
+    finally:
+        face.close(client)
+    with run_remote("blocking", host1.new().eval(CODE), "wait_eof") as sock:
+        assert recv_exactly(sock, 1) == b"x"
+
+
+host1 = remote_support.host1
+
+
+def test_a_lost_host_fails_new_processes_at_once_and_connect_reconnects(sshd: SshServers) -> None:
+    host = Host("host1", ssh_options=sshd.ssh_options)
+    try:
+        host.connect_blocking(timeout=60)
+        proc = host.new_exec()  # made before the loss, waited for after
+        first = host._conn
+        assert first is not None
+        os.kill(first.ssh_pid, signal.SIGKILL)
+        with pytest.raises(RemoteHostError, match="the connection to 'host1' was lost"):
+            proc.run_blocking("os:getpid", timeout=60)
+        with pytest.raises(RemoteHostError, match=r"lost \(ssh exited with status -9"):
+            host.new()
+        host.connect_blocking(timeout=60)
+        assert host._conn is not first
+        with run_remote("blocking", host.new().eval(CODE), "wait_eof") as sock:
+            assert recv_exactly(sock, 1) == b"x"
+    finally:
+        host.close()
+    assert pid_gone(first.ssh_pid)
