@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,47 @@ from sshd import SshServers, comm, descendants
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
-#: Interpreters for the remote side: the oldest and the newest this machine has.
-PYENV = Path("/root/.pyenv/versions")
+#: Where this machine's interpreters may be (pyenv's, the system's).
+PYENV = Path(os.path.expanduser("~/.pyenv/versions"))
+
+
+def _interpreters() -> dict[tuple[int, int], str]:
+    """Every Python this machine has, by version (the newest of each minor version)."""
+    candidates = sorted(PYENV.glob("*/bin/python3")) + sorted(PYENV.glob("*/bin/python"))
+    for minor in range(6, 20):
+        found = shutil.which(f"python3.{minor}")
+        if found:
+            candidates.append(Path(found))
+    found = shutil.which("python3")
+    if found:
+        candidates.append(Path(found))
+    by_version: dict[tuple[int, int], str] = {}
+    for path in candidates:
+        try:
+            out = subprocess.run(
+                [str(path), "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if len(out) == 2:
+            by_version.setdefault((int(out[0]), int(out[1])), str(path))
+    return by_version
+
+
+INTERPRETERS = _interpreters()
+SUPPORTED = sorted(v for v in INTERPRETERS if v >= (3, 8))
+#: The oldest and the newest Python this machine has that anyfork supports remotely.
+OLDEST_AND_NEWEST = sorted({SUPPORTED[0], SUPPORTED[-1]})
+#: The ones it refuses (older than 3.8), if this machine has any.
+TOO_OLD = sorted(v for v in INTERPRETERS if v < (3, 8))
+
+
+def interpreter(version: tuple[int, int]) -> str:
+    return INTERPRETERS[version]
+
 
 #: Functions for remote processes, defined there with ``eval`` (nothing of the tests needs to
 #: be importable on the remote host).
@@ -63,13 +104,6 @@ def fail(kind, message):
 
 _servers: SshServers | None = None
 _host: Host | None = None
-
-
-def interpreter(version: str) -> str:
-    """The path of a pyenv Python whose version starts with ``version`` ("3.8")."""
-    found = sorted(p for p in PYENV.glob(f"{version}.*") if (p / "bin" / "python3").exists())
-    assert found, f"no Python {version} under {PYENV}"
-    return str(found[-1] / "bin" / "python3")
 
 
 @pytest.fixture(scope="session")

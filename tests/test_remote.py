@@ -22,7 +22,7 @@ import remote_support
 import rpc_faces
 from anyfork.remote import Host, RemoteProcess
 from helpers import FACES, children, eventually, recv_exactly
-from remote_support import CODE, close, connect, interpreter, run_remote
+from remote_support import CODE, OLDEST_AND_NEWEST, close, connect, interpreter, run_remote
 from rpc_faces import Face
 from sshd import SshServers
 
@@ -212,12 +212,13 @@ def test_new_processes_share_one_connection(host1: Host, sshd: SshServers) -> No
             sock.close()
 
 
-@pytest.mark.parametrize("version", ["3.8", "3.13"])
-def test_the_oldest_and_newest_pythons_serve(sshd: SshServers, face: Face, version: str) -> None:
-    python = interpreter(version)
-    with Host("host1", python=python, ssh_options=sshd.ssh_options) as host:
+@pytest.mark.parametrize("version", OLDEST_AND_NEWEST, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_the_oldest_and_newest_pythons_serve(
+    sshd: SshServers, face: Face, version: tuple[int, int]
+) -> None:
+    with Host("host1", python=interpreter(version), ssh_options=sshd.ssh_options) as host:
         assert host.python_version is not None
-        assert host.python_version.startswith(version + ".")
+        assert host.python_version.startswith(f"{version[0]}.{version[1]}.")
         for make, backend in [("new", "sync"), ("new_exec", "async")]:
             proc = getattr(host, make)().eval(CODE)
             client = face.rpc(proc, "operator:add", backend=backend, serializer="pickle")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import select
 import shutil
 import signal
 import socket
@@ -99,6 +100,8 @@ class Connection:
         said = _ssh.log_tail(self.log)
         if self.ssh_ended():
             code = self.ssh_returncode()
+            if code is None:
+                code = _exited(self.ssh_pid, 0.5)  # (its stdio closed: it is exiting)
             how = "ssh has exited" if code is None else f"ssh exited with status {code}"
             why = f"{how}: {said}" if said else how
         else:
@@ -296,6 +299,20 @@ class Connection:
                     os.kill(self.ssh_pid, signal.SIGKILL)
         finally:
             self.abandon()
+
+
+def _exited(pid: int, timeout: float) -> int | None:
+    """The exit status of a child that is exiting, waited for (at most ``timeout`` seconds) on
+    a pidfd: readable once the process has ended."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return _reaper.returncode(pid)  # (reaped already, or no pidfd: what is known now)
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return _reaper.returncode(pid)
 
 
 def _local_dir() -> str:

@@ -13,21 +13,35 @@ its host.
 from __future__ import annotations
 
 import signal
+import time
 from typing import TYPE_CHECKING, NoReturn
 
 from .._child import _wire
-from .._core._channel import Channel
+from .._core._channel import READ, Channel, Op, Wait
 from .._core._process import FdLike, Process
 from .._errors import RemoteHostError, SpawnError
 from ._agent import KILL
 
 if TYPE_CHECKING:
+    from typing_extensions import override
+
     from ._host import Connection, Host
+else:
+
+    def override(method: object) -> object:
+        """``typing.override`` (3.12): these methods override ``ProcessProtocol``'s internals,
+        and mypy says so when one of those is renamed or goes."""
+        return method
+
 
 __all__ = ["RemoteProcess"]
 
 #: Exit statuses kept per host for ``returncode`` (the oldest are forgotten first).
 _KEEP = 4096
+
+#: How long a process that ended before it said its pid waits to learn whether its host went
+#: with it (the connection's other sockets close a moment later when ssh dies).
+_SETTLE = 0.5
 
 
 class AgentProcess(Process):
@@ -46,9 +60,11 @@ class AgentProcess(Process):
     def __repr__(self) -> str:
         return f"<anyfork.remote agent pid={self._pid} on {self.conn.destination!r}>"
 
+    @override
     def _name(self) -> str:
         return f"the anyfork agent (pid {self._pid}) on {self.conn.destination!r}"
 
+    @override
     def _apply(self, op: int, payload: bytes) -> None:
         super()._apply(op, payload)
         if op == _wire.EXITED:
@@ -57,6 +73,7 @@ class AgentProcess(Process):
                 self.returncodes.pop(next(iter(self.returncodes)))
             self.returncodes[pid] = code
 
+    @override
     def _death(self, returncode: int | None) -> SpawnError:
         return self.conn.loss()
 
@@ -71,9 +88,12 @@ class AgentProcess(Process):
         self._command(KILL, _wire.pack_values([str(pid), name]))
 
     def is_lost(self) -> bool:
-        """The connection to the host is gone (reads what has arrived to know)."""
+        """The connection to the host is gone (reads what has arrived to know).
+
+        ssh's end of its stdin and stdout closes first when it exits (the lowest fds): a
+        process's connection that ends with ssh may show EOF before this one does."""
         self._poll_reports()
-        return self._failure is not None or self._chan.sock is None
+        return self._failure is not None or self._chan.sock is None or self.conn.ssh_ended()
 
 
 class RemoteProcess(Process):
@@ -103,10 +123,12 @@ class RemoteProcess(Process):
         where = self.host.destination
         return f"<anyfork.remote.RemoteProcess pid={self._pid} {self._state} on {where!r}>"
 
+    @override
     def _name(self) -> str:
         where = f"on {self.host.destination!r}"
         return f"process pid {self._pid} {where}" if self._pid is not None else f"process {where}"
 
+    @override
     def _where(self) -> str:
         where = f" on {self.host.destination!r}"
         if self._agent.is_lost():
@@ -179,6 +201,20 @@ class RemoteProcess(Process):
             f"fork() of {self._name()} is not supported yet: use host.new() or host.new_exec()"
         )
 
+    @override
+    def _exit_code_op(self) -> Op[int | None]:
+        code = yield from super()._exit_code_op()
+        if self._pid is None:
+            # Ended before it said its pid: if its host went with it, the agent's connection
+            # (or ssh's stdio) closes too, in a moment.
+            agent = self._agent
+            until = time.monotonic() + _SETTLE
+            while not agent.is_lost() and agent._chan.readable():
+                if not (yield Wait(READ, agent._chan, until)):
+                    break
+        return code
+
+    @override
     def _death(self, returncode: int | None) -> SpawnError:
         if self._agent.is_lost():
             loss = self._agent.conn.loss()
