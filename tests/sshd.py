@@ -15,8 +15,8 @@ asyncssh's (a dev dependency), each in a subprocess of its own: ``python tests/s
 --asyncssh ...``.  ``ANYFORK_TEST_SSHD=asyncssh`` forces that fallback.
 
 What runs "on the remote host" runs on this machine, so the tests can look at it in ``/proc``:
-``sessions(name)`` are the server's per-connection processes, which ``cut`` kills and
-``freeze``/``thaw`` stop and continue (a connection that goes silent).
+``session_of(pid)`` are the server's processes for the connection that runs ``pid``, which
+``cut`` kills and ``freeze``/``thaw`` stop and continue (a connection that goes silent).
 """
 
 from __future__ import annotations
@@ -100,6 +100,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, depth first."""
     out: list[int] = []
@@ -127,6 +134,7 @@ class Server:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = directory / f"{name}.log"
+        self.frozen: list[int] = []
 
     def start(self) -> None:
         for _ in range(10):  # a port taken between choosing and binding: choose again
@@ -188,26 +196,42 @@ class Server:
         own = {"sshd"} if self.kind == "openssh" else set()
         return [p for p in descendants(self.proc.pid) if comm(p) not in own]
 
-    def cut(self) -> None:
-        """Cut every connection from the server's side."""
+    def session_of(self, pid: int) -> list[int]:
+        """The server's processes for the connection that runs ``pid`` (its command)."""
+        assert self.proc is not None
+        if self.kind != "openssh":
+            return [self.proc.pid]  # (one process serves every connection)
+        found = []
+        while (parent := _parent(pid)) not in (self.proc.pid, 0, 1):
+            if comm(parent) == "sshd":
+                found.append(parent)
+            pid = parent
+        return found
+
+    def cut(self, pid: int) -> None:
+        """Cut, from the server's side, the connection whose command is ``pid``."""
         if self.kind == "openssh":
-            for pid in self.sessions():
+            for session in self.session_of(pid):
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(session, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         else:
-            self._command(b"cut\n")
+            self._command(f"cut {pid}\n".encode())
 
-    def freeze(self) -> None:
-        """Stop answering on every connection (a network that goes silent)."""
-        for pid in self.sessions():
-            os.kill(pid, signal.SIGSTOP)
+    def freeze(self, pid: int) -> None:
+        """Stop answering on the connection whose command is ``pid`` (as a network that goes
+        silent; the asyncssh server stops answering on all of them)."""
+        for session in self.session_of(pid):
+            os.kill(session, signal.SIGSTOP)
+            self.frozen.append(session)
 
     def thaw(self) -> None:
-        for pid in self.sessions():
+        """Continue what ``freeze`` stopped."""
+        frozen, self.frozen = self.frozen, []
+        for session in frozen:
             try:
-                os.kill(pid, signal.SIGCONT)
+                os.kill(session, signal.SIGCONT)
             except ProcessLookupError:
                 pass
 
@@ -313,6 +337,7 @@ def _asyncssh_main(
 
     async def main() -> None:
         conns: set[asyncssh.SSHServerConnection] = set()
+        commands: dict[asyncssh.SSHServerConnection, set[int]] = {}
 
         class Handler(asyncssh.SSHServer):
             def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -335,6 +360,7 @@ def _asyncssh_main(
                 stderr=asyncio.subprocess.PIPE,
                 cwd=home,
             )
+            commands.setdefault(process.get_extra_info("connection"), set()).add(child.pid)
             await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr)
             closed = asyncio.ensure_future(process.channel.wait_closed())
             exited = asyncio.ensure_future(child.wait())
@@ -365,9 +391,11 @@ def _asyncssh_main(
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := await reader.readline():
-            if line.strip() == b"cut":
+            words = line.split()
+            if words[:1] == [b"cut"]:
                 for conn in list(conns):
-                    conn.abort()
+                    if int(words[1]) in commands.get(conn, ()):
+                        conn.abort()
 
     asyncio.run(main())
 

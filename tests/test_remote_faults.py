@@ -162,7 +162,7 @@ def _cutters(sshd: SshServers) -> dict[str, Callable[[Host], None]]:
         os.kill(host._conn.ssh_pid, signal.SIGKILL)  # type: ignore[union-attr]
 
     def sshd_session(host: Host) -> None:
-        sshd.servers["host1"].cut()
+        sshd.servers["host1"].cut(host._conn.agent._pid)  # type: ignore[union-attr,arg-type]
 
     def agent(host: Host) -> None:
         os.kill(host._conn.agent._pid, signal.SIGKILL)  # type: ignore[union-attr,arg-type]
@@ -206,12 +206,16 @@ def test_a_silent_connection_is_given_up_by_the_keepalives(sshd: SshServers, fac
     options = (*sshd.ssh_options, "-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2")
     host = Host("host1", ssh_options=options)
     server = sshd.servers["host1"]
+    agent = 0
     try:
         host.connect_blocking(timeout=60)
+        assert host._conn is not None
+        assert host._conn.agent is not None
+        agent = host._conn.agent._pid or 0
         client = face.rpc(host.new().eval(CODE), "started_then_block")
         try:
             with pytest.raises(anyfork.WorkerDiedError, match="the connection to 'host1' was lost"):
-                face.call(client, "x", timeout=120, on_event=lambda *a: server.freeze())
+                face.call(client, "x", timeout=120, on_event=lambda *a: server.freeze(agent))
         finally:
             server.thaw()
             face.close(client)
