@@ -27,7 +27,7 @@ from anyfork._child import _wire
 from anyfork._core._channel import Channel
 from anyfork.remote import _boot, _ssh
 from anyfork.remote._agent import CONTROL, EXEC, KILL, NEW
-from anyfork.remote._host import _MAX_JUNK, _bootstrap_payload, _read_line
+from anyfork.remote._connection import _MAX_JUNK, _bootstrap_payload, _read_line
 from helpers import eventually, recv_exactly
 from remote_support import pid_gone
 from sshd import comm, descendants

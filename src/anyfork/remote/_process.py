@@ -25,7 +25,8 @@ from ._agent import KILL
 if TYPE_CHECKING:
     from typing_extensions import override
 
-    from ._host import Connection, Host
+    from ._connection import Connection
+    from ._host import Host
 else:
 
     def override(method: object) -> object:
