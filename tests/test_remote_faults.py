@@ -23,7 +23,7 @@ import anyfork
 import remote_support
 import rpc_faces
 from anyfork._core import _reaper
-from anyfork.remote import Host, RemoteHostError
+from anyfork.remote import Host, RemoteHostError, RemoteProcess
 from helpers import FACES, children, eventually, recv_exactly
 from remote_support import (
     CODE,
@@ -38,6 +38,7 @@ from rpc_faces import Face
 from sshd import SshServers
 
 sshd = remote_support.sshd
+host1 = remote_support.host1
 remote_clean = remote_support.remote_clean
 face = rpc_faces.face
 
@@ -240,9 +241,6 @@ def test_a_remote_worker_killed_is_reported_with_its_status(
         assert recv_exactly(sock, 1) == b"x"
 
 
-host1 = remote_support.host1
-
-
 def test_a_lost_host_fails_new_processes_at_once_and_connect_reconnects(sshd: SshServers) -> None:
     host = Host("host1", ssh_options=sshd.ssh_options)
     try:
@@ -262,3 +260,29 @@ def test_a_lost_host_fails_new_processes_at_once_and_connect_reconnects(sshd: Ss
     finally:
         host.close()
     assert pid_gone(first.ssh_pid)
+
+
+def test_an_abandoned_call_kills_the_remote_worker_through_its_host(
+    host1: Host, face: Face, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync-backend worker whose call is abandoned is killed: by its host, never by a local
+    ``os.kill`` of a pid that means another process here."""
+    sent: list[tuple[int | None, int]] = []
+    kill = RemoteProcess.kill
+
+    def recording(proc: RemoteProcess, sig: int = signal.SIGKILL) -> None:
+        sent.append((proc.pid, sig))
+        kill(proc, sig)
+
+    monkeypatch.setattr(RemoteProcess, "kill", recording)
+    proc = host1.new().eval(CODE)
+    client = face.rpc(proc, "started_then_block")
+    try:
+        with pytest.raises(TimeoutError):
+            face.call(client, "x", timeout=0.5)
+        assert sent == [(proc.pid, signal.SIGKILL)]
+        with pytest.raises(anyfork.WorkerDiedError, match="killed because call 1 timed out"):
+            face.call(client, "y", timeout=60)
+    finally:
+        face.close(client)
+    assert client.returncode == -signal.SIGKILL  # as the host reported it
