@@ -9,6 +9,7 @@ remote worker killed.  The RPC ones run on both client faces (``face``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -286,3 +287,35 @@ def test_an_abandoned_call_kills_the_remote_worker_through_its_host(
     finally:
         face.close(client)
     assert client.returncode == -signal.SIGKILL  # as the host reported it
+
+
+def test_a_process_that_ends_with_its_host_blames_the_host() -> None:
+    """A process whose connection ends before it has said its pid waits a moment for the
+    host's fate: when ssh dies, the connections it carried close one after the other, the
+    host's own (its agent's) possibly last.  Here the agent's closes just after the wait
+    starts (deterministically: the next callback on the loop)."""
+    from anyfork._core._channel import Channel
+    from anyfork.remote._connection import Connection
+    from anyfork.remote._process import AgentProcess
+
+    host = Host("h")
+    conn = Connection("h", ["python3"], ["ssh"], [], 1.0)
+    agent_ours, agent_theirs = socket.socketpair()
+    proc_ours, proc_theirs = socket.socketpair()
+    proc_theirs.close()  # the process's connection: gone before a word
+    conn.agent = agent = AgentProcess(Channel(agent_ours), 1, conn)
+    proc = RemoteProcess(Channel(proc_ours), host, agent)
+
+    async def main() -> None:
+        asyncio.get_running_loop().call_soon(agent_theirs.close)
+        await proc.run("f", timeout=30)
+
+    try:
+        with pytest.raises(
+            RemoteHostError,
+            match=r"^process on 'h' is gone: the connection to 'h' was lost \(the anyfork agent",
+        ):
+            asyncio.run(main())
+    finally:
+        agent.close()
+        conn.abandon()
