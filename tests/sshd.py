@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from helpers import eventually
 
@@ -351,6 +352,9 @@ def _asyncssh_main(
                 return True
 
         async def session(process: asyncssh.SSHServerProcess[bytes]) -> None:
+            """Run the command through the user's shell, as sshd does, with its stdin, stdout
+            and stderr pumped to and from the channel; its exit status last, once its output
+            has all been sent (nothing may follow the channel's EOF)."""
             child = await asyncio.create_subprocess_exec(
                 shell,
                 "-c",
@@ -360,20 +364,42 @@ def _asyncssh_main(
                 stderr=asyncio.subprocess.PIPE,
                 cwd=home,
             )
+            assert child.stdin is not None
+            assert child.stdout is not None
+            assert child.stderr is not None
             commands.setdefault(process.get_extra_info("connection"), set()).add(child.pid)
-            await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr)
-            closed = asyncio.ensure_future(process.channel.wait_closed())
-            exited = asyncio.ensure_future(child.wait())
-            await asyncio.wait({closed, exited}, return_when=asyncio.FIRST_COMPLETED)
-            if not exited.done():
-                # The connection went away: the command's stdin ends, as with sshd.
-                assert child.stdin is not None
-                child.stdin.close()
-                await exited
-            else:
-                await process.stdout.drain()
-                process.exit(exited.result())
-            closed.cancel()
+            stdin = child.stdin
+
+            async def pump_in() -> None:
+                try:
+                    while data := await process.stdin.read(65536):
+                        stdin.write(data)
+                        await stdin.drain()
+                except (OSError, asyncssh.Error):
+                    pass  # the connection or the command has gone
+                finally:
+                    stdin.close()  # EOF for the command, as sshd gives it
+
+            async def pump_out(source: asyncio.StreamReader, sink: Any) -> None:
+                sending = True
+                while data := await source.read(65536):
+                    if sending:
+                        try:
+                            sink.write(data)
+                            await sink.drain()
+                        except (OSError, asyncssh.Error):
+                            sending = False  # gone: keep reading, so the command never blocks
+
+            feeding = asyncio.ensure_future(pump_in())
+            await asyncio.gather(
+                pump_out(child.stdout, process.stdout), pump_out(child.stderr, process.stderr)
+            )
+            code = await child.wait()
+            feeding.cancel()
+            try:
+                process.exit(code)
+            except (OSError, asyncssh.Error):
+                pass
 
         await asyncssh.create_server(
             Handler,

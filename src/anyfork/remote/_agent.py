@@ -11,6 +11,7 @@ same ``_spawn.BOOT`` as a local exec).  It reaps all of them and reports their e
 
     stdin, stdout    the ssh session: the loader's transfer, then the READY line; afterwards
                      stdin is the parent's lifeline (EOF: the parent or the connection is gone)
+                     and stdout stays open, unused
     DIR/agent.sock   listens; the ssh master forwards the parent's LOCAL/a to it.  The first
                      frame of each connection is a request:
         EXEC, NEW    a process serves the connection (its command stream, as on a local
@@ -105,11 +106,11 @@ class Agent(_forking.Forker):
         self.forked = True
 
     def ready(self, line: bytes) -> None:
-        """Say READY on the session's stdout; from now on stdout is not used."""
+        """Say READY on the session's stdout; nothing more is written to it.  (It stays open:
+        its EOF would end the session's output, stderr included, which is what the processes
+        made here write to.)"""
         while line:
             line = line[os.write(self.out, line) :]
-        os.close(self.out)
-        self.out = -1
 
     # -- the keeper ------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class Agent(_forking.Forker):
 
     def leave_reports(self) -> None:
         """In a process forked here (child or spare): let go of everything of the agent's."""
-        for fd in (self.inp, self.keeper_w):
+        for fd in (self.inp, self.out, self.keeper_w):
             os.close(fd)
         if self.control is not None:
             self.control.close()
