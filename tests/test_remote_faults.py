@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import anyfork
 import remote_support
 import rpc_faces
 from anyfork._core import _reaper
-from anyfork.remote import Host, RemoteHostError, RemoteProcess
+from anyfork.remote import Host, RemoteHostError, RemoteProcess, _connection
 from helpers import FACES, children, eventually, recv_exactly
 from remote_support import (
     CODE,
@@ -46,16 +45,20 @@ face = rpc_faces.face
 pytestmark = pytest.mark.usefixtures("remote_clean")
 
 
-def local_dirs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("anyfork-ssh-*")}
-
-
 @pytest.fixture
-def no_local_dirs() -> Iterator[None]:
-    """A failed connection leaves no private directory here."""
-    before = local_dirs()
+def no_local_dirs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A failed connection leaves no private directory here (those the test's hosts made)."""
+    made: list[str] = []
+    real = _connection._local_dir
+
+    def recording() -> str:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(_connection, "_local_dir", recording)
     yield
-    assert local_dirs() <= before
+    assert made
+    assert not [d for d in made if os.path.exists(d)]
 
 
 @pytest.mark.usefixtures("no_local_dirs")
