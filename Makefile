@@ -27,7 +27,8 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Processes, RPC and pools, each side by side with its peers in one run (about 3 minutes).
+# Processes, RPC, pools and remote hosts, each side by side with its peers in one run (about 5
+# minutes; bench/remote.py runs against the test suite's sshd).
 bench: $(STAMP)
 	$(PY) bench/setup.py
 	$(PY) bench/rpc_setup.py
@@ -35,6 +36,7 @@ bench: $(STAMP)
 	$(PY) -m bench.fork_cost
 	$(PY) bench/rpc.py
 	$(PY) bench/pool.py
+	$(PY) bench/remote.py
 
 # Minutes of sustained load (processes, RPC calls, pool calls with workers killed), with fds,
 # threads, zombies and RSS before and after; not part of `make test`.
