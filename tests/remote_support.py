@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from anyfork.remote import Host
+from anyfork.remote._connection import Connection
 from helpers import eventually
 from sshd import SshServers, comm, descendants
 
@@ -135,10 +136,25 @@ def host1(sshd: SshServers) -> Iterator[Host]:
             _host = None
 
 
+def connection_of(host: Host) -> Connection:
+    """The host's connection (it must be connected)."""
+    conn = host._conn
+    assert conn is not None
+    assert conn.agent is not None
+    return conn
+
+
+def agent_of(host: Host) -> int:
+    """The pid of the host's agent (on the "remote" side, this machine)."""
+    pid = connection_of(host).agent._pid  # type: ignore[union-attr]  # (checked there)
+    assert pid is not None
+    return pid
+
+
 def shared_agent() -> int | None:
     if _host is None or _host._conn is None or _host._conn.agent is None:
         return None
-    return _host._conn.agent._pid
+    return agent_of(_host)
 
 
 def leftovers(servers: SshServers) -> list[tuple[int, str]]:

@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from helpers import eventually
+from helpers import children, eventually
 
 HERE = Path(__file__).resolve().parent
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
@@ -87,20 +87,6 @@ def _keygen(path: Path) -> str:
     return path.with_suffix(".pub").read_text().strip()
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return found
-    for tid in tasks:
-        try:
-            found += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-        except FileNotFoundError:
-            pass
-    return found
-
-
 def _parent(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -111,7 +97,7 @@ def _parent(pid: int) -> int:
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, depth first."""
     out: list[int] = []
-    for child in _children(pid):
+    for child in sorted(children(pid, spares=True)):
         out.append(child)
         out += descendants(child)
     return out

@@ -22,7 +22,15 @@ import remote_support
 import rpc_faces
 from anyfork.remote import Host, RemoteProcess
 from helpers import FACES, children, eventually, recv_exactly
-from remote_support import CODE, OLDEST_AND_NEWEST, close, connect, interpreter, run_remote
+from remote_support import (
+    CODE,
+    OLDEST_AND_NEWEST,
+    agent_of,
+    close,
+    connect,
+    interpreter,
+    run_remote,
+)
 from rpc_faces import Face
 from sshd import SshServers
 
@@ -60,7 +68,7 @@ def test_a_remote_process_runs_with_args_and_a_real_socket(
         assert pid == proc.pid
         # It runs on the "remote host": made there by the host's agent (exec'd, or forked
         # from it), not by this process.
-        assert ppid == host1._conn.agent._pid  # type: ignore[union-attr]
+        assert ppid == agent_of(host1)
         assert pid in sshd.servers["host1"].processes()
         assert pid not in children()
         # The socket is a real local socket, with everything that works on one.

@@ -28,8 +28,10 @@ from helpers import FACES, children, eventually, recv_exactly
 from remote_support import (
     CODE,
     TOO_OLD,
+    agent_of,
     close,
     connect,
+    connection_of,
     interpreter,
     pid_gone,
     run_remote,
@@ -164,13 +166,13 @@ def test_a_server_that_never_answers_times_out(how: str) -> None:
 
 def _cutters(sshd: SshServers) -> dict[str, Callable[[Host], None]]:
     def ssh(host: Host) -> None:
-        os.kill(host._conn.ssh_pid, signal.SIGKILL)  # type: ignore[union-attr]
+        os.kill(connection_of(host).ssh_pid, signal.SIGKILL)
 
     def sshd_session(host: Host) -> None:
-        sshd.servers["host1"].cut(host._conn.agent._pid)  # type: ignore[union-attr,arg-type]
+        sshd.servers["host1"].cut(agent_of(host))
 
     def agent(host: Host) -> None:
-        os.kill(host._conn.agent._pid, signal.SIGKILL)  # type: ignore[union-attr,arg-type]
+        os.kill(agent_of(host), signal.SIGKILL)
 
     return {"ssh killed": ssh, "sshd session killed": sshd_session, "agent killed": agent}
 
@@ -214,9 +216,7 @@ def test_a_silent_connection_is_given_up_by_the_keepalives(sshd: SshServers, fac
     agent = 0
     try:
         host.connect_blocking(timeout=60)
-        assert host._conn is not None
-        assert host._conn.agent is not None
-        agent = host._conn.agent._pid or 0
+        agent = agent_of(host)
         client = face.rpc(host.new().eval(CODE), "started_then_block")
         try:
             with pytest.raises(anyfork.WorkerDiedError, match="the connection to 'host1' was lost"):
@@ -250,8 +250,7 @@ def test_a_lost_host_fails_new_processes_at_once_and_connect_reconnects(sshd: Ss
     try:
         host.connect_blocking(timeout=60)
         proc = host.new_exec()  # made before the loss, waited for after
-        first = host._conn
-        assert first is not None
+        first = connection_of(host)
         os.kill(first.ssh_pid, signal.SIGKILL)
         with pytest.raises(RemoteHostError, match="the connection to 'host1' was lost"):
             proc.run_blocking("os:getpid", timeout=60)

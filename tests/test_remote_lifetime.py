@@ -22,7 +22,7 @@ import anyfork
 import remote_support
 from anyfork.remote import Host
 from helpers import FACES, eventually, recv_exactly
-from remote_support import CODE, close, pid_gone, run_remote
+from remote_support import CODE, agent_of, close, connection_of, pid_gone, run_remote
 from sshd import SshServers, comm, descendants
 
 sshd = remote_support.sshd
@@ -45,11 +45,7 @@ def test_closing_the_host_ends_every_process_and_removes_its_directories(
 ) -> None:
     host = Host("host1", ssh_options=sshd.ssh_options)
     host.connect_blocking(timeout=60)
-    conn = host._conn
-    assert conn is not None
-    assert conn.agent is not None
-    agent = conn.agent._pid
-    assert agent is not None
+    conn, agent = connection_of(host), agent_of(host)
     keeper = keeper_of(agent)
     running = host.new_exec().eval(CODE)
     sock = run_remote("blocking", running, "block_forever")
@@ -213,11 +209,7 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def test_only_private_unix_sockets_and_no_tcp_listener(host1: Host) -> None:
-    conn = host1._conn
-    assert conn is not None
-    assert conn.agent is not None
-    agent = conn.agent._pid
-    assert agent is not None
+    conn, agent = connection_of(host1), agent_of(host1)
     for directory in (conn.remote_dir, conn.local):
         info = os.stat(directory)
         assert stat.S_IMODE(info.st_mode) == 0o700, directory
@@ -244,11 +236,7 @@ def test_a_killed_keeper_is_replaced(sshd: SshServers) -> None:
     """The keeper kills every process made on the host if the agent dies; killed itself, the
     agent starts another, which guards the processes made after."""
     with Host("host1", ssh_options=sshd.ssh_options) as host:
-        conn = host._conn
-        assert conn is not None
-        assert conn.agent is not None
-        agent = conn.agent._pid
-        assert agent is not None
+        agent = agent_of(host)
         first = keeper_of(agent)
         os.kill(first, signal.SIGKILL)
         second = eventually(

@@ -7,10 +7,11 @@ and closes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from .._core import _reaper
@@ -125,15 +126,8 @@ class Host:
         if conn is None:
             return
         budget = self.connect_timeout if timeout is None else timeout
-        try:
+        with self._connecting(conn, budget):
             await drive_async(conn.connect_op(), budget)
-        except TimeoutError:
-            conn.abandon()
-            raise self._timed_out(budget) from None
-        except BaseException:
-            conn.abandon()
-            raise
-        self._install(conn)
 
     def connect_blocking(self, *, timeout: float | None = None) -> None:
         """The blocking twin of :meth:`connect` (same arguments and errors)."""
@@ -141,18 +135,24 @@ class Host:
         if conn is None:
             return
         budget = self.connect_timeout if timeout is None else timeout
-        try:
+        with self._connecting(conn, budget):
             drive_blocking(conn.connect_op(), budget)
+
+    @contextlib.contextmanager
+    def _connecting(self, conn: Connection, budget: float) -> Iterator[None]:
+        """Around a connection's ``connect_op``: installed if it succeeds, abandoned (ssh ended,
+        its directory removed) if not; a timeout says which host."""
+        try:
+            yield
         except TimeoutError:
             conn.abandon()
-            raise self._timed_out(budget) from None
+            raise TimeoutError(
+                f"connecting to {self._destination!r} took longer than {budget} s"
+            ) from None
         except BaseException:
             conn.abandon()
             raise
         self._install(conn)
-
-    def _timed_out(self, budget: float) -> TimeoutError:
-        return TimeoutError(f"connecting to {self._destination!r} took longer than {budget} s")
 
     def _start_connecting(self) -> Connection | None:
         """A new connection to bring up, or ``None`` when the current one is fine."""
