@@ -280,6 +280,8 @@ def test_arguments_are_checked() -> None:
         Host("h", ssh_options="-v")
     with pytest.raises(ValueError, match="connect_timeout"):
         Host("h", connect_timeout=0)
+    with pytest.raises(ValueError, match=r"^ssh_options may not contain -S, -t: the host needs"):
+        Host("h", ssh_options=("-v", "-S", "/tmp/x", "-t"))
 
 
 def test_the_remote_api_surface() -> None:

@@ -155,13 +155,22 @@ def test_a_forked_copy_of_the_program_leaves_the_connection_alone(
             from anyfork.remote import Host
             host = Host("host1", ssh_options={sshd.ssh_options!r})
             host.connect_blocking(timeout=60)
+            conn = host._conn
+            ours = {{os.fstat(c.sock.fileno()).st_ino for c in (conn.session, conn.agent._chan)}}
             pid = os.fork()
             if pid == 0:
+                held = set()
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        held.add(os.fstat(int(fd)).st_ino)
+                    except OSError:
+                        pass  # (the listing's own)
+                print("child holds the host's sockets:", bool(held & ours), flush=True)
                 try:
                     host.new_exec()
                 except Exception as exc:
                     print("child:", type(exc).__name__, exc)
-                del host
+                del host, conn
                 gc.collect()
                 sys.exit(0)  # finalisers and atexit run
             os.waitpid(pid, 0)
@@ -177,6 +186,7 @@ def test_a_forked_copy_of_the_program_leaves_the_connection_alone(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+    assert "child holds the host's sockets: False" in result.stdout
     assert "child: ClosedError" in result.stdout
     assert "belongs to the process that connected it" in result.stdout
     assert "parent: b'x'" in result.stdout

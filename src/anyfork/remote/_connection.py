@@ -39,6 +39,7 @@ import signal
 import socket
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 
 from .._child import _wire
@@ -162,6 +163,7 @@ class Connection:
             theirs.close()
         _reaper.watch(self.ssh_pid)
         chan = self.session = Channel(ours)
+        _sessions.add(chan)
 
         line, junk = yield from _read_line(chan, (_boot.BOOT_LINE,))
         if line is None:
@@ -309,6 +311,22 @@ class Connection:
                     os.kill(self.ssh_pid, signal.SIGKILL)
         finally:
             self.abandon()
+
+
+#: Every ssh session's socket (ssh's stdin and stdout), for the at-fork reset.
+_sessions: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """A forked copy of this program must not hold ssh's stdin open: the agent takes the
+    program's death for the host's end only once every copy is closed.  (The agents' control
+    connections are closed in the copy with every process socket, by ``_core._protocol``.)"""
+    for chan in list(_sessions):
+        chan.forget()
+    _sessions.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _exited(pid: int, timeout: float) -> int | None:

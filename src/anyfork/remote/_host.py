@@ -23,6 +23,10 @@ from ._process import RemoteProcess
 
 __all__ = ["Host"]
 
+#: ssh options a host sets itself (the master, its session and control socket): a user's would
+#: replace them (ssh takes the last -S) or break the session (a pty, no command, backgrounding).
+_OURS = frozenset(("-M", "-S", "-O", "-N", "-f", "-W", "-s", "-t", "-tt", "-n", "-G", "-V"))
+
 
 class Host:
     """A remote host reached with OpenSSH, where processes are made as they are here.
@@ -77,6 +81,12 @@ class Host:
                 raise TypeError(f"{name} is a non-empty str or sequence of them, not {seq!r}")
         if isinstance(ssh_options, str) or not all(isinstance(w, str) for w in ssh_options):
             raise TypeError(f"ssh_options is a sequence of str, not {ssh_options!r}")
+        taken = sorted(set(ssh_options) & _OURS)
+        if taken:
+            raise ValueError(
+                f"ssh_options may not contain {', '.join(taken)}: the host needs its own "
+                f"master connection, session and control socket"
+            )
         if not connect_timeout > 0:
             raise ValueError(f"connect_timeout is a positive number, not {connect_timeout!r}")
         self._destination = destination
