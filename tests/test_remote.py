@@ -79,17 +79,18 @@ def test_a_remote_process_runs_with_args_and_a_real_socket(
         assert recv_exactly(sock, 1) == b""
 
 
-def test_asyncio_streams_work_on_the_socket(host1: Host) -> None:
+def test_async_with_and_asyncio_streams_on_the_socket(sshd: SshServers) -> None:
     async def main() -> bytes:
-        sock = await host1.new().eval(CODE).run("echo", timeout=30)
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        try:
-            await asyncio.wait_for(reader.readline(), 30)
-            writer.write(b"over asyncio\n")
-            return await asyncio.wait_for(reader.readline(), 30)
-        finally:
-            writer.close()
-            await writer.wait_closed()
+        async with Host("host1", ssh_options=sshd.ssh_options) as host:
+            sock = await host.new().eval(CODE).run("echo", timeout=30)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+            try:
+                await asyncio.wait_for(reader.readline(), 30)
+                writer.write(b"over asyncio\n")
+                return await asyncio.wait_for(reader.readline(), 30)
+            finally:
+                writer.close()
+                await writer.wait_closed()
 
     assert asyncio.run(main()) == b"over asyncio\n"
 

@@ -387,7 +387,8 @@ def test_a_line_reader_gives_up_on_endless_junk() -> None:
     [
         ("root@h: Permission denied (publickey).", 255, "authentication failed"),
         ("Host key verification failed.", 255, "host key verification failed"),
-        ("ssh: connect to host h port 1: Connection refused", 255, "host unreachable"),
+        ("ssh: connect to host h port 1: Connection refused", 255, "connection refused"),
+        ("ssh: connect to host h port 22: No route to host", 255, "host unreachable"),
         (
             "ssh: Could not resolve hostname nope: Name or service not known",
             255,

@@ -22,8 +22,9 @@ import pytest
 import anyfork
 import remote_support
 import rpc_faces
+from anyfork._child import _wire
 from anyfork._core import _reaper
-from anyfork.remote import Host, RemoteHostError, RemoteProcess, _connection
+from anyfork.remote import Host, RemoteHostError, RemoteProcess, _boot, _connection
 from helpers import FACES, children, eventually, recv_exactly
 from remote_support import (
     CODE,
@@ -67,7 +68,7 @@ def no_local_dirs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.parametrize(
     ("alias", "cause"),
     [
-        ("closed", "host unreachable"),
+        ("closed", "connection refused"),
         ("badkey", "authentication failed"),
         ("badhostkey", "host key verification failed"),
     ],
@@ -124,6 +125,29 @@ def test_a_missing_or_old_remote_python_is_named(
     with pytest.raises(RemoteHostError, match=expected):
         host.connect_blocking()
     assert not marker.exists()
+    host.close()
+
+
+@pytest.mark.usefixtures("no_local_dirs")
+@pytest.mark.parametrize("which", ["bootstrap", "command protocol"])
+def test_another_protocol_on_the_remote_side_is_refused(
+    sshd: SshServers, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child side travels as source and is checked against the protocol versions: the
+    bootstrap's line and the agent's READY (the command protocol of what it imported there).
+    Here the parent pretends to speak another version of each."""
+    if which == "bootstrap":
+        monkeypatch.setattr(_boot, "PROTOCOL", _boot.PROTOCOL + 1)
+        expected = r"^cannot start anyfork on 'host1': the bootstrap speaks another protocol"
+    else:
+        monkeypatch.setattr(_wire, "VERSION", _wire.VERSION + 100)
+        expected = (
+            rf"^cannot start anyfork on 'host1': the agent answered .*, expected protocol "
+            rf"{_boot.PROTOCOL} and command protocol {_wire.VERSION}$"
+        )
+    host = Host("host1", ssh_options=sshd.ssh_options)
+    with pytest.raises(RemoteHostError, match=expected):
+        host.connect_blocking()
     host.close()
 
 

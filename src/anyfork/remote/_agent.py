@@ -125,7 +125,7 @@ class Agent(_forking.Forker):
             try:
                 os.setpgid(0, 0)
                 os.dup2(r, 0)
-                os.closerange(3, _serve._MAX_FD)
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 _forking.name("keeper")

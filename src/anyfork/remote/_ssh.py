@@ -57,10 +57,10 @@ _CAUSES = (
             "No matching host key",
         ),
     ),
+    ("connection refused", ("Connection refused",)),
     (
         "host unreachable",
         (
-            "Connection refused",
             "Connection timed out",
             "No route to host",
             "Network is unreachable",
