@@ -27,8 +27,9 @@ Nothing is left behind.  Every process the agent makes joins the process group o
 *keeper*, a child that does nothing but wait for EOF on a pipe whose only writer is the agent.
 When stdin or the control connection reaches EOF (the parent closed the host, exited or was
 killed, or the connection is gone) the agent kills that group, reaps, removes its directory,
-says RUNNING and exits; when the agent itself is killed, the keeper sees EOF and kills the
-group.  (A process that leaves the group on purpose, ``setsid``, escapes both.)
+says RUNNING and exits; when the agent itself is killed, the keeper sees EOF, removes the
+directory and kills the group.  (A process that leaves the group on purpose, ``setsid``,
+escapes both.)
 
 The agent never blocks on the parent: reports go out from a buffer when the control connection
 takes them, as in ``_serve``.  Its own stdin and stdout are moved to other fds at start, and fd
@@ -131,6 +132,11 @@ class Agent(_forking.Forker):
                 _forking.name("keeper")
                 while os.read(0, 64):
                     pass
+                # The agent is gone (it never ends this way itself: it kills the keeper first):
+                # its directory goes first (the SIGKILL that follows ends the keeper too).
+                import shutil
+
+                shutil.rmtree(self.base, ignore_errors=True)
                 os.killpg(0, signal.SIGKILL)
             finally:
                 os._exit(0)
