@@ -33,3 +33,8 @@ def hold(sock: socket.socket) -> None:
 def double(x: int) -> int:
     """RPC and pool worker function of the soak run: trivial work, so the machinery is what runs."""
     return 2 * x
+
+
+def ident(x: object) -> object:
+    """The trivial function of the pool benchmark's map rows (every pool pickles it by name)."""
+    return x

@@ -166,6 +166,21 @@ def anyfork_new_async(budget: float, min_count: int = 3) -> Sample:
     return asyncio.run(main())
 
 
+def spaced(once: Callable[[], float], budget: float, pause: float, min_count: int = 3) -> Sample:
+    """``once`` after a pause each time (``pause`` seconds, not timed): spaced single starts,
+    nothing of one overlapping the next (a template has done all it does between starts, its
+    children forked ahead included).  Latencies only: the rate counts the pauses."""
+    once()  # warm-up, untimed
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while True:
+        time.sleep(pause)
+        latencies.append(once())
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget and len(latencies) >= min_count:
+            return Sample(len(latencies), elapsed, latencies)
+
+
 # -- floors and peers ------------------------------------------------------------------------
 
 
@@ -216,10 +231,10 @@ def bare_python_once() -> None:
     subprocess.run([sys.executable, "-S", "-c", "pass"], check=True, timeout=TIMEOUT)
 
 
-def perl_run(script: str, mode: str, budget: float) -> Sample:
+def perl_run(script: str, mode: str, budget: float, pause: float = 0.0) -> Sample:
     """One run of bench/perl_fork.pl; its own warm-up happens before its timer starts."""
     out = subprocess.run(
-        ["perl", script, mode, str(budget)],
+        ["perl", script, mode, str(budget), str(pause)],
         capture_output=True,
         text=True,
         check=True,

@@ -2,7 +2,7 @@
 # Perl peer rows for bench/run.py, shaped like the AnyEvent::Fork POD's PERFORMANCE benchmark:
 # create a process, run a function, wait in the parent until the socket closes (EOF).
 #
-#   perl bench/perl_fork.pl MODE BUDGET_SECONDS
+#   perl bench/perl_fork.pl MODE BUDGET_SECONDS [PAUSE_SECONDS]
 #
 # Modes:
 #   new       AnyEvent::Fork->new->run("CORE::exit")      (the docs' benchmark; no byte is sent)
@@ -10,7 +10,11 @@
 #             like anyfork's row (the per-child eval stands in for Python's per-child import)
 #   new_exec  AnyEvent::Fork->new_exec->run("CORE::exit"), then waitpid (a direct child)
 #   fork      manual socketpair + fork + POSIX::_exit in the child (the floor)
+#   tmpl      $tmpl->fork->run("hello"), $tmpl = AnyEvent::Fork->new->eval(sub hello): a
+#             function the template has loaded that writes one byte
 #
+# With PAUSE_SECONDS, each timed start follows a pause (spaced single starts: nothing of one
+# start overlaps the next, whatever a template does between them).
 # Prints one line of key=value pairs: count, elapsed (s), lat_med_us (start to first byte, or
 # to EOF when the child sends nothing).  One untimed warm-up iteration runs first so that the
 # default template's exec is not counted, as in anyfork's rows.
@@ -23,8 +27,10 @@ use POSIX ();
 use Socket qw(AF_UNIX SOCK_STREAM PF_UNSPEC);
 use Time::HiRes qw(time);
 
-my ($mode, $budget) = @ARGV;
-defined $budget or die "usage: $0 MODE BUDGET_SECONDS\n";
+my ($mode, $budget, $pause) = @ARGV;
+defined $budget or die "usage: $0 MODE BUDGET_SECONDS [PAUSE_SECONDS]\n";
+$pause //= 0;
+my $tmpl;
 
 sub handed {
     # run()'s callback fires once the queue is written; the condvar makes it a plain wait.
@@ -74,6 +80,14 @@ my %once = (
         waitpid $pid, 0;    # our direct child: reap it, or zombies pile up
         return $t1 - $t0;
     },
+    tmpl => sub {
+        $tmpl //= AnyEvent::Fork->new->eval('sub hello { syswrite $_[0], "x" }');
+        my $t0 = time;
+        my $fh = handed($tmpl->fork, "hello");
+        my $t1 = drain($fh);
+        close $fh;
+        return $t1 - $t0;
+    },
     fork => sub {
         my $t0 = time;
         socketpair my $p, my $c, AF_UNIX, SOCK_STREAM, PF_UNSPEC or die "socketpair: $!";
@@ -98,6 +112,7 @@ my @lat;
 my $start = time;
 my $elapsed;
 while (1) {
+    select undef, undef, undef, $pause if $pause;
     push @lat, $once->();
     $elapsed = time - $start;
     last if $elapsed >= $budget && @lat >= 3;

@@ -11,14 +11,22 @@ Measurements (issue 4, point 6), each the median of the rounds:
   stdlib pools are timed from construction to the results of N calls with ``chunksize=1``
   (they start their workers eagerly, or on demand for ProcessPoolExecutor).
 * **throughput** of trivial calls: ``pool.map`` over M items, and ``submit`` in a loop (all
-  submitted, then all waited for), on 2 workers.
+  submitted, then all waited for), on 2 workers; ``BlockingPool``: its ``map`` and a call.
 * **latency**: ``submit(f, x).result()`` one at a time.
 * **USS** per worker (``/proc/<pid>/smaps_rollup``: Private_Clean + Private_Dirty) with numpy
   imported in the template, after each worker has run one call.
+* **map of 1,000,000 ints** (issue 9, point 1; one run): a trivial function (``_children.ident``)
+  on 2 workers, every anyfork face with ``map``'s default arguments (batches sized by the pool),
+  against ``multiprocessing.Pool(2).map`` (its default chunksize), ``ProcessPoolExecutor(2).map``
+  (``chunksize=1000``, and its best of 1000/10000/100000) and loky's (``chunksize=1000``); all
+  results taken (``list``, ``async for``).  The floor row is ``async for`` over the same number
+  of results already in memory: what ``Pool.map``'s consumer pays whatever the pool does.
 
 Peers that are not installed print "n/a".  Targets: warm N=32 start-up within 2x of raw
 os.fork x N and at least 5x faster than the forkserver pools; submit().result() latency at
-least 2x faster than ProcessPoolExecutor; per-worker USS with numpy preloaded under 3 MiB.
+least 2x faster than ProcessPoolExecutor; per-worker USS with numpy preloaded under 3 MiB; every
+anyfork face's map at least 1x ``multiprocessing.Pool.map`` and 3x ``ProcessPoolExecutor.map``
+at its best chunksize.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures as cf
+import functools
 import importlib.util
 import multiprocessing
 import os
@@ -36,9 +45,15 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "src"))
+# As bench/run.py: the repo root first (not bench/), so that "bench._children" imports by that
+# name here, in anyfork's workers (which get our sys.path) and in the stdlib's spawned ones.
+if sys.path[1:2] == [HERE]:
+    sys.path[1] = os.path.dirname(HERE)
 
-import anyfork
+import anyfork  # noqa: E402  # needs the sys.path fix above
+from bench import _children  # noqa: E402
 
 FUNC = "def ident(x):\n    return x\n"
 
@@ -168,6 +183,89 @@ def executor_rates(make: Callable[[], Any], fn: Any, m: int, k: int) -> tuple[fl
         ex.shutdown(wait=True)
 
 
+def blocking_rates(tmpl: anyfork.Process, m: int, k: int) -> tuple[float, float]:
+    """(map calls/s, call latency s) of anyfork.BlockingPool on 2 workers."""
+    with anyfork.BlockingPool(tmpl, "ident", max=2, idle=2, load=8) as pool:
+        pool(0)
+        t0 = time.perf_counter()
+        for _ in pool.map(range(m), max_in_flight=256):
+            pass
+        rate = m / (time.perf_counter() - t0)
+        lat = []
+        for i in range(k):
+            t0 = time.perf_counter()
+            pool(i)
+            lat.append(time.perf_counter() - t0)
+        return rate, statistics.median(lat)
+
+
+# -- map of 1,000,000 ints ------------------------------------------------------------------
+
+
+def _drain(ex: Any, f: Any, items: range, chunksize: int) -> None:
+    for _ in ex.map(f, items, chunksize=chunksize):
+        pass
+
+
+def map_rates(n: int) -> dict[str, float | None]:
+    """calls/s of each map row (``None``: the peer is not installed)."""
+    f = _children.ident
+    items = range(n)
+    rates: dict[str, float | None] = {}
+
+    def timed(name: str, run: Callable[[], object]) -> None:
+        t0 = time.perf_counter()
+        run()
+        rates[name] = n / (time.perf_counter() - t0)
+
+    async def pool_map() -> None:
+        async with anyfork.Pool(None, f, max=2, idle=2) as pool:
+            [r async for r in pool.map(range(1000))]  # warm: workers up, sizes measured once
+            t0 = time.perf_counter()
+            results = [r async for r in pool.map(items)]
+            rates["anyfork Pool.map"] = n / (time.perf_counter() - t0)
+            assert len(results) == n
+
+    asyncio.run(pool_map())
+    with anyfork.BlockingPool(None, f, max=2, idle=2) as pool:
+        list(pool.map(range(1000)))
+        timed("anyfork BlockingPool.map", lambda: list(pool.map(items)))
+    with anyfork.PoolExecutor(2) as ex:
+        list(ex.map(f, range(1000)))
+        timed("anyfork PoolExecutor.map", lambda: list(ex.map(f, items)))
+    with multiprocessing.Pool(2) as mp_pool:
+        mp_pool.map(f, range(1000))
+        timed("multiprocessing.Pool.map", lambda: mp_pool.map(f, items))
+    with ProcessPoolExecutor(2) as ppe:
+        list(ppe.map(f, range(1000), chunksize=100))
+        for size in (1000, 10000, 100000):
+            timed(f"PPE.map chunksize={size}", functools.partial(_drain, ppe, f, items, size))
+    if has("loky"):
+        ex2 = loky_make(2)
+        try:
+            list(ex2.map(f, range(1000), chunksize=100))
+            timed("loky map chunksize=1000", lambda: list(ex2.map(f, items, chunksize=1000)))
+        finally:
+            ex2.shutdown(wait=True)
+    else:
+        rates["loky map chunksize=1000"] = None
+
+    async def floor() -> None:
+        chunks = [list(range(i, min(n, i + 65536))) for i in range(0, n, 65536)]
+
+        async def results() -> Any:
+            for chunk in chunks:
+                for r in chunk:
+                    yield r
+
+        t0 = time.perf_counter()
+        [r async for r in results()]
+        rates["floor: async for over the results in memory"] = n / (time.perf_counter() - t0)
+
+    asyncio.run(floor())
+    return rates
+
+
 # -- memory --------------------------------------------------------------------------------
 
 
@@ -280,7 +378,7 @@ def main() -> None:
     rates: dict[str, tuple[float, float, float]] = {}
 
     def anyfork_executor() -> Any:
-        return anyfork.PoolExecutor(tmpl, "ident", max=2, idle=2, load=8)
+        return anyfork.PoolExecutor(2, template=tmpl, func="ident", idle=2, load=8)
 
     # anyfork's pool serves "ident" as defined in its template; the others pickle ident.
     fns: dict[str, Any] = {"anyfork.PoolExecutor": "ident"}
@@ -305,11 +403,28 @@ def main() -> None:
         print(f"{name:40}{r[0]:11.0f}{r[1]:11.0f}{r[2] * 1000:12.3f}")
     amap = statistics.median(anyfork_map(m, tmpl) for _ in range(rounds))
     print(f"{'anyfork.Pool.map (asyncio)':40}{amap:11.0f}")
+    blocking = [blocking_rates(tmpl, m, k) for _ in range(rounds)]
+    bmap = statistics.median(r[0] for r in blocking)
+    blat = statistics.median(r[1] for r in blocking)
+    print(f"{'anyfork.BlockingPool (map, call)':40}{bmap:11.0f}{'':11}{blat * 1000:12.3f}")
     handoff = thread_handoff_floor()
     print(
         f"{'floor: a thread handoff round trip':40}{'':22}{handoff * 1000:12.3f}"
         "  (what an executor's submit().result() costs when another thread runs the call)"
     )
+
+    map_n = 100_000 if opts.quick else 1_000_000
+    maps = map_rates(map_n)
+    print()
+    print(f"{f'map of {map_n:,} ints (2 workers)':50}{'calls/s':>12}{'vs mp.Pool.map':>16}")
+    print("-" * 78)
+    mp_rate = maps["multiprocessing.Pool.map"]
+    for name, rate in maps.items():
+        if rate is None:
+            print(f"{name:50}{'n/a':>12}")
+        else:
+            ratio = f"{rate / mp_rate:.2f}x" if mp_rate else ""
+            print(f"{name:50}{rate:12.0f}{ratio:>16}")
 
     mem = numpy_uss(4) if has("numpy") else []
     print()
@@ -347,6 +462,19 @@ def main() -> None:
             "submit().result() latency >= 2x faster than PPE",
             ppe[2] >= 2 * ours[2],
             f"{ppe[2] / ours[2]:.1f}x",
+        )
+    ppe_best = max(r for k, r in maps.items() if k.startswith("PPE") and r is not None)
+    for face in ("Pool", "BlockingPool", "PoolExecutor"):
+        rate = maps[f"anyfork {face}.map"]
+        assert rate is not None
+        assert mp_rate is not None
+        target(
+            f"{face}.map >= 1x multiprocessing.Pool.map", rate >= mp_rate, f"{rate / mp_rate:.2f}x"
+        )
+        target(
+            f"{face}.map >= 3x PPE.map at its best chunksize",
+            rate >= 3 * ppe_best,
+            f"{rate / ppe_best:.2f}x",
         )
     if mem:
         worst = max(mem)

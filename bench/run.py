@@ -5,8 +5,14 @@ exited) and goes on, for ``--budget`` seconds; that is repeated ``--rounds`` tim
 interleaved across rows so that drift of a noisy VM hits every row alike.  A row's rate is the
 median of its rounds; its latency (start to first byte) the median of all its iterations.
 
+The "spaced" rows pause ``PAUSE`` seconds before each start, so that nothing of one start
+overlaps the next (whatever a template does between starts, forking its next child ahead
+included, is done by then): they measure the latency of a single start, anyfork next to Perl's
+AnyEvent::Fork in the same run; their rate (mostly the pauses) is not shown.
+
     python bench/run.py            # the full table (1 s x 5 rounds per row, ~1.5 min)
     python bench/run.py --quick    # smoke run: 1 short round
+    python bench/run.py --rows af_new_spaced,perl_new_spaced   # only those rows
     python bench/run.py --big-parent --budget S   # internal: one round from a 1 GiB parent
 
 Results go to stdout and to bench/results/latest.txt (quick runs: quick.txt).
@@ -43,6 +49,8 @@ from bench import _loops  # noqa: E402  # needs the sys.path fix above
 from bench._loops import Sample  # noqa: E402
 
 PERL_SCRIPT = str(HERE / "perl_fork.pl")
+#: The pause before each start of a spaced row.
+PAUSE = 0.02
 BIG_BYTES = 1 << 30
 PAGE = os.sysconf("SC_PAGE_SIZE")
 PYC_PREFIX = HERE / "results" / "pycache"
@@ -60,11 +68,18 @@ class Row:
     samples: list[Sample] = field(default_factory=list)
     unavailable: str | None = None
     error: str | None = None
+    #: Spaced single starts: only the latency means something.
+    spaced: bool = False
 
     @property
     def rate(self) -> float | None:
         rates = sorted(s.rate for s in self.samples)
         return _loops.median(rates) if rates and self.ok else None
+
+    @property
+    def latency_median(self) -> float | None:
+        lat = [x for s in self.samples for x in s.latencies]
+        return _loops.median(lat) if lat and self.ok else None
 
     @property
     def ok(self) -> bool:
@@ -94,7 +109,12 @@ ROWS = [
     Row("perl_new", "Perl AnyEvent::Fork->new->run(CORE::exit)", latency="EOF"),
     Row("perl_new_hello", "Perl ->new->eval(sub hello)->run(hello)"),
     Row("perl_new_exec", "Perl AnyEvent::Fork->new_exec->run(exit)", latency="EOF"),
+    Row("perl_tmpl", "Perl $tmpl->fork->run(hello), tmpl eval'd it"),
     Row("perl_fork", "Perl socketpair + fork + _exit  [floor]"),
+    Row("af_new_spaced", "SPACED anyfork.new().run_blocking(socket.close)", "EOF", spaced=True),
+    Row("perl_new_spaced", "SPACED Perl AnyEvent::Fork->new->run(CORE::exit)", "EOF", spaced=True),
+    Row("af_fork_spaced", "SPACED tmpl.fork().run_blocking(hello), required", spaced=True),
+    Row("perl_tmpl_spaced", "SPACED Perl $tmpl->fork->run(hello), eval'd", spaced=True),
 ]
 
 
@@ -311,6 +331,11 @@ def table(rows: list[Row]) -> list[str]:
             state = "not available" if row.unavailable else "ERROR"
             out.append(f"{row.label:<50} {state}: {why}"[:200])
             continue
+        if row.spaced:
+            latency = fmt_ms(row.latency_median) + (" EOF" if row.latency == "EOF" else "")
+            n = sum(s.count for s in row.samples)
+            out.append(f"{row.label:<50} {'-':>8} {'':>13} {'-':>8} {latency:>11} {n:>6}")
+            continue
         rates = [s.rate for s in row.samples]
         rate = row.rate or 0.0
         lat: list[float] = [x for s in row.samples for x in s.latencies]
@@ -324,7 +349,8 @@ def table(rows: list[Row]) -> list[str]:
         )
     out.append(
         "latency: start of creation to the child's first byte, median; 'EOF' rows send no "
-        "byte (time to EOF); Perl latencies are the median of per-run medians."
+        "byte (time to EOF); Perl latencies are the median of per-run medians.  SPACED rows: "
+        f"a {PAUSE * 1e3:g} ms pause before each start; latency only."
     )
     return out
 
@@ -352,6 +378,19 @@ def ratios(by: dict[str, Row]) -> list[str]:
             verdict = "PASS" if ok else "MISS"
             lines.append(f"  {text:<68} {value:.3f}x  [target {goal}: {verdict}]")
 
+    def lat(a: str, b: str) -> float | None:
+        la, lb = by[a].latency_median, by[b].latency_median
+        return la / lb if la and lb else None
+
+    # Single starts (spaced): latency to the first byte (EOF) of a function the template has
+    # loaded, as a fraction of Perl's for the same work; < 1 means anyfork is faster.
+    v = lat("af_new_spaced", "perl_new_spaced")
+    target("spaced single start latency: anyfork.new / Perl ->new (EOF; lower is better)", v,
+           v is not None and v <= 0.5, "<= 0.5x", ("af_new_spaced", "perl_new_spaced"))  # fmt: skip
+    v = lat("af_fork_spaced", "perl_tmpl_spaced")
+    keys = ("af_fork_spaced", "perl_tmpl_spaced")
+    target("spaced single start latency: tmpl.fork / Perl $tmpl->fork (first byte)", v,
+           v is not None and v <= 0.5, "<= 0.5x", keys)  # fmt: skip
     # Like for like: a function the template has loaded (CORE::exit / socket.close), and a
     # function compiled in the child from a string (Perl's eval row).
     v = r("af_new_pre", "perl_new")
@@ -364,6 +403,7 @@ def ratios(by: dict[str, Row]) -> list[str]:
     info("  template-sized, exits overlapped (a template's ceiling), vs Perl", "os_fork_ovl",
          "perl_new")  # fmt: skip
     info("template that required the module vs anyfork.new(hello)", "af_fork_req", "af_new")
+    info("tmpl.fork() (required) vs Perl $tmpl->fork (eval'd)", "af_fork_req", "perl_tmpl")
     v = r("af_new", "mp_forkserver")
     target("anyfork.new vs mp forkserver", v, v is not None and v >= 5.0, ">= 5x",
            ("af_new", "mp_forkserver"))  # fmt: skip
@@ -414,12 +454,18 @@ def build_jobs(
     req = anyfork.new().require("bench._children")
     closers.append(req.close)
     req.wait_started_blocking(timeout=60)
+
+    def spaced(key: str, once: Callable[[], float]) -> tuple[tuple[str, ...], Measure]:
+        return (key,), lambda budget: {key: _loops.spaced(once, budget, PAUSE)}
+
     jobs = [
         one("af_new", _loops.anyfork_new_once),
         one("af_new_pre", _loops.anyfork_new_preloaded_once),
         one("af_new_eval", _loops.anyfork_new_eval_once),
         one("af_fork_req", _loops.anyfork_fork_once(req)),
         (("af_new_async",), lambda budget: {"af_new_async": _loops.anyfork_new_async(budget)}),
+        spaced("af_new_spaced", _loops.anyfork_new_preloaded_once),
+        spaced("af_fork_spaced", _loops.anyfork_fork_once(req)),
     ]
     if importlib.util.find_spec("numpy") is None:
         by["af_fork_np"].unavailable = "numpy not installed (run bench/setup.py)"
@@ -451,7 +497,10 @@ def build_jobs(
     jobs.append(one("bare_python", _loops.bare_python_once))
 
     reason, desc = perl_status()
-    perl_keys = ("perl_new", "perl_new_hello", "perl_new_exec", "perl_fork")
+    perl_keys = (
+        *("perl_new", "perl_new_hello", "perl_new_exec", "perl_tmpl", "perl_fork"),
+        *("perl_new_spaced", "perl_tmpl_spaced"),
+    )
     if reason is not None:
         for key in perl_keys:
             by[key].unavailable = reason
@@ -462,10 +511,11 @@ def build_jobs(
 
 
 def perl_job(key: str) -> Measure:
-    mode = key.removeprefix("perl_")
+    mode = key.removeprefix("perl_").removesuffix("_spaced")
+    pause = PAUSE if key.endswith("_spaced") else 0.0
 
     def run(budget: float) -> dict[str, Sample]:
-        return {key: _loops.perl_run(PERL_SCRIPT, mode, budget)}
+        return {key: _loops.perl_run(PERL_SCRIPT, mode, budget, pause)}
 
     return run
 
@@ -480,6 +530,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, help="seconds per row per round (default 1.0)")
     ap.add_argument("--rounds", type=int, help="rounds (default 5)")
     ap.add_argument("--out", type=Path, help="results file (default bench/results/latest.txt)")
+    ap.add_argument("--rows", help="comma-separated row keys: measure only those")
     ap.add_argument("--big-parent", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.budget is None:
@@ -489,7 +540,8 @@ def main() -> None:
     if args.big_parent:
         big_parent(args.budget)
         return
-    out_path = args.out or HERE / "results" / ("quick.txt" if args.quick else "latest.txt")
+    default = "rows.txt" if args.rows else "quick.txt" if args.quick else "latest.txt"
+    out_path = args.out or HERE / "results" / default
 
     started = time.monotonic()
     byte_compile_bench()
@@ -511,11 +563,15 @@ def main() -> None:
                if anyfork._core._spawn.child_code() is not None
                else "; exec'd children import anyfork's child side themselves"),
     }  # fmt: skip
-    rows = [Row(r.key, r.label, r.latency) for r in ROWS]
+    rows = [Row(r.key, r.label, r.latency, spaced=r.spaced) for r in ROWS]
     by = {row.key: row for row in rows}
     closers: list[Callable[[], None]] = []
     try:
         jobs = build_jobs(by, facts, closers)
+        if args.rows:
+            wanted = set(args.rows.split(","))
+            jobs = [job for job in jobs if wanted & set(job[0])]
+            rows = [row for row in rows if row.key in wanted]
         for rnd in range(args.rounds):
             for keys, measure in jobs:
                 if any(by[k].error for k in keys):

@@ -4,7 +4,8 @@ Not part of ``make test`` (it takes minutes).  Three phases, each through one te
 
 1. processes: ``tmpl.fork().run(f)`` through one template in bursts (``asyncio.gather``), each
    child writing one byte and exiting;
-2. RPC: pipelined calls on one worker (``client.map``), asyncio and blocking clients;
+2. RPC: pipelined calls on one worker (``client.map(chunksize=1)``: a frame per call, so the
+   per-call machinery is what runs), asyncio and blocking clients;
 3. pool: calls through a ``Pool`` while a killer task SIGKILLs a random worker now and then; only
    the killed workers' calls may fail (``WorkerDiedError``), every other call must return.
 
@@ -119,7 +120,7 @@ async def rpc_calls(n: int) -> None:
     done = 0
     while done < n // 2:
         k = min(batch, n // 2 - done)
-        results = await asyncio.wait_for(client.map(range(done, done + k)), 60)
+        results = await asyncio.wait_for(client.map(range(done, done + k), chunksize=1), 60)
         if results != [2 * x for x in range(done, done + k)]:
             raise AssertionError("wrong RPC results")
         done += k
@@ -128,14 +129,14 @@ async def rpc_calls(n: int) -> None:
     with blocking:
         while done < n:
             k = min(batch, n - done)
-            if blocking.map(range(done, done + k), timeout=60) != [
+            if blocking.map(range(done, done + k), chunksize=1, timeout=60) != [
                 2 * x for x in range(done, done + k)
             ]:
                 raise AssertionError("wrong blocking RPC results")
             done += k
     took = time.monotonic() - started
     print(
-        f"  RPC: {n} calls (half asyncio, half blocking), pipelined: {took:.1f} s "
+        f"  RPC: {n} calls (half asyncio, half blocking), one frame each, pipelined: {took:.1f} s "
         f"({n / took:.0f}/s)",
         flush=True,
     )

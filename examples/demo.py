@@ -236,7 +236,7 @@ async def pool_demo() -> None:
         victim = pool.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         start = time.perf_counter()
-        stats = await pool.wait_for(lambda s: s.died == 1, timeout=10)
+        stats = await pool.wait_until(lambda s: s.died == 1, timeout=10)
         answer = await pool(12)
         step(
             f"killed worker {victim}; pool noticed (died={stats.died}), then pool(12) = {answer}",
@@ -244,7 +244,7 @@ async def pool_demo() -> None:
         )
 
         start = time.perf_counter()
-        await pool.wait_for(lambda s: s.workers == 0, timeout=10)
+        await pool.wait_until(lambda s: s.workers == 0, timeout=10)
         step(
             "idle workers stopped, one per 0.2 s: the pool is down to 0 workers",
             time.perf_counter() - start,

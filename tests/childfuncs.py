@@ -97,3 +97,34 @@ def adopt_and_run(sock, handed):
         chunks.append(chunk)
     inner.close()
     sock.sendall(b"".join(chunks) + f"\npid={proc.pid}".encode())
+
+
+def serve_pids(sock, listener):
+    """A prefork server's worker: answer each connection with this process's pid, until killed
+    (SIGTERM: the default action)."""
+    sock.sendall(b"ready")
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(str(os.getpid()).encode())
+
+
+def read_lines(sock, pipe):
+    """Iterate a passed pipe line by line (the way that needs a buffered file) and report."""
+    lines = [line.decode().rstrip("\n") for line in pipe]
+    sock.sendall(repr((type(pipe).__name__, lines)).encode())
+
+
+def describe_files(sock, *files):
+    """Report each passed file's type, mode and (text files) encoding."""
+    out = [
+        (type(f).__name__, getattr(f, "mode", None), getattr(f, "encoding", None)) for f in files
+    ]
+    sock.sendall(repr(out).encode())
+
+
+def write_unflushed(sock, *files):
+    """Write to each passed file without flushing, and return (the process then exits)."""
+    for i, f in enumerate(files):
+        f.write(f"line {i}\n" if hasattr(f, "encoding") else b"line %d\n" % i)
+    sock.sendall(b"written")

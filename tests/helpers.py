@@ -1,13 +1,21 @@
-"""Test helpers: bounded waiting for OS facts (never a bare sleep), process and fd inspection."""
+"""Test helpers: bounded waiting for OS facts (never a bare sleep), process and fd inspection,
+and the pools' deadline and gate."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+import anyfork
 
 T = TypeVar("T")
 
@@ -58,6 +66,12 @@ def children(pid: int | None = None, *, spares: bool = False) -> set[int]:
     if not spares:
         found = {p for p in found if not is_spare(p)}
     return found
+
+
+def ahead(tmpl: anyfork.Process) -> set[int]:
+    """The pids of the children ``tmpl`` keeps forked ahead of need (waited for until they
+    have started: a template's own count of children includes them)."""
+    return {child.wait_started_blocking(timeout=10) for child in tmpl._ready}
 
 
 def state(pid: int) -> str | None:
@@ -119,3 +133,147 @@ def wait_on(face: str, proc: object, what: str, *args: object, timeout: float = 
     if isinstance(result, socket.socket):
         result.setblocking(True)
     return result
+
+
+# -- pools: a deadline around asyncio.run, and the gate pipe the pool tests' workers wait on ---
+
+#: The most a test's asyncio.run may take (the backstop; each wait has its own deadline too).
+DEADLINE = 30.0
+#: The most one wait for a pool's state or a worker's event may take.
+WAIT = 15.0
+
+
+def run(coro: Awaitable[T], deadline: float = DEADLINE) -> T:
+    """``asyncio.run(coro)`` with a deadline: a test fails instead of hanging."""
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, deadline)
+
+    return asyncio.run(bounded())
+
+
+class Gate:
+    """A pipe whose read end every worker inherits (through :meth:`template`): the gated calls
+    (``pool_funcs.gated``) report that they started, then wait for one byte each, so the test
+    decides exactly when each may finish (``release(n)``).
+
+    ``started`` collects the ``(tag, pid)`` of the ``("started", tag, pid)`` events, whichever
+    thread the pool delivers them in; :meth:`wait_started` waits for them blocking,
+    :meth:`wait_started_async` from the event loop."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self.started: list[tuple[Any, int]] = []
+        self._cond = threading.Condition()
+        self._wakers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.templates: list[Any] = []
+
+    def template(self) -> Any:  # anyfork.Process (helpers import nothing of anyfork)
+        """A template holding the gate (closed with the gate)."""
+        import anyfork
+
+        tmpl = anyfork.new().require("pool_funcs").send_fh(self.r)
+        self.templates.append(tmpl)
+        return tmpl
+
+    def options(self) -> dict[str, Any]:
+        """The pool options of a gated pool: the worker's init keeps the gate, events come here."""
+        return {"init": "pool_funcs:init_gate", "on_event": self.on_event}
+
+    def on_event(self, kind: str, tag: Any, pid: int) -> None:
+        assert kind == "started"
+        with self._cond:
+            self.started.append((tag, pid))
+            self._cond.notify_all()
+            wakers = list(self._wakers)
+        for loop, event in wakers:
+            loop.call_soon_threadsafe(event.set)
+
+    def wait_started(self, n: int) -> list[tuple[Any, int]]:
+        """Block until ``n`` gated calls have started; their ``(tag, pid)``."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.started) >= n, WAIT), (
+                f"{n} calls did not start within {WAIT} s: {self.started}"
+            )
+            return list(self.started)
+
+    async def wait_started_async(self, n: int) -> list[tuple[Any, int]]:
+        """:meth:`wait_started` for the event loop."""
+        event = asyncio.Event()
+        waker = (asyncio.get_running_loop(), event)
+        with self._cond:
+            self._wakers.append(waker)
+        try:
+            while True:
+                with self._cond:
+                    if len(self.started) >= n:
+                        return list(self.started)
+                    event.clear()
+                await asyncio.wait_for(event.wait(), WAIT)
+        finally:
+            with self._cond:
+                self._wakers.remove(waker)
+
+    def release(self, n: int = 1) -> None:
+        os.write(self.w, b"x" * n)
+
+    def close(self) -> None:
+        for tmpl in self.templates:
+            tmpl.close()
+        os.close(self.r)
+        os.close(self.w)
+
+
+# -- whole programs (tests/scripts/) ------------------------------------------------------------
+
+SCRIPTS = Path(__file__).resolve().with_name("scripts")
+#: anyfork has no dependencies, so any interpreter runs the scripts with just this on its path.
+SRC = str(Path(anyfork.__file__).resolve().parent.parent)
+
+
+def run_script(
+    name: str,
+    *args: str,
+    python: str = sys.executable,
+    flags: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    returncode: int = 0,
+    module: bool = False,
+    code: str | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tests/scripts/<name>`` (``module``: as ``python -m name``, from that directory;
+    ``code``: ``python -c code``; ``stdin``: ``python -`` reading it), with a deadline; check
+    its exit code and that it wrote nothing to stderr (no traceback from the program, its
+    templates or their children)."""
+    environ = {**os.environ, **(env or {})}
+    environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, environ.get("PYTHONPATH", "")) if p)
+    environ.pop("ANYFORK_PYTHON", None)
+    environ.pop("PYTHONUNBUFFERED", None)  # the scripts' stdout must be block-buffered
+    if code is not None:
+        target = ["-c", code]
+    elif stdin is not None:
+        target = ["-"]
+    elif module:
+        target = ["-m", name]
+    else:
+        target = [str(SCRIPTS / name)]
+    proc = subprocess.run(
+        [python, *flags, *target, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environ,
+        check=False,
+        cwd=SCRIPTS,
+        input=stdin,
+    )
+    assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.stderr == ""
+    return proc
+
+
+def result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The script's JSON line (the last line of its stdout)."""
+    value: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return value

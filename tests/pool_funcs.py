@@ -64,3 +64,61 @@ def hoard(mib: int) -> tuple[int, int]:
 
 def die(code: int) -> None:
     os._exit(code)
+
+
+def record(path: str, x: Any) -> Any:
+    """Append ``x`` to the file ``path`` (one line): what ran is known after the pool is gone."""
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def gated_record(path: str, x: Any) -> Any:
+    """:func:`record`, once the gate lets it (one byte)."""
+    if not _gate.read(1):
+        raise EOFError("the gate was closed")
+    return record(path, x)
+
+
+def chatty(tag: Any, n: int) -> Any:
+    """Raise ``n`` events ``(tag, i)`` (to the call's own handler, or the pool's), return
+    ``tag``."""
+    for i in range(n):
+        anyfork.worker.event(tag, i)
+    return tag
+
+
+_path: str | None = None
+
+
+def init_path(path: str) -> None:
+    """The worker's init: keep the path ``done_mark`` writes to (sent to the template)."""
+    global _path
+    _path = path
+
+
+def done_mark() -> None:
+    """A worker's ``done``: append its pid to the path its init kept."""
+    assert _path is not None
+    with open(_path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def fail_at(bad: Any, x: Any) -> Any:
+    """``x``, or raise ``PoolError`` for ``bad``."""
+    if x == bad:
+        raise PoolError(f"item {x}")
+    return x
+
+
+def has_multiprocessing() -> bool:
+    import sys
+
+    return "multiprocessing" in sys.modules
+
+
+def checked(x: Any) -> Any:
+    """``x``, or raise ``PoolError`` for a negative one."""
+    if x < 0:
+        raise PoolError(f"item {x}")
+    return x

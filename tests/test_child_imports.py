@@ -67,6 +67,7 @@ def _modules_after(statement: str) -> set[str]:
         "import anyfork._child._wire",
         "import anyfork._child._serve, anyfork.worker",
         "import anyfork.worker; anyfork.__version__; dir(anyfork)",
+        "import anyfork._child._target, anyfork._child._main",
     ],
 )
 def test_child_side_imports_are_cheap(statement: str) -> None:

@@ -204,3 +204,25 @@ def test_two_processes_handed_to_a_third_that_prepares_and_runs_them(
             ]
         finally:
             os.close(r)
+
+
+def test_a_forgotten_process_whose_command_fails_says_so_on_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Nobody reads the error report of a process its creator has dropped: like the original
+    (``[pid] ERROR: ...``), the child writes the failure to its stderr instead of failing in
+    silence.  The pipe it holds closes when it exits: the handshake that it is done.  (Exec'd
+    here, so that its stderr is this test's: the default template may predate the capture.)"""
+    r, w = os.pipe()
+    try:
+        anyfork.new_exec().send_fh(w).eval("raise LookupError('forgotten and failed')")
+        os.close(w)
+        w = -1
+        assert read_until_eof(r) == b""
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    err = capfd.readouterr().err
+    assert "eval failed" in err
+    assert "LookupError: forgotten and failed" in err

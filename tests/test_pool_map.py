@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 import anyfork
-from test_pool import Gate, _run, gate, gated_pool, until
-
-__all__ = ["gate"]  # the fixture, shared with test_pool
+from helpers import Gate, run
+from test_pool import gated_pool, until
 
 
 def test_map_in_order_zips_like_map() -> None:
@@ -25,7 +24,7 @@ def test_map_in_order_zips_like_map() -> None:
             out = [r async for r in pool.map("ab", [1, 2, 3])]
             assert out == [(["a", 1], {}), (["b", 2], {})]  # stops with the shortest
 
-    _run(main())
+    run(main())
 
 
 def test_map_bounds_calls_in_flight(gate: Gate) -> None:
@@ -39,9 +38,9 @@ def test_map_bounds_calls_in_flight(gate: Gate) -> None:
                     consumed.append(i)
                     yield i
 
-            results = pool.map(lazy(), max_in_flight=3)
+            results = pool.map(lazy(), max_in_flight=3, chunksize=1)
             first = asyncio.ensure_future(results.__anext__())
-            await gate.wait_started(1)
+            await gate.wait_started_async(1)
             s = await until(pool, lambda s: s.busy == 1 and s.queued == 2)
             assert consumed == [0, 1, 2]  # the iterable is read lazily, 3 at a time
             assert s.queued == 2
@@ -58,7 +57,7 @@ def test_map_bounds_calls_in_flight(gate: Gate) -> None:
             rest = [tag async for tag, _ in results]
             assert rest == list(range(2, 10))
 
-    _run(main())
+    run(main())
 
 
 async def collect(results: AsyncGenerator[Any, None], out: list[Any]) -> None:
@@ -76,7 +75,7 @@ def test_map_raises_at_the_failed_items_turn() -> None:
             with pytest.raises(ValueError, match="max_in_flight"):
                 await collect(pool.map([1], max_in_flight=0), got)
 
-    _run(main())
+    run(main())
 
 
 def test_map_stopped_early_withdraws_queued_calls(gate: Gate) -> None:
@@ -85,7 +84,9 @@ def test_map_stopped_early_withdraws_queued_calls(gate: Gate) -> None:
         async with pool:
             gate.release(2)
             got = []
-            async with contextlib.aclosing(pool.map(range(100), max_in_flight=4)) as results:
+            async with contextlib.aclosing(
+                pool.map(range(100), max_in_flight=4, chunksize=1)
+            ) as results:
                 async for tag, _ in results:
                     got.append(tag)
                     if len(got) == 2:
@@ -99,7 +100,7 @@ def test_map_stopped_early_withdraws_queued_calls(gate: Gate) -> None:
             assert s.died == 0
             assert s.calls == 3
 
-    _run(main())
+    run(main())
 
 
 def test_progress_hook_and_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,5 +116,5 @@ def test_progress_hook_and_tqdm(capsys: pytest.CaptureFixture[str]) -> None:
             assert seen == [(1, None), (2, None), (3, None)]
             assert [r async for r in pool.map(range(7), progress=True)] == list(range(0, 14, 2))
 
-    _run(main())
+    run(main())
     assert "7/7" in capsys.readouterr().err  # tqdm's bar

@@ -18,8 +18,7 @@ import pytest
 
 import anyfork
 import pool_funcs
-
-WAIT = 15.0
+from helpers import WAIT, Gate
 
 
 def pool_threads() -> list[threading.Thread]:
@@ -32,56 +31,9 @@ def no_threads() -> Iterator[None]:
     assert not pool_threads(), "a pool thread outlived its pool"
 
 
-class SyncGate:
-    """The threaded twin of test_pool.Gate: events arrive on the pool's thread."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        self.started: list[tuple[Any, int]] = []
-        self.cond = threading.Condition()
-        self.templates: list[anyfork.Process] = []
-
-    def template(self) -> anyfork.Process:
-        tmpl = anyfork.new().require("pool_funcs").send_fh(self.r)
-        self.templates.append(tmpl)
-        return tmpl
-
-    def on_event(self, kind: str, tag: Any, pid: int) -> None:
-        with self.cond:
-            self.started.append((tag, pid))
-            self.cond.notify_all()
-
-    def wait_started(self, n: int) -> list[tuple[Any, int]]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.started) >= n, WAIT)
-            return list(self.started)
-
-    def release(self, n: int = 1) -> None:
-        os.write(self.w, b"x" * n)
-
-    def close(self) -> None:
-        for tmpl in self.templates:
-            tmpl.close()
-        os.close(self.r)
-        os.close(self.w)
-
-
-@pytest.fixture
-def gate() -> Iterator[SyncGate]:
-    g = SyncGate()
-    try:
-        yield g
-    finally:
-        g.close()
-
-
-def gated_executor(gate: SyncGate, **kw: Any) -> anyfork.PoolExecutor:
+def gated_executor(gate: Gate, **kw: Any) -> anyfork.PoolExecutor:
     return anyfork.PoolExecutor(
-        gate.template(),
-        "pool_funcs:gated",
-        init="pool_funcs:init_gate",
-        on_event=gate.on_event,
-        **kw,
+        template=gate.template(), func="pool_funcs:gated", **gate.options(), **kw
     )
 
 
@@ -118,27 +70,22 @@ def test_blocking_pool_errors_and_death() -> None:
     with anyfork.BlockingPool(None, "pool_funcs:pid", max=1, idle=1) as pool:
         (victim,) = pool.worker_pids()
         os.kill(victim, signal.SIGKILL)
-        s = pool.wait_for(lambda s: s.died == 1 and s.idle == 1, timeout=WAIT)
+        s = pool.wait_until(lambda s: s.died == 1 and s.idle == 1, timeout=WAIT)
         assert s.started == 2
         assert pool(1)[1] != victim
 
 
-def test_blocking_pool_map_stops_early_and_cancel(gate: SyncGate) -> None:
+def test_blocking_pool_map_stops_early_and_cancel(gate: Gate) -> None:
     pool = anyfork.BlockingPool(
-        gate.template(),
-        "pool_funcs:gated",
-        init="pool_funcs:init_gate",
-        on_event=gate.on_event,
-        max=1,
-        load=1,
+        gate.template(), "pool_funcs:gated", **gate.options(), max=1, load=1
     )
     gate.release(2)
-    results = pool.map(range(10), max_in_flight=3)
+    results = pool.map(range(10), max_in_flight=3, chunksize=1)
     assert next(results)[0] == 0
     assert next(results)[0] == 1
+    gate.wait_started(3)  # the third call runs (a call not started yet would be withdrawn)
     results.close()  # stops early: queued calls withdrawn, the running one left to finish
-    gate.wait_started(3)
-    s = pool.wait_for(lambda s: s.queued == 0, timeout=WAIT)
+    s = pool.wait_until(lambda s: s.queued == 0, timeout=WAIT)
     assert s.busy == 1
     pool.cancel()
     assert not pool_threads()
@@ -170,7 +117,7 @@ def test_map_order_exceptions_and_builtin_equivalence() -> None:
 
 
 def test_fixed_function_executor() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.double, max=1) as ex:
+    with anyfork.PoolExecutor(1, func=pool_funcs.double) as ex:
         assert ex.submit(pool_funcs.double, 3).result(WAIT) == 6
         assert ex.submit("pool_funcs:double", "a").result(WAIT) == "aa"
         with pytest.raises(ValueError, match="serves pool_funcs:double"):
@@ -191,8 +138,8 @@ def test_submit_after_shutdown() -> None:
     ex.shutdown()  # idempotent
 
 
-def test_shutdown_wait_runs_queued_calls(gate: SyncGate) -> None:
-    ex = gated_executor(gate, max=1, load=1)
+def test_shutdown_wait_runs_queued_calls(gate: Gate) -> None:
+    ex = gated_executor(gate, max_workers=1, load=1)
     futures = [ex.submit("pool_funcs:gated", i) for i in range(4)]
     gate.wait_started(1)
     gate.release(4)
@@ -200,8 +147,8 @@ def test_shutdown_wait_runs_queued_calls(gate: SyncGate) -> None:
     assert [f.result(0)[0] for f in futures] == [0, 1, 2, 3]
 
 
-def test_cancel_pending_future_and_cancel_futures(gate: SyncGate) -> None:
-    ex = gated_executor(gate, max=1, load=1)
+def test_cancel_pending_future_and_cancel_futures(gate: Gate) -> None:
+    ex = gated_executor(gate, max_workers=1, load=1)
     running = ex.submit("pool_funcs:gated", "running")
     pending = [ex.submit("pool_funcs:gated", i) for i in range(3)]
     gate.wait_started(1)
@@ -261,10 +208,10 @@ def test_from_threads_and_run_in_executor() -> None:
         assert asyncio.run(main()) == [0, 2, 4, 6, 8]
 
 
-def test_cancel_futures_reaches_a_call_already_given_to_a_busy_worker(gate: SyncGate) -> None:
+def test_cancel_futures_reaches_a_call_already_given_to_a_busy_worker(gate: Gate) -> None:
     # load=2: the second call is handed to the (busy) worker at once, but has not started; it is
     # still pending for concurrent.futures, so shutdown(cancel_futures=True) must cancel it.
-    ex = gated_executor(gate, max=1, load=2)
+    ex = gated_executor(gate, max_workers=1, load=2)
     running = ex.submit("pool_funcs:gated", "running")
     handed = ex.submit("pool_funcs:gated", "handed")
     queued = ex.submit("pool_funcs:gated", "queued")

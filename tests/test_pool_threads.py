@@ -24,7 +24,7 @@ WAIT = 20
 
 
 def test_an_idle_worker_killed_loses_no_call() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
@@ -43,32 +43,32 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
     """The interleaving that once left a worker busy forever (and shutdown hanging): the dead
     worker's thread has taken the call from its inbox when a waiting caller claims it, finds
     the worker dead and queues it again.  The thread must then leave the call alone."""
-    from anyfork._pool._threads import ThreadedPool
+    from anyfork._pool._threads import ThreadsEngine
 
     armed, requeued = threading.Event(), threading.Event()
-    real_claim, real_lost = ThreadedPool._claim, ThreadedPool._lost
+    real_claim, real_lost = ThreadsEngine._claim, ThreadsEngine._lost
 
-    def claim(self: ThreadedPool, worker: Any, call: Any) -> bool:
+    def claim(self: ThreadsEngine, worker: Any, call: Any) -> bool:
         if armed.is_set() and worker.id == 1:
             assert requeued.wait(WAIT), "the waiting caller never found the worker dead"
         return real_claim(self, worker, call)
 
-    def lost(self: ThreadedPool, worker: Any, died: Any, unstarted: Any = None) -> None:
+    def lost(self: ThreadsEngine, worker: Any, died: Any, unstarted: Any = None) -> None:
         real_lost(self, worker, died, unstarted)
         requeued.set()
 
-    monkeypatch.setattr(ThreadedPool, "_claim", claim)
-    monkeypatch.setattr(ThreadedPool, "_lost", lost)
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    monkeypatch.setattr(ThreadsEngine, "_claim", claim)
+    monkeypatch.setattr(ThreadsEngine, "_lost", lost)
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = ex.submit(pool_funcs.pid, 1).result(WAIT)
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
         armed.set()
         tag, second = ex.submit(pool_funcs.pid, 2).result()  # no timeout: the caller helps
         assert (tag, second != first) == (2, True)
-        engine = ex._pool
+        engine = ex._engine
         eventually(
-            lambda: all(w.load == 0 for w in engine._workers.values()),
+            lambda: all(w.load == 0 for w in engine._core.workers.values()),
             what="the replacement worker to be idle (not loaded with a ghost copy of the call)",
         )
         stats = ex.statistics()
@@ -78,10 +78,10 @@ def test_a_call_held_by_a_dead_workers_thread_is_not_run_twice(
 
 
 def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
-    """``_gone`` (is an idle worker dead?) must wait for a call another thread has in flight
+    """``died_idle`` (is an idle worker dead?) must wait for a call another thread has in flight
     on the same client: until that call reads its reply, the socket is readable without any
     death.  (Modelled with a socketpair; the pool's real race needs a loaded machine.)"""
-    from anyfork._pool._threads import _gone
+    from anyfork._pool._watch import died_idle
 
     class SpyLock:
         """The client's lock, telling when someone tries to take it."""
@@ -104,22 +104,22 @@ def test_a_reply_in_flight_is_not_taken_for_a_death() -> None:
         answers: list[bool] = []
         with lock.inner:  # a call in flight: its request is out, and its reply arrives
             b.sendall(b"reply")
-            other = threading.Thread(target=lambda: answers.append(_gone(client)))  # type: ignore[arg-type]
+            other = threading.Thread(target=lambda: answers.append(died_idle(client)))  # type: ignore[arg-type]
             other.start()
-            assert lock.tried.wait(5), "_gone looked at the socket without the client's lock"
+            assert lock.tried.wait(5), "died_idle looked at the socket without the client's lock"
             assert a.recv(5) == b"reply"  # the call reads its reply, then lets go
         other.join(WAIT)
         assert answers == [False]
         b.close()
-        assert _gone(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
+        assert died_idle(client) is True  # type: ignore[arg-type]  # EOF: that one is a death
 
 
 def test_a_worker_dying_mid_call_fails_only_that_call() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.die, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.die, max_workers=1) as ex:
         with pytest.raises(anyfork.WorkerDiedError) as info:
             ex.submit(pool_funcs.die, 7).result(WAIT)
         assert info.value.returncode == 7
-    with anyfork.PoolExecutor(None, None, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=None, max_workers=1) as ex:
         dying = ex.submit(pool_funcs.die, 3)
         after = ex.submit(pool_funcs.double, 21)
         with pytest.raises(anyfork.WorkerDiedError):
@@ -129,12 +129,12 @@ def test_a_worker_dying_mid_call_fails_only_that_call() -> None:
 
 
 def test_retire_and_max_calls_replace_workers() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.retire_after, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.retire_after, max_workers=1, idle=1) as ex:
         pids = [ex.submit(pool_funcs.retire_after, i).result(WAIT)[1] for i in range(3)]
         stats = ex.statistics()
     assert len(set(pids)) == 3  # each call retired its worker
     assert stats.retired >= 2
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, max_calls=2) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, max_tasks_per_child=2) as ex:
         pids = [ex.submit(pool_funcs.pid, i).result(WAIT)[1] for i in range(6)]
     assert len(set(pids)) == 3  # recycled every 2 calls
 
@@ -164,7 +164,7 @@ def result_within(fut: cf.Future[Any], deadline: float = WAIT) -> Any:
 
 
 def test_a_waiting_caller_runs_its_call_and_death_is_handled_once() -> None:
-    with anyfork.PoolExecutor(None, None, max_workers=1) as ex:
+    with anyfork.PoolExecutor(func=None, max_workers=1) as ex:
         assert result_within(ex.submit(pool_funcs.double, 4)) == 8
         with pytest.raises(anyfork.WorkerDiedError) as info:
             result_within(ex.submit(pool_funcs.die, 5))
@@ -176,7 +176,7 @@ def test_a_waiting_caller_runs_its_call_and_death_is_handled_once() -> None:
 
 
 def test_a_waiting_caller_finds_an_idle_worker_dead_and_loses_nothing() -> None:
-    with anyfork.PoolExecutor(None, pool_funcs.pid, max_workers=1, idle=1) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.pid, max_workers=1, idle=1) as ex:
         _, first = result_within(ex.submit(pool_funcs.pid, 1))
         os.kill(first, signal.SIGKILL)
         eventually(lambda: not alive(first), what="the killed worker to die")
@@ -188,7 +188,7 @@ def test_a_waiting_caller_finds_an_idle_worker_dead_and_loses_nothing() -> None:
 def test_many_threads_waiting_and_not_waiting() -> None:
     """Callers that wait (and so run calls themselves) mixed with callers that only collect
     (so the workers' threads run theirs): every call runs exactly once, in its own future."""
-    with anyfork.PoolExecutor(None, pool_funcs.double, max_workers=2, idle=2) as ex:
+    with anyfork.PoolExecutor(func=pool_funcs.double, max_workers=2, idle=2) as ex:
 
         def waiter(base: int) -> list[Any]:
             return [ex.submit(pool_funcs.double, base + i).result() for i in range(100)]
@@ -210,11 +210,11 @@ def test_many_threads_waiting_and_not_waiting() -> None:
 
 
 def test_the_executor_checks_its_options_as_the_pool_does() -> None:
-    with pytest.raises(ValueError, match="max_calls"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, max_calls=0)
+    with pytest.raises(ValueError, match="max_tasks_per_child must be >= 1"):
+        anyfork.PoolExecutor(func=pool_funcs.pid, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="max_memory"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, max_memory=-1)
+        anyfork.PoolExecutor(func=pool_funcs.pid, max_memory=-1)
     with pytest.raises(ValueError, match="load"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, load=0)
+        anyfork.PoolExecutor(func=pool_funcs.pid, load=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        anyfork.PoolExecutor(None, pool_funcs.pid, bogus=1)
+        anyfork.PoolExecutor(func=pool_funcs.pid, bogus=1)

@@ -260,7 +260,9 @@ def test_fd_kinds_arrive_as_the_objects_users_expect() -> None:
         try:
             proc = anyfork.new().send_fh(w, b, fw, dir_fd)
             with proc.run_blocking("childfuncs:write_to_fds", timeout=10) as s:
-                assert recv_all(s) == b"FileIO,socket,FileIO,int"
+                # A pipe's int fd arrives unbuffered; the buffered file as a buffered one,
+                # flushed when the function returns (see test_passed_files).
+                assert recv_all(s) == b"FileIO,socket,BufferedWriter,int"
             assert os.read(r, 100) == b"hello 0"
             assert a.recv(100) == b"hello 1"
             fw.close()
@@ -330,15 +332,28 @@ def test_wait_started_waits_for_an_exec_child_to_report_in() -> None:
     proc.close()
 
 
-# -- spares: the next child, forked in advance ----------------------------------------------------
+# -- forked ahead: the next child, connected (parent side), and the template's spare -------------
+#
+# After a fork, a template has two processes ready: the next child, forked ahead and connected to
+# the parent (``Process._ready``, which the next ``fork()`` returns), and behind it the template's
+# spare, forked but not connected (it becomes the child of the next FORK frame).
 
 
-def spare_of(template_pid: int) -> int:
+def ahead_of(tmpl: anyfork.Process) -> list[int]:
+    """The pids of the children ``tmpl`` keeps forked ahead, next first (asking does not use
+    them up)."""
+    assert tmpl._ready
+    return [ready.wait_started_blocking(timeout=10) for ready in tmpl._ready]
+
+
+def spare_of(template_pid: int, ahead: list[int]) -> int:
+    """The template's spare (a child forked ahead also bears a spare's name until its first
+    command, when it came from the spare)."""
     found = eventually(
-        lambda: children(template_pid, spares=True) - children(template_pid),
+        lambda: children(template_pid, spares=True) - children(template_pid) - set(ahead),
         what="the template's spare",
     )
-    assert len(found) == 1
+    assert len(found) == 1, {pid: state(pid) for pid in children(template_pid, spares=True)}
     return found.pop()
 
 
@@ -347,8 +362,8 @@ def test_a_state_change_between_forks_never_reaches_a_stale_spare() -> None:
     try:
         with anyfork.new().eval("marker = 'one'") as tmpl:
             first = facts_of(tmpl.fork().send_arg("a"))
-            # A spare now waits, forked with marker 'one'.  Every kind of state change must
-            # discard it, so each next child sees the change.
+            # A child forked ahead and a spare now wait, forked with marker 'one'.  Every kind
+            # of state change must discard both, so each next child sees the change.
             tmpl.eval("marker = 'two'")
             second = facts_of(tmpl.fork())
             tmpl.send_arg("t")
@@ -369,50 +384,75 @@ def test_a_state_change_between_forks_never_reaches_a_stale_spare() -> None:
     assert fifth["main_marker"] == "two"
 
 
-def test_consecutive_children_come_from_the_spare_and_differ() -> None:
+def test_consecutive_children_are_forked_ahead_and_differ() -> None:
     with anyfork.new() as tmpl:
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
         first = facts_of(tmpl.fork())
-        waiting = spare_of(tmpl_pid)
+        ahead = ahead_of(tmpl)  # forked when the first child ran, up and waiting
+        spare = spare_of(tmpl_pid, ahead)
         second = facts_of(tmpl.fork())
-    assert second["pid"] == waiting  # the spare became the second child
+        after = ahead_of(tmpl)  # forked when the second child ran: two this time
+    assert len(ahead) == 1
+    assert second["pid"] == ahead[0]  # the child forked ahead became the second child
+    assert len(after) == 2
+    assert after[0] == spare  # and the spare became the next one ahead
     assert second["ppid"] == tmpl_pid
     assert first["pid"] != second["pid"]
 
 
 def test_a_spare_that_became_a_template_no_longer_looks_like_one() -> None:
     """``ps`` (and the leak checks here) must not mistake a working process for a spare."""
-    with anyfork.new() as first:
-        first.wait_started_blocking(timeout=10)
-    with anyfork.new() as tmpl:  # handed to the spare the first one left behind
+    with anyfork.new() as outer:
+        outer_pid = outer.wait_started_blocking(timeout=10)
+        first = outer.fork()
+        spare = spare_of(outer_pid, [first.wait_started_blocking(timeout=10)])
+        tmpl = outer.fork()  # (no run yet, so no child forked ahead: the spare gets it)
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        assert tmpl_pid == spare
         assert is_spare(tmpl_pid)  # it has had no command but its start
         with tmpl.fork() as child:
             child.wait_started_blocking(timeout=10)
             assert not is_spare(tmpl_pid)
             with open(f"/proc/{tmpl_pid}/comm") as f:
                 assert f.read().strip() == "af:child"
+        tmpl.close()
+        first.close()
 
 
 def test_a_killed_spare_does_not_break_forking() -> None:
     with anyfork.new() as tmpl:
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
         facts_of(tmpl.fork())
-        waiting = spare_of(tmpl_pid)
+        waiting = spare_of(tmpl_pid, ahead_of(tmpl))
         os.kill(waiting, signal.SIGKILL)
         eventually(lambda: state(waiting) is None, what="the killed spare to be reaped")
+        facts_of(tmpl.fork())  # the child ahead; the next one is forked without the spare
         info = facts_of(tmpl.fork().send_arg("still works"))
     assert info["args"] == ["still works"]
     assert info["pid"] != waiting
 
 
-def test_spares_go_away_with_their_template() -> None:
+def test_a_killed_child_ahead_is_replaced() -> None:
+    """``fork()`` does not hand out the child it forked ahead if that one has died."""
+    with anyfork.new() as tmpl:
+        facts_of(tmpl.fork())
+        (ahead,) = ahead_of(tmpl)
+        os.kill(ahead, signal.SIGKILL)
+        eventually(lambda: state(ahead) is None, what="the killed child to be reaped")
+        info = facts_of(tmpl.fork().send_arg("still works"))
+    assert info["args"] == ["still works"]
+    assert info["pid"] != ahead
+
+
+def test_spares_and_children_ahead_go_away_with_their_template() -> None:
     tmpl = anyfork.new()
     tmpl_pid = tmpl.wait_started_blocking(timeout=10)
     facts_of(tmpl.fork())
-    waiting = spare_of(tmpl_pid)
+    ahead = ahead_of(tmpl)
+    waiting = spare_of(tmpl_pid, ahead)
     tmpl.close()
-    eventually(lambda: not alive(waiting), what="the spare to exit with its template")
+    for pid in (*ahead, waiting):
+        eventually(lambda: not alive(pid), what="the spare and the child ahead to exit")  # noqa: B023
 
 
 # -- what a child holds ----------------------------------------------------------------------------

@@ -64,6 +64,7 @@ BROKEN = {
         False,
     ),
     "a FORK_FAILED without a message": (frame(_wire.FORK_FAILED, b""), False),
+    "a FORKED of 5 bytes": (frame(_wire.FORKED, b"\0\0\0\0\7"), False),
     "garbage after a good report": (frame(_wire.STARTED, U32.pack(4242)) + b"\xfe" * 5, False),
 }
 
@@ -116,14 +117,16 @@ def test_reports_byte_at_a_time_through_the_receive_boundary(
 ) -> None:
     """Each report takes effect exactly at its last byte; a bad header fails at its last."""
     proc, child = fake
-    exits = _wire.EXIT.pack(11, 3 << 8) + b""
+    # Two children: their FORK frames go to the fake child, which answers for them below.
+    first = proc.fork()
+    second = proc.fork()
     stream: list[tuple[bytes, Callable[[], bool]]] = [
         (frame(_wire.STARTED, U32.pack(4242)), lambda: proc._pid == 4242),
-        (frame(_wire.EXITED, exits), lambda: proc._exits == {11: 3}),
-        (
-            frame(_wire.FORK_FAILED, pack_values(["no"])),
-            lambda: list(proc._fork_failures) == ["no"],
-        ),
+        (frame(_wire.EXITED, _wire.EXIT.pack(11, 3 << 8)), lambda: proc._exits == {11: 3}),
+        # The first child is pid 11: the status above was an earlier child's, and is dropped.
+        (frame(_wire.FORKED, U32.pack(11)), lambda: first.pid == 11 and not proc._exits),
+        (frame(_wire.FORK_FAILED, pack_values(["no"])), lambda: second._fork_failure == "no"),
+        (frame(_wire.EXITED, _wire.EXIT.pack(11, 9)), lambda: first.returncode == -9),
         (b"\xff\0\0\0\0", lambda: isinstance(proc._failure, anyfork.ProtocolError)),
     ]
     for data, done in stream:
@@ -272,11 +275,12 @@ def test_a_protocol_version_mismatch_is_one_protocol_error_naming_both(
     """The parent speaks another version (here: claims to): the exec'd child says so, and the
     parent raises ``ProtocolError`` at its first wait, whether the child got its code from the
     parent or imported anyfork itself."""
+    ours = _wire.VERSION
     monkeypatch.setattr(_wire, "VERSION", 99)
     if not shipped:
         monkeypatch.setattr(_spawn, "_same_interpreter", lambda exe: False)
     proc = anyfork.new_exec(python=sys.executable)
-    with pytest.raises(anyfork.ProtocolError, match=r"version 99.* speaks version 2\b"):
+    with pytest.raises(anyfork.ProtocolError, match=rf"version 99.* speaks version {ours}\b"):
         wait(proc, what, face)
-    eventually(lambda: proc.returncode is not None, what="the child to exit")
+    assert proc.wait_blocking(timeout=10) == 2
     assert proc.returncode == 2

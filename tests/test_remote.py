@@ -176,6 +176,26 @@ def test_kill_and_returncode_go_through_the_host(host1: Host) -> None:
         proc.kill()
 
 
+@pytest.mark.parametrize("make", ["new_exec", "new"])
+@pytest.mark.parametrize("how", FACES)
+def test_wait_and_poll_learn_the_exit_from_the_host(host1: Host, how: str, make: str) -> None:
+    proc = getattr(host1, make)()
+    with run_remote(how, proc.eval(CODE), "block_forever") as sock:
+        assert recv_exactly(sock, 1) == b"x"
+        assert proc.poll() is None
+        proc.terminate()
+        if how == "asyncio":
+            code = asyncio.run(proc.wait(timeout=30))
+        else:
+            code = proc.wait_blocking(timeout=30)
+    assert code == proc.returncode == proc.poll() == -signal.SIGTERM
+    # A process closed before it ran exits once it has carried out its commands.
+    quiet = getattr(host1, make)().eval("x = 1")
+    quiet.wait_started_blocking(timeout=30)
+    quiet.close()
+    assert quiet.wait_blocking(timeout=30) == 0
+
+
 def test_a_remote_process_can_print(host1: Host) -> None:
     """Its stdout is not the host's protocol stream: printing corrupts nothing."""
     proc = host1.new_exec().eval("print('x' * 100000); import sys; sys.stdout.flush()")

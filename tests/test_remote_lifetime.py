@@ -35,7 +35,11 @@ SRC = str(Path(anyfork.__file__).resolve().parent.parent)
 
 
 def keeper_of(agent: int) -> int:
-    (keeper,) = [p for p in descendants(agent) if comm(p) == "af:keeper"]
+    # (An OS fact that may lag: the keeper names itself once it runs, maybe after READY.)
+    def keepers() -> list[int]:
+        return [p for p in descendants(agent) if comm(p) == "af:keeper"]
+
+    (keeper,) = eventually(keepers, what="the agent's keeper to name itself")
     return keeper
 
 

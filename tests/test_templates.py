@@ -7,54 +7,13 @@ scripts are written to be read: each one's docstring says what it sets up.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import anyfork
-from helpers import alive, eventually
-
-SCRIPTS = Path(__file__).resolve().with_name("scripts")
-#: anyfork has no dependencies, so any interpreter runs the scripts with just this on its path.
-SRC = str(Path(anyfork.__file__).resolve().parent.parent)
-
-
-def run_script(
-    name: str,
-    *args: str,
-    python: str = sys.executable,
-    flags: tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-    returncode: int = 0,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``tests/scripts/<name>``; check its exit code and that it wrote nothing to stderr
-    (no traceback from the program, its templates or their children)."""
-    environ = {**os.environ, **(env or {})}
-    environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, environ.get("PYTHONPATH", "")) if p)
-    environ.pop("ANYFORK_PYTHON", None)
-    environ.pop("PYTHONUNBUFFERED", None)  # the scripts' stdout must be block-buffered
-    proc = subprocess.run(
-        [python, *flags, str(SCRIPTS / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=environ,
-        check=False,
-    )
-    assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    assert proc.stderr == ""
-    return proc
-
-
-def result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """The script's JSON line (the last line of its stdout)."""
-    value: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
-    return value
+from helpers import alive, eventually, result, run_script
 
 
 def _interpreter(version: str) -> Any:
@@ -103,6 +62,10 @@ def test_early_template_is_a_copy_of_the_program_at_that_moment() -> None:
     assert out["after_error"] is not None
     assert "'defined_after'" in out["after_error"]
     assert "__main__" in out["after_error"]
+    # It says why, and the ways out.
+    assert "a copy of the main program as it was when" in out["after_error"]
+    assert "start_early()" in out["after_error"]
+    assert "eval()" in out["after_error"]
     assert out["eval"]["ppid"] == out["early_pid"]
 
 

@@ -144,6 +144,12 @@ class RemoteTraceback(Exception):
     def __str__(self) -> str:
         return "\n\n" + self.text.rstrip()
 
+    @property
+    def tb(self) -> str:
+        """The traceback's text, where ``concurrent.futures.process``'s remote traceback keeps
+        it (code written for ``ProcessPoolExecutor`` reads ``exc.__cause__.tb``)."""
+        return self.text
+
 
 def describe_returncode(returncode: int | None) -> str:
     if returncode is None:

@@ -5,7 +5,7 @@ Cheap to import (it runs in every worker): stdlib only, nothing of the parent si
 
 from __future__ import annotations
 
-from ._child import _serve
+from ._child import _serve, _target
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +34,7 @@ def take_args() -> list[object]:
     if server is None:
         raise RuntimeError("take_args() works only in an anyfork process, before run")
     args, server.args = server.args, []
-    return [_serve.wrap(a) if type(a) is _serve.Fd else a for a in args]
+    return [_target.wrap(a) if type(a) is _target.Fd else a for a in args]
 
 
 def event(*args: object) -> None:
@@ -105,7 +105,8 @@ def retire() -> None:
     sink.event((_RETIRE.encode() if sink.codec.name == "bytes" else _RETIRE,), 0)
 
 
-def _apply(fn: Any, args: Any, kwargs: Any) -> Any:
-    """The function a ``PoolExecutor`` without a fixed function serves: ``fn`` arrives with
-    its arguments (by reference through pickle, or by value with cloudpickle)."""
+def _apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """The function a ``PoolExecutor`` without a fixed function serves: ``fn`` arrives first,
+    with its arguments (by reference through pickle, or by value with cloudpickle).  Flat, so
+    that a ``map``'s batch is ``map(_apply, fns, *columns)``: no tuple per item."""
     return fn(*args, **kwargs)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import tmpl_funcs
 
 import anyfork
-from anyfork._core import _reaper, _templates
+from anyfork._core import _templates
 
 early = anyfork.early.TEMPLATE
 assert early.pid is not None
@@ -43,7 +43,7 @@ def attempt(make: Callable[[], anyfork.Process]) -> dict[str, object]:
 
 os.kill(early.pid, signal.SIGKILL)
 out["racing_new"] = attempt(anyfork.new)
-out["early_returncode"] = _reaper.wait(early.pid, 10)
+out["early_returncode"] = early.wait_blocking(timeout=10)
 out["new"] = attempt(anyfork.new)
 default = _templates._default
 out["default_pid"] = default.pid if default is not None else None

@@ -5,16 +5,27 @@ clean state a new process starts from (signals, name, the template's fds left be
 module is loaded into every exec'd interpreter and lives in every fork: it imports only ``os``
 and builtin modules.
 
-A spare is the next child, forked in advance: after each fork the template forks one more
-process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
-work) then happens on another core while the previous child runs, instead of between a FORK and
-its child's first byte.  Any command that changes the template's state discards the spare, so a
-child always starts from exactly the state it would have had.
+Forking is slow, and slows down whatever runs beside it, so a template forks what it can when
+nothing else is going on:
+
+* A spare is the next child, forked in advance: after each fork the template forks one more
+  process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
+  work) then happens instead of between a FORK and its child's first byte.  The template forks
+  the spare once it has had no command for ``SPARE_DELAY``.
+* Children asked for ahead of need (AHEAD: the parent keeps children forked ahead, see
+  ``anyfork._core._process``) are forked once the template has been idle for ``SPARE_DELAY``
+  (the parent's processes start in the meantime undisturbed), or before the next command
+  (so that everything stays in order), or at once if the parent asks for that (it starts
+  processes in quick succession).
+
+Any command that changes the template's state discards the spare, so a child always starts from
+exactly the state it would have had.
 """
 
 from __future__ import annotations
 
 import _socket
+import _weakref
 import atexit
 import gc
 import os
@@ -25,11 +36,20 @@ from . import _wire
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal  # the same functions; ``signal`` itself would import enum
-    from typing import NoReturn
+    from typing import IO, NoReturn
 else:
     import _signal
 
 RECV_FLAGS = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
+#: How long (ms) a template waits without a command before it forks its next spare.
+SPARE_DELAY = 5
+# select.POLLIN and friends, without importing select on the way to the first command.
+POLLIN, POLLOUT, POLLERR, POLLHUP = 0x1, 0x4, 0x8, 0x10
+
+#: Buffered file objects made from received fds (weak references): flushed before a fork and
+#: when the process leaves, as Python flushes its own stdio, so nothing written is lost to
+#: ``os._exit`` or written twice by a fork.
+_files: list[_weakref.ref[IO[bytes] | IO[str]]] = []
 
 
 class Forker:
@@ -41,6 +61,8 @@ class Forker:
     (a new child forgets the template's reports)."""
 
     sock: _socket.socket
+    #: The creator has gone: nobody reads our reports any more.
+    gone: bool
 
     def __init__(self) -> None:
         #: This process has forked: it reaps (SIGCHLD through the wakeup fd ``wake_r``).
@@ -53,6 +75,11 @@ class Forker:
         #: child has to look) and forgotten when a command may have installed new handlers.
         self.handled: list[int] | None = None
         self._spare: _socket.socket | None = None
+        self._spare_pid = 0
+        #: A spare is to be forked, once no command has come for ``SPARE_DELAY``.
+        self.spare_due = False
+        #: Sockets of the children asked for ahead of need (AHEAD), not forked yet.
+        self.ahead: list[int] = []
 
     def report(self, op: int, payload: bytes = b"") -> None:
         raise NotImplementedError
@@ -67,8 +94,8 @@ class Forker:
         raise NotImplementedError
 
     def fork(self, fd: int) -> None:
-        """Fork a child that serves the socket ``fd`` (a failed fork is reported: FORK_FAILED,
-        and this process goes on serving)."""
+        """Fork a child that serves the socket ``fd``, and report its pid (FORKED), or the
+        failure (FORK_FAILED: this process goes on serving), in the order of the FORK frames."""
         if not self.forked:
             preload()
             gc.collect()  # once: the heap the children will share starts without garbage
@@ -80,9 +107,12 @@ class Forker:
         gc.freeze()
         if self.handled is None:
             self.handled = handled_signals()
-        if self._hand_to_spare(fd):
-            self._fork_spare()
+        self.spare_due = True
+        pid = self._hand_to_spare(fd)
+        if pid:
+            self.report(_wire.FORKED, _wire.U32.pack(pid))
             return
+        flush_files()  # or each child would write what our buffers hold once more
         try:
             pid = os.fork()
         except OSError as exc:
@@ -94,24 +124,48 @@ class Forker:
             self.leave_template()
             self.serve_creator(fd)
         os.close(fd)
-        self._fork_spare()
+        self.report(_wire.FORKED, _wire.U32.pack(pid))
 
-    def _hand_to_spare(self, fd: int) -> bool:
+    def _hand_to_spare(self, fd: int) -> int:
+        """Give ``fd`` to the spare; its pid, or 0 without a (live) spare."""
         spare, self._spare = self._spare, None
         if spare is None:
-            return False
+            return 0
         try:
             spare.sendmsg(
                 [b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _wire.pack_ints([fd]))]
             )
         except OSError:
-            return False  # the spare died (killed from outside): fork the child directly
+            return 0  # the spare died (killed from outside): fork the child directly
         finally:
             spare.close()
         os.close(fd)
-        return True
+        return self._spare_pid
 
-    def _fork_spare(self) -> None:
+    def fork_ahead(self) -> None:
+        """Fork the children asked for ahead of need, in order (not those the creator has let
+        go of meanwhile: a command that changed the template discards them)."""
+        while self.ahead:
+            fd = self.ahead.pop(0)
+            if _hung_up(fd):
+                os.close(fd)
+                self.report(_wire.FORK_FAILED, _wire.pack_values(["not needed any more"]))
+            else:
+                self.fork(fd)
+
+    def idle(self) -> None:
+        """Nothing has happened for ``SPARE_DELAY``: fork what was asked ahead, or a spare."""
+        if self.ahead:
+            self.fork_ahead()
+        elif self.spare_due:
+            self.fork_spare()
+
+    def fork_spare(self) -> None:
+        """Fork the spare now (the template has been idle for ``SPARE_DELAY``)."""
+        self.spare_due = False
+        if self._spare is not None:
+            return
+        flush_files()
         ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             pid = os.fork()
@@ -122,6 +176,7 @@ class Forker:
         if pid:
             theirs.close()
             self._spare = ours
+            self._spare_pid = pid
             return
         ours.close()
         self.leave_template()
@@ -150,9 +205,56 @@ class Forker:
             if fd >= 0:
                 os.close(fd)
         self.sock.close()
+        for fd in self.ahead:
+            os.close(fd)
+        self.ahead = []
         self.forked = False
+        self.spare_due = False
         self.wake_r = self.wake_w = -1
         self.leave_reports()
+
+    def linger(self) -> None:
+        """At EOF: while the creator still reads (it has only shut its writing side: it closed
+        this template but waits for its children), go on reaping the children and reporting
+        their exits, until none is left.  A creator that has gone altogether (a hangup on the
+        socket, or a report it refuses) wants nothing more: leave them at once."""
+        if not self.forked:
+            return
+        self.drop_spare()
+        self.spare_due = False
+        for fd in self.ahead:  # (nobody will use them now)
+            os.close(fd)
+        self.ahead = []
+        import select  # (loaded already: the serve loop polls with it)
+
+        poll = select.poll()
+        poll.register(self.wake_r, POLLIN)
+        fd = self.sock.fileno()
+        while not self.gone:
+            self.reap()
+            if self.gone or not self.children_left():
+                return
+            poll.register(fd, POLLOUT if self.has_reports() else 0)
+            for ready, what in poll.poll():
+                if ready == fd:
+                    if what & (POLLHUP | POLLERR):
+                        return
+                    self.write_reports()
+
+    def children_left(self) -> bool:
+        """Any child not reaped yet (WNOWAIT: one that has just exited is reaped, and reported,
+        by ``reap``; the SIGCHLD it sent wakes the loop)."""
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
+
+    def has_reports(self) -> bool:
+        raise NotImplementedError
+
+    def write_reports(self) -> None:
+        raise NotImplementedError
 
     def _arm_reaper(self) -> None:
         """Reap forked children at once: SIGCHLD wakes the serve loop through a wakeup fd."""
@@ -178,6 +280,15 @@ class Forker:
             exits.append(_wire.frame(_wire.EXITED, _wire.EXIT.pack(pid, status)))
         if exits:
             self.report_exits(b"".join(exits))
+
+
+def _hung_up(fd: int) -> bool:
+    """The other end of the socket ``fd`` is closed."""
+    import select  # (loaded already: the serve loop polls with it)
+
+    poll = select.poll()
+    poll.register(fd, 0)
+    return any(what & POLLHUP for _, what in poll.poll(0))
 
 
 def _on_sigchld(signum: int, frame: object) -> None:
@@ -263,12 +374,29 @@ def exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def track(file: IO[bytes] | IO[str]) -> None:
+    """Flush ``file`` (a buffered file made from a received fd) before forks and at exit."""
+    _files[:] = [ref for ref in _files if ref() is not None]
+    _files.append(_weakref.ref(file))
+
+
+def flush_files() -> None:
+    for ref in _files:
+        file = ref()
+        try:
+            if file is not None and not file.closed:
+                file.flush()
+        except Exception:
+            pass  # (a pipe nobody reads any more: what it held is lost, as at any exit)
+
+
 def leave(code: int) -> NoReturn:
     """Leave without running the creator's atexit handlers or finalising a copy-on-write heap:
     flush what the function wrote, run the handlers registered in this process, go."""
     try:
         atexit._run_exitfuncs()
     finally:
+        flush_files()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:

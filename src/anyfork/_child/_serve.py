@@ -17,8 +17,8 @@ Rules:
 
 * Read exactly one frame at a time (``_wire.Decoder.want``) so that a frame's fds are never
   swallowed by an earlier read.
-* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORK_FAILED, EXITED,
-  RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
+* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORKED, FORK_FAILED,
+  EXITED, RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
 * A process never blocks on its creator: reports go out from a buffer, without blocking,
   coalesced, whenever the socket takes them (a template reports every child's exit, and its
   creator may be slow to read; a template blocked in a write would stop forking).  Only a
@@ -28,14 +28,23 @@ Rules:
   that finds the socket closed changes nothing): "configure and forget" works.  EOF on the
   socket then ends the process: nothing outlives a creator that went away.  ``run`` is the
   exception: with the creator gone, nobody would get the function's socket, so the process exits.
+  A template whose creator has only shut its writing side (it closed the template but still
+  reads) goes on reaping its children and reporting their exits until none is left
+  (``Forker.linger``); one whose creator has gone altogether (a hangup) exits at once.
 * Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
   than none.  A frame that breaks the protocol is reported the same way (stage "protocol", as an
   ``anyfork.ProtocolError``).  A failed fork is reported (FORK_FAILED) and the template keeps
   serving.
-* A template keeps one spare: its next child, forked in advance (``_forking``).
+* A template keeps one spare (its next child, forked in advance) and forks the children its
+  creator asks for ahead of need (AHEAD) when it is idle (``_forking``).  It reports each
+  child's pid (FORKED) or failure (FORK_FAILED), in the order of the FORK and AHEAD frames.
 * A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
   their exit status to its creator (EXITED), so there are never zombies and the creator can say
   how a grandchild died.
+* A forked child goes once through what ``run`` will do, right after STARTED (``_warm_up``): the
+  pages that copies from its template are copied before ``run``, not after it.
+* MAIN tells the process where its creator's main script is; it imports it when a function of
+  it is needed (``_main``).
 """
 
 from __future__ import annotations
@@ -45,9 +54,14 @@ import atexit
 import os
 import sys
 
-from . import _sock, _wire
+from . import _target, _wire
 from ._forking import (
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLOUT,
     RECV_FLAGS,
+    SPARE_DELAY,
     Forker,
     exit_code,
     fds_from,
@@ -57,12 +71,12 @@ from ._forking import (
     name,
     restore_signals,
 )
+from ._target import Fd, socket_type, user_socket, wrap
+from ._target import resolve as resolve  # (also the RPC server's way to find its function)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     import signal as _signal  # the same functions; ``signal`` itself would import enum
-    import socket
-    from collections.abc import Callable
     from typing import Any, NoReturn
 else:
     import _signal
@@ -71,17 +85,9 @@ _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
 _MAX_FD = os.sysconf("SC_OPEN_MAX")
 #: Reports never block, and never raise SIGPIPE (a forked main program may not ignore it).
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
-# select.POLLIN and friends, without importing select on the way to the first command.
-_POLLIN, _POLLOUT, _POLLERR, _POLLHUP = 0x1, 0x4, 0x8, 0x10
 
 #: The server of this process, while it serves (``anyfork.worker`` reads the argument list here).
 current: Server | None = None
-
-
-class Fd(int):
-    """A received file descriptor in the argument list (kept apart from plain values)."""
-
-    __slots__ = ()
 
 
 class Server(Forker):
@@ -107,9 +113,12 @@ class Server(Forker):
     def report(self, op: int, payload: bytes = b"") -> None:
         """Queue a report and write what the socket takes now, without blocking."""
         self._out += _wire.frame(op, payload)
-        self._write_reports()
+        self.write_reports()
 
-    def _write_reports(self) -> None:
+    def has_reports(self) -> bool:
+        return bool(self._out)
+
+    def write_reports(self) -> None:
         out = self._out
         while out:
             try:
@@ -132,7 +141,7 @@ class Server(Forker):
     def report_exits(self, frames: bytes) -> None:
         if not self.gone:
             self._out += frames
-            self._write_reports()
+            self.write_reports()
 
     def leave_reports(self) -> None:
         self._poll = None
@@ -161,6 +170,11 @@ class Server(Forker):
             payload = _wire.pack_values([stage, record])
         self.report(_wire.ERROR, payload)
         self._flush_reports()
+        if self.gone:
+            # Nobody reads the report (configure and forget): say it where the original does,
+            # on stderr, rather than fail in silence.
+            _, _, _, message, text = _records.unpack(record)
+            sys.stderr.write(f"anyfork[{os.getpid()}] {stage} failed: {text or message}\n")
         leave(1)
 
     # -- the loop --------------------------------------------------------------------------
@@ -180,6 +194,10 @@ class Server(Forker):
             except _wire.WireError as exc:
                 self.fail("protocol", exc)
             if frame is None:
+                # EOF: the creator has let go.  A template still reports its children's exits
+                # while the creator reads (``linger``); then it goes.
+                self.linger()
+                self._flush_reports()
                 leave(0)
             op, payload, fds = frame
             try:
@@ -195,7 +213,7 @@ class Server(Forker):
                 return frame
             if dec.eof:
                 return None
-            if self.forked or self._out:
+            if self.forked or self._out or self.ahead:
                 self._wait(read=True)
             try:
                 data, anc, flags, _ = self.sock.recvmsg(dec.want(), _ANCILLARY, RECV_FLAGS)
@@ -218,24 +236,29 @@ class Server(Forker):
 
             poll = self._poll = select.poll()
         if self.wake_r >= 0 and not self._polled_wake:
-            poll.register(self.wake_r, _POLLIN)
+            poll.register(self.wake_r, POLLIN)
             self._polled_wake = True
         fd = self.sock.fileno()
         while True:
-            events = (_POLLIN if read else 0) | (_POLLOUT if self._out else 0)
+            events = (POLLIN if read else 0) | (POLLOUT if self._out else 0)
             if not events:
                 return  # nothing left to write, and not asked to read
             if events != self._polled:
                 poll.register(fd, events)  # (registering again modifies)
                 self._polled = events
             readable = False
-            for ready, what in poll.poll():
+            idle = read and (self.spare_due or self.ahead)
+            polled = poll.poll(SPARE_DELAY if idle else None)
+            if not polled:
+                self.idle()  # no command for SPARE_DELAY: a good time to fork
+                continue
+            for ready, what in polled:
                 if ready == self.wake_r:
                     self.reap()
                     continue
-                if what & (_POLLOUT | _POLLERR | _POLLHUP) and self._out:
-                    self._write_reports()
-                if what & (_POLLIN | _POLLERR | _POLLHUP):
+                if what & (POLLOUT | POLLERR | POLLHUP) and self._out:
+                    self.write_reports()
+                if what & (POLLIN | POLLERR | POLLHUP):
                     readable = True  # data, or EOF: recvmsg says which
             if read and readable:
                 return
@@ -243,14 +266,16 @@ class Server(Forker):
     # -- commands --------------------------------------------------------------------------
 
     def _dispatch(self, op: int, payload: bytes, fds: list[int]) -> None:
-        if op != _wire.FDS and op != _wire.FORK and fds:
+        if op != _wire.FDS and op != _wire.FORK and op != _wire.AHEAD and fds:
             for fd in fds:
                 os.close(fd)
             raise _wire.WireError(f"unexpected file descriptors on opcode {op:#x}")
+        if self.ahead and op != _wire.AHEAD:
+            self.fork_ahead()  # what was asked before this command, with the state before it
         if not self.named and op != _wire.RUN:
             self.named = True
             name("child")  # no longer a spare, to ps and to the tests' leak checks
-        if op != _wire.FORK and op != _wire.PID:
+        if op != _wire.FORK and op != _wire.PID and op != _wire.AHEAD:
             self.drop_spare()  # the state it was forked with is about to change
         if op == _wire.IMPORT or op == _wire.EVAL:
             self.handled = None
@@ -262,23 +287,34 @@ class Server(Forker):
         elif op == _wire.ARGS:
             self.args.extend(_wire.unpack_values(payload))
         elif op == _wire.FDS:
-            count = _wire.unpack_u32(payload)
-            if count != len(fds):
+            try:
+                specs = _wire.unpack_fd_specs(payload, len(fds))
+            except _wire.WireError:
                 for fd in fds:
                     os.close(fd)
-                raise _wire.WireError(f"expected {count} file descriptors, received {len(fds)}")
-            self.args.extend(Fd(fd) for fd in fds)
+                raise
+            self.args.extend(map(Fd, fds, specs))
         elif op == _wire.FORK:
             if len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
                 raise _wire.WireError("a FORK frame carries exactly one socket")
             self.fork(fds[0])
+        elif op == _wire.AHEAD:
+            if not fds:
+                raise _wire.WireError("an AHEAD frame carries at least one socket")
+            self.ahead.extend(fds)  # forked when idle (_forking), or before what follows
+            if payload:
+                self.fork_ahead()  # (asked for at once)
         elif op == _wire.RUN:
             (ref,) = _wire.unpack_strings(payload)
             self._run(ref)
         elif op == _wire.PID:
             self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))  # (new_from_fh asks)
+        elif op == _wire.MAIN:
+            from . import _main  # only in the processes of a program that runs its functions
+
+            _main.learn(*_wire.unpack_main(payload))
 
     def _eval(self, payload: bytes) -> None:
         code, *args = _wire.unpack_values(payload)
@@ -304,20 +340,41 @@ class Server(Forker):
         self.owner = os.getppid()
         self.decoder = _wire.Decoder(_wire.COMMANDS)
         # Named at run, not here: naming costs a forked child ~6% of its way to run.
-        self.start()  # dropped by its creator before it even started: exits quietly
+        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        self._warm_up()
+        self.serve()  # dropped by its creator before it even started: exits quietly
+
+    def _warm_up(self) -> None:
+        """Go once through what ``run`` will do, without doing it, while nobody waits for us.
+
+        A forked child shares its memory with its template until it writes to it: the first
+        run of any code (reference counts, the interpreter's caches, the frames it allocates)
+        copies page after page, at a few microseconds each.  Done here, after STARTED (and
+        usually well before ``run``: a child forked ahead of need), that copying is no longer
+        between the parent's ``run`` and the function's first byte (measured: about half the
+        page copies of that path, a fifth of its time)."""
+        decoder = _wire.Decoder(_wire.COMMANDS)
+        decoder.receive(_wire.frame(_wire.RUN, _wire.pack_values(["socket:socket"])))
+        frame = decoder.next_frame()
+        if frame is not None:
+            resolve(_wire.unpack_strings(frame[1])[0])
+        none: list[object] = []
+        [wrap(a) if type(a) is Fd else a for a in none]  # (the comprehension's code)
+        _wire.frame(_wire.RUNNING, _wire.U32.pack(0))
+        socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, self.sock.fileno()).detach()
 
     def _run(self, ref: str) -> NoReturn:
         func = resolve(ref)
         args = [wrap(a) if type(a) is Fd else a for a in self.args]
         self.args = []
         restore_signals(self.handled if self.handled is not None else handled_signals())
-        name(ref.rpartition(":")[2] or ref)
         # RUNNING is our last word, after every report still queued (a template's EXITED...).
         self.report(_wire.RUNNING, _wire.U32.pack(os.getpid()))
         self._flush_reports()
         if self.gone:
             leave(0)  # the creator has let go (run was cancelled): nobody wants the function
-        sock = _user_socket(self.sock)
+        name(ref.rpartition(":")[2] or ref)  # (while the creator reads RUNNING)
+        sock = user_socket(self.sock)
         global current
         current = None
         code = 0
@@ -339,43 +396,10 @@ _STAGES = {
     _wire.ARGS: "send_arg",
     _wire.FDS: "send_fh",
     _wire.FORK: "fork",
+    _wire.AHEAD: "fork",
     _wire.RUN: "run",
+    _wire.MAIN: "main",
 }
-
-
-def resolve(ref: str) -> Callable[..., object]:
-    """Find the function ``ref`` names: ``"module:qualname"``, or a bare name in ``__main__``."""
-    module_name, sep, qualname = ref.partition(":")
-    if not sep:
-        module_name, qualname = "__main__", ref
-    if not qualname:
-        raise ValueError(f"function reference {ref!r} names no function")
-    obj: object = _lib(module_name)
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            where = "the child's __main__" if module_name == "__main__" else repr(module_name)
-            raise AttributeError(
-                f"{where} has no attribute {qualname!r} (define it with eval(), or put it "
-                f"in an importable module)"
-            ) from None
-    if not callable(obj):
-        raise TypeError(f"{ref!r} is not callable")
-    return obj
-
-
-def _lib(name: str) -> Any:
-    """A module, by dict lookup when it is loaded already.
-
-    In a freshly forked child an ``import`` statement goes through the import machinery, whose
-    writes copy pages a dict lookup leaves shared: measured at a fifth of a forked child's cost
-    on its way to ``run`` (bench: 711 -> 895 processes/s)."""
-    module = sys.modules.get(name)
-    if module is None:
-        __import__(name)
-        module = sys.modules[name]
-    return module
 
 
 def _stream(fd: int) -> _socket.socket:
@@ -383,34 +407,6 @@ def _stream(fd: int) -> _socket.socket:
     # detection.  The socket is blocking already: blocking-ness is per open file, and the
     # creator made it blocking.
     return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-
-
-def _socket_type() -> type[socket.socket]:
-    """``socket.socket`` if the module is loaded; else the look-alike that spares a fresh
-    interpreter importing it (see ``_sock``)."""
-    module = sys.modules.get("socket")
-    if module is not None:
-        return module.socket  # type: ignore[no-any-return]
-    return _sock.Socket  # type: ignore[return-value]  # socket.socket's methods, not its type
-
-
-def _user_socket(raw: _socket.socket) -> socket.socket:
-    return _socket_type()(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, raw.detach())
-
-
-def wrap(fd: int) -> object:
-    """Turn a received fd into what a user expects: a socket, a file object, or (a directory)
-    the plain fd."""
-    stat = _lib("stat")
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISSOCK(mode):
-        return _socket_type()(fileno=int(fd))
-    if stat.S_ISDIR(mode):
-        return int(fd)
-    fcntl = _lib("fcntl")
-    access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-    file_mode = {os.O_RDONLY: "rb", os.O_WRONLY: "wb"}.get(access, "r+b")
-    return open(int(fd), file_mode, buffering=0)  # ownership passes to the user
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
@@ -434,6 +430,7 @@ def _refuse_version(fd: int, version: str) -> NoReturn:
 
 def serve_forked(fd: int, owner: int) -> NoReturn:
     """Serve in a process forked from the main program (early and main templates)."""
+    _target.forked_main = True
     atexit._clear()  # the main program's handlers are not ours to run
     ignore_interrupts()
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
@@ -445,6 +442,11 @@ def main() -> NoReturn:
     """Entry point of an exec'd interpreter (``_spawn.BOOT`` and ``_spawn.SHIPPED_BOOT``)."""
     version, fd, owner = sys.argv[1:4]
     del sys.argv[1:]
+    # ``__main__`` is the boot code's: what it bound there must not pass for the program's (a
+    # function ``main`` run by name), nor keep the shipped code (``data``) alive.
+    namespace = sys.modules["__main__"].__dict__
+    for key in [key for key in namespace if not key.startswith("__")]:
+        del namespace[key]
     # Only stdio and our socket: whatever else our creator had open without close-on-exec (a
     # library's, or its creator's) would otherwise live on in us and in every child we fork,
     # keeping connections and pipes open (AnyEvent::Fork's "leaked fds through exec").

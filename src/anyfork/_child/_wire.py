@@ -26,8 +26,8 @@ header claims.
 
 Rule 1: nothing here touches a socket, a clock or the filesystem.
 Rule 2: every decoding error is ``WireError``; the caller decides what it means (the parent turns
-it into ``anyfork.ProtocolError`` at its one receive boundary, ``Process._poll_reports``; the child
-reports it and exits).
+it into ``anyfork.ProtocolError`` at its one receive boundary, ``ProcessProtocol._receive``; the
+child reports it and exits).
 Rule 3: what a child says when the parent speaks another protocol version never changes: a
 ``frame(ERROR, pack_values(["version", record]))`` (``version_error``), the header layout, the
 ERROR opcode, ``pack_values`` and the error record (``_records``) being the same in every version.
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover - type checkers only; the child never impo
 
 #: Bumped whenever the frame layout or an opcode's payload changes.  An exec'd child refuses
 #: to serve a parent that speaks another version (it is passed on the command line).
-VERSION = 2
+VERSION = 3
 
 HEADER = struct.Struct(">BI")
 HEADER_SIZE = HEADER.size
@@ -65,20 +65,30 @@ MAX_READ = 1 << 16
 IMPORT = ord("i")  # payload: list of module names
 EVAL = ord("e")  # payload: list [code, *args]
 ARGS = ord("a")  # payload: list of str/bytes values appended to the argument list
-FDS = ord("h")  # payload: u32 count; the fds ride on the frame
+FDS = ord("h")  # payload: list of one str per fd (how to hand it over: FD_RAW...); fds ride along
 FORK = ord("f")  # payload: empty; exactly one fd (the new child's socket) rides on the frame
 RUN = ord("r")  # payload: list [function reference]
 PID = ord("q")  # payload: empty; asks the child to answer with a PID frame
+MAIN = ord("m")  # payload: list [how, where, now, *argv]: the parent's main script (_main)
+AHEAD = ord("g")  # as FORK for each socket riding on it, when idle; payload b"now": at once
 
 # Child -> parent reports.
 STARTED = ord("P")  # payload: u32 pid; the first frame every process sends
 ERROR = ord("E")  # payload: list [stage, error record (bytes, see _records)]
-FORK_FAILED = ord("X")  # payload: list [message]; the template keeps serving
+FORK_FAILED = ord("X")  # payload: list [message] (a FORK or AHEAD failed); the template serves on
 RUNNING = ord("R")  # payload: u32 pid; nothing of ours follows, the socket is the user's
 EXITED = ord("Z")  # payload: EXIT (pid, wait status) of a child this process forked and reaped
+FORKED = ord("F")  # payload: u32 pid of the child the next FORK or AHEAD frame made (in order)
 
-COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID))
-REPORTS = frozenset((STARTED, ERROR, FORK_FAILED, RUNNING, EXITED))
+COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID, MAIN, AHEAD))
+REPORTS = frozenset((STARTED, ERROR, FORK_FAILED, RUNNING, EXITED, FORKED))
+
+# How an fd of an FDS frame is handed to the function (one str per fd): as the child sees fit
+# (a socket, an unbuffered binary file, a directory's int), as a buffered binary file, or as a
+# text file ("t", then encoding, errors and line_buffering "0"/"1", separated by NUL).
+FD_RAW = ""
+FD_BUFFERED = "b"
+FD_TEXT = "t"
 
 EXIT = struct.Struct(">Ii")
 
@@ -174,6 +184,42 @@ def unpack_error(payload: bytes) -> tuple[str, bytes]:
     if len(values) != 2 or not isinstance(values[0], str) or not isinstance(values[1], bytes):
         raise WireError("an ERROR report is [stage (str), record (bytes)]")
     return values[0], values[1]
+
+
+def pack_fd_specs(specs: Sequence[str]) -> bytes:
+    """An FDS payload: one spec per fd (``FD_RAW``, ``FD_BUFFERED`` or a ``text_spec``)."""
+    return pack_values(specs)
+
+
+def unpack_fd_specs(payload: bytes, count: int) -> list[str]:
+    """The specs of an FDS frame that carried ``count`` fds."""
+    specs = unpack_strings(payload)
+    if len(specs) != count:
+        raise WireError(f"expected {len(specs)} file descriptors, received {count}")
+    for spec in specs:
+        if spec not in (FD_RAW, FD_BUFFERED) and not spec.startswith(FD_TEXT + "\0"):
+            raise WireError(f"unknown file descriptor spec {spec!r}")
+    return specs
+
+
+def text_spec(encoding: str, errors: str, line_buffering: bool) -> str:
+    return "\0".join((FD_TEXT, encoding, errors, "1" if line_buffering else "0"))
+
+
+def unpack_text_spec(spec: str) -> tuple[str, str, bool]:
+    """``(encoding, errors, line_buffering)`` of a text spec."""
+    parts = spec.split("\0")
+    if len(parts) != 4 or parts[0] != FD_TEXT or parts[3] not in ("0", "1"):
+        raise WireError(f"bad text file spec {spec!r}")
+    return parts[1], parts[2], parts[3] == "1"
+
+
+def unpack_main(payload: bytes) -> tuple[str, str, bool, list[str]]:
+    """A MAIN command: ``(how, where, now, argv)``."""
+    values = unpack_strings(payload)
+    if len(values) < 3 or values[0] not in ("path", "module", "none"):
+        raise WireError("a MAIN command is [how (path, module, none), where, now, *argv]")
+    return values[0], values[1], values[2] == "1", values[3:]
 
 
 def unpack_message(payload: bytes) -> str:
@@ -276,6 +322,29 @@ class Decoder:
             if op == self._stop_after:
                 self.stopped = True
             return op, payload, fds
+
+    def safe_prefix(self, data: bytes | bytearray | memoryview) -> int:
+        """How many bytes of ``data`` (what comes next in the stream) the caller may take at
+        once: all of them, unless the final frame (``stop_after``) ends among them; then up to
+        its end (what follows is not the caller's).  For a reader that peeks first, so that it
+        reads many frames in one call yet never past the final one."""
+        if self._stop_after < 0 or self.stopped:
+            return len(data) if not self.stopped else 0
+        end = len(data)
+        part = bytes(self._buf)  # what is buffered of the current header or payload
+        op, need, pos = self._op, self._need, 0
+        while True:
+            missing = need - len(part)
+            if pos + missing > end:
+                return end
+            if op < 0:
+                op, need = HEADER.unpack(part + bytes(data[pos : pos + missing]))
+                part = b""
+            elif op == self._stop_after:
+                return pos + missing
+            else:
+                op, need, part = -1, HEADER_SIZE, b""
+            pos += missing
 
     def at_boundary(self) -> bool:
         """No partial frame is buffered: the stream could be handed to another reader here."""

@@ -1,12 +1,13 @@
 """The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits for.
 
-A ``Channel`` owns a non-blocking socket, a queue of frames to write (each frame may carry fds,
-which the channel owns until the kernel has them) and a ``_wire.Decoder`` for the child's
-reports.  It never blocks and never waits: operations that must wait are written once, as
-generators that yield ``Wait`` requests, and run by ``_drive.drive_async`` on the event loop or
-by ``_drive.drive_blocking`` with ``poll``.  So the asyncio API and its blocking twin share every
-line of protocol logic.  The channel reads bytes; ``ProcessProtocol._receive`` (``_protocol``) is
-where they become reports.
+A ``Channel`` owns a socket, a queue of frames to write (each frame may carry fds, which the
+channel owns until the kernel has them) and a ``_wire.Decoder`` for the child's reports.  It
+never blocks (every call passes ``MSG_DONTWAIT``, so the socket itself stays as its owner wants
+it, without system calls to switch it back and forth) and never waits: operations that must
+wait are written once, as generators that yield ``Wait`` requests, and run by
+``_drive.drive_async`` on the event loop or by ``_drive.drive_blocking`` with ``poll``.  So the
+asyncio API and its blocking twin share every line of protocol logic.  The channel reads bytes;
+``ProcessProtocol._receive`` (``_protocol``) is where they become reports.
 
 Several coroutines may wait on one channel at once (every child of a template flushes the
 template's queue): the asyncio side keeps one fd watcher per event loop, channel and direction,
@@ -41,6 +42,10 @@ T = TypeVar("T")
 READ = 0
 WRITE = 1
 
+_DONTWAIT = socket.MSG_DONTWAIT
+#: The most bytes one read of reports looks at (a batch of reports is a few dozen bytes).
+_PEEK = 4096
+
 
 class Wait:
     """A request from a protocol generator: wake me when ``chan`` is readable or writable.
@@ -48,14 +53,15 @@ class Wait:
     ``until`` (a ``time.monotonic()`` deadline) bounds this one wait: the generator is resumed
     with ``False`` when it passes, instead of the whole operation failing.  With ``chan``
     ``None`` it is a plain sleep until ``until`` (bounded polling for a fact only the OS knows,
-    such as a child's exit status), which the asyncio driver sleeps without blocking the loop.
+    such as a child's exit status), which the asyncio driver sleeps without blocking the loop;
+    or, given ``fd``, a wait for that fd to be readable (a pidfd: the process has exited).
 
     ``upto`` (WRITE): the frame whose writing the generator waits for (default: all queued).
     ``drain``: meanwhile, whenever ``drain[0]`` is readable, call ``drain[1]`` (which reads it)
     without waking the generator: how a child's wait keeps its template's reports drained.
     """
 
-    __slots__ = ("chan", "drain", "kind", "until", "upto")
+    __slots__ = ("chan", "drain", "fd", "kind", "until", "upto")
 
     def __init__(
         self,
@@ -65,12 +71,14 @@ class Wait:
         *,
         upto: int | None = None,
         drain: Drain | None = None,
+        fd: int | None = None,
     ):
         self.kind = kind
         self.chan = chan
         self.until = until
         self.upto = upto
         self.drain = drain
+        self.fd = fd
 
 
 Op = Generator[Wait, bool, T]
@@ -105,13 +113,14 @@ class Channel:
     """
 
     def __init__(self, sock: socket.socket):
-        sock.setblocking(False)
         self.sock: socket.socket | None = sock
         self.fd = sock.fileno()
         self.decoder = _wire.Decoder(_wire.REPORTS, _wire.MAX_REPORT, stop_after=_wire.RUNNING)
         self._out: deque[list[object]] = deque()
         self.queued = 0
         self.written = 0
+        #: ``shutdown_write`` was called: nothing more can be queued, reports can still be read.
+        self.write_shut = False
         self._lock = threading.RLock()
         self._watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
 
@@ -120,7 +129,7 @@ class Channel:
     def queue(self, data: bytes, fds: list[int] | None = None) -> int:
         """Append one frame and return its number; the channel owns (and will close) ``fds``."""
         with self._lock:
-            if self.sock is None:
+            if self.sock is None or self.write_shut:
                 for fd in fds or ():
                     os.close(fd)
                 raise BrokenPipeError("the channel is closed")
@@ -145,9 +154,9 @@ class Channel:
                 try:
                     if fds:
                         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _wire.pack_ints(fds))]
-                        sent = sock.sendmsg([data], anc)
+                        sent = sock.sendmsg([data], anc, _DONTWAIT)
                     else:
-                        sent = sock.send(data)
+                        sent = sock.send(data, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -174,22 +183,29 @@ class Channel:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read_nowait(self) -> tuple[int, bytes, list[int]] | None:
-        """Return the next complete frame, or ``None`` (see ``decoder.eof`` for the reason).
+    def read_nowait(self, handle: Callable[[int, bytes], None]) -> None:
+        """Call ``handle(op, payload)`` for each complete frame that has arrived, in order (none
+        with the channel at EOF: see ``decoder.eof``).
 
-        Reads never cross a frame boundary, so nothing after RUNNING is ever consumed.  Raises
-        ``_wire.WireError`` for bytes that are not reports (``Process._receive`` decides).
+        A look (``MSG_PEEK``) and a read take every report there is at once, but never a byte
+        after RUNNING (``Decoder.safe_prefix``: those are not ours); reading goes on until the
+        socket has no more (or is at EOF).  Raises ``_wire.WireError`` for bytes that are not
+        reports (``Process._receive`` decides), after handling the frames before them.
         """
         with self._lock:
             dec = self.decoder
             while True:
                 frame = dec.next_frame()
-                if frame is not None or dec.eof or dec.stopped or self.sock is None:
-                    return frame
+                if frame is not None:
+                    handle(frame[0], frame[1])
+                    continue
+                if dec.eof or dec.stopped or self.sock is None:
+                    return
                 try:
-                    data = self.sock.recv(dec.want())
+                    peeked = self.sock.recv(_PEEK, socket.MSG_PEEK | _DONTWAIT)
+                    data = peeked and self.sock.recv(dec.safe_prefix(peeked), _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
-                    return None
+                    return
                 except OSError:
                     data = b""  # ECONNRESET: the child died with our bytes unread
                 dec.receive(data)
@@ -221,6 +237,21 @@ class Channel:
             self._wake_all()
         if sock is not None:
             sock.close()
+
+    def shutdown_write(self) -> None:
+        """Stop writing (the child sees EOF) but go on reading its reports: what the parent
+        does with a template it closes, whose children's exits it still wants to hear of."""
+        with self._lock:
+            sock = self.sock
+            if sock is None or self.write_shut:
+                return
+            self.write_shut = True
+            self._drop_queue()
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # gone already: reading says so
+            self._wake_all()
 
     def forget(self) -> None:
         """In a forked copy of the program: close without a word to any event loop."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import select
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from ._channel import WRITE, Channel, Drain, Op, Wait
@@ -40,7 +40,9 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
             until = _earliest(deadline, wait.until)
             chan = wait.chan
             ready = True
-            if chan is None:
+            if wait.fd is not None:
+                ready = _poll_fd(wait.fd, until)
+            elif chan is None:
                 time.sleep(max(0.0, (until or 0.0) - time.monotonic()))
                 ready = False
             elif chan.sock is not None:
@@ -48,6 +50,14 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
             wait = _resume(op, ready, deadline, timeout)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
+
+
+def _poll_fd(fd: int, until: float | None) -> bool:
+    """Wait for ``fd`` to be readable (``False``: ``until`` passed)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    remaining = None if until is None else max(0.0, until - time.monotonic())
+    return bool(poller.poll(None if remaining is None else remaining * 1000))
 
 
 def _poll(chan: Channel, events: int, drain: Drain | None, until: float | None) -> bool:
@@ -101,7 +111,9 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
             until = _earliest(deadline, wait.until)
             chan, kind, drain = wait.chan, wait.kind, wait.drain
             fut: asyncio.Future[bool] = loop.create_future()
-            if chan is not None:
+            if wait.fd is not None:
+                loop.add_reader(wait.fd, _expire_ready, fut)
+            elif chan is not None:
                 chan.add_waiter(loop, kind, fut, wait.upto)
             if drain is not None:
                 drain[0].keep_drained(loop, drain[1])
@@ -116,7 +128,9 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
             finally:
                 if timer is not None:
                     timer.cancel()
-                if chan is not None:
+                if wait.fd is not None:
+                    loop.remove_reader(wait.fd)
+                elif chan is not None:
                     chan.discard_waiter(loop, kind, fut)
             wait = _resume(op, ready, deadline, timeout)
     except StopIteration as stop:
@@ -137,6 +151,11 @@ def _expire(fut: asyncio.Future[bool]) -> None:
         fut.set_result(False)
 
 
+def _expire_ready(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(True)
+
+
 def _earliest(a: float | None, b: float | None) -> float | None:
     if a is None:
         return b
@@ -151,10 +170,12 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 _releasing: set[asyncio.Task[None]] = set()
 
 
-def release(chan: Channel, chain: Sequence[Channel] = ()) -> None:
+def release(chan: Channel, chain: Sequence[Channel] = (), keep_reading: bool = False) -> None:
     """Let go of ``chan``: close it once everything queued on it, and on ``chain`` (the
     channels of the templates its process is forked from, oldest first: its FORK frame may
     still be queued there), has been written.  The child then reads it all, then EOF.
+    ``keep_reading``: only shut the writing side (``Channel.shutdown_write``), so that the
+    reports that follow (a template's children's exits) can still be read.
 
     Returns at once when the kernel takes everything now (the usual case).  Otherwise, on a
     thread with a running event loop, a task finishes the writes; on any other thread the
@@ -163,35 +184,38 @@ def release(chan: Channel, chain: Sequence[Channel] = ()) -> None:
     socket is closed, ends its part at once."""
     if chan.sock is None:
         return
+    end = chan.shutdown_write if keep_reading else chan.close
     if _flush_nowait((*chain, chan)):
-        chan.close()
+        end()
         return
     asyncio = sys.modules.get("asyncio")
     loop = asyncio._get_running_loop() if asyncio is not None else None
     if loop is None:
         try:
-            drive_blocking(_deliver(chan, chain), None)
+            drive_blocking(deliver(chan, chain), None)
         finally:
-            chan.close()
+            end()
         return
-    task = loop.create_task(_deliver_async(chan, chain))
+    task = loop.create_task(_deliver_async(chan, chain, end))
     _releasing.add(task)
     task.add_done_callback(_releasing.discard)
 
 
-async def _deliver_async(chan: Channel, chain: Sequence[Channel]) -> None:
+async def _deliver_async(chan: Channel, chain: Sequence[Channel], end: Callable[[], None]) -> None:
     import asyncio
 
     try:
-        await drive_async(_deliver(chan, chain), None)
+        await drive_async(deliver(chan, chain), None)
     except asyncio.CancelledError:
         # The loop is shutting down (asyncio.run cancels what is left): finish without it.
-        drive_blocking(_deliver(chan, chain), None)
+        drive_blocking(deliver(chan, chain), None)
     finally:
-        chan.close()
+        end()
 
 
-def _deliver(chan: Channel, chain: Sequence[Channel]) -> Op[None]:
+def deliver(chan: Channel, chain: Sequence[Channel] = ()) -> Op[None]:
+    """Write everything queued on ``chain`` and ``chan`` (in that order), as far as each
+    process takes it: one that is gone ends its part (what depends on it is gone too)."""
     for each in (*chain, chan):
         upto = each.queued
         while each.sock is not None:
@@ -199,7 +223,7 @@ def _deliver(chan: Channel, chain: Sequence[Channel]) -> Op[None]:
                 if each.flush_nowait(upto):
                     break
             except OSError:
-                break  # gone: what depends on it is gone too
+                break
             yield Wait(WRITE, each, upto=upto)
 
 

@@ -16,25 +16,37 @@ While it waits for a forked child, a process also drains its template's reports 
 the template's other children), so that a burst of children never leaves them piling up.
 Dropping or closing a process before ``run`` still delivers what was queued for it
 (``_drive.release``).
+
+The commands, the children a template keeps forked ahead (so that ``fork()`` of an unchanged
+template, and ``anyfork.new()``, hands over a process that is up) and functions of the main
+script are ``_lineage``'s, the base class; this module is the public face.
+
+Lifetimes: every process's exit status is known to the parent, from the reaper (direct
+children) or from its template's EXITED report, matched to the process by the FORKED report
+that names each child's pid in the order of the FORK frames (so a recycled pid is never
+confused).  A closed template stops serving but, while children it forked still run a function
+and may be waited for, goes on reaping them and reporting their exits, which ``wait()`` reads.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 import socket
-from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._child import _wire
-from .._errors import ClosedError, SpawnError
+from .._errors import also_anyfork
 from .._util import publish
 from . import _reaper
-from ._channel import Channel
 from ._drive import drive_async, drive_blocking
-from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
+from ._lineage import Func as Func
+from ._lineage import Lineage
+from ._lineage import func_ref as func_ref
+from ._protocol import _HANDED, _OPEN
 
 if TYPE_CHECKING:
     from .._rpc._start import BlockingClient, Client
@@ -47,11 +59,10 @@ class _HasFileno(Protocol):
 
 
 FdLike = int | _HasFileno
-Func = str | Callable[..., Any]
 P = TypeVar("P", bound="Process")
 
 
-class Process(ProcessProtocol):
+class Process(Lineage):
     """A process that serves commands until ``run`` hands it a function and a socket.
 
     Create one with :func:`anyfork.new`, :func:`anyfork.new_exec`, :meth:`fork`,
@@ -71,21 +82,24 @@ class Process(ProcessProtocol):
 
     @property
     def pid(self) -> int | None:
-        """The process id: known at once for exec'd processes and main-program templates, and
-        for forked ones as soon as the child has reported it (always after ``run``, or after
-        ``wait_started``).  ``None`` until then."""
-        if self._pid is None and self._state == _OPEN:
-            self._poll_reports()
+        """The process id, as far as it is known (this property does no I/O): at once for
+        exec'd processes and main-program templates; for forked ones once the parent has read
+        their template's or their own report of it (always after ``run``, ``wait_started`` or
+        ``wait``, and usually after ``fork()``: a child forked ahead has reported already).
+        ``None`` until then."""
         return self._pid
 
     @property
     def returncode(self) -> int | None:
-        """Exit status (``-N`` for signal N) once a *direct* child (``new_exec``, early and main
-        templates) has exited and been reaped; always ``None`` for forked processes, which are
-        their template's children."""
-        if not self._direct or self._pid is None:
-            return None
-        return _reaper.returncode(self._pid)
+        """The exit status once it is known (this property does no I/O), else ``None``: the
+        code the process exited with, or ``-N`` if signal N killed it (as in ``subprocess``).
+
+        Known after :meth:`wait` or :meth:`poll` returned it, or whenever anyfork has read it
+        meanwhile (direct children are reaped on SIGCHLD; a forked process's exit is reported
+        by its template, whose reports are read whenever the template is used)."""
+        if self._returncode is None and self._direct and self._pid is not None:
+            self._returncode = _reaper.known(self._pid)
+        return self._returncode
 
     # -- preparation (queue, never block) --------------------------------------------------
 
@@ -147,8 +161,15 @@ class Process(ProcessProtocol):
         """Pass file descriptors to the process; they join the arguments in order.
 
         Each descriptor is duplicated at once, so the caller may close its own copy right after
-        this call.  In the child a socket arrives as ``socket.socket``, a file or pipe as an
-        unbuffered binary file object of the right mode, a directory as an int.
+        this call.  In the child a socket arrives as ``socket.socket``, a directory as an int,
+        and a file or pipe as a file object of the right mode (read, write, both) and of the
+        kind sent: a buffered file object (``open(path, "rb")``) as a buffered one, a text file
+        as a text file of the same encoding, anything else (an int fd, an unbuffered
+        ``FileIO``) as an unbuffered binary ``FileIO``.  Wrap that one once to read it by lines
+        at speed: ``pipe = io.BufferedReader(pipe)`` (reading a ``FileIO`` by lines makes a
+        system call per byte).  A buffered writer is flushed when the child's function returns
+        and before a template forks (so nothing is lost or written twice); flush it yourself
+        before ``os._exit``.
 
         Args:
             handles: ints, sockets, files: anything with ``fileno()``.
@@ -161,6 +182,7 @@ class Process(ProcessProtocol):
             SpawnError: the process is known to be dead.
         """
         dups: list[int] = []
+        specs = [_fd_spec(handle) for handle in handles]
         try:
             for handle in handles:
                 fd = handle if isinstance(handle, int) else handle.fileno()
@@ -183,62 +205,24 @@ class Process(ProcessProtocol):
             raise
         for start in range(0, len(dups), _wire.MAX_FDS):
             chunk = dups[start : start + _wire.MAX_FDS]
-            self._send(_wire.FDS, _wire.U32.pack(len(chunk)), chunk)
+            kinds = specs[start : start + _wire.MAX_FDS]
+            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
         return self
 
     def fork(self) -> Process:
         """Return a new process forked from this one, which keeps serving.
 
         The child inherits everything sent to this process before the fork; what is sent to
-        the child afterwards is its own.
+        the child afterwards is its own.  A process that has forked keeps its next children
+        forked ahead of need: the one returned is usually up already, waiting for its commands
+        (unless a command changed this process since the last ``fork``).
 
         Raises:
             SpawnError: this process is known to be dead, or failed (at once).
             ClosedError: this process has run, been handed over or closed.
+            OSError: no file descriptors left for the new process's socket.
         """
-        self._check_open()
-        self._poll_reports()
-        self._raise_if_failed()
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fd = child_end.detach()
-        child = Process(Channel(parent_end), template=self)
-        try:
-            child._fork_frame = self._command(_wire.FORK, b"", [fd])
-        except BaseException:
-            child.close()
-            raise
-        self._forked += 1
-        return child
-
-    def _send(self: P, op: int, payload: bytes, fds: list[int] | None = None) -> P:
-        self._command(op, payload, fds)
-        return self
-
-    def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
-        """Queue a command, write what the socket takes; return the frame's number."""
-        try:
-            self._check_open()
-            if len(payload) > _wire.MAX_COMMAND:
-                raise ValueError(
-                    f"a command of {len(payload)} bytes exceeds the maximum of "
-                    f"{_wire.MAX_COMMAND} bytes (anyfork._child._wire.MAX_COMMAND)"
-                )
-        except BaseException:
-            for fd in fds or ():
-                os.close(fd)
-            raise
-        try:
-            number = self._chan.queue(_wire.frame(op, payload), fds)
-            self._chan.flush_nowait()
-        except OSError as exc:
-            # Gone.  Read what it reported before it went (why it died), then let go of the
-            # socket now: the error raised here may be kept, with its traceback and so this
-            # object, long after (a pool keeps its last start error), and the fd with it.
-            self._poll_reports()
-            self._chan.close()
-            self._raise_if_failed()
-            raise SpawnError(f"{self._name()} is gone ({exc})") from exc
-        return number
+        return self._fork()
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -270,6 +254,7 @@ class Process(ProcessProtocol):
         """
         ref = self._start_run(func)
         sock: socket.socket = await drive_async(self._run_op(ref), timeout)
+        sock.setblocking(False)
         return sock
 
     def run_blocking(self, func: Func, *, timeout: float | None = None) -> socket.socket:
@@ -277,7 +262,7 @@ class Process(ProcessProtocol):
         socket."""
         ref = self._start_run(func)
         sock = drive_blocking(self._run_op(ref), timeout)
-        sock.setblocking(True)
+        sock.setblocking(True)  # (the fd may have been made non-blocking by another owner)
         return sock
 
     async def to_fh(self, *, timeout: float | None = None) -> socket.socket:
@@ -300,6 +285,7 @@ class Process(ProcessProtocol):
         Cancellation: as for :meth:`run`."""
         self._start_handover()
         sock: socket.socket = await drive_async(self._handover_op(), timeout)
+        sock.setblocking(False)
         return sock
 
     def to_fh_blocking(self, *, timeout: float | None = None) -> socket.socket:
@@ -332,6 +318,44 @@ class Process(ProcessProtocol):
         """The blocking twin of :meth:`wait_started` (same arguments and errors)."""
         return drive_blocking(self._started_op(), timeout)
 
+    async def wait(self, *, timeout: float | None = None) -> int:
+        """Wait until the process has exited; return its exit status.
+
+        Works for every kind of process (``new``, ``new_exec``, forked from any template, early
+        and main templates), before or after ``run``, ``to_fh`` or ``close``: ``run`` spends the
+        process for commands, not for waiting.  A process that has not run serves commands
+        until it is closed (or killed), so close it first.  A closed template exits once the
+        children it forked have.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits as long as it takes.
+
+        Returns:
+            The exit status, as ``subprocess`` has it: the code the process exited with, or
+            ``-N`` if signal N killed it.  :attr:`returncode` holds it afterwards.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+            SpawnError: the process never existed (its template could not fork it, or ended
+                first).
+            ChildProcessError: the exit status cannot be known: the process was adopted with
+                ``new_from_fh``, or its template ended (or ran a function, or was handed over)
+                before reporting it, or something else reaped a direct child.
+
+        Cancellation (or timeout): the process is left as it was.
+        """
+        code: int = await drive_async(self._exit_op(), timeout)
+        return code
+
+    def wait_blocking(self, *, timeout: float | None = None) -> int:
+        """The blocking twin of :meth:`wait` (same arguments and errors)."""
+        return drive_blocking(self._exit_op(), timeout)
+
+    def poll(self) -> int | None:
+        """The exit status if the process has exited, else ``None``, without waiting (it reads
+        what has arrived: the reaper's news, the template's reports)."""
+        return self._known_exit_code()
+
     # -- RPC -------------------------------------------------------------------------------
 
     async def rpc(self, func: Func, **options: Any) -> Client:
@@ -340,42 +364,81 @@ class Process(ProcessProtocol):
         ``await client(*args)``.  Options as for :func:`anyfork.rpc` (backend, serializer,
         init, on_event, on_error, on_close, concurrency, timeout).
 
+        A function of the main script works too (the worker imports the script, see
+        :meth:`run`), and so do functions of it that calls carry pickled.
+
         Cancellation: the connection is closed; the worker sees EOF and exits."""
         from .._rpc._start import rpc  # the RPC layer (and asyncio) only when it is used
 
+        self._prepare_rpc(func)
         return await rpc(self, func, **options)
 
     def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
         """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
         from .._rpc._start import rpc_blocking
 
+        self._prepare_rpc(func)
         return rpc_blocking(self, func, **options)
+
+    def _prepare_rpc(self, func: Func) -> None:
+        """Ready for ``func`` and for functions of the main script that calls bring pickled
+        (``PoolExecutor.submit``): a start-up failure, its own type and an ``AnyforkError``."""
+        try:
+            self._prepare_func(func)
+            self._prepare_func(None)
+        except (TypeError, ValueError) as exc:
+            raise also_anyfork(exc) from exc.__cause__
 
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
         """Let go of the process: the parent's end is closed once everything queued for it
         (and its FORK frame, still queued on its template) has been written.  A process that
-        has not run then carries out every command it was sent and exits; a template stops
-        serving (children already forked live on).  Dropping the last reference does the same.
+        has not run then carries out every command it was sent and exits.  A template stops
+        serving; the children it has forked live on, and it waits for them, reaping them and
+        reporting their exits (:meth:`wait`), then exits.  Dropping the last reference closes
+        the process as well (a template then exits at once; its children live on).  Closing
+        again does nothing.
 
         Usually the kernel takes everything at once and this returns at once.  Otherwise, in a
         thread with a running event loop a task on that loop writes the rest (and finishes it
         when the loop shuts down); in any other thread this blocks until the process (or its
-        template) has read enough of it.  A ``run`` or ``to_fh`` in progress is abandoned."""
-        if self._state == _OPEN:
-            self._state = _CLOSED
-            self._finalizer()
-        else:
-            self._chan.close()
+        template) has read enough of it.  A ``run`` or ``to_fh`` in progress is abandoned.
+
+        A prefork server shuts down in three steps: ``template.close()`` (no more workers), a
+        :meth:`terminate` for each worker, then ``await worker.wait()`` for each (and for the
+        template, which exits after its last worker)."""
+        self._let_go()
         _reaper.poll()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the process (its pid must be known)."""
-        pid = self.pid
+        """Send ``sig`` (default ``SIGKILL``) to the process.
+
+        Does nothing once the process is known to have exited (its pid may belong to another
+        process by then): the parent looks at what its template (or the reaper) has reported
+        first.
+
+        Raises:
+            ProcessLookupError: the pid is not known yet (:meth:`wait_started` first).
+        """
+        # A template's child forked ahead was forked before the signal: it is not handed out
+        # after (a killed template must fail the next fork, not return a process it made).
+        self._discard_ready()
+        if self._known_exit_code() is not None:
+            return
+        if self._pid is None and self._state == _OPEN:
+            self._poll_reports()
+        pid = self._pid
         if pid is None:
             raise ProcessLookupError("the process has not reported its pid yet")
-        os.kill(pid, sig)
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it has exited, and its exit is on its way to us
+
+    def terminate(self) -> None:
+        """Send ``SIGTERM`` to the process: :meth:`kill` with that signal."""
+        self.kill(signal.SIGTERM)
 
     def __enter__(self: P) -> P:
         return self
@@ -400,15 +463,10 @@ class Process(ProcessProtocol):
         host it runs on, and whether the connection to it is lost); nothing for a local one."""
         return ""
 
-    def _check_open(self) -> None:
-        if self._state == _HANDED:
-            raise ClosedError("this process has already run (or been handed over with to_fh)")
-        if self._state == _CLOSED:
-            raise ClosedError("this process has been closed")
-
     def _start_run(self, func: Func) -> str:
-        ref = func_ref(func)
         self._check_open()
+        ref = self._prepare_func(func)
+        self._discard_ready()
         # Queue only: a write error (the child is dead) is diagnosed by the run operation,
         # which can wait briefly to learn how the child died.
         try:
@@ -416,29 +474,22 @@ class Process(ProcessProtocol):
         except OSError:
             pass
         self._state = _HANDED
+        self._ran = ref
         return ref
 
     def _start_handover(self) -> None:
         self._check_open()
+        self._discard_ready()
         self._state = _HANDED
 
 
-def func_ref(func: Func) -> str:
-    """``"module:qualname"`` for a function object; strings pass through (checked)."""
-    if isinstance(func, str):
-        if not func or func.startswith(":") or func.endswith(":"):
-            raise ValueError(f"bad function reference {func!r}: use 'module:qualname' or a name")
-        return func
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if not callable(func) or not module or not qualname:
-        raise TypeError(f"run() takes a function or a 'module:qualname' string, not {func!r}")
-    if "<" in qualname:
-        raise TypeError(
-            f"{qualname} cannot be found by name in another process (a lambda or a local "
-            f"function); define it at module level"
-        )
-    return f"{module}:{qualname}"
+def _fd_spec(handle: FdLike) -> str:
+    """How the child hands the fd of ``handle`` over (``send_fh``): as the kind of file sent."""
+    if isinstance(handle, io.TextIOWrapper):
+        return _wire.text_spec(handle.encoding, handle.errors or "strict", handle.line_buffering)
+    if isinstance(handle, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+        return _wire.FD_BUFFERED
+    return _wire.FD_RAW
 
 
 publish(globals())

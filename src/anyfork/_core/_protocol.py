@@ -8,13 +8,19 @@ process, which fails it and closes the channel for good.  Errors a child reports
 import, an exception in eval code, a missing function) are rebuilt as their own type and an
 ``AnyforkError`` at once (``_errors.rebuild``).
 
+A template's children are known by the FORKED report that names each one's pid, in the order
+of the FORK (and AHEAD) frames (``_unforked``, then ``_children`` by pid): its EXITED report
+then sets the child's ``_returncode``, never a later child's that got the same pid.
+
 The waits are written once, as generators run by ``_drive.drive_async`` and
 ``drive_blocking``: flushing what a process depends on (its templates' queues, up to the FORK
-frame that makes it), and reading its reports, up to RUNNING (``run``), a frame boundary
-(``to_fh``) or STARTED (``wait_started``).  The parent drains a template's reports whenever it
-touches the template (``fork``...), and while it waits for one of the template's children if
-more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never leaves them
-piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous child's exit.
+frame that makes it), reading its reports, up to RUNNING (``run``), a frame boundary
+(``to_fh``) or STARTED (``wait_started``), and its exit (``_exit_op``: a pidfd for a direct
+child, the template's reports for a forked one).  The parent drains a template's reports
+whenever it touches the template (``fork``...), and while it waits for one of the template's
+children if more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never
+leaves them piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous
+child's exit.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from .._child import _wire
 from .._errors import ClosedError, ProtocolError, SpawnError, describe_returncode, rebuild
 from . import _reaper
 from ._channel import READ, WRITE, Channel, Drain, Op, Wait
-from ._drive import release
+from ._drive import deliver, release
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -67,7 +73,20 @@ class ProcessProtocol:
         self._direct = direct
         self._state = _OPEN
         self._failure: BaseException | None = None
-        self._fork_failures: deque[str] = deque(maxlen=64)
+        self._fork_failure = ""  # why our template could not fork us (its FORK_FAILED)
+        self._returncode: int | None = None
+        self._ran = ""  # the function run() was given (its reference)
+        self._ready: deque[Process] = deque()  # our next children, forked ahead of need
+        self._handed_out = 0  # children fork() has returned...
+        self._last_handout = 0.0  # ...the last one at this time.monotonic()
+        self._quick = False  # the last two close together (_QUICK)
+        self._main_forked = False  # a copy of the main program: its __main__ is the program
+        self._main_sent: dict[int, int] = {}  # MAIN commands sent: level -> frame number
+        # Our children, in the order of their FORK frames, until the template says which pid
+        # each got (FORKED, in that same order; or FORK_FAILED); then by pid until they exit.
+        self._unforked: deque[weakref.ref[ProcessProtocol]] = deque()
+        self._children: dict[int, weakref.ref[ProcessProtocol]] = {}
+        # Exit statuses of children nobody holds any more (the RPC layer reads them here).
         self._exits: dict[int, int] = {}
         self._forked = 0  # children forked from this process...
         self._exited = 0  # ...and EXITED reports received (spares make this one run ahead)
@@ -127,11 +146,7 @@ class ProcessProtocol:
         with self._lock:
             chan = self._chan
             try:
-                while chan.sock is not None:
-                    frame = chan.read_nowait()
-                    if frame is None:
-                        return
-                    self._apply(frame[0], frame[1])
+                chan.read_nowait(self._apply)
             except (_wire.WireError, ProtocolError) as exc:
                 if self._failure is None:
                     self._failure = (
@@ -150,11 +165,28 @@ class ProcessProtocol:
             failure = rebuild(record, f"(in {stage} of {self._name()})", ours=True)
             if self._failure is None:
                 self._failure = failure
+        elif op == _wire.FORKED:
+            pid = _wire.unpack_u32(payload)
+            # A status kept under this pid is an earlier child's: reports come in order, and a
+            # pid is free for a new child only once the template has reaped the old one.
+            self._exits.pop(pid, None)
+            child = self._unforked.popleft()() if self._unforked else None
+            if child is not None:
+                if child._pid is None:
+                    child._pid = pid
+                self._children[pid] = weakref.ref(child)
         elif op == _wire.FORK_FAILED:
-            self._fork_failures.append(_wire.unpack_message(payload))
+            message = _wire.unpack_message(payload)
+            child = self._unforked.popleft()() if self._unforked else None
+            if child is not None:
+                child._fork_failure = message
         elif op == _wire.EXITED:
             pid, code = _wire.unpack_exit(payload)
             self._exited += 1
+            ref = self._children.pop(pid, None)
+            child = ref() if ref is not None else None
+            if child is not None:
+                child._returncode = code
             if len(self._exits) > 4096:
                 self._exits.pop(next(iter(self._exits)))
             self._exits[pid] = code
@@ -174,6 +206,9 @@ class ProcessProtocol:
             if self._chan.decoder.eof and self._failure is None:
                 self._failure = self._death(None)
             self._check_exit()
+            while self._failure is not None and self._ready:
+                # Never handed out now (fork() fails first): let them go at once.
+                self._ready.popleft().close()
 
     def _death(self, returncode: int | None) -> SpawnError:
         """The error for a process whose socket reached EOF before ``run``."""
@@ -181,8 +216,8 @@ class ProcessProtocol:
             tmpl = self._template
             if tmpl is not None:
                 tmpl._poll_reports()
-                if tmpl._fork_failures:
-                    return SpawnError(f"its template could not fork it: {tmpl._fork_failures[0]}")
+                if self._fork_failure:
+                    return SpawnError(f"its template could not fork it: {self._fork_failure}")
                 if tmpl._failure is not None:
                     err = SpawnError(f"its template failed before forking it: {tmpl._failure}")
                     err.__cause__ = tmpl._failure
@@ -194,43 +229,98 @@ class ProcessProtocol:
         return SpawnError(f"{self._name()} exited before run ({how})")
 
     def _known_exit_code(self) -> int | None:
-        """The exit code if it is already known (reaped here, or reported by the template)."""
-        if self._pid is None:
-            return None
-        if self._direct:
-            return _reaper.returncode(self._pid)
-        tmpl = self._template
-        if tmpl is None:
-            return None
-        tmpl._poll_reports()
-        return tmpl._exits.get(self._pid)
+        """The exit code if it is already known (reaped here, or reported by the template);
+        looks without waiting."""
+        if self._returncode is None and self._pid is not None:
+            if self._direct:
+                self._returncode = _reaper.returncode(self._pid)
+            elif self._template is not None:
+                self._template._receive()
+        return self._returncode
 
     # -- waiting (generators run by drive_async and drive_blocking) ------------------------------
 
     def _exit_code_op(self) -> Op[int | None]:
-        """How did this (dead) process end?  Direct children: the reaper; forked ones: their
-        template's EXITED report, waited for briefly."""
-        pid = self._pid
-        if pid is None:
-            return None
-        if self._direct:
-            # Its socket is closed, so it is exiting: bounded polling for the OS to say how
-            # (timer waits: the asyncio driver sleeps them without blocking the loop).
-            until = time.monotonic() + 0.1
-            while (code := _reaper.returncode(pid)) is None and time.monotonic() < until:
-                yield Wait(READ, None, min(until, time.monotonic() + 0.002))
+        """How did this (dead) process end?  Waited for briefly (``_EXIT_REPORT_WAIT``): its
+        socket is closed, so it is exiting, and the reaper or its template says so soon."""
+        until = time.monotonic() + _EXIT_REPORT_WAIT
+        wait = self._exit_op()
+        try:
+            step = next(wait)
+            while True:
+                step.until = until if step.until is None else min(step.until, until)
+                if not (yield step) and time.monotonic() >= until:
+                    return self._returncode
+                step = wait.send(True)
+        except StopIteration as stop:
+            code: int = stop.value
             return code
+        except (ChildProcessError, SpawnError):
+            return self._returncode
+        finally:
+            wait.close()
+
+    def _exit_op(self) -> Op[int]:
+        """Wait until the process has exited; its exit status (``-N``: killed by signal N).
+
+        Raises ``SpawnError`` for a process that never existed (its template failed to fork
+        it), ``ChildProcessError`` when the status cannot be known."""
+        if (code := self._status()) is not None:
+            return code
+        # It exists once its FORK frame is written (everything queued goes with it).
+        yield from deliver(self._chan, self._template_channels())
+        if self._direct:
+            return (yield from self._reaped_op())
         tmpl = self._template
         if tmpl is None:
-            return None
-        until = time.monotonic() + _EXIT_REPORT_WAIT
-        while pid not in tmpl._exits and tmpl._chan.sock is not None:
-            tmpl._poll_reports()
-            if pid in tmpl._exits or tmpl._chan.decoder.eof:
-                break
-            if not (yield Wait(READ, tmpl._chan, until)):
-                break
-        return tmpl._exits.pop(pid, None)
+            raise ChildProcessError(
+                f"the exit status of {self._name()} is not ours to know: it was adopted with "
+                f"new_from_fh, and its template reports it to the process that created it"
+            )
+        while True:
+            tmpl._receive()
+            if (code := self._status()) is not None:
+                return code
+            if self._fork_failure:
+                raise SpawnError(f"its template could not fork it: {self._fork_failure}")
+            if not tmpl._chan.readable():
+                if self._pid is None:
+                    raise SpawnError(
+                        f"the process never started: its template ({tmpl._name()}) ended first"
+                    ) from tmpl._failure
+                raise ChildProcessError(
+                    f"the exit status of {self._name()} is lost: its template "
+                    f"({tmpl._name()}) ended, or was handed over, before reporting it"
+                )
+            yield Wait(READ, tmpl._chan)
+
+    def _status(self) -> int | None:
+        """The exit status known so far (a call, which the reports it waits for may change)."""
+        return self._returncode
+
+    def _reaped_op(self) -> Op[int]:
+        """``_exit_op`` for a direct child: woken by a pidfd, else by bounded polling."""
+        pid = self._pid
+        assert pid is not None  # a direct child's pid is known from the start
+        fd = _reaper.pidfd(pid)
+        delay = 0.001
+        try:
+            while (code := _reaper.returncode(pid)) is None:
+                if not _reaper.watching(pid):
+                    raise ChildProcessError(
+                        f"the exit status of {self._name()} is lost: something else reaped it "
+                        f"(a waitpid(-1) in this program)"
+                    )
+                if fd is not None:
+                    yield Wait(READ, None, fd=fd)
+                else:  # no pidfds on this system: timer waits, which never block a loop
+                    yield Wait(READ, None, time.monotonic() + delay)
+                    delay = min(delay * 2, 0.05)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self._returncode = code
+        return code
 
     def _flush_op(self) -> Op[None]:
         """Write what this process depends on: on each template, oldest first, up to the FORK
@@ -280,7 +370,10 @@ class ProcessProtocol:
     def _run_op(self, ref: str) -> Op[socket.socket]:
         try:
             yield from self._flush_op()
+            if self._template is not None:
+                self._template._fork_ahead()  # while the child finds its function
             yield from self._reports_until(lambda: self._chan.decoder.stopped)
+            self._learn_template_pids()
             return self._chan.detach()
         finally:
             if self._chan.sock is not None and not self._chan.decoder.stopped:
@@ -291,10 +384,19 @@ class ProcessProtocol:
             yield from self._flush_op()
             # Hand over between two frames: the new owner's first byte starts a report.
             yield from self._reports_until(self._chan.decoder.at_boundary)
+            self._learn_template_pids()
             return self._chan.detach()
         finally:
             if self._chan.sock is not None:
                 self._chan.close()
+
+    def _learn_template_pids(self) -> None:
+        """A template whose pid is not known yet has reported it by now (it forked us): read
+        it, so that its ``pid`` (which does no I/O) says it."""
+        tmpl = self._template
+        while tmpl is not None and tmpl._pid is None:
+            tmpl._receive()
+            tmpl = tmpl._template
 
     def _started_op(self) -> Op[int]:
         try:
@@ -303,6 +405,7 @@ class ProcessProtocol:
                 # Not merely "pid known": an exec'd child's pid is known at once, but it has not
                 # necessarily started (imported anyfork, opened its socket) yet.
                 yield from self._reports_until(lambda: self._started)
+                self._learn_template_pids()
         finally:
             if self._failure is not None:
                 # Failed for good (a failed command ends the child): let go of the socket now,

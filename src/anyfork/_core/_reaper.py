@@ -71,20 +71,24 @@ def poll_unhandled() -> None:
         poll()
 
 
-def wait(pid: int, timeout: float) -> int | None:
-    """Block until ``pid`` is reaped, at most ``timeout`` seconds (bounded polling)."""
-    import time
+def watching(pid: int) -> bool:
+    """``pid`` is ours and not reaped yet."""
+    return pid in _watched
 
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        code = returncode(pid)
-        if code is not None or pid not in _watched:
-            return code
-        if time.monotonic() >= deadline:
+
+def pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` (readable once it has exited), while it is ours and not reaped yet
+    (so the pid cannot have been recycled: it is alive or a zombie of ours); ``None`` if it
+    has been reaped, or where the system has no pidfds (Linux < 5.3)."""
+    open_pidfd = getattr(os, "pidfd_open", None)
+    with _lock:
+        if open_pidfd is None or pid not in _watched:
             return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+        try:
+            fd: int = open_pidfd(pid)
+        except OSError:
+            return None
+        return fd
 
 
 def _on_sigchld(signum: int, frame: object) -> None:

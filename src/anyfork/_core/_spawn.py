@@ -62,6 +62,7 @@ CHILD_MODULES = (
     "anyfork._child._wire",
     "anyfork._child._sock",
     "anyfork._child._forking",
+    "anyfork._child._target",
     "anyfork._child._serve",
 )
 

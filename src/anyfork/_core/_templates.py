@@ -1,17 +1,23 @@
 """The constructors (``new``, ``new_exec``, ``new_from_fh``, ``start_early``, ``main_template``)
 and the templates they keep per parent process: the default template (exec'd on the first
 ``new()``, recreated if it dies) and the early template (the main program forked early).
+
+The default template follows ``sys.path``: when the program has changed it since the template
+last saw it, ``new()`` sends the template the new one first, so that children find what the
+program finds.  Every constructor refuses to run in a child that is importing its parent's main
+script (``_main.refuse``).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 
 from .._child import _wire
 from .._util import publish
-from . import _reaper, _spawn
+from . import _main, _reaper, _spawn
 from ._channel import Channel
 from ._process import Process
 
@@ -20,6 +26,11 @@ __all__ = ["main_template", "new", "new_exec", "new_from_fh", "start_early"]
 _lock = threading.Lock()
 _default: Process | None = None
 _early: Process | None = None
+#: The ``sys.path`` the default template has (what it started with, or was sent last).
+_default_path: list[str] = []
+
+#: Sent to the default template when ``sys.path`` has changed (``args``: the new path).
+_SET_PATH = "import sys\nsys.path[:] = args\n"
 
 
 def new() -> Process:
@@ -27,21 +38,46 @@ def new() -> Process:
 
     The default template is a small interpreter exec'd on the first call (in each process that
     uses anyfork) and kept; if it has died, the next call makes a new one.  With an early
-    template (:func:`start_early`), that is the default template.
+    template (:func:`start_early`), that is the default template.  It keeps its next child
+    forked ahead, so the process returned is usually up already.  Never waits: the first call
+    starts the default template in the background (the process returned starts once it is up;
+    ``run`` and ``wait_started`` wait for that), so it does not block an event loop either.
+
+    The default template has the ``sys.path`` of the program: when that changed since the
+    template last saw it, it is sent the new one before it forks (which discards the child it
+    had forked ahead).  Other changes (modules loaded, environment, working directory) do not
+    reach it: use a template of your own (``new().require(...)``), or :func:`new_exec`.
 
     Raises:
         SpawnError: no interpreter to exec for the default template, or it could not start.
         OSError: no file descriptors left for the new process's socket.
+        anyfork._child._main.StopMainImport: called while this (child) process imports its
+            parent's main script, which must not start processes (see :meth:`Process.run`).
     """
-    global _default
+    global _default, _default_path
+    _main.refuse("anyfork.new()")
     _reaper.poll_unhandled()
     with _lock:
         template = _default
-        if template is None or not template._usable():
+        # With a child forked ahead there is nothing to check here (fork() hands it out,
+        # whatever has become of the template since; the next _fork_ahead looks at it).
+        if template is None or (not template._ready and not template._usable()):
             if template is not None:
                 template.close()
             template = _default = new_exec()
+            _default_path = sys.path[:]
+        else:
+            _follow_path(template)
     return template.fork()
+
+
+def _follow_path(template: Process) -> None:
+    """Send the default template ``sys.path`` if it has changed since it last saw it (under
+    ``_lock``)."""
+    global _default_path
+    if sys.path != _default_path:
+        template.eval(_SET_PATH, *[p for p in sys.path if isinstance(p, str)])
+        _default_path = sys.path[:]
 
 
 def new_exec(*, python: str | None = None) -> Process:
@@ -57,11 +93,17 @@ def new_exec(*, python: str | None = None) -> Process:
     Raises:
         SpawnError: the interpreter cannot be exec'd.  A child that imports another anyfork
             version fails its first wait with ``ProtocolError`` naming both versions.
+        anyfork._child._main.StopMainImport: called while this (child) process imports its
+            parent's main script.
     """
+    _main.refuse("anyfork.new_exec()")
     _reaper.poll_unhandled()
     global _early
     if _early is not None and python is None:
         if _early._usable():
+            with _lock:
+                if _early is _default:
+                    _follow_path(_early)
             return _early.fork()
         # The early template died: forget it and exec, as if there had never been one.
         _early.close()
@@ -89,6 +131,7 @@ def new_from_fh(sock: socket.socket | int) -> Process:
     Args:
         sock: the socket ``to_fh`` returned (in this or another process), or its fd.
     """
+    _main.refuse("anyfork.new_from_fh()")
     if isinstance(sock, int):
         sock = socket.socket(fileno=sock)
     chan = Channel(sock)
@@ -112,12 +155,14 @@ def start_early() -> Process:
         RuntimeError: other threads or a running event loop make forking unsafe.
         SpawnError: the fork failed.
     """
-    global _early, _default
+    global _early, _default, _default_path
+    _main.refuse("anyfork.start_early()")
     with _lock:
         if _early is not None and _early._usable():
             return _early
         proc = main_template()
         _early = _default = proc
+        _default_path = sys.path[:]
     return proc
 
 
@@ -132,17 +177,21 @@ def main_template() -> Process:
         RuntimeError: other threads or a running event loop make forking unsafe.
         SpawnError: the fork failed.
     """
+    _main.refuse("anyfork.main_template()")
     sock, pid = _spawn.fork_main()
     _reaper.watch(pid)
-    return Process(Channel(sock), pid=pid, direct=True)
+    proc = Process(Channel(sock), pid=pid, direct=True)
+    proc._main_forked = True
+    return proc
 
 
 def _reset_in_child() -> None:
     """A forked copy of this program has no templates of its own (``_protocol`` closes the
     sockets it inherited) and a fresh lock."""
-    global _default, _early, _lock
+    global _default, _early, _lock, _default_path
     _lock = threading.Lock()
     _default = _early = None
+    _default_path = []
 
 
 os.register_at_fork(after_in_child=_reset_in_child)

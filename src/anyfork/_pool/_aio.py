@@ -1,55 +1,24 @@
-"""``anyfork.Pool``: an auto-scaling, load-balancing pool of RPC workers forked from a template.
-
-The pool keeps its own records (workers, their loads, the queue) and asks the pure policy
-(``_policy.decide``) what to do after every change; it carries out the actions::
-
-    caller ── pool(*args) ──> queue ──(Dispatch w)──> caller's own task sends the call on w's
-                                                      RPC client and awaits the result
-    policy ── Start ──> task: template.fork().rpc(func)  ──> ready (or a start failure)
-           ── Stop w ─> task: client.aclose()             (idle beyond `idle`, retired, closing)
-           ── Wake t ─> loop.call_at(t, schedule)
-
-A dispatched call runs in the caller's task (no task per call).  Worker death is noticed by the
-RPC client (``on_close`` for an idle worker, ``on_error`` with calls outstanding): the worker
-leaves the pool, only its own calls fail (``WorkerDiedError``), and the policy replaces it.  A
-call handed to a worker that died before the call was sent is queued again, never lost.
-"""
+"""``anyfork.Pool``: an auto-scaling, load-balancing pool of RPC workers, for asyncio programs
+(the machinery is ``_aio_engine.AsyncEngine``)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections import deque
+import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
-from .._core._process import Func, Process, func_ref
-from .._errors import ClosedError, SpawnError
-from .._rpc._start import Client
-from .._util import publish, wait_for
-from . import _policy
-from ._records import (
-    _RETIRE_MARKS,
-    STOP_TIMEOUT,
-    PoolStatistics,
-    PoolTemplate,
-    Totals,
-    _Call,
-    _Worker,
-    check_recycling,
-    policy_view,
-    rss,
-    settings,
-    snapshot,
-    worker_options,
-)
+from .._core._process import Func, Process
+from .._util import publish
+from ._aio_engine import AsyncEngine
+from ._map import Delivery, Progress, amap, window_size
+from ._records import PoolStatistics, describe
+from ._system import settings
 
 __all__ = ["Pool"]
 
 
-class Pool:
+class Pool(AsyncEngine):
     """An auto-scaling pool of RPC workers forked from a template, serving one function.
 
     ::
@@ -84,19 +53,30 @@ class Pool:
             failed); the failed calls raise it too.
         on_close: called once the pool has closed and every worker has exited.
         rpc_options: passed to :func:`anyfork.rpc`: ``backend``, ``serializer``, ``init``,
-            ``on_event`` (the pool filters its own retire events out; without a handler, user
-            events are dropped), ``concurrency`` and ``timeout`` (each worker's start-up
-            deadline, default 60 s).
+            ``done``, ``on_event`` (the pool filters its own retire events out; without a
+            handler, user events are dropped; a call can have its own, see :meth:`call`),
+            ``concurrency`` and ``timeout`` (each worker's start-up deadline, default 60 s).
+
+    Raises:
+        ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
+        another pool's: ``processes=`` is ``max=``, ``initializer=`` is ``init=``,
+        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a
+        Process.
 
     Scheduling: each call goes to the least-loaded worker below ``load``; when all are at
     ``load`` calls queue (in order) and workers start up to ``max``; idle workers beyond
     ``idle`` stop.  A worker may call ``anyfork.worker.retire()`` to be replaced: it finishes
     its calls and gets no new ones.  A worker that dies fails only the calls it was running
-    (``WorkerDiedError``) and is replaced; queued calls are never lost.
+    (``WorkerDiedError``) and is replaced; queued calls are never lost.  A worker that cannot
+    start fails the calls waiting for it with its start-up error (its own type, and an
+    ``AnyforkError``: the type ``rpc()`` raises for the same mistake).
 
     Cancellation of ``await pool(...)``: a queued call is withdrawn; a running one is
     cancelled as the RPC client does (with the sync backend its worker is killed, and that
-    worker's other calls fail with ``WorkerDiedError``).
+    worker's other running calls fail with ``WorkerDiedError``; it takes no new call).  A
+    worker's death fails its calls with an exception that is ``WorkerDiedError`` and the
+    standard library's ``BrokenProcessPool`` both.  Ctrl-C in ``asyncio.run`` cancels the
+    main task: leaving ``async with`` that way cancels the pool (workers killed, calls failed).
     """
 
     def __init__(
@@ -115,392 +95,86 @@ class Pool:
         on_close: Callable[[], object] | None = None,
         **rpc_options: Any,
     ) -> None:
-        self._rpc_options, self._user_on_event = worker_options(rpc_options)
-        self._settings = settings(max, idle, load, start, stop)
-        check_recycling(max_calls, max_memory)
-        self._func = func_ref(func)
-        self._templates = PoolTemplate(template, self._func)
-        self._max_calls = max_calls
-        self._max_memory = max_memory
-        self._on_error = on_error
-        self._on_close = on_close
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._workers: dict[int, _Worker] = {}
-        self._queue: deque[_Call] = deque()
-        self._next_id = 0
-        self._last_start: float | None = None
-        self._last_stop: float | None = None
-        self._start_failed = False
-        self._start_error: BaseException | None = None
-        self._closing = False
-        self._cancelled = False
-        self._closed: asyncio.Future[None] | None = None
-        self._stoppers: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._in_schedule = False
-        self._again = False
-        self._watchers: list[asyncio.Future[None]] = []
-        self._totals = Totals()
+        super().__init__(
+            template,
+            func,
+            settings(max, idle, load, start, stop),
+            max_calls,
+            max_memory,
+            on_error,
+            on_close,
+            rpc_options,
+        )
 
     def __repr__(self) -> str:
-        s = self.statistics()
-        state = "closed" if self._closing else "open"
-        return (
-            f"<anyfork.Pool {self._func} {state} workers={s.workers} busy={s.busy} "
-            f"queued={s.queued}>"
-        )
+        return describe("Pool", self._starter.func, self._core.closing, self.statistics())
 
     # -- calls --------------------------------------------------------------------------------
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """``await pool(*args, **kwargs)``: call the function in a worker; return its result.
 
-        Raises what the function raised (its own type), ``WorkerDiedError`` if the worker died
-        while running it, ``SpawnError`` if no worker could be started for it,
-        ``ClosedError`` once the pool is closing."""
-        return self._call(args, kwargs, None)
+        The call is queued at once, in order (it is sent as soon as a worker is free):
+        ``pool(...)`` returns a future, so calls can be made without awaiting each one.
 
-    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Like ``pool(...)``, with a ``timeout`` in seconds for the whole call (waiting in
-        the queue included): ``TimeoutError``.  A call that times out while running is
-        cancelled as the RPC client does it (the sync backend kills its worker)."""
-        return self._call(args, kwargs, timeout)
+        Raises (when awaited): what the function raised (its own type), ``WorkerDiedError``
+        if the worker died while running it, the start-up error if no worker could be started
+        for it, ``ClosedError`` once the pool is closing.
 
-    async def _call(
+        Cancellation: see the class docs."""
+        return self._submit(args, kwargs, None)
+
+    def call(
         self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        on_dispatch: Callable[[], bool] | None = None,
-    ) -> Any:  # Any: whatever the worker's function returns
-        """The call, queued until a worker takes it.  ``on_dispatch()`` runs just before the
-        call is sent (it has a worker, and will run); if it returns ``False`` the call is
-        dropped instead and ``None`` returned (the executor's cancelled futures)."""
-        loop = self._bind()
-        if self._closing:
-            raise ClosedError("the pool is closed")
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            call = _Call(args, kwargs, loop.create_future())
-            self._queue.append(call)
-            if deadline is not None:
-                call.timer = loop.call_at(deadline, self._expire, call, timeout)
-            self._schedule()
-            try:
-                worker = await call.fut
-            except asyncio.CancelledError:
-                self._withdraw(call)
-                raise
-            finally:
-                if call.timer is not None:
-                    call.timer.cancel()
-            client = worker.client
-            if worker.dead or client is None or client._eof or client._failure is not None:
-                # It died after the call was handed to it but before the call was sent: the
-                # call never ran, so it queues again (the death is handled as it is noticed).
-                self._lost(worker, None)
-                continue
-            if on_dispatch is not None and not on_dispatch():
-                self._finished(worker, completed=False)
-                return None
-            # The client's own entry points, so that a keyword named "timeout" still goes to
-            # the function: the call is sent now, its future resolves to the result.
-            fut = client._submit(args, kwargs)
-            try:
-                if deadline is None:
-                    return await fut
-                return await client._with_timeout(fut, max(0.0, deadline - loop.time()))
-            finally:
-                self._finished(worker)
+        *args: Any,
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Future[Any]:
+        """Like ``pool(...)``, with a deadline and an event handler of its own.
 
-    def _expire(self, call: _Call, timeout: float | None) -> None:
-        if not call.fut.done():
-            self._withdraw(call)
-            call.fut.set_exception(TimeoutError(f"the pool call timed out after {timeout} s"))
-
-    def _withdraw(self, call: _Call) -> None:
-        """The caller gave up on ``call``: out of the queue, or its worker slot released."""
-        if call.fut.done() and not call.fut.cancelled() and call.fut.exception() is None:
-            self._finished(call.fut.result(), completed=False)
-            return
-        with contextlib.suppress(ValueError):
-            self._queue.remove(call)
-            self._notify()
-
-    def _finished(self, worker: _Worker, completed: bool = True) -> None:
-        if completed:
-            self._totals.calls += 1
-        if worker.dead or worker.stopping:
-            self._schedule()
-            return
-        worker.load -= 1
-        loop = self._loop
-        assert loop is not None
-        if worker.load == 0:
-            worker.idle_since = loop.time()
-        if self._max_memory is not None and worker.pid is not None and not worker.retiring:
-            size = rss(worker.pid)
-            if size is not None and size > self._max_memory:
-                worker.retiring = True
-        self._schedule()
-
-    # -- the policy loop -------------------------------------------------------------------
-
-    def _bind(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-            self._closed = loop.create_future()
-            self._schedule()
-        elif self._loop is not loop:
-            raise RuntimeError("this pool belongs to another event loop")
-        return loop
-
-    def _view(self, now: float) -> _policy.PoolView:
-        return policy_view(
-            self._workers.values(),
-            len(self._queue),
-            self._last_start,
-            self._last_stop,
-            self._closing,
-            self._start_failed,
-        )
-
-    def _schedule(self) -> None:
-        """Ask the policy what to do, and do it (re-entrant calls just ask for another round)."""
-        loop = self._loop
-        if loop is None or self._cancelled:
-            self._notify()
-            return
-        if self._in_schedule:
-            self._again = True
-            return
-        self._in_schedule = True
-        try:
-            while True:
-                self._again = False
-                now = loop.time()
-                self._apply(now, _policy.decide(now, self._view(now), self._settings))
-                if not self._again:
-                    break
-        finally:
-            self._in_schedule = False
-        self._notify()
-
-    def _apply(self, now: float, actions: list[_policy.Action]) -> None:
-        loop = self._loop
-        assert loop is not None
-        for action in actions:
-            if isinstance(action, _policy.Dispatch):
-                worker = self._workers[action.worker]
-                # A caller cancelled a moment ago may still be queued (its task removes it
-                # when it runs): skip it.
-                while self._queue and self._queue[0].fut.done():
-                    self._queue.popleft()
-                if not self._queue:
-                    continue
-                call = self._queue.popleft()
-                worker.load += 1
-                worker.dispatched += 1
-                if self._max_calls is not None and worker.dispatched >= self._max_calls:
-                    worker.retiring = True
-                call.fut.set_result(worker)
-            elif isinstance(action, _policy.Start):
-                self._next_id += 1
-                worker = _Worker(self._next_id, now)
-                self._workers[worker.id] = worker
-                self._last_start = now
-                worker.task = loop.create_task(self._start(worker))
-            elif isinstance(action, _policy.Stop):
-                worker = self._workers.pop(action.worker)
-                if action.why == "idle":
-                    self._last_stop = now
-                elif action.why == "retired":
-                    self._totals.retired += 1
-                self._stop(worker)
-            else:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer = loop.call_at(action.at, self._wake)
-
-    def _wake(self) -> None:
-        self._timer = None
-        self._schedule()
-
-    def _notify(self) -> None:
-        watchers, self._watchers = self._watchers, []
-        for fut in watchers:
-            if not fut.done():
-                fut.set_result(None)
-        self._check_closed()
-
-    def _check_closed(self) -> None:
-        closed = self._closed
-        if (
-            self._closing
-            and closed is not None
-            and not closed.done()
-            and not self._workers
-            and not self._queue
-            and not self._stoppers
-        ):
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            closed.set_result(None)
-
-    # -- workers --------------------------------------------------------------------------------
-
-    async def _spawn(self, worker: _Worker) -> Client:
-        def on_event(*args: Any) -> None:
-            if len(args) == 1 and args[0] in _RETIRE_MARKS:
-                if not worker.retiring:
-                    worker.retiring = True
-                    self._schedule()
-            elif self._user_on_event is not None:
-                self._user_on_event(*args)
-
-        options = dict(
-            self._rpc_options,
-            on_event=on_event,
-            on_error=lambda exc: self._lost(worker, exc),
-            on_close=lambda: self._lost(worker, None),
-        )
-        for attempt in (1, 2):
-            tmpl = self._templates.get()
-            try:
-                return await tmpl.fork().rpc(self._func, **options)
-            except SpawnError:
-                if not self._templates.retry_after(tmpl, attempt):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _start(self, worker: _Worker) -> None:
-        try:
-            client = await self._spawn(worker)
-        except asyncio.CancelledError:
-            self._workers.pop(worker.id, None)
-            return
-        except Exception as exc:
-            self._workers.pop(worker.id, None)
-            self._totals.failed_starts += 1
-            self._start_failed = True
-            self._start_error = exc
-            if not self._workers:
-                # Nobody can serve the queue: fail it rather than hang.
-                self._fail_queue(exc)
-            self._report(exc)
-            self._schedule()
-            return
-        worker.client = client
-        worker.pid = client.pid
-        if self._workers.get(worker.id) is not worker or self._cancelled:
-            client.abort()
-            return
-        loop = self._loop
-        assert loop is not None
-        worker.ready = True
-        worker.idle_since = loop.time()
-        self._totals.started += 1
-        self._start_failed = False
-        self._schedule()
-
-    def _fail_queue(self, cause: BaseException) -> None:
-        queue, self._queue = self._queue, deque()
-        for call in queue:
-            if not call.fut.done():
-                err = SpawnError(
-                    f"no pool worker could be started: {type(cause).__name__}: {cause}"
-                )
-                err.__cause__ = cause
-                call.fut.set_exception(err)
-
-    def _lost(self, worker: _Worker, exc: BaseException | None) -> None:
-        """The worker's connection ended (``on_close``/``on_error``), or it was found dead."""
-        if worker.stopping or worker.dead:
-            return
-        worker.dead = True
-        if self._workers.get(worker.id) is worker:
-            del self._workers[worker.id]
-            self._totals.died += 1
-        if worker.client is not None and worker.client._sock is not None:
-            # Found dead before the client had failed its calls: let it finish that in its own
-            # time, and make sure the socket goes.
-            self._stop(worker)
-        if exc is not None:
-            self._report(exc)
-        self._schedule()
-
-    def _stop(self, worker: _Worker) -> None:
-        worker.stopping = True
-        client = worker.client
-        if client is None:
-            # Still starting: abandon the start (the child sees EOF and exits); closing waits
-            # for that task too.
-            task = worker.task
-            if task is not None and not task.done():
-                task.cancel()
-                self._stoppers.add(task)
-                task.add_done_callback(self._stopper_done)
-            return
-        task = asyncio.ensure_future(self._close_client(client))
-        self._stoppers.add(task)
-        task.add_done_callback(self._stopper_done)
-
-    async def _close_client(self, client: Client) -> None:
-        with contextlib.suppress(Exception):
-            await client.aclose(timeout=STOP_TIMEOUT)
-
-    def _stopper_done(self, task: asyncio.Task[None]) -> None:
-        self._stoppers.discard(task)
-        self._check_closed()
-
-    def _report(self, exc: BaseException) -> None:
-        if self._on_error is not None:
-            try:
-                self._on_error(exc)
-            except Exception as err:
-                loop = self._loop
-                if loop is not None:
-                    loop.call_exception_handler(
-                        {"message": "anyfork Pool on_error callback failed", "exception": err}
-                    )
+        Args:
+            *args: the function's positional arguments.
+            timeout: seconds for the whole call (waiting in the queue included), then
+                ``TimeoutError``; a call that times out while running is abandoned as a
+                cancelled one is (the sync backend kills its worker).
+            on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)``
+                this call raises (the pool's ``on_event`` gets the others), in order, each
+                before the call's result is returned.
+            **kwargs: the function's keyword arguments (one named ``timeout`` or
+                ``on_event`` goes through ``pool(...)``)."""
+        return self._submit(args, kwargs, timeout, on_event)
 
     # -- introspection -------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's workers, queue and totals (see :class:`PoolStatistics`)."""
-        return snapshot(self._workers.values(), len(self._queue), self._totals)
+        return self._core.statistics()
 
     def worker_pids(self) -> list[int]:
         """The pids of the pool's ready workers, oldest first."""
-        return [w.pid for w in self._workers.values() if w.ready and w.pid is not None]
+        return self._core.worker_pids()
 
-    async def wait_for(
+    async def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
         """Wait until ``predicate(pool.statistics())`` holds; return those statistics.
 
         Checked after every change of the pool's state, so it never polls:
-        ``await pool.wait_for(lambda s: s.workers == 0, timeout=10)``.  ``TimeoutError``
-        after ``timeout`` seconds.  Cancellation leaves the pool as it was."""
-        loop = self._bind()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            stats = self.statistics()
-            if predicate(stats):
-                return stats
-            fut: asyncio.Future[None] = loop.create_future()
-            self._watchers.append(fut)
-            if deadline is None:
-                await fut
-                continue
-            try:
-                await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                raise TimeoutError(
-                    f"the pool did not reach the condition within {timeout} s: {stats}"
-                ) from None
+        ``await pool.wait_until(lambda s: s.workers == 0, timeout=10)``.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+
+        Cancellation leaves the pool as it was."""
+        return await self._wait_until(predicate, timeout)
+
+    async def wait_for(
+        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
+    ) -> PoolStatistics:
+        """Deprecated alias of :meth:`wait_until` (``asyncio.wait_for`` is another thing)."""
+        warnings.warn("Pool.wait_for() is deprecated: use Pool.wait_until()", DeprecationWarning, 2)
+        return await self.wait_until(predicate, timeout=timeout)
 
     # -- map ---------------------------------------------------------------------------------
 
@@ -509,25 +183,41 @@ class Pool:
         *iterables: Iterable[Any],
         max_in_flight: int | None = None,
         timeout: float | None = None,
-        progress: bool | Callable[[int, int | None], object] = False,
+        progress: bool | Progress = False,
+        chunksize: int | None = None,
     ) -> AsyncGenerator[Any, None]:
         """Call the function on each item (``pool.map(xs)``: ``func(x)``; ``pool.map(xs, ys)``:
         ``func(x, y)``, as the builtin ``map`` zips) and yield the results in order.
 
-        At most ``max_in_flight`` calls are submitted at once (default: twice the pool's
-        capacity, ``2 * max * load``), so a huge or endless iterable is consumed lazily.  The
-        first exception is raised when its result's turn comes.  Closing the iterator early
+        Items travel in batches (one frame each way, run in order by one worker) sized by the
+        pool as workers take them: one item first, then batches of about 30 ms from the time
+        the earlier ones took (for cheap calls, many times faster than a call per item).
+        ``chunksize`` fixes the items per call instead, as in ``concurrent.futures``
+        (``chunksize=1``: one call per item).  With the ``"bytes"`` and ``"str"`` serialisers
+        every item is a call of its own.
+
+        At most ``max_in_flight`` calls (a batch is one) are in flight at once (default: twice
+        the pool's capacity, ``2 * max * load``), so a huge or endless iterable is read
+        lazily.  The first exception (in item order) is raised when its item's turn comes,
+        after the results before it; no call is sent after it.  Closing the iterator early
         withdraws the calls still queued and lets those running finish (their results are
         dropped); after a ``break`` that happens when the generator is finalised, so use
         ``async with contextlib.aclosing(pool.map(...)) as results:`` to make it immediate.
-        ``timeout`` applies to each call.
+        ``timeout`` applies to each call (a batch of ``n`` items: ``n * timeout``).
 
-        ``progress=True`` shows a tqdm bar if tqdm is installed (nothing otherwise);
-        ``progress=callable`` is called as ``callable(done, total)`` after each completed call
-        (``total`` is ``None`` when the iterables have no length)."""
-        from ._map import pool_map
+        ``progress=True`` shows a tqdm bar (without tqdm: a ``RuntimeWarning``, once, and no
+        bar); ``progress=callable`` is called as ``callable(done, total)`` as results are
+        delivered, ``done`` counting items (``total`` is ``None`` when the iterables have no
+        length).
 
-        return pool_map(self, iterables, max_in_flight, timeout, progress)
+        Raises:
+            TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        limit = window_size(max_in_flight, self._core.settings)
+        job = self._job(chunksize, timeout)
+        delivery = Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
+        return amap(delivery)
 
     # -- closing ----------------------------------------------------------------------------------
 
@@ -537,70 +227,23 @@ class Pool:
         ``ClosedError``.
 
         ``cancel=True`` is :meth:`cancel` first: workers are killed, queued calls fail.
-        After ``timeout`` seconds the rest is cancelled that way and ``TimeoutError`` raised.
-        Cancellation: as ``timeout``."""
-        if self._loop is None:
-            self._closing = True
-            self._finish_close()
-            return
-        self._bind()
-        if cancel:
-            self.cancel()
-        if not self._closing:
-            self._closing = True
-            self._schedule()
-        closed = self._closed
-        assert closed is not None
-        try:
-            await wait_for(asyncio.shield(closed), timeout)
-        except BaseException:
-            self.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(closed)
-            self._finish_close()
-            raise
-        self._finish_close()
 
-    def _finish_close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._templates.close()
-        if self._on_close is not None:
-            on_close, self._on_close = self._on_close, None  # once, however often we get here
-            on_close()
+        Raises:
+            TimeoutError: after ``timeout`` seconds, once the rest is cancelled that way.
+
+        Cancellation: as ``timeout``."""
+        await self._aclose(cancel, timeout)
 
     def cancel(self) -> None:
         """Close the pool the fast way, now: queued calls fail with ``ClosedError``, workers
         are killed (their running calls fail with ``WorkerDiedError``), starting ones
         abandoned.  ``await pool.aclose()`` afterwards waits until they have exited."""
-        self._closing = True
-        self._cancelled = True
-        queue, self._queue = self._queue, deque()
-        for call in queue:
-            if not call.fut.done():
-                call.fut.set_exception(ClosedError("the pool was cancelled"))
-        workers, self._workers = list(self._workers.values()), {}
-        for worker in workers:
-            if worker.pid is not None and worker.client is not None and not worker.client._eof:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
-            self._stop(worker)
-        self._notify()
+        self._cancel()
 
     async def __aenter__(self) -> Pool:
         """Open the pool and wait for its initial ``idle`` workers; a worker that cannot start
         (a bad function name, a failing ``init``) raises its error here."""
-        self._bind()
-        try:
-            await self.wait_for(lambda s: s.starting == 0 or s.failed_starts > 0)
-        except BaseException:
-            await self.aclose(cancel=True)
-            raise
-        error = self._start_error
-        if error is not None and self.statistics().started == 0:
-            await self.aclose(cancel=True)
-            raise error
+        await self._open()
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, *rest: object) -> None:

@@ -1,93 +1,63 @@
 """The pool without an event loop: ``BlockingPool`` and the ``concurrent.futures`` face.
 
-``BlockingPool`` runs an ordinary :class:`anyfork.Pool` on a private event loop in one
-background thread::
-
-    caller threads ──run_coroutine_threadsafe──> [anyfork-pool thread: event loop, Pool]
-                   <──concurrent.futures.Future──            │
-                                                             └── RPC sockets to the workers
-
-``PoolExecutor`` does not: its callers are threads already, and a loop thread in between
-costs two thread handoffs per call.  It drives the same policy with a thread per worker
-(``_pool_threads.ThreadedPool``).  Either way the threads exist only while the pool is open,
-and nothing is ever forked from this process (workers are forked by the template), so they
-make no fork unsafe.
+Both are faces over the threads engine (``_threads.ThreadsEngine``): a thread per worker, and a
+caller that waits for its call runs it on the worker's connection itself when it can.  The
+threads exist only while the pool is open, and nothing is ever forked from this process (workers
+are forked by the template), so they make no fork unsafe.  A pool left open at exit is closed
+the graceful way, as the standard library's executors are.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
-import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable
-from typing import Any, TypeVar
+import itertools
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any
 
 from .._core._process import Func, Process, func_ref
+from .._errors import ClosedError
+from .._rpc._batching import columns_of
 from .._util import publish
-from ._aio import Pool
-from ._records import PoolStatistics
-from ._threads import ThreadedPool
+from . import _watch
+from ._map import Delivery, Progress, bmap, items, window_size
+from ._records import PoolStatistics, describe
+from ._threads import ThreadsEngine
 
 __all__ = ["BlockingPool", "PoolExecutor"]
-
-T = TypeVar("T")
 
 #: The function a PoolExecutor without a fixed function serves (calls ``fn(*args, **kw)``).
 _APPLY = "anyfork.worker:_apply"
 
 
-class _LoopThread:
-    """An event loop running in a daemon thread until ``stop()``."""
+class _Face:
+    """What both faces read from their engine."""
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
+    _engine: ThreadsEngine
 
-    def _main(self) -> None:
-        loop = self.loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            # Whatever is left (callers that gave up) is cancelled, so nothing outlives the loop.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            asyncio.set_event_loop(None)
-            loop.close()
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the pool's workers, queue and totals (see
+        :class:`anyfork.PoolStatistics`)."""
+        return self._engine.statistics()
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> cf.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def worker_pids(self) -> list[int]:
+        """The pids of the pool's ready workers, oldest first."""
+        return self._engine.worker_pids()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait for it; an interrupted wait cancels it."""
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise RuntimeError("a blocking pool call from inside the pool's own thread")
-        fut = self.submit(coro)
-        try:
-            return fut.result(timeout)
-        except BaseException:
-            fut.cancel()
-            raise
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(pool.statistics())`` holds; return those statistics
+        (checked after every change of the pool's state, never polled: see
+        ``Pool.wait_until``).
 
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join()
+        Raises:
+            TimeoutError: after ``timeout`` seconds."""
+        return self._engine.wait_until(predicate, timeout)
 
 
-async def _open(template: Process | None, func: Func, options: dict[str, Any]) -> Pool:
-    pool = Pool(template, func, **options)
-    await pool.__aenter__()
-    return pool
-
-
-class BlockingPool:
+class BlockingPool(_Face):
     """The blocking twin of :class:`anyfork.Pool`, for programs without an event loop.
 
     ::
@@ -97,104 +67,89 @@ class BlockingPool:
             for result in pool.map(range(100)):
                 ...
 
-    Same arguments and behaviour as ``Pool``; the constructor opens the pool (and raises a
+    Same arguments and scheduling as ``Pool``; the constructor opens the pool (and raises a
     worker's start-up error, as ``async with Pool`` does).  Thread-safe: any thread may call.
-    The pool runs on a private event loop in one background thread, which ``close()`` joins.
+    Each worker is served by a thread of the pool's own, and a caller runs its call on the
+    worker's connection itself when the worker is free (no thread handoff); ``close()`` joins
+    the threads.  A pool never closed is closed at exit, its queued calls still served.
 
-    Interrupting a call (``KeyboardInterrupt``) cancels it as cancelling ``await pool(...)``
-    would: a queued call is withdrawn, a running one cancelled (the sync backend kills its
-    worker).
+    Raises:
+        The start-up error of the initial workers (its own type, and an ``AnyforkError``);
+        ``ValueError``/``TypeError`` for bad arguments.
+
+    Interrupted (``KeyboardInterrupt``) while it waits in a call, a ``map`` or ``close``: the
+    pool's calls not started are cancelled, its busy workers killed (their calls fail with
+    ``WorkerDiedError``), so nothing outlives the program; the pool stays open (``close``
+    closes it the fast way).  Leaving the ``with`` block by an exception cancels the pool.
     """
 
     def __init__(self, template: Process | None, func: Func, **options: Any) -> None:
-        self._thread: _LoopThread | None = _LoopThread("anyfork-pool")
-        try:
-            self._pool = self._thread.run(_open(template, func, options))
-        except BaseException:
-            self._thread.stop()
-            self._thread = None
-            raise
+        self._engine = ThreadsEngine(template, func, **options)
+        self._engine.open(wait=True)
 
     def __repr__(self) -> str:
-        return f"<anyfork.BlockingPool {'open' if self._thread else 'closed'}>"
-
-    def _loop_thread(self) -> _LoopThread:
-        thread = self._thread
-        if thread is None:
-            from .._errors import ClosedError
-
-            raise ClosedError("the pool is closed")
-        return thread
+        engine = self._engine
+        return describe("BlockingPool", engine.func, engine.closing, self.statistics())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in a worker and return its result (see ``Pool.__call__``)."""
-        return self._loop_thread().run(self._pool._call(args, kwargs, None))
+        return self._engine.call(args, kwargs, None)
 
-    def call(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Like ``pool(...)`` with a ``timeout`` in seconds (see ``Pool.call``)."""
-        return self._loop_thread().run(self._pool._call(args, kwargs, timeout))
+    def call(
+        self,
+        *args: Any,
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like ``pool(...)`` with a ``timeout`` in seconds and an event handler of its own
+        (see ``Pool.call``; the handler runs in the thread that reads the event).
+
+        Raises:
+            TimeoutError: the call took longer (queued or running); a running call is
+            abandoned (the sync backend kills its worker, which leaves the pool at once)."""
+        return self._engine.call(args, kwargs, timeout, on_event)
 
     def map(
         self,
         *iterables: Iterable[Any],
         max_in_flight: int | None = None,
         timeout: float | None = None,
-        progress: bool | Callable[[int, int | None], object] = False,
+        progress: bool | Progress = False,
+        chunksize: int | None = None,
     ) -> Generator[Any, None, None]:
-        """Yield the results of ``func(*items)`` in order, with at most ``max_in_flight``
-        calls in flight (see ``Pool.map``; the iterables are read in the pool's thread)."""
-        thread = self._loop_thread()
-        agen = self._pool.map(
-            *iterables, max_in_flight=max_in_flight, timeout=timeout, progress=progress
-        )
+        """Yield the results of ``func(*items)`` in order, items sent in batches sized by the
+        pool (or ``chunksize`` items per call), at most ``max_in_flight`` calls in flight (see
+        ``Pool.map``).  Closing the generator early withdraws the calls still queued and lets
+        those running finish.
 
-        async def step() -> Any:
-            return await agen.__anext__()
-
-        async def stop() -> None:
-            await agen.aclose()
-
-        try:
-            while True:
-                try:
-                    yield thread.run(step())
-                except StopAsyncIteration:
-                    return
-        finally:
-            if thread.thread.is_alive():
-                thread.run(stop())
-
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool (see :class:`anyfork.PoolStatistics`)."""
-
-        async def stats() -> PoolStatistics:
-            return self._pool.statistics()
-
-        return self._loop_thread().run(stats())
+        Raises:
+            TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        engine = self._engine
+        limit = window_size(max_in_flight, engine.settings)
+        job = engine.job(chunksize, timeout)
+        delivery = Delivery(job, iterables, limit, progress, engine.queue_job, engine.withdraw_unit)
+        return items(bmap(delivery, interrupted=engine.interrupt))
 
     def wait_for(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
-        """Block until ``predicate(statistics)`` holds (see ``Pool.wait_for``)."""
-        return self._loop_thread().run(self._pool.wait_for(predicate, timeout=timeout))
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the pool's ready workers."""
-
-        async def pids() -> list[int]:
-            return self._pool.worker_pids()
-
-        return self._loop_thread().run(pids())
+        """Deprecated alias of :meth:`wait_until`."""
+        warnings.warn(
+            "BlockingPool.wait_for() is deprecated: use BlockingPool.wait_until()",
+            DeprecationWarning,
+            2,
+        )
+        return self.wait_until(predicate, timeout=timeout)
 
     def close(self, *, cancel: bool = False, timeout: float | None = None) -> None:
-        """Close the pool (see ``Pool.aclose``) and join its thread.  Idempotent."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        try:
-            thread.run(self._pool.aclose(cancel=cancel, timeout=timeout))
-        finally:
-            thread.stop()
+        """Close the pool (see ``Pool.aclose``) and join its threads.  Idempotent.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds, once the rest is cancelled."""
+        self._engine.close(cancel=cancel, timeout=timeout)
 
     def cancel(self) -> None:
         """Close the fast way: kill the workers, fail queued calls (see ``Pool.cancel``)."""
@@ -204,80 +159,222 @@ class BlockingPool:
         return self
 
     def __exit__(self, t: type[BaseException] | None, *rest: object) -> None:
+        """Graceful ``close()``; after an exception in the block, ``close(cancel=True)``."""
         self.close(cancel=t is not None)
 
 
-class PoolExecutor(cf.Executor):
-    """A :class:`concurrent.futures.Executor` backed by an :class:`anyfork.Pool`.
+class PoolExecutor(_Face, cf.Executor):
+    """A drop-in :class:`concurrent.futures.ProcessPoolExecutor` over a pool of RPC workers.
 
     ::
 
-        with anyfork.PoolExecutor(template, "mymod:work", max=4) as ex:
-            fut = ex.submit(mymod.work, 1, 2)            # or ex.submit("mymod:work", 1, 2)
-            results = list(ex.map(mymod.work, range(100)))
-        await loop.run_in_executor(ex, mymod.work, 1, 2)  # from asyncio code, too
+        with anyfork.PoolExecutor(4) as ex:                    # as ProcessPoolExecutor(4)
+            fut = ex.submit(mymod.work, 1, 2)
+            results = list(ex.map(mymod.work, range(100_000)))  # batched by the pool
+        await loop.run_in_executor(ex, mymod.work, 1, 2)       # from asyncio code, too
 
-    A pool serves one function.  With ``func`` given, ``submit(fn, *args)`` takes that
-    function (the object or its ``"module:qualname"``) and anything else raises
-    ``ValueError``: the executor interface is kept so that code written for it (and
-    ``run_in_executor``) works unchanged.  With ``func=None`` the workers run whatever function
-    is submitted: it travels with its arguments through the serialiser (by reference with
-    pickle, so module-level functions; lambdas too with ``serializer="cloudpickle"``).
+    Args:
+        max_workers: most workers at once (default: the CPUs this process may use).  Workers
+            start as calls queue, up to this many at once (no pacing between starts).
+        mp_context: accepted for compatibility and ignored: workers are always forked from
+            anyfork's template (``template``), whatever the start method.
+        initializer: called as ``initializer(*initargs)`` in each worker as it starts
+            (pickled, so a module-level function; with ``serializer="cloudpickle"`` any).
+            If it raises, the futures waiting for a worker fail with its exception (its own
+            type, an ``AnyforkError`` and a ``BrokenProcessPool``).
+        initargs: its arguments.
+        max_tasks_per_child: a worker is replaced after this many calls (a batch of ``map``
+            counts as one, as a chunk does in the standard library).
+        template: the process workers are forked from (see :class:`anyfork.Pool`; default:
+            the pool's own, forked from the default template).
+        func: the one function the pool serves (``"module:qualname"`` or the function);
+            ``submit`` then takes only that function, sent by name.  Default ``None``: any
+            function, travelling with its arguments through the serialiser (by reference
+            with pickle, so module-level functions; lambdas too with ``"cloudpickle"``).
+        **options: the other options of :class:`anyfork.Pool`, with the defaults of an
+            executor here: ``idle=0`` (no spare worker is kept; a worker idle for ``stop``
+            seconds, 10 by default, stops), ``load=1``, ``start=0``; ``max_memory``, ``on_error``,
+            ``on_close``) and of :func:`anyfork.rpc` (``serializer``, ``backend``, ``init``,
+            ``done``, ``on_event``, ``concurrency``, ``timeout``).
 
-    Other arguments as for ``Pool`` (``max_workers`` is an alias of ``max``), with the same
-    scheduling policy; each worker is served by a thread of the executor's own, so a call goes
-    from the calling thread to that worker's thread and back, with no event loop in between,
-    and a caller that waits in ``result()`` (without a timeout) runs its call on the worker's
-    connection itself, which saves the handoff both ways.
-    Workers start at the first ``submit``; ``shutdown(wait=True)`` runs the queued calls, stops
-    the workers and joins the threads.  ``future.cancel()`` succeeds until the call starts
-    (queued, or handed to a busy worker).  Worker death fails only that call's future
-    (``WorkerDiedError``); the executor stays usable, unlike ``ProcessPoolExecutor``.
+    Raises:
+        ValueError: ``max_workers`` below 1 (``"max_workers must be greater than 0"``), or a
+        bad setting; TypeError: an unknown option (naming anyfork's name for it, for a known
+        one of another pool's), an initializer that is not callable or cannot be pickled.
+
+    Unlike ``ProcessPoolExecutor``, a worker that dies fails only the calls it was running,
+    with an exception that is both ``anyfork.WorkerDiedError`` and ``BrokenProcessPool``;
+    the executor replaces the worker and keeps serving.  The function's own exceptions keep
+    their type, with the worker's traceback as ``__cause__`` (its text also as ``.tb``, as the
+    standard library's).  ``multiprocessing.Manager()`` proxies passed as arguments work (the
+    workers get the parent's authkey once a Manager can exist).  The futures are plain
+    ``concurrent.futures.Future`` objects; the executor keeps no reference to a call's
+    function, arguments or result once the call is over.  Each worker is served by a thread of the
+    executor's own, and a caller waiting in ``result()`` (without a timeout) runs its call on
+    the worker's connection itself.  An executor never shut down is shut down at exit, the
+    graceful way (the fast way if the program ends with an uncaught ``KeyboardInterrupt``); a
+    ``submit`` after that raises ``RuntimeError``.
+
+    Ctrl-C (``KeyboardInterrupt``) while a caller waits in ``result()``, ``map``,
+    ``shutdown`` or at the end of a ``with`` block: the calls not started are cancelled and
+    the busy workers killed (their calls fail), so no process outlives the program.
     """
 
     def __init__(
         self,
+        max_workers: int | None = None,
+        mp_context: Any = None,  # Any: a multiprocessing context, ignored
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        *,
         template: Process | None = None,
         func: Func | None = None,
-        *,
-        max_workers: int | None = None,
         **options: Any,
     ) -> None:
-        if max_workers is not None:
-            options["max"] = max_workers
+        if isinstance(max_workers, (Process, str)) or callable(max_workers):
+            raise TypeError(
+                f"PoolExecutor's first argument is max_workers, as ProcessPoolExecutor's, not "
+                f"{max_workers!r}: give the template and function as template= and func="
+            )
+        if max_workers is not None and (
+            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
+        ):
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child < 1:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        for theirs in ("max", "max_calls"):
+            if theirs in options:
+                from ._worker import unexpected
+
+                raise unexpected("PoolExecutor", {theirs})
+        # As the standard library's: a worker per call until max_workers, at once, and no
+        # spare kept idle.
+        options.setdefault("start", 0.0)
+        options.setdefault("load", 1)
+        options.setdefault("idle", 0)
         self._func = func_ref(func) if func is not None else None
-        # The pool's policy driven by threads (no event loop in between: see _pool_threads);
-        # built now so that bad settings raise here; workers start with the first submit().
-        self._pool = ThreadedPool(template, self._func or _APPLY, **options)
+        # Built now so that bad settings raise here; workers start with the first submit().
+        self._engine = ThreadsEngine(
+            template,
+            self._func or _APPLY,
+            max=max_workers,
+            max_calls=max_tasks_per_child,
+            face="PoolExecutor",
+            setup=None if initializer is None else (initializer, tuple(initargs)),
+            **options,
+        )
+
+    def __repr__(self) -> str:
+        engine = self._engine
+        return describe("PoolExecutor", engine.func, engine.closing, self.statistics())
+
+    def _check(self, fn: Any) -> None:
+        """``ValueError`` for another function than the pool's (when it serves one)."""
+        if self._func is not None:
+            ref = func_ref(fn)
+            if ref != self._func:
+                raise ValueError(
+                    f"this executor's pool serves {self._func}; submit() takes that function "
+                    f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
+                )
+
+    def _closed(self) -> RuntimeError:
+        if _watch.exiting:
+            return RuntimeError("cannot schedule new futures after interpreter shutdown")
+        return RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
         """Schedule ``fn(*args, **kwargs)`` (``fn`` must be the pool's function when it has
-        one); return its :class:`concurrent.futures.Future`."""
+        one); return its :class:`concurrent.futures.Future`.
+
+        Raises:
+            ValueError: another function than the pool's; RuntimeError: after ``shutdown``,
+            or once the program is ending."""
+        return self.submit_with(fn, *args, **kwargs)
+
+    def submit_with(
+        self,
+        fn: Any,
+        /,
+        *args: Any,
+        on_event: Callable[..., object] | None = None,
+        **kwargs: Any,
+    ) -> cf.Future[Any]:
+        """:meth:`submit` with anyfork's own options: ``on_event`` is called as
+        ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` this call raises (in the
+        thread that reads it, before the future is settled); the executor's ``on_event`` gets
+        the others.  (A keyword named ``on_event`` for ``fn`` goes through :meth:`submit`.)"""
+        self._check(fn)
         if self._func is None:
-            return self._pool.submit((fn, args, kwargs), {})
-        ref = func_ref(fn)
-        if ref != self._func:
-            raise ValueError(
-                f"this executor's pool serves {self._func}; submit() takes that function "
-                f"(or its 'module:qualname'), not {ref} (use func=None to submit any)"
-            )
-        return self._pool.submit(args, kwargs)
+            args = (fn, *args)  # _apply(fn, *args, **kwargs) in the worker
+        try:
+            return self._engine.submit(args, kwargs, None, on_event)
+        except ClosedError:
+            raise self._closed() from None
 
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the executor's pool (see :class:`anyfork.PoolStatistics`)."""
-        return self._pool.statistics()
+    def map(
+        self,
+        fn: Any,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """``map(fn, *iterables)`` in the workers: every item is taken now (as
+        ``ProcessPoolExecutor.map`` does) and the results are yielded in order.
 
-    def worker_pids(self) -> list[int]:
-        """The pids of the executor's ready workers, oldest first."""
-        return self._pool.worker_pids()
+        ``chunksize=None`` (the default) lets the pool batch the items, sizing batches from
+        the time the earlier ones took (for cheap calls many times faster than one call per
+        item); ``chunksize=n`` sends ``n`` items per call, ``chunksize=1`` one call per item
+        (the standard library's meaning; its default is 1).
+
+        Raises (from the iterator): the first exception in item order, at its item's turn;
+        ``TimeoutError`` if a result is not there ``timeout`` seconds after the call to
+        ``map``.  Stopping early (or an exception) withdraws the items not sent yet.
+        ``ValueError`` for a ``chunksize`` below 1, ``RuntimeError`` after ``shutdown``, at
+        once."""
+        self._check(fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        engine = self._engine
+        job = engine.job(chunksize)
+        columns = columns_of(iterables)
+        if self._func is None and columns:
+            columns.insert(0, [fn] * len(columns[0]))  # _apply(fn, *items) in the worker
+        job.feed(columns, True)
+        delivery = Delivery(job, (), None, False, engine.queue_job, engine.withdraw_unit)
+        try:
+            delivery.start()
+        except ClosedError:
+            raise self._closed() from None
+        # Flattened in C: the results cost no Python code each (the generator under it ends
+        # the map when the iterator is dropped).
+        return itertools.chain.from_iterable(
+            bmap(delivery, deadline, engine.interrupt, cf.TimeoutError)
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new calls; ``cancel_futures=True`` cancels those not started yet.  ``wait=True``
-        returns once every call has finished, the workers have exited and the pool's threads
-        are joined; ``wait=False`` returns at once and all that happens afterwards."""
+        """No new calls; ``cancel_futures=True`` cancels those not started yet (a ``map``'s
+        items not sent yet too).  ``wait=True`` returns once every call has finished, the
+        workers have exited and the pool's threads are joined; ``wait=False`` returns at once
+        and all that happens afterwards.  Interrupted (``KeyboardInterrupt``): the rest is
+        done the fast way (workers killed, calls not started failed)."""
         if cancel_futures:
-            self._pool.cancel_pending()
-        self._pool.close(wait=wait)
+            self._engine.cancel_pending()
+        self._engine.close(wait=wait)
+
+    def __exit__(self, t: type[BaseException] | None, *rest: object) -> None:
+        """``shutdown(wait=True)``, as the standard library does; after a ``KeyboardInterrupt``
+        (a ``BaseException`` that is not an ``Exception``) in the block, the fast way."""
+        if t is not None and not issubclass(t, Exception):
+            self._engine.interrupt()
+            self._engine.close(cancel=True)
+            return
+        self.shutdown(wait=True)
 
 
 publish(globals())

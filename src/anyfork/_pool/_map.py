@@ -1,33 +1,454 @@
-"""``Pool.map``: results in order, a bounded number of calls in flight, optional progress."""
+"""``map`` for every pool face: a job in the pool's queue whose items become calls as workers
+take them, and the delivery of its results in order.
+
+A map is one :class:`MapJob` (a ``_core.Job``): the pool's core cuts the next call from it
+only when a worker can take one (``take``), so each call is sized then, from the time the
+earlier ones took (the RPC layer's ``_batching.Sizer``, as ``Client.map`` does: 1 item first,
+then batches of about 30 ms), and goes to the least-loaded worker like any call::
+
+    consumer ── feed(items) ──> job ── core.schedule: take() ──> unit (1 item: a call;
+       ^                                                           n items: a batch) ──> worker
+       └── wait ── on_change <── answered(unit, results, error, duration) <── its outcome
+
+The items of one call (a :class:`Unit`) run in order in one worker; the results are delivered
+in item order, and the first failure (in item order) is raised at its item's turn, after the
+results before it.  No call is cut after a failure.  :class:`Delivery` is the consumer's side,
+shared by the three faces (their generators only wait: ``await``, a condition, a deadline):
+``Pool.map`` and ``BlockingPool.map`` read their iterables lazily, at most ``max_in_flight``
+calls ahead; ``PoolExecutor.map`` takes every item at once, as ``concurrent.futures`` does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
+import time
+import warnings
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterable, Sized
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sized
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from ._aio import Pool
+from .._rpc._batching import BatchResult, Sizer
+from ._core import Job
+from ._policy import Settings
 
+C = TypeVar("C")
 Progress = Callable[[int, "int | None"], object]
+
+
+def window_size(max_in_flight: int | None, settings: Settings) -> int:
+    """``max_in_flight``, checked, or by default twice the pool's capacity (``2 * max * load``)."""
+    if max_in_flight is None:
+        return 2 * settings.max * settings.load
+    if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
+        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
+    return max_in_flight
+
+
+def check_chunksize(chunksize: int | None) -> None:
+    """``ValueError`` unless ``chunksize`` is ``None`` (sized from measured times) or an int
+    >= 1 (items per call, as in ``concurrent.futures``)."""
+    if chunksize is not None and (
+        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
+    ):
+        raise ValueError(f"chunksize must be >= 1 (or None: sized by the pool), not {chunksize!r}")
+
+
+class Unit:
+    """One call of a map: items ``start`` to ``start + n`` (one call, or a batch of ``n``),
+    their arguments by column, and once answered their results and the failure after them."""
+
+    __slots__ = ("call", "columns", "done", "error", "n", "results", "start")
+
+    def __init__(self, start: int, columns: list[list[Any]]) -> None:
+        self.start = start
+        self.columns: list[list[Any]] | None = columns  # dropped once answered
+        self.n = len(columns[0])
+        self.results: list[Any] = []  # Any: the function's results
+        self.error: BaseException | None = None
+        self.done = False
+        self.call: Any = None  # the engine's call carrying it
+
+    def args(self) -> tuple[Any, ...]:
+        """The arguments of its one item (``n == 1``)."""
+        assert self.columns is not None
+        return tuple([column[0] for column in self.columns])
+
+
+class MapJob(Job[C]):
+    """A map's items and calls (see the module docs).  Thread-safe: the pool's core takes
+    calls under the pool's lock, the engine reports outcomes from any thread, the consumer
+    feeds and reads from its own.
+
+    Args:
+        make: ``make(job, unit)``: the engine's call carrying ``unit``, whose outcome the
+            engine reports with :meth:`answered`.
+        chunksize: items per call, or ``None``: sized from measured times.
+        batchable: the serialiser carries batches (else one call per item).
+        workers: the pool's most workers (for the sizer's spread of the last batches).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[MapJob[C], Unit], C],
+        *,
+        chunksize: int | None,
+        batchable: bool,
+        workers: int,
+    ) -> None:
+        check_chunksize(chunksize)
+        self._make = make
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+        #: Called (from any thread, no lock held) when a call of the job is answered.
+        self.on_change: Callable[[], object] | None = None
+        self._columns: list[list[Any]] = []
+        self._cut = 0  # the first item of _columns that no call carries
+        self._base = 0  # the item number of _columns[...][0]
+        self.fed = 0  # items fed so far
+        self.complete = False  # every item is fed
+        self.pending: deque[Unit] = deque()  # cut and not delivered, in order
+        self.sizer = Sizer(workers=workers) if chunksize is None and batchable else None
+        self.chunksize = (chunksize or 1) if batchable else 1
+        self.failed = False  # a call failed: no more are cut
+        self.closed = False
+        #: What failed the items no call carries (the pool was cancelled or interrupted).
+        self.error: BaseException | None = None
+
+    # -- feeding ------------------------------------------------------------------------------
+
+    def feed(self, columns: list[list[Any]], complete: bool) -> None:
+        """Add items (by column, as long as each other, handed over; ``complete``: the last
+        ones)."""
+        with self._lock:
+            if columns:
+                if self._columns:
+                    for mine, more in zip(self._columns, columns, strict=True):
+                        mine.extend(more)
+                else:
+                    self._columns = columns
+                self.fed += len(columns[0])
+            self.complete = self.complete or complete
+
+    def size(self) -> int:
+        """The size of the next call, as far as it is known now."""
+        sizer = self.sizer
+        return self.chunksize if sizer is None else sizer.size
+
+    # -- the core's side (under the pool's lock) ----------------------------------------------
+
+    def _uncut(self) -> int:
+        return 0 if self.closed or self.failed else self.fed - self._base - self._cut
+
+    def queued(self) -> int:
+        with self._lock:
+            return self._uncut()
+
+    def in_flight(self) -> int:
+        """Calls cut and not delivered."""
+        with self._lock:
+            return len(self.pending)
+
+    def units(self, limit: int) -> int:
+        with self._lock:
+            uncut = self._uncut()
+            if not uncut:
+                return 0
+            n = self._next_size(uncut)
+        return min(limit, -(-uncut // n))
+
+    def _next_size(self, uncut: int) -> int:
+        sizer = self.sizer
+        if sizer is None:
+            return min(self.chunksize, uncut)
+        return min(sizer.next_size(uncut if self.complete else None), uncut)
+
+    def take(self, now: float) -> C | None:
+        with self._lock:
+            uncut = self._uncut()
+            if not uncut:
+                return None
+            n = self._next_size(uncut)
+            cut = self._cut
+            unit = Unit(self._base + cut, [column[cut : cut + n] for column in self._columns])
+            self._cut = cut = cut + n
+            if cut > 4096 and 2 * cut > len(self._columns[0]):
+                # Forget the items already cut (amortised: each is moved at most once more).
+                for column in self._columns:
+                    del column[:cut]
+                self._base += cut
+                self._cut = 0
+            self.pending.append(unit)
+        return self._make(self, unit)
+
+    # -- the engine's side ------------------------------------------------------------------
+
+    def answered(
+        self, unit: Unit, outcome: Any, error: BaseException | None, took: float | None
+    ) -> None:
+        """``unit``'s call is over: ``outcome`` is its result (a ``BatchResult`` for a batch,
+        a one-item list for a single call: the engine holds no reference to the item itself,
+        which is its consumer's once delivered), ``error`` what failed the whole call;
+        ``took``: the seconds the worker spent on it (``None``: not known, or it did not
+        run)."""
+        if error is not None:
+            results: list[Any] = []
+        elif type(outcome) is BatchResult:
+            results, error = outcome.results, outcome.error
+        else:
+            results = outcome
+        with self._lock:
+            unit.results, unit.error, unit.done, unit.columns = results, error, True, None
+            unit.call = None  # (its future holds a single call's result)
+            if error is not None:
+                self.failed = True
+            elif took is not None and self.sizer is not None:
+                self.sizer.observe(unit.n, took)
+            self.changed.notify_all()
+        on_change = self.on_change
+        if on_change is not None:
+            on_change()
+
+    def fail(self, error: BaseException) -> None:
+        """The items no call carries yet fail with ``error`` (the first of them raises it)."""
+        with self._lock:
+            if self.error is None:
+                self.error = error
+            self.failed = True
+            self.changed.notify_all()
+        on_change = self.on_change
+        if on_change is not None:
+            on_change()
+
+    def close(self) -> list[Unit]:
+        """No more calls are cut; returns the units not answered yet (the consumer withdraws
+        those that have not started)."""
+        with self._lock:
+            self.closed = True
+            self._columns = []
+            return [u for u in self.pending if not u.done]
+
+
+class Delivery:
+    """The consumer's side of a map: reads the iterables lazily, at most ``limit`` calls ahead
+    (``limit=None``: the caller has fed the job every item), gives the results in order and
+    counts them.
+
+    ``requeue(job)`` puts the job back in the pool's queue once it has items again (it leaves
+    the queue when it has none); ``withdraw(call)`` takes back a call that has not started (the
+    map stopped early)."""
+
+    def __init__(
+        self,
+        job: MapJob[Any],
+        iterables: tuple[Iterable[Any], ...],
+        limit: int | None,
+        progress: bool | Progress,
+        requeue: Callable[[MapJob[Any]], object],
+        withdraw: Callable[[Unit], object],
+    ) -> None:
+        self.job = job
+        self.total = _length(iterables) if iterables else job.fed
+        self._rows: Iterator[tuple[Any, ...]] | None = None
+        self._single: Iterator[Any] | None = None
+        if limit is None:
+            pass  # the caller has fed every item
+        elif len(iterables) == 1:
+            self._single = iter(iterables[0])
+        else:
+            self._rows = iter(zip(*iterables, strict=False))  # stops with the shortest, as map()
+        self._limit = limit
+        self._requeue = requeue
+        self._withdraw = withdraw
+        self.done = 0
+        self._hook, self._close_bar = _progress_hook(progress, self.total)
+
+    def start(self) -> None:
+        """Queue the job (at the map's call, for a map that takes every item then)."""
+        if self.job.fed:
+            self._requeue(self.job)
+
+    def pump(self) -> None:
+        """Read more items if fewer than ``limit`` calls are in flight (or could be cut)."""
+        job = self.job
+        if self._limit is None or job.complete:
+            return
+        size = job.size()
+        want = (self._limit - job.in_flight()) * size - job.queued()
+        if want <= 0:
+            return
+        if self._single is not None:
+            got = [list(itertools.islice(self._single, want))]
+            n = len(got[0])
+        else:
+            assert self._rows is not None
+            rows = list(itertools.islice(self._rows, want))
+            n = len(rows)
+            got = [list(c) for c in zip(*rows, strict=True)] if rows else []
+        job.feed(got, n < want)
+        if n:
+            self._requeue(job)
+
+    def next_unit(self) -> Unit | None:
+        """The oldest call if it is answered (``None``: not yet); ``StopIteration`` once every
+        result has been given.  With the job's lock held (``job.changed``)."""
+        job = self.job
+        if job.pending:
+            unit = job.pending[0]
+            return unit if unit.done else None
+        if job.error is not None:
+            raise job.error
+        if job.complete and not job._uncut():
+            raise StopIteration
+        return None
+
+    def delivered(self, unit: Unit) -> None:
+        """``unit``'s results are taken (counted, in order)."""
+        with self.job.changed:
+            self.job.pending.popleft()
+        if unit.results:
+            self.done += len(unit.results)
+            self._hook(self.done, self.total)
+
+    def close(self) -> None:
+        """The map ends (done, failed or stopped early): calls not started are withdrawn,
+        those running are left to finish (their results are dropped)."""
+        for unit in self.job.close():
+            self._withdraw(unit)
+        self._close_bar()
+
+
+async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
+    """The results of a map in order, awaited (on the pool's loop, which reports outcomes)."""
+    job = delivery.job
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] | None = None
+
+    def on_change() -> None:
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    job.on_change = on_change
+    try:
+        while True:
+            delivery.pump()
+            with job.changed:
+                try:
+                    unit = delivery.next_unit()
+                except StopIteration:
+                    return
+            if unit is None:
+                # Outcomes are reported on this loop: none can come between the look and here.
+                fut = loop.create_future()
+                await fut
+                continue
+            delivery.delivered(unit)
+            for result in draining(unit.results):
+                yield result
+            if unit.error is not None:
+                raise unit.error
+    finally:
+        job.on_change = None
+        delivery.close()
+
+
+_END = object()
+
+
+def draining(results: list[Any]) -> Iterator[Any]:
+    """The items of ``results`` (emptied), each let go of as it is taken: a delivered result
+    is its consumer's alone, as ``concurrent.futures`` promises (no Python code per item)."""
+    queue = deque(results)
+    results.clear()
+    queue.append(_END)
+    return iter(queue.popleft, _END)
+
+
+def bmap(
+    delivery: Delivery,
+    deadline: float | None = None,
+    interrupted: Callable[[], object] | None = None,
+    timeout_error: type[Exception] = TimeoutError,
+) -> Generator[Iterator[Any], None, None]:
+    """The results of a map, an iterator per call, in order, waited for (flatten with
+    ``itertools.chain.from_iterable``: no Python code per item); ``timeout_error`` at
+    ``deadline`` (``time.monotonic()``); ``interrupted()`` is called if the wait is
+    interrupted (a ``KeyboardInterrupt``).  The failure after a call's results comes as the
+    next step."""
+    job = delivery.job
+    error: BaseException | None = None
+    try:
+        while error is None:
+            try:
+                delivery.pump()
+                with job.changed:
+                    # Looked at and waited for under the lock the outcomes are reported under.
+                    unit = delivery.next_unit()
+                    if unit is None:
+                        wait = None if deadline is None else deadline - time.monotonic()
+                        if wait is not None and wait <= 0:
+                            raise timeout_error
+                        job.changed.wait(wait)
+                        continue
+                delivery.delivered(unit)
+            except StopIteration:
+                return
+            except Exception:
+                raise
+            except BaseException:  # interrupted while it waited (wherever it landed)
+                if interrupted is not None:
+                    interrupted()
+                raise
+            error, results = unit.error, draining(unit.results)
+            del unit  # while the consumer takes the results, this frame holds none of them
+            yield results
+            del results
+        raise error
+    finally:
+        delivery.close()
+
+
+def items(results: Generator[Iterator[Any], None, None]) -> Generator[Any, None, None]:
+    """:func:`bmap`'s results one by one, as a generator (``close()`` stops the map)."""
+    try:
+        for chunk in results:
+            yield from chunk
+    finally:
+        results.close()
+
+
+_warned: list[bool] = []  # the warning about tqdm has been given
 
 
 def _progress_hook(
     progress: bool | Progress, total: int | None
-) -> tuple[Progress, Callable[[], None]]:
+) -> tuple[Progress, Callable[[], object]]:
     """``(hook(done, total), close())`` for ``progress``: a callable as it is, ``True`` as a
-    tqdm bar when tqdm is installed (else nothing), ``False`` nothing."""
+    tqdm bar (without tqdm: a warning, once per program, and no bar), ``False`` nothing."""
     if callable(progress):
         return progress, lambda: None
     if progress:
         try:
             from tqdm import tqdm
         except ImportError:
-            pass
+            if not _warned:
+                _warned.append(True)
+                warnings.warn(
+                    "map(progress=True) shows a tqdm bar, but tqdm is not installed: no "
+                    "progress is shown (pip install tqdm, or pass progress=callable)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         else:
             bar = tqdm(total=total, unit="call")
-            return (lambda done, total: bar.update(1)), bar.close
+            last = [0]
+
+            def update(done: int, total: int | None) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            return update, bar.close
     return (lambda done, total: None), lambda: None
 
 
@@ -35,69 +456,3 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     if all(isinstance(it, Sized) for it in iterables):
         return min(len(it) for it in iterables)  # type: ignore[arg-type]
     return None
-
-
-async def pool_map(
-    pool: Pool,
-    iterables: tuple[Iterable[Any], ...],
-    max_in_flight: int | None,
-    timeout: float | None,
-    progress: bool | Progress,
-) -> AsyncGenerator[Any, None]:
-    if not iterables:
-        raise TypeError("map() needs at least one iterable")
-    settings = pool._settings
-    limit = 2 * settings.max * settings.load if max_in_flight is None else max_in_flight
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
-    loop = asyncio.get_running_loop()
-    total = _length(iterables)
-    hook, close_bar = _progress_hook(progress, total)
-    done = 0
-    # Each task: the call's task and whether a worker has taken it (then it is left to finish
-    # if the map stops early, so the worker is not killed for nothing).
-    pending: deque[tuple[asyncio.Task[Any], list[bool]]] = deque()
-
-    def completed(task: asyncio.Task[Any]) -> None:
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a dropped result never warns
-
-    def submit(args: tuple[Any, ...]) -> None:
-        taken = [False]
-
-        def on_dispatch() -> bool:
-            taken[0] = True
-            return True
-
-        task = loop.create_task(pool._call(args, {}, timeout, on_dispatch))
-        task.add_done_callback(completed)
-        pending.append((task, taken))
-
-    items = iter(zip(*iterables, strict=False))  # stops with the shortest, as map() does
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and len(pending) < limit:
-                try:
-                    args = next(items)
-                except StopIteration:
-                    exhausted = True
-                    break
-                submit(args)
-            if not pending:
-                return
-            task, _ = pending[0]
-            # shield: cancelling the consumer must not cancel a running call (that would kill
-            # its worker with the sync backend); the cleanup below decides what to do with it.
-            result = await asyncio.shield(task)
-            pending.popleft()
-            # Counted as delivered, in order: a done callback may not have run yet when a call
-            # that finished early is awaited (the await then does not suspend).
-            done += 1
-            hook(done, total)
-            yield result
-    finally:
-        for task, taken in pending:
-            if not taken[0]:
-                task.cancel()  # still queued: withdrawn
-        close_bar()

@@ -9,7 +9,8 @@ snapshot, and what to do comes out as a list of actions the pool carries out, in
     Start()          start one worker
     Wake(at)         call decide() again at time `at` (a pacing delay expires then)
 
-The rules (AnyEvent::Fork::Pool's, with its observed bugs fixed; see the research notes §1.7):
+The rules (AnyEvent::Fork::Pool's, with its observed bugs fixed; see §1.7 of the project's
+shared/reference/anyevent-fork-family.md):
 
 * Each queued call goes to the least-loaded ready worker whose load is below ``load`` (ties: the
   lowest id, so work concentrates on the oldest workers and the others go idle and can stop).

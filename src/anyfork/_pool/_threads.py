@@ -1,20 +1,25 @@
-"""The pool's policy driven by threads: the engine of ``PoolExecutor``.
+"""The threads engine: the pool's core driven by threads, under ``BlockingPool`` and
+``PoolExecutor``.
 
-``anyfork.Pool`` drives ``_policy.decide`` from an event loop.  An executor's callers are
-threads, and routing each call through a loop thread costs two thread handoffs per call, more
-than the call itself (measured: 145 us through the loop against 17 us for a blocking RPC round
-trip).  So this driver gives every worker a thread of its own, holding a ``BlockingClient``::
+Their callers are threads already, and routing each call through an event loop thread would cost
+two thread handoffs per call, more than the call itself (measured: 145 us through a loop thread
+against 17 us for a blocking RPC round trip).  So every worker has a thread of its own, holding
+a ``BlockingClient``, and a caller waiting for its call runs it itself when it can::
 
-    submit() ──> queue ──(Dispatch w)──> w's inbox ──> w's thread: client(*args) ──> future
-    decide()  ── Start ──> a new worker thread: template.fork().rpc_blocking(func), then serve
-              ── Stop w ─> w's thread closes its client and ends
-              ── Wake t ─> a timer calls decide() again at t
+    submit() ── queue ── core.schedule(now) ── Send ──> w's inbox ──> w's thread (or the caller
+                                        waiting in result()): client(*args) ──> the call's future
+             core ── Launch ──> a new worker thread: template.fork().rpc_blocking(func), then serve
+                  ── Halt ───> w's thread closes its client and ends
+                  ── Wake ───> the clock thread calls schedule() again at ``at``
 
-One lock guards every record; each worker thread waits on its own condition of that lock.
-Semantics are the Pool's (see its docstring): least-loaded dispatch below ``load`` (a worker's
-thread runs its inbox one call after another), pacing, ``retire()``, ``max_calls``,
-``max_memory``; a worker that dies fails only the call it was running and is replaced; a call
-taken by a worker found dead before it was sent is queued again.
+One lock guards the core; no future is settled and no user callback runs while it is held
+(a future's callbacks may come back into the pool).  A worker whose call was abandoned (timed
+out, interrupted) and so condemned leaves the rotation before that call's future is settled;
+a call given to a worker found dead (or condemned) before the call was sent is queued again.
+A dead idle worker is noticed by the pool's watcher thread (``_watch.Watcher``).
+
+The threads are daemon threads: when the main thread ends, every pool still open is closed the
+graceful way (its queued calls still run), as the standard library's executors are.
 """
 
 from __future__ import annotations
@@ -23,84 +28,46 @@ import concurrent.futures as cf
 import contextlib
 import functools
 import queue
-import select
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Process
-from .._errors import AnyforkError, SpawnError, WorkerDiedError
+from .._core._process import Func, Process
+from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
-from . import _policy
-from ._records import (
-    _RETIRE_MARKS,
-    PoolStatistics,
-    PoolTemplate,
-    Totals,
-    WorkerState,
-    check_recycling,
-    policy_view,
-    rss,
-    settings,
-    snapshot,
-    worker_options,
-)
+from . import _futures, _policy, _watch
+from ._core import Halt, Launch, PoolCore, Send
+from ._futures import Call, Future, drain, fail, run_or_skip
+from ._map import MapJob, Unit
+from ._records import PoolStatistics, Worker
+from ._system import rss, settings
+from ._threads_closing import Closing
+from ._watch import Changes, Clock, Watcher, died_idle
+from ._worker import STOP_TIMEOUT, Starter
 
 
-class _Call:
-    __slots__ = ("args", "claimed", "fut", "kwargs", "worker")
-
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        self.args = args
-        self.kwargs = kwargs
-        self.fut: _Future = _Future(self)
-        self.worker: _Worker | None = None  # set when a worker is given the call
-        self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
-
-
-class _Future(cf.Future[Any]):
-    """The executor's future: a caller that waits for it may run the call itself.
-
-    A call given to a worker normally waits in that worker's inbox until its thread wakes and
-    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
-    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
-    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
-    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
-    """
-
-    def __init__(self, call: _Call) -> None:
-        super().__init__()
-        self._call = call
-        self._pool: ThreadedPool | None = None
-
-    def result(self, timeout: float | None = None) -> Any:
-        pool = self._pool
-        # With a timeout the caller must be free to stop waiting, so it does not run the call.
-        if timeout is None and pool is not None and not self.done():
-            pool._help(self._call)
-        return super().result(timeout)
-
-
-class _Worker(WorkerState):
-    __slots__ = ("client", "inbox")
+class _Worker(Worker):
+    __slots__ = ("client", "fd", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
         super().__init__(wid, now)
         self.client: BlockingClient | None = None
+        self.fd = -1  # its client's socket, while the watcher watches it
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
         # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
-        self.inbox: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
-class ThreadedPool:
-    """A pool whose calls go from the calling thread to a worker's own thread and back."""
+class ThreadsEngine(Closing):
+    """A pool whose calls go from the calling thread to a worker's own thread and back (or are
+    run by the waiting caller).  Arguments as for ``anyfork.Pool``; its closing is
+    ``_threads_closing.Closing``'s."""
 
     def __init__(
         self,
         template: Process | None,
-        func: str,
+        func: Func,
         *,
         max: int | None = None,
         idle: int = 1,
@@ -111,172 +78,286 @@ class ThreadedPool:
         max_memory: int | None = None,
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
+        face: str = "BlockingPool",
+        setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
         **rpc_options: Any,
     ) -> None:
-        self._rpc_options, self._user_on_event = worker_options(rpc_options)
-        self._settings = settings(max, idle, load, start, stop)
-        check_recycling(max_calls, max_memory)
-        self._func = func
-        self._templates = PoolTemplate(template, func)
-        self._max_calls = max_calls
-        self._max_memory = max_memory
+        self._starter = Starter(template, func, rpc_options, face, setup)
+        #: An executor: a worker's start-up error is also a ``BrokenProcessPool``.
+        self._executor = face == "PoolExecutor"
+        self._core: PoolCore[_Worker, Call] = PoolCore(
+            settings(max, idle, load, start, stop),
+            max_calls=max_calls,
+            max_memory=max_memory,
+            new_worker=_Worker,
+            measure=rss,
+        )
         self._on_error = on_error
         self._on_close = on_close
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # for close() and statistics waiters
-        self._workers: dict[int, _Worker] = {}
+        self._changes = Changes(self._lock)  # for statistics waiters
         self._threads: set[threading.Thread] = set()
-        self._queue: deque[_Call] = deque()
         #: Every call submitted and not finished: what shutdown(cancel_futures=True) cancels
         #: (cancel() succeeds only on those no worker has started).
-        self._outstanding: set[_Call] = set()
-        self._next_id = 0
-        self._last_start: float | None = None
-        self._last_stop: float | None = None
-        self._start_failed = False
-        self._closing = False
+        self._outstanding: set[Call] = set()
+        self._opened = False
         self._closed = False
-        # One clock thread for the policy's Wake times (pacing, idle stops), started on the
-        # first one: the wake time moves with every call that leaves a worker idle, so a timer
-        # per Wake would be a thread per call.
-        self._clock = threading.Condition(self._lock)
-        self._clock_thread: threading.Thread | None = None
-        self._wake_at: float | None = None
-        self._totals = Totals()
-        # Workers start with the first call (as ProcessPoolExecutor's do), not here.
+        self._clock = Clock(self._lock, self._schedule)
+        self._watcher = Watcher(self._hung_up)
+
+    @property
+    def func(self) -> str:
+        return self._starter.func
+
+    @property
+    def settings(self) -> _policy.Settings:
+        return self._core.settings
+
+    @property
+    def closing(self) -> bool:
+        return self._core.closing
+
+    @property
+    def batchable(self) -> bool:
+        return self._starter.batchable
 
     # -- calls --------------------------------------------------------------------------------
 
-    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> cf.Future[Any]:
-        call = _Call(args, kwargs)
-        fut = call.fut
-        fut._pool = self
+    def open(self, *, wait: bool) -> None:
+        """Start the initial workers (at once, or with the first call); ``wait``: return once
+        they are ready, or raise the start-up error (the pool is then closed)."""
         with self._lock:
-            if self._closing:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            self._queue.append(call)
+            self._open()
+        if not wait:
+            return
+        try:
+            stats = self.wait_until(lambda s: s.starting == 0 or s.failed_starts > 0)
+        except BaseException:
+            self.close(cancel=True)
+            raise
+        error = self._core.start_error
+        if error is not None and stats.started == 0:
+            self.close(cancel=True)
+            raise error
+
+    def _open(self) -> None:
+        if not self._opened:
+            self._opened = True
+            _watch.opened(self)
+            self._schedule()
+
+    def _check_open(self) -> None:
+        """With the lock held: raise ``ClosedError`` if the pool takes no new call; open it."""
+        if self._core.closing:
+            raise ClosedError("the pool is closed")
+        if _watch.exiting:
+            raise ClosedError("the pool takes no new call: the program is ending")
+        self._open()
+        if self._starter.rekey():
+            self._core.retire_keyless()
+
+    def submit(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None = None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Future:
+        """Queue a call (a ``timeout`` in seconds covers its whole life; ``on_event``: the
+        handler of its events); its future.  Raises ``ClosedError`` once the pool is closing."""
+        call = Call(args, kwargs, self, timeout, on_event)
+        with self._lock:
+            self._check_open()
+            self._core.submit(call)
             self._outstanding.add(call)
             self._schedule()
-        fut.add_done_callback(functools.partial(self._settled, call))
-        return fut
+        call.fut.add_done_callback(self._settled)
+        return call.fut
 
-    def _settled(self, call: _Call, fut: cf.Future[Any]) -> None:
+    # -- maps ---------------------------------------------------------------------------------
+
+    def job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[Call]:
+        """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per
+        item of each of its calls."""
+        return MapJob(
+            functools.partial(self._unit, timeout),
+            chunksize=chunksize,
+            batchable=self.batchable,
+            workers=self._core.settings.max,
+        )
+
+    def queue_job(self, job: MapJob[Call]) -> None:
+        """Queue ``job`` (again: it has items to give).  Raises ``ClosedError`` once closing."""
+        with self._lock:
+            self._check_open()
+            self._core.submit_job(job)
+            self._schedule()
+
+    def withdraw_unit(self, unit: Unit) -> None:
+        """A map stopped early: its call of ``unit`` is withdrawn unless it has started (a
+        ``_map.Delivery``'s ``withdraw``)."""
+        call = getattr(unit, "call", None)
+        if call is not None:
+            call.fut.cancel()
+
+    def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
+        """The call of a map's ``unit`` (made by the core, under the lock)."""
+        call = Call((), {}, self, None if timeout is None else timeout * unit.n)
+        call.job, call.unit = job, unit
+        unit.call = call
+        self._outstanding.add(call)
+        call.fut.add_done_callback(self._settled)
+        return call
+
+    def call(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> Any:
+        """Make a call and wait for its result, running it in this thread when it can.
+
+        Raises what the function raised, ``WorkerDiedError``, the start-up error,
+        ``ClosedError``, or ``TimeoutError`` after ``timeout`` seconds (a call that times out
+        while running is abandoned as the RPC client does it: the sync backend kills its
+        worker).  Interrupted (``KeyboardInterrupt``): a call not started is withdrawn; one
+        this thread runs is abandoned as for a timeout; one a worker's thread runs finishes
+        there, its result dropped.  Either way the pool is interrupted (:meth:`interrupt`)."""
+        fut = self.submit(args, kwargs, timeout, on_event)
+        call = fut._call
+        assert call is not None
+        try:
+            self.help_with(call)
+            # At the deadline a call not started (queued, or in a busy worker's inbox) is
+            # withdrawn; a running one ends by the same deadline in the thread that runs it.
+            expired = call.deadline is not None and not _futures.settles(fut, call.deadline)
+            if expired and fut.cancel():
+                raise TimeoutError(f"the pool call timed out after {timeout} s")
+            return cf.Future.result(fut)
+        except Exception:
+            fut.cancel()
+            raise
+        except BaseException:
+            fut.cancel()
+            self.interrupt()
+            raise
+
+    def _settled(self, fut: cf.Future[Any]) -> None:
+        """A call's future is settled: the pool forgets the call, and the future lets go of it
+        (no reference cycle keeps a dropped future and its result alive)."""
+        call: Call = fut._call  # type: ignore[attr-defined]  # always one of ours
+        fut._call = None  # type: ignore[attr-defined]
         with self._lock:
             self._outstanding.discard(call)
+        if call.job is not None and call.unit is not None:
+            self._answered(call, fut)
         if fut.cancelled():
             self._withdraw(call)
 
-    def _withdraw(self, call: _Call) -> None:
+    @staticmethod
+    def _answered(call: Call, fut: cf.Future[Any]) -> None:
+        """A map's call is over: its job hears how it went."""
+        assert call.job is not None
+        assert call.unit is not None
+        if fut.cancelled():
+            error: BaseException | None = cf.CancelledError()
+        else:
+            error = fut.exception()
+        call.job.answered(call.unit, None if error is not None else fut.result(), error, call.took)
+
+    def _withdraw(self, call: Call) -> None:
         """A cancelled future: out of the queue if it is there (a worker that already has it
         skips it), and ``wait``/``as_completed`` are told now, wherever it was."""
-        with self._lock, contextlib.suppress(ValueError):
-            self._queue.remove(call)
-            self._changed.notify_all()
-        _notify_cancelled(call.fut)
+        with self._lock:
+            if self._core.withdraw(call):
+                self._changes.bump()
+        _futures.notify_cancelled(call.fut)
 
     # -- the policy ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Ask the policy what to do and do it.  Called with the lock held."""
-        now = time.monotonic()
-        view = policy_view(
-            self._workers.values(),
-            len(self._queue),
-            self._last_start,
-            self._last_stop,
-            self._closing,
-            self._start_failed,
-        )
-        for action in _policy.decide(now, view, self._settings):
-            if isinstance(action, _policy.Dispatch):
-                worker = self._workers[action.worker]
-                call = self._queue.popleft()
-                worker.load += 1
-                worker.dispatched += 1
-                if self._max_calls is not None and worker.dispatched >= self._max_calls:
-                    worker.retiring = True
-                call.worker = worker
-                worker.inbox.put(call)
-            elif isinstance(action, _policy.Start):
-                self._next_id += 1
-                worker = _Worker(self._next_id, now)
-                self._workers[worker.id] = worker
-                self._last_start = now
+        """Ask the core what to do and do it.  Called with the lock held."""
+        for effect in self._core.schedule(time.monotonic()):
+            if isinstance(effect, Send):
+                effect.call.worker = effect.worker
+                effect.worker.inbox.put(effect.call)
+            elif isinstance(effect, Launch):
+                worker = effect.worker
                 thread = threading.Thread(
-                    target=self._serve, args=(worker,), name=f"anyfork-pool-worker-{worker.id}"
+                    target=self._serve,
+                    args=(worker,),
+                    name=f"anyfork-pool-worker-{worker.id}",
+                    daemon=True,
                 )
                 self._threads.add(thread)
                 thread.start()
-            elif isinstance(action, _policy.Stop):
-                worker = self._workers.pop(action.worker)
-                if action.why == "idle":
-                    self._last_stop = now
-                elif action.why == "retired":
-                    self._totals.retired += 1
-                worker.stopping = True
-                worker.inbox.put(None)
+            elif isinstance(effect, Halt):
+                effect.worker.inbox.put(None)
             else:
-                # An earlier wake than needed only makes the policy look again: keep the
-                # earliest.
-                if self._wake_at is None or action.at < self._wake_at:
-                    self._wake_at = action.at
-                    self._clock.notify()
-                if self._clock_thread is None:
-                    self._clock_thread = threading.Thread(
-                        target=self._tick, name="anyfork-pool-clock", daemon=True
-                    )
-                    self._clock_thread.start()
-        self._changed.notify_all()
-
-    def _tick(self) -> None:
-        with self._lock:
-            while not self._closed:
-                at = self._wake_at
-                if at is None:
-                    self._clock.wait()
-                    continue
-                delay = at - time.monotonic()
-                if delay > 0:
-                    self._clock.wait(delay)
-                    continue
-                self._wake_at = None
-                self._schedule()
+                self._clock.wake_at(effect.at)
+        self._changes.bump()
 
     # -- a worker's thread --------------------------------------------------------------------
 
     def _serve(self, worker: _Worker) -> None:
         try:
-            client = self._spawn(worker)
+            client, worker.keyed = self._starter.start_blocking(
+                functools.partial(self._retire, worker)
+            )
         except BaseException as exc:
             with self._lock:
-                self._workers.pop(worker.id, None)
-                self._totals.failed_starts += 1
-                self._start_failed = True
-                if not self._workers:
-                    self._fail_queue(exc)  # nobody can serve it: fail it rather than hang
+                error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
-            self._report(exc)
-            self._thread_done()
+            if self._executor:
+                from ._broken import also_broken
+
+                error = also_broken(error)
+            fail(calls, error)  # nobody can serve them: fail them rather than hang
+            self._report(error)
             return
         with self._lock:
-            worker.client, worker.pid = client, client.pid
-            worker.ready = True
-            worker.idle_since = time.monotonic()
-            self._totals.started += 1
-            self._start_failed = False
-            self._schedule()
-        while not worker.dead:
+            worker.client = client
+            ready = self._core.started(worker, client.pid, time.monotonic())
+            if ready:
+                sock = client._sock
+                assert sock is not None
+                worker.fd = sock.fileno()
+                self._watcher.watch(worker.fd, worker)
+                self._schedule()
+        if not ready:
+            client.abort()  # the pool was cancelled while it started
+            return
+        while True:
             call = worker.inbox.get()
             if call is None:
                 break
             if self._claim(worker, call):
                 self._execute(worker, call)
+            del call  # a finished call's future is its caller's alone
+        with self._lock:
+            self._watcher.forget(worker.fd, worker)
         if not worker.dead:
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
-                client.close(timeout=30.0)
-        self._thread_done()
+                client.close(timeout=STOP_TIMEOUT)
 
-    def _claim(self, worker: _Worker, call: _Call) -> bool:
+    def _hung_up(self, worker: _Worker) -> None:
+        """The watcher saw the worker's end close: if it died while idle, it is replaced now
+        (if it is busy, its call tells, and this waits for that)."""
+        client = worker.client
+        if worker.dead or client is None:
+            return
+        if died_idle(client):
+            self._lost(worker, None)
+        else:
+            self._watcher.rearm(worker.fd, worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._core.retire(worker):
+                self._schedule()
+
+    def _claim(self, worker: _Worker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
         claimed it, or the call has moved on.  (A caller that found this worker dead queues the
         call again, unclaimed, while this thread may already hold it: this thread must not run
@@ -287,9 +368,9 @@ class ThreadedPool:
             call.claimed = True
             return True
 
-    def _help(self, call: _Call) -> None:
-        """A caller waiting in ``result()``: run the call now if a worker has it and nobody has
-        started it (see ``_Future``)."""
+    def help_with(self, call: Call) -> None:
+        """A caller waiting for ``call``: run it now if a worker has it and nobody has started
+        it (see ``_futures.Future``)."""
         with self._lock:
             worker = call.worker
             if worker is None or worker.dead or call.claimed or worker.client is None:
@@ -297,205 +378,136 @@ class ThreadedPool:
             if threading.current_thread().name.startswith("anyfork-pool"):
                 return  # one of ours (a callback that waits): leave the call to its worker
             call.claimed = True
-        self._execute(worker, call)
+        self._execute(worker, call, caller=True)
 
-    def _execute(self, worker: _Worker, call: _Call) -> None:
-        """Run a claimed call on ``worker`` (in its thread, or in a waiting caller's)."""
+    def _execute(self, worker: _Worker, call: Call, caller: bool = False) -> None:
+        """Run a claimed call on ``worker`` (in its thread, or in a waiting ``caller``'s)."""
         client = worker.client
         assert client is not None
-        if _gone(client):
-            # It died while idle: the call never ran, so it is queued again, not lost.
-            died = WorkerDiedError("the worker died while idle", client.pid, None)
-            self._lost(worker, died, unstarted=call)
+        result: Any = None
+        exc: BaseException | None = None
+        # Under the client's lock (which its calls take too), the check that the worker can
+        # take the call and the call itself are one step: no other thread's abandoned call can
+        # condemn the worker in between.
+        with client._lock:
+            sendable = client.usable and not died_idle(client)
+            running = sendable and run_or_skip(call.fut)
+            if running:
+                try:
+                    result = _futures.invoke(client, call)
+                except BaseException as e:
+                    exc = e
+                call.args, call.kwargs = (), {}
+        if not sendable:
+            # It died while idle, or was condemned, before this call was sent: the call never
+            # ran, so it is queued again, not lost.
+            self._lost(worker, None, unstarted=call)
             return
-        if not _run_or_skip(call.fut):
-            self._finished(worker, completed=False)
+        if not running:
+            self._finished(worker, completed=False)  # cancelled before it started
             return
-        try:
-            result = client._call(call.args, call.kwargs, None)
-        except WorkerDiedError as exc:
-            call.fut.set_exception(exc)
-            self._lost(worker, exc)
-            return
-        except BaseException as exc:
-            call.fut.set_exception(exc)
-        else:
-            call.fut.set_result(result)
-        self._finished(worker)
+        timed_out = (
+            isinstance(exc, TimeoutError)
+            and call.deadline is not None
+            and time.monotonic() >= call.deadline
+        )
+        if timed_out:
+            exc = TimeoutError(f"the pool call timed out after {call.timeout} s")
+        if isinstance(exc, WorkerDiedError):
+            from ._broken import died
 
-    def _lost(self, worker: _Worker, died: WorkerDiedError, unstarted: _Call | None = None) -> None:
-        """The worker died: it leaves the pool once; the calls it had not started (those still
-        in its inbox, and ``unstarted``, claimed but found undeliverable) are queued again, each
-        once; its thread (perhaps waiting for its next call) ends."""
+            exc = died(exc)  # also a BrokenProcessPool
+        if not client.usable:
+            # Dead, or condemned by this call's abandonment: out of the rotation before anyone
+            # hears of this call (who might make the next one at once).
+            self._lost(worker, exc if isinstance(exc, WorkerDiedError) else None)
+        # Interrupted: a KeyboardInterrupt in a caller that ran its call, or a SystemExit raised
+        # while its result was decoded here (an object whose unpickling exits).
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        abandoned = timed_out or interrupted
+        lost = isinstance(exc, (WorkerDiedError, ClosedError))
+        items = 1 if call.unit is None else call.unit.n
+        with self._lock:  # counted before the caller hears of it, scheduled after
+            self._core.finished(
+                worker, time.monotonic(), completed=not abandoned and not lost, items=items
+            )
+        if exc is None:
+            call.fut.set_result(result)
+        elif interrupted:
+            # A caller that ran its call itself was interrupted: the call was abandoned (its
+            # worker killed); whoever else waits for it learns that, not of the interrupt.
+            from ._broken import died
+
+            why = f"the pool call was interrupted ({type(exc).__name__}) and its worker killed"
+            call.fut.set_exception(died(WorkerDiedError(why, worker.pid, None)))
+        else:
+            call.fut.set_exception(exc)
+        with self._lock:
+            self._schedule()
+        if interrupted and caller:
+            raise exc  # type: ignore[misc]  # KeyboardInterrupt in a caller that ran its call
+
+    def _lost(
+        self, worker: _Worker, died: WorkerDiedError | None, unstarted: Call | None = None
+    ) -> None:
+        """The worker cannot take calls: it leaves the pool once; the calls it had not started
+        (those still in its inbox, and ``unstarted``, claimed but found undeliverable) are
+        queued again, each once; its thread (perhaps waiting for its next call) ends."""
         with self._lock:
             # The claimed call may still sit in the inbox too (a waiting caller claimed it
             # there): it is queued once, here.
-            left = [c for c in _drain(worker.inbox) if not c.claimed]
+            left = [c for c in drain(worker.inbox) if not c.claimed]
             if unstarted is not None:
                 left.insert(0, unstarted)
             for c in left:
                 c.worker = None
                 c.claimed = False
-            self._queue.extendleft(reversed(left))
+            failed = self._core.requeue(left)
             worker.inbox.put(None)  # after every drain: it may have taken an earlier one
-            if worker.dead:
-                self._schedule()
-                return
-            worker.dead = True
-            if self._workers.pop(worker.id, None) is not None:
-                self._totals.died += 1
+            first = self._core.lost(worker)
+            self._watcher.forget(worker.fd, worker)  # before its socket closes
             self._schedule()
-        if worker.client is not None:
-            worker.client.abort()
-        self._report(died)
+        fail(failed, ClosedError("the pool was cancelled"))
+        client = worker.client
+        if first and client is not None:
+            with client._lock:  # not under a call another thread makes on it
+                client.abort()
+        if died is not None and worker.dead:
+            self._report(died)
 
-    def _spawn(self, worker: _Worker) -> BlockingClient:
-        def on_event(*args: Any) -> None:
-            if len(args) == 1 and args[0] in _RETIRE_MARKS:
-                with self._lock:
-                    worker.retiring = True  # acted on when its call completes
-            elif self._user_on_event is not None:
-                self._user_on_event(*args)
-
-        for attempt in (1, 2):
-            tmpl = self._templates.get()
-            try:
-                return tmpl.fork().rpc_blocking(self._func, on_event=on_event, **self._rpc_options)
-            except SpawnError:
-                if not self._templates.retry_after(tmpl, attempt):
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _finished(self, worker: _Worker, completed: bool = True) -> None:
+    def _finished(self, worker: _Worker, *, completed: bool) -> None:
         with self._lock:
-            if completed:
-                self._totals.calls += 1
-            worker.load -= 1
-            if worker.load == 0:
-                worker.idle_since = time.monotonic()
-            if self._max_memory is not None and worker.pid is not None and not worker.retiring:
-                size = rss(worker.pid)
-                if size is not None and size > self._max_memory:
-                    worker.retiring = True
+            self._core.finished(worker, time.monotonic(), completed=completed)
             self._schedule()
-
-    def _fail_queue(self, cause: BaseException) -> None:
-        queue, self._queue = self._queue, deque()
-        for call in queue:
-            if _run_or_skip(call.fut):
-                err = SpawnError(
-                    f"no pool worker could be started: {type(cause).__name__}: {cause}"
-                )
-                err.__cause__ = cause
-                call.fut.set_exception(err)
-
-    def _thread_done(self) -> None:
-        with self._lock:
-            self._changed.notify_all()
 
     def _report(self, exc: BaseException) -> None:
         if self._on_error is not None:
             with contextlib.suppress(Exception):
                 self._on_error(exc)
 
-    # -- introspection and closing ------------------------------------------------------------
+    # -- introspection ------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
         with self._lock:
-            return snapshot(self._workers.values(), len(self._queue), self._totals)
+            return self._core.statistics()
 
     def worker_pids(self) -> list[int]:
-        """The pids of the ready workers, oldest first."""
         with self._lock:
-            return [w.pid for w in self._workers.values() if w.ready and w.pid is not None]
+            return self._core.worker_pids()
 
-    def cancel_pending(self) -> None:
-        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``)."""
-        with self._lock:
-            pending = list(self._outstanding)
-        for call in pending:
-            call.fut.cancel()  # queued ones withdraw themselves; inbox ones are skipped
-
-    def close(self, *, wait: bool = True) -> None:
-        """No new calls; the queue is still served.  ``wait``: return once every worker thread
-        has finished (their processes have exited) and the template is closed; otherwise a
-        thread finishes that in the background."""
-        with self._lock:
-            self._closing = True
-            self._schedule()
-        if not wait:
-            threading.Thread(target=self._finish, name="anyfork-pool-close", daemon=True).start()
-            return
-        self._finish()
-
-    def _finish(self) -> None:
-        # Join every worker thread, including any a closing pool starts to serve its queue.
+    def wait_until(
+        self, predicate: Callable[[PoolStatistics], bool], timeout: float | None = None
+    ) -> PoolStatistics:
+        """Block until ``predicate(statistics)`` holds (checked at each change, outside the
+        lock, so it may call the pool); ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                threads = list(self._threads)
-            if not threads:
-                break
-            for thread in threads:
-                thread.join()
+                stats, version = self._core.statistics(), self._changes.version
+            if predicate(stats):
+                return stats
             with self._lock:
-                self._threads.difference_update(threads)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._clock.notify()
-            clock = self._clock_thread
-        if clock is not None:
-            clock.join()
-        self._templates.close()
-        if self._on_close is not None:
-            self._on_close()
-
-
-# A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
-# through set_running_or_notify_cancel(), which raises if called twice.  A cancel() from any
-# thread can race a worker taking the call, so both transitions are made under the future's own
-# (reentrant) lock, reading its state, as the stdlib executors' internals do.
-
-
-def _run_or_skip(fut: cf.Future[Any]) -> bool:
-    """Mark the future running (``True``), or notify its cancellation once (``False``)."""
-    with fut._condition:  # private, see above
-        if fut._state == "PENDING":
-            return fut.set_running_or_notify_cancel()
-        _notify_cancelled(fut)
-        return False
-
-
-def _notify_cancelled(fut: cf.Future[Any]) -> None:
-    with fut._condition:
-        if fut._state == "CANCELLED":
-            fut.set_running_or_notify_cancel()
-
-
-def _drain(inbox: queue.SimpleQueue[_Call | None]) -> list[_Call]:
-    calls: list[_Call] = []
-    while True:
-        try:
-            call = inbox.get_nowait()
-        except queue.Empty:
-            return calls
-        if call is not None:
-            calls.append(call)
-
-
-def _gone(client: BlockingClient) -> bool:
-    """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
-    worker sends nothing unasked.
-
-    Looked at under the client's lock, which a call holds from its request to its reply: a
-    call another thread has in flight on this worker (a waiting caller's, next to the
-    worker's thread) makes the socket readable too, with its reply, and taking that for a
-    death aborted the client under it (seen under CPU load)."""
-    with client._lock:
-        sock = client._sock
-        if sock is None:
-            return True
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0))
+                if not self._changes.wait_past(version, deadline):
+                    raise TimeoutError(
+                        f"the pool did not reach the condition within {timeout} s: {stats}"
+                    )

@@ -248,7 +248,7 @@ class Connection:
         try:
             while True:
                 try:
-                    data = ours.recv(4096)
+                    data = ours.recv(4096, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     yield Wait(READ, chan)
                     continue
@@ -300,7 +300,7 @@ class Connection:
                 # ssh exiting closes its stdin and stdout: our socket's EOF.
                 while session is not None and session.sock is not None:
                     try:
-                        if not session.sock.recv(4096):
+                        if not session.sock.recv(4096, socket.MSG_DONTWAIT):
                             break
                     except (BlockingIOError, InterruptedError):
                         if not (yield Wait(READ, session, until)):
@@ -363,7 +363,7 @@ def _read_line(chan: Channel, prefixes: tuple[bytes, ...]) -> Op[tuple[bytes | N
     line = bytearray()
     while True:
         try:
-            data = sock.recv(4096, socket.MSG_PEEK)
+            data = sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             yield Wait(READ, chan)
             continue
@@ -372,7 +372,7 @@ def _read_line(chan: Channel, prefixes: tuple[bytes, ...]) -> Op[tuple[bytes | N
         if not data:
             return None, bytes(junk + line)
         end = data.find(b"\n")
-        line += sock.recv(len(data) if end < 0 else end + 1)
+        line += sock.recv(len(data) if end < 0 else end + 1, socket.MSG_DONTWAIT)
         if not line.endswith(b"\n"):
             continue
         if line.startswith(prefixes):

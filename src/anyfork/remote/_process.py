@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 from .._child import _wire
 from .._core._channel import READ, Channel, Op, Wait
-from .._core._process import FdLike, Process
+from .._core._process import FdLike, Func, Process, func_ref
+from .._core._protocol import _OPEN
 from .._errors import RemoteHostError, SpawnError
 from ._agent import KILL
 
@@ -77,6 +78,11 @@ class AgentProcess(Process):
     @override
     def _death(self, returncode: int | None) -> SpawnError:
         return self.conn.loss()
+
+    @override
+    def _fork_ahead(self) -> None:
+        """Nothing: the agent's processes are asked for on connections of their own
+        (``Host.new``), never forked ahead on its control connection."""
 
     def made_one(self) -> None:
         """Count a process made on the host: a wait for it drains the agent's reports once
@@ -140,11 +146,36 @@ class RemoteProcess(Process):
     def returncode(self) -> int | None:
         """Exit status (``-N`` for signal N) once the host has reported the process's exit;
         ``None`` before."""
-        pid = self._pid
-        if pid is None:
-            return None
-        self._agent._poll_reports()
-        return self._agent.returncodes.get(pid)
+        return self._status()
+
+    @override
+    def _status(self) -> int | None:
+        # The host reports the exits of every process it made on its own connection, by pid
+        # (which the process says on its connection first): what ``wait`` and ``poll`` read.
+        if self._returncode is None:
+            if self._pid is None and self._chan.sock is not None:
+                self._receive()
+            if self._pid is not None:
+                self._agent._poll_reports()
+                self._returncode = self._agent.returncodes.get(self._pid)
+        return self._returncode
+
+    @override
+    def _known_exit_code(self) -> int | None:
+        return self._status()
+
+    @override
+    def _exit_op(self) -> Op[int]:
+        # The host reports exits by pid, which only the process itself says (STARTED).
+        if self._pid is None and self._state == _OPEN:
+            yield from self._started_op()
+        if self._pid is None:
+            raise ChildProcessError(
+                f"the exit status of {self._name()} cannot be known: it was closed before it "
+                f"said its pid (wait_started first)"
+            )
+        code: int = yield from super()._exit_op()
+        return code
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Have the host send ``sig`` to the process; returns before it arrives.
@@ -201,6 +232,13 @@ class RemoteProcess(Process):
         raise NotImplementedError(
             f"fork() of {self._name()} is not supported yet: use host.new() or host.new_exec()"
         )
+
+    @override
+    def _prepare_func(self, func: Func | None, *, now: bool = False) -> str:
+        """The reference only: this program's main script is not on the remote host (a MAIN
+        command would name a path there), so a bare name or ``__main__:name`` resolves in the
+        remote process's own ``__main__``, where ``eval`` code runs."""
+        return "" if func is None else func_ref(func)
 
     @override
     def _exit_code_op(self) -> Op[int | None]:

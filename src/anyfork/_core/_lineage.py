@@ -1,0 +1,299 @@
+"""``Lineage``: a process as a template, the base of ``Process``: the commands it is sent, the
+children it forks (and keeps forked ahead), what they inherit of the main script, letting go.
+
+Forked ahead: once a template has handed out a child, it keeps its next children forked and
+connected (``_ready``), asked for together in one AHEAD frame when a child of it has been sent
+its ``run`` and none waits (as many as it has handed out, up to ``_AHEAD``), forked by the
+template when it is idle (``_child._forking``), or at once when starts come in quick
+succession.  So ``fork()`` of an unchanged template (and ``anyfork.new()``) hands over a
+process that is up.  A command that changes the template discards them (they were forked
+with the old state), and so do ``kill`` and ``close``.
+
+Functions of the main script: ``_prepare_func`` is the one way to get a process ready for a
+function reference (``run``, ``rpc``, the pools): for one of the main program it sends the
+MAIN command (once per process and the templates it comes from), and the child imports the
+script as ``__mp_main__`` (``_child._main``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from .._child import _wire
+from .._errors import ClosedError, SpawnError
+from . import _main
+from ._channel import Channel
+from ._drive import release
+from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
+
+if TYPE_CHECKING:
+    from ._process import Process
+
+Func = str | Callable[..., Any]
+L = TypeVar("L", bound="Lineage")
+
+#: The most children a template keeps forked ahead (see ``Lineage._fork_ahead``): asked for
+#: together, so that asking costs only every third start (measured: a template woken beside a
+#: starting child delays that child's first byte by a few tenths of a millisecond).
+_AHEAD = 3
+#: Starts closer together than this (seconds) are "in quick succession": the children ahead
+#: are forked at once, not when the template is idle (it may not be idle again before they
+#: are needed).
+_QUICK = 0.005
+
+
+class Lineage(ProcessProtocol):
+    """The commands, children and inheritance of one process (see the module)."""
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _send(self: L, op: int, payload: bytes, fds: list[int] | None = None) -> L:
+        self._command(op, payload, fds)
+        return self
+
+    def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
+        """Queue a command, write what the socket takes; return the frame's number."""
+        if op != _wire.FORK and op != _wire.PID and op != _wire.AHEAD and self._ready:
+            self._discard_ready()
+        try:
+            self._check_open()
+            if len(payload) > _wire.MAX_COMMAND:
+                raise ValueError(
+                    f"a command of {len(payload)} bytes exceeds the maximum of "
+                    f"{_wire.MAX_COMMAND} bytes (anyfork._child._wire.MAX_COMMAND)"
+                )
+        except BaseException:
+            for fd in fds or ():
+                os.close(fd)
+            raise
+        try:
+            number = self._chan.queue(_wire.frame(op, payload), fds)
+            self._chan.flush_nowait()
+        except OSError as exc:
+            # Gone.  Read what it reported before it went (why it died), then let go of the
+            # socket now: the error raised here may be kept, with its traceback and so this
+            # object, long after (a pool keeps its last start error), and the fd with it.
+            self._poll_reports()
+            self._chan.close()
+            self._raise_if_failed()
+            raise SpawnError(f"{self._name()} is gone ({exc})") from exc
+        return number
+
+    def _check_open(self) -> None:
+        if self._state == _HANDED:
+            raise ClosedError("this process has already run (or been handed over with to_fh)")
+        if self._state == _CLOSED:
+            raise ClosedError("this process has been closed")
+
+    # -- children --------------------------------------------------------------------------
+
+    def _fork(self) -> Process:
+        """``fork``: the first child forked ahead that lives, else a new one."""
+        with self._lock:
+            self._check_open()
+            while self._ready:
+                child = self._ready.popleft()
+                # Forked already (so whatever has become of this process since, the child is
+                # whole): hand it out if it lives.  Its STARTED gives its pid at once.
+                child._template = self._as_process()  # (see _fork_ahead)
+                child._receive()
+                if child._failure is None and not child._chan.decoder.eof:
+                    if not child._started:
+                        # Not forked yet (the template waits for a quiet moment): any command
+                        # makes it fork what was asked ahead at once.
+                        self._command(_wire.PID, b"")
+                    self._hand_out()
+                    return child
+                child._let_go()  # it died while it waited (killed from outside): the next
+            self._poll_reports()
+            self._raise_if_failed()
+            self._hand_out()
+            return self._new_child()
+
+    def _hand_out(self) -> None:
+        now = time.monotonic()
+        self._quick = now - self._last_handout < _QUICK
+        self._last_handout = now
+        self._handed_out += 1
+
+    def _fork_ahead(self) -> None:
+        """Fork the next children ahead of need, once none waits.
+
+        Called when a child of this template has been sent its ``run`` (the parent would only
+        wait for it to answer).  Asking costs that start some time all the same (this process
+        wakes to take the request, beside the child that starts its function), so it asks for
+        several at once, in one AHEAD frame (as many as it has handed out, up to ``_AHEAD``):
+        most starts cost nothing, and a template forked from once makes one child in vain,
+        not three.  The template forks them when it is idle (see ``_child._forking``)."""
+        with self._lock:
+            if self._ready or self._state != _OPEN:
+                return
+            self._poll_reports()  # (fork() does not look at a template it takes a child from)
+            if self._failure is not None:
+                return
+            ends: list[socket.socket] = []
+            fds: list[int] = []
+            try:
+                for _ in range(min(self._handed_out, _AHEAD)):
+                    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    ends.append(parent_end)
+                    fds.append(child_end.detach())
+            except OSError:
+                if not ends:
+                    return  # no fds left: no child ahead this time
+            children = [self._child(end) for end in ends]
+            try:
+                # Forked at once if starts come in quick succession: the template may not be
+                # idle before they are needed.
+                frame = self._command(_wire.AHEAD, b"now" if self._quick else b"", fds)
+            except (OSError, SpawnError):
+                for child in children:
+                    child._let_go()
+                return  # the next fork() says what is wrong
+            for child in children:
+                child._fork_frame = frame
+                child._main_forked = self._main_forked
+                self._unforked.append(weakref.ref(child))
+                # Until fork() hands it out, a child ahead holds no reference to us: we hold
+                # it, and a cycle would keep a dropped template (and its process) alive until
+                # the garbage collector runs.
+                child._template = None
+            self._forked += len(children)
+            self._ready.extend(children)
+
+    def _child(self, sock: socket.socket) -> Process:
+        """A ``Process`` (the class of this one) for a child of this one on ``sock``."""
+        return cast("Process", type(self)(Channel(sock), template=self._as_process()))
+
+    def _as_process(self) -> Process:
+        return cast("Process", self)  # (every Lineage is a Process: its only subclass)
+
+    def _new_child(self) -> Process:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd = child_end.detach()
+        child = self._child(parent_end)
+        child._main_forked = self._main_forked
+        try:
+            child._fork_frame = self._command(_wire.FORK, b"", [fd])
+        except BaseException:
+            child._let_go()
+            raise
+        self._unforked.append(weakref.ref(child))
+        self._forked += 1
+        return child
+
+    def _discard_ready(self) -> None:
+        """This process's state is about to change: the children forked ahead have the old
+        one (or it is closing, or killed: they would never be handed out)."""
+        while self._ready:
+            self._ready.popleft()._let_go()
+
+    # -- letting go ------------------------------------------------------------------------
+
+    def _children_to_report(self) -> bool:
+        """Some process forked from this one runs a function (``run``) and may be waited for:
+        its object lives here, and it is not known to have exited.  Not counted: processes that
+        never ran one (they exit once their commands are done, or failed), and those running
+        one of anyfork's own servers (an RPC worker belongs to its client, which learns of its
+        end from its socket)."""
+        if not self._forked:
+            return False
+        self._receive()
+        if not self._chan.readable():
+            return False  # nothing more will be reported
+        refs = (*self._unforked, *self._children.values())
+        return any(
+            (kid := ref()) is not None
+            and kid._returncode is None
+            and kid._ran
+            and not kid._ran.startswith("anyfork.")
+            for ref in refs
+        )
+
+    def _let_go(self) -> None:
+        """``close``: see ``Process.close``."""
+        if self._state == _OPEN:
+            self._state = _CLOSED
+            self._discard_ready()
+            if self._children_to_report():
+                # A template whose children may still be waited for: it must go on reading
+                # their exits to us.
+                release(self._chan, self._template_channels(), keep_reading=True)
+            else:
+                self._finalizer()
+        elif self._state == _HANDED:
+            self._chan.close()
+
+    # -- the main script -------------------------------------------------------------------
+
+    def _prepare_func(self, func: Func | None, *, now: bool = False) -> str:
+        """Get the process ready to find ``func``; return the reference to send for it.
+
+        The one way in for ``run``, ``rpc`` and the pools.  For a function of the main program
+        (``__main__:f``, a bare name, or ``func=None``: functions that will arrive pickled
+        later), the process learns where the main script is (a MAIN command, once per process
+        and the templates it is forked from) and imports it as ``__mp_main__`` when a name is
+        first missing from its ``__main__``; ``now``: at once (a template: every process forked
+        from it afterwards shares the import).  A copy of the main program (early and main
+        templates) needs nothing: its ``__main__`` is the program.
+
+        Raises:
+            TypeError: a lambda or local function; or a function of a main module that has
+                no file (interactive, ``-c``, notebook): the message names the ways out.
+            ValueError: a malformed reference string.
+            ClosedError, SpawnError: as for any command.
+        """
+        ref = "" if func is None else func_ref(func)
+        if (func is not None and not _main.names_main(ref)) or self._main_forked:
+            return ref
+        how, where = _main.location()
+        if how == "none" and func is not None and not isinstance(func, str):
+            raise TypeError(_main.unreachable(func, where))
+        level = 2 if now else 1
+        if self._main_level() < level:
+            argv = [arg for arg in sys.argv if isinstance(arg, str)]
+            payload = _wire.pack_values([how, where, "1" if now else "", *argv])
+            self._main_sent.setdefault(level, self._command(_wire.MAIN, payload))
+        _main.alias_in_parent()
+        return ref
+
+    def _main_level(self) -> int:
+        """What this process knows of the main script: 0 nothing, 1 where it is, 2 imported
+        (from MAIN commands sent to it, or to its templates before they forked it)."""
+        level = max(self._main_sent, default=0)
+        proc: ProcessProtocol = self
+        while (tmpl := proc._template) is not None:
+            before = [lvl for lvl, frame in tmpl._main_sent.items() if frame < proc._fork_frame]
+            level = max(level, *before, 0)
+            proc = tmpl
+        return level
+
+
+def func_ref(func: Func) -> str:
+    """``"module:qualname"`` for a function object; strings pass through (checked).  A
+    function of the main program is ``__main__:qualname`` (also one defined in the main
+    script a child imported as ``__mp_main__``)."""
+    if isinstance(func, str):
+        if not func or func.startswith(":") or func.endswith(":"):
+            raise ValueError(f"bad function reference {func!r}: use 'module:qualname' or a name")
+        return func
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    if not callable(func) or not module or not qualname:
+        raise TypeError(f"run() takes a function or a 'module:qualname' string, not {func!r}")
+    if "<" in qualname:
+        raise TypeError(
+            f"{qualname} cannot be found by name in another process (a lambda or a local "
+            f"function).  Ways out: define it at module level (in the main script too); or "
+            f"define it in the process with eval() and run it by name; RPC and pools can send "
+            f'it by value with serializer="cloudpickle"'
+        )
+    if module in _main.MAIN_NAMES:
+        module = "__main__"
+    return f"{module}:{qualname}"

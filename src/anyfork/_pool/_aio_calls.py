@@ -1,0 +1,79 @@
+"""The asyncio engine's calls: a pool call is an ``asyncio.Future`` that knows where it is (its
+pool, its worker, the client's call it was sent as), so that cancelling it withdraws or abandons
+it with no task and no done-callback per call; a map's calls carry the items they run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._aio_engine import AsyncEngine, _Worker
+    from ._map import MapJob, Unit
+
+
+class Call(asyncio.Future[Any]):
+    """A pool call: queued when it is made, sent when a worker takes it; resolves to the result.
+
+    Cancelling it withdraws it while it is queued, and abandons it once sent (as cancelling a
+    client's call does: the async backend cancels it in the worker, the sync backend kills the
+    worker, which then leaves the pool's rotation at once)."""
+
+    __slots__ = (
+        "args",
+        "inner",
+        "job",
+        "kwargs",
+        "on_event",
+        "pool",
+        "sent",
+        "timeout",
+        "timer",
+        "took",
+        "unit",
+        "worker",
+    )
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    on_event: Callable[..., object] | None
+    job: MapJob[Call] | None  # a map's call: its job, and the items it carries
+    unit: Unit | None
+    sent: float  # when it was sent (a map's call)
+    took: float | None  # the seconds its worker spent on it (a map's call)
+    pool: AsyncEngine | None
+    worker: _Worker | None  # the worker it was sent to; None while queued
+    inner: asyncio.Future[Any] | None  # the client's call, once sent
+    timer: asyncio.TimerHandle | None
+    timeout: float | None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool._abandon(self)
+        return True
+
+    def withdraw(self) -> None:
+        """For ``map`` stopping early: cancel it if it is still queued; a running call is left
+        to finish, and its outcome is dropped without being reported as unretrieved."""
+        if self.worker is None:
+            self.cancel()
+        else:
+            self.add_done_callback(_retrieve)
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def answered(call: Call) -> None:
+    """A map's call is over: its job hears how it went."""
+    assert call.job is not None
+    assert call.unit is not None
+    error = asyncio.CancelledError() if call.cancelled() else call.exception()
+    call.job.answered(call.unit, None if error is not None else call.result(), error, call.took)

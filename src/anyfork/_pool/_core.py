@@ -1,0 +1,375 @@
+"""The pool's core: its workers, queue, totals and statistics, and what the policy's actions do
+to them.  No I/O: no sockets, no clocks, no threads, no asyncio (time comes in as ``now``, a
+worker's memory through the ``measure`` function the engine gives it).
+
+Both engines hold one ``PoolCore`` (``_aio_engine.AsyncEngine`` under ``Pool``;
+``_threads.ThreadsEngine``, a thread per worker, under ``BlockingPool`` and ``PoolExecutor``).
+They tell it what happened and carry out the effects :meth:`PoolCore.schedule` returns::
+
+    engine ── submit / withdraw / requeue ──────────> queue ──┐
+           ── started / start_failed / finished ───> workers ─┼─> _policy.decide(now, view)
+           ── retire / lost / close / cancel ──────> totals  ──┘          │
+    engine <── Send(worker, call)   give the call to the worker  <───────┘ (bookkeeping done)
+           <── Launch(worker)       start it (fork from the template, start its RPC server)
+           <── Halt(worker)         stop it (it has no calls): close its client
+           <── Wake(at)             call schedule() again at ``at``
+
+A worker leaves the rotation the moment the pool learns it cannot take calls (it died, or a
+call it ran was abandoned and its worker condemned: :meth:`lost`), so no later call is given
+to it; a call given to a worker found dead before the call was sent is queued again, at the
+front (:meth:`requeue`), never lost.
+
+A ``map`` is one :class:`Job` in the queue: its items are cut into calls (batches) only when a
+worker takes one (:meth:`Job.take`), so each batch is sized from the time the earlier ones took,
+and goes to the least-loaded worker like any call.  The policy counts a job as the calls it
+could still give (:meth:`Job.units`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .._errors import also_anyfork
+from . import _policy
+from ._records import PoolStatistics, Totals, Worker
+
+W = TypeVar("W", bound=Worker)
+C = TypeVar("C")
+
+
+class Send(Generic[W, C]):
+    """Give ``call`` to ``worker`` (its load is counted already)."""
+
+    __slots__ = ("call", "worker")
+
+    def __init__(self, worker: W, call: C) -> None:
+        self.worker = worker
+        self.call = call
+
+
+class Launch(Generic[W]):
+    """Start ``worker`` (a new record, not ready)."""
+
+    __slots__ = ("worker",)
+
+    def __init__(self, worker: W) -> None:
+        self.worker = worker
+
+
+class Halt(Generic[W]):
+    """Stop ``worker``: it is out of the pool and has no calls."""
+
+    __slots__ = ("worker",)
+
+    def __init__(self, worker: W) -> None:
+        self.worker = worker
+
+
+Effect = Send[W, C] | Launch[W] | Halt[W] | _policy.Wake
+
+
+class Job(Generic[C]):
+    """Many calls queued as one entry (a ``map``), cut into calls as workers take them."""
+
+    def units(self, limit: int) -> int:
+        """How many calls it could give now (at most ``limit``; at least 1 while it has
+        items to give)."""
+        raise NotImplementedError
+
+    def take(self, now: float) -> C | None:
+        """Cut the next call (``None``: nothing left to give now)."""
+        raise NotImplementedError
+
+    def queued(self) -> int:
+        """The items it holds that no call carries yet (for the statistics)."""
+        raise NotImplementedError
+
+
+def check_recycling(max_calls: int | None, max_memory: int | None) -> None:
+    """Raise ``ValueError`` unless each is ``None`` or a positive int."""
+    for name, value, what in (
+        ("max_calls", max_calls, "an int >= 1"),
+        ("max_memory", max_memory, "a number of bytes >= 1"),
+    ):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ValueError(f"{name} is None or {what}, not {value!r}")
+
+
+class PoolCore(Generic[W, C]):
+    """A pool's state and bookkeeping, with no I/O (see the module docs).
+
+    ``new_worker(id, now)`` makes the engine's worker record; ``measure(pid)`` reads a worker's
+    resident memory (used only with ``max_memory``).  Not thread-safe: the threads engine calls
+    it under its lock, the asyncio engine from its loop.
+    """
+
+    def __init__(
+        self,
+        settings: _policy.Settings,
+        *,
+        max_calls: int | None,
+        max_memory: int | None,
+        new_worker: Callable[[int, float], W],
+        measure: Callable[[int], int | None],
+    ) -> None:
+        check_recycling(max_calls, max_memory)
+        self.settings = settings
+        self.max_calls = max_calls
+        self.max_memory = max_memory
+        self._new_worker = new_worker
+        self._measure = measure
+        self.workers: dict[int, W] = {}
+        #: Calls and jobs, in order (a job leaves once it has nothing left to give).
+        self.queue: deque[C | Job[C]] = deque()
+        self._jobs: list[Job[C]] = []  # those in the queue
+        self.totals = Totals()
+        self.closing = False
+        self.cancelled = False
+        #: The last start-up failure (dual-typed: its own type and ``AnyforkError``).
+        self.start_error: BaseException | None = None
+        self._start_failed = False
+        self._next_id = 0
+        self._last_start: float | None = None
+        self._last_stop: float | None = None
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def submit(self, call: C) -> None:
+        """Queue a new call (last)."""
+        self.queue.append(call)
+
+    def submit_job(self, job: Job[C]) -> None:
+        """Queue a job (last), unless it is queued already."""
+        if job not in self._jobs:
+            self._jobs.append(job)
+            self.queue.append(job)
+
+    def withdraw(self, call: C | Job[C]) -> bool:
+        """Take a queued call or job out of the queue (its caller gave up); ``False`` if not
+        queued."""
+        try:
+            self.queue.remove(call)
+        except ValueError:
+            return False
+        if isinstance(call, Job):
+            self._jobs.remove(call)
+        return True
+
+    def _take(self, now: float) -> C | None:
+        """The next call to give a worker: the oldest, or cut from the oldest job."""
+        queue = self.queue
+        while queue:
+            first = queue[0]
+            if not isinstance(first, Job):
+                queue.popleft()
+                return first
+            call = first.take(now)
+            if call is not None and first.units(1):
+                return call
+            queue.popleft()  # it has nothing more to give now
+            self._jobs.remove(first)
+            if call is not None:
+                return call
+        return None
+
+    def _queued(self, limit: int) -> int:
+        """Calls queued, a job counting as the calls it could give (capped at ``limit``); a job
+        with none to give leaves the queue (its map is waiting for items, done or closed)."""
+        jobs = self._jobs
+        count = len(self.queue) - len(jobs)
+        for job in list(jobs):
+            units = job.units(limit)
+            if units:
+                count += units
+            else:
+                self.withdraw(job)
+        return count
+
+    def requeue(self, calls: list[C]) -> list[C]:
+        """Queue calls again, first and in this order: they were given to a worker that turned
+        out dead before they were sent.  Returns those it cannot queue (the pool is
+        cancelled): the engine fails them."""
+        if self.cancelled:
+            return calls
+        self.queue.extendleft(reversed(calls))
+        return []
+
+    # -- the policy -----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> list[Effect[W, C]]:
+        """Ask the policy what to do now, do the bookkeeping, and return what the engine must
+        carry out, in order."""
+        if self.cancelled:
+            return []
+        s = self.settings
+        view = _policy.PoolView(
+            workers=[
+                _policy.WorkerView(w.id, w.load, w.ready, w.retiring, w.idle_since)
+                for w in self.workers.values()
+            ],
+            queued=self._queued(s.max * s.load + 1) if self._jobs else len(self.queue),
+            last_start=self._last_start,
+            last_stop=self._last_stop,
+            closing=self.closing,
+            start_failed=self._start_failed,
+        )
+        effects: list[Effect[W, C]] = []
+        for action in _policy.decide(now, view, self.settings):
+            if isinstance(action, _policy.Dispatch):
+                call = self._take(now)
+                if call is None:
+                    continue  # a job gave fewer calls than it said it could
+                worker = self.workers[action.worker]
+                worker.load += 1
+                worker.dispatched += 1
+                if self.max_calls is not None and worker.dispatched >= self.max_calls:
+                    worker.retiring = True
+                effects.append(Send(worker, call))
+            elif isinstance(action, _policy.Start):
+                self._next_id += 1
+                worker = self._new_worker(self._next_id, now)
+                self.workers[worker.id] = worker
+                self._last_start = now
+                effects.append(Launch(worker))
+            elif isinstance(action, _policy.Stop):
+                worker = self.workers.pop(action.worker)
+                if action.why == "idle":
+                    self._last_stop = now
+                elif action.why == "retired":
+                    self.totals.retired += 1
+                worker.stopping = True
+                effects.append(Halt(worker))
+            else:
+                effects.append(action)
+        return effects
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def started(self, worker: W, pid: int | None, now: float) -> bool:
+        """``worker`` is ready; ``False`` if the pool dropped it meanwhile (the engine then
+        closes it)."""
+        if self.workers.get(worker.id) is not worker or self.cancelled:
+            return False
+        worker.pid = pid
+        worker.ready = True
+        worker.idle_since = now
+        self.totals.started += 1
+        self._start_failed = False
+        return True
+
+    def start_failed(self, worker: W, exc: BaseException) -> tuple[BaseException, list[C | Job[C]]]:
+        """``worker`` could not start.  Returns the error to report, the exception made an
+        ``AnyforkError`` too (the failure of a pool's own start-up, as for ``rpc()``), and the
+        queued calls the engine must fail with it: all of them when no worker is left to
+        serve them (rather than hang), else none."""
+        error = also_anyfork(exc) if isinstance(exc, Exception) else exc
+        self.forget(worker)
+        self.totals.failed_starts += 1
+        self._start_failed = True
+        self.start_error = error
+        if self.workers:
+            return error, []
+        calls = list(self.queue)
+        self.queue.clear()
+        self._jobs.clear()
+        return error, calls
+
+    def forget(self, worker: W) -> None:
+        """A starting ``worker`` was abandoned (the pool is closing the fast way)."""
+        if self.workers.get(worker.id) is worker:
+            del self.workers[worker.id]
+
+    def finished(self, worker: W, now: float, *, completed: bool, items: int = 1) -> None:
+        """A call given to ``worker`` is over (``completed``: it ran to its end in the worker;
+        not: it was skipped, abandoned, or the worker died; ``items``: the calls a batch
+        carried)."""
+        if completed:
+            self.totals.calls += items
+        if worker.dead or worker.stopping:
+            return
+        worker.load -= 1
+        if worker.load == 0:
+            worker.idle_since = now
+        if self.max_memory is not None and worker.pid is not None and not worker.retiring:
+            size = self._measure(worker.pid)
+            if size is not None and size > self.max_memory:
+                worker.retiring = True
+
+    def retire_keyless(self) -> None:
+        """A ``multiprocessing`` Manager appeared after workers started without the parent's
+        authkey (its proxies would be refused there): they get no new calls and are replaced
+        (by workers that have it) as they finish theirs."""
+        for worker in self.workers.values():
+            if not worker.keyed:
+                worker.retiring = True
+
+    def retire(self, worker: W) -> bool:
+        """``worker`` asked to be replaced: it gets no new calls.  ``True`` if that is news."""
+        if worker.retiring:
+            return False
+        worker.retiring = True
+        return True
+
+    def lost(self, worker: W) -> bool:
+        """``worker`` cannot take calls any more: it died, or the pool decided to kill it.  It
+        leaves the rotation at once (counted as died).  ``True`` the first time, unless the pool
+        was stopping it anyway."""
+        if worker.dead or worker.stopping:
+            return False
+        worker.dead = True
+        if self.workers.get(worker.id) is worker:
+            del self.workers[worker.id]
+            self.totals.died += 1
+        return True
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No new calls; the queue is still served, then every worker stops."""
+        self.closing = True
+
+    def cancel(self) -> tuple[list[C | Job[C]], list[W]]:
+        """Close the fast way: returns the queued calls and jobs (the engine fails them) and
+        every worker (the engine kills and stops them); from now on nothing is scheduled."""
+        self.closing = self.cancelled = True
+        calls = list(self.queue)
+        self.queue.clear()
+        self._jobs.clear()
+        workers = list(self.workers.values())
+        self.workers.clear()
+        for worker in workers:
+            worker.stopping = True
+        return calls, workers
+
+    @property
+    def drained(self) -> bool:
+        """Closing, with no worker and no queued call left."""
+        return self.closing and not self.workers and not self.queue
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of the workers, the queue and the totals."""
+        ws = list(self.workers.values())
+        ready = [w for w in ws if w.ready]
+        t = self.totals
+        return PoolStatistics(
+            workers=len(ws),
+            starting=len(ws) - len(ready),
+            idle=sum(1 for w in ready if w.load == 0 and not w.retiring),
+            busy=sum(1 for w in ready if w.load),
+            queued=len(self.queue) - len(self._jobs) + sum(j.queued() for j in self._jobs),
+            started=t.started,
+            died=t.died,
+            retired=t.retired,
+            calls=t.calls,
+            failed_starts=t.failed_starts,
+        )
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the ready workers, oldest first."""
+        return [w.pid for w in self.workers.values() if w.ready and w.pid is not None]

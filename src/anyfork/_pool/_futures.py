@@ -1,0 +1,181 @@
+"""The threads engine's calls and their ``concurrent.futures`` futures, and the future state
+changes it makes from several threads at once.
+
+A finished call keeps nothing of its caller's: its arguments are dropped once it has run, and
+its future lets go of it once settled, so a future the caller drops is freed at once with its
+result (no reference cycle is left for the collector).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import queue
+import time
+from typing import Any, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._rpc._blocking import BlockingClient
+    from ._map import MapJob, Unit
+    from ._threads import _Worker
+
+
+class Helper(Protocol):
+    def help_with(self, call: Call) -> None:
+        """Run ``call`` in this (waiting) thread if a worker has it and nobody started it."""
+
+    def interrupt(self) -> None:
+        """A caller was interrupted while it waited (``KeyboardInterrupt``)."""
+
+
+class Call:
+    """A call: its arguments, deadline and future, and where it is; or one call of a map (its
+    ``unit`` of items, from ``job``)."""
+
+    __slots__ = (
+        "args",
+        "claimed",
+        "deadline",
+        "fut",
+        "job",
+        "kwargs",
+        "on_event",
+        "timeout",
+        "took",
+        "unit",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        helper: Helper,
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> None:
+        self.args: tuple[Any, ...] = args
+        self.kwargs: dict[str, Any] = kwargs
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.on_event = on_event
+        self.fut = Future(self, helper)
+        self.worker: _Worker | None = None  # set when a worker is given the call
+        self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
+        self.job: MapJob[Call] | None = None
+        self.unit: Unit | None = None
+        self.took: float | None = None  # seconds the worker spent on it (a map's calls)
+
+
+class Future(cf.Future[Any]):
+    """The engine's future, to users a plain ``concurrent.futures.Future``: a caller that waits
+    for it may run the call itself.
+
+    A call given to a worker normally waits in that worker's inbox until its thread wakes and
+    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
+    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
+    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
+    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
+
+    A ``KeyboardInterrupt`` in ``result()`` interrupts the pool (see ``ThreadsEngine.interrupt``).
+    """
+
+    def __init__(self, call: Call, helper: Helper) -> None:
+        super().__init__()
+        self._call: Call | None = call
+        self._helper = helper
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            # With a timeout the caller must be free to stop waiting: it does not run the call.
+            call = self._call
+            if timeout is None and call is not None and not self.done():
+                self._helper.help_with(call)
+            return super().result(timeout)
+        except Exception:
+            raise
+        except BaseException:
+            self._helper.interrupt()
+            raise
+
+
+# A concurrent.futures.Future goes PENDING -> RUNNING, or CANCELLED -> CANCELLED_AND_NOTIFIED,
+# through set_running_or_notify_cancel(), which raises if called twice.  A cancel() from any
+# thread can race a worker taking the call, so both transitions are made under the future's own
+# (reentrant) lock, reading its state, as the stdlib executors' internals do.
+
+
+def run_or_skip(fut: cf.Future[Any]) -> bool:
+    """Mark the future running (``True``), or notify its cancellation once (``False``)."""
+    with fut._condition:  # private, see above
+        if fut._state == "PENDING":
+            return fut.set_running_or_notify_cancel()
+        notify_cancelled(fut)
+        return False
+
+
+def notify_cancelled(fut: cf.Future[Any]) -> None:
+    """``wait``/``as_completed`` learn that a cancelled future is done (once)."""
+    with fut._condition:
+        if fut._state == "CANCELLED":
+            fut.set_running_or_notify_cancel()
+
+
+def fail(calls: list[Any], error: BaseException) -> None:
+    """Fail calls (and jobs: ``_map.MapJob``) that never reached a worker (outside the pool's
+    lock: callbacks run)."""
+    for call in calls:
+        if not isinstance(call, Call):
+            call.fail(error)  # a map's job: its items not cut yet
+        elif run_or_skip(call.fut):
+            call.fut.set_exception(error)
+
+
+def settles(fut: cf.Future[Any], deadline: float) -> bool:
+    """Wait until ``fut`` is done or ``deadline``; ``False`` at the deadline."""
+    try:
+        fut.exception(remaining(deadline))  # the call's own error is not raised here
+    except cf.TimeoutError:
+        return False
+    except cf.CancelledError:
+        pass
+    return True
+
+
+def invoke(client: BlockingClient, call: Call) -> Any:
+    """Run ``call`` on ``client`` (its lock held): a call, with its own event handler, or a
+    map's call (one item, answered as a one-item list: see ``_map.MapJob.answered``; or a
+    batch), timed for the map's sizes.  ``TimeoutError`` for a call whose deadline has passed
+    before it was sent (it is not sent)."""
+    if call.deadline is not None and time.monotonic() >= call.deadline:
+        raise TimeoutError
+    unit = call.unit
+    if unit is None:
+        return client._call(call.args, call.kwargs, remaining(call.deadline), call.on_event)
+    start = time.monotonic()
+    if unit.n == 1:
+        result: Any = [client._call(unit.args(), {}, remaining(call.deadline))]
+    else:
+        assert unit.columns is not None
+        result = client._call_batch(unit.columns, remaining(call.deadline))
+    call.took = time.monotonic() - start
+    return result
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (``time.monotonic()``), never below 0; ``None``: none."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
+    """Take every call from a worker's inbox (the stop marks go too)."""
+    calls: list[Call] = []
+    while True:
+        try:
+            call = inbox.get_nowait()
+        except queue.Empty:
+            return calls
+        if call is not None:
+            calls.append(call)

@@ -1,0 +1,31 @@
+"""A pool worker's own start-up step, run in the worker as its ``rpc(init=...)``: the parent's
+``multiprocessing`` authkey (so that the proxies of the parent's ``multiprocessing.Manager()``
+work there), the user's ``init``, then a ``PoolExecutor``'s ``initializer(*initargs)``.
+
+Child side: cheap imports only (``pickle``; ``multiprocessing.process`` only when there is a
+key to set).  The pool uses it only when there is something to do (``_worker.Starter``).
+"""
+
+from __future__ import annotations
+
+
+def setup(*args: object) -> None:
+    """``init`` of a pool worker: the last argument is the pool's pickled ``(authkey, setup)``,
+    ``setup`` its pickled ``(init, initializer, initargs)``; the other arguments (the
+    template's) go to ``init``."""
+    import pickle
+
+    payload = args[-1]
+    assert isinstance(payload, bytes)
+    key, setup = pickle.loads(payload)
+    init, initializer, initargs = pickle.loads(setup)
+    if key is not None:
+        from multiprocessing import process
+
+        process.current_process().authkey = key
+    if init:
+        from .._child._serve import resolve
+
+        resolve(init)(*args[:-1])
+    if initializer is not None:
+        initializer(*initargs)

@@ -1,0 +1,231 @@
+"""What the threads engine watches besides its calls: idle workers that die, its own changes of
+state (for ``wait_until``), the policy's wake times, and the end of the program."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .._rpc._blocking import BlockingClient
+from ._futures import remaining
+
+#: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
+_MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
+
+
+class Watcher:
+    """Notices idle workers that die, so they are replaced without waiting for a call.
+
+    One thread per pool (started with its first worker) sleeps in ``epoll`` on every ready
+    worker's socket for ``EPOLLRDHUP`` only: the worker's end was closed.  A reply arriving on a
+    socket does not wake it, so calls cost nothing here.  Each report is one-shot:
+    ``on_hangup(worker)`` looks (the worker may be busy: its call then tells), and calls
+    :meth:`rearm` if the worker lives.  The engine calls :meth:`forget` before the worker's
+    client closes its socket (whose fd number may be reused at once)."""
+
+    def __init__(self, on_hangup: Callable[[Any], object]) -> None:
+        self._on_hangup = on_hangup
+        self._lock = threading.Lock()
+        self._watched: dict[int, object] = {}
+        self._epoll: select.epoll | None = None
+        self._stop = -1  # an eventfd that ends the thread
+        self._thread: threading.Thread | None = None
+
+    def watch(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                self._stop = os.eventfd(0, os.EFD_CLOEXEC)
+                self._epoll.register(self._stop, select.EPOLLIN)
+                self._thread = threading.Thread(
+                    target=self._run,
+                    args=(self._epoll, self._stop),
+                    name="anyfork-pool-watch",
+                    daemon=True,
+                )
+                self._thread.start()
+            self._watched[fd] = worker
+            self._epoll.register(fd, _MASK)
+
+    def rearm(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is not None and self._watched.get(fd) is worker:
+                self._epoll.modify(fd, _MASK)
+
+    def forget(self, fd: int, worker: object) -> None:
+        with self._lock:
+            if self._epoll is not None and self._watched.get(fd) is worker:
+                del self._watched[fd]
+                with contextlib.suppress(OSError):  # closed already: out of the epoll set
+                    self._epoll.unregister(fd)
+
+    def _run(self, epoll: select.epoll, stop: int) -> None:
+        while True:
+            for fd, _ in epoll.poll():
+                if fd == stop:
+                    return
+                with self._lock:
+                    worker = self._watched.get(fd)
+                if worker is not None:
+                    self._on_hangup(worker)
+
+    def close(self) -> None:
+        """End the thread (the pool has closed)."""
+        with self._lock:
+            epoll, thread, stop = self._epoll, self._thread, self._stop
+            self._epoll, self._thread, self._stop = None, None, -1
+            self._watched.clear()
+        if thread is not None:
+            os.eventfd_write(stop, 1)
+            thread.join()
+        if epoll is not None:
+            epoll.close()
+            os.close(stop)
+
+
+class Changes:
+    """The pool's changes of state, for ``wait_until``: a count bumped at each (under the
+    pool's lock), and the threads waiting for the next one (notified only if there are)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._cond = threading.Condition(lock)
+        self.version = 0
+        self._waiting = 0
+
+    def bump(self) -> None:
+        self.version += 1
+        if self._waiting:
+            self._cond.notify_all()
+
+    def wait_past(self, version: int, deadline: float | None) -> bool:
+        """With the lock held: wait until the state has changed since ``version``; ``False``
+        at the deadline (``time.monotonic()``)."""
+        while self.version == version:
+            wait = remaining(deadline)
+            if wait == 0.0:
+                return False
+            self._waiting += 1
+            try:
+                self._cond.wait(wait)
+            finally:
+                self._waiting -= 1
+        return True
+
+
+class Clock:
+    """The policy's ``Wake`` times (pacing, idle stops): one thread, started on the first one,
+    calls ``tick()`` under the pool's lock at the earliest time asked for.  (The wake time moves
+    with every call that leaves a worker idle, so a timer per ``Wake`` would be a thread per
+    call.)"""
+
+    def __init__(self, lock: threading.Lock, tick: Callable[[], object]) -> None:
+        self._cond = threading.Condition(lock)
+        self._tick = tick
+        self._at: float | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def wake_at(self, at: float) -> None:
+        """With the lock held: call ``tick()`` at ``at`` (``time.monotonic()``), or earlier if
+        an earlier time is asked for (an early look is harmless: the policy looks again)."""
+        if self._at is not None and at >= self._at:
+            return
+        self._at = at
+        self._cond.notify()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="anyfork-pool-clock", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                at = self._at
+                if at is None:
+                    self._cond.wait()
+                    continue
+                delay = at - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                self._at = None
+                self._tick()
+
+    def stop(self) -> None:
+        """End the thread (without the lock held)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+
+def died_idle(client: BlockingClient) -> bool:
+    """Did the worker die while idle?  Its socket is readable only then (EOF), since an idle
+    worker sends nothing unasked.
+
+    Looked at under the client's lock, which a call holds from its request to its reply: a
+    call another thread has in flight on this worker (a waiting caller's, next to the
+    worker's thread) makes the socket readable too, with its reply, and taking that for a
+    death aborted the client under it (seen under CPU load)."""
+    with client._lock:
+        sock = client._sock
+        if sock is None or sock.fileno() < 0:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
+
+# -- the pools still open at exit ------------------------------------------------------------
+
+
+class Closable(Protocol):
+    def close(self, *, wait: bool = True, cancel: bool = False) -> None: ...
+
+
+_live: weakref.WeakSet[Closable] = weakref.WeakSet()
+#: The program is ending: the pools still open have been closed, and no new call is taken
+#: (``RuntimeError`` from an executor's ``submit``, as the standard library's say).
+exiting: list[bool] = []
+
+
+def opened(pool: Closable) -> None:
+    """``pool`` is open: close it when the main thread ends, if it is still open then."""
+    _live.add(pool)
+
+
+def closed(pool: Closable) -> None:
+    _live.discard(pool)
+
+
+def _close_all() -> None:
+    """At exit: every pool still open is closed the graceful way (queued calls still run,
+    workers stop, threads end), as ``concurrent.futures`` does for its executors; but the fast
+    way (workers killed, queued calls failed) when the program ends with an uncaught
+    ``KeyboardInterrupt``: a Ctrl-C that did not land in a wait for the pool must not leave
+    the program waiting for every queued call."""
+    exiting.append(True)
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = last is not None and not isinstance(last, Exception)
+    for pool in list(_live):
+        pool.close(wait=True, cancel=interrupted)
+
+
+# Where the stdlib's executors register theirs (when their module is imported): run when the
+# main thread ends, before non-daemon threads are joined, and before atexit (whose weakref
+# finalizers close the workers' sockets under the pool).
+with contextlib.suppress(RuntimeError):  # already shutting down: nothing to do then
+    threading._register_atexit(_close_all)  # type: ignore[attr-defined]
+
+
+os.register_at_fork(after_in_child=_live.clear)  # a forked child has none of those threads

@@ -1,0 +1,1 @@
+"""A package for ``python -m mainpkg.prog`` (test_main_script.py)."""
