@@ -151,8 +151,6 @@ def test_what_cannot_cross_hosts_is_refused_at_the_call(host1: Host) -> None:
             proc.to_fh()
         with pytest.raises(NotImplementedError, match="another host"):
             proc.to_fh_blocking()
-        with pytest.raises(NotImplementedError, match=r"host\.new\(\)"):
-            proc.fork()
     finally:
         os.close(r)
         os.close(w)
@@ -316,3 +314,57 @@ def test_the_remote_api_surface() -> None:
     assert anyfork.remote.RemoteHostError is anyfork.RemoteHostError
     assert issubclass(anyfork.RemoteHostError, anyfork.SpawnError)
     assert "pickle" in (anyfork.remote.__doc__ or "")
+
+
+@pytest.mark.parametrize("make", ["new_exec", "new"])
+@pytest.mark.parametrize("how", FACES)
+def test_remote_templates_nest_and_fork_on_the_host(host1: Host, how: str, make: str) -> None:
+    """fork() of a remote process forks it there: the child shares what the template was sent
+    (and is its child on the host); templates nest; the exits come through the templates."""
+    say = "def say(sock, *args):\n    sock.sendall(repr((os.getppid(), shared, args)).encode())\n"
+    tmpl = getattr(host1, make)().eval(CODE).eval("shared = 'from the template'").eval(say)
+    tmpl_pid = tmpl.wait_started_blocking(timeout=30)
+    child = tmpl.fork()
+    assert isinstance(child, RemoteProcess)
+    assert child.host is host1
+    middle = tmpl.fork()
+    nested = middle.fork().eval("shared += ' and its child'")
+    kids = [child, nested]
+    for kid in kids:
+        kid.send_arg("arg")
+    socks = [run_remote(how, kid, "say") for kid in kids]
+    try:
+        said = [ast.literal_eval(recv_exactly(sock, 200).decode()) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert said == [
+        (tmpl_pid, "from the template", ("arg",)),
+        (middle.pid, "from the template and its child", ("arg",)),
+    ]
+    if how == "asyncio":
+        codes = [asyncio.run(kid.wait(timeout=30)) for kid in kids]
+    else:
+        codes = [kid.wait_blocking(timeout=30) for kid in kids]
+    assert codes == [0, 0] == [kid.returncode for kid in kids]
+    for proc in (middle, tmpl):
+        proc.close()
+        assert proc.wait_blocking(timeout=30) == 0
+
+
+def test_a_remote_template_serves_rpc_workers_and_fork_errors_name_the_host(host1: Host) -> None:
+    tmpl = host1.new().eval(CODE)
+    try:
+        clients = [tmpl.fork().rpc_blocking("pid_of_worker") for _ in range(3)]
+        try:
+            pids = [client() for client in clients]
+            assert len(set(pids)) == 3
+        finally:
+            for client in clients:
+                client.close()
+        tmpl.kill()
+        assert tmpl.wait_blocking(timeout=30) == -signal.SIGKILL
+        with pytest.raises(anyfork.SpawnError, match="on 'host1'"):
+            tmpl.fork()
+    finally:
+        tmpl.close()

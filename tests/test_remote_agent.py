@@ -187,6 +187,44 @@ def test_a_bad_request_closes_that_connection_only(agent: LocalAgent, garbage: b
     proc.close()
 
 
+def test_a_parked_connection_goes_to_the_fetcher_of_its_token(agent: LocalAgent) -> None:
+    """PARK and FETCH (how a template on the host gets a forked child's connection): matched
+    by token in either order, byte by byte; a second PARK of a token is refused, and one whose
+    other half never comes is dropped when it closes."""
+    from anyfork._child._fetch import FETCH, PARK
+    from anyfork._child._forking import fds_from
+
+    parked = agent.connect()
+    parked.sendall(_wire.frame(PARK, b"tok1"))
+    parked.sendall(b"commands")  # (queued behind the request, for whoever serves it)
+    twice = agent.connect()
+    twice.sendall(_wire.frame(PARK, b"tok1"))
+    assert twice.recv(1) == b""
+    twice.close()
+    lonely = agent.connect()
+    lonely.sendall(_wire.frame(FETCH, b"tok2"))
+    lonely.close()  # (given up by the agent: a PARK of tok2 now waits for a new fetcher)
+    fetcher = agent.connect()
+    for byte in _wire.frame(FETCH, b"tok1"):
+        fetcher.send(bytes([byte]))
+    _, anc, _, _ = fetcher.recvmsg(1, socket.CMSG_SPACE(4))
+    (fd,) = fds_from(anc)
+    with socket.socket(fileno=fd) as got, parked, fetcher:
+        assert recv_exactly(got, 8) == b"commands"
+        got.sendall(b"back")
+        assert recv_exactly(parked, 4) == b"back"
+        assert fetcher.recv(1) == b""  # (the agent lets go of both)
+    late = agent.connect()
+    late.sendall(_wire.frame(PARK, b"tok2"))
+    fetcher = agent.connect()
+    fetcher.sendall(_wire.frame(FETCH, b"tok2"))
+    _, anc, _, _ = fetcher.recvmsg(1, socket.CMSG_SPACE(4))
+    (fd,) = fds_from(anc)
+    with socket.socket(fileno=fd) as got, late, fetcher:
+        late.sendall(b"ok")
+        assert recv_exactly(got, 2) == b"ok"
+
+
 def test_a_second_control_connection_is_refused(agent: LocalAgent) -> None:
     other = agent.connect(CONTROL)
     assert closed(other)

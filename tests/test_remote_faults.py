@@ -211,6 +211,8 @@ def test_a_connection_cut_mid_call_fails_the_call_at_once(
         cutter = _cutters(sshd)[cut]
         client = face.rpc(host.new().eval(CODE), "started_then_block")
         other = face.rpc(host.new_exec().eval(CODE), "math:comb")
+        tmpl = host.new_exec().eval(CODE)
+        forked = face.rpc(tmpl.fork(), "math:comb")  # (forked on the host by a template there)
         try:
             # The call is running remotely when the connection is cut (the worker's event
             # says so); it would block for ever, so only the cut can end it.
@@ -220,11 +222,16 @@ def test_a_connection_cut_mid_call_fails_the_call_at_once(
             assert "'host1'" in message
             assert "the connection to 'host1' was lost" in message
             # Every call on the connection fails at once, not only the one running.
-            with pytest.raises((anyfork.WorkerDiedError, anyfork.ClosedError)):
-                face.call(other, 5, 2, timeout=60)
+            for rest in (other, forked):
+                with pytest.raises((anyfork.WorkerDiedError, anyfork.ClosedError)):
+                    face.call(rest, 5, 2, timeout=60)
+            with pytest.raises(RemoteHostError, match="the connection to 'host1' was lost"):
+                tmpl.fork()
         finally:
             face.close(client)
             face.close(other)
+            face.close(forked)
+            tmpl.close()
         with pytest.raises(RemoteHostError, match="the connection to 'host1' was lost"):
             host.new_exec()
     finally:

@@ -58,8 +58,11 @@ def test_closing_the_host_ends_every_process_and_removes_its_directories(
     idle.wait_started_blocking(timeout=30)
     fresh = host.new_exec()
     fresh.wait_started_blocking(timeout=30)
-    pids = [p for p in (running.pid, client.pid, idle.pid, fresh.pid, agent, keeper) if p]
-    assert len(pids) == 6
+    forked = idle.fork()  # (forked on the host by a template there)
+    forked.wait_started_blocking(timeout=30)
+    made = (running, client, idle, fresh, forked)
+    pids = [p for p in (*(m.pid for m in made), agent, keeper) if p]
+    assert len(pids) == 7
     try:
         assert recv_exactly(sock, 1) == b"x"
         assert os.path.isdir(conn.remote_dir)

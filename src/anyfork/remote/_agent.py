@@ -16,6 +16,10 @@ same ``_spawn.BOOT`` as a local exec).  It reaps all of them and reports their e
                      frame of each connection is a request:
         EXEC, NEW    a process serves the connection (its command stream, as on a local
                      socketpair): an exec'd interpreter, or a fork of the agent
+        PARK, FETCH  a connection for a child that a template here forks (``_child._fetch``):
+                     the parent's is parked under its token until the template's FETCH with
+                     that token comes, which is answered with the parked connection
+                     (SCM_RIGHTS); either is dropped when its other end closes first
         CONTROL      the parent's own connection (one): commands IMPORT (modules for the
                      children forked here) and KILL (pid, signal name); reports EXITED (every
                      process made here), FORK_FAILED, ERROR (the agent failed), and RUNNING,
@@ -47,6 +51,7 @@ import socket
 import sys
 
 from anyfork._child import _forking, _serve, _wire
+from anyfork._child._fetch import FETCH, MAX_TOKEN, PARK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
 EXEC = ord("x")  # a fresh interpreter serves this connection (host.new_exec)
 NEW = ord("n")  # a process forked from the agent serves it (host.new)
 CONTROL = ord("c")  # the parent's own connection: commands and reports
-REQUESTS = frozenset((EXEC, NEW, CONTROL))
+REQUESTS = frozenset((EXEC, NEW, CONTROL, PARK, FETCH))
 
 #: Commands on the control connection.
 KILL = ord("k")  # payload: values [pid (str), signal name]
@@ -91,6 +96,10 @@ class Agent(_forking.Forker):
         self.control: socket.socket | None = None
         self.decoder = _wire.Decoder(COMMANDS)
         self.requests: dict[int, tuple[socket.socket, _wire.Decoder]] = {}
+        # PARK and FETCH connections waiting for their other half, by token (and by fd).
+        self.parked: dict[str, socket.socket] = {}
+        self.fetching: dict[str, socket.socket] = {}
+        self.waiting: dict[int, str] = {}
         self.outbuf = bytearray()
         self.gone = False  # the parent cannot be written to any more
         self.leaving = False
@@ -190,6 +199,7 @@ class Agent(_forking.Forker):
         for conn, _ in self.requests.values():
             conn.close()
         self.requests = {}
+        self.drop_waiting()
         self.outbuf = bytearray()
         # A fresh interpreter's empty __main__ (where eval runs and bare names resolve), not
         # the bootstrap's.
@@ -218,6 +228,8 @@ class Agent(_forking.Forker):
                     wanted[control.fileno()] = _POLLIN | (_POLLOUT if self.outbuf else 0)
                 for fd in self.requests:
                     wanted[fd] = _POLLIN
+                for fd in self.waiting:
+                    wanted[fd] = 0  # (its hang-up only: a closed other end)
                 for fd in [fd for fd in registered if fd not in wanted]:
                     poll.unregister(fd)
                     del registered[fd]
@@ -234,6 +246,8 @@ class Agent(_forking.Forker):
                         self.accept()
                     elif fd in self.requests:
                         self.read_request(fd)
+                    elif fd in self.waiting:
+                        self.give_up(fd)
                     elif control is not None and fd == control.fileno():
                         if what & _POLLOUT:
                             self.write()
@@ -302,7 +316,7 @@ class Agent(_forking.Forker):
             except OSError:
                 return  # (ECONNABORTED, EMFILE: that connection sees EOF)
             conn.setblocking(False)
-            self.requests[conn.fileno()] = (conn, _wire.Decoder(REQUESTS, 0))
+            self.requests[conn.fileno()] = (conn, _wire.Decoder(REQUESTS, MAX_TOKEN))
 
     def read_request(self, fd: int) -> None:
         """Read a new connection's request frame (never a byte more: the rest is for whoever
@@ -326,12 +340,56 @@ class Agent(_forking.Forker):
             self.control = conn
             self.write()
             return
+        if frame[0] == PARK or frame[0] == FETCH:
+            self.match(frame[0], frame[1].decode("ascii", "replace"), conn)
+            return
         sock = conn.detach()
         os.set_blocking(sock, True)  # the server reads blocking (``_serve``)
         if frame[0] == NEW:
             self.fork(sock)  # (closes it here; a failed fork is reported: FORK_FAILED)
         else:
             self.spawn(sock)
+
+    def match(self, request: int, token: str, conn: socket.socket) -> None:
+        """A PARK or FETCH connection: hand the parked one to its fetcher, or let it wait."""
+        mine, theirs = (
+            (self.parked, self.fetching) if request == PARK else (self.fetching, self.parked)
+        )
+        if not token or token in mine:
+            conn.close()  # no token, or a second connection with it
+            return
+        other = theirs.pop(token, None)
+        if other is None:
+            mine[token] = conn
+            self.waiting[conn.fileno()] = token
+            return
+        del self.waiting[other.fileno()]
+        parked, fetcher = (conn, other) if request == PARK else (other, conn)
+        try:
+            parked.setblocking(True)  # the server reads blocking (``_serve``)
+            fds = _wire.pack_ints([parked.fileno()])
+            fetcher.sendmsg(
+                [b"k"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], socket.MSG_DONTWAIT
+            )
+        except OSError:
+            pass  # the template has gone: the parent's connection sees EOF
+        finally:
+            parked.close()
+            fetcher.close()
+
+    def give_up(self, fd: int) -> None:
+        """A waiting PARK or FETCH connection whose other end has closed."""
+        token = self.waiting.pop(fd)
+        for table in (self.parked, self.fetching):
+            conn = table.get(token)
+            if conn is not None and conn.fileno() == fd:
+                del table[token]
+                conn.close()
+
+    def drop_waiting(self) -> None:
+        for conn in (*self.parked.values(), *self.fetching.values()):
+            conn.close()
+        self.parked, self.fetching, self.waiting = {}, {}, {}
 
     def spawn(self, fd: int) -> None:
         """Exec a fresh interpreter that serves the connection ``fd`` on its fd 3."""
@@ -381,6 +439,7 @@ class Agent(_forking.Forker):
                 pass
         for conn, _ in self.requests.values():
             conn.close()
+        self.drop_waiting()
         self.listener.close()
         shutil.rmtree(self.base, ignore_errors=True)
         # Reap what was killed (its EXITED reports go out first), for a bounded time: a spare

@@ -207,7 +207,7 @@ class Connection:
         yield from self._forward_op()
         self.agent = AgentProcess(self.open(CONTROL), agent_pid, self)
 
-    def open(self, request: int) -> Channel:
+    def open(self, request: int, payload: bytes = b"") -> Channel:
         """A new connection to the agent (through the forward), its request queued first."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -221,7 +221,7 @@ class Connection:
                 self.destination,
             ) from exc
         chan = Channel(sock)
-        chan.queue(_wire.frame(request))
+        chan.queue(_wire.frame(request, payload))
         try:
             chan.flush_nowait()
         except OSError:

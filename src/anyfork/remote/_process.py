@@ -12,11 +12,15 @@ its host.
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import time
+import weakref
 from typing import TYPE_CHECKING, NoReturn
 
 from .._child import _wire
+from .._child._fetch import PARK
 from .._core._channel import READ, Channel, Op, Wait
 from .._core._process import FdLike, Func, Process, func_ref
 from .._core._protocol import _OPEN
@@ -120,8 +124,14 @@ class RemoteProcess(Process):
     * Errors name the host; a lost connection is a :class:`anyfork.RemoteHostError`.
     """
 
-    def __init__(self, chan: Channel, host: Host, agent: AgentProcess):
-        super().__init__(chan, template=agent)
+    def __init__(
+        self,
+        chan: Channel,
+        host: Host,
+        agent: AgentProcess,
+        template: RemoteProcess | None = None,
+    ):
+        super().__init__(chan, template=agent if template is None else template)
         #: The host the process runs on (it keeps the connection open while it lives).
         self.host = host
         self._agent = agent
@@ -152,7 +162,8 @@ class RemoteProcess(Process):
     def _status(self) -> int | None:
         # The host reports the exits of every process it made on its own connection, by pid
         # (which the process says on its connection first): what ``wait`` and ``poll`` read.
-        if self._returncode is None:
+        # A process forked from a remote template is reported by it, as a local one is.
+        if self._returncode is None and self._template is self._agent:
             if self._pid is None and self._chan.sock is not None:
                 self._receive()
             if self._pid is not None:
@@ -167,9 +178,9 @@ class RemoteProcess(Process):
     @override
     def _exit_op(self) -> Op[int]:
         # The host reports exits by pid, which only the process itself says (STARTED).
-        if self._pid is None and self._state == _OPEN:
+        if self._pid is None and self._state == _OPEN and self._template is self._agent:
             yield from self._started_op()
-        if self._pid is None:
+        if self._pid is None and self._template is self._agent:
             raise ChildProcessError(
                 f"the exit status of {self._name()} cannot be known: it was closed before it "
                 f"said its pid (wait_started first)"
@@ -222,16 +233,45 @@ class RemoteProcess(Process):
         """
         raise NotImplementedError(f"to_fh cannot hand over {self._name()}: it is on another host")
 
-    def fork(self) -> NoReturn:
-        """Not yet: forking a remote process on its host comes later; :meth:`Host.new` forks
-        a fresh process there.
+    def fork(self) -> RemoteProcess:
+        """Return a new process forked from this one on its host (copy-on-write there), as
+        :meth:`anyfork.Process.fork` does here: it inherits everything sent to this one
+        before the fork.  Its connection is a new channel through the host's ssh connection,
+        parked at the host's agent until this process fetches it and forks.
 
         Raises:
-            NotImplementedError: always.
+            SpawnError: this process is known to be dead, or failed; RemoteHostError: the
+                connection to the host is lost.
+            ClosedError: this process has run, been handed over or closed.
+            OSError: no file descriptors left for the new process's socket.
         """
-        raise NotImplementedError(
-            f"fork() of {self._name()} is not supported yet: use host.new() or host.new_exec()"
-        )
+        if self._agent.is_lost():
+            raise self._agent.conn.loss()  # (what the host's loss is, not this process's end)
+        child = self._fork()
+        assert isinstance(child, RemoteProcess)
+        return child
+
+    @override
+    def _new_child(self) -> Process:
+        # Marked hook of ``Lineage._fork``: a FORK frame without an fd names a connection the
+        # template fetches from the agent (``_child._fetch``), parked there under a token.
+        agent = self._agent
+        token = secrets.token_hex(16)
+        child = RemoteProcess(agent.conn.open(PARK, token.encode()), self.host, agent, self)
+        where = os.path.join(agent.conn.remote_dir, "agent.sock")
+        try:
+            child._fork_frame = self._command(_wire.FORK, _wire.pack_values([where, token]))
+        except BaseException:
+            child._let_go()
+            raise
+        self._unforked.append(weakref.ref(child))
+        self._forked += 1
+        return child
+
+    @override
+    def _fork_ahead(self) -> None:
+        """Nothing: a remote template's children are not forked ahead (each would hold a
+        channel of the ssh connection, and a remote fork is mostly the round trip)."""
 
     @override
     def _prepare_func(self, func: Func | None, *, now: bool = False) -> str:
