@@ -17,6 +17,10 @@ machine hits them alike); the table shows each row's median and best round:
   time: processes per second, and start-to-first-byte (the call to the first byte ``f`` sends);
   execnet's gateway creation (each one a new ssh connection: it has nothing lighter) and
   mitogen's ``router.fork(via=ctx)`` (a fork on the host, through its connection);
+* **template fork**: ``template.fork().run(f)`` of a remote template (forked on the host, its
+  connection fetched from the agent), and of a local one;
+* **pool of 8 workers**: ``BlockingPool([(template, 8)], f, idle=8)`` until all 8 are ready,
+  remote and local;
 * **worker from a warm host**: ``host.new().rpc(f)`` until its first result;
 * **RPC round trip**: a trivial call, one at a time (anyfork: sync backend, blocking and asyncio
   clients), execnet's channel ``send``/``receive``, mitogen's ``context.call``;
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import operator
 import statistics
@@ -48,6 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the SSH servers of the test suite
 
+import anyfork  # noqa: E402
 from anyfork.remote import Host  # noqa: E402
 
 PEERS = ("execnet", "mitogen")
@@ -130,6 +136,29 @@ def bench_anyfork(res: Results, host: Host, opts: dict[str, Any], n: int, calls:
         res.add(f"process: host.{make}().run, processes", n / (time.perf_counter() - start), "/s")
         res.add(f"process: host.{make}().run, first byte", statistics.median(firsts) * 1e3, "ms")
 
+    # A remote template forks on the host (its children's connections fetched from the agent),
+    # and the same row here, for comparison.
+    tmpl = host.new().eval(HELLO)
+    local = anyfork.new().eval(HELLO)
+    try:
+        for name, source in (("remote template.fork()", tmpl), ("local template.fork()", local)):
+            firsts = []
+            start = time.perf_counter()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                sock = source.fork().run_blocking("hello", timeout=60)
+                sock.recv(1)
+                firsts.append(time.perf_counter() - t0)
+                sock.close()
+            res.add(f"process: {name}.run, processes", n / (time.perf_counter() - start), "/s")
+            res.add(f"process: {name}.run, first byte", statistics.median(firsts) * 1e3, "ms")
+        for name, source in (("remote", tmpl), ("local", local)):
+            took = timed(functools.partial(_pool8, source))
+            res.add(f"pool: 8 {name} workers, start-up", took * 1e3, "ms")
+    finally:
+        tmpl.close()
+        local.close()
+
     def worker() -> None:
         client = host.new().rpc_blocking("operator:pos", timeout=60)
         client(1)
@@ -173,6 +202,16 @@ def bench_anyfork(res: Results, host: Host, opts: dict[str, Any], n: int, calls:
             await aclient.aclose()
 
     asyncio.run(on_loop())
+
+
+def _pool8(tmpl: anyfork.Process) -> None:
+    """A pool of 8 workers forked from ``tmpl``, from its creation until all 8 are ready."""
+    templates: Any = [(tmpl, 8)]
+    pool = anyfork.BlockingPool(templates, "operator:pos", idle=8)
+    try:
+        pool.wait_until(lambda s: s.workers == 8 and s.starting == 0, timeout=120)
+    finally:
+        pool.close()
 
 
 def _cold(opts: dict[str, Any]) -> None:

@@ -261,6 +261,15 @@ def test_the_oldest_and_newest_pythons_serve(
             assert face.call(client) == proc.pid
         finally:
             face.close(client)
+        # A template there forks there (its child's connection fetched from the agent).
+        tmpl = host.new_exec().eval(CODE)
+        child = tmpl.fork()
+        client = face.rpc(child, "pid_of_worker", serializer="json")
+        try:
+            assert face.call(client) == child.pid
+        finally:
+            face.close(client)
+            tmpl.close()
 
 
 @pytest.mark.parametrize("how", FACES)

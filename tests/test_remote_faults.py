@@ -352,3 +352,26 @@ def test_a_process_that_ends_with_its_host_blames_the_host() -> None:
     finally:
         agent.close()
         conn.abandon()
+
+
+def test_a_template_that_cannot_fetch_a_child_says_so_and_serves_on(
+    host1: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template fetches a forked child's connection from the agent: when that fails (here:
+    the FORK frame names a socket that does not exist), the fork fails (FORK_FAILED, the
+    child's error says why) and the template goes on serving."""
+    tmpl = host1.new_exec().eval(CODE)
+    try:
+        conn = connection_of(host1)
+        with monkeypatch.context() as patch:
+            patch.setattr(conn, "remote_dir", "/nonexistent-anyfork-dir")
+            lost = tmpl.fork()
+        with pytest.raises(anyfork.SpawnError, match="could not fork it: fetching its connection"):
+            lost.wait_started_blocking(timeout=60)
+        lost.close()
+        child = tmpl.fork()
+        assert child.wait_started_blocking(timeout=60) > 0
+        with run_remote("blocking", child, "wait_eof") as sock:
+            assert recv_exactly(sock, 1) == b"x"
+    finally:
+        tmpl.close()

@@ -24,6 +24,7 @@ from . import _watch
 from ._map import Delivery, Progress, bmap, items, window_size
 from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
+from ._worker import Templates
 
 __all__ = ["BlockingPool", "PoolExecutor"]
 
@@ -83,7 +84,7 @@ class BlockingPool(_Face):
     closes it the fast way).  Leaving the ``with`` block by an exception cancels the pool.
     """
 
-    def __init__(self, template: Process | None, func: Func, **options: Any) -> None:
+    def __init__(self, template: Templates, func: Func, **options: Any) -> None:
         self._engine = ThreadsEngine(template, func, **options)
         self._engine.open(wait=True)
 
@@ -185,8 +186,8 @@ class PoolExecutor(_Face, cf.Executor):
         initargs: its arguments.
         max_tasks_per_child: a worker is replaced after this many calls (a batch of ``map``
             counts as one, as a chunk does in the standard library).
-        template: the process workers are forked from (see :class:`anyfork.Pool`; default:
-            the pool's own, forked from the default template).
+        template: the process workers are forked from, or several with their caps (see
+            :class:`anyfork.Pool`; default: the pool's own, forked from the default template).
         func: the one function the pool serves (``"module:qualname"`` or the function);
             ``submit`` then takes only that function, sent by name.  Default ``None``: any
             function, travelling with its arguments through the serialiser (by reference
@@ -228,7 +229,7 @@ class PoolExecutor(_Face, cf.Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         *,
-        template: Process | None = None,
+        template: Templates = None,
         func: Func | None = None,
         **options: Any,
     ) -> None:

@@ -397,7 +397,8 @@ def _exit_status(pid: int) -> Op[int | None]:
 
 def _bootstrap_payload() -> bytes:
     """What the parent sends after the bootstrap's line: the loader (stage 2), then the
-    archive: the child side (``anyfork``, ``anyfork.worker``, ``anyfork._child``), the agent,
+    archive: the child side (``anyfork``, ``anyfork.worker``, ``anyfork._child``, a pool
+    worker's start-up step), the agent,
     and the settings it needs.  Built once."""
     global _payload
     if _payload is None:
@@ -411,6 +412,10 @@ def _bootstrap_payload() -> bytes:
                 for entry in sorted(child.iterdir(), key=lambda e: e.name)
                 if entry.name.endswith(".py")
             ),
+            # A pool worker's start-up step (``_pool._in_worker``: stdlib only), for pools
+            # whose templates are on the host.
+            ("anyfork/_pool/__init__.py", root.joinpath("_pool").joinpath("__init__.py")),
+            ("anyfork/_pool/_in_worker.py", root.joinpath("_pool").joinpath("_in_worker.py")),
             (f"{_boot.AGENT_MODULE}.py", root.joinpath("remote").joinpath("_agent.py")),
         ]
         settings = {

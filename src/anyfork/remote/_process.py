@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import time
 import weakref
 from typing import TYPE_CHECKING, NoReturn
 
 from .._child import _wire
 from .._child._fetch import PARK
-from .._core._channel import READ, Channel, Op, Wait
+from .._core._channel import READ, Channel, Drain, Op, Wait
 from .._core._process import FdLike, Func, Process, func_ref
 from .._core._protocol import _OPEN
 from .._errors import RemoteHostError, SpawnError
@@ -267,6 +268,24 @@ class RemoteProcess(Process):
         self._unforked.append(weakref.ref(child))
         self._forked += 1
         return child
+
+    @override
+    def _drain(self) -> Drain | None:
+        # Always: a child this template could not fork learns it from the template's reports
+        # (FORK_FAILED), not from its own connection, which stays open, parked at the agent.
+        return self._chan, self._receive
+
+    @override
+    def _apply(self, op: int, payload: bytes) -> None:
+        failed = self._unforked[0]() if op == _wire.FORK_FAILED and self._unforked else None
+        super()._apply(op, payload)
+        if isinstance(failed, RemoteProcess) and failed._chan.sock is not None:
+            # Its wait sees EOF now, and the reason (``_death``); the agent drops the parked
+            # connection once ssh has closed the channel.
+            try:
+                failed._chan.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @override
     def _fork_ahead(self) -> None:
