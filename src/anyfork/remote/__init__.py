@@ -15,9 +15,18 @@
 A ``Host`` keeps one ssh connection (a ControlMaster) and one small agent process on the remote
 host; each new remote process is a channel through that connection to the agent, which execs
 (``new_exec``) or forks (``new``) it.  The returned ``RemoteProcess`` is an
-:class:`anyfork.Process`: ``require``, ``eval``, ``send_arg``, ``run`` (a local
+:class:`anyfork.Process`: ``require``, ``eval``, ``send_arg``, ``fork`` (on the host: remote
+templates nest there), ``wait``, ``returncode``, ``run`` (a local
 ``socket.socket`` connected to the remote process), ``rpc`` and ``pid`` work as for a local one;
 ``send_fh`` and ``to_fh`` raise ``NotImplementedError`` at the call.
+
+A pool spans hosts when given several templates with their caps::
+
+    with Host("a") as a, Host("b") as b:
+        here, there = anyfork.new().require("m"), [h.new().require("m") for h in (a, b)]
+        templates = [(here, 2), (there[0], 4), (there[1], 4)]
+        with anyfork.BlockingPool(templates, "m:work") as pool:
+            results = list(pool.map(items))
 
 Only ``python3`` (3.8 or newer) is needed on the remote host: the child side of anyfork travels
 over the connection as source at connect time, is checked against the protocol version, and

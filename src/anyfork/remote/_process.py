@@ -117,7 +117,11 @@ class RemoteProcess(Process):
 
     * ``send_fh``, ``to_fh`` and ``to_fh_blocking`` raise ``NotImplementedError`` at the call:
       file descriptors cannot travel to another machine.
-    * ``fork`` raises ``NotImplementedError`` (not yet: ``host.new()`` forks on the host).
+    * ``fork`` forks on the host (copy-on-write there): remote templates nest as local ones
+      do; the child's connection is a new channel through the host's ssh connection.  Its
+      children are not forked ahead of need.
+    * A bare name or ``__main__:name`` resolves in the remote process's own ``__main__``
+      (where ``eval`` code runs): this program's main script is not on the host.
     * ``kill`` has the host's agent send the signal; it returns before the signal arrives.
     * ``returncode`` is known once the host has reported the exit (for every remote process,
       not only direct children).
