@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -182,6 +183,61 @@ def spaced(once: Callable[[], float], budget: float, pause: float, min_count: in
 
 
 # -- floors and peers ------------------------------------------------------------------------
+
+
+class ForkedAhead:
+    """The floor of a start with the child already forked and connected: a plain Python child
+    (``os.fork`` of this process), blocked in ``recv`` on its socketpair, is sent one byte (the
+    "run"); it closes the socket (``acks=0``: the parent's latency is to EOF, one wake-up each
+    way), or first answers with one byte and then closes (``acks=1``: the parent reads the
+    answer, then EOF, as anyfork's ``run`` reads RUNNING before the function's first byte).
+    The next child is forked after each start, untimed: with ``spaced`` it waits in ``recv``
+    by the next start.  No anyfork at all: the OS's and CPython's share of a start."""
+
+    def __init__(self, acks: int) -> None:
+        self.acks = acks
+        self.pid = 0
+        self.sock: socket.socket | None = None
+
+    def _fork_next(self) -> None:
+        parent, child = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the "run", answer (acks), close, and out
+            try:
+                parent.close()
+                child.recv(1)
+                if self.acks:
+                    child.send(b"R")
+                child.close()
+            finally:
+                os._exit(0)
+        child.close()
+        self.pid, self.sock = pid, parent
+
+    def once(self) -> float:
+        if self.sock is None:
+            self._fork_next()
+        sock, pid = self.sock, self.pid
+        assert sock is not None
+        t0 = time.perf_counter()
+        sock.send(b"r")
+        if self.acks and sock.recv(1) != b"R":
+            raise RuntimeError("expected the child's answer")
+        while sock.recv(4096):
+            pass
+        lat = time.perf_counter() - t0
+        sock.close()
+        os.waitpid(pid, 0)
+        self._fork_next()
+        return lat
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            # (another row's waiting child may hold a copy of our socket: no EOF to rely on)
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.sock = None
 
 
 def os_fork_once() -> float:

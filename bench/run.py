@@ -115,6 +115,8 @@ ROWS = [
     Row("perl_new_spaced", "SPACED Perl AnyEvent::Fork->new->run(CORE::exit)", "EOF", spaced=True),
     Row("af_fork_spaced", "SPACED tmpl.fork().run_blocking(hello), required", spaced=True),
     Row("perl_tmpl_spaced", "SPACED Perl $tmpl->fork->run(hello), eval'd", spaced=True),
+    Row("ahead_spaced", "SPACED floor: forked child, 1 byte in, EOF", "EOF", spaced=True),
+    Row("ahead_ack_spaced", "SPACED   same, answer 1 byte, then EOF  [floor]", "EOF", spaced=True),
 ]
 
 
@@ -382,11 +384,21 @@ def ratios(by: dict[str, Row]) -> list[str]:
         la, lb = by[a].latency_median, by[b].latency_median
         return la / lb if la and lb else None
 
+    def info_lat(text: str, a: str, b: str) -> None:
+        value = lat(a, b)
+        shown = f"{value:.3f}x" if value is not None else missing(a, b)
+        lines.append(f"  {text:<68} {shown}  (latency; lower is better)")
+
     # Single starts (spaced): latency to the first byte (EOF) of a function the template has
     # loaded, as a fraction of Perl's for the same work; < 1 means anyfork is faster.
     v = lat("af_new_spaced", "perl_new_spaced")
     target("spaced single start latency: anyfork.new / Perl ->new (EOF; lower is better)", v,
            v is not None and v <= 0.5, "<= 0.5x", ("af_new_spaced", "perl_new_spaced"))  # fmt: skip
+    info_lat("  the floor (a forked child, one byte each way) vs Perl ->new", "ahead_spaced",
+             "perl_new_spaced")  # fmt: skip
+    info_lat("  the floor with an answer first (anyfork's RUNNING) vs Perl ->new",
+             "ahead_ack_spaced", "perl_new_spaced")  # fmt: skip
+    info_lat("  anyfork.new vs that floor", "af_new_spaced", "ahead_ack_spaced")
     v = lat("af_fork_spaced", "perl_tmpl_spaced")
     keys = ("af_fork_spaced", "perl_tmpl_spaced")
     target("spaced single start latency: tmpl.fork / Perl $tmpl->fork (first byte)", v,
@@ -467,6 +479,10 @@ def build_jobs(
         spaced("af_new_spaced", _loops.anyfork_new_preloaded_once),
         spaced("af_fork_spaced", _loops.anyfork_fork_once(req)),
     ]
+    for key, acks in (("ahead_spaced", 0), ("ahead_ack_spaced", 1)):
+        ahead = _loops.ForkedAhead(acks)
+        closers.append(ahead.close)
+        jobs.append(spaced(key, ahead.once))
     if importlib.util.find_spec("numpy") is None:
         by["af_fork_np"].unavailable = "numpy not installed (run bench/setup.py)"
     else:

@@ -3,6 +3,7 @@ and the pools' deadline and gate."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -229,6 +230,17 @@ class Gate:
 SCRIPTS = Path(__file__).resolve().with_name("scripts")
 #: anyfork has no dependencies, so any interpreter runs the scripts with just this on its path.
 SRC = str(Path(anyfork.__file__).resolve().parent.parent)
+
+
+def modules_after(statement: str) -> set[str]:
+    """``sys.modules`` of a fresh interpreter (``-S``: no site) once it has run ``statement``."""
+    code = f"import sys; sys.path[:0] = [{SRC!r}]; {statement}; print(sorted(sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    modules: list[str] = ast.literal_eval(result.stdout.strip())
+    return set(modules)
 
 
 def run_script(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import anyfork
-from helpers import recv_all
+from helpers import modules_after, recv_all
 
 SRC = str(Path(anyfork.__file__).resolve().parent.parent)
 
@@ -50,16 +50,6 @@ def _top(names: set[str]) -> set[str]:
     return names | {n.partition(".")[0] for n in names}
 
 
-def _modules_after(statement: str) -> set[str]:
-    code = f"import sys; sys.path[:0] = [{SRC!r}]; {statement}; print(sorted(sys.modules))"
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=30
-    )
-    assert result.returncode == 0, result.stderr
-    modules: list[str] = ast.literal_eval(result.stdout.strip())
-    return set(modules)
-
-
 @pytest.mark.parametrize(
     "statement",
     [
@@ -71,7 +61,7 @@ def _modules_after(statement: str) -> set[str]:
     ],
 )
 def test_child_side_imports_are_cheap(statement: str) -> None:
-    modules = _modules_after(statement)
+    modules = modules_after(statement)
     assert "anyfork" in modules
     assert not _top(modules) & SERVER_HEAVY, (
         f"{statement!r} imported {_top(modules) & SERVER_HEAVY}"
@@ -80,14 +70,14 @@ def test_child_side_imports_are_cheap(statement: str) -> None:
 
 def test_the_socket_lookalike_stands_alone() -> None:
     """``_sock`` finds the socket module itself: no import of the command server (no cycle)."""
-    modules = _modules_after("from anyfork._child import _sock; _sock.Socket().family")
+    modules = modules_after("from anyfork._child import _sock; _sock.Socket().family")
     assert "anyfork._child._serve" not in modules
     assert "anyfork._child._forking" not in modules
 
 
 def test_public_name_loads_the_parent_side() -> None:
     """The converse, so the test above cannot pass by accident: the lazy root does load."""
-    modules = _modules_after("import anyfork; anyfork.Process")
+    modules = modules_after("import anyfork; anyfork.Process")
     assert {"anyfork._core._process", "socket", "threading"} <= modules
 
 

@@ -119,16 +119,18 @@ def test_run_refuses_functions_that_cannot_be_named() -> None:
     proc.close()
 
 
-def test_use_after_run_or_close_is_a_clear_error() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_use_after_run_or_close_is_a_clear_error(face: str) -> None:
     proc = anyfork.new()
-    proc.run_blocking("childfuncs:echo_args", timeout=10).close()
+    wait_on(face, proc, "run", "childfuncs:echo_args").close()
     for use in (
         lambda: proc.send_arg("x"),
         lambda: proc.require("os"),
         lambda: proc.eval("pass"),
         lambda: proc.send_fh(0),
         proc.fork,
-        lambda: proc.run_blocking("childfuncs:echo_args", timeout=10),
+        lambda: wait_on(face, proc, "run", "childfuncs:echo_args"),
+        lambda: wait_on(face, proc, "to_fh"),
     ):
         with pytest.raises(anyfork.ClosedError, match="already run"):
             use()
@@ -141,46 +143,43 @@ def test_use_after_run_or_close_is_a_clear_error() -> None:
 # -- errors the child reports, raised at run as their own type -----------------------------------
 
 
-@pytest.mark.parametrize("blocking", [True, False])
-def test_unimportable_module_raises_module_not_found_at_run(blocking: bool) -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_unimportable_module_raises_module_not_found_at_run(face: str) -> None:
     proc = anyfork.new().require("os", "no_such_module_here")
-
-    def run() -> object:
-        if blocking:
-            return proc.run_blocking("childfuncs:echo_args", timeout=10)
-        return asyncio.run(proc.run("childfuncs:echo_args", timeout=10))
-
     with pytest.raises(ModuleNotFoundError, match="no_such_module_here") as info:
-        run()
+        wait_on(face, proc, "run", "childfuncs:echo_args")
     assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
     assert "no_such_module_here" in str(info.value.__cause__)
     assert isinstance(info.value, anyfork.AnyforkError)
     assert any("in require of process pid" in note for note in info.value.__notes__)
 
 
-def test_exception_in_eval_raises_its_type_at_run() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_exception_in_eval_raises_its_type_at_run(face: str) -> None:
     proc = anyfork.new().eval("x = 1").eval("raise KeyError('nope')")
     with pytest.raises(KeyError):
-        proc.run_blocking("childfuncs:echo_args", timeout=10)
+        wait_on(face, proc, "run", "childfuncs:echo_args")
 
 
-def test_non_builtin_exception_becomes_remote_error() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_non_builtin_exception_becomes_remote_error(face: str) -> None:
     code = "class Custom(Exception):\n    pass\nraise Custom('custom failure')"
     with pytest.raises(anyfork.RemoteError, match="Custom: custom failure") as info:
-        anyfork.new().eval(code).run_blocking("childfuncs:echo_args", timeout=10)
+        wait_on(face, anyfork.new().eval(code), "run", "childfuncs:echo_args")
     assert info.value.type_name == "__main__.Custom"
     assert "custom failure" in info.value.remote_traceback
 
 
-def test_missing_function_and_module_at_run() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_missing_function_and_module_at_run(face: str) -> None:
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        anyfork.new().run_blocking("childfuncs:nope", timeout=10)
+        wait_on(face, anyfork.new(), "run", "childfuncs:nope")
     with pytest.raises(ModuleNotFoundError):
-        anyfork.new().run_blocking("no_such_mod:f", timeout=10)
+        wait_on(face, anyfork.new(), "run", "no_such_mod:f")
     with pytest.raises(AttributeError, match="__main__"):
-        anyfork.new_exec().run_blocking("undefined_name", timeout=10)
+        wait_on(face, anyfork.new_exec(), "run", "undefined_name")
     with pytest.raises(TypeError, match="not callable"):
-        anyfork.new().eval("thing = 3").run_blocking("thing", timeout=10)
+        wait_on(face, anyfork.new().eval("thing = 3"), "run", "thing")
 
 
 GATE = "import anyfork.worker\nanyfork.worker.take_args()[0].read(1)"
@@ -234,29 +233,32 @@ def test_a_failed_command_is_its_own_type_and_an_anyfork_error_at_wait_started(
     assert any(f"in {command} of process pid {pid}" in note for note in info.value.__notes__)
 
 
-def test_children_of_a_failed_template_fail_with_its_error() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_children_of_a_failed_template_fail_with_its_error(face: str) -> None:
     with anyfork.new().require("no_such_module_either") as tmpl:
         child = tmpl.fork()
         with pytest.raises(anyfork.SpawnError, match="no_such_module_either") as info:
-            child.run_blocking("childfuncs:echo_args", timeout=10)
+            wait_on(face, child, "run", "childfuncs:echo_args")
         assert isinstance(info.value.__cause__, ModuleNotFoundError)
         # and now that the failure is known, the next fork fails at once
         with pytest.raises(anyfork.SpawnError, match="no_such_module_either"):
             tmpl.fork()
 
 
-def test_function_errors_after_run_are_the_childs_own_business() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_function_errors_after_run_are_the_childs_own_business(face: str) -> None:
     # After run the function owns the socket: its exception goes to its stderr, the parent
     # sees EOF.  (The RPC layer is where exceptions travel back.)
     proc = anyfork.new().eval("def bad(sock):\n    raise RuntimeError('in the function')")
-    with proc.run_blocking("bad", timeout=10) as sock:
+    with wait_on(face, proc, "run", "bad") as sock:
         assert recv_all(sock) == b""
 
 
 # -- dead processes ------------------------------------------------------------------------------
 
 
-def test_killed_template_fails_the_next_fork_at_once() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_killed_template_fails_the_next_fork_at_once(face: str) -> None:
     tmpl = anyfork.new().require("json")
     pid = tmpl.wait_started_blocking(timeout=10)
     queued = tmpl.fork()  # forked before the kill: its run must fail, not hang
@@ -275,13 +277,14 @@ def test_killed_template_fails_the_next_fork_at_once() -> None:
     with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
         tmpl.fork()
     # a child forked before the template died lives on: it is its own process
-    with queued.send_arg("orphan").run_blocking("childfuncs:echo_args", timeout=10) as s:
+    with wait_on(face, queued.send_arg("orphan"), "run", "childfuncs:echo_args") as s:
         assert recv_all(s) == b"'orphan'"
     assert queued_pid == queued.pid
     tmpl.close()
 
 
-def test_template_killed_with_forks_queued_never_hangs() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_template_killed_with_forks_queued_never_hangs(face: str) -> None:
     tmpl = anyfork.new()
     pid = tmpl.wait_started_blocking(timeout=10)
     os.kill(pid, signal.SIGSTOP)  # queue forks it cannot serve yet
@@ -291,61 +294,72 @@ def test_template_killed_with_forks_queued_never_hangs() -> None:
         os.kill(pid, signal.SIGKILL)
     for kid in kids:
         with pytest.raises(anyfork.SpawnError, match="template"):
-            kid.run_blocking("childfuncs:echo_args", timeout=10)
+            wait_on(face, kid, "run", "childfuncs:echo_args")
     tmpl.close()
 
 
-def test_default_template_is_recreated_transparently() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_default_template_is_recreated_transparently(face: str) -> None:
     anyfork.new().close()
     old = _templates._default
     assert old is not None
     assert old.pid is not None
     os.kill(old.pid, signal.SIGKILL)
     eventually(lambda: _reaper.returncode(old.pid) is not None, what="the template to be reaped")  # type: ignore[arg-type]
-    with anyfork.new().send_arg("x").run_blocking("childfuncs:echo_args", timeout=10) as s:
+    with wait_on(face, anyfork.new().send_arg("x"), "run", "childfuncs:echo_args") as s:
         assert recv_all(s) == b"'x'"
     assert _templates._default is not old
     assert old.returncode == -signal.SIGKILL
 
 
-def test_killed_child_before_run() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_killed_child_before_run(face: str) -> None:
     proc = anyfork.new()
-    pid = proc.wait_started_blocking(timeout=10)
+    pid = wait_on(face, proc, "wait_started")
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(anyfork.SpawnError, match=f"pid {pid} exited before run"):
-        proc.run_blocking("childfuncs:echo_args", timeout=10)
+        wait_on(face, proc, "run", "childfuncs:echo_args")
 
 
-def test_killed_exec_child_reports_the_signal() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_killed_exec_child_reports_the_signal(face: str) -> None:
+    # (on the event loop, the exit status is waited for without blocking the loop)
     proc = anyfork.new_exec()
-    os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    os.kill(wait_on(face, proc, "wait_started"), signal.SIGKILL)
     with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
-        proc.run_blocking("childfuncs:echo_args", timeout=10)
+        wait_on(face, proc, "run", "childfuncs:echo_args")
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_child_exiting_during_eval_reports_its_status() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_child_exiting_during_eval_reports_its_status(face: str) -> None:
     proc = anyfork.new_exec().eval("import os\nos._exit(7)")
     with pytest.raises(anyfork.SpawnError, match="exit status 7"):
-        proc.run_blocking("childfuncs:echo_args", timeout=10)
+        wait_on(face, proc, "run", "childfuncs:echo_args")
 
 
 # -- no hangs: timeouts and cancellation -----------------------------------------------------------
 
 
-def test_run_timeout_and_the_child_goes_away() -> None:
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("what", ["run", "to_fh"])
+def test_a_wait_that_times_out_lets_the_child_go(face: str, what: str) -> None:
     r, w = os.pipe()
     try:
-        # The eval blocks until we write to the pipe: run cannot complete in time.
+        # The eval blocks until we write to the pipe: run cannot complete in time.  Nor can
+        # to_fh, which waits only until everything queued is written: an argument larger than
+        # any socket buffer (net.core.wmem_max is 4 MiB by default) waits for the eval too.
         proc = (
             anyfork.new()
             .send_fh(r)
             .eval("import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)")
         )
+        pid = wait_on(face, proc, "wait_started")  # (its pid, whatever the timeout leaves)
+        if what == "to_fh":
+            proc.send_arg(bytes(64 << 20))
+        args = ("childfuncs:echo_args",) if what == "run" else ()
         with pytest.raises(TimeoutError):
-            proc.run_blocking("childfuncs:echo_args", timeout=0.2)
-        pid = proc.pid
-        assert pid is not None
+            wait_on(face, proc, what, *args, timeout=0.2)
         os.write(w, b"x")  # release the eval: the child then sees our end closed and exits
         eventually(lambda: not alive(pid), what="the timed-out child to exit")
     finally:
@@ -354,6 +368,8 @@ def test_run_timeout_and_the_child_goes_away() -> None:
 
 
 def test_run_cancellation_closes_our_end() -> None:
+    """(The asyncio face only: the blocking one cannot be cancelled; its counterpart is the
+    timeout test above.)"""
     r, w = os.pipe()
 
     async def main() -> int:
@@ -504,16 +520,3 @@ def test_a_process_found_dead_lets_go_of_its_socket_at_once() -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(fd)  # (listing /proc/self/fd would itself reuse the freed number)
     assert not proc._usable()
-
-
-def test_killed_exec_child_reports_the_signal_to_asyncio_too() -> None:
-    # The exit status is polled for (a bounded timer wait) without blocking the event loop.
-    async def main() -> anyfork.Process:
-        proc = anyfork.new_exec()
-        await proc.wait_started(timeout=10)
-        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
-        with pytest.raises(anyfork.SpawnError, match="killed by SIGKILL"):
-            await proc.run("childfuncs:echo_args", timeout=10)
-        return proc
-
-    assert asyncio.run(main()).returncode == -signal.SIGKILL

@@ -176,3 +176,27 @@ def test_entry_points_refuse_while_a_child_imports_the_main_script(
     assert 'if __name__ == "__main__":' in message
     assert children() == before
     assert _templates._early is early
+
+
+def test_main_is_sent_once_to_a_lineage() -> None:
+    """Where the main script is (MAIN) is sent once per lineage: not to a child whose template
+    was told before forking it, but to one forked before; and importing it now (a template's
+    ``now``) is a level above knowing where it is, so it is sent even where that is known."""
+    with anyfork.new_exec() as tmpl:
+        before = tmpl.fork()  # (a FORK frame before the MAIN command)
+        tmpl._prepare_func(None)
+        after = tmpl.fork()
+        assert after._fork_frame > tmpl._main_sent[1]
+        queued = after._chan.queued
+        assert after._prepare_func(None) == ""
+        assert after._chan.queued == queued  # nothing sent: its template knew already
+        assert after._main_sent == {}
+        queued = before._chan.queued
+        before._prepare_func(None)
+        assert before._chan.queued == queued + 1  # forked before its template knew: told now
+        assert list(before._main_sent) == [1]
+        after._prepare_func(None, now=True)
+        assert list(after._main_sent) == [2]  # told to import at once: more than it knew
+        for proc in (before, after):
+            assert proc.wait_started_blocking(timeout=10) > 0  # each took its commands
+            proc.close()

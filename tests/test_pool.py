@@ -96,7 +96,7 @@ def test_settings_errors() -> None:
     with pytest.raises(ValueError, match="max_calls"):
         anyfork.Pool(None, "pool_funcs:double", max_calls=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        anyfork.Pool(None, "pool_funcs:double", on_close_worker=None)
+        anyfork.Pool(None, "pool_funcs:double", on_close_worker=None)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="lambda"):
         anyfork.Pool(None, lambda: None)
     pool = anyfork.Pool(None, "pool_funcs:double", idle=0, start=0, stop=0)

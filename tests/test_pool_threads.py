@@ -217,4 +217,4 @@ def test_the_executor_checks_its_options_as_the_pool_does() -> None:
     with pytest.raises(ValueError, match="load"):
         anyfork.PoolExecutor(func=pool_funcs.pid, load=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        anyfork.PoolExecutor(func=pool_funcs.pid, bogus=1)
+        anyfork.PoolExecutor(func=pool_funcs.pid, bogus=1)  # type: ignore[call-arg]

@@ -10,20 +10,15 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
 
 import anyfork
 from anyfork._core import _templates
-from helpers import alive, children, eventually, is_spare, recv_all, state
+from helpers import FACES, alive, children, eventually, is_spare, recv_all, run, state, wait_on
 
 T = TypeVar("T")
-
-
-def arun(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 def lines(data: bytes) -> list[str]:
@@ -41,32 +36,34 @@ def facts_of(proc: anyfork.Process, **kw: Any) -> dict[str, Any]:
 # -- run and arguments ------------------------------------------------------------------------
 
 
-def test_run_gets_args_and_fds_in_order_with_their_types() -> None:
-    async def main() -> list[str]:
-        r, w = os.pipe()
-        a, b = socket.socketpair()
-        try:
-            proc = anyfork.new().send_arg("one", b"two").send_fh(w, a).send_arg("", b"")
-            sock = await proc.run("childfuncs:echo_args", timeout=10)
-            assert not sock.getblocking()  # the asyncio face hands out a non-blocking socket
-            sock.setblocking(True)
-            with sock:
-                return lines(recv_all(sock))
-        finally:
-            for fd in (r, w):
-                os.close(fd)
-            a.close()
-            b.close()
-
-    assert arun(main()) == ["'one'", "b'two'", "FileIO", "socket", "''", "b''"]
+@pytest.mark.parametrize("face", FACES)
+def test_run_gets_args_and_fds_in_order_with_their_types(face: str) -> None:
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    try:
+        proc = anyfork.new().send_arg("one", b"two", "é", b"\x00\xff").send_fh(w, a)
+        with wait_on(face, proc.send_arg("", b""), "run", "childfuncs:echo_args") as sock:
+            got = lines(recv_all(sock))
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        a.close()
+        b.close()
+    assert got == ["'one'", "b'two'", "'é'", "b'\\x00\\xff'", "FileIO", "socket", "''", "b''"]
 
 
-def test_run_blocking_hands_out_a_blocking_socket_and_values_keep_their_type() -> None:
-    proc = anyfork.new().send_arg("é", b"\x00\xff")
-    sock = proc.run_blocking("childfuncs:echo_args", timeout=10)
-    assert sock.getblocking()
-    with sock:
-        assert lines(recv_all(sock)) == ["'é'", "b'\\x00\\xff'"]
+@pytest.mark.parametrize("what", ["run", "to_fh"])
+def test_each_face_hands_out_its_kind_of_socket(what: str) -> None:
+    """Non-blocking from the asyncio face, blocking from the blocking one (face-specific)."""
+    args = ("childfuncs:echo_args",) if what == "run" else ()
+
+    async def main() -> socket.socket:
+        return await getattr(anyfork.new(), what)(*args, timeout=10)  # type: ignore[no-any-return]
+
+    with asyncio.run(main()) as sock:
+        assert not sock.getblocking()
+    with getattr(anyfork.new(), f"{what}_blocking")(*args, timeout=10) as sock:
+        assert sock.getblocking()
 
 
 def test_function_object_is_sent_by_name() -> None:
@@ -170,15 +167,12 @@ def test_every_process_knows_its_pid() -> None:
     assert info["ppid"] == _templates._default.pid  # type: ignore[union-attr]
 
 
-def test_wait_started_async() -> None:
-    async def main() -> tuple[int, int | None]:
-        proc = anyfork.new()
-        pid = await proc.wait_started(timeout=10)
-        proc.close()
-        return pid, proc.pid
-
-    pid, known = arun(main())
-    assert pid == known
+@pytest.mark.parametrize("face", FACES)
+def test_wait_started(face: str) -> None:
+    proc = anyfork.new()
+    pid = wait_on(face, proc, "wait_started")
+    proc.close()
+    assert pid == proc.pid
     eventually(lambda: state(pid) is None, what="the closed process to exit")
 
 
@@ -197,6 +191,8 @@ def test_forked_child_is_clean() -> None:
 
 
 def test_many_concurrent_runs_share_the_template_queue() -> None:
+    """(The asyncio face: concurrency on one loop; the blocking face waits one run at a time.)"""
+
     async def one(i: int) -> bytes:
         sock = await anyfork.new().send_arg(str(i)).run("childfuncs:echo_args", timeout=20)
         sock.setblocking(True)
@@ -206,7 +202,7 @@ def test_many_concurrent_runs_share_the_template_queue() -> None:
     async def main() -> list[bytes]:
         return await asyncio.gather(*(one(i) for i in range(24)))
 
-    assert arun(main()) == [repr(str(i)).encode() for i in range(24)]
+    assert run(main()) == [repr(str(i)).encode() for i in range(24)]
 
 
 # -- new_exec -----------------------------------------------------------------------------------
@@ -294,36 +290,33 @@ def test_many_fds_in_one_call() -> None:
 # -- to_fh / new_from_fh ---------------------------------------------------------------------
 
 
-def test_to_fh_and_new_from_fh_in_the_same_process() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_to_fh_and_new_from_fh_in_the_same_process(face: str) -> None:
     proc = anyfork.new().send_arg("before")
-    handed = proc.to_fh_blocking(timeout=10)
+    handed = wait_on(face, proc, "to_fh")
     with pytest.raises(anyfork.ClosedError):
         proc.send_arg("x")
     adopted = anyfork.new_from_fh(handed).send_arg("after")
-    with adopted.run_blocking("childfuncs:echo_args", timeout=10) as s:
+    with wait_on(face, adopted, "run", "childfuncs:echo_args") as s:
         assert recv_all(s) == b"'before'\n'after'"
     assert adopted.pid is not None
 
 
-def test_hand_a_half_prepared_process_to_another_process() -> None:
-    async def main() -> bytes:
-        prepared = anyfork.new().send_arg("from the first owner")
-        handed = await prepared.to_fh(timeout=10)
-        adopter = anyfork.new_exec().send_fh(handed)
-        handed.close()
-        sock = await adopter.run("childfuncs:adopt_and_run", timeout=10)
-        sock.setblocking(True)
-        with sock:
-            return recv_all(sock)
-
-    out = arun(main()).split(b"\n")
+@pytest.mark.parametrize("face", FACES)
+def test_hand_a_half_prepared_process_to_another_process(face: str) -> None:
+    handed = wait_on(face, anyfork.new().send_arg("from the first owner"), "to_fh")
+    adopter = anyfork.new_exec().send_fh(handed)
+    handed.close()
+    with wait_on(face, adopter, "run", "childfuncs:adopt_and_run") as sock:
+        out = recv_all(sock).split(b"\n")
     assert out[:2] == [b"'from the first owner'", b"'added by adopter'"]
     assert out[2].startswith(b"pid=")
 
 
-def test_wait_started_waits_for_an_exec_child_to_report_in() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_wait_started_waits_for_an_exec_child_to_report_in(face: str) -> None:
     proc = anyfork.new_exec()
-    pid = proc.wait_started_blocking(timeout=10)
+    pid = wait_on(face, proc, "wait_started")
     assert pid == proc.pid
     # It has reported in, not merely been spawned: the interpreter is up and anyfork's command
     # server has loaded the _socket extension (nothing a freshly spawned process has mapped).

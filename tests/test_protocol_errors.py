@@ -92,7 +92,8 @@ def test_bad_bytes_are_a_protocol_error_from_every_wait(
     assert proc.pid in (None, 4242)  # the property never raises
 
 
-def test_the_parent_reads_what_arrives_not_what_a_header_claims() -> None:
+@pytest.mark.parametrize("face", FACES)
+def test_the_parent_reads_what_arrives_not_what_a_header_claims(face: str) -> None:
     """A header claiming a big (allowed) report: each read asks for at most MAX_READ bytes."""
     sizes: list[int] = []
 
@@ -107,7 +108,7 @@ def test_the_parent_reads_what_arrives_not_what_a_header_claims() -> None:
         child.sendall(HEADER.pack(_wire.ERROR, _wire.MAX_REPORT) + b"x" * 100)
         child.shutdown(socket.SHUT_WR)
         with pytest.raises(anyfork.ProtocolError, match="EOF in the middle of a frame"):
-            proc.wait_started_blocking(timeout=10)
+            wait_on(face, proc, "wait_started")
     assert sizes
     assert max(sizes) <= _wire.MAX_READ
 

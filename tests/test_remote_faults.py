@@ -336,8 +336,8 @@ def test_a_process_that_ends_with_its_host_blames_the_host() -> None:
     agent_ours, agent_theirs = socket.socketpair()
     proc_ours, proc_theirs = socket.socketpair()
     proc_theirs.close()  # the process's connection: gone before a word
-    conn.agent = agent = AgentProcess(Channel(agent_ours), 1, conn)
-    proc = RemoteProcess(Channel(proc_ours), host, agent)
+    conn.agent = agent = AgentProcess._create(Channel(agent_ours), 1, conn)
+    proc = RemoteProcess._create(Channel(proc_ours), host, agent)
 
     async def main() -> None:
         asyncio.get_running_loop().call_soon(agent_theirs.close)

@@ -10,23 +10,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import anyfork
 import rpc_funcs
-
-T = TypeVar("T")
-DEADLINE = 30.0
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, DEADLINE)
-
-    return asyncio.run(bounded())
+from helpers import run
 
 
 class Events:
@@ -77,7 +68,7 @@ def test_call_result_and_close() -> None:
         await client.aclose()  # idempotent
         assert closes == [1]
 
-    _run(main())
+    run(main())
 
 
 @pytest.mark.parametrize("backend", ["sync", "async"])
@@ -87,7 +78,7 @@ def test_worker_stays_lean(backend: str) -> None:
             facts = await client()
             assert facts["asyncio"] is (backend == "async")
 
-    _run(main())
+    run(main())
 
 
 def test_new_exec_worker_and_exit_status() -> None:
@@ -98,7 +89,7 @@ def test_new_exec_worker_and_exit_status() -> None:
         assert info.value.returncode == 5
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_init_gets_args_and_fds() -> None:
@@ -112,7 +103,7 @@ def test_init_gets_args_and_fds() -> None:
             ) as c:
                 assert await c() == ["'s'", "b'b'", "FileIO"]
 
-        _run(main())
+        run(main())
     finally:
         os.close(r)
         os.close(w)
@@ -131,7 +122,7 @@ def test_serializers(serializer: str, args: Any, expected: Any) -> None:
         async with await _client("rpc_funcs:echo", serializer=serializer) as client:
             assert await client(args[0], **args[1]) == expected
 
-    _run(main())
+    run(main())
 
 
 @pytest.mark.parametrize(("serializer", "value"), [("bytes", b"abc"), ("str", "abc")])
@@ -143,7 +134,7 @@ def test_raw_serializers(serializer: str, value: Any) -> None:
                 await client(value, value)
             assert await client(value) == value.upper()
 
-    _run(main())
+    run(main())
 
 
 # -- exceptions -----------------------------------------------------------------------------------
@@ -165,7 +156,7 @@ def test_exception_fails_only_that_call() -> None:
             with pytest.raises(ValueError, match="again"):
                 await client("value", "again")
 
-    _run(main())
+    run(main())
 
 
 def test_unpicklable_argument_fails_in_parent() -> None:
@@ -176,7 +167,7 @@ def test_unpicklable_argument_fails_in_parent() -> None:
             assert info.value.side == "parent"
             assert await client(7) == 7
 
-    _run(main())
+    run(main())
 
 
 def test_unpicklable_result_fails_in_child() -> None:
@@ -188,7 +179,7 @@ def test_unpicklable_result_fails_in_child() -> None:
             with pytest.raises(anyfork.EncodeError):
                 await client()
 
-    _run(main())
+    run(main())
 
 
 def test_large_payload_both_ways() -> None:
@@ -200,7 +191,7 @@ def test_large_payload_both_ways() -> None:
             assert await client(bytearray(big)) == bytearray(big)
             assert await client(1) == 1
 
-    _run(main())
+    run(main())
 
 
 # -- start-up failures ----------------------------------------------------------------------------
@@ -213,7 +204,7 @@ def test_bad_function_name_at_startup() -> None:
         with pytest.raises(ModuleNotFoundError):
             await _client("no_such_module_xyz:f")
 
-    _run(main())
+    run(main())
 
 
 def test_init_failure_at_startup() -> None:
@@ -223,7 +214,7 @@ def test_init_failure_at_startup() -> None:
             await _client("rpc_funcs:add", proc, init="rpc_funcs:init_fail")
         assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
 
-    _run(main())
+    run(main())
 
 
 def test_event_in_init_is_an_error() -> None:
@@ -231,7 +222,7 @@ def test_event_in_init_is_an_error() -> None:
         with pytest.raises(RuntimeError, match="only in an RPC worker"):
             await _client("rpc_funcs:add", init="rpc_funcs:event_in_init")
 
-    _run(main())
+    run(main())
 
 
 def test_startup_death_is_spawn_error() -> None:
@@ -240,7 +231,7 @@ def test_startup_death_is_spawn_error() -> None:
         with pytest.raises(anyfork.SpawnError, match="exit status 3"):
             await _client("rpc_funcs:add", proc, init="die")
 
-    _run(main())
+    run(main())
 
 
 def test_missing_optional_serializer_fails_before_spawning(
@@ -256,7 +247,7 @@ def test_missing_optional_serializer_fails_before_spawning(
             await anyfork.rpc(proc, "rpc_funcs:add", serializer="msgpack")
         proc.close()
 
-    _run(main())
+    run(main())
 
 
 # -- events and ordering ---------------------------------------------------------------------------
@@ -272,7 +263,7 @@ def test_sync_events_and_results_in_order() -> None:
         async with await _client("rpc_funcs:progress", on_event=Events(log)) as client:
             await asyncio.gather(*(one(client, i) for i in range(5)))
 
-    _run(main())
+    run(main())
     expected = []
     for i in range(5):
         expected += [("event", "progress", i, k) for k in range(3)] + [("result", i)]
@@ -294,7 +285,7 @@ def test_async_events_and_results_in_child_order() -> None:
         async with await _client("rpc_funcs:aprogress", backend="async", on_event=on_event) as c:
             await asyncio.gather(*(one(c, i) for i in range(10)))
 
-    _run(main())
+    run(main())
     assert seqs == list(range(1, 51))
 
 
@@ -320,7 +311,7 @@ def test_async_flush_before_exit_delivers_event() -> None:
         assert events.items == [("bye",)]
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_sync_flush_is_a_noop() -> None:
@@ -328,7 +319,7 @@ def test_sync_flush_is_a_noop() -> None:
         async with await _client("rpc_funcs:sync_flush") as client:
             assert await client() is True
 
-    _run(main())
+    run(main())
 
 
 # -- concurrency --------------------------------------------------------------------------------
@@ -359,7 +350,7 @@ def test_async_concurrency_limit(limit: int) -> None:
                 assert await client(-1) == limit  # the most calls that ever ran at once
             assert len(events.items) == 7
 
-        _run(main())
+        run(main())
     finally:
         os.close(r)
         os.close(w)
@@ -397,7 +388,7 @@ def test_kill_9_mid_call_fails_all_outstanding(backend: str) -> None:
             await client("after")
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
     assert len(errors) == 1
     assert isinstance(errors[0], anyfork.WorkerDiedError)
     assert closes == []
@@ -418,7 +409,7 @@ def test_worker_exits_mid_call(how: str, code: int, returncode: int) -> None:
         assert events.items == [("exiting", how)]
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_blocking_client_worker_death() -> None:
@@ -448,7 +439,7 @@ def test_sync_timeout_kills_worker() -> None:
         assert info.value.returncode == -signal.SIGKILL
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_sync_cancel_kills_worker() -> None:
@@ -464,7 +455,7 @@ def test_sync_cancel_kills_worker() -> None:
             await client("next")  # refused, unsent: the worker has been killed
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_async_cancel_and_timeout_cancel_child_task() -> None:
@@ -489,7 +480,7 @@ def test_async_cancel_and_timeout_cancel_child_task() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await call
 
-    _run(main())
+    run(main())
 
 
 def test_blocking_timeout_sync_kills_async_cancels() -> None:
@@ -522,7 +513,7 @@ def test_close_lets_outstanding_calls_finish() -> None:
         await close
         assert client.returncode == 0
 
-    _run(main())
+    run(main())
     assert closes == [1]
 
 
@@ -538,4 +529,4 @@ def test_abort_fails_outstanding_calls() -> None:
         assert client.pid is not None
         os.kill(client.pid, signal.SIGKILL)  # block() would never see the EOF
 
-    _run(main())
+    run(main())

@@ -8,22 +8,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import anyfork
-from helpers import alive, eventually
-
-T = TypeVar("T")
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 30)
-
-    return asyncio.run(bounded())
+from helpers import alive, eventually, run
 
 
 def _worker_gone(pid: int) -> None:
@@ -43,7 +33,7 @@ def test_dropped_client_closes_its_connection() -> None:
         assert ref() is None
         _worker_gone(pid)  # it saw EOF and exited (the conftest checks the fds too)
 
-    _run(main())
+    run(main())
 
 
 def test_pending_call_keeps_its_client_alive() -> None:
@@ -58,7 +48,7 @@ def test_pending_call_keeps_its_client_alive() -> None:
         del fut
         assert ref() is None
 
-    _run(main())
+    run(main())
 
 
 def test_dropped_blocking_client_closes_its_connection() -> None:
@@ -87,7 +77,7 @@ def test_map_keeps_order_and_raises_the_first_error(backend: Any) -> None:
                 await client.map([1, lambda: None])  # in the parent: not sent
             assert await client(1, 1) == 2
 
-    _run(main())
+    run(main())
 
 
 def test_blocking_map() -> None:
@@ -120,7 +110,7 @@ def test_async_map_timeout_cancels_the_rest_and_the_worker_keeps_serving() -> No
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-    _run(main())
+    run(main())
 
 
 def test_sync_map_cancel_kills_the_worker() -> None:
@@ -134,7 +124,7 @@ def test_sync_map_cancel_kills_the_worker() -> None:
             await client.call("z", timeout=10)
         await client.aclose(timeout=10)
 
-    _run(main())
+    run(main())
 
 
 def test_cancelled_call_future_abandons_the_call() -> None:
@@ -156,7 +146,7 @@ def test_cancelled_call_future_abandons_the_call() -> None:
                 await fut
             assert await client.map([]) == []
 
-    _run(main())
+    run(main())
 
 
 def test_first_rpc_primes_the_template_for_later_workers() -> None:

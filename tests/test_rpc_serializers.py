@@ -5,27 +5,17 @@ serialiser refuses fail clearly, at start-up or in that call only.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import types
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import anyfork
-
-T = TypeVar("T")
+from helpers import run
 
 msgpack = pytest.importorskip("msgpack")
 cloudpickle = pytest.importorskip("cloudpickle")
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 30)
-
-    return asyncio.run(bounded())
 
 
 class _Events:
@@ -78,7 +68,7 @@ def test_calls_results_and_events_round_trip(
             assert await client(7, 2) == 7
         assert [list(e) for e in events.items] == [["progress", 7, 0], ["progress", 7, 1]]
 
-    _run(main())
+    run(main())
 
 
 def test_cloudpickle_carries_lambdas_and_closures() -> None:
@@ -97,7 +87,7 @@ def test_cloudpickle_carries_lambdas_and_closures() -> None:
             adder = await client(10)  # a closure made in the worker, sent back
             assert adder(5) == 15
 
-    _run(main())
+    run(main())
 
 
 def test_plain_pickle_refuses_a_lambda_in_the_parent() -> None:
@@ -108,7 +98,7 @@ def test_plain_pickle_refuses_a_lambda_in_the_parent() -> None:
             assert info.value.side == "parent"
             assert await client(abs, -3) == 3  # the connection stays usable
 
-    _run(main())
+    run(main())
 
 
 def test_msgpack_refuses_what_it_cannot_carry_in_that_call_only() -> None:
@@ -120,7 +110,7 @@ def test_msgpack_refuses_what_it_cannot_carry_in_that_call_only() -> None:
                 await client({1, 2})  # sets are not msgpack
             assert await client([1, "x"]) == [1, "x"]
 
-    _run(main())
+    run(main())
 
 
 def test_json_refuses_bytes_in_the_parent_and_closures_in_the_child() -> None:
@@ -137,7 +127,7 @@ def test_json_refuses_bytes_in_the_parent_and_closures_in_the_child() -> None:
             with pytest.raises(anyfork.EncodeError):
                 await client(2)  # still usable
 
-    _run(main())
+    run(main())
 
 
 def test_unknown_serializer_name_fails_before_spawning() -> None:
@@ -149,7 +139,7 @@ def test_unknown_serializer_name_fails_before_spawning() -> None:
             await anyfork.rpc(proc, "rpc_funcs:ident", serializer="os:path")
         proc.close()
 
-    _run(main())
+    run(main())
 
 
 def test_serializer_the_worker_cannot_build_fails_at_startup() -> None:
@@ -172,7 +162,7 @@ def test_serializer_the_worker_cannot_build_fails_at_startup() -> None:
             assert isinstance(info.value.__cause__, anyfork.RemoteTraceback)
             assert "failed to start" in "".join(getattr(info.value, "__notes__", []))
 
-        _run(main())
+        run(main())
     finally:
         del sys.modules["parent_only_codec"]
 
@@ -192,4 +182,4 @@ def test_user_serializer_protocol_module_attr() -> None:
             assert await client(3, 1) == 3
         assert events.items == [("progress", 3, 0)]
 
-    _run(main())
+    run(main())

@@ -235,3 +235,19 @@ def test_os_fork_in_a_threaded_program_does_warn(python: str) -> None:
         assert not warned, out["warnings"]
     else:
         assert warned, out["warnings"]
+
+
+def test_the_first_new_in_an_event_loop_does_not_wait_for_the_template(tmp_path: Path) -> None:
+    """The default template starts in the background: ``new()`` returns, the loop runs a task
+    (which lets the template start at all: an fd handshake), then ``run`` finds the process."""
+    wrapper = tmp_path / "python"
+    wrapper.write_text(
+        f"#!{sys.executable} -S\n"
+        "import os, sys\n"
+        "os.read(int(os.environ['GATE_FD']), 1)  # until the loop's task opens the gate\n"
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+    )
+    wrapper.chmod(0o755)
+    env = {"GATE_PYTHON": str(wrapper), "GATE_FD": "20"}
+    out = result(run_script("first_new_in_loop.py", env=env))
+    assert out["events"] == ["new returned", "task ran", "ran", "child of a template: True"]

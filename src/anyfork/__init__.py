@@ -5,6 +5,30 @@ forking the caller.  Each has a socket to its creator; you can import modules in
 pass it file descriptors and strings, fork it further, and finally run a function that gets the
 socket and the arguments.
 
+General layout, lowest layer first; a module imports only from its own layer or lower ones
+(``tests/test_layers.py`` checks each rule):
+
+* ``_child/`` is the child side: the code every template and worker runs (the command server,
+  the wire codecs, the RPC server and its serialisers).  It imports only cheap stdlib modules,
+  itself, this lazy root and ``anyfork.worker`` (the child's public API), and never asyncio,
+  typing, dataclasses, logging or inspect at import time (the async RPC backend, loaded only by
+  workers that ask for it, apart): an exec'd child pays for every import at each start.
+* ``_util.py`` and ``_errors.py`` are the base of the parent side: small helpers, the error tree
+  and the one ``rebuild()`` of a child's error records.
+* ``_core/`` is the process core (``Process``, templates, spawning, the reaper): one protocol,
+  run by an asyncio and a blocking driver; it imports no asyncio at import time.
+* ``_rpc/`` is RPC on top of processes, and ``_pool/`` pools of RPC workers on top of that.
+  ``Process.rpc()`` is the one documented lazy forwarder up the layers.
+* ``remote/`` (``anyfork.remote``) is processes on other hosts over OpenSSH, on top of the
+  process core: its ``_boot`` and ``_agent`` run on the remote host, under the child side's
+  rules (stdlib only, Python 3.8).
+* The sans-IO modules (``_child._wire``, ``_child._rpc_wire``, ``_child._records``,
+  ``_pool._core``, ``_pool._policy``, ``_rpc._batching``: ``SANS_IO`` in the test) import no
+  sockets, clocks, event loop, threads or signals.
+
+There is no import cycle, and no module touches the privates of another subpackage's objects
+(the few that remain are listed, each with its reason, in ``test_layers.REACH_INS``).
+
 The root is lazy (PEP 562): ``import anyfork.worker`` and the command server that runs in every
 child import nothing of the parent side (asyncio, typing...).  The public names load on first use.
 """
@@ -80,12 +104,8 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'anyfork' has no attribute {name!r}")
     import importlib
 
+    # (``__module__`` is already "anyfork": each defining module calls ``_util.publish``.)
     value = getattr(importlib.import_module(f"anyfork.{module_name}"), name)
-    if getattr(value, "__module__", "").startswith("anyfork._"):
-        try:
-            value.__module__ = "anyfork"
-        except (AttributeError, TypeError):
-            pass
     globals()[name] = value
     return value
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import builtins
 import pickle
-import signal as _signal_mod
 import sys
 
 from ._child import _records
@@ -152,11 +151,14 @@ class RemoteTraceback(Exception):
 
 
 def describe_returncode(returncode: int | None) -> str:
+    """``"exit status 3"``, ``"killed by SIGKILL"``, ``"exit status unknown"``."""
     if returncode is None:
         return "exit status unknown"
     if returncode < 0:
+        import signal  # here: the sans-IO pool core imports this module, and signal is I/O
+
         try:
-            name = _signal_mod.Signals(-returncode).name
+            name = signal.Signals(-returncode).name
         except ValueError:
             name = f"signal {-returncode}"
         return f"killed by {name}"

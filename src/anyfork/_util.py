@@ -1,4 +1,5 @@
-"""Tiny helpers shared by the parent-side modules: ``publish``, ``wait_for``, ``add_note``.
+"""Tiny helpers shared by the parent-side modules: ``publish``, ``wait_for``, ``add_note``,
+``NoPublicConstructor``.
 
 Imported by ``_errors``, which a child may load on its error path, so it imports nothing at run
 time beyond ``sys`` (``typing`` only for type checkers, ``asyncio`` only inside ``wait_for``).
@@ -48,3 +49,16 @@ def add_note(exc: BaseException, note: str) -> None:
             notes = []
         notes.append(note)
         exc.__notes__ = notes  # type: ignore[attr-defined]  # 3.10: no such attribute declared
+
+
+class NoPublicConstructor(type):
+    """Metaclass of a class users get from anyfork but never construct (as trio's): calling the
+    class raises ``TypeError``; anyfork makes instances with ``Cls._create(...)``.
+
+    With ``typing.final`` on the class, type checkers also refuse subclasses."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> None:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls: type[T], *args: object, **kwargs: object) -> T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]

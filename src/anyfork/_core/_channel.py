@@ -42,7 +42,10 @@ T = TypeVar("T")
 READ = 0
 WRITE = 1
 
-_DONTWAIT = socket.MSG_DONTWAIT
+# Plain ints: OR-ing the ``socket`` module's flag enums runs the enum machinery in Python, which
+# after a pause (cold caches) costs tens of microseconds per read on the way to ``run``.
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 #: The most bytes one read of reports looks at (a batch of reports is a few dozen bytes).
 _PEEK = 4096
 
@@ -202,7 +205,7 @@ class Channel:
                 if dec.eof or dec.stopped or self.sock is None:
                     return
                 try:
-                    peeked = self.sock.recv(_PEEK, socket.MSG_PEEK | _DONTWAIT)
+                    peeked = self.sock.recv(_PEEK, _PEEK_NOW)
                     data = peeked and self.sock.recv(dec.safe_prefix(peeked), _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return

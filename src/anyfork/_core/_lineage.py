@@ -169,7 +169,7 @@ class Lineage(ProcessProtocol):
 
     def _child(self, sock: socket.socket) -> Process:
         """A ``Process`` (the class of this one) for a child of this one on ``sock``."""
-        return cast("Process", type(self)(Channel(sock), template=self._as_process()))
+        return type(self._as_process())._create(Channel(sock), template=self._as_process())
 
     def _as_process(self) -> Process:
         return cast("Process", self)  # (every Lineage is a Process: its only subclass)
@@ -273,6 +273,20 @@ class Lineage(ProcessProtocol):
             level = max(level, *before, 0)
             proc = tmpl
         return level
+
+
+def prepare_rpc(proc: Lineage, func: Func) -> None:
+    """Get ``proc`` ready to serve ``func`` over RPC, and for functions of the main script that
+    calls bring pickled (``PoolExecutor.submit``): ``_prepare_func`` for both.  The one way in
+    for every RPC face (``anyfork.rpc``, ``rpc_blocking``, ``Process.rpc``, the pools).
+
+    Raises:
+        TypeError, ValueError: as ``_prepare_func`` (the RPC layer makes them start-up
+            failures: their own type and an ``AnyforkError``).
+        ClosedError, SpawnError: as for any command.
+    """
+    proc._prepare_func(func)
+    proc._prepare_func(None)
 
 
 def func_ref(func: Func) -> str:

@@ -36,11 +36,10 @@ import os
 import signal
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 from .._child import _wire
-from .._errors import also_anyfork
-from .._util import publish
+from .._util import NoPublicConstructor, publish
 from . import _reaper
 from ._drive import drive_async, drive_blocking
 from ._lineage import Func as Func
@@ -62,11 +61,13 @@ FdLike = int | _HasFileno
 P = TypeVar("P", bound="Process")
 
 
-class Process(Lineage):
+@final
+class Process(Lineage, metaclass=NoPublicConstructor):
     """A process that serves commands until ``run`` hands it a function and a socket.
 
     Create one with :func:`anyfork.new`, :func:`anyfork.new_exec`, :meth:`fork`,
-    :func:`anyfork.new_from_fh` or a main-program template; the constructor is private.
+    :func:`anyfork.new_from_fh` or a main-program template: ``anyfork.Process(...)`` raises
+    ``TypeError``, and the class cannot be subclassed (type checkers say so).
 
     Any process is a template: :meth:`fork` makes a child of it that inherits everything sent
     to it so far (modules, ``eval`` state, args and fds), and it keeps serving.  Closing a
@@ -370,24 +371,13 @@ class Process(Lineage):
         Cancellation: the connection is closed; the worker sees EOF and exits."""
         from .._rpc._start import rpc  # the RPC layer (and asyncio) only when it is used
 
-        self._prepare_rpc(func)
         return await rpc(self, func, **options)
 
     def rpc_blocking(self, func: Func, **options: Any) -> BlockingClient:
         """The blocking twin of :meth:`rpc`: returns a :class:`anyfork.BlockingClient`."""
         from .._rpc._start import rpc_blocking
 
-        self._prepare_rpc(func)
         return rpc_blocking(self, func, **options)
-
-    def _prepare_rpc(self, func: Func) -> None:
-        """Ready for ``func`` and for functions of the main script that calls bring pickled
-        (``PoolExecutor.submit``): a start-up failure, its own type and an ``AnyforkError``."""
-        try:
-            self._prepare_func(func)
-            self._prepare_func(None)
-        except (TypeError, ValueError) as exc:
-            raise also_anyfork(exc) from exc.__cause__
 
     # -- lifetime --------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def new_exec(*, python: str | None = None) -> Process:
             chan.flush_nowait()  # it fits the socket buffer: the child starts at once
         except OSError:
             pass  # dead already: the first wait says how
-    return Process(chan, pid=pid, direct=True)
+    return Process._create(chan, pid=pid, direct=True)
 
 
 def new_from_fh(sock: socket.socket | int) -> Process:
@@ -140,7 +140,7 @@ def new_from_fh(sock: socket.socket | int) -> Process:
         chan.flush_nowait()
     except OSError:
         pass  # gone already: the first wait says how (what it reported, or how it died)
-    return Process(chan)
+    return Process._create(chan)
 
 
 def start_early() -> Process:
@@ -180,7 +180,7 @@ def main_template() -> Process:
     _main.refuse("anyfork.main_template()")
     sock, pid = _spawn.fork_main()
     _reaper.watch(pid)
-    proc = Process(Channel(sock), pid=pid, direct=True)
+    proc = Process._create(Channel(sock), pid=pid, direct=True)
     proc._main_forked = True
     return proc
 

@@ -14,7 +14,11 @@ from ._aio_engine import AsyncEngine
 from ._map import Delivery, Progress, amap, window_size
 from ._records import PoolStatistics, describe
 from ._system import settings
-from ._worker import Templates, capacity
+from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._worker import Backend
 
 __all__ = ["Pool"]
 
@@ -59,10 +63,12 @@ class Pool(AsyncEngine):
         on_error: called with each worker failure (a worker that died with calls, a start that
             failed); the failed calls raise it too.
         on_close: called once the pool has closed and every worker has exited.
-        rpc_options: passed to :func:`anyfork.rpc`: ``backend``, ``serializer``, ``init``,
-            ``done``, ``on_event`` (the pool filters its own retire events out; without a
-            handler, user events are dropped; a call can have its own, see :meth:`call`),
-            ``concurrency`` and ``timeout`` (each worker's start-up deadline, default 60 s).
+        backend, serializer, init, done, concurrency: passed to each worker's
+            :func:`anyfork.rpc`.
+        on_event: called as ``on_event(*args)`` for each ``anyfork.worker.event(*args)`` (the
+            pool filters its own retire events out; without a handler, user events are
+            dropped; a call can have its own, see :meth:`call`).
+        timeout: each worker's start-up deadline in seconds (``rpc()``'s ``timeout``).
 
     Raises:
         ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
@@ -86,6 +92,7 @@ class Pool(AsyncEngine):
     main task: leaving ``async with`` that way cancels the pool (workers killed, calls failed).
     """
 
+    @other_pools_names("Pool")
     def __init__(
         self,
         template: Templates,
@@ -100,7 +107,13 @@ class Pool(AsyncEngine):
         max_memory: int | None = None,
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
-        **rpc_options: Any,
+        backend: Backend = "sync",
+        serializer: str = "pickle",
+        init: Func | None = None,
+        done: Func | None = None,
+        on_event: Callable[..., object] | None = None,
+        concurrency: int = 64,
+        timeout: float | None = START_TIMEOUT,
     ) -> None:
         super().__init__(
             template,
@@ -110,7 +123,7 @@ class Pool(AsyncEngine):
             max_memory,
             on_error,
             on_close,
-            rpc_options,
+            rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
 
     def __repr__(self) -> str:

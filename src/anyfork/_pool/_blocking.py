@@ -24,7 +24,11 @@ from . import _watch
 from ._map import Delivery, Progress, bmap, items, window_size
 from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
-from ._worker import Templates
+from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._worker import Backend
 
 __all__ = ["BlockingPool", "PoolExecutor"]
 
@@ -84,8 +88,43 @@ class BlockingPool(_Face):
     closes it the fast way).  Leaving the ``with`` block by an exception cancels the pool.
     """
 
-    def __init__(self, template: Templates, func: Func, **options: Any) -> None:
-        self._engine = ThreadsEngine(template, func, **options)
+    @other_pools_names("BlockingPool")
+    def __init__(
+        self,
+        template: Templates,
+        func: Func,
+        *,
+        max: int | None = None,  # the name the original uses
+        idle: int = 1,
+        load: int = 2,
+        start: float = 0.1,
+        stop: float = 10.0,
+        max_calls: int | None = None,
+        max_memory: int | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+        on_close: Callable[[], object] | None = None,
+        backend: Backend = "sync",
+        serializer: str = "pickle",
+        init: Func | None = None,
+        done: Func | None = None,
+        on_event: Callable[..., object] | None = None,
+        concurrency: int = 64,
+        timeout: float | None = START_TIMEOUT,
+    ) -> None:
+        self._engine = ThreadsEngine(
+            template,
+            func,
+            max=max,
+            idle=idle,
+            load=load,
+            start=start,
+            stop=stop,
+            max_calls=max_calls,
+            max_memory=max_memory,
+            on_error=on_error,
+            on_close=on_close,
+            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
+        )
         self._engine.open(wait=True)
 
     def __repr__(self) -> str:
@@ -192,11 +231,11 @@ class PoolExecutor(_Face, cf.Executor):
             ``submit`` then takes only that function, sent by name.  Default ``None``: any
             function, travelling with its arguments through the serialiser (by reference
             with pickle, so module-level functions; lambdas too with ``"cloudpickle"``).
-        **options: the other options of :class:`anyfork.Pool`, with the defaults of an
-            executor here: ``idle=0`` (no spare worker is kept; a worker idle for ``stop``
-            seconds, 10 by default, stops), ``load=1``, ``start=0``; ``max_memory``, ``on_error``,
-            ``on_close``) and of :func:`anyfork.rpc` (``serializer``, ``backend``, ``init``,
-            ``done``, ``on_event``, ``concurrency``, ``timeout``).
+        idle, load, start, stop, max_memory, on_error, on_close: as for :class:`anyfork.Pool`,
+            with the defaults of an executor: ``idle=0`` (no spare worker is kept; a worker
+            idle for ``stop`` seconds stops), ``load=1``, ``start=0``.
+        backend, serializer, init, done, on_event, concurrency, timeout: as for
+            :class:`anyfork.Pool` (each worker's :func:`anyfork.rpc`).
 
     Raises:
         ValueError: ``max_workers`` below 1 (``"max_workers must be greater than 0"``), or a
@@ -221,6 +260,7 @@ class PoolExecutor(_Face, cf.Executor):
     the busy workers killed (their calls fail), so no process outlives the program.
     """
 
+    @other_pools_names("PoolExecutor")
     def __init__(
         self,
         max_workers: int | None = None,
@@ -231,7 +271,22 @@ class PoolExecutor(_Face, cf.Executor):
         *,
         template: Templates = None,
         func: Func | None = None,
-        **options: Any,
+        # As the standard library's: a worker per call until max_workers, at once, and no
+        # spare kept idle.
+        idle: int = 0,
+        load: int = 1,
+        start: float = 0.0,
+        stop: float = 10.0,
+        max_memory: int | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
+        on_close: Callable[[], object] | None = None,
+        backend: Backend = "sync",
+        serializer: str = "pickle",
+        init: Func | None = None,
+        done: Func | None = None,
+        on_event: Callable[..., object] | None = None,
+        concurrency: int = 64,
+        timeout: float | None = START_TIMEOUT,
     ) -> None:
         if isinstance(max_workers, (Process, str)) or callable(max_workers):
             raise TypeError(
@@ -249,26 +304,23 @@ class PoolExecutor(_Face, cf.Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child < 1:
                 raise ValueError("max_tasks_per_child must be >= 1")
-        for theirs in ("max", "max_calls"):
-            if theirs in options:
-                from ._worker import unexpected
-
-                raise unexpected("PoolExecutor", {theirs})
-        # As the standard library's: a worker per call until max_workers, at once, and no
-        # spare kept idle.
-        options.setdefault("start", 0.0)
-        options.setdefault("load", 1)
-        options.setdefault("idle", 0)
         self._func = func_ref(func) if func is not None else None
         # Built now so that bad settings raise here; workers start with the first submit().
         self._engine = ThreadsEngine(
             template,
             self._func or _APPLY,
             max=max_workers,
+            idle=idle,
+            load=load,
+            start=start,
+            stop=stop,
             max_calls=max_tasks_per_child,
+            max_memory=max_memory,
+            on_error=on_error,
+            on_close=on_close,
             face="PoolExecutor",
             setup=None if initializer is None else (initializer, tuple(initargs)),
-            **options,
+            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
 
     def __repr__(self) -> str:

@@ -7,21 +7,25 @@ authkey once a ``multiprocessing.Manager`` may exist, an executor's ``initialize
 from __future__ import annotations
 
 import contextlib
+import functools
 import pickle
 import signal
 import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, SpawnError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .._rpc._base import Backend as Backend  # (the pool faces take it from here)
     from .._rpc._base import Base
     from .._rpc._start import BlockingClient, Client
+
+F = TypeVar("F", bound=Callable[..., None])
 
 #: Worker start-up deadline (fork + init + ready), unless the rpc option ``timeout`` says else.
 START_TIMEOUT = 60.0
@@ -118,6 +122,49 @@ def unexpected(face: str, names: set[str]) -> TypeError:
     hints = [f"{n}= is {_THEIRS[face][n]}=" for n in sorted(names) if n in _THEIRS.get(face, {})]
     note = f" ({'; '.join(hints)})" if hints else ""
     return TypeError(f"{face}() got unexpected keyword arguments {sorted(names)}{note}")
+
+
+def other_pools_names(face: str) -> Callable[[F], F]:
+    """Decorates the constructor of ``face`` so that a keyword it does not take raises
+    :func:`unexpected`'s ``TypeError`` (which names anyfork's name for another pool's:
+    ``processes= is max=``), instead of Python's.  The signature stays the constructor's own
+    (``inspect.signature`` and type checkers see it)."""
+
+    def decorate(init: F) -> F:
+        code = init.__code__
+        names = frozenset(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount])
+
+        @functools.wraps(init)
+        def checked(*args: Any, **kwargs: Any) -> None:
+            unknown = kwargs.keys() - names
+            if unknown:
+                raise unexpected(face, set(unknown))
+            init(*args, **kwargs)
+
+        return cast("F", checked)
+
+    return decorate
+
+
+def rpc_options(
+    backend: Backend,
+    serializer: str,
+    init: Func | None,
+    done: Func | None,
+    on_event: Callable[..., object] | None,
+    concurrency: int,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """The ``rpc()`` keywords of a pool's constructor, for :class:`Starter`."""
+    return {
+        "backend": backend,
+        "serializer": serializer,
+        "init": init,
+        "done": done,
+        "on_event": on_event,
+        "concurrency": concurrency,
+        "timeout": timeout,
+    }
 
 
 class Starter:

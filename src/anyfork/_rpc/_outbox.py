@@ -44,6 +44,14 @@ def chunk_size(chunk: Any) -> int:
     return chunk.nbytes if type(chunk) is memoryview else len(chunk)
 
 
+#: Why pickle cannot send a lambda or a local function (by reference), and what to do instead.
+_LOCAL_WAYS_OUT = (
+    " (a lambda or a local function cannot be found by name in another process).  Ways out: "
+    "define it at module level (in the main script too); or send it by value with "
+    'serializer="cloudpickle"'
+)
+
+
 def encode(
     codec: Codec,
     args: tuple[Any, ...],
@@ -62,10 +70,12 @@ def encode(
             for chunk in chunks:
                 size += chunk_size(chunk)
     except Exception as exc:
-        raise EncodeError(
-            f"cannot encode the {what} arguments with {codec.name!r}: {type(exc).__name__}: {exc}",
-            "parent",
-        ) from exc
+        message = (
+            f"cannot encode the {what} arguments with {codec.name!r}: {type(exc).__name__}: {exc}"
+        )
+        if "local object" in str(exc) or "<lambda>" in str(exc):  # (PoolExecutor.submit(lambda))
+            message += _LOCAL_WAYS_OUT
+        raise EncodeError(message, "parent") from exc
     if size > W.MAX_PAYLOAD:
         raise EncodeError(f"the {what} arguments take {size} bytes; a frame holds 4 GiB")
     return chunks, size

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from .._child import _rpc_wire as W
 from .._child._serializers import Codec
 from .._child._serializers import get as get_codec
+from .._core._lineage import prepare_rpc
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, also_anyfork
 from .._util import publish
@@ -80,6 +81,7 @@ def _prepare(
     """Check the arguments, build the serialiser and send the configuration.  What fails here is
     a start-up failure like those the worker reports: its own type and an ``AnyforkError``."""
     try:
+        prepare_rpc(proc, func)  # (a function of the main script: the worker learns where it is)
         if backend not in ("sync", "async"):
             raise ValueError(f"backend is 'sync' or 'async', not {backend!r}")
         if not isinstance(concurrency, int) or concurrency < 1:

@@ -205,7 +205,7 @@ class Connection:
         agent_pid = int(words[2])
         self.remote_dir = os.fsdecode(words[3])
         yield from self._forward_op()
-        self.agent = AgentProcess(self.open(CONTROL), agent_pid, self)
+        self.agent = AgentProcess._create(self.open(CONTROL), agent_pid, self)
 
     def open(self, request: int, payload: bytes = b"") -> Channel:
         """A new connection to the agent (through the forward), its request queued first."""

@@ -246,7 +246,7 @@ class Host:
         assert agent is not None
         chan = conn.open(request)
         agent.made_one()
-        return RemoteProcess(chan, self, agent)
+        return RemoteProcess._create(chan, self, agent)
 
     # -- closing -------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ _KEEP = 4096
 _SETTLE = 0.5
 
 
-class AgentProcess(Process):
+class AgentProcess(Process):  # type: ignore[misc]  # (a Process elsewhere: overrides its hooks)
     """The parent's end of a host's agent: its stdin and stdout, through the ssh master.
 
     The template of every remote process of the host (see the module docstring).  Its commands
@@ -108,7 +108,7 @@ class AgentProcess(Process):
         return self._failure is not None or self._chan.sock is None or self.conn.ssh_ended()
 
 
-class RemoteProcess(Process):
+class RemoteProcess(Process):  # type: ignore[misc]  # (a Process elsewhere: overrides its hooks)
     """A :class:`anyfork.Process` on a remote host (made by :meth:`Host.new_exec` or
     :meth:`Host.new`).
 
@@ -262,7 +262,7 @@ class RemoteProcess(Process):
         # template fetches from the agent (``_child._fetch``), parked there under a token.
         agent = self._agent
         token = secrets.token_hex(16)
-        child = RemoteProcess(agent.conn.open(PARK, token.encode()), self.host, agent, self)
+        child = RemoteProcess._create(agent.conn.open(PARK, token.encode()), self.host, agent, self)
         where = os.path.join(agent.conn.remote_dir, "agent.sock")
         try:
             child._fork_frame = self._command(_wire.FORK, _wire.pack_values([where, token]))
