@@ -41,8 +41,9 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# Processes, RPC and pools, each side by side with its peers in one run (several minutes),
-# then the charts of docs/plots/ from the results in bench/results/.
+# Processes, RPC, pools and remote hosts, each side by side with its peers in one run (several
+# minutes; bench/remote.py runs against the test suite's sshd), then the charts of docs/plots/
+# from the results in bench/results/.
 bench: $(BENCH_STAMP)
 	$(PY) bench/setup.py
 	$(PY) bench/rpc_setup.py
@@ -51,6 +52,7 @@ bench: $(BENCH_STAMP)
 	mkdir -p bench/results
 	set -o pipefail; $(PY) bench/rpc.py | tee bench/results/rpc.txt
 	set -o pipefail; $(PY) bench/pool.py | tee bench/results/pool.txt
+	$(PY) bench/remote.py
 	$(PY) bench/memory.py
 	$(PY) bench/joblib_bench.py
 	$(PY) bench/plots.py

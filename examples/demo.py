@@ -263,3 +263,6 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    from remote_demo import main as remote_demo
+
+    remote_demo()  # (a pool spanning two loopback "hosts", when sshd is installed)

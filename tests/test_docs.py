@@ -16,6 +16,7 @@ How a page's blocks run (in order, in a fresh directory per page):
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -27,7 +28,11 @@ from pathlib import Path
 
 import pytest
 
+import remote_support
 from helpers import eventually
+from sshd import SshServers
+
+sshd = remote_support.sshd  # the suite's SSH servers, for the blocks that need a host
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -137,7 +142,9 @@ def _run(block: Block, workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("page", PYTHON_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_page_examples_run(page: Path, tmp_path: Path) -> None:
+def test_page_examples_run(page: Path, tmp_path: Path, sshd: SshServers) -> None:
+    """Every python block of the page, in order (a block titled ``mod.py`` is a module the later
+    ones import).  The suite's SSH servers stand in for the host the remote blocks name."""
     blocks = [b for b in blocks_of(page) if b.lang == "python"]
     for n, block in enumerate(blocks):
         compile(block.code, block.id, "exec")
@@ -150,6 +157,11 @@ def test_page_examples_run(page: Path, tmp_path: Path) -> None:
             (tmp_path / block.title).write_text(block.code)
         elif block.code.startswith(REMOTE) and not HAVE_REMOTE:
             continue  # compiled above; run where anyfork.remote exists
+        elif block.code.startswith(REMOTE):
+            host = f'Host("host1", ssh_options={sshd.ssh_options!r},'
+            code = block.code.replace('Host("localhost",', host)
+            assert code != block.code, f"{block.id}: a remote block names Host('localhost', ...)"
+            _run(dataclasses.replace(block, code=code), tmp_path)
         else:
             _run(block, tmp_path)
 

@@ -114,6 +114,19 @@ LAZY_FORWARDERS = {
 #: Reach-ins that remain, each ``(module, expression)``: whose they are, and why.  The list
 #: only shrinks: an entry that no longer occurs fails ``test_no_stale_reach_in_allowance``.
 REACH_INS = {
+    # Remote engineer: RemoteProcess and AgentProcess are Processes (subclasses: they override
+    # the protocol hooks); these read another process object's state of the same kind.
+    ("anyfork._pool._worker", "client._proc"): "pool: kills a worker through its process "
+    "(a remote one by its host), as the client kills a condemned one",
+    ("anyfork.remote._connection", "agent._chan"): "remote: the agent's control connection",
+    ("anyfork.remote._connection", "agent._receive"): "remote: the agent's last reports",
+    ("anyfork.remote._connection", "self.agent._chan"): "remote: closing the connection",
+    ("anyfork.remote._connection", "self.agent._failure"): "remote: why the agent failed",
+    ("anyfork.remote._process", "agent._chan"): "remote: waits for the host's fate",
+    ("anyfork.remote._process", "child._fork_frame"): "remote: Lineage._new_child's bookkeeping",
+    ("anyfork.remote._process", "child._let_go"): "remote: Lineage._new_child's bookkeeping",
+    ("anyfork.remote._process", "failed._chan"): "remote: a child its template could not fork",
+    ("anyfork.remote._process", "self._agent._poll_reports"): "remote: exits the host reports",
     # RPC: the template a worker is forked from, primed with the RPC server before the fork.
     ("anyfork._rpc._start", "proc._template"): "RPC: primes the template with the RPC server",
     # RPC engineer: the running server, set on the worker module (worker.event()/flush()).
@@ -137,8 +150,10 @@ LAYERS = (
     ("RPC", ("anyfork._rpc",)),
     ("pool", ("anyfork._pool",)),
     ("early", ("anyfork.early",)),
+    ("remote", ("anyfork.remote",)),
+    ("integrations", ("anyfork.joblib",)),
 )
-SUBPACKAGES = ("_child", "_core", "_rpc", "_pool")
+SUBPACKAGES = ("_child", "_core", "_rpc", "_pool", "remote")
 
 
 class Import(NamedTuple):

@@ -342,11 +342,14 @@ def ahead_of(tmpl: anyfork.Process) -> list[int]:
 def spare_of(template_pid: int, ahead: list[int]) -> int:
     """The template's spare (a child forked ahead also bears a spare's name until its first
     command, when it came from the spare)."""
-    found = eventually(
-        lambda: children(template_pid, spares=True) - children(template_pid) - set(ahead),
-        what="the template's spare",
-    )
-    assert len(found) == 1, {pid: state(pid) for pid in children(template_pid, spares=True)}
+
+    def one() -> set[int] | None:
+        # A child being forked (or one a let-go was discarded for) is seen for a moment too.
+        found = children(template_pid, spares=True) - children(template_pid) - set(ahead)
+        return found if len(found) == 1 else None
+
+    found = eventually(one, what="the template's spare, alone")
+    assert found is not None  # (eventually returns a truthy value)
     return found.pop()
 
 

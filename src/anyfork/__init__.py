@@ -19,6 +19,9 @@ General layout, lowest layer first; a module imports only from its own layer or 
   run by an asyncio and a blocking driver; it imports no asyncio at import time.
 * ``_rpc/`` is RPC on top of processes, and ``_pool/`` pools of RPC workers on top of that.
   ``Process.rpc()`` is the one documented lazy forwarder up the layers.
+* ``remote/`` (``anyfork.remote``) is processes on other hosts over OpenSSH, on top of the
+  process core: its ``_boot`` and ``_agent`` run on the remote host, under the child side's
+  rules (stdlib only, Python 3.8).
 * The sans-IO modules (``_child._wire``, ``_child._rpc_wire``, ``_child._records``,
   ``_pool._core``, ``_pool._policy``, ``_rpc._batching``: ``SANS_IO`` in the test) import no
   sockets, clocks, event loop, threads or signals.
@@ -46,6 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
     from ._errors import EncodeError as EncodeError
     from ._errors import ProtocolError as ProtocolError
     from ._errors import RemoteError as RemoteError
+    from ._errors import RemoteHostError as RemoteHostError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
     from ._errors import SpawnError as SpawnError
@@ -69,6 +73,7 @@ _LAZY = {
     "EncodeError": "_errors",
     "ProtocolError": "_errors",
     "RemoteError": "_errors",
+    "RemoteHostError": "_errors",
     "RemoteTraceback": "_errors",
     "SerializationError": "_errors",
     "SpawnError": "_errors",

@@ -2,7 +2,10 @@
 
     AnyforkError(Exception)           base of everything below
     ├── SpawnError                    the process could not be created or died before ``run``:
-    │                                 exec failed, its template is dead, fork failed
+    │   │                             exec failed, its template is dead, fork failed
+    │   └── RemoteHostError           a remote host cannot be used: ssh failed (unreachable,
+    │                                 refused, authentication, host key), its Python is missing
+    │                                 or too old, or the connection to it was lost (.host)
     ├── WorkerDiedError               a process died while calls were outstanding
     │                                 (.pid, .returncode, .signal)
     ├── ProtocolError                 the byte stream broke its rules (a bug or a corrupted stream)
@@ -35,6 +38,7 @@ __all__ = [
     "EncodeError",
     "ProtocolError",
     "RemoteError",
+    "RemoteHostError",
     "RemoteTraceback",
     "SerializationError",
     "SpawnError",
@@ -48,6 +52,22 @@ class AnyforkError(Exception):
 
 class SpawnError(AnyforkError):
     """The process could not be created, or it died before ``run`` handed its socket over."""
+
+
+class RemoteHostError(SpawnError):
+    """A remote host (``anyfork.remote.Host``) cannot be used: ssh could not connect (host
+    unreachable, connection refused, authentication failed, host key mismatch), the remote
+    Python is missing or older than 3.8, or the connection to the host was lost.
+
+    ``host`` is the destination as given to ``Host``; the message names it and says why.
+    """
+
+    def __init__(self, message: str, host: str = ""):
+        super().__init__(message)
+        self.host = host
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.host))
 
 
 class WorkerDiedError(AnyforkError):

@@ -275,7 +275,7 @@ class AsyncServer:
         results: list[Any] = []
         failure: Exception | None = None
         try:
-            for args in zip(*columns, strict=True):
+            for args in zip(*columns):  # noqa: B905  # load_batch made them as long; strict= is 3.10+
                 result = func(*args)
                 if isawaitable(result):
                     result = await result

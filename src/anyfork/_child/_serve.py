@@ -295,6 +295,13 @@ class Server(Forker):
                 raise
             self.args.extend(map(Fd, fds, specs))
         elif op == _wire.FORK:
+            if not fds and payload:
+                # Hook for anyfork.remote: the child's connection is fetched from the agent.
+                from ._fetch import fetch_or_report
+
+                fds = fetch_or_report(self, payload)
+                if not fds:
+                    return
             if len(fds) != 1:
                 for fd in fds:
                     os.close(fd)

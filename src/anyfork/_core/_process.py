@@ -486,6 +486,11 @@ class Process(Lineage, metaclass=NoPublicConstructor):
 
     # -- internals -------------------------------------------------------------------------
 
+    def _where(self) -> str:
+        """Hook for ``anyfork.remote``: what errors about this process add after its pid (the
+        host it runs on, and whether the connection to it is lost); nothing for a local one."""
+        return ""
+
     def _start_run(self, func: Func) -> str:
         self._check_open()
         ref = self._prepare_func(func)

@@ -8,13 +8,13 @@ import warnings
 from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
-from .._core._process import Func, Process
+from .._core._process import Func
 from .._util import publish
 from ._aio_engine import AsyncEngine
 from ._map import Delivery, Progress, amap, window_size
 from ._records import PoolStatistics, describe
 from ._system import settings
-from ._worker import START_TIMEOUT, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,9 +41,15 @@ class Pool(AsyncEngine):
             if it dies it is recreated.
             A template you pass is never closed by the pool, and if it dies every call the
             pool cannot serve fails with ``SpawnError``.
+            Or several, each with its cap (the most workers forked from it at once):
+            ``[(anyfork.new(), 2), (host_a.new(), 4), (host_b.new(), 4)]`` (local and remote
+            templates, ``anyfork.remote``: one pool spanning hosts).  A new worker is forked
+            from the template with the fewest workers for its cap; one whose start fails gets
+            no more workers (a lost host: only the calls its workers ran fail).  ``max``
+            defaults to the caps' sum.
         func: the function, as ``"module:qualname"`` or a module-level function object.
         max: most workers at once (default: the CPUs this process may use, or ``idle`` if
-            larger).
+            larger; the caps' sum for several templates).
         idle: fewest idle workers, and the initial size; ``0`` lets the pool shrink to zero.
         load: calls sent to one worker at once (1: lowest latency; 2: full throughput with the
             sync backend).
@@ -88,7 +94,7 @@ class Pool(AsyncEngine):
     @other_pools_names("Pool")
     def __init__(
         self,
-        template: Process | None,
+        template: Templates,
         func: Func,
         *,
         max: int | None = None,  # the name the original uses
@@ -111,7 +117,7 @@ class Pool(AsyncEngine):
         super().__init__(
             template,
             func,
-            settings(max, idle, load, start, stop),
+            settings(capacity(template, max), idle, load, start, stop),
             max_calls,
             max_memory,
             on_error,

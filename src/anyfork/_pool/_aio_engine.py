@@ -25,7 +25,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Func, Process
+from .._core._process import Func
 from .._errors import ClosedError, WorkerDiedError
 from .._rpc._batching import service_time
 from .._rpc._start import Client
@@ -36,7 +36,7 @@ from ._core import Halt, Job, Launch, PoolCore, Send
 from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
 from ._system import rss
-from ._worker import STOP_TIMEOUT, Starter, kill
+from ._worker import STOP_TIMEOUT, Starter, Templates, kill
 
 
 class _Worker(Worker):
@@ -54,7 +54,7 @@ class AsyncEngine:
 
     def __init__(
         self,
-        template: Process | None,
+        template: Templates,
         func: Func,
         settings: _policy.Settings,
         max_calls: int | None,

@@ -23,7 +23,7 @@ from . import _watch
 from ._map import Delivery, Progress, Results, bmap, window_size
 from ._records import PoolStatistics, describe
 from ._threads import ThreadsEngine
-from ._worker import START_TIMEOUT, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class BlockingPool(_Face):
     @other_pools_names("BlockingPool")
     def __init__(
         self,
-        template: Process | None,
+        template: Templates,
         func: Func,
         *,
         max: int | None = None,  # the name the original uses
@@ -224,8 +224,8 @@ class PoolExecutor(_Face, cf.Executor):
         initargs: its arguments.
         max_tasks_per_child: a worker is replaced after this many calls (a batch of ``map``
             counts as one, as a chunk does in the standard library).
-        template: the process workers are forked from (see :class:`anyfork.Pool`; default:
-            the pool's own, forked from the default template).
+        template: the process workers are forked from, or several with their caps (see
+            :class:`anyfork.Pool`; default: the pool's own, forked from the default template).
         func: the one function the pool serves (``"module:qualname"`` or the function);
             ``submit`` then takes only that function, sent by name.  Default ``None``: any
             function, travelling with its arguments through the serialiser (by reference
@@ -268,7 +268,7 @@ class PoolExecutor(_Face, cf.Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
         *,
-        template: Process | None = None,
+        template: Templates = None,
         func: Func | None = None,
         # As the standard library's: a worker per call until max_workers, at once, and no
         # spare kept idle.

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Func, Process
+from .._core._process import Func
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
 from .._rpc._blocking import BlockingClient
 from . import _daemon, _futures, _policy, _watch
@@ -44,7 +44,7 @@ from ._records import PoolStatistics, Worker
 from ._system import rss, settings
 from ._threads_closing import Closing
 from ._watch import Changes, Clock, Watcher, died_idle
-from ._worker import STOP_TIMEOUT, Starter
+from ._worker import STOP_TIMEOUT, Starter, Templates, capacity
 
 
 class _Worker(Worker):
@@ -66,7 +66,7 @@ class ThreadsEngine(Closing):
 
     def __init__(
         self,
-        template: Process | None,
+        template: Templates,
         func: Func,
         *,
         max: int | None = None,
@@ -86,7 +86,7 @@ class ThreadsEngine(Closing):
         #: An executor: a worker's start-up error is also a ``BrokenProcessPool``.
         self._executor = face == "PoolExecutor"
         self._core: PoolCore[_Worker, Call] = PoolCore(
-            settings(max, idle, load, start, stop),
+            settings(capacity(template, max), idle, load, start, stop),
             max_calls=max_calls,
             max_memory=max_memory,
             new_worker=_Worker,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import pickle
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from .._core._process import Func, Process, func_ref
@@ -57,6 +57,63 @@ _THEIRS["BlockingPool"] = _THEIRS["Pool"]
 _SETUP = "anyfork._pool._in_worker:setup"
 #: Loaded in the parent once a multiprocessing.Manager (whose proxies need the authkey) can be.
 _MANAGERS = "multiprocessing.managers"
+
+
+#: What a pool is given to fork its workers from: one template (``None``: the pool's own), or
+#: several, each with its cap, ``[(template, cap), ...]`` (local and remote ones: a pool
+#: spanning hosts; see ``Groups``).
+Templates = Process | Sequence[tuple[Process, int]] | None
+
+
+class Group:
+    """One of several templates a pool forks from, with its cap (the most workers it starts
+    from it at once) and the clients of the workers it started (weakly: a closed or dead
+    worker's client is not usable any more, and no longer counts)."""
+
+    __slots__ = ("cap", "clients", "failure", "starting", "template")
+
+    def __init__(self, template: Process, cap: int) -> None:
+        self.template = template
+        self.cap = cap
+        self.clients: list[weakref.ref[Client | BlockingClient]] = []
+        self.starting = 0  # workers being started from it
+        #: Why starting a worker from it failed: it gets no more workers (a host that fails
+        #: stops receiving calls; only the calls its own workers had fail).
+        self.failure: BaseException | None = None
+
+    def live(self) -> int:
+        """Its workers: started and usable, or starting."""
+        self.clients = [ref for ref in self.clients if (c := ref()) is not None and c.usable]
+        return len(self.clients) + self.starting
+
+
+def groups_of(template: Templates) -> list[Group] | None:
+    """The groups of a pool given several templates (``None`` for one template); raises
+    ``TypeError``/``ValueError`` for a malformed list."""
+    if not isinstance(template, (list, tuple)):
+        return None  # one template (or not a template: ``Starter`` says so)
+    groups: list[Group] = []
+    for entry in template:
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], Process)):
+            raise TypeError(
+                f"a pool's templates are [(template, cap), ...] with anyfork.Process templates, "
+                f"not {entry!r} in {template!r}"
+            )
+        cap = entry[1]
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+            raise ValueError(f"a template's cap is an int >= 1, not {cap!r}")
+        groups.append(Group(entry[0], cap))
+    if not groups:
+        raise ValueError("a pool's list of templates is empty")
+    return groups
+
+
+def capacity(template: Templates, max: int | None) -> int | None:
+    """A pool's ``max``: as given, or (several templates) the sum of their caps."""
+    groups = groups_of(template)
+    if max is None and groups is not None:
+        return sum(group.cap for group in groups)
+    return max
 
 
 def _drop(*args: object) -> None:
@@ -120,13 +177,16 @@ class Starter:
 
     def __init__(
         self,
-        template: Process | None,
+        template: Templates,
         func: Func,
         rpc_options: dict[str, Any],
         face: str = "Pool",
         setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
     ) -> None:
-        if template is not None and not isinstance(template, Process):
+        self._groups = groups_of(template)
+        if self._groups is not None:
+            template = None
+        elif template is not None and not isinstance(template, Process):
             raise TypeError(
                 f"a pool's template is an anyfork.Process or None, not {template!r} (the function "
                 f"comes second: Pool(None, 'module:function'))"
@@ -157,7 +217,7 @@ class Starter:
                 ) from exc
         self._rpc_options = options
         self._template = template
-        self._owned = template is None
+        self._owned = template is None and self._groups is None
         self._lock = threading.Lock()  # the threads engine starts workers from several threads
         self._keyless = False  # a worker was started without the parent's authkey
         from .._child._serializers import get
@@ -213,9 +273,13 @@ class Starter:
                 proc = tmpl.fork()
                 init, keyed = self._prepare(proc)
                 options = self._options(on_retire, **callbacks, **init)
-                return await proc.rpc(self.func, **options), keyed
+                client = await proc.rpc(self.func, **options)
+                self._started(tmpl, client)
+                return client, keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
+            finally:
+                self._release(tmpl)
             if error is not None:
                 raise error  # outside the except clause: the chain stays the error's own
         raise AssertionError("unreachable")  # pragma: no cover
@@ -227,9 +291,13 @@ class Starter:
             try:
                 proc = tmpl.fork()
                 init, keyed = self._prepare(proc)
-                return proc.rpc_blocking(self.func, **self._options(on_retire, **init)), keyed
+                client = proc.rpc_blocking(self.func, **self._options(on_retire, **init))
+                self._started(tmpl, client)
+                return client, keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
+            finally:
+                self._release(tmpl)
             if error is not None:
                 raise error
         raise AssertionError("unreachable")  # pragma: no cover
@@ -240,11 +308,46 @@ class Starter:
         from .._rpc._start import prime
 
         with self._lock:
-            tmpl = self._template
-            if tmpl is None:
-                tmpl = self._template = _own_template(self.func)
+            if self._groups is not None:
+                tmpl = self._choose(self._groups)
+            else:
+                tmpl = self._template or _own_template(self.func)
+                self._template = tmpl
         prime(tmpl)
         return tmpl
+
+    @staticmethod
+    def _choose(groups: list[Group]) -> Process:
+        """Several templates: the one with the fewest workers for its cap, among those that
+        have not failed (the policy never asks for more than the caps' sum: ``capacity``).
+        The worker is counted at once, as starting, so that starts in several threads spread."""
+        roomy = [g for g in groups if g.failure is None and g.live() < g.cap]
+        if not roomy:
+            failed = [g.failure for g in groups if g.failure is not None]
+            why = f" (a template failed: {failed[-1]})" if failed else ""
+            raise SpawnError(f"every template of the pool is at its cap or has failed{why}")
+        group = min(roomy, key=lambda g: g.live() / g.cap)
+        group.starting += 1
+        return group.template
+
+    def _group(self, tmpl: Process) -> Group | None:
+        for group in self._groups or ():
+            if group.template is tmpl:
+                return group
+        return None
+
+    def _started(self, tmpl: Process, client: Client | BlockingClient) -> None:
+        with self._lock:
+            group = self._group(tmpl)
+            if group is not None:
+                group.clients.append(weakref.ref(client))
+
+    def _release(self, tmpl: Process) -> None:
+        """A start from ``tmpl`` is over (its worker, if any, is counted by its client)."""
+        with self._lock:
+            group = self._group(tmpl)
+            if group is not None:
+                group.starting -= 1
 
     def _failed(self, tmpl: Process, exc: SpawnError, retry: bool) -> BaseException | None:
         """Starting a worker forked from ``tmpl`` raised ``exc``.  Returns the error to raise,
@@ -256,6 +359,14 @@ class Starter:
         to import the function's module (a typo), the error is that failure, of the type
         ``rpc()`` raises for the same mistake (``ModuleNotFoundError``, also an
         ``AnyforkError``), and trying again would only repeat it."""
+        if self._groups is not None:
+            # That template stops receiving workers; another one is tried (once).
+            with self._lock:
+                group = self._group(tmpl)
+                if group is not None:
+                    group.failure = exc
+                others = any(g.failure is None for g in self._groups)
+            return None if retry and others else exc
         if not self._owned:
             return exc
         with self._lock:
@@ -299,4 +410,6 @@ def kill(pid: int | None, client: Facts | None) -> None:
     worker's end: the pid is not reused yet)."""
     if pid is not None and client is not None and client.usable:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            # Through the process (a remote worker's pid is not one of this host's; its host
+            # kills it), as the client itself kills a condemned worker.
+            client._proc.kill(signal.SIGKILL)

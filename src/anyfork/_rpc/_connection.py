@@ -97,10 +97,14 @@ class RpcConnection:
         on_error: Callable[[BaseException], object] | None = None,
         on_close: Callable[[], object] | None = None,
         on_retire: Callable[[], object] | None = None,
+        where: Callable[[], str] | None = None,
     ):
         self.codec = codec
         self.backend = backend
         self.pid = pid
+        # What errors add after the worker's pid, asked when they are made: a remote worker's
+        # host, and whether the connection to it was lost (``Process._where``).
+        self._where = where
         self.state = STARTING
         # How many calls (or batches) the worker runs at once: a map keeps them all busy.
         self.slots = concurrency if backend == "async" else 1
@@ -132,6 +136,10 @@ class RpcConnection:
 
     # -- facts --------------------------------------------------------------------------------
 
+    def _who(self) -> str:
+        """The worker as errors name it: its pid (and, remote, its host)."""
+        return f"pid {self.pid}{self._where() if self._where is not None else ''}"
+
     @property
     def usable(self) -> bool:
         return self.state == READY and self.kill_reason is None and not self.eof
@@ -156,7 +164,7 @@ class RpcConnection:
             # Condemned: its SIGKILL is on its way (or done), and a call sent now would die with
             # it.
             raise WorkerDiedError(
-                f"the RPC worker (pid {self.pid}) has been killed because {self.kill_reason}; "
+                f"the RPC worker ({self._who()}) has been killed because {self.kill_reason}; "
                 f"the call was not sent",
                 self.pid,
                 self.returncode,
@@ -165,7 +173,7 @@ class RpcConnection:
             # The worker ended the connection by itself (it exited, or was killed) while idle.
             how = describe_returncode(self.returncode)
             raise WorkerDiedError(
-                f"the RPC worker (pid {self.pid}) has exited ({how}); the call was not sent",
+                f"the RPC worker ({self._who()}) has exited ({how}); the call was not sent",
                 self.pid,
                 self.returncode,
             )
@@ -332,7 +340,7 @@ class RpcConnection:
         except _Stopped as stopped:
             return self._broken(stopped.err)
         except W.RpcWireError as exc:
-            err = ProtocolError(f"the RPC worker (pid {self.pid}) sent a broken stream: {exc}")
+            err = ProtocolError(f"the RPC worker ({self._who()}) sent a broken stream: {exc}")
             err.__cause__ = exc.__cause__
             return self._broken(err)
         if not eof or self.io_done:
@@ -348,7 +356,7 @@ class RpcConnection:
         return CLOSED
 
     def read_failed(self, exc: OSError) -> str:
-        err = ProtocolError(f"reading from the RPC worker (pid {self.pid}) failed: {exc}")
+        err = ProtocolError(f"reading from the RPC worker ({self._who()}) failed: {exc}")
         err.__cause__ = exc
         return self._broken(err)
 
@@ -414,7 +422,7 @@ class RpcConnection:
             # The worker's word that our stream broke the protocol (it stops).
             context = f"(from anyfork RPC worker pid {self.pid})"
             stopped = rebuild_record(payload, context, ours=True)
-            halt = ProtocolError(f"the RPC worker (pid {self.pid}) stopped: {stopped}")
+            halt = ProtocolError(f"the RPC worker ({self._who()}) stopped: {stopped}")
             halt.__cause__ = stopped
             raise _Stopped(halt)
         if kind == W.READY and self.state != STARTING and self.failure is None:
@@ -507,7 +515,7 @@ class RpcConnection:
             how += ", in the middle of a frame"
         reason = f": it was killed because {self.kill_reason}" if self.kill_reason else ""
         err = WorkerDiedError(
-            f"the RPC worker (pid {self.pid}) died with calls outstanding ({how}){reason}",
+            f"the RPC worker ({self._who()}) died with calls outstanding ({how}){reason}",
             self.pid,
             returncode,
         )
@@ -531,7 +539,7 @@ class RpcConnection:
         if self.failure is None:
             how = describe_returncode(returncode)
             self.failure = SpawnError(
-                f"the RPC worker (pid {self.pid}) exited during start-up ({how})"
+                f"the RPC worker ({self._who()}) exited during start-up ({how})"
             )
         self.state = BROKEN
         return self.failure

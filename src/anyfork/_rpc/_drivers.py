@@ -53,6 +53,7 @@ class Facts:
 
     __slots__ = ()
     _conn: RpcConnection
+    _proc: Process  # the worker (a pool kills it through it: a remote one by its host)
 
     def __repr__(self) -> str:
         conn = self._conn

@@ -207,7 +207,7 @@ async def rpc(
         conn = RpcConnection(
             codec, backend, proc.pid, functools.partial(_client.emit, loop),
             concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
-            on_retire=_on_retire,
+            on_retire=_on_retire, where=proc._where,
         )  # fmt: skip
         client = Client._create(proc, sock, conn, loop=loop)
     except BaseException:
@@ -242,7 +242,7 @@ def rpc_blocking(
         conn = RpcConnection(
             codec, backend, proc.pid, _blocking.emit,
             concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
-            on_retire=_on_retire,
+            on_retire=_on_retire, where=proc._where,
         )  # fmt: skip
         client = BlockingClient._create(proc, sock, conn)
     except BaseException:
