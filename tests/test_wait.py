@@ -227,3 +227,31 @@ def test_early_and_main_templates_and_their_children(how: str) -> None:
     assert out["children"] == {"normal exit": 0, "exit status 3": 3, "killed": -9}
     assert out["template"] == 0
     assert out["template_returncode"] == 0
+
+
+def test_many_threads_waiting_on_children_of_one_template_all_return() -> None:
+    """Threads waiting at once for children of one template (a pool's workers closing) wait on
+    the same template socket: whichever reads the reports takes the others' too, so each wait
+    must look again for its status (once, the others slept until their deadline: 5 s each)."""
+    import threading
+
+    tmpl = anyfork.new().eval("def until_eof(sock):\n    sock.recv(1)\n")
+    children = [tmpl.fork() for _ in range(8)]
+    socks = [child.run_blocking("until_eof", timeout=10) for child in children]
+    statuses: dict[int, object] = {}
+
+    def wait(i: int) -> None:
+        try:
+            statuses[i] = children[i].wait_blocking(timeout=8)
+        except BaseException as exc:
+            statuses[i] = exc
+
+    threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(children))]
+    for thread in threads:
+        thread.start()
+    for sock in socks:  # the children see EOF and exit together
+        sock.close()
+    for thread in threads:
+        thread.join(30)
+    tmpl.close()
+    assert statuses == dict.fromkeys(range(len(children)), 0)

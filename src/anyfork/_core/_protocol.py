@@ -50,6 +50,9 @@ _EXIT_REPORT_WAIT = 1.0
 #: children than this whose exit it has not reported (a fraction of the ~270 reports its
 #: socket holds; beyond them the template keeps the rest itself, it never blocks).
 _DRAIN_BACKLOG = 32
+#: How often a wait for an exit report looks again (another waiter on the same template may
+#: have read it: see ``_exit_op``).
+RECHECK = 0.05
 
 _OPEN, _HANDED, _CLOSED = "open", "handed", "closed"
 
@@ -292,7 +295,10 @@ class ProcessProtocol:
                     f"the exit status of {self._name()} is lost: its template "
                     f"({tmpl._name()}) ended, or was handed over, before reporting it"
                 )
-            yield Wait(READ, tmpl._chan)
+            # Other threads may wait on the same template (a pool's workers closing at once):
+            # whichever reads the reports takes ours too, and our poll would sleep on until
+            # more bytes came.  Look again at least every RECHECK seconds.
+            yield Wait(READ, tmpl._chan, until=time.monotonic() + RECHECK)
 
     def _status(self) -> int | None:
         """The exit status known so far (a call, which the reports it waits for may change)."""
