@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -289,3 +291,36 @@ def result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     """The script's JSON line (the last line of its stdout)."""
     value: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
     return value
+
+
+# -- the interpreters this machine has ----------------------------------------------------------
+
+#: Where this machine's interpreters may be (pyenv's, the system's).
+PYENV = Path(os.path.expanduser("~/.pyenv/versions"))
+
+
+@functools.cache
+def interpreters() -> dict[tuple[int, int], str]:
+    """Every Python this machine has, by version (the newest of each minor version)."""
+    candidates = sorted(PYENV.glob("*/bin/python3")) + sorted(PYENV.glob("*/bin/python"))
+    for minor in range(6, 20):
+        found = shutil.which(f"python3.{minor}")
+        if found:
+            candidates.append(Path(found))
+    found = shutil.which("python3")
+    if found:
+        candidates.append(Path(found))
+    by_version: dict[tuple[int, int], str] = {}
+    for path in candidates:
+        try:
+            out = subprocess.run(
+                [str(path), "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if len(out) == 2:
+            by_version.setdefault((int(out[0]), int(out[1])), str(path))
+    return by_version

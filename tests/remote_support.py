@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,42 +19,12 @@ import pytest
 
 from anyfork.remote import Host
 from anyfork.remote._connection import Connection
-from helpers import eventually
+from helpers import eventually, interpreters
 from sshd import SshServers, comm, descendants
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 
-#: Where this machine's interpreters may be (pyenv's, the system's).
-PYENV = Path(os.path.expanduser("~/.pyenv/versions"))
-
-
-def _interpreters() -> dict[tuple[int, int], str]:
-    """Every Python this machine has, by version (the newest of each minor version)."""
-    candidates = sorted(PYENV.glob("*/bin/python3")) + sorted(PYENV.glob("*/bin/python"))
-    for minor in range(6, 20):
-        found = shutil.which(f"python3.{minor}")
-        if found:
-            candidates.append(Path(found))
-    found = shutil.which("python3")
-    if found:
-        candidates.append(Path(found))
-    by_version: dict[tuple[int, int], str] = {}
-    for path in candidates:
-        try:
-            out = subprocess.run(
-                [str(path), "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if len(out) == 2:
-            by_version.setdefault((int(out[0]), int(out[1])), str(path))
-    return by_version
-
-
-INTERPRETERS = _interpreters()
+INTERPRETERS = interpreters()
 SUPPORTED = sorted(v for v in INTERPRETERS if v >= (3, 8))
 #: The oldest and the newest Python this machine has that anyfork supports remotely.
 OLDEST_AND_NEWEST = sorted({SUPPORTED[0], SUPPORTED[-1]})

@@ -21,10 +21,6 @@ from test_rpc_wire import Marshal
 face = rpc_faces.face  # the fixture: a test taking it runs with each face
 
 
-msgpack = pytest.importorskip("msgpack")
-cloudpickle = pytest.importorskip("cloudpickle")
-
-
 class _Events:
     def __init__(self) -> None:
         self.items: list[tuple[Any, ...]] = []

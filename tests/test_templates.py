@@ -11,27 +11,21 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import anyfork
-from helpers import alive, eventually, result, run_script
+from helpers import alive, eventually, interpreters, result, run_script
 
-
-def _interpreter(version: str) -> Any:
-    python = Path.home() / ".pyenv" / "versions" / version / "bin" / "python"
-    return pytest.param(
-        str(python),
-        id=version,
-        marks=pytest.mark.skipif(not python.exists(), reason=f"no Python {version} at {python}"),
-    )
-
-
+#: The program's interpreter, and every other this machine has from 3.12 on (where CPython
+#: warns about forking a threaded process): pyenv's here; a machine without them tests its own.
 INTERPRETERS = [
     pytest.param(sys.executable, id="current"),
-    _interpreter("3.12.1"),
-    _interpreter("3.13.0"),
+    *(
+        pytest.param(path, id=f"{major}.{minor}")
+        for (major, minor), path in sorted(interpreters().items())
+        if (major, minor) >= (3, 12) and (major, minor) != sys.version_info[:2]
+    ),
 ]
 
 
