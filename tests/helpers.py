@@ -58,13 +58,13 @@ def children(pid: int | None = None, *, spares: bool = False) -> set[int]:
     found: set[int] = set()
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going (ESRCH) meanwhile
         return found
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/children") as f:
                 found.update(int(p) for p in f.read().split())
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass
     if not spares:
         found = {p for p in found if not is_spare(p)}
