@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
+import pytest
+
 import anyfork
 from anyfork import PoolStatistics
 from helpers import DEADLINE, WAIT
@@ -311,3 +313,13 @@ FACES: dict[str, Callable[[], Face]] = {
     "BlockingPool": BlockingPoolFace,
     "PoolExecutor": ExecutorFace,
 }
+
+
+@pytest.fixture(params=list(FACES))
+def face(request: pytest.FixtureRequest) -> Iterator[Face]:
+    """Each face of the pools in turn (a test module takes it with ``face = pool_faces.face``)."""
+    f = FACES[request.param]()
+    try:
+        yield f
+    finally:
+        f.shutdown()

@@ -8,7 +8,6 @@ too, by hand and by hypothesis."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,13 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import anyfork
+import pool_faces
 import pool_funcs
 from anyfork._pool import _policy
 from anyfork._pool._core import Launch, PoolCore, Send
 from anyfork._pool._map import Delivery, MapJob, Results, Unit, bmap
 from anyfork._pool._records import Worker
 from anyfork._rpc._batching import BatchResult
-from pool_faces import FACES, Face
+from pool_faces import Face
 
 # -- the bookkeeping, without processes ----------------------------------------------------------
 
@@ -165,13 +165,7 @@ def test_the_core_gives_a_jobs_calls_to_the_least_loaded_workers() -> None:
 # -- every face ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=list(FACES))
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    f = FACES[request.param]()
-    try:
-        yield f
-    finally:
-        f.shutdown()
+face = pool_faces.face  # the fixture: each test taking it runs on every face
 
 
 def collect(results: Any, out: list[Any]) -> None:

@@ -7,25 +7,18 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import anyfork
+import pool_faces
 from anyfork._pool import _map
 from helpers import run
-from pool_faces import FACES, Face
+from pool_faces import Face
 
-
-@pytest.fixture(params=list(FACES))
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    f = FACES[request.param]()
-    try:
-        yield f
-    finally:
-        f.shutdown()
+face = pool_faces.face  # the fixture: each test taking it runs on every face
 
 
 def test_a_calls_events_go_to_its_own_handler_the_others_to_the_pools(face: Face) -> None:

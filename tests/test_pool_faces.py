@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import anyfork
+import pool_faces
 from anyfork import PoolStatistics
 from helpers import WAIT, Gate, alive, eventually, run
 from pool_faces import FACES, Face
@@ -28,13 +29,7 @@ ALL = list(FACES)
 ABANDONING = ["Pool", "BlockingPool"]
 
 
-@pytest.fixture(params=ALL)
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    f = FACES[request.param]()
-    try:
-        yield f
-    finally:
-        f.shutdown()
+face = pool_faces.face  # the fixture: each test taking it runs on every face
 
 
 def faces(*names: str) -> pytest.MarkDecorator:

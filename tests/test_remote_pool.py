@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import anyfork
+import pool_faces
 import remote_support
 from anyfork.remote import Host
 from helpers import eventually
@@ -26,13 +27,7 @@ remote_clean = remote_support.remote_clean
 pytestmark = pytest.mark.usefixtures("remote_clean")
 
 
-@pytest.fixture(params=list(FACES))
-def face(request: pytest.FixtureRequest) -> Iterator[Face]:
-    f = FACES[request.param]()
-    try:
-        yield f
-    finally:
-        f.shutdown()
+face = pool_faces.face  # the fixture: each test taking it runs on every face
 
 
 @pytest.fixture

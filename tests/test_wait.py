@@ -20,7 +20,16 @@ import pytest
 
 import anyfork
 from anyfork._child import _wire
-from helpers import FACES, alive, eventually, recv_all, result, run_script, wait_on
+from helpers import (
+    FACES,
+    alive,
+    eventually,
+    recv_all,
+    recv_exactly,
+    result,
+    run_script,
+    wait_on,
+)
 
 MakeProcess = Callable[[], anyfork.Process]
 
@@ -148,7 +157,7 @@ def test_prefork_server_shutdown_recipe(face: str) -> None:
     workers = [tmpl.fork() for _ in range(3)]
     socks = [w.run_blocking("childfuncs:serve_pids", timeout=10) for w in workers]
     for sock in socks:
-        assert recv_all_n(sock, 5) == b"ready"
+        assert recv_exactly(sock, 5) == b"ready"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(10)
         client.connect(address)
@@ -161,17 +170,6 @@ def test_prefork_server_shutdown_recipe(face: str) -> None:
     assert wait_on(face, tmpl, "wait") == 0
     for sock in socks:
         sock.close()
-
-
-def recv_all_n(sock: socket.socket, n: int) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_status_lost_with_the_template_is_a_clear_error() -> None:

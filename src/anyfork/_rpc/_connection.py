@@ -207,17 +207,7 @@ class RpcConnection:
         if self.state != READY or self.kill_reason is not None:
             self.check_usable()
         chunks, size = encode(self.codec, args, kwargs)
-        # _register inlined: the hot path of every call.
-        cid = self._next_id
-        pending = self.pending
-        while True:
-            cid = cid + 1 if cid < W.MAX_ID else 1
-            if cid not in pending and cid not in self._abandoned:
-                break
-        self._next_id = cid
-        pending[cid] = waiter
-        if on_event is not None:
-            self._handlers[cid] = on_event
+        cid = self._register(waiter, on_event)
         self.out.queue(W.CALL, cid, chunks, size)
         return cid
 
