@@ -97,8 +97,7 @@ print(json.dumps({{
     "pids": [running.pid, client.pid, conn.agent._pid],
     "remote": conn.remote_dir, "local": conn.local, "ssh": conn.ssh_pid,
 }}), flush=True)
-if sys.argv[1] == "wait":
-    sys.stdin.read()  # until killed
+sys.stdin.readline()  # "wait": until killed; "exit": until the test has looked (a handshake)
 """
 
 
@@ -125,6 +124,10 @@ def test_the_parent_exiting_or_killed_ends_every_remote_process(
         assert all(not pid_gone(p) for p in pids)
         if end == "SIGKILL":
             parent.kill()
+        else:
+            assert parent.stdin is not None
+            parent.stdin.write(b"\n")  # now exit
+            parent.stdin.flush()
         assert parent.wait(timeout=60) == (-signal.SIGKILL if end == "SIGKILL" else 0)
         ssh = facts["ssh"]
         assert isinstance(ssh, int)
