@@ -16,9 +16,11 @@ import pytest
 
 import anyfork
 import batch_funcs
+import pool_funcs
 from anyfork._child import _target
 from anyfork._child._rpc_server import batch_calls
-from anyfork._pool._map import STRETCH, Delivery, MapJob, Unit
+from anyfork._pool._aio import STRETCH
+from anyfork._pool._map import Delivery, MapJob, Unit
 from anyfork._rpc._batching import BatchResult, Sizer
 from anyfork._rpc._connection import Backend
 from helpers import WAIT
@@ -199,3 +201,41 @@ def test_pool_map_lets_the_loop_run_while_its_consumer_takes_a_big_batch() -> No
     seen = asyncio.run(asyncio.wait_for(main(), WAIT))
     assert len(seen) == 4 * STRETCH - 1
     assert len(set(seen)) >= 3  # the ticker ran while the one call's results were taken
+
+
+def test_awaiting_a_pool_map_gives_the_list_and_the_first_failure_in_item_order() -> None:
+    """``await pool.map(xs)`` is ``multiprocessing.Pool.map``'s list, in order, batches and
+    all; a failure is raised instead of the list (the first in item order), and the results
+    are taken once, one way or the other."""
+
+    async def main() -> None:
+        async with anyfork.Pool(None, "pool_funcs:double", max=2) as pool:
+            assert await pool.map(range(20_000)) == [2 * x for x in range(20_000)]
+            assert await pool.map([]) == []
+            assert await pool.map(range(5), chunksize=2) == [0, 2, 4, 6, 8]
+            results = pool.map(range(3))
+            assert await results == [0, 2, 4]
+            with pytest.raises(RuntimeError, match="taken once"):
+                await results
+            with pytest.raises(RuntimeError, match="taken once"):
+                async for _ in results:
+                    pass
+            assert await anext(pool.map([21])) == 42
+        async with anyfork.Pool(None, "pool_funcs:fail_at", max=2) as pool:
+            with pytest.raises(pool_funcs.PoolError, match="item 7"):
+                await pool.map([7] * 5000, range(5000))
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_a_pool_map_closed_before_it_is_taken_cannot_be_taken_and_queued_nothing() -> None:
+    async def main() -> None:
+        async with anyfork.Pool(None, "pool_funcs:double", max=1) as pool:
+            results = pool.map(itertools.count())
+            await results.aclose()
+            with pytest.raises(RuntimeError, match="taken once"):
+                await results
+            assert await pool(4) == 8
+            assert pool.statistics().queued == 0
+
+    asyncio.run(asyncio.wait_for(main(), WAIT))

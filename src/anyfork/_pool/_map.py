@@ -20,14 +20,12 @@ calls ahead; ``PoolExecutor.map`` takes every item at once, as ``concurrent.futu
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Sized
-from itertools import repeat
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, TypeVar, cast
 
 from .._rpc._batching import BatchResult, Sizer
@@ -342,57 +340,6 @@ class Delivery:
         for unit in self.job.close():
             self._withdraw(unit)
         self._close_bar()
-
-
-#: Results a ``Pool.map`` gives between two runs of its loop.
-STRETCH = 4096
-
-
-async def amap(delivery: Delivery) -> AsyncGenerator[Any, None]:
-    """The results of a map in order, awaited (on the pool's loop, which reports outcomes)."""
-    job = delivery.job
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] | None = None
-
-    def on_change() -> None:
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    job.on_change = on_change
-    try:
-        while True:
-            delivery.pump()
-            with job.changed:
-                try:
-                    unit = delivery.next_unit()
-                except StopIteration:
-                    return
-            if unit is None:
-                # Outcomes are reported on this loop: none can come between the look and here.
-                fut = loop.create_future()
-                await fut
-                continue
-            delivery.delivered(unit)
-            # Each result is let go of as it is given (it is its consumer's alone, as in
-            # ``draining``): popped from the end of the reversed list, 20% cheaper per item
-            # than ``draining`` here, where every item costs an ``async for`` step anyway.
-            results = unit.results
-            results.reverse()
-            pop = results.pop
-            while results:
-                for _ in repeat(None, min(STRETCH, len(results))):
-                    yield pop()
-                if results:
-                    # Taking results lets no other task run: the loop runs every STRETCH of
-                    # them, so that answers are read as they come (less of the consumer's
-                    # time counts as its call's: see _batching.TARGET) and the workers are
-                    # given their next calls while the consumer takes these.
-                    await asyncio.sleep(0)
-            if unit.error is not None:
-                raise unit.error
-    finally:
-        job.on_change = None
-        delivery.close()
 
 
 _END = object()
