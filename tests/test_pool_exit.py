@@ -5,17 +5,21 @@ the program has a deadline."""
 
 from __future__ import annotations
 
+import _thread
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import anyfork
+import pool_funcs
 from helpers import WAIT, alive, eventually
 
 SCRIPTS = Path(__file__).resolve().with_name("scripts")
@@ -89,3 +93,61 @@ def test_ctrl_c_in_blocking_pool_map_is_a_keyboard_interrupt() -> None:
     assert "after after" in lines  # the pool is still usable after the interrupt
     assert lines[-1] == "closed"
     assert (proc.returncode, err) == (0, b""), err.decode()
+
+
+WAITS = {
+    "BlockingPool.map": lambda pool: list(pool.map(range(3), chunksize=1)),
+    "PoolExecutor.map": lambda ex: list(ex.map(pool_funcs.gated, range(3), chunksize=1)),
+    "PoolExecutor result(timeout)": lambda ex: ex.submit(pool_funcs.gated, 0).result(WAIT * 2),
+    "PoolExecutor.shutdown": lambda ex: (ex.submit(pool_funcs.gated, 0), ex.shutdown(wait=True)),
+}
+
+
+@pytest.mark.parametrize("wait", list(WAITS))
+def test_an_interrupt_the_main_thread_gets_just_before_it_sleeps_is_not_lost(wait: str) -> None:
+    """CPython interrupts a lock's sleep only if the signal comes once the sleep has begun; one
+    that lands just before it is acted on after the sleep.  ``_thread.interrupt_main`` is that
+    case made certain (it sets the interrupt without waking any sleep): the waiting face must
+    still raise ``KeyboardInterrupt`` while the call runs, not once the gate opens."""
+    r, w = os.pipe()
+    tmpl = anyfork.new().require("pool_funcs").send_fh(r)
+    os.close(r)
+    started = threading.Event()
+    gave_up = threading.Event()  # the interrupt was lost: the watchdog opened the gate
+
+    def on_event(kind: str, *args: Any) -> None:
+        if kind == "started":
+            started.set()
+
+    def interrupter() -> None:
+        if started.wait(WAIT):
+            _thread.interrupt_main()
+        if not done.wait(WAIT):
+            gave_up.set()
+        os.write(w, b"x" * 8)  # let whatever still runs finish
+
+    done = threading.Event()
+    thread = threading.Thread(target=interrupter)
+    if wait.startswith("BlockingPool"):
+        face: Any = anyfork.BlockingPool(
+            tmpl, "pool_funcs:gated", init="pool_funcs:init_gate", on_event=on_event, max=1
+        )
+    else:
+        face = anyfork.PoolExecutor(
+            1, template=tmpl, init="pool_funcs:init_gate", on_event=on_event
+        )
+    try:
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            WAITS[wait](face)
+        done.set()
+    finally:
+        done.set()
+        thread.join(WAIT)
+        if isinstance(face, anyfork.BlockingPool):
+            face.close(cancel=True)
+        else:
+            face.shutdown(wait=True, cancel_futures=True)
+        tmpl.close()
+        os.close(w)
+    assert not gave_up.is_set(), "the interrupt was acted on only once the call had finished"

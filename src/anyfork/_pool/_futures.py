@@ -13,6 +13,8 @@ import queue
 import time
 from typing import Any, Protocol
 
+from ._daemon import nap
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -93,7 +95,7 @@ class Future(cf.Future[Any]):
             call = self._call
             if timeout is None and call is not None and not self.done():
                 self._helper.help_with(call)
-            return super().result(timeout)
+            return result_of(self, timeout)
         except Exception:
             raise
         except BaseException:
@@ -162,6 +164,19 @@ def invoke(client: BlockingClient, call: Call) -> Any:
         result = client._call_batch(unit.columns, remaining(call.deadline))
     call.took = time.monotonic() - start
     return result
+
+
+def result_of(fut: cf.Future[Any], timeout: float | None) -> Any:
+    """``cf.Future.result(fut, timeout)``, asleep in naps in the main thread (``_daemon.nap``:
+    a Ctrl-C is never lost)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return cf.Future.result(fut, nap(remaining(deadline)))
+        except cf.TimeoutError:
+            # (A TimeoutError the call itself ended with is the future's outcome: raised.)
+            if fut.done() or (deadline is not None and time.monotonic() >= deadline):
+                raise
 
 
 def remaining(deadline: float | None) -> float | None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar, cast
 
 from .._rpc._batching import BatchResult, Sizer
 from ._core import Job
+from ._daemon import nap
 from ._policy import Settings
 
 C = TypeVar("C")
@@ -378,7 +379,7 @@ def bmap(
                         wait = None if deadline is None else deadline - time.monotonic()
                         if wait is not None and wait <= 0:
                             raise timeout_error
-                        job.changed.wait(wait)
+                        job.changed.wait(nap(wait))  # (and looks again)
                         continue
                 delivery.delivered(unit)
             except StopIteration:

@@ -234,7 +234,7 @@ class ThreadsEngine(Closing):
             expired = call.deadline is not None and not _futures.settles(fut, call.deadline)
             if expired and fut.cancel():
                 raise TimeoutError(f"the pool call timed out after {timeout} s")
-            return cf.Future.result(fut)
+            return _futures.result_of(fut, None)
         except Exception:
             fut.cancel()
             raise

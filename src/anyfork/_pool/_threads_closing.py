@@ -128,9 +128,11 @@ class Closing:
             if not threads:
                 return True
             for thread in threads:
-                thread.join(remaining(deadline))
-                if thread.is_alive():
-                    return False
+                while thread.is_alive():
+                    left = remaining(deadline)
+                    if left == 0:
+                        return False
+                    thread.join(_daemon.nap(left))
             with self._lock:
                 self._threads.difference_update(threads)
 
