@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -185,59 +185,97 @@ def spaced(once: Callable[[], float], budget: float, pause: float, min_count: in
 # -- floors and peers ------------------------------------------------------------------------
 
 
+#: The floor rows' template: a ``python -S`` holding what anyfork's default template holds, that
+#: forks a child for each socket it is sent (SCM_RIGHTS), which waits for one byte on it,
+#: answers one (``acks``: with a yield, as anyfork's RUNNING) or not, closes it and exits.  It
+#: writes each child's pid back once the child is forked.
+_AHEAD_TEMPLATE = """
+import os, signal, socket, struct, sys
+sys.path[:0] = sys.argv[3:]
+import anyfork._child._serve, fcntl, select  # what anyfork's default template holds
+import gc; gc.freeze()
+acks = sys.argv[1] == "1"
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+ctl = socket.socket(fileno=int(sys.argv[2]))
+while True:
+    msg, anc, _, _ = ctl.recvmsg(1, socket.CMSG_SPACE(4))
+    if not msg:
+        os._exit(0)
+    fd = struct.unpack("i", anc[0][2][:4])[0]
+    pid = os.fork()
+    if pid == 0:
+        ctl.close()
+        sock = socket.socket(fileno=fd)
+        sock.recv(1)
+        if acks:
+            sock.send(b"R")
+            os.sched_yield()
+        sock.close()
+        os._exit(0)
+    os.close(fd)
+    try:
+        ctl.send(struct.pack("i", pid))
+    except OSError:  # the bench has closed us
+        os._exit(0)
+"""
+
+
 class ForkedAhead:
-    """The floor of a start with the child already forked and connected: a plain Python child
-    (``os.fork`` of this process), blocked in ``recv`` on its socketpair, is sent one byte (the
-    "run"); it closes the socket (``acks=0``: the parent's latency is to EOF, one wake-up each
-    way), or first answers with one byte and then closes (``acks=1``: the parent reads the
-    answer, then EOF, as anyfork's ``run`` reads RUNNING before the function's first byte).
-    The next child is forked after each start, untimed: with ``spaced`` it waits in ``recv``
-    by the next start.  No anyfork at all: the OS's and CPython's share of a start."""
+    """The floor of a start with the child already forked and connected: a plain Python child,
+    forked by a template-sized ``python -S`` (as anyfork's are by its default template) and
+    blocked in ``recv`` on its socketpair, is sent one byte (the "run"); it closes the socket
+    (``acks=0``: the parent's latency is to EOF, one wake-up each way), or first answers with
+    one byte and yields, then closes (``acks=1``: the parent reads the answer, then EOF, as
+    anyfork's ``run`` reads RUNNING).  The next child is forked after each start, untimed: with
+    ``spaced`` it waits in ``recv`` by the next start.  No anyfork code runs: the OS's and
+    CPython's share of a start."""
 
     def __init__(self, acks: int) -> None:
-        self.acks = acks
-        self.pid = 0
+        self.ctl, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-S",
+                "-c",
+                _AHEAD_TEMPLATE,
+                str(acks),
+                str(theirs.fileno()),
+                *sys.path,
+            ],
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
         self.sock: socket.socket | None = None
 
     def _fork_next(self) -> None:
-        parent, child = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:  # the child: wait for the "run", answer (acks), close, and out
-            try:
-                parent.close()
-                child.recv(1)
-                if self.acks:
-                    child.send(b"R")
-                child.close()
-            finally:
-                os._exit(0)
-        child.close()
-        self.pid, self.sock = pid, parent
+        ours, theirs = socket.socketpair()
+        fd = struct.pack("i", theirs.fileno())
+        self.ctl.sendmsg([b"f"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd)])
+        theirs.close()
+        if len(self.ctl.recv(4)) != 4:
+            raise RuntimeError("the floor template has gone")
+        self.sock = ours
 
     def once(self) -> float:
         if self.sock is None:
             self._fork_next()
-        sock, pid = self.sock, self.pid
+        sock = self.sock
         assert sock is not None
         t0 = time.perf_counter()
         sock.send(b"r")
-        if self.acks and sock.recv(1) != b"R":
-            raise RuntimeError("expected the child's answer")
         while sock.recv(4096):
             pass
         lat = time.perf_counter() - t0
         sock.close()
-        os.waitpid(pid, 0)
         self._fork_next()
         return lat
 
     def close(self) -> None:
         if self.sock is not None:
-            self.sock.close()
-            # (another row's waiting child may hold a copy of our socket: no EOF to rely on)
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            self.sock.close()  # its child sees EOF and exits
             self.sock = None
+        self.ctl.close()  # the template sees EOF and exits
+        self.proc.wait(TIMEOUT)
 
 
 def os_fork_once() -> float:

@@ -115,8 +115,8 @@ ROWS = [
     Row("perl_new_spaced", "SPACED Perl AnyEvent::Fork->new->run(CORE::exit)", "EOF", spaced=True),
     Row("af_fork_spaced", "SPACED tmpl.fork().run_blocking(hello), required", spaced=True),
     Row("perl_tmpl_spaced", "SPACED Perl $tmpl->fork->run(hello), eval'd", spaced=True),
-    Row("ahead_spaced", "SPACED floor: forked child, 1 byte in, EOF", "EOF", spaced=True),
-    Row("ahead_ack_spaced", "SPACED   same, answer 1 byte, then EOF  [floor]", "EOF", spaced=True),
+    Row("ahead_spaced", "SPACED floor: child forked ahead, 1 byte in, EOF", "EOF", spaced=True),
+    Row("ahead_ack_spaced", "SPACED   same, answer 1 byte, yield, EOF [floor]", "EOF", spaced=True),
 ]
 
 

@@ -80,6 +80,14 @@ class Forker:
         self.spare_due = False
         #: Sockets of the children asked for ahead of need (AHEAD), not forked yet.
         self.ahead: list[int] = []
+        #: ``/proc/self/comm``, opened by a new child while it waits (see ``rename``).
+        self.comm_fd = -1
+
+    def rename(self, title: str) -> None:
+        """``name(title)``, through the file a new child opened while it waited: opening it
+        is most of what naming costs, and naming is on the way to ``run``'s function."""
+        fd, self.comm_fd = self.comm_fd, -1
+        name(title, fd)
 
     def report(self, op: int, payload: bytes = b"") -> None:
         raise NotImplementedError
@@ -201,9 +209,10 @@ class Forker:
         """In a new child: let go of what belongs to the template."""
         _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-        for fd in (self.wake_r, self.wake_w):
+        for fd in (self.wake_r, self.wake_w, self.comm_fd):
             if fd >= 0:
                 os.close(fd)
+        self.comm_fd = -1
         self.sock.close()
         for fd in self.ahead:
             os.close(fd)
@@ -346,20 +355,36 @@ def ignore_interrupts() -> None:
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
 
-def name(title: str) -> None:
-    """Name the process where ``ps`` and ``top`` show it (Linux's 15-byte comm)."""
+def name(title: str, fd: int = -1) -> None:
+    """Name the process where ``ps`` and ``top`` show it (Linux's 15-byte comm), through ``fd``
+    (``/proc/self/comm`` opened for writing, closed here) if given."""
     title = f"af:{title}"[:15]
     setproctitle = sys.modules.get("setproctitle")
     if setproctitle is not None:
         setproctitle.setproctitle(f"anyfork {title}")
     try:
-        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+        if fd < 0:
+            fd = open_comm()
     except OSError:
         return
     try:
         os.write(fd, title.encode(errors="replace"))
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def open_comm(out_of_the_way: bool = False) -> int:
+    """``/proc/self/comm``, opened for writing; ``out_of_the_way``: at fd 64 or above, so that
+    the fds the process receives next get the numbers they would have had without it."""
+    fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    if not out_of_the_way:
+        return fd
+    import fcntl  # (preloaded by a template that forks)
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
     finally:
         os.close(fd)
 
@@ -403,4 +428,7 @@ def leave(code: int) -> NoReturn:
                     stream.flush()
             except Exception:
                 pass
+        # Tearing a forked process's memory down takes a while, and the creator (woken by our
+        # last bytes, or EOF) often shares our CPU: let it run first.
+        os.sched_yield()
         os._exit(code)

@@ -124,6 +124,8 @@ class Channel:
         self.written = 0
         #: ``shutdown_write`` was called: nothing more can be queued, reports can still be read.
         self.write_shut = False
+        #: A RUN is queued: the child may end its reports (RUNNING), so reads look first.
+        self.run_queued = False
         self._lock = threading.RLock()
         self._watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
 
@@ -191,9 +193,10 @@ class Channel:
         with the channel at EOF: see ``decoder.eof``).
 
         A look (``MSG_PEEK``) and a read take every report there is at once, but never a byte
-        after RUNNING (``Decoder.safe_prefix``: those are not ours); reading goes on until the
-        socket has no more (or is at EOF).  Raises ``_wire.WireError`` for bytes that are not
-        reports (``Process._receive`` decides), after handling the frames before them.
+        after RUNNING (``Decoder.safe_prefix``: those are not ours); before a RUN is queued a
+        read alone does; reading goes on until the socket has no more (or is at EOF).  Raises
+        ``_wire.WireError`` for bytes that are not reports (``Process._receive`` decides), after
+        handling the frames before them.
         """
         with self._lock:
             dec = self.decoder
@@ -205,8 +208,11 @@ class Channel:
                 if dec.eof or dec.stopped or self.sock is None:
                     return
                 try:
-                    peeked = self.sock.recv(_PEEK, _PEEK_NOW)
-                    data = peeked and self.sock.recv(dec.safe_prefix(peeked), _DONTWAIT)
+                    if self.run_queued:
+                        peeked = self.sock.recv(_PEEK, _PEEK_NOW)
+                        data = peeked and self.sock.recv(dec.safe_prefix(peeked), _DONTWAIT)
+                    else:  # (only reports can come before RUNNING: one read, no look)
+                        data = self.sock.recv(_PEEK, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:

@@ -497,6 +497,7 @@ class Process(Lineage, metaclass=NoPublicConstructor):
         self._discard_ready()
         # Queue only: a write error (the child is dead) is diagnosed by the run operation,
         # which can wait briefly to learn how the child died.
+        self._chan.run_queued = True
         try:
             self._chan.queue(_wire.frame(_wire.RUN, _wire.pack_values([ref])))
         except OSError:
