@@ -114,7 +114,9 @@ def connection_of(host: Host) -> Connection:
 
 def agent_of(host: Host) -> int:
     """The pid of the host's agent (on the "remote" side, this machine)."""
-    pid = connection_of(host).agent._pid  # type: ignore[union-attr]  # (checked there)
+    agent = connection_of(host).agent
+    assert agent is not None
+    pid = agent.proc.pid
     assert pid is not None
     return pid
 

@@ -114,19 +114,6 @@ LAZY_FORWARDERS = {
 #: Reach-ins that remain, each ``(module, expression)``: whose they are, and why.  The list
 #: only shrinks: an entry that no longer occurs fails ``test_no_stale_reach_in_allowance``.
 REACH_INS = {
-    # Remote engineer: RemoteProcess and AgentProcess are Processes (subclasses: they override
-    # the protocol hooks); these read another process object's state of the same kind.
-    ("anyfork._pool._worker", "client._proc"): "pool: kills a worker through its process "
-    "(a remote one by its host), as the client kills a condemned one",
-    ("anyfork.remote._connection", "agent._chan"): "remote: the agent's control connection",
-    ("anyfork.remote._connection", "agent._receive"): "remote: the agent's last reports",
-    ("anyfork.remote._connection", "self.agent._chan"): "remote: closing the connection",
-    ("anyfork.remote._connection", "self.agent._failure"): "remote: why the agent failed",
-    ("anyfork.remote._process", "agent._chan"): "remote: waits for the host's fate",
-    ("anyfork.remote._process", "child._fork_frame"): "remote: Lineage._new_child's bookkeeping",
-    ("anyfork.remote._process", "child._let_go"): "remote: Lineage._new_child's bookkeeping",
-    ("anyfork.remote._process", "failed._chan"): "remote: a child its template could not fork",
-    ("anyfork.remote._process", "self._agent._poll_reports"): "remote: exits the host reports",
     # RPC: the template a worker is forked from, primed with the RPC server before the fork.
     ("anyfork._rpc._start", "proc._template"): "RPC: primes the template with the RPC server",
     # RPC engineer: the running server, set on the worker module (worker.event()/flush()).
@@ -588,3 +575,18 @@ def test_the_reach_in_check_can_fail() -> None:
     # The same within the subpackage that defines them is no reach-in.
     inside = code.replace("from .._core import", "from . import")
     assert _reach_ins("anyfork._core._lineage", ast.parse(inside)) == set()
+
+
+def test_process_has_no_subclass() -> None:
+    """``Process`` is final: what differs for a remote process is its transport
+    (``_core._transport.Transport``), not a subclass of it."""
+    subclasses = [
+        (module, node.name)
+        for module in _modules()
+        for node in ast.walk(_tree(module))
+        if isinstance(node, ast.ClassDef)
+        and any(
+            getattr(base, "id", getattr(base, "attr", None)) == "Process" for base in node.bases
+        )
+    ]
+    assert subclasses == []

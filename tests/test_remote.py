@@ -148,7 +148,7 @@ def test_what_cannot_cross_hosts_is_refused_at_the_call(host1: Host) -> None:
         with pytest.raises(NotImplementedError, match="do not cross hosts"):
             proc.send_fh(r)
         with pytest.raises(NotImplementedError, match="another host"):
-            proc.to_fh()
+            asyncio.run(proc.to_fh())
         with pytest.raises(NotImplementedError, match="another host"):
             proc.to_fh_blocking()
     finally:

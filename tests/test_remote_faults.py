@@ -24,7 +24,9 @@ import remote_support
 import rpc_faces
 from anyfork._child import _wire
 from anyfork._core import _reaper
-from anyfork.remote import Host, RemoteHostError, RemoteProcess, _boot, _connection
+from anyfork._core._protocol import ProcessProtocol
+from anyfork.remote import Host, RemoteHostError, _boot, _connection
+from anyfork.remote._transport import Remote
 from helpers import FACES, children, eventually, recv_exactly
 from remote_support import (
     CODE,
@@ -302,13 +304,15 @@ def test_an_abandoned_call_kills_the_remote_worker_through_its_host(
     """A sync-backend worker whose call is abandoned is killed: by its host, never by a local
     ``os.kill`` of a pid that means another process here."""
     sent: list[tuple[int | None, int]] = []
-    kill = RemoteProcess.kill
+    kill = Remote.kill
 
-    def recording(proc: RemoteProcess, sig: int = signal.SIGKILL) -> None:
-        sent.append((proc.pid, sig))
-        kill(proc, sig)
+    def recording(
+        self: Remote, proc: ProcessProtocol, pid: int | None, sig: int, exited: bool
+    ) -> None:
+        sent.append((pid, sig))
+        kill(self, proc, pid, sig, exited)
 
-    monkeypatch.setattr(RemoteProcess, "kill", recording)
+    monkeypatch.setattr(Remote, "kill", recording)
     proc = host1.new().eval(CODE)
     client = face.rpc(proc, "started_then_block")
     try:
@@ -329,15 +333,15 @@ def test_a_process_that_ends_with_its_host_blames_the_host() -> None:
     starts (deterministically: the next callback on the loop)."""
     from anyfork._core._channel import Channel
     from anyfork.remote._connection import Connection
-    from anyfork.remote._process import AgentProcess
+    from anyfork.remote._transport import Agent
 
     host = Host("h")
     conn = Connection("h", ["python3"], ["ssh"], [], 1.0)
     agent_ours, agent_theirs = socket.socketpair()
     proc_ours, proc_theirs = socket.socketpair()
     proc_theirs.close()  # the process's connection: gone before a word
-    conn.agent = agent = AgentProcess._create(Channel(agent_ours), 1, conn)
-    proc = RemoteProcess._create(Channel(proc_ours), host, agent)
+    conn.agent = agent = Agent(conn, Channel(agent_ours), 1)
+    proc = Remote(host, agent).made(Channel(proc_ours))
 
     async def main() -> None:
         asyncio.get_running_loop().call_soon(agent_theirs.close)
@@ -350,7 +354,7 @@ def test_a_process_that_ends_with_its_host_blames_the_host() -> None:
         ):
             asyncio.run(main())
     finally:
-        agent.close()
+        agent.proc.close()
         conn.abandon()
 
 

@@ -94,7 +94,7 @@ assert sock.recv(1) == b"x"
 client = host.new_exec().rpc_blocking("math:comb", timeout=30)
 conn = host._conn
 print(json.dumps({{
-    "pids": [running.pid, client.pid, conn.agent._pid],
+    "pids": [running.pid, client.pid, conn.agent.proc.pid],
     "remote": conn.remote_dir, "local": conn.local, "ssh": conn.ssh_pid,
 }}), flush=True)
 sys.stdin.readline()  # "wait": until killed; "exit": until the test has looked (a handshake)
@@ -166,7 +166,7 @@ def test_a_forked_copy_of_the_program_leaves_the_connection_alone(
             host = Host("host1", ssh_options={sshd.ssh_options!r})
             host.connect_blocking(timeout=60)
             conn = host._conn
-            ours = {{os.fstat(c.sock.fileno()).st_ino for c in (conn.session, conn.agent._chan)}}
+            ours = {{os.fstat(c.sock.fileno()).st_ino for c in (conn.session, conn.agent.control)}}
             pid = os.fork()
             if pid == 0:
                 held = set()

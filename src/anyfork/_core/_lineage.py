@@ -17,13 +17,15 @@ script as ``__mp_main__`` (``_child._main``).
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import socket
 import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .._child import _wire
 from .._errors import ClosedError, SpawnError
@@ -36,6 +38,13 @@ if TYPE_CHECKING:
     from ._process import Process
 
 Func = str | Callable[..., Any]
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+FdLike = int | _HasFileno
 L = TypeVar("L", bound="Lineage")
 
 #: The most children a template keeps forked ahead (see ``Lineage._fork_ahead``): asked for
@@ -55,6 +64,36 @@ class Lineage(ProcessProtocol):
 
     def _send(self: L, op: int, payload: bytes, fds: list[int] | None = None) -> L:
         self._command(op, payload, fds)
+        return self
+
+    def _send_fds(self: L, handles: tuple[FdLike, ...]) -> L:
+        """``send_fh``: duplicate each handle's fd now, then send them in FDS frames."""
+        dups: list[int] = []
+        specs = [_fd_spec(handle) for handle in handles]
+        try:
+            for handle in handles:
+                fd = handle if isinstance(handle, int) else handle.fileno()
+                if not isinstance(fd, int) or fd < 0:
+                    raise ValueError(f"send_fh: {handle!r} has no open file descriptor")
+                try:
+                    dups.append(os.dup(fd))
+                except OSError as exc:
+                    if exc.errno == errno.EBADF:
+                        raise ValueError(
+                            f"send_fh: {handle!r} is not an open file descriptor"
+                        ) from exc
+                    # EMFILE, ENFILE: the fd is fine, making a copy of it to send is not.
+                    raise OSError(
+                        exc.errno, f"{exc.strerror} (send_fh could not duplicate fd {fd})"
+                    ) from exc
+        except BaseException:
+            for fd in dups:
+                os.close(fd)
+            raise
+        for start in range(0, len(dups), _wire.MAX_FDS):
+            chunk = dups[start : start + _wire.MAX_FDS]
+            kinds = specs[start : start + _wire.MAX_FDS]
+            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
         return self
 
     def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
@@ -90,6 +129,37 @@ class Lineage(ProcessProtocol):
             raise ClosedError("this process has already run (or been handed over with to_fh)")
         if self._state == _CLOSED:
             raise ClosedError("this process has been closed")
+
+    # -- running -------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        """What errors about this process add after its pid (a remote one's host, and whether
+        the connection to it is lost); nothing for a local one."""
+        return self._transport.where(self)
+
+    def _start_run(self, func: Func) -> str:
+        self._check_open()
+        ref = self._prepare_func(func)
+        self._discard_ready()
+        # Queue only: a write error (the child is dead) is diagnosed by the run operation,
+        # which can wait briefly to learn how the child died.
+        self._chan.run_queued = True
+        try:
+            self._chan.queue(_wire.frame(_wire.RUN, _wire.pack_values([ref])))
+        except OSError:
+            pass
+        self._state = _HANDED
+        self._ran = ref
+        return ref
+
+    def _start_handover(self) -> None:
+        if not self._transport.passes_fds:
+            raise NotImplementedError(
+                f"to_fh cannot hand over {self._name()}: it is on another host"
+            )
+        self._check_open()
+        self._discard_ready()
+        self._state = _HANDED
 
     # -- children --------------------------------------------------------------------------
 
@@ -132,7 +202,7 @@ class Lineage(ProcessProtocol):
         most starts cost nothing, and a template forked from once makes one child in vain,
         not three.  The template forks them when it is idle (see ``_child._forking``)."""
         with self._lock:
-            if self._ready or self._state != _OPEN:
+            if self._ready or self._state != _OPEN or not self._transport.forks_ahead:
                 return
             self._poll_reports()  # (fork() does not look at a template it takes a child from)
             if self._failure is not None:
@@ -147,7 +217,7 @@ class Lineage(ProcessProtocol):
             except OSError:
                 if not ends:
                     return  # no fds left: no child ahead this time
-            children = [self._child(end) for end in ends]
+            children = [self._child(Channel(end)) for end in ends]
             try:
                 # Forked at once if starts come in quick succession: the template may not be
                 # idle before they are needed.
@@ -167,20 +237,20 @@ class Lineage(ProcessProtocol):
             self._forked += len(children)
             self._ready.extend(children)
 
-    def _child(self, sock: socket.socket) -> Process:
-        """A ``Process`` (the class of this one) for a child of this one on ``sock``."""
-        return type(self._as_process())._create(Channel(sock), template=self._as_process())
+    def _child(self, chan: Channel) -> Process:
+        """A ``Process`` (the class of this one) for a child of this one on ``chan``."""
+        tmpl = self._as_process()
+        return type(tmpl)._create(chan, template=tmpl, transport=self._transport)
 
     def _as_process(self) -> Process:
         return cast("Process", self)  # (every Lineage is a Process: its only subclass)
 
     def _new_child(self) -> Process:
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        fd = child_end.detach()
-        child = self._child(parent_end)
+        chan, payload, fds = self._transport.child(self._as_process())
+        child = self._child(chan)
         child._main_forked = self._main_forked
         try:
-            child._fork_frame = self._command(_wire.FORK, b"", [fd])
+            child._fork_frame = self._command(_wire.FORK, payload, fds)
         except BaseException:
             child._let_go()
             raise
@@ -311,3 +381,12 @@ def func_ref(func: Func) -> str:
     if module in _main.MAIN_NAMES:
         module = "__main__"
     return f"{module}:{qualname}"
+
+
+def _fd_spec(handle: FdLike) -> str:
+    """How the child hands the fd of ``handle`` over (``send_fh``): as the kind of file sent."""
+    if isinstance(handle, io.TextIOWrapper):
+        return _wire.text_spec(handle.encoding, handle.errors or "strict", handle.line_buffering)
+    if isinstance(handle, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+        return _wire.FD_BUFFERED
+    return _wire.FD_RAW

@@ -30,37 +30,30 @@ and may be waited for, goes on reaping them and reporting their exits, which ``w
 
 from __future__ import annotations
 
-import errno
-import io
-import os
 import signal
 import socket
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, TypeVar, final
 
 from .._child import _wire
 from .._util import NoPublicConstructor, publish
 from . import _reaper
 from ._drive import drive_async, drive_blocking
+from ._lineage import FdLike, Lineage
 from ._lineage import Func as Func
-from ._lineage import Lineage
 from ._lineage import func_ref as func_ref
-from ._protocol import _HANDED, _OPEN
+from ._protocol import _OPEN
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._rpc._connection import Backend
     from .._rpc._start import BlockingClient, Client, Serializer
+    from ..remote import Host
 
 __all__ = ["Process"]
 
 
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
-
-
-FdLike = int | _HasFileno
 P = TypeVar("P", bound="Process")
 
 
@@ -80,7 +73,7 @@ class Process(Lineage, metaclass=NoPublicConstructor):
     """
 
     def __repr__(self) -> str:
-        return f"<anyfork.Process pid={self._pid} {self._state}>"
+        return f"<anyfork.Process pid={self._pid} {self._state}{self._where()}>"
 
     # -- facts -----------------------------------------------------------------------------
 
@@ -100,10 +93,17 @@ class Process(Lineage, metaclass=NoPublicConstructor):
 
         Known after :meth:`wait` or :meth:`poll` returned it, or whenever anyfork has read it
         meanwhile (direct children are reaped on SIGCHLD; a forked process's exit is reported
-        by its template, whose reports are read whenever the template is used)."""
+        by its template, whose reports are read whenever the template is used; a remote
+        process's by its host)."""
         if self._returncode is None and self._direct and self._pid is not None:
             self._returncode = _reaper.known(self._pid)
-        return self._returncode
+        return self._status()
+
+    @property
+    def host(self) -> Host | None:
+        """The :class:`anyfork.remote.Host` the process runs on; ``None`` for one on this
+        machine."""
+        return self._transport.host
 
     # -- preparation (queue, never block) --------------------------------------------------
 
@@ -184,34 +184,14 @@ class Process(Lineage, metaclass=NoPublicConstructor):
                 process is out of file descriptors); nothing is queued.
             ClosedError: the process has run, been handed over or closed.
             SpawnError: the process is known to be dead.
+            NotImplementedError: the process is on a remote host (at once).
         """
-        dups: list[int] = []
-        specs = [_fd_spec(handle) for handle in handles]
-        try:
-            for handle in handles:
-                fd = handle if isinstance(handle, int) else handle.fileno()
-                if not isinstance(fd, int) or fd < 0:
-                    raise ValueError(f"send_fh: {handle!r} has no open file descriptor")
-                try:
-                    dups.append(os.dup(fd))
-                except OSError as exc:
-                    if exc.errno == errno.EBADF:
-                        raise ValueError(
-                            f"send_fh: {handle!r} is not an open file descriptor"
-                        ) from exc
-                    # EMFILE, ENFILE: the fd is fine, making a copy of it to send is not.
-                    raise OSError(
-                        exc.errno, f"{exc.strerror} (send_fh could not duplicate fd {fd})"
-                    ) from exc
-        except BaseException:
-            for fd in dups:
-                os.close(fd)
-            raise
-        for start in range(0, len(dups), _wire.MAX_FDS):
-            chunk = dups[start : start + _wire.MAX_FDS]
-            kinds = specs[start : start + _wire.MAX_FDS]
-            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
-        return self
+        if not self._transport.passes_fds:
+            raise NotImplementedError(
+                f"send_fh cannot pass file descriptors to {self._name()}: they do not cross "
+                f"hosts (send data with send_arg, or have the process open what it needs)"
+            )
+        return self._send_fds(handles)
 
     def fork(self) -> Process:
         """Return a new process forked from this one, which keeps serving.
@@ -225,7 +205,9 @@ class Process(Lineage, metaclass=NoPublicConstructor):
             SpawnError: this process is known to be dead, or failed (at once).
             ClosedError: this process has run, been handed over or closed.
             OSError: no file descriptors left for the new process's socket.
+            RemoteHostError: the connection to a remote process's host is lost.
         """
+        self._transport.check(self)
         return self._fork()
 
     # -- waiting ---------------------------------------------------------------------------
@@ -285,6 +267,7 @@ class Process(Lineage, metaclass=NoPublicConstructor):
             SpawnError: the process or its template died first.
             ProtocolError: the child sent bytes that are not reports.
             TimeoutError: after ``timeout`` seconds.
+            NotImplementedError: the process is on a remote host.
 
         Cancellation: as for :meth:`run`."""
         self._start_handover()
@@ -444,25 +427,20 @@ class Process(Lineage, metaclass=NoPublicConstructor):
 
         Does nothing once the process is known to have exited (its pid may belong to another
         process by then): the parent looks at what its template (or the reaper) has reported
-        first.
+        first.  A remote process's host sends the signal: this returns before it arrives.
 
         Raises:
-            ProcessLookupError: the pid is not known yet (:meth:`wait_started` first).
+            ProcessLookupError: the pid is not known yet (:meth:`wait_started` first); for a
+                remote process also: it has exited, or the connection to its host is lost
+                (its processes are killed then).
         """
         # A template's child forked ahead was forked before the signal: it is not handed out
         # after (a killed template must fail the next fork, not return a process it made).
         self._discard_ready()
-        if self._known_exit_code() is not None:
-            return
-        if self._pid is None and self._state == _OPEN:
+        exited = self._known_exit_code() is not None
+        if not exited and self._pid is None and self._state == _OPEN:
             self._poll_reports()
-        pid = self._pid
-        if pid is None:
-            raise ProcessLookupError("the process has not reported its pid yet")
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass  # it has exited, and its exit is on its way to us
+        self._transport.kill(self, self._pid, sig, exited)
 
     def terminate(self) -> None:
         """Send ``SIGTERM`` to the process: :meth:`kill` with that signal."""
@@ -483,42 +461,6 @@ class Process(Lineage, metaclass=NoPublicConstructor):
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _where(self) -> str:
-        """Hook for ``anyfork.remote``: what errors about this process add after its pid (the
-        host it runs on, and whether the connection to it is lost); nothing for a local one."""
-        return ""
-
-    def _start_run(self, func: Func) -> str:
-        self._check_open()
-        ref = self._prepare_func(func)
-        self._discard_ready()
-        # Queue only: a write error (the child is dead) is diagnosed by the run operation,
-        # which can wait briefly to learn how the child died.
-        self._chan.run_queued = True
-        try:
-            self._chan.queue(_wire.frame(_wire.RUN, _wire.pack_values([ref])))
-        except OSError:
-            pass
-        self._state = _HANDED
-        self._ran = ref
-        return ref
-
-    def _start_handover(self) -> None:
-        self._check_open()
-        self._discard_ready()
-        self._state = _HANDED
-
-
-def _fd_spec(handle: FdLike) -> str:
-    """How the child hands the fd of ``handle`` over (``send_fh``): as the kind of file sent."""
-    if isinstance(handle, io.TextIOWrapper):
-        return _wire.text_spec(handle.encoding, handle.errors or "strict", handle.line_buffering)
-    if isinstance(handle, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
-        return _wire.FD_BUFFERED
-    return _wire.FD_RAW
 
 
 publish(globals())

@@ -39,6 +39,7 @@ from .._errors import ClosedError, ProtocolError, SpawnError, describe_returncod
 from . import _reaper
 from ._channel import READ, WRITE, Channel, Drain, Op, Wait
 from ._drive import deliver, release
+from ._transport import LOCAL, Transport
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -67,8 +68,10 @@ class ProcessProtocol:
         pid: int | None = None,
         template: Process | None = None,
         direct: bool = False,
+        transport: Transport = LOCAL,
     ):
         self._chan = chan
+        self._transport = transport
         self._pid = pid
         self._started = False  # the child has reported in (STARTED or RUNNING)
         self._template = template
@@ -83,13 +86,16 @@ class ProcessProtocol:
         self._handed_out = 0  # children fork() has returned...
         self._last_handout = 0.0  # ...the last one at this time.monotonic()
         self._quick = False  # the last two close together (_QUICK)
-        self._main_forked = False  # a copy of the main program: its __main__ is the program
+        # A copy of the main program (its __main__ is the program), or a process where this
+        # program's main script is not (functions are found in its own __main__).
+        self._main_forked = not transport.main_script
         self._main_sent: dict[int, int] = {}  # MAIN commands sent: level -> frame number
         # Our children, in the order of their FORK frames, until the template says which pid
         # each got (FORKED, in that same order; or FORK_FAILED); then by pid until they exit.
         self._unforked: deque[weakref.ref[ProcessProtocol]] = deque()
         self._children: dict[int, weakref.ref[ProcessProtocol]] = {}
-        # Exit statuses of children nobody holds any more (the RPC layer reads them here).
+        # Exit statuses of children nobody holds any more, or that said their pid themselves
+        # (``children_by_pid``: the remote agent's).
         self._exits: dict[int, int] = {}
         self._forked = 0  # children forked from this process...
         self._exited = 0  # ...and EXITED reports received (spares make this one run ahead)
@@ -100,7 +106,7 @@ class ProcessProtocol:
         _channels.add(chan)
 
     def _name(self) -> str:
-        return f"process pid {self._pid}" if self._pid is not None else "process"
+        return self._transport.name(self, self._pid)
 
     def _template_channels(self) -> tuple[Channel, ...]:
         """The channels of the templates this process is forked from, oldest first."""
@@ -183,6 +189,13 @@ class ProcessProtocol:
             child = self._unforked.popleft()() if self._unforked else None
             if child is not None:
                 child._fork_failure = message
+                # Its wait sees EOF now, and the reason (``_death``): a remote child's channel
+                # would stay open, parked at the host's agent (a local one's template closed it).
+                if (sock := child._chan.sock) is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
         elif op == _wire.EXITED:
             pid, code = _wire.unpack_exit(payload)
             self._exited += 1
@@ -196,8 +209,9 @@ class ProcessProtocol:
 
     def _drain(self) -> Drain | None:
         """What a wait for one of this template's children drains meanwhile: its reports, if
-        enough children may have exits to report (``_DRAIN_BACKLOG``)."""
-        if self._forked - self._exited <= _DRAIN_BACKLOG:
+        enough children may have exits to report (``_DRAIN_BACKLOG``), or always if the transport
+        says so."""
+        if self._forked - self._exited <= _DRAIN_BACKLOG and not self._transport.always_drain:
             return None
         return self._chan, self._receive
 
@@ -215,6 +229,8 @@ class ProcessProtocol:
 
     def _death(self, returncode: int | None) -> SpawnError:
         """The error for a process whose socket reached EOF before ``run``."""
+        if (lost := self._transport.death(self, self._pid)) is not None:
+            return lost
         if self._pid is None:
             tmpl = self._template
             if tmpl is not None:
@@ -239,7 +255,7 @@ class ProcessProtocol:
                 self._returncode = _reaper.returncode(self._pid)
             elif self._template is not None:
                 self._template._receive()
-        return self._returncode
+        return self._status()
 
     # -- waiting (generators run by drive_async and drive_blocking) ------------------------------
 
@@ -248,20 +264,22 @@ class ProcessProtocol:
         socket is closed, so it is exiting, and the reaper or its template says so soon."""
         until = time.monotonic() + _EXIT_REPORT_WAIT
         wait = self._exit_op()
+        code = None
         try:
             step = next(wait)
             while True:
                 step.until = until if step.until is None else min(step.until, until)
                 if not (yield step) and time.monotonic() >= until:
-                    return self._returncode
+                    break
                 step = wait.send(True)
         except StopIteration as stop:
-            code: int = stop.value
-            return code
+            code = stop.value
         except (ChildProcessError, SpawnError):
-            return self._returncode
+            pass
         finally:
             wait.close()
+        yield from self._transport.settle(self, self._pid)
+        return self._returncode if code is None else code
 
     def _exit_op(self) -> Op[int]:
         """Wait until the process has exited; its exit status (``-N``: killed by signal N).
@@ -270,11 +288,20 @@ class ProcessProtocol:
         it), ``ChildProcessError`` when the status cannot be known."""
         if (code := self._status()) is not None:
             return code
+        tmpl = self._template
+        if tmpl is not None and tmpl._transport.children_by_pid and self._pid is None:
+            # Its template reports its exit by the pid that only the process itself says.
+            if self._state == _OPEN:
+                yield from self._started_op()
+            if self._pid is None:
+                raise ChildProcessError(
+                    f"the exit status of {self._name()} cannot be known: it was closed before "
+                    f"it said its pid (wait_started first)"
+                )
         # It exists once its FORK frame is written (everything queued goes with it).
         yield from deliver(self._chan, self._template_channels())
         if self._direct:
             return (yield from self._reaped_op())
-        tmpl = self._template
         if tmpl is None:
             raise ChildProcessError(
                 f"the exit status of {self._name()} is not ours to know: it was adopted with "
@@ -302,6 +329,15 @@ class ProcessProtocol:
 
     def _status(self) -> int | None:
         """The exit status known so far (a call, which the reports it waits for may change)."""
+        tmpl = self._template
+        if self._returncode is None and tmpl is not None and tmpl._transport.children_by_pid:
+            # A template that made us on a connection of our own reports our exit by pid
+            # (which we say on our connection first).
+            if self._pid is None and self._chan.sock is not None:
+                self._receive()
+            if self._pid is not None:
+                tmpl._poll_reports()
+                self._returncode = tmpl._exits.get(self._pid)
         return self._returncode
 
     def _reaped_op(self) -> Op[int]:

@@ -20,6 +20,7 @@ from .._util import publish
 from . import _main, _reaper, _spawn
 from ._channel import Channel
 from ._process import Process
+from ._transport import Transport
 
 __all__ = ["main_template", "new", "new_exec", "new_from_fh", "start_early"]
 
@@ -141,6 +142,16 @@ def new_from_fh(sock: socket.socket | int) -> Process:
     except OSError:
         pass  # gone already: the first wait says how (what it reported, or how it died)
     return Process._create(chan)
+
+
+def new_on(
+    chan: Channel, transport: Transport, *, pid: int | None = None, template: Process | None = None
+) -> Process:
+    """A process on a channel ``transport`` made (``anyfork.remote``): one ``template`` made on
+    a connection of its own counts among its children (``ProcessProtocol._drain``)."""
+    if template is not None:
+        template._forked += 1
+    return Process._create(chan, pid=pid, template=template, transport=transport)
 
 
 def start_early() -> Process:

@@ -57,6 +57,8 @@ _THEIRS["BlockingPool"] = _THEIRS["Pool"]
 _SETUP = "anyfork._pool._in_worker:setup"
 #: Loaded in the parent once a multiprocessing.Manager (whose proxies need the authkey) can be.
 _MANAGERS = "multiprocessing.managers"
+#: Each started worker's process, by its client (``kill``).
+_workers: weakref.WeakKeyDictionary[Facts, Process] = weakref.WeakKeyDictionary()
 
 
 #: What a pool is given to fork its workers from: one template (``None``: the pool's own), or
@@ -274,7 +276,7 @@ class Starter:
                 init, keyed = self._prepare(proc)
                 options = self._options(on_retire, **callbacks, **init)
                 client = await proc.rpc(self.func, **options)
-                self._started(tmpl, client)
+                self._started(tmpl, proc, client)
                 return client, keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
@@ -292,7 +294,7 @@ class Starter:
                 proc = tmpl.fork()
                 init, keyed = self._prepare(proc)
                 client = proc.rpc_blocking(self.func, **self._options(on_retire, **init))
-                self._started(tmpl, client)
+                self._started(tmpl, proc, client)
                 return client, keyed
             except SpawnError as exc:
                 error = self._failed(tmpl, exc, retry)
@@ -336,7 +338,8 @@ class Starter:
                 return group
         return None
 
-    def _started(self, tmpl: Process, client: Client | BlockingClient) -> None:
+    def _started(self, tmpl: Process, proc: Process, client: Client | BlockingClient) -> None:
+        _workers[client] = proc
         with self._lock:
             group = self._group(tmpl)
             if group is not None:
@@ -412,4 +415,4 @@ def kill(pid: int | None, client: Facts | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             # Through the process (a remote worker's pid is not one of this host's; its host
             # kills it), as the client itself kills a condemned worker.
-            client._proc.kill(signal.SIGKILL)
+            _workers[client].kill(signal.SIGKILL)

@@ -38,17 +38,17 @@ default) runs code while it loads: **a remote host whose pickles you load can ru
 program**.  Use hosts you trust as much as this program, or a data-only serialiser (``"json"``,
 ``"msgpack"``).
 
-Layout: ``_host`` (``Host``, connecting and closing), ``_process`` (``RemoteProcess`` and the
-parent's end of the agent), ``_ssh`` (running ssh, reading its failures); and what runs on the
-remote host, under the child side's rules (stdlib only, Python 3.8): ``_boot`` (the bootstrap
-and the loader) and ``_agent``.
+Layout: ``_host`` (``Host``, connecting and closing), ``_connection`` (one ssh connection and
+its agent), ``_transport`` (what differs for a ``Process`` on a host, and for the host's agent),
+``_ssh`` (running ssh, reading its failures); and what runs on the remote host, under the child
+side's rules (stdlib only, Python 3.8): ``_boot`` (the bootstrap and the loader) and ``_agent``.
 """
 
 from __future__ import annotations
 
 from .._errors import RemoteHostError
 from ._host import Host
-from ._process import RemoteProcess
+from ._transport import RemoteProcess
 
 __all__ = ["Host", "RemoteHostError", "RemoteProcess"]
 

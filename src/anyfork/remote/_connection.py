@@ -48,7 +48,7 @@ from .._core._channel import READ, WRITE, Channel, Op, Wait
 from .._errors import RemoteHostError
 from . import _boot, _ssh
 from ._agent import CONTROL
-from ._process import AgentProcess
+from ._transport import Agent
 
 #: The most bytes the remote side may print before the bootstrap's line (a login banner...).
 _MAX_JUNK = 64 << 10
@@ -83,8 +83,8 @@ class Connection:
         self.helpers: list[int] = []  # short ssh runs (-O forward) while they run
         #: ssh's stdin and stdout: the session's, then the agent's lifeline (its EOF ends it).
         self.session: Channel | None = None
-        #: The agent's control connection (commands, reports; its EOF: the agent is gone).
-        self.agent: AgentProcess | None = None
+        #: The agent (its control connection: commands, reports; its EOF: the agent is gone).
+        self.agent: Agent | None = None
         self.python_version = ""
         self.remote_dir = ""
 
@@ -116,7 +116,7 @@ class Connection:
             how = "ssh has exited" if code is None else f"ssh exited with status {code}"
             why = f"{how}: {said}" if said else how
         else:
-            failure = self.agent._failure if self.agent is not None else None
+            failure = self.agent.failure() if self.agent is not None else None
             why = "the anyfork agent there has gone, with every process it made"
             if failure is not None and not isinstance(failure, RemoteHostError):
                 why += f" (it failed: {failure})"
@@ -128,7 +128,7 @@ class Connection:
         of the program must not touch its parent's connection)."""
         if os.getpid() != self.creator:
             return
-        for chan in (self.agent._chan if self.agent is not None else None, self.session):
+        for chan in (self.agent.control if self.agent is not None else None, self.session):
             if chan is not None:
                 chan.close()
         for pid in (*self.helpers, self.ssh_pid):
@@ -205,7 +205,7 @@ class Connection:
         agent_pid = int(words[2])
         self.remote_dir = os.fsdecode(words[3])
         yield from self._forward_op()
-        self.agent = AgentProcess._create(self.open(CONTROL), agent_pid, self)
+        self.agent = Agent(self, self.open(CONTROL), agent_pid)
 
     def open(self, request: int, payload: bytes = b"") -> Channel:
         """A new connection to the agent (through the forward), its request queued first."""
@@ -279,7 +279,7 @@ class Connection:
         until = time.monotonic() + timeout
         agent, session = self.agent, self.session
         try:
-            chan = agent._chan if agent is not None else None
+            chan = agent.control if agent is not None else None
             if agent is not None and chan is not None and chan.sock is not None:
                 try:
                     while not chan.flush_nowait():
@@ -289,7 +289,7 @@ class Connection:
                 except OSError:
                     pass  # gone already
                 while chan.readable():
-                    agent._receive()  # up to RUNNING, the agent's last word (or EOF)
+                    agent.read()  # up to RUNNING, the agent's last word (or EOF)
                     if not chan.readable() or not (yield Wait(READ, chan, until)):
                         break
             if self.ssh_pid and _reaper.returncode(self.ssh_pid) is None:

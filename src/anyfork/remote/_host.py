@@ -16,10 +16,11 @@ from types import TracebackType
 
 from .._core import _reaper
 from .._core._drive import drive_async, drive_blocking
+from .._core._process import Process
 from .._errors import ClosedError
 from ._agent import EXEC, NEW
 from ._connection import Connection
-from ._process import RemoteProcess
+from ._transport import Remote
 
 __all__ = ["Host"]
 
@@ -217,7 +218,7 @@ class Host:
 
     # -- processes -----------------------------------------------------------------------------
 
-    def new_exec(self) -> RemoteProcess:
+    def new_exec(self) -> Process:
         """A new process: a fresh interpreter on the host (``python -S``, the child side
         loaded from the private directory, the host's ``sys.path``).
 
@@ -231,7 +232,7 @@ class Host:
         """
         return self._new(EXEC)
 
-    def new(self) -> RemoteProcess:
+    def new(self) -> Process:
         """A new process forked on the host from its template (the host's agent: an
         interpreter with the child side loaded, and the modules that RPC workers need once
         one has started), as :func:`anyfork.new` forks from the default template here.
@@ -240,13 +241,11 @@ class Host:
         """
         return self._new(NEW)
 
-    def _new(self, request: int) -> RemoteProcess:
+    def _new(self, request: int) -> Process:
         conn = self._connection()
         agent = conn.agent
         assert agent is not None
-        chan = conn.open(request)
-        agent.made_one()
-        return RemoteProcess._create(chan, self, agent)
+        return Remote(self, agent).made(conn.open(request))
 
     # -- closing -------------------------------------------------------------------------------
 
