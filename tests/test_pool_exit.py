@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def test_ctrl_c_in_blocking_pool_map_is_a_keyboard_interrupt() -> None:
     assert (proc.returncode, err) == (0, b""), err.decode()
 
 
-WAITS = {
+WAITS: dict[str, Callable[[Any], object]] = {
     "BlockingPool.map": lambda pool: list(pool.map(range(3), chunksize=1)),
     "PoolExecutor.map": lambda ex: list(ex.map(pool_funcs.gated, range(3), chunksize=1)),
     "PoolExecutor result(timeout)": lambda ex: ex.submit(pool_funcs.gated, 0).result(WAIT * 2),

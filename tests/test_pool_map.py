@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncIterable, Iterator
 from typing import Any
 
 import pytest
@@ -60,7 +60,7 @@ def test_map_bounds_calls_in_flight(gate: Gate) -> None:
     run(main())
 
 
-async def collect(results: AsyncGenerator[Any, None], out: list[Any]) -> None:
+async def collect(results: AsyncIterable[Any], out: list[Any]) -> None:
     async for r in results:
         out.append(r)  # noqa: PERF401 - a comprehension would drop the items before an error
 

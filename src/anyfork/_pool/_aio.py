@@ -168,14 +168,6 @@ class Pool(AsyncEngine):
 
     # -- introspection -------------------------------------------------------------------------
 
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool's workers, queue and totals (see :class:`PoolStatistics`)."""
-        return self._core.statistics()
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the pool's ready workers, oldest first."""
-        return self._core.worker_pids()
-
     async def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
@@ -239,7 +231,7 @@ class Pool(AsyncEngine):
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         limit = window_size(max_in_flight, self._core.settings)
-        job = self._job(chunksize, timeout)
+        job = self.job(chunksize, timeout)
         delivery = Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
         return MapResults(delivery)
 

@@ -22,8 +22,9 @@ from .._util import publish
 from . import _watch
 from ._map import Delivery, Progress, Results, bmap, window_size
 from ._records import PoolStatistics, describe
+from ._system import settings
 from ._threads import ThreadsEngine
-from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,16 +114,12 @@ class BlockingPool(_Face):
         self._engine = ThreadsEngine(
             template,
             func,
-            max=max,
-            idle=idle,
-            load=load,
-            start=start,
-            stop=stop,
-            max_calls=max_calls,
-            max_memory=max_memory,
-            on_error=on_error,
-            on_close=on_close,
-            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
+            settings(capacity(template, max), idle, load, start, stop),
+            max_calls,
+            max_memory,
+            on_error,
+            on_close,
+            rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
         self._engine.open(wait=True)
 
@@ -308,18 +305,14 @@ class PoolExecutor(_Face, cf.Executor):
         self._engine = ThreadsEngine(
             template,
             self._func or _APPLY,
-            max=max_workers,
-            idle=idle,
-            load=load,
-            start=start,
-            stop=stop,
-            max_calls=max_tasks_per_child,
-            max_memory=max_memory,
-            on_error=on_error,
-            on_close=on_close,
+            settings(capacity(template, max_workers), idle, load, start, stop),
+            max_tasks_per_child,
+            max_memory,
+            on_error,
+            on_close,
+            rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
             face="PoolExecutor",
             setup=None if initializer is None else (initializer, tuple(initargs)),
-            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
         # The size code written for the standard library's executors reads (Dask does).
         self._max_workers = self._engine.settings.max

@@ -14,6 +14,7 @@ import time
 from typing import Any, Protocol
 
 from ._daemon import nap
+from ._records import Worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +22,20 @@ if TYPE_CHECKING:
 
     from .._rpc._blocking import BlockingClient
     from ._map import MapJob, Unit
-    from ._threads import _Worker
+
+
+class ThreadWorker(Worker):
+    """A worker of the threads engine: its client, and the inbox its thread takes calls from."""
+
+    __slots__ = ("client", "fd", "inbox")
+
+    def __init__(self, wid: int, now: float) -> None:
+        super().__init__(wid, now)
+        self.client: BlockingClient | None = None
+        self.fd = -1  # its client's socket, while the watcher watches it
+        # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
+        # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
+        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
 class Helper(Protocol):
@@ -64,7 +78,7 @@ class Call:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_event = on_event
         self.fut = Future(self, helper)
-        self.worker: _Worker | None = None  # set when a worker is given the call
+        self.worker: ThreadWorker | None = None  # set when a worker is given the call
         self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
         self.job: MapJob[Call] | None = None
         self.unit: Unit | None = None
