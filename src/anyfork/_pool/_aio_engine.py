@@ -107,7 +107,6 @@ class AsyncEngine(Engine[_Worker, Call]):
     # -- maps ---------------------------------------------------------------------------------
 
     def _queue_job(self, job: MapJob[Call]) -> None:
-        """Queue ``job`` (again: it has items to give); ``ClosedError`` once closing."""
         self._bind()
         self._admit()
         self._core.submit_job(job)
@@ -124,10 +123,8 @@ class AsyncEngine(Engine[_Worker, Call]):
         call.add_done_callback(answered)
         return call
 
-    @staticmethod
-    def _withdraw_unit(unit: Unit) -> None:
-        """A map stopped early: its call of ``unit`` is withdrawn if it is still queued; one
-        sent is left to finish (abandoning it would kill a sync-backend worker)."""
+    def _withdraw_unit(self, unit: Unit) -> None:
+        # One sent is left to finish: abandoning it would kill a sync-backend worker.
         if unit.call is not None:
             unit.call.withdraw()
 
@@ -313,10 +310,6 @@ class AsyncEngine(Engine[_Worker, Call]):
             client.abort()
             return
         self._schedule()
-
-    def _retire(self, worker: _Worker) -> None:
-        if self._core.retire(worker):
-            self._schedule()
 
     def _fail_calls(self, calls: list[Call | Job[Call]], error: BaseException) -> None:
         for call in calls:

@@ -20,8 +20,8 @@ from .._errors import ClosedError
 from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
-from ._map import Delivery, Progress, Results, bmap, window_size
-from ._records import PoolStatistics, describe
+from ._map import Delivery, Progress, Results, bmap
+from ._records import PoolStatistics
 from ._system import settings
 from ._threads import ThreadsEngine
 from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
@@ -124,8 +124,7 @@ class BlockingPool(_Face):
         self._engine.open(wait=True)
 
     def __repr__(self) -> str:
-        engine = self._engine
-        return describe("BlockingPool", engine.func, engine.closing, self.statistics())
+        return self._engine._describe("BlockingPool")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in a worker and return its result (see ``Pool.__call__``)."""
@@ -161,12 +160,8 @@ class BlockingPool(_Face):
 
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
         engine = self._engine
-        limit = window_size(max_in_flight, engine.settings)
-        job = engine.job(chunksize, timeout)
-        delivery = Delivery(job, iterables, limit, progress, engine.queue_job, engine.withdraw_unit)
+        delivery = engine._map(iterables, max_in_flight, timeout, progress, chunksize)
         return Results.of(bmap(delivery, interrupted=engine.interrupt))
 
     def wait_for(
@@ -318,8 +313,7 @@ class PoolExecutor(_Face, cf.Executor):
         self._max_workers = self._engine.settings.max
 
     def __repr__(self) -> str:
-        engine = self._engine
-        return describe("PoolExecutor", engine.func, engine.closing, self.statistics())
+        return self._engine._describe("PoolExecutor")
 
     def _check(self, fn: Any) -> None:
         """``ValueError`` for another function than the pool's (when it serves one)."""
@@ -388,12 +382,12 @@ class PoolExecutor(_Face, cf.Executor):
         self._check(fn)
         deadline = None if timeout is None else time.monotonic() + timeout
         engine = self._engine
-        job = engine.job(chunksize)
+        job = engine._job(chunksize)
         columns = columns_of(iterables)
         if self._func is None and columns:
             columns.insert(0, [fn] * len(columns[0]))  # _apply(fn, *items) in the worker
         job.feed(columns, True)
-        delivery = Delivery(job, (), None, False, engine.queue_job, engine.withdraw_unit)
+        delivery = Delivery(job, (), None, False, engine._queue_job, engine._withdraw_unit)
         try:
             delivery.start()
         except ClosedError:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic
 
 from .._core._process import Func
 from .._errors import ClosedError, WorkerDiedError
 from . import _policy
 from ._core import C, PoolCore, W
-from ._map import MapJob, Unit
+from ._map import Delivery, MapJob, Progress, Unit, window_size
 from ._records import PoolStatistics
 from ._system import rss
 from ._worker import Starter, Templates
@@ -62,7 +62,7 @@ class Engine(Generic[W, C]):
         if self._starter.rekey():
             self._core.retire_keyless()
 
-    def job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[C]:
+    def _job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[C]:
         """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per item
         of each of its calls."""
         return MapJob(
@@ -76,11 +76,53 @@ class Engine(Generic[W, C]):
         """The call of a map's ``unit`` (made by the core as a worker takes it)."""
         raise NotImplementedError
 
+    def _queue_job(self, job: MapJob[C]) -> None:
+        """Queue ``job`` (again: it has items to give); ``ClosedError`` once closing."""
+        raise NotImplementedError
+
+    def _withdraw_unit(self, unit: Unit) -> None:
+        """A map stopped early: its call of ``unit`` is withdrawn unless it has started."""
+        raise NotImplementedError
+
+    def _map(
+        self,
+        iterables: tuple[Iterable[Any], ...],
+        max_in_flight: int | None,
+        timeout: float | None,
+        progress: bool | Progress,
+        chunksize: int | None,
+    ) -> Delivery:
+        """The delivery of a new map (the arguments of ``Pool.map``, checked)."""
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        limit = window_size(max_in_flight, self._core.settings)
+        job = self._job(chunksize, timeout)
+        return Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
+
+    def _retire(self, worker: W) -> None:
+        """``worker`` asked to be replaced (``anyfork.worker.retire()``)."""
+        with self._lock:
+            if self._core.retire(worker):
+                self._schedule()
+
+    def _schedule(self) -> None:
+        """Ask the core what to do now, and do it (the threads engine: with its lock held)."""
+        raise NotImplementedError
+
     def _open_error(self) -> BaseException | None:
         """Once the initial workers have started (:func:`opened`): the start-up error if none
         could start (the face closes the pool and raises it)."""
         error = self._core.start_error
         return error if error is not None and self._core.totals.started == 0 else None
+
+    def _describe(self, face: str) -> str:
+        """A pool's ``repr``."""
+        state = "closed" if self._core.closing else "open"
+        s = self.statistics()
+        func = self._starter.func
+        return (
+            f"<anyfork.{face} {func} {state} workers={s.workers} busy={s.busy} queued={s.queued}>"
+        )
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's workers, queue and totals (see :class:`PoolStatistics`)."""

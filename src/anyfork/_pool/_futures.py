@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import queue
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from ._daemon import nap
 from ._records import Worker
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from .._rpc._blocking import BlockingClient
     from ._map import MapJob, Unit
+    from ._threads import ThreadsEngine
 
 
 class ThreadWorker(Worker):
@@ -36,14 +37,6 @@ class ThreadWorker(Worker):
         # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
         # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
         self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
-
-
-class Helper(Protocol):
-    def help_with(self, call: Call) -> None:
-        """Run ``call`` in this (waiting) thread if a worker has it and nobody started it."""
-
-    def interrupt(self) -> None:
-        """A caller was interrupted while it waited (``KeyboardInterrupt``)."""
 
 
 class Call:
@@ -68,7 +61,7 @@ class Call:
         self,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        helper: Helper,
+        helper: ThreadsEngine,
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
     ) -> None:
@@ -98,7 +91,7 @@ class Future(cf.Future[Any]):
     A ``KeyboardInterrupt`` in ``result()`` interrupts the pool (see ``ThreadsEngine.interrupt``).
     """
 
-    def __init__(self, call: Call, helper: Helper) -> None:
+    def __init__(self, call: Call, helper: ThreadsEngine) -> None:
         super().__init__()
         self._call: Call | None = call
         self._helper = helper

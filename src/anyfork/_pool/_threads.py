@@ -66,16 +66,8 @@ class ThreadsEngine(Closing):
         return ThreadWorker(wid, now)
 
     @property
-    def func(self) -> str:
-        return self._starter.func
-
-    @property
     def settings(self) -> _policy.Settings:
         return self._core.settings
-
-    @property
-    def closing(self) -> bool:
-        return self._core.closing
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -129,16 +121,13 @@ class ThreadsEngine(Closing):
 
     # -- maps ---------------------------------------------------------------------------------
 
-    def queue_job(self, job: MapJob[Call]) -> None:
-        """Queue ``job`` (again: it has items to give).  Raises ``ClosedError`` once closing."""
+    def _queue_job(self, job: MapJob[Call]) -> None:
         with self._lock:
             self._check_open()
             self._core.submit_job(job)
             self._schedule()
 
-    def withdraw_unit(self, unit: Unit) -> None:
-        """A map stopped early: its call of ``unit`` is withdrawn unless it has started (a
-        ``_map.Delivery``'s ``withdraw``)."""
+    def _withdraw_unit(self, unit: Unit) -> None:
         call = getattr(unit, "call", None)
         if call is not None:
             call.fut.cancel()
@@ -288,11 +277,6 @@ class ThreadsEngine(Closing):
             self._lost(worker, None)
         else:
             self._watcher.rearm(worker.fd, worker)
-
-    def _retire(self, worker: ThreadWorker) -> None:
-        with self._lock:
-            if self._core.retire(worker):
-                self._schedule()
 
     def _claim(self, worker: ThreadWorker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has

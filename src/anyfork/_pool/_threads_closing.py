@@ -34,9 +34,6 @@ class Closing(Engine[ThreadWorker, Call]):
     _watcher: Watcher
     _closed: bool
 
-    def _schedule(self) -> None:
-        raise NotImplementedError
-
     def cancel_pending(self) -> list[MapJob[Call]]:
         """Cancel every call no worker has started (``shutdown(cancel_futures=True)``), a map's
         items not sent yet too; returns the maps' jobs."""
