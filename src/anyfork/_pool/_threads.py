@@ -99,7 +99,8 @@ class ThreadsEngine(Closing):
         self._admit()
         if _watch.exiting:
             raise ClosedError("the pool takes no new call: the program is ending")
-        self._open()
+        if not self._opened:  # (looked at here: one Python call less per call)
+            self._open()
 
     def submit(
         self,
