@@ -13,8 +13,8 @@ from typing import Any
 from .._core._process import Func
 from .._util import publish
 from ._aio_engine import AsyncEngine
-from ._map import Delivery, Progress, Unit, window_size
-from ._records import PoolStatistics, describe
+from ._map import Delivery, Progress, Unit
+from ._records import PoolStatistics
 from ._system import settings
 from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
 
@@ -128,7 +128,7 @@ class Pool(AsyncEngine):
         )
 
     def __repr__(self) -> str:
-        return describe("Pool", self._starter.func, self._core.closing, self.statistics())
+        return self._describe("Pool")
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -167,14 +167,6 @@ class Pool(AsyncEngine):
         return self._submit(args, kwargs, timeout, on_event)
 
     # -- introspection -------------------------------------------------------------------------
-
-    def statistics(self) -> PoolStatistics:
-        """A snapshot of the pool's workers, queue and totals (see :class:`PoolStatistics`)."""
-        return self._core.statistics()
-
-    def worker_pids(self) -> list[int]:
-        """The pids of the pool's ready workers, oldest first."""
-        return self._core.worker_pids()
 
     async def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
@@ -236,12 +228,7 @@ class Pool(AsyncEngine):
 
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        limit = window_size(max_in_flight, self._core.settings)
-        job = self._job(chunksize, timeout)
-        delivery = Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
-        return MapResults(delivery)
+        return MapResults(self._map(iterables, max_in_flight, timeout, progress, chunksize))
 
     # -- closing ----------------------------------------------------------------------------------
 

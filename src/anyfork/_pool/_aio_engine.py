@@ -25,18 +25,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Func
 from .._errors import ClosedError, WorkerDiedError
 from .._rpc._batching import service_time
 from .._rpc._start import Client
 from .._util import wait_for
 from . import _policy
 from ._aio_calls import Call, answered
-from ._core import Halt, Job, Launch, PoolCore, Send
+from ._core import Halt, Job, Launch, Send
+from ._engine import Engine, as_reported, not_reached, opened
 from ._map import MapJob, Unit
 from ._records import PoolStatistics, Worker
-from ._system import rss
-from ._worker import STOP_TIMEOUT, Starter, Templates, kill
+from ._worker import STOP_TIMEOUT, kill
 
 
 class _Worker(Worker):
@@ -49,26 +48,12 @@ class _Worker(Worker):
         self.answered: float | None = None  # when it last answered a call (a map's sizes)
 
 
-class AsyncEngine:
-    """The machinery of :class:`anyfork.Pool` (which adds the public methods)."""
+class AsyncEngine(Engine[_Worker, Call]):
+    """The machinery of :class:`anyfork.Pool` (which adds the public methods); arguments as for
+    ``_engine.Engine``."""
 
-    def __init__(
-        self,
-        template: Templates,
-        func: Func,
-        settings: _policy.Settings,
-        max_calls: int | None,
-        max_memory: int | None,
-        on_error: Callable[[BaseException], object] | None,
-        on_close: Callable[[], object] | None,
-        rpc_options: dict[str, Any],
-    ) -> None:
-        self._starter = Starter(template, func, rpc_options)
-        self._core: PoolCore[_Worker, Call] = PoolCore(
-            settings, max_calls=max_calls, max_memory=max_memory, new_worker=_Worker, measure=rss
-        )
-        self._on_error = on_error
-        self._on_close = on_close
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed: asyncio.Future[None] | None = None
         self._stoppers: set[asyncio.Task[None]] = set()
@@ -76,6 +61,9 @@ class AsyncEngine:
         self._in_schedule = False
         self._again = False
         self._watchers: list[asyncio.Future[None]] = []
+
+    def _new_worker(self, wid: int, now: float) -> _Worker:
+        return _Worker(wid, now)
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -89,11 +77,12 @@ class AsyncEngine:
         loop = self._bind()
         call = self._new_call(loop, args, kwargs, timeout)
         call.on_event = on_event
-        if self._core.closing:
+        try:
+            self._admit()
+        except ClosedError as exc:
             call.pool = None
-            call.set_exception(ClosedError("the pool is closed"))
+            call.set_exception(exc)
             return call
-        self._rekey()
         call.pool = self
         if timeout is not None:
             call.timer = loop.call_later(timeout, self._expire, call)
@@ -115,33 +104,15 @@ class AsyncEngine:
         call.timeout = timeout
         return call
 
-    def _rekey(self) -> None:
-        """See ``PoolCore.retire_keyless``."""
-        if self._starter.rekey():
-            self._core.retire_keyless()
-
     # -- maps ---------------------------------------------------------------------------------
 
-    def _job(self, chunksize: int | None, timeout: float | None) -> MapJob[Call]:
-        """A new map whose calls this pool makes (``timeout``: seconds per item of a call)."""
-        return MapJob(
-            functools.partial(self._unit, timeout),
-            chunksize=chunksize,
-            batchable=self._starter.batchable,
-            workers=self._core.settings.max,
-        )
-
     def _queue_job(self, job: MapJob[Call]) -> None:
-        """Queue ``job`` (again: it has items to give); ``ClosedError`` once closing."""
         self._bind()
-        if self._core.closing:
-            raise ClosedError("the pool is closed")
-        self._rekey()
+        self._admit()
         self._core.submit_job(job)
         self._schedule()
 
     def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
-        """The call of a map's ``unit`` (made by the core as a worker takes it)."""
         loop = self._loop
         assert loop is not None
         call = self._new_call(loop, (), {}, None if timeout is None else timeout * unit.n)
@@ -152,10 +123,8 @@ class AsyncEngine:
         call.add_done_callback(answered)
         return call
 
-    @staticmethod
-    def _withdraw_unit(unit: Unit) -> None:
-        """A map stopped early: its call of ``unit`` is withdrawn if it is still queued; one
-        sent is left to finish (abandoning it would kill a sync-backend worker)."""
+    def _withdraw_unit(self, unit: Unit) -> None:
+        # One sent is left to finish: abandoning it would kill a sync-backend worker.
         if unit.call is not None:
             unit.call.withdraw()
 
@@ -198,10 +167,8 @@ class AsyncEngine:
             call.timer.cancel()
             call.timer = None
         exc = None if inner.cancelled() else inner.exception()
-        if isinstance(exc, WorkerDiedError):
-            from ._broken import died
-
-            exc = died(exc)  # also a BrokenProcessPool
+        if exc is not None:
+            exc = as_reported(exc)
         call.pool = call.inner = None  # a future kept by its caller keeps nothing else alive
         worker = call.worker
         assert worker is not None
@@ -344,10 +311,6 @@ class AsyncEngine:
             return
         self._schedule()
 
-    def _retire(self, worker: _Worker) -> None:
-        if self._core.retire(worker):
-            self._schedule()
-
     def _fail_calls(self, calls: list[Call | Job[Call]], error: BaseException) -> None:
         for call in calls:
             if isinstance(call, Job):
@@ -374,11 +337,7 @@ class AsyncEngine:
                 # (failing what the worker was running), and make sure the socket goes.
                 self._stop(worker)
         if exc is not None and worker.dead:  # not one the pool was stopping (or cancelled)
-            if isinstance(exc, WorkerDiedError):
-                from ._broken import died
-
-                exc = died(exc)  # as its calls report it: also a BrokenProcessPool
-            self._report(exc)
+            self._report(as_reported(exc))  # as its calls report it
         if first:
             self._schedule()
 
@@ -436,20 +395,18 @@ class AsyncEngine:
             try:
                 await wait_for(fut, max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise TimeoutError(
-                    f"the pool did not reach the condition within {timeout} s: {stats}"
-                ) from None
+                raise not_reached(timeout, stats) from None
 
     async def _open(self) -> None:
         """Wait for the initial workers; raise the start-up error if none could start."""
         self._bind()
         try:
-            await self._wait_until(lambda s: s.starting == 0 or s.failed_starts > 0, None)
+            await self._wait_until(opened, None)
         except BaseException:
             await self._aclose(True, None)
             raise
-        error = self._core.start_error
-        if error is not None and self._core.totals.started == 0:
+        error = self._open_error()
+        if error is not None:
             await self._aclose(True, None)
             raise error
 

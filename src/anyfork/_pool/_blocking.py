@@ -20,10 +20,11 @@ from .._errors import ClosedError
 from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
-from ._map import Delivery, Progress, Results, bmap, window_size
-from ._records import PoolStatistics, describe
+from ._map import Delivery, Progress, Results, bmap
+from ._records import PoolStatistics
+from ._system import settings
 from ._threads import ThreadsEngine
-from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -113,22 +114,17 @@ class BlockingPool(_Face):
         self._engine = ThreadsEngine(
             template,
             func,
-            max=max,
-            idle=idle,
-            load=load,
-            start=start,
-            stop=stop,
-            max_calls=max_calls,
-            max_memory=max_memory,
-            on_error=on_error,
-            on_close=on_close,
-            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
+            settings(capacity(template, max), idle, load, start, stop),
+            max_calls,
+            max_memory,
+            on_error,
+            on_close,
+            rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
         self._engine.open(wait=True)
 
     def __repr__(self) -> str:
-        engine = self._engine
-        return describe("BlockingPool", engine.func, engine.closing, self.statistics())
+        return self._engine._describe("BlockingPool")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function in a worker and return its result (see ``Pool.__call__``)."""
@@ -164,12 +160,8 @@ class BlockingPool(_Face):
 
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
         engine = self._engine
-        limit = window_size(max_in_flight, engine.settings)
-        job = engine.job(chunksize, timeout)
-        delivery = Delivery(job, iterables, limit, progress, engine.queue_job, engine.withdraw_unit)
+        delivery = engine._map(iterables, max_in_flight, timeout, progress, chunksize)
         return Results.of(bmap(delivery, interrupted=engine.interrupt))
 
     def wait_for(
@@ -308,25 +300,20 @@ class PoolExecutor(_Face, cf.Executor):
         self._engine = ThreadsEngine(
             template,
             self._func or _APPLY,
-            max=max_workers,
-            idle=idle,
-            load=load,
-            start=start,
-            stop=stop,
-            max_calls=max_tasks_per_child,
-            max_memory=max_memory,
-            on_error=on_error,
-            on_close=on_close,
+            settings(capacity(template, max_workers), idle, load, start, stop),
+            max_tasks_per_child,
+            max_memory,
+            on_error,
+            on_close,
+            rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
             face="PoolExecutor",
             setup=None if initializer is None else (initializer, tuple(initargs)),
-            **rpc_options(backend, serializer, init, done, on_event, concurrency, timeout),
         )
         # The size code written for the standard library's executors reads (Dask does).
         self._max_workers = self._engine.settings.max
 
     def __repr__(self) -> str:
-        engine = self._engine
-        return describe("PoolExecutor", engine.func, engine.closing, self.statistics())
+        return self._engine._describe("PoolExecutor")
 
     def _check(self, fn: Any) -> None:
         """``ValueError`` for another function than the pool's (when it serves one)."""
@@ -395,12 +382,12 @@ class PoolExecutor(_Face, cf.Executor):
         self._check(fn)
         deadline = None if timeout is None else time.monotonic() + timeout
         engine = self._engine
-        job = engine.job(chunksize)
+        job = engine._job(chunksize)
         columns = columns_of(iterables)
         if self._func is None and columns:
             columns.insert(0, [fn] * len(columns[0]))  # _apply(fn, *items) in the worker
         job.feed(columns, True)
-        delivery = Delivery(job, (), None, False, engine.queue_job, engine.withdraw_unit)
+        delivery = Delivery(job, (), None, False, engine._queue_job, engine._withdraw_unit)
         try:
             delivery.start()
         except ClosedError:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .._errors import also_anyfork
@@ -39,32 +40,26 @@ W = TypeVar("W", bound=Worker)
 C = TypeVar("C")
 
 
+@dataclass(slots=True)
 class Send(Generic[W, C]):
     """Give ``call`` to ``worker`` (its load is counted already)."""
 
-    __slots__ = ("call", "worker")
-
-    def __init__(self, worker: W, call: C) -> None:
-        self.worker = worker
-        self.call = call
+    worker: W
+    call: C
 
 
+@dataclass(slots=True)
 class Launch(Generic[W]):
     """Start ``worker`` (a new record, not ready)."""
 
-    __slots__ = ("worker",)
-
-    def __init__(self, worker: W) -> None:
-        self.worker = worker
+    worker: W
 
 
+@dataclass(slots=True)
 class Halt(Generic[W]):
     """Stop ``worker``: it is out of the pool and has no calls."""
 
-    __slots__ = ("worker",)
-
-    def __init__(self, worker: W) -> None:
-        self.worker = worker
+    worker: W
 
 
 Effect = Send[W, C] | Launch[W] | Halt[W] | _policy.Wake

@@ -11,9 +11,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import queue
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from ._daemon import nap
+from ._records import Worker
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,15 +22,21 @@ if TYPE_CHECKING:
 
     from .._rpc._blocking import BlockingClient
     from ._map import MapJob, Unit
-    from ._threads import _Worker
+    from ._threads import ThreadsEngine
 
 
-class Helper(Protocol):
-    def help_with(self, call: Call) -> None:
-        """Run ``call`` in this (waiting) thread if a worker has it and nobody started it."""
+class ThreadWorker(Worker):
+    """A worker of the threads engine: its client, and the inbox its thread takes calls from."""
 
-    def interrupt(self) -> None:
-        """A caller was interrupted while it waited (``KeyboardInterrupt``)."""
+    __slots__ = ("client", "fd", "inbox")
+
+    def __init__(self, wid: int, now: float) -> None:
+        super().__init__(wid, now)
+        self.client: BlockingClient | None = None
+        self.fd = -1  # its client's socket, while the watcher watches it
+        # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
+        # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
+        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
 
 
 class Call:
@@ -54,7 +61,7 @@ class Call:
         self,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        helper: Helper,
+        helper: ThreadsEngine,
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
     ) -> None:
@@ -64,7 +71,7 @@ class Call:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_event = on_event
         self.fut = Future(self, helper)
-        self.worker: _Worker | None = None  # set when a worker is given the call
+        self.worker: ThreadWorker | None = None  # set when a worker is given the call
         self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
         self.job: MapJob[Call] | None = None
         self.unit: Unit | None = None
@@ -84,7 +91,7 @@ class Future(cf.Future[Any]):
     A ``KeyboardInterrupt`` in ``result()`` interrupts the pool (see ``ThreadsEngine.interrupt``).
     """
 
-    def __init__(self, call: Call, helper: Helper) -> None:
+    def __init__(self, call: Call, helper: ThreadsEngine) -> None:
         super().__init__()
         self._call: Call | None = call
         self._helper = helper

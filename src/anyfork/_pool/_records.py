@@ -34,12 +34,6 @@ class PoolStatistics:
     failed_starts: int
 
 
-def describe(face: str, func: str, closing: bool, s: PoolStatistics) -> str:
-    """A pool's ``repr``."""
-    state = "closed" if closing else "open"
-    return f"<anyfork.{face} {func} {state} workers={s.workers} busy={s.busy} queued={s.queued}>"
-
-
 class Worker:
     """A worker as the pool's core keeps it; each engine adds its connection in a subclass."""
 

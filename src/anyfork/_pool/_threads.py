@@ -27,73 +27,30 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import functools
-import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .._core._process import Func
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
-from .._rpc._blocking import BlockingClient
 from . import _daemon, _futures, _policy, _watch
-from ._core import Halt, Launch, PoolCore, Send
-from ._futures import Call, Future, drain, fail, run_or_skip
+from ._core import Halt, Launch, Send
+from ._engine import as_reported, not_reached, opened
+from ._futures import Call, Future, ThreadWorker, drain, fail, run_or_skip
 from ._map import MapJob, Unit
-from ._records import PoolStatistics, Worker
-from ._system import rss, settings
+from ._records import PoolStatistics
 from ._threads_closing import Closing
 from ._watch import Changes, Clock, Watcher, died_idle
-from ._worker import STOP_TIMEOUT, Starter, Templates, capacity
-
-
-class _Worker(Worker):
-    __slots__ = ("client", "fd", "inbox")
-
-    def __init__(self, wid: int, now: float) -> None:
-        super().__init__(wid, now)
-        self.client: BlockingClient | None = None
-        self.fd = -1  # its client's socket, while the watcher watches it
-        # Calls given to this worker, and None to stop it.  A C queue: its get() blocks without
-        # the pool's lock and wakes the thread at the cost of a futex, not a Python Condition.
-        self.inbox: queue.SimpleQueue[Call | None] = queue.SimpleQueue()
+from ._worker import STOP_TIMEOUT
 
 
 class ThreadsEngine(Closing):
     """A pool whose calls go from the calling thread to a worker's own thread and back (or are
-    run by the waiting caller).  Arguments as for ``anyfork.Pool``; its closing is
+    run by the waiting caller).  Arguments as for ``_engine.Engine``; its closing is
     ``_threads_closing.Closing``'s."""
 
-    def __init__(
-        self,
-        template: Templates,
-        func: Func,
-        *,
-        max: int | None = None,
-        idle: int = 1,
-        load: int = 2,
-        start: float = 0.1,
-        stop: float = 10.0,
-        max_calls: int | None = None,
-        max_memory: int | None = None,
-        on_error: Callable[[BaseException], object] | None = None,
-        on_close: Callable[[], object] | None = None,
-        face: str = "BlockingPool",
-        setup: tuple[Callable[..., object], tuple[Any, ...]] | None = None,
-        **rpc_options: Any,
-    ) -> None:
-        self._starter = Starter(template, func, rpc_options, face, setup)
-        #: An executor: a worker's start-up error is also a ``BrokenProcessPool``.
-        self._executor = face == "PoolExecutor"
-        self._core: PoolCore[_Worker, Call] = PoolCore(
-            settings(capacity(template, max), idle, load, start, stop),
-            max_calls=max_calls,
-            max_memory=max_memory,
-            new_worker=_Worker,
-            measure=rss,
-        )
-        self._on_error = on_error
-        self._on_close = on_close
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._changes = Changes(self._lock)  # for statistics waiters
         self._threads: set[threading.Thread] = set()
@@ -105,21 +62,12 @@ class ThreadsEngine(Closing):
         self._clock = Clock(self._lock, self._schedule)
         self._watcher = Watcher(self._hung_up)
 
-    @property
-    def func(self) -> str:
-        return self._starter.func
+    def _new_worker(self, wid: int, now: float) -> ThreadWorker:
+        return ThreadWorker(wid, now)
 
     @property
     def settings(self) -> _policy.Settings:
         return self._core.settings
-
-    @property
-    def closing(self) -> bool:
-        return self._core.closing
-
-    @property
-    def batchable(self) -> bool:
-        return self._starter.batchable
 
     # -- calls --------------------------------------------------------------------------------
 
@@ -131,12 +79,12 @@ class ThreadsEngine(Closing):
         if not wait:
             return
         try:
-            stats = self.wait_until(lambda s: s.starting == 0 or s.failed_starts > 0)
+            self.wait_until(opened)
         except BaseException:
             self.close(cancel=True)
             raise
-        error = self._core.start_error
-        if error is not None and stats.started == 0:
+        error = self._open_error()
+        if error is not None:
             self.close(cancel=True)
             raise error
 
@@ -148,13 +96,11 @@ class ThreadsEngine(Closing):
 
     def _check_open(self) -> None:
         """With the lock held: raise ``ClosedError`` if the pool takes no new call; open it."""
-        if self._core.closing:
-            raise ClosedError("the pool is closed")
+        self._admit()
         if _watch.exiting:
             raise ClosedError("the pool takes no new call: the program is ending")
-        self._open()
-        if self._starter.rekey():
-            self._core.retire_keyless()
+        if not self._opened:  # (looked at here: one Python call less per call)
+            self._open()
 
     def submit(
         self,
@@ -176,32 +122,19 @@ class ThreadsEngine(Closing):
 
     # -- maps ---------------------------------------------------------------------------------
 
-    def job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[Call]:
-        """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per
-        item of each of its calls."""
-        return MapJob(
-            functools.partial(self._unit, timeout),
-            chunksize=chunksize,
-            batchable=self.batchable,
-            workers=self._core.settings.max,
-        )
-
-    def queue_job(self, job: MapJob[Call]) -> None:
-        """Queue ``job`` (again: it has items to give).  Raises ``ClosedError`` once closing."""
+    def _queue_job(self, job: MapJob[Call]) -> None:
         with self._lock:
             self._check_open()
             self._core.submit_job(job)
             self._schedule()
 
-    def withdraw_unit(self, unit: Unit) -> None:
-        """A map stopped early: its call of ``unit`` is withdrawn unless it has started (a
-        ``_map.Delivery``'s ``withdraw``)."""
+    def _withdraw_unit(self, unit: Unit) -> None:
         call = getattr(unit, "call", None)
         if call is not None:
             call.fut.cancel()
 
     def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
-        """The call of a map's ``unit`` (made by the core, under the lock)."""
+        # (made by the core, under the lock)
         call = Call((), {}, self, None if timeout is None else timeout * unit.n)
         call.job, call.unit = job, unit
         unit.call = call
@@ -294,7 +227,7 @@ class ThreadsEngine(Closing):
 
     # -- a worker's thread --------------------------------------------------------------------
 
-    def _serve(self, worker: _Worker) -> None:
+    def _serve(self, worker: ThreadWorker) -> None:
         try:
             client, worker.keyed = self._starter.start_blocking(
                 functools.partial(self._retire, worker)
@@ -303,7 +236,7 @@ class ThreadsEngine(Closing):
             with self._lock:
                 error, calls = self._core.start_failed(worker, exc)
                 self._schedule()
-            if self._executor:
+            if self._starter.face == "PoolExecutor":
                 from ._broken import also_broken
 
                 error = also_broken(error)
@@ -335,7 +268,7 @@ class ThreadsEngine(Closing):
             with contextlib.suppress(AnyforkError, OSError, TimeoutError):
                 client.close(timeout=STOP_TIMEOUT)
 
-    def _hung_up(self, worker: _Worker) -> None:
+    def _hung_up(self, worker: ThreadWorker) -> None:
         """The watcher saw the worker's end close: if it died while idle, it is replaced now
         (if it is busy, its call tells, and this waits for that)."""
         client = worker.client
@@ -346,12 +279,7 @@ class ThreadsEngine(Closing):
         else:
             self._watcher.rearm(worker.fd, worker)
 
-    def _retire(self, worker: _Worker) -> None:
-        with self._lock:
-            if self._core.retire(worker):
-                self._schedule()
-
-    def _claim(self, worker: _Worker, call: Call) -> bool:
+    def _claim(self, worker: ThreadWorker, call: Call) -> bool:
         """For ``worker``'s thread: take a call from its inbox, unless a waiting caller has
         claimed it, or the call has moved on.  (A caller that found this worker dead queues the
         call again, unclaimed, while this thread may already hold it: this thread must not run
@@ -374,7 +302,7 @@ class ThreadsEngine(Closing):
             call.claimed = True
         self._execute(worker, call, caller=True)
 
-    def _execute(self, worker: _Worker, call: Call, caller: bool = False) -> None:
+    def _execute(self, worker: ThreadWorker, call: Call, caller: bool = False) -> None:
         """Run a claimed call on ``worker`` (in its thread, or in a waiting ``caller``'s)."""
         client = worker.client
         assert client is not None
@@ -407,10 +335,8 @@ class ThreadsEngine(Closing):
         )
         if timed_out:
             exc = TimeoutError(f"the pool call timed out after {call.timeout} s")
-        if isinstance(exc, WorkerDiedError):
-            from ._broken import died
-
-            exc = died(exc)  # also a BrokenProcessPool
+        if exc is not None:
+            exc = as_reported(exc)
         if not client.usable:
             # Dead, or condemned by this call's abandonment: out of the rotation before anyone
             # hears of this call (who might make the next one at once).
@@ -442,7 +368,7 @@ class ThreadsEngine(Closing):
             raise exc  # type: ignore[misc]  # KeyboardInterrupt in a caller that ran its call
 
     def _lost(
-        self, worker: _Worker, died: WorkerDiedError | None, unstarted: Call | None = None
+        self, worker: ThreadWorker, died: WorkerDiedError | None, unstarted: Call | None = None
     ) -> None:
         """The worker cannot take calls: it leaves the pool once; the calls it had not started
         (those still in its inbox, and ``unstarted``, claimed but found undeliverable) are
@@ -469,7 +395,7 @@ class ThreadsEngine(Closing):
         if died is not None and worker.dead:
             self._report(died)
 
-    def _finished(self, worker: _Worker, *, completed: bool) -> None:
+    def _finished(self, worker: ThreadWorker, *, completed: bool) -> None:
         with self._lock:
             self._core.finished(worker, time.monotonic(), completed=completed)
             self._schedule()
@@ -480,14 +406,6 @@ class ThreadsEngine(Closing):
                 self._on_error(exc)
 
     # -- introspection ------------------------------------------------------------------------
-
-    def statistics(self) -> PoolStatistics:
-        with self._lock:
-            return self._core.statistics()
-
-    def worker_pids(self) -> list[int]:
-        with self._lock:
-            return self._core.worker_pids()
 
     def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], timeout: float | None = None
@@ -502,6 +420,4 @@ class ThreadsEngine(Closing):
                 return stats
             with self._lock:
                 if not self._changes.wait_past(version, deadline):
-                    raise TimeoutError(
-                        f"the pool did not reach the condition within {timeout} s: {stats}"
-                    )
+                    raise not_reached(timeout, stats)

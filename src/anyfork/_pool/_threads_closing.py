@@ -8,38 +8,31 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from collections.abc import Callable
 
 from .._errors import ClosedError
 from . import _daemon, _watch
-from ._core import PoolCore
-from ._futures import Call, drain, fail, remaining
+from ._engine import Engine
+from ._futures import Call, ThreadWorker, drain, fail, remaining
 from ._map import MapJob
 from ._watch import Changes, Clock, Watcher
-from ._worker import Starter, kill
+from ._worker import kill
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._threads import _Worker
+    pass
 
 
-class Closing:
+class Closing(Engine[ThreadWorker, Call]):
     """The closing of a :class:`~anyfork._pool._threads.ThreadsEngine` (its state is the
     engine's)."""
 
-    _lock: threading.Lock
-    _core: PoolCore[_Worker, Call]
+    _lock: threading.Lock  # (not Engine's nullcontext)
     _outstanding: set[Call]
     _threads: set[threading.Thread]
     _changes: Changes
     _clock: Clock
     _watcher: Watcher
-    _starter: Starter
     _closed: bool
-    _on_close: Callable[[], object] | None
-
-    def _schedule(self) -> None:
-        raise NotImplementedError
 
     def cancel_pending(self) -> list[MapJob[Call]]:
         """Cancel every call no worker has started (``shutdown(cancel_futures=True)``), a map's

@@ -11,11 +11,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from .._rpc._blocking import BlockingClient
 from . import _daemon
 from ._futures import remaining
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._threads_closing import Closing
 
 #: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
 _MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
@@ -183,22 +187,18 @@ def died_idle(client: BlockingClient) -> bool:
 # -- the pools still open at exit ------------------------------------------------------------
 
 
-class Closable(Protocol):
-    def close(self, *, wait: bool = True, cancel: bool = False) -> None: ...
-
-
-_live: weakref.WeakSet[Closable] = weakref.WeakSet()
+_live: weakref.WeakSet[Closing] = weakref.WeakSet()
 #: The program is ending: the pools still open have been closed, and no new call is taken
 #: (``RuntimeError`` from an executor's ``submit``, as the standard library's say).
 exiting: list[bool] = []
 
 
-def opened(pool: Closable) -> None:
+def opened(pool: Closing) -> None:
     """``pool`` is open: close it when the main thread ends, if it is still open then."""
     _live.add(pool)
 
 
-def closed(pool: Closable) -> None:
+def closed(pool: Closing) -> None:
     _live.discard(pool)
 
 

@@ -33,9 +33,6 @@ START_TIMEOUT = 60.0
 #: How long stopping one worker may take before it is killed.
 STOP_TIMEOUT = 30.0
 
-_RPC_OPTIONS = frozenset(
-    {"backend", "serializer", "init", "on_event", "concurrency", "timeout", "done"}
-)
 #: The names other pools give what anyfork's call otherwise, for the error that names ours.
 _THEIRS = {
     "Pool": {
@@ -193,14 +190,11 @@ class Starter:
                 f"a pool's template is an anyfork.Process or None, not {template!r} (the function "
                 f"comes second: Pool(None, 'module:function'))"
             )
-        unknown = set(rpc_options) - _RPC_OPTIONS
-        if unknown:
-            raise unexpected(face, unknown)
         self.func = func_ref(func)
+        self.face = face  # (an executor's start-up error is also a ``BrokenProcessPool``)
         options = dict(rpc_options)
-        self._on_event: Callable[..., object] | None = options.pop("on_event", None)
-        options.setdefault("timeout", START_TIMEOUT)
-        init = options.pop("init", None)
+        self._on_event: Callable[..., object] | None = options.pop("on_event")
+        init = options.pop("init")
         self._init = func_ref(init) if init is not None else None
         # An initializer travels pickled (by the serialiser's pickle, so cloudpickle takes
         # lambdas), checked now: a bad one raises here rather than at every worker's start.
