@@ -11,7 +11,6 @@ import contextvars
 import inspect
 from collections import deque
 
-from .. import worker
 from . import _rpc_wire as W
 from ._records import error_record
 from ._rpc_server import (
@@ -19,6 +18,7 @@ from ._rpc_server import (
     batch_calls,
     broken_stream,
     frame_chunks,
+    install,
     serialization_error,
 )
 
@@ -65,11 +65,11 @@ class AsyncServer:
         self.done: asyncio.Future[None] = loop.create_future()
         self.sock.setblocking(False)
         self._resume_reading()
-        worker._sink = self
+        install(self)
         try:
             await self.done
         finally:
-            worker._sink = None
+            install(None)
             self._pause_reading()
             if self.writing:
                 loop.remove_writer(self.sock.fileno())

@@ -42,7 +42,6 @@ import os
 from itertools import repeat as _repeat
 from operator import is_ as _is
 
-from .. import worker
 from . import _rpc_wire as W
 from . import _serializers, _target
 from ._records import anyfork_error, error_record
@@ -55,6 +54,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
     Chunks = list[bytes | bytearray | memoryview]
+
+
+#: The server serving calls in this process, while it does (``install``): ``anyfork.worker``
+#: reaches it through ``running``.
+_serving: Any = None
+
+
+def install(server: object) -> None:
+    """``server`` serves calls from now on (``None``: no more, e.g. before ``done`` runs)."""
+    global _serving
+    _serving = server
+
+
+def running(what: str, where: str = "an RPC worker") -> Any:
+    """The server serving calls, for ``anyfork.worker.<what>()``; ``RuntimeError`` outside it."""
+    if _serving is None:
+        raise RuntimeError(f"anyfork.worker.{what}() works only in {where}, while it serves")
+    return _serving
 
 
 class ParentGone(BaseException):
@@ -242,7 +259,7 @@ class SyncServer:
     def run(self) -> bool:
         """Serve until EOF; ``True`` if the stream broke the protocol (reported as ``FAILED``)."""
         dec = W.Decoder(W.TO_CHILD)
-        worker._sink = self
+        install(self)
         try:
             while True:
                 try:
@@ -271,7 +288,7 @@ class SyncServer:
         except ParentGone:
             return False
         finally:
-            worker._sink = None
+            install(None)
 
     def call(self, call_id: int, payload: bytes | bytearray) -> None:
         self.current = call_id

@@ -22,9 +22,9 @@ from typing import Any, final
 
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish, wait_for
-from ._batching import BatchResult, check_columns, columns_of
-from ._connection import FLUSH, KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
-from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
+from ._batching import columns_of
+from ._connection import NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, recv_some
 from ._map import MapRun
 
 __all__ = ["Client"]
@@ -260,11 +260,13 @@ class Client(Facts, metaclass=NoPublicConstructor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         on_event: Callable[..., object] | None = None,
+        columns: Sequence[Sequence[Any]] | None = None,
     ) -> _Call:
+        """Send a call, or given ``columns`` a batch (``RpcConnection.call``): its future."""
         fut = _Call(loop=self._loop)
         fut._client = None
         try:
-            fut._cid = self._conn.call(fut, args, kwargs, on_event)
+            fut._cid = self._conn.call(fut, args, kwargs, on_event, columns)
         except Exception as exc:  # raised when the future is awaited, as from a coroutine
             fut.set_exception(exc)
             return fut
@@ -273,30 +275,13 @@ class Client(Facts, metaclass=NoPublicConstructor):
         return fut
 
     def _submit_batch(
-        self,
-        columns: Sequence[Sequence[Any]],
-        on_event: Callable[..., object] | None = None,
+        self, columns: Sequence[Sequence[Any]], on_event: Callable[..., object] | None = None
     ) -> _Call:
-        """Send one batch of calls, their arguments by column (``func(*args)`` for ``args`` in
-        ``zip(*columns)``; see ``_batching``): the future's result is its
-        :class:`~anyfork._rpc._batching.BatchResult`; its exception what failed the batch as a
-        whole (``EncodeError`` before anything is sent, also for a serialiser that cannot
-        batch; ``ValueError`` for columns not all as long; ``DecodeError``; what ends the
+        """One batch of calls (``func(*args)`` for ``args`` in ``zip(*columns)``): its future's
+        result is its :class:`~anyfork._rpc._batching.BatchResult`, its exception what failed
+        the batch as a whole (``DecodeError``, what ``_submit`` raises, what ends the
         connection).  Cancelling it abandons the batch, as a call."""
-        fut = _Call(loop=self._loop)
-        fut._client = None
-        try:
-            checked = check_columns(columns)
-            if not checked[0]:
-                fut.set_result(BatchResult([]))
-                return fut
-            fut._cid = self._conn.batch(fut, checked, on_event)
-        except Exception as exc:
-            fut.set_exception(exc)
-            return fut
-        fut._client = self
-        self._kick()
-        return fut
+        return self._submit((), {}, on_event, columns)
 
     async def _with_timeout(self, fut: _Call, timeout: float) -> Any:
         handle = self._loop.call_later(timeout, self._expire, fut, timeout)
@@ -315,15 +300,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
 
     def _abandon_map(self, run: MapRun, why: str) -> None:
         self._act(self._conn.abandon_map(run, why))
-
-    def _condemn(self, reason: str) -> None:
-        self._act(self._conn.condemn(reason))
-
-    def _act(self, action: str | None) -> None:
-        if action == FLUSH:
-            self._kick()
-        elif action == KILL:
-            kill(self._proc)
 
     # -- I/O --------------------------------------------------------------------------------
 
@@ -409,13 +385,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
             self._loop.remove_writer(self._fd)
             self._writing = False
 
-    def _close_socket(self) -> None:
-        self._finalizer.detach()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        self._conn.io_closed()
-
     @staticmethod
     def _set(fut: asyncio.Future[None]) -> None:
         if not fut.done():
@@ -462,9 +431,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
             else:
                 await wait_for(asyncio.shield(self._closed_fut), timeout)
         except BaseException as exc:
-            self._condemn(
-                "aclose() timed out" if isinstance(exc, TimeoutError) else "aclose() was cancelled"
-            )
+            timed_out = isinstance(exc, TimeoutError)
+            self._act(conn.condemn("aclose() timed out" if timed_out else "aclose() was cancelled"))
             self.abort()
             raise
         if conn.returncode is None:
