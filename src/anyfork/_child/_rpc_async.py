@@ -101,16 +101,20 @@ class AsyncServer:
             self.loop.add_writer(self.sock.fileno(), self._writable)
             self.writing = True
 
-    def _writable(self) -> None:
+    def _send_some(self) -> bool:
+        """Write what the socket takes now; ``False`` if it took nothing (it is full)."""
         try:
             sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._gone()
-            return
+            return False
         self.wbuf = W.advance(self.wbuf, sent)
-        if not self.wbuf:
+        return True
+
+    def _writable(self) -> None:
+        if self._send_some() and not self.wbuf:
             self.loop.remove_writer(self.sock.fileno())
             self.writing = False
             self._check_done()
@@ -120,21 +124,12 @@ class AsyncServer:
         import select
 
         while self.wbuf and not self.broken:
-            try:
-                sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
-            except (BlockingIOError, InterruptedError):
+            if not self._send_some() and not self.broken:
                 select.select([], [self.sock], [])
-                continue
-            except OSError:
-                self.broken = True
-                self.wbuf = []
-                return False
-            self.wbuf = W.advance(self.wbuf, sent)
         return not self.broken
 
-    def event(self, args: tuple[Any, ...], call_id: int | None = None) -> None:
-        cid = self.current.get() if call_id is None else call_id
-        self.write(W.EVENT, cid, self.codec.dump_event(args))
+    def event(self, args: tuple[Any, ...]) -> None:
+        self.write(W.EVENT, self.current.get(), self.codec.dump_event(args))
 
     def retire(self) -> None:
         self.write(W.RETIRE, 0, [])

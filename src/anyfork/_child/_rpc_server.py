@@ -246,9 +246,8 @@ class SyncServer:
         self.current = 0  # the id of the running call: its events carry it
         self.eof = False  # the parent closed the connection (not: it has gone)
 
-    def event(self, args: tuple[Any, ...], call_id: int | None = None) -> None:
-        cid = self.current if call_id is None else call_id
-        _send_chunks(self.sock, W.EVENT, cid, self.codec.dump_event(args))
+    def event(self, args: tuple[Any, ...]) -> None:
+        _send_chunks(self.sock, W.EVENT, self.current, self.codec.dump_event(args))
 
     def flush(self) -> bool:
         return True
