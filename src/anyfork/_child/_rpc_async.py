@@ -19,7 +19,8 @@ from ._rpc_server import (
     broken_stream,
     frame_chunks,
     install,
-    serialization_error,
+    undecodable,
+    unencodable,
 )
 
 TYPE_CHECKING = False
@@ -234,8 +235,7 @@ class AsyncServer:
         try:
             args, kwargs = self.codec.load_call(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the call's arguments", exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, undecodable("call's", exc))
             return
         del payload
         try:
@@ -249,9 +249,7 @@ class AsyncServer:
         try:
             chunks = self.codec.dump_value(result)
         except Exception as exc:
-            what = f"cannot encode the result ({type(result).__name__})"
-            err = serialization_error("encode", what, exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, [unencodable(result, exc)])
             return
         self.write(W.OK, call_id, chunks)
 
@@ -261,8 +259,7 @@ class AsyncServer:
         try:
             columns, _ = codec.load_batch(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, undecodable("batch's", exc))
             return
         del payload
         func, columns = batch_calls(self.func, columns)

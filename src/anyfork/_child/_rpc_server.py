@@ -153,6 +153,19 @@ def serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
     return anyfork_error(qualname, f"{message}: {type(cause).__name__}: {cause}", cause)
 
 
+def undecodable(what: str, cause: Exception) -> Chunks:
+    """The ``ERROR`` answer to a call (``what``: "call's") or batch ("batch's") whose
+    arguments cannot be decoded."""
+    return [serialization_error("decode", f"cannot decode the {what} arguments", cause)]
+
+
+def unencodable(result: object, cause: Exception) -> bytes:
+    """The record of an ``EncodeError`` for a result that cannot be serialised."""
+    return serialization_error(
+        "encode", f"cannot encode the result ({type(result).__name__})", cause
+    )
+
+
 def _size(chunks: Chunks) -> int:
     size = 0
     for chunk in chunks:
@@ -201,24 +214,25 @@ def batch_answer(
 def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[int, Chunks, bytes]:
     """The list of results cannot be serialised: the first result that cannot fails its item
     (an ``EncodeError``, side ``"child"``); the results before it are answered."""
-    failed, what, cause = 0, "cannot encode the batch's results", None
+    failed, record = 0, None
     for i, result in enumerate(results):
         try:
             codec.dump_value(result)
         except Exception as exc:
-            failed, what, cause = i, f"cannot encode the result ({type(result).__name__})", exc
+            failed, record = i, unencodable(result, exc)
             break
     else:  # each one can, their list cannot: nothing is answered
+        cause: Exception = ValueError("the serialiser failed, then did not")
         try:
             codec.dump_results(results)
         except Exception as exc:
             cause = exc
+        record = serialization_error("encode", "cannot encode the batch's results", cause)
     try:
         chunks = codec.dump_results(results[:failed])
     except Exception:
         failed, chunks = 0, codec.dump_results([])
-    why = cause if cause is not None else ValueError("the serialiser failed, then did not")
-    return failed, chunks, serialization_error("encode", what, why)
+    return failed, chunks, record
 
 
 def _send_chunks(sock: socket.socket, kind: int, call_id: int, chunks: Chunks) -> None:
@@ -295,8 +309,7 @@ class SyncServer:
         try:
             args, kwargs = codec.load_call(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the call's arguments", exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, undecodable("call's", exc))
             return
         del payload
         try:
@@ -308,9 +321,7 @@ class SyncServer:
         try:
             chunks = codec.dump_value(result)
         except Exception as exc:
-            what = f"cannot encode the result ({type(result).__name__})"
-            err = serialization_error("encode", what, exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, [unencodable(result, exc)])
             return
         _send_chunks(self.sock, W.OK, call_id, chunks)
 
@@ -320,8 +331,7 @@ class SyncServer:
         try:
             columns, n = codec.load_batch(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, undecodable("batch's", exc))
             return
         del payload
         func, args = batch_calls(self.func, columns)

@@ -20,10 +20,9 @@ from typing import Any, NoReturn, final
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish
 from ._answers import Box
-from ._batching import BatchResult, columns_of
+from ._batching import BatchResult
 from ._connection import NEED_EXIT_STATUS, READY, STARTING, RpcConnection
 from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, recv_some
-from ._map import MapRun
 
 __all__ = ["BlockingClient"]
 
@@ -91,10 +90,7 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             conn = self._conn
-            conn.check_usable()
-            run = MapRun(
-                columns_of(iterables), chunksize, self.batchable, time.monotonic, conn.slots
-            )
+            run = conn.start_map(iterables, chunksize, time.monotonic)
             try:
                 while True:
                     conn.map_send(run)

@@ -22,10 +22,8 @@ from typing import Any, final
 
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish, wait_for
-from ._batching import columns_of
 from ._connection import NEED_EXIT_STATUS, READY, STARTING, RpcConnection
 from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, recv_some
-from ._map import MapRun
 
 __all__ = ["Client"]
 
@@ -223,9 +221,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
         call (the async backend cancels them, the sync backend kills the worker).
         """
         conn = self._conn
-        conn.check_usable()
         loop = self._loop
-        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, conn.slots)
+        run = conn.start_map(iterables, chunksize, loop.time)
         fut: asyncio.Future[None] | None = None
 
         def wake() -> None:
@@ -233,7 +230,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
                 fut.set_result(None)
 
         def expire() -> None:
-            self._abandon_map(run, f"timed out after {timeout} s")
+            self._act(conn.abandon_map(run, f"timed out after {timeout} s"))
             if fut is not None and not fut.done():
                 fut.set_exception(TimeoutError(f"the RPC calls timed out after {timeout} s"))
 
@@ -248,7 +245,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
                 fut = loop.create_future()
                 await fut
         except asyncio.CancelledError:
-            self._abandon_map(run, "was cancelled")
+            self._act(conn.abandon_map(run, "was cancelled"))
             raise
         finally:
             if handle is not None:
@@ -297,9 +294,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
 
     def _abandon(self, cid: int, why: str) -> None:
         self._act(self._conn.abandon(cid, why))
-
-    def _abandon_map(self, run: MapRun, why: str) -> None:
-        self._act(self._conn.abandon_map(run, why))
 
     # -- I/O --------------------------------------------------------------------------------
 
@@ -394,10 +388,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
 
     async def _wait_ready(self, timeout: float | None) -> None:
         try:
-            if timeout is None:
-                await asyncio.shield(self._ready_fut)
-            else:
-                await wait_for(asyncio.shield(self._ready_fut), timeout)
+            await wait_for(asyncio.shield(self._ready_fut), timeout)
         except BaseException:
             self.abort()
             raise
@@ -426,10 +417,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
             if not self._writing:
                 self._write_now()
         try:
-            if timeout is None:
-                await asyncio.shield(self._closed_fut)
-            else:
-                await wait_for(asyncio.shield(self._closed_fut), timeout)
+            await wait_for(asyncio.shield(self._closed_fut), timeout)
         except BaseException as exc:
             timed_out = isinstance(exc, TimeoutError)
             self._act(conn.condemn("aclose() timed out" if timed_out else "aclose() was cancelled"))

@@ -43,7 +43,7 @@ The drivers: ``_client`` (asyncio) and ``_blocking`` (``poll``/``recv`` under a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from .._child import _rpc_wire as W
@@ -57,7 +57,7 @@ from .._errors import (
     describe_returncode,
 )
 from ._answers import Calls, Emit, Waiter, rebuild_record
-from ._batching import BatchResult, check_columns
+from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun, Unit
 from ._outbox import Outbox, encode
 
@@ -176,6 +176,15 @@ class RpcConnection(Calls):
             self._batches[cid] = len(batch[0])
             self.out.queue(W.CALL_BATCH, cid, chunks, size)
         return cid
+
+    def start_map(
+        self, iterables: Sequence[Iterable[Any]], chunksize: int | None, clock: Callable[[], float]
+    ) -> MapRun:
+        """A new map of the function over ``iterables`` (``Client.map``), or why the connection
+        cannot take one."""
+        self.check_usable()
+        columns = columns_of(iterables)
+        return MapRun(columns, chunksize, self.codec.batches, clock, self.slots)
 
     def map_send(self, run: MapRun) -> None:
         """Queue the frames ``run`` wants sent now.  A frame that cannot be sent (an argument
