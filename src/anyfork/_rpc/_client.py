@@ -155,11 +155,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
     # -- calls ------------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """``await client(*args, **kwargs)``: call the function and return its result.
-
-        The call is sent at once; the future resolves to the result or the call's error.
-        Cancelling the future abandons the call (see the class docs for what that does to the
-        worker)."""
+        """``await client(*args, **kwargs)``: the function's result, the call sent at once (see
+        the class docs for its errors and its cancellation)."""
         return self._submit(args, kwargs)
 
     def call(
