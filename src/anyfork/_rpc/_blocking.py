@@ -159,14 +159,9 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             sock = self._sock
             if sock is None:
                 return
-            if out.has_output():
-                try:
-                    out.send_some(sock)
-                except OSError:
-                    out.drop()
+            writing = out.has_output() and out.send_some(sock)
             if done():
                 return
-            writing = out.has_output()
             if conn.wants_shutdown:
                 try:
                     sock.shutdown(socket.SHUT_WR)

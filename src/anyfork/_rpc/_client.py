@@ -312,17 +312,10 @@ class Client(Facts, metaclass=NoPublicConstructor):
             self._write_now()
 
     def _write_now(self) -> None:
-        conn = self._conn
-        out = conn.out
         sock = self._sock
         if sock is None:
             return
-        try:
-            out.send_some(sock)
-        except OSError:
-            # The child has gone; the reader will see EOF and fail what is outstanding.
-            out.drop()
-        if out.has_output():
+        if self._conn.out.send_some(sock):
             if not self._writing:
                 self._loop.add_writer(self._fd, self._write_now)
                 self._writing = True
@@ -330,7 +323,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
-        if conn.wants_shutdown:
+        if self._conn.wants_shutdown:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
