@@ -1,23 +1,6 @@
 """RPC, parent side: the connection to one worker, sans-IO (no socket, clock, signal or loop).
 
-Data flow (one socket, frames from ``_rpc_wire``)::
-
-    parent                                   child (_rpc_server)
-    ------                                   -------------------
-    send_arg(config), run(serve)  ------->   init(*args), resolve func
-                                  <-------   READY (version, pid)  | FAILED (error record)
-    CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
-                                  <-------   EVENT id, ... (worker.event, any number, in order)
-                                  <-------   RETIRE (worker.retire: for the pools' _on_retire)
-                                  <-------   OK id, result  | ERROR id, error record
-    CALL_BATCH id, [args, ...]    ------->   func(*args) for each, in order
-                                  <-------   BATCH_OK id, [result, ...]
-                                           | BATCH_ERROR id, i, [result, ...i], error record
-    CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
-    (a broken stream)             ------->   (nothing more is run)
-                                  <-------   FAILED (a ProtocolError record), exit 1
-    shutdown(SHUT_WR)             ------->   finish every call, reply, exit
-                                  <-------   EOF
+The protocol, its frames and its data flow: ``_child._rpc_wire``.
 
 :class:`RpcConnection` holds everything but the I/O and the waiting: the call ids, the pending
 calls and the frames that answer them (its base, ``_answers.Calls``), the abandonment policy
