@@ -26,15 +26,18 @@ from helpers import modules_after
 PACKAGE = Path(anyfork.__file__).resolve().parent
 
 #: The modules that must stay sans-IO: no sockets, no clocks, no event loop, no threads, no
-#: processes (each takes its inputs as arguments and returns what to do).  List new ones here
-#: (the RPC connection core, once it exists, belongs here).
+#: processes (each takes its inputs as arguments and returns what to do).  List new ones here.
 SANS_IO = (
     "anyfork._child._rpc_wire",
     "anyfork._child._wire",
     "anyfork._child._records",
     "anyfork._pool._core",
     "anyfork._pool._policy",
+    "anyfork._rpc._answers",
     "anyfork._rpc._batching",
+    "anyfork._rpc._connection",
+    "anyfork._rpc._map",
+    "anyfork._rpc._outbox",
 )
 #: What a sans-IO module may not import, directly or through anyfork's modules.
 IO = frozenset(
@@ -116,9 +119,6 @@ LAZY_FORWARDERS = {
 REACH_INS = {
     # RPC: the template a worker is forked from, primed with the RPC server before the fork.
     ("anyfork._rpc._start", "proc._template"): "RPC: primes the template with the RPC server",
-    # RPC engineer: the running server, set on the worker module (worker.event()/flush()).
-    ("anyfork._child._rpc_server", "worker._sink"): "RPC: installs the server for worker.event",
-    ("anyfork._child._rpc_async", "worker._sink"): "RPC: installs the server for worker.event",
     # Pool engineer: the pool drives the clients' socket and batches directly (hot path).
     ("anyfork._pool._aio_engine", "client._submit_batch"): "pool: a map's batch, one frame",
     ("anyfork._pool._aio_engine", "client._sock"): "pool: watches the worker's hang-up",

@@ -7,14 +7,8 @@ from __future__ import annotations
 
 from ._child import _serve, _target
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
-
 __all__ = ["event", "flush", "retire", "take_args"]
 
-#: The running RPC server (``_rpc_server``), while it serves calls.
-_sink: Any = None
 _retired = False
 
 
@@ -54,19 +48,17 @@ def event(*args: object) -> None:
     buffers behind its event loop (``flush()`` before ``os._exit``).  Not available in ``init``
     (the parent is not listening yet) nor in ``done``: raises ``RuntimeError``.
     """
-    sink = _sink
-    if sink is None:
-        raise RuntimeError("anyfork.worker.event() works only in an RPC worker, while it serves")
-    sink.event(args)
+    from ._child._rpc_server import running  # (loaded already where it serves)
+
+    running("event").event(args)
 
 
 def flush() -> bool:
     """Write every buffered reply and event now, blocking; ``False`` if the parent cannot take
     them (it has gone).  The sync backend never buffers: it returns ``True`` at once."""
-    sink = _sink
-    if sink is None:
-        raise RuntimeError("anyfork.worker.flush() works only in an RPC worker, while it serves")
-    result: bool = sink.flush()
+    from ._child._rpc_server import running
+
+    result: bool = running("flush").flush()
     return result
 
 
@@ -88,10 +80,9 @@ def retire() -> None:
     outside an RPC worker.
     """
     global _retired
-    sink = _sink
-    if sink is None:
-        raise RuntimeError("anyfork.worker.retire() works only in a pool worker, while it serves")
-    if _retired:
-        return
-    _retired = True
-    sink.retire()
+    from ._child._rpc_server import running
+
+    server = running("retire", "a pool worker")
+    if not _retired:
+        _retired = True
+        server.retire()

@@ -11,7 +11,6 @@ import contextvars
 import inspect
 from collections import deque
 
-from .. import worker
 from . import _rpc_wire as W
 from ._records import error_record
 from ._rpc_server import (
@@ -19,7 +18,9 @@ from ._rpc_server import (
     batch_calls,
     broken_stream,
     frame_chunks,
-    serialization_error,
+    install,
+    undecodable,
+    unencodable,
 )
 
 TYPE_CHECKING = False
@@ -65,11 +66,11 @@ class AsyncServer:
         self.done: asyncio.Future[None] = loop.create_future()
         self.sock.setblocking(False)
         self._resume_reading()
-        worker._sink = self
+        install(self)
         try:
             await self.done
         finally:
-            worker._sink = None
+            install(None)
             self._pause_reading()
             if self.writing:
                 loop.remove_writer(self.sock.fileno())
@@ -101,16 +102,20 @@ class AsyncServer:
             self.loop.add_writer(self.sock.fileno(), self._writable)
             self.writing = True
 
-    def _writable(self) -> None:
+    def _send_some(self) -> bool:
+        """Write what the socket takes now; ``False`` if it took nothing (it is full)."""
         try:
             sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             self._gone()
-            return
+            return False
         self.wbuf = W.advance(self.wbuf, sent)
-        if not self.wbuf:
+        return True
+
+    def _writable(self) -> None:
+        if self._send_some() and not self.wbuf:
             self.loop.remove_writer(self.sock.fileno())
             self.writing = False
             self._check_done()
@@ -120,21 +125,12 @@ class AsyncServer:
         import select
 
         while self.wbuf and not self.broken:
-            try:
-                sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
-            except (BlockingIOError, InterruptedError):
+            if not self._send_some() and not self.broken:
                 select.select([], [self.sock], [])
-                continue
-            except OSError:
-                self.broken = True
-                self.wbuf = []
-                return False
-            self.wbuf = W.advance(self.wbuf, sent)
         return not self.broken
 
-    def event(self, args: tuple[Any, ...], call_id: int | None = None) -> None:
-        cid = self.current.get() if call_id is None else call_id
-        self.write(W.EVENT, cid, self.codec.dump_event(args))
+    def event(self, args: tuple[Any, ...]) -> None:
+        self.write(W.EVENT, self.current.get(), self.codec.dump_event(args))
 
     def retire(self) -> None:
         self.write(W.RETIRE, 0, [])
@@ -239,8 +235,7 @@ class AsyncServer:
         try:
             args, kwargs = self.codec.load_call(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the call's arguments", exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, undecodable("call's", exc))
             return
         del payload
         try:
@@ -254,9 +249,7 @@ class AsyncServer:
         try:
             chunks = self.codec.dump_value(result)
         except Exception as exc:
-            what = f"cannot encode the result ({type(result).__name__})"
-            err = serialization_error("encode", what, exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, [unencodable(result, exc)])
             return
         self.write(W.OK, call_id, chunks)
 
@@ -266,8 +259,7 @@ class AsyncServer:
         try:
             columns, _ = codec.load_batch(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
-            self.write(W.ERROR, call_id, [err])
+            self.write(W.ERROR, call_id, undecodable("batch's", exc))
             return
         del payload
         func, columns = batch_calls(self.func, columns)

@@ -42,7 +42,6 @@ import os
 from itertools import repeat as _repeat
 from operator import is_ as _is
 
-from .. import worker
 from . import _rpc_wire as W
 from . import _serializers, _target
 from ._records import anyfork_error, error_record
@@ -55,6 +54,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
     Chunks = list[bytes | bytearray | memoryview]
+
+
+#: The server serving calls in this process, while it does (``install``): ``anyfork.worker``
+#: reaches it through ``running``.
+_serving: Any = None
+
+
+def install(server: object) -> None:
+    """``server`` serves calls from now on (``None``: no more, e.g. before ``done`` runs)."""
+    global _serving
+    _serving = server
+
+
+def running(what: str, where: str = "an RPC worker") -> Any:
+    """The server serving calls, for ``anyfork.worker.<what>()``; ``RuntimeError`` outside it."""
+    if _serving is None:
+        raise RuntimeError(f"anyfork.worker.{what}() works only in {where}, while it serves")
+    return _serving
 
 
 class ParentGone(BaseException):
@@ -136,6 +153,19 @@ def serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
     return anyfork_error(qualname, f"{message}: {type(cause).__name__}: {cause}", cause)
 
 
+def undecodable(what: str, cause: Exception) -> Chunks:
+    """The ``ERROR`` answer to a call (``what``: "call's") or batch ("batch's") whose
+    arguments cannot be decoded."""
+    return [serialization_error("decode", f"cannot decode the {what} arguments", cause)]
+
+
+def unencodable(result: object, cause: Exception) -> bytes:
+    """The record of an ``EncodeError`` for a result that cannot be serialised."""
+    return serialization_error(
+        "encode", f"cannot encode the result ({type(result).__name__})", cause
+    )
+
+
 def _size(chunks: Chunks) -> int:
     size = 0
     for chunk in chunks:
@@ -184,24 +214,25 @@ def batch_answer(
 def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[int, Chunks, bytes]:
     """The list of results cannot be serialised: the first result that cannot fails its item
     (an ``EncodeError``, side ``"child"``); the results before it are answered."""
-    failed, what, cause = 0, "cannot encode the batch's results", None
+    failed, record = 0, None
     for i, result in enumerate(results):
         try:
             codec.dump_value(result)
         except Exception as exc:
-            failed, what, cause = i, f"cannot encode the result ({type(result).__name__})", exc
+            failed, record = i, unencodable(result, exc)
             break
     else:  # each one can, their list cannot: nothing is answered
+        cause: Exception = ValueError("the serialiser failed, then did not")
         try:
             codec.dump_results(results)
         except Exception as exc:
             cause = exc
+        record = serialization_error("encode", "cannot encode the batch's results", cause)
     try:
         chunks = codec.dump_results(results[:failed])
     except Exception:
         failed, chunks = 0, codec.dump_results([])
-    why = cause if cause is not None else ValueError("the serialiser failed, then did not")
-    return failed, chunks, serialization_error("encode", what, why)
+    return failed, chunks, record
 
 
 def _send_chunks(sock: socket.socket, kind: int, call_id: int, chunks: Chunks) -> None:
@@ -229,9 +260,8 @@ class SyncServer:
         self.current = 0  # the id of the running call: its events carry it
         self.eof = False  # the parent closed the connection (not: it has gone)
 
-    def event(self, args: tuple[Any, ...], call_id: int | None = None) -> None:
-        cid = self.current if call_id is None else call_id
-        _send_chunks(self.sock, W.EVENT, cid, self.codec.dump_event(args))
+    def event(self, args: tuple[Any, ...]) -> None:
+        _send_chunks(self.sock, W.EVENT, self.current, self.codec.dump_event(args))
 
     def flush(self) -> bool:
         return True
@@ -242,7 +272,7 @@ class SyncServer:
     def run(self) -> bool:
         """Serve until EOF; ``True`` if the stream broke the protocol (reported as ``FAILED``)."""
         dec = W.Decoder(W.TO_CHILD)
-        worker._sink = self
+        install(self)
         try:
             while True:
                 try:
@@ -271,7 +301,7 @@ class SyncServer:
         except ParentGone:
             return False
         finally:
-            worker._sink = None
+            install(None)
 
     def call(self, call_id: int, payload: bytes | bytearray) -> None:
         self.current = call_id
@@ -279,8 +309,7 @@ class SyncServer:
         try:
             args, kwargs = codec.load_call(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the call's arguments", exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, undecodable("call's", exc))
             return
         del payload
         try:
@@ -292,9 +321,7 @@ class SyncServer:
         try:
             chunks = codec.dump_value(result)
         except Exception as exc:
-            what = f"cannot encode the result ({type(result).__name__})"
-            err = serialization_error("encode", what, exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, [unencodable(result, exc)])
             return
         _send_chunks(self.sock, W.OK, call_id, chunks)
 
@@ -304,8 +331,7 @@ class SyncServer:
         try:
             columns, n = codec.load_batch(payload)
         except Exception as exc:
-            err = serialization_error("decode", "cannot decode the batch's arguments", exc)
-            _send_chunks(self.sock, W.ERROR, call_id, [err])
+            _send_chunks(self.sock, W.ERROR, call_id, undecodable("batch's", exc))
             return
         del payload
         func, args = batch_calls(self.func, columns)

@@ -8,24 +8,37 @@ Frame::
     | kind: u8 | call id: u32 (BE)| length: u32 (BE)    | payload (length)  |
     +----------+------------------+---------------------+-------------------+
 
-Parent -> child: ``CALL`` (id, serialised ``(args, kwargs)``), ``CALL_BATCH`` (id, the
-serialised list of the calls' arguments by column, ``[first_args, second_args, ...]``: the
-worker runs ``func(*args)`` for each call, in order, as one call),
-``CANCEL`` (id, empty; the async backend cancels the call's task, the sync backend ignores it).
+Data flow (one socket; the child is ``_rpc_server``, the parent ``_rpc._connection``)::
 
-Child -> parent: ``READY`` (id 0, payload u32 version + u32 pid; the first frame, sent once the
-functions are resolved and ``init`` has run), ``FAILED`` (id 0, an error record: before
-``READY``, start-up failed; after it, the worker received a broken stream and stops; nothing
-follows either), ``OK`` (id, serialised result), ``ERROR`` (id, an error record; for a batch: it
-failed before any item ran, e.g. its arguments could not be decoded), ``CANCELLED`` (id, empty:
-the call was cancelled before it produced a result), ``EVENT`` (the id of the call that raised
-it, 0 outside any call; serialised event arguments), ``BATCH_OK`` (id, the serialised list of
-every item's result), ``BATCH_ERROR`` (id; ``batch_error_head(i, n)``, then the serialised list
-of the results of items ``0..i-1`` in ``n`` bytes, then item ``i``'s error record; the items
-after ``i`` were not run), ``RETIRE`` (id 0, empty: ``anyfork.worker.retire()``, the worker asks
-the pool it belongs to for a replacement; a plain client ignores it). Frames are written in the
-order the child produced them; that is the only ordering guarantee, and the parent
-delivers events and results in exactly that order.
+    parent                                   child
+    ------                                   -----
+    send_arg(config), run(serve)  ------->   init(*args), resolve func
+                                  <-------   READY (version, pid)  | FAILED (error record)
+    CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
+                                  <-------   EVENT id, ... (worker.event, any number, in order)
+                                  <-------   RETIRE (worker.retire: for the pools' _on_retire)
+                                  <-------   OK id, result  | ERROR id, error record
+    CALL_BATCH id, [args, ...]    ------->   func(*args) for each, in order
+                                  <-------   BATCH_OK id, [result, ...]
+                                           | BATCH_ERROR id, i, [result, ...i], error record
+    CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
+    (a broken stream)             ------->   (nothing more is run)
+                                  <-------   FAILED (a ProtocolError record), exit 1
+    shutdown(SHUT_WR)             ------->   finish every call, reply, exit
+                                  <-------   EOF
+
+Payloads: ``CALL_BATCH``, the serialised list of the calls' arguments by column
+(``[first_args, second_args, ...]``); ``CANCEL``, empty (the sync backend ignores it);
+``READY`` (id 0), u32 version + u32 pid, once the functions are resolved and ``init`` has run;
+``FAILED`` (id 0), an error record (before ``READY``: start-up failed; after it: the worker
+received a broken stream and stops; nothing follows either); ``ERROR`` for a batch: it failed
+before any item ran (its arguments could not be decoded); ``CANCELLED``, empty: cancelled before
+it produced a result; ``EVENT``, the id of the call that raised it (0 outside any call);
+``BATCH_ERROR``, ``batch_error_head(i, n)``, the serialised results of items ``0..i-1`` in ``n``
+bytes, item ``i``'s error record (the items after ``i`` were not run); ``RETIRE`` (id 0),
+empty: the worker asks the pool it belongs to for a replacement (a plain client ignores it).
+Frames are written in the order the child produced them; that is the only ordering guarantee,
+and the parent delivers events and results in exactly that order.
 
 Maximum frame size: a payload holds at most ``MAX_PAYLOAD`` bytes (4 GiB - 1, what its length
 field can say); a sender refuses more, a receiver treats a longer header as broken.  A receiver

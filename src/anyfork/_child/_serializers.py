@@ -296,8 +296,7 @@ class _CloudPickle(_Pickle):
     def dump_value(self, value: Any) -> Chunks:
         return [_COUNT.pack(0), self._cloud.dumps(value, protocol=5)]
 
-    def _dump(self, value: Any) -> Chunks:
-        return self.dump_value(value)
+    _dump = dump_value
 
 
 class _Objects(Codec):

@@ -19,11 +19,10 @@ from typing import Any, NoReturn, final
 
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish
-from ._batching import BatchResult, check_columns, columns_of
-from ._connection import KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
-from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
-from ._map import MapRun
-from ._waiters import Box
+from ._answers import Box
+from ._batching import BatchResult
+from ._connection import NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, recv_some
 
 __all__ = ["BlockingClient"]
 
@@ -91,10 +90,7 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             conn = self._conn
-            conn.check_usable()
-            run = MapRun(
-                columns_of(iterables), chunksize, self.batchable, time.monotonic, conn.slots
-            )
+            run = conn.start_map(iterables, chunksize, time.monotonic)
             try:
                 while True:
                     conn.map_send(run)
@@ -115,11 +111,13 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         kwargs: dict[str, Any],
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
+        columns: Sequence[Sequence[Any]] | None = None,
     ) -> Any:
+        """Run a call, or given ``columns`` a batch (``RpcConnection.call``); its outcome."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             box = Box()
-            cid = self._conn.call(box, args, kwargs, on_event)
+            cid = self._conn.call(box, args, kwargs, on_event, columns)
             try:
                 self._io_until(box.done, deadline)
             except BaseException as exc:
@@ -134,22 +132,10 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
     ) -> BatchResult:
-        """Run one batch of calls, their arguments by column; return its
-        :class:`~anyfork._rpc._batching.BatchResult`, or raise what failed it as a whole (see
-        :meth:`Client._submit_batch`)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        checked = check_columns(columns)
-        with self._lock:
-            if not checked[0]:
-                return BatchResult([])
-            box = Box()
-            cid = self._conn.batch(box, checked, on_event)
-            try:
-                self._io_until(box.done, deadline)
-            except BaseException as exc:
-                self._gave_up(cid, exc, timeout)
-            result: BatchResult = box.outcome()
-            return result
+        """One batch of calls: its :class:`~anyfork._rpc._batching.BatchResult`, or what
+        failed it as a whole (see :meth:`Client._submit_batch`)."""
+        result: BatchResult = self._call((), {}, timeout, on_event, columns)
+        return result
 
     def _gave_up(self, cid: int, exc: BaseException, timeout: float | None) -> NoReturn:
         """Waiting for call ``cid`` raised ``exc`` (a timeout, an exception from an event
@@ -159,11 +145,6 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
         self._act(self._conn.abandon(cid, "was interrupted"))
         raise exc
-
-    def _act(self, action: str | None) -> None:
-        """A ``CANCEL`` queued leaves with the next ``_io_until``; a condemned worker dies now."""
-        if action == KILL:
-            kill(self._proc)
 
     def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Write and read until ``done()``; handles EOF (death or clean close) on the way.
@@ -178,14 +159,9 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             sock = self._sock
             if sock is None:
                 return
-            if out.has_output():
-                try:
-                    out.send_some(sock)
-                except OSError:
-                    out.drop()
+            writing = out.has_output() and out.send_some(sock)
             if done():
                 return
-            writing = out.has_output()
             if conn.wants_shutdown:
                 try:
                     sock.shutdown(socket.SHUT_WR)
@@ -224,13 +200,6 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             return self._proc.wait_blocking(timeout=EXIT_STATUS_WAIT)
         except EXIT_UNKNOWN:
             return self._proc.returncode
-
-    def _close_socket(self) -> None:
-        self._finalizer.detach()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        self._conn.io_closed()
 
     def _wait_ready(self, deadline: float | None) -> None:
         conn = self._conn

@@ -22,10 +22,8 @@ from typing import Any, final
 
 from .._core._process import Process
 from .._util import NoPublicConstructor, publish, wait_for
-from ._batching import BatchResult, check_columns, columns_of
-from ._connection import FLUSH, KILL, NEED_EXIT_STATUS, READY, STARTING, RpcConnection
-from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, kill, recv_some
-from ._map import MapRun
+from ._connection import NEED_EXIT_STATUS, READY, STARTING, RpcConnection
+from ._drivers import EXIT_STATUS_WAIT, EXIT_UNKNOWN, WOULD_BLOCK, Facts, recv_some
 
 __all__ = ["Client"]
 
@@ -157,11 +155,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
     # -- calls ------------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
-        """``await client(*args, **kwargs)``: call the function and return its result.
-
-        The call is sent at once; the future resolves to the result or the call's error.
-        Cancelling the future abandons the call (see the class docs for what that does to the
-        worker)."""
+        """``await client(*args, **kwargs)``: the function's result, the call sent at once (see
+        the class docs for its errors and its cancellation)."""
         return self._submit(args, kwargs)
 
     def call(
@@ -223,9 +218,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
         call (the async backend cancels them, the sync backend kills the worker).
         """
         conn = self._conn
-        conn.check_usable()
         loop = self._loop
-        run = MapRun(columns_of(iterables), chunksize, self.batchable, loop.time, conn.slots)
+        run = conn.start_map(iterables, chunksize, loop.time)
         fut: asyncio.Future[None] | None = None
 
         def wake() -> None:
@@ -233,7 +227,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
                 fut.set_result(None)
 
         def expire() -> None:
-            self._abandon_map(run, f"timed out after {timeout} s")
+            self._act(conn.abandon_map(run, f"timed out after {timeout} s"))
             if fut is not None and not fut.done():
                 fut.set_exception(TimeoutError(f"the RPC calls timed out after {timeout} s"))
 
@@ -248,7 +242,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
                 fut = loop.create_future()
                 await fut
         except asyncio.CancelledError:
-            self._abandon_map(run, "was cancelled")
+            self._act(conn.abandon_map(run, "was cancelled"))
             raise
         finally:
             if handle is not None:
@@ -260,11 +254,13 @@ class Client(Facts, metaclass=NoPublicConstructor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         on_event: Callable[..., object] | None = None,
+        columns: Sequence[Sequence[Any]] | None = None,
     ) -> _Call:
+        """Send a call, or given ``columns`` a batch (``RpcConnection.call``): its future."""
         fut = _Call(loop=self._loop)
         fut._client = None
         try:
-            fut._cid = self._conn.call(fut, args, kwargs, on_event)
+            fut._cid = self._conn.call(fut, args, kwargs, on_event, columns)
         except Exception as exc:  # raised when the future is awaited, as from a coroutine
             fut.set_exception(exc)
             return fut
@@ -273,30 +269,13 @@ class Client(Facts, metaclass=NoPublicConstructor):
         return fut
 
     def _submit_batch(
-        self,
-        columns: Sequence[Sequence[Any]],
-        on_event: Callable[..., object] | None = None,
+        self, columns: Sequence[Sequence[Any]], on_event: Callable[..., object] | None = None
     ) -> _Call:
-        """Send one batch of calls, their arguments by column (``func(*args)`` for ``args`` in
-        ``zip(*columns)``; see ``_batching``): the future's result is its
-        :class:`~anyfork._rpc._batching.BatchResult`; its exception what failed the batch as a
-        whole (``EncodeError`` before anything is sent, also for a serialiser that cannot
-        batch; ``ValueError`` for columns not all as long; ``DecodeError``; what ends the
+        """One batch of calls (``func(*args)`` for ``args`` in ``zip(*columns)``): its future's
+        result is its :class:`~anyfork._rpc._batching.BatchResult`, its exception what failed
+        the batch as a whole (``DecodeError``, what ``_submit`` raises, what ends the
         connection).  Cancelling it abandons the batch, as a call."""
-        fut = _Call(loop=self._loop)
-        fut._client = None
-        try:
-            checked = check_columns(columns)
-            if not checked[0]:
-                fut.set_result(BatchResult([]))
-                return fut
-            fut._cid = self._conn.batch(fut, checked, on_event)
-        except Exception as exc:
-            fut.set_exception(exc)
-            return fut
-        fut._client = self
-        self._kick()
-        return fut
+        return self._submit((), {}, on_event, columns)
 
     async def _with_timeout(self, fut: _Call, timeout: float) -> Any:
         handle = self._loop.call_later(timeout, self._expire, fut, timeout)
@@ -312,18 +291,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
 
     def _abandon(self, cid: int, why: str) -> None:
         self._act(self._conn.abandon(cid, why))
-
-    def _abandon_map(self, run: MapRun, why: str) -> None:
-        self._act(self._conn.abandon_map(run, why))
-
-    def _condemn(self, reason: str) -> None:
-        self._act(self._conn.condemn(reason))
-
-    def _act(self, action: str | None) -> None:
-        if action == FLUSH:
-            self._kick()
-        elif action == KILL:
-            kill(self._proc)
 
     # -- I/O --------------------------------------------------------------------------------
 
@@ -345,17 +312,10 @@ class Client(Facts, metaclass=NoPublicConstructor):
             self._write_now()
 
     def _write_now(self) -> None:
-        conn = self._conn
-        out = conn.out
         sock = self._sock
         if sock is None:
             return
-        try:
-            out.send_some(sock)
-        except OSError:
-            # The child has gone; the reader will see EOF and fail what is outstanding.
-            out.drop()
-        if out.has_output():
+        if self._conn.out.send_some(sock):
             if not self._writing:
                 self._loop.add_writer(self._fd, self._write_now)
                 self._writing = True
@@ -363,7 +323,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
-        if conn.wants_shutdown:
+        if self._conn.wants_shutdown:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -409,13 +369,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
             self._loop.remove_writer(self._fd)
             self._writing = False
 
-    def _close_socket(self) -> None:
-        self._finalizer.detach()
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        self._conn.io_closed()
-
     @staticmethod
     def _set(fut: asyncio.Future[None]) -> None:
         if not fut.done():
@@ -425,10 +378,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
 
     async def _wait_ready(self, timeout: float | None) -> None:
         try:
-            if timeout is None:
-                await asyncio.shield(self._ready_fut)
-            else:
-                await wait_for(asyncio.shield(self._ready_fut), timeout)
+            await wait_for(asyncio.shield(self._ready_fut), timeout)
         except BaseException:
             self.abort()
             raise
@@ -457,14 +407,10 @@ class Client(Facts, metaclass=NoPublicConstructor):
             if not self._writing:
                 self._write_now()
         try:
-            if timeout is None:
-                await asyncio.shield(self._closed_fut)
-            else:
-                await wait_for(asyncio.shield(self._closed_fut), timeout)
+            await wait_for(asyncio.shield(self._closed_fut), timeout)
         except BaseException as exc:
-            self._condemn(
-                "aclose() timed out" if isinstance(exc, TimeoutError) else "aclose() was cancelled"
-            )
+            timed_out = isinstance(exc, TimeoutError)
+            self._act(conn.condemn("aclose() timed out" if timed_out else "aclose() was cancelled"))
             self.abort()
             raise
         if conn.returncode is None:

@@ -1,26 +1,9 @@
 """RPC, parent side: the connection to one worker, sans-IO (no socket, clock, signal or loop).
 
-Data flow (one socket, frames from ``_rpc_wire``)::
-
-    parent                                   child (_rpc_server)
-    ------                                   -------------------
-    send_arg(config), run(serve)  ------->   init(*args), resolve func
-                                  <-------   READY (version, pid)  | FAILED (error record)
-    CALL id, (args, kwargs)       ------->   func(*args, **kwargs)
-                                  <-------   EVENT id, ... (worker.event, any number, in order)
-                                  <-------   RETIRE (worker.retire: for the pools' _on_retire)
-                                  <-------   OK id, result  | ERROR id, error record
-    CALL_BATCH id, [args, ...]    ------->   func(*args) for each, in order
-                                  <-------   BATCH_OK id, [result, ...]
-                                           | BATCH_ERROR id, i, [result, ...i], error record
-    CANCEL id (async backend)     ------->   task.cancel()  ->  CANCELLED id
-    (a broken stream)             ------->   (nothing more is run)
-                                  <-------   FAILED (a ProtocolError record), exit 1
-    shutdown(SHUT_WR)             ------->   finish every call, reply, exit
-                                  <-------   EOF
+The protocol, its frames and its data flow: ``_child._rpc_wire``.
 
 :class:`RpcConnection` holds everything but the I/O and the waiting: the call ids, the pending
-calls (each a *waiter*: a future, a ``_waiters.Box``, a ``_map.Unit``), the abandonment policy
+calls and the frames that answer them (its base, ``_answers.Calls``), the abandonment policy
 (``CANCEL`` frame or the worker condemned), and the state::
 
     STARTING --READY--> READY --close()--> CLOSING --EOF, nothing pending--> CLOSED
@@ -28,7 +11,7 @@ calls (each a *waiter*: a future, a ``_waiters.Box``, a ``_map.Unit``), the aban
         |                 \\--EOF, nothing pending (the worker exited) -------> CLOSED
         \\-- FAILED, EOF, broken stream --> BROKEN <-- broken stream, death ---/
 
-Its inputs: ``call``/``batch``/``map_send`` (queue frames: ``out`` is the data to send, which
+Its inputs: ``call``/``map_send`` (queue frames: ``out`` is the data to send, which
 the driver writes), ``dec.get_buffer()`` + ``received(n)`` (the bytes read; ``0`` is EOF;
 ``receive_data`` does both), ``abandon``, ``condemn``, ``close``, ``abort``, and
 ``died(returncode)`` once the driver knows how a dead worker ended. Its outputs: the waiters it
@@ -43,7 +26,7 @@ The drivers: ``_client`` (asyncio) and ``_blocking`` (``poll``/``recv`` under a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from .._child import _rpc_wire as W
@@ -51,17 +34,15 @@ from .._child._serializers import Codec
 from .._errors import (
     AnyforkError,
     ClosedError,
-    DecodeError,
     ProtocolError,
-    RemoteError,
     SpawnError,
     WorkerDiedError,
     describe_returncode,
 )
-from ._answers import batch_result, rebuild_record
+from ._answers import Calls, Emit, Waiter, rebuild_record
+from ._batching import BatchResult, check_columns, columns_of
 from ._map import MapRun, Unit
 from ._outbox import Outbox, encode
-from ._waiters import Waiter
 
 Backend = Literal["sync", "async"]
 
@@ -72,17 +53,8 @@ NEED_EXIT_STATUS = "need exit status"
 KILL = "kill"
 FLUSH = "flush"
 
-_OK = W.OK
-_EVENT = W.EVENT
-_ERROR = W.ERROR
-_CANCELLED = W.CANCELLED
-_BATCH_OK = W.BATCH_OK
-_BATCH_ERROR = W.BATCH_ERROR
 
-Emit = Callable[[tuple[Any, ...], Callable[..., object]], None]
-
-
-class RpcConnection:
+class RpcConnection(Calls):
     """The sans-IO state of one RPC connection (see the module docs)."""
 
     def __init__(
@@ -99,31 +71,14 @@ class RpcConnection:
         on_retire: Callable[[], object] | None = None,
         where: Callable[[], str] | None = None,
     ):
-        self.codec = codec
+        super().__init__(codec, pid, emit, on_event, on_error, on_retire, where)
         self.backend = backend
-        self.pid = pid
-        # What errors add after the worker's pid, asked when they are made: a remote worker's
-        # host, and whether the connection to it was lost (``Process._where``).
-        self._where = where
         self.state = STARTING
         # How many calls (or batches) the worker runs at once: a map keeps them all busy.
         self.slots = concurrency if backend == "async" else 1
-        self._emit = emit
-        self._on_event = on_event
-        self._on_error = on_error
         self._on_close = on_close
-        self._on_retire = on_retire
         self.dec = W.Decoder(W.TO_PARENT)
         self.out = Outbox()
-        self.pending: dict[int, Waiter] = {}
-        # The calls given a handler of their own (on_event=), until they are answered.
-        self._handlers: dict[int, Callable[..., object]] = {}
-        # The outstanding batches: how many items each carries.
-        self._batches: dict[int, int] = {}
-        self._abandoned: set[int] = set()
-        self._next_id = 0
-        #: Why start-up failed, or why the connection broke (``BROKEN``).
-        self.failure: BaseException | None = None
         #: Why the worker was condemned (killed): it takes no call from then on.
         self.kill_reason: str | None = None
         self.eof = False
@@ -135,10 +90,6 @@ class RpcConnection:
         self._unreported: BaseException | None = None
 
     # -- facts --------------------------------------------------------------------------------
-
-    def _who(self) -> str:
-        """The worker as errors name it: its pid (and, remote, its host)."""
-        return f"pid {self.pid}{self._where() if self._where is not None else ''}"
 
     @property
     def usable(self) -> bool:
@@ -181,50 +132,42 @@ class RpcConnection:
 
     # -- calls --------------------------------------------------------------------------------
 
-    def _register(self, waiter: Waiter, on_event: Callable[..., object] | None) -> int:
-        """A new call id, its waiter and its handler (if it has one of its own)."""
-        cid = self._next_id
-        pending = self.pending
-        while True:
-            cid = cid + 1 if cid < W.MAX_ID else 1
-            if cid not in pending and cid not in self._abandoned:
-                break
-        self._next_id = cid
-        pending[cid] = waiter
-        if on_event is not None:
-            self._handlers[cid] = on_event
-        return cid
-
     def call(
         self,
         waiter: Waiter,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         on_event: Callable[..., object] | None,
+        columns: Sequence[Sequence[Any]] | None = None,
     ) -> int:
-        """Check, encode and queue a call (``EncodeError`` or why the connection cannot take
-        it: nothing is queued then); ``waiter`` gets its outcome; its id."""
+        """Check, encode and queue a call, or given ``columns`` a batch of calls, their
+        arguments by column (``_batching.check_columns``; none: the waiter gets an empty
+        :class:`BatchResult` at once, and the id is 0).  ``EncodeError``, ``ValueError`` or why
+        the connection cannot take it: nothing is queued then.  ``waiter`` gets its outcome (a
+        batch's: its ``BatchResult``); returns its id."""
+        batch = None if columns is None else check_columns(columns)
+        if batch is not None and not batch[0]:
+            waiter.set_result(BatchResult([]))
+            return 0
         if self.state != READY or self.kill_reason is not None:
             self.check_usable()
-        chunks, size = encode(self.codec, args, kwargs)
+        chunks, size = encode(self.codec, args, kwargs, batch)
         cid = self._register(waiter, on_event)
-        self.out.queue(W.CALL, cid, chunks, size)
+        if batch is None:
+            self.out.queue(W.CALL, cid, chunks, size)
+        else:
+            self._batches[cid] = len(batch[0])
+            self.out.queue(W.CALL_BATCH, cid, chunks, size)
         return cid
 
-    def batch(
-        self,
-        waiter: Waiter,
-        columns: list[list[Any]],
-        on_event: Callable[..., object] | None,
-    ) -> int:
-        """Check, encode and queue a batch, its arguments by column (``_batching.check_columns``);
-        ``waiter`` gets its :class:`BatchResult`; its id."""
+    def start_map(
+        self, iterables: Sequence[Iterable[Any]], chunksize: int | None, clock: Callable[[], float]
+    ) -> MapRun:
+        """A new map of the function over ``iterables`` (``Client.map``), or why the connection
+        cannot take one."""
         self.check_usable()
-        chunks, size = encode(self.codec, (), {}, columns)
-        cid = self._register(waiter, on_event)
-        self._batches[cid] = len(columns[0])
-        self.out.queue(W.CALL_BATCH, cid, chunks, size)
-        return cid
+        columns = columns_of(iterables)
+        return MapRun(columns, chunksize, self.codec.batches, clock, self.slots)
 
     def map_send(self, run: MapRun) -> None:
         """Queue the frames ``run`` wants sent now.  A frame that cannot be sent (an argument
@@ -235,7 +178,7 @@ class RpcConnection:
                 if unit.n == 1:
                     self.call(unit, run.args(unit), {}, None)
                 else:
-                    self.batch(unit, run.batch(unit), None)
+                    self.call(unit, (), {}, None, run.batch(unit))
             except AnyforkError as exc:
                 run.unsent(unit, exc)
                 return
@@ -350,155 +293,50 @@ class RpcConnection:
         err.__cause__ = exc
         return self._broken(err)
 
-    def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
-        if kind == _OK:  # the hot path first
-            if self._handlers or self._batches:
-                self._answered(cid, False)
-            waiter = self.pending.pop(cid, None)
-            if waiter is None or waiter.done():
-                self._unexpected(cid, waiter)
+    def _control(self, kind: int, payload: bytes | bytearray) -> None:
+        """``READY``, or ``FAILED`` (the start-up error), first; a ``FAILED`` after them is the
+        worker's word that our stream broke the protocol (it stops)."""
+        if self.state == STARTING and kind == W.READY:
+            version, pid = W.parse_ready(bytes(payload))
+            if version == W.VERSION:
+                self.state = READY
+                self.pid = pid
                 return
-            try:
-                value = self.codec.load_value(payload)
-            except Exception as exc:
-                err = DecodeError(f"cannot decode the result: {type(exc).__name__}: {exc}")
-                err.__cause__ = exc
-                waiter.set_exception(err)
-                return
-            waiter.set_result(value)
-            return
-        if kind == _EVENT:
-            try:
-                args = self.codec.load_event(payload)
-            except Exception as exc:
-                err = DecodeError(f"cannot decode an event: {type(exc).__name__}: {exc}", "parent")
-                self.report(err)
-                return
-            handlers = self._handlers
-            handler = handlers.get(cid) if handlers else None
-            target = self._on_event if handler is None else handler
-            if target is None:
-                self.report(ProtocolError("event received, but no on_event handler"))
-                return
-            self._emit(args, target)
-            return
-        if kind in (_BATCH_OK, _BATCH_ERROR):
-            self._batch_answer(kind, cid, payload)
-            return
-        if kind in (_ERROR, _CANCELLED):
-            self._answered(cid, None)
-            waiter = self.pending.get(cid)
-            if waiter is None or waiter.done():
-                self._unexpected(cid, self.pending.pop(cid, None))
-                return
-            if kind == _ERROR:
-                # Rebuilt before the call leaves pending: a broken record fails the connection,
-                # and with it this call too.
-                context = f"(raised in anyfork RPC worker pid {self.pid})"
-                failure = rebuild_record(payload, context, ours=False)
-            else:
-                failure = RemoteError("the call was cancelled in the worker")
-            del self.pending[cid]
-            waiter.set_exception(failure)
-            return
-        if kind == W.RETIRE:
-            if self._on_retire is not None:  # else a plain client: nobody asked for it
-                self._emit((), self._on_retire)
-            return
-        if self.state == STARTING and kind in (W.READY, W.FAILED):
-            self._first_frame(kind, payload)
-            return
-        if kind == W.FAILED and self.state != STARTING:
-            # The worker's word that our stream broke the protocol (it stops).
+            mismatch = W.version_mismatch(W.VERSION, version)
+            self.failure = ProtocolError(f"{mismatch} (pid {pid})")
+        elif self.state == STARTING and kind == W.FAILED:
+            context = f"(anyfork RPC worker pid {self.pid} failed to start)"
+            self.failure = rebuild_record(payload, context, ours=True)
+        elif kind == W.FAILED:
             context = f"(from anyfork RPC worker pid {self.pid})"
             stopped = rebuild_record(payload, context, ours=True)
             halt = ProtocolError(f"the RPC worker ({self._who()}) stopped: {stopped}")
             halt.__cause__ = stopped
             raise _Stopped(halt)
-        if kind == W.READY and self.state != STARTING and self.failure is None:
+        elif kind == W.READY and self.failure is None:
             raise W.RpcWireError("a second READY")
-        raise W.RpcWireError(f"unexpected frame {kind:#x}")
-
-    def _answered(self, cid: int, batch: bool | None) -> int | None:
-        """Call ``cid`` is answered (``batch``: by a batch's answer, a single call's, either):
-        forget its handler; return its item count if it is an outstanding batch.  An answer of
-        the wrong kind for an outstanding call breaks the stream."""
-        if self._handlers:
-            self._handlers.pop(cid, None)
-        n = self._batches.pop(cid, None) if self._batches else None
-        if batch is not None and (n is not None) is not batch and cid in self.pending:
-            what = "a batch" if batch else "a single call"
-            raise W.RpcWireError(f"an answer as {what} to call {cid}, which is not one")
-        return n
-
-    def _batch_answer(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
-        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`.  The call
-        leaves ``pending`` only once its answer is known good: a broken one fails the
-        connection, and with it this call too."""
-        n = self._answered(cid, True)
-        waiter = self.pending.get(cid)
-        if waiter is None or waiter.done() or n is None:
-            self._unexpected(cid, self.pending.pop(cid, None))
-            return
-        try:
-            result = batch_result(self.codec, kind, payload, n, self.pid)
-        except DecodeError as err:
-            del self.pending[cid]
-            waiter.set_exception(err)
-            return
-        del self.pending[cid]
-        waiter.set_result(result)
-
-    def _first_frame(self, kind: int, payload: bytes | bytearray) -> None:
-        """``READY``, or ``FAILED``: the start-up error."""
-        if kind == W.READY:
-            version, pid = W.parse_ready(bytes(payload))
-            if version != W.VERSION:
-                mismatch = W.version_mismatch(W.VERSION, version)
-                self._start_failed(ProtocolError(f"{mismatch} (pid {pid})"))
-                return
-            self.state = READY
-            self.pid = pid
-            return
-        context = f"(anyfork RPC worker pid {self.pid} failed to start)"
-        self._start_failed(rebuild_record(payload, context, ours=True))
-
-    def _start_failed(self, exc: BaseException) -> None:
-        self.failure = exc
+        else:
+            raise W.RpcWireError(f"unexpected frame {kind:#x}")
         self.state = BROKEN
-
-    def _unexpected(self, cid: int, waiter: Waiter) -> None:
-        """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
-        if waiter is not None:
-            return  # its caller gave up (a timeout) just before the reply arrived
-        if cid in self._abandoned:
-            self._abandoned.discard(cid)
-            return
-        raise W.RpcWireError(f"an answer to call {cid}, which is not outstanding")
-
-    def report(self, exc: BaseException) -> None:
-        if self._on_error is not None:
-            self._on_error(exc)
 
     # -- the end ------------------------------------------------------------------------------
 
-    def _broken(self, err: ProtocolError) -> str:
-        """The stream broke the protocol: fail every call; ``on_error`` is told once the driver
-        has closed its socket (before ``READY``, ``rpc()`` raises it instead)."""
-        started = self.state != STARTING
-        if started and self.state != BROKEN:
+    def _broken(self, err: BaseException) -> str:
+        """The connection failed (a broken stream, a dead worker): fail every call;
+        ``on_error`` is told once the driver has closed its socket (before ``READY``, ``rpc()``
+        raises it instead)."""
+        if self.state == STARTING:
+            self.failure = err
+        elif self.state != BROKEN:
             self._fail_all(err)
             self._unreported = err
-        elif not started:
-            self._start_failed(err)
         self.state = BROKEN
         self.out.drop()
         return BROKEN
 
     def died(self, returncode: int | None) -> WorkerDiedError:
         """The driver knows how the worker that ended the connection with calls outstanding
-        ended (``None``: it could not learn it): fail them; ``on_error`` is told once the
-        driver has closed its socket."""
+        ended (``None``: it could not learn it): fail them (see ``_broken``)."""
         self.returncode = returncode
         how = describe_returncode(returncode)
         if not self.dec.at_boundary():
@@ -509,10 +347,7 @@ class RpcConnection:
             self.pid,
             returncode,
         )
-        self._fail_all(err)
-        self.state = BROKEN
-        self.out.drop()
-        self._unreported = err
+        self._broken(err)
         return err
 
     def io_closed(self) -> None:
@@ -533,19 +368,6 @@ class RpcConnection:
             )
         self.state = BROKEN
         return self.failure
-
-    def _fail_all(self, exc: BaseException) -> None:
-        self.failure = exc
-        pending, self.pending = self.pending, {}
-        self._abandoned.clear()
-        self._handlers.clear()
-        self._batches.clear()
-        for waiter in pending.values():
-            if not waiter.done():
-                if isinstance(exc, WorkerDiedError):
-                    waiter.set_exception(WorkerDiedError(str(exc), exc.pid, exc.returncode))
-                else:
-                    waiter.set_exception(exc)
 
 
 class _Stopped(Exception):

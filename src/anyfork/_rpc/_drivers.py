@@ -1,15 +1,18 @@
 """RPC, parent side: what both drivers of a connection (``_client``, ``_blocking``) share: one
-read into the connection, the kill of a condemned worker, how long to wait for a dead worker's
-exit status, and the facts a client tells about itself."""
+read into the connection, the kill of a condemned worker, the socket's close, how long to wait
+for a dead worker's exit status, and the facts a client tells about itself."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._errors import AnyforkError
-from ._connection import READY, RpcConnection
+from ._connection import FLUSH, KILL, READY, RpcConnection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    import weakref
 
     from .._core._process import Process
 
@@ -40,20 +43,35 @@ def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | Non
     return conn.received(n)
 
 
-def kill(proc: Process) -> None:
-    """SIGKILL a condemned worker (``Process.kill``: never a pid that may have been reused)."""
-    try:
-        proc.kill()
-    except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
-        pass
-
-
 class Facts:
-    """What both clients say about their connection (``_conn``), read-only."""
+    """What both clients share: what they say about their connection (``_conn``), read-only,
+    and what they do with what it asks (``_act``) and once it is over (``_close_socket``)."""
 
-    __slots__ = ()
     _conn: RpcConnection
     _proc: Process  # the worker (a pool kills it through it: a remote one by its host)
+    _sock: socket.socket | None
+    _finalizer: weakref.finalize[..., Any]
+
+    def _act(self, action: str | None) -> None:
+        """A condemned worker dies now (``Process.kill``: never a pid that may have been
+        reused); a ``CANCEL`` queued leaves with the next write (``_kick``)."""
+        if action == KILL:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
+                pass
+        elif action == FLUSH:
+            self._kick()
+
+    def _kick(self) -> None:
+        """Write what was queued now (the blocking client writes as it waits: nothing here)."""
+
+    def _close_socket(self) -> None:
+        self._finalizer.detach()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._conn.io_closed()
 
     def __repr__(self) -> str:
         conn = self._conn

@@ -100,34 +100,35 @@ class Outbox:
                 self.bufs.append(memoryview(chunk).cast("B"))
                 self.small = small = bytearray()
 
-    def send_some(self, sock: socket.socket) -> None:
-        """Write what the socket takes now (raises ``OSError`` if the child has gone)."""
+    def send_some(self, sock: socket.socket) -> bool:
+        """Write what the socket takes now; ``True`` while output remains.  A write error (the
+        child has gone) drops it all: the reader sees EOF and fails what is outstanding."""
         flags = self.flags
         small = self.small
-        if small:
-            if not self.bufs:
-                # The common case: only joined small frames.  Reuse the bytearray when it all
-                # went out (nothing else refers to it then).
-                try:
+        try:
+            if small:
+                if not self.bufs:
+                    # The common case: only joined small frames.  Reuse the bytearray when it
+                    # all went out (nothing else refers to it then).
                     sent = sock.send(small, flags)
-                except (BlockingIOError, InterruptedError):
-                    return
-                if sent == len(small):
-                    del small[:]
-                    return
-                self.bufs.append(memoryview(small)[sent:])
-            else:
-                self.bufs.append(small)
-            self.small = bytearray()
-        while self.bufs:
-            try:
+                    if sent == len(small):
+                        del small[:]
+                        return False
+                    self.bufs.append(memoryview(small)[sent:])
+                else:
+                    self.bufs.append(small)
+                self.small = bytearray()
+            while self.bufs:
                 if len(self.bufs) == 1:
                     sent = sock.send(self.bufs[0], flags)
                 else:
                     sent = sock.sendmsg(self.bufs[:_MAX_IOV], (), flags)
-            except (BlockingIOError, InterruptedError):
-                return
-            self.bufs = _advance(self.bufs, sent)
+                self.bufs = _advance(self.bufs, sent)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.drop()
+        return self.has_output()
 
     def drop(self) -> None:
         self.bufs = []
