@@ -117,8 +117,6 @@ LAZY_FORWARDERS = {
 #: Reach-ins that remain, each ``(module, expression)``: whose they are, and why.  The list
 #: only shrinks: an entry that no longer occurs fails ``test_no_stale_reach_in_allowance``.
 REACH_INS = {
-    # RPC: the template a worker is forked from, primed with the RPC server before the fork.
-    ("anyfork._rpc._start", "proc._template"): "RPC: primes the template with the RPC server",
     # Pool engineer: the pool drives the clients' socket and batches directly (hot path).
     ("anyfork._pool._aio_engine", "client._submit_batch"): "pool: a map's batch, one frame",
     ("anyfork._pool._aio_engine", "client._sock"): "pool: watches the worker's hang-up",

@@ -359,6 +359,18 @@ def prepare_rpc(proc: Lineage, func: Func) -> None:
     proc._prepare_func(None)
 
 
+def template_of(proc: Lineage) -> Process | None:
+    """The process ``proc`` was forked from (``None``: exec'd, a forked main program, or taken
+    over with ``new_from_fh``): the RPC layer primes it with its server before later forks."""
+    return proc._template
+
+
+def where_of(proc: Lineage) -> Callable[[], str]:
+    """What errors about ``proc`` add after its pid (a remote one's host): for the RPC layer's
+    messages."""
+    return proc._where
+
+
 def func_ref(func: Func) -> str:
     """``"module:qualname"`` for a function object; strings pass through (checked).  A
     function of the main program is ``__main__:qualname`` (also one defined in the main

@@ -29,7 +29,7 @@ from .._child import _rpc_wire as W
 from .._child._serializers import Codec
 from .._child._serializers import get as get_codec
 from .._child._serializers import of as codec_of
-from .._core._lineage import prepare_rpc
+from .._core._lineage import prepare_rpc, template_of, where_of
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, also_anyfork
 from .._util import publish
@@ -201,13 +201,13 @@ async def rpc(
     loop = asyncio.get_running_loop()
     started = loop.time()
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(proc._template)
+    prime(template_of(proc))
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
             codec, backend, proc.pid, functools.partial(_client.emit, loop),
             concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
-            on_retire=_on_retire, where=proc._where,
+            on_retire=_on_retire, where=where_of(proc),
         )  # fmt: skip
         client = Client._create(proc, sock, conn, loop=loop)
     except BaseException:
@@ -236,13 +236,13 @@ def rpc_blocking(
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(proc._template)
+    prime(template_of(proc))
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
             codec, backend, proc.pid, _blocking.emit,
             concurrency=concurrency, on_event=on_event, on_error=on_error, on_close=on_close,
-            on_retire=_on_retire, where=proc._where,
+            on_retire=_on_retire, where=where_of(proc),
         )  # fmt: skip
         client = BlockingClient._create(proc, sock, conn)
     except BaseException:
