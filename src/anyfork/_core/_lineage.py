@@ -2,9 +2,9 @@
 children it forks (and keeps forked ahead), what they inherit of the main script, letting go.
 
 Forked ahead: once a template has handed out a child, it keeps its next children forked and
-connected (``_ready``), asked for together in one AHEAD frame when a child of it has been sent
-its ``run`` and none waits (as many as it has handed out, up to ``_AHEAD``), forked by the
-template when it is idle (``_child._forking``), or at once when starts come in quick
+connected (``_ready``), asked for together in one AHEAD frame when a child of it has started
+its ``run``'s function and none waits (as many as it has handed out, up to ``_AHEAD``), forked
+by the template when it is idle (``_child._forking``), or at once when starts come in quick
 succession.  So ``fork()`` of an unchanged template (and ``anyfork.new()``) hands over a
 process that is up.  A command that changes the template discards them (they were forked
 with the old state), and so do ``kill`` and ``close``.
@@ -195,9 +195,9 @@ class Lineage(ProcessProtocol):
     def _fork_ahead(self) -> None:
         """Fork the next children ahead of need, once none waits.
 
-        Called when a child of this template has been sent its ``run`` (the parent would only
-        wait for it to answer).  Asking costs that start some time all the same (this process
-        wakes to take the request, beside the child that starts its function), so it asks for
+        Called when a child of this template has started its ``run``'s function (RUNNING).
+        Asking costs that start some time all the same (the template wakes to take the
+        request, beside the child that runs its function), so it asks for
         several at once, in one AHEAD frame (as many as it has handed out, up to ``_AHEAD``):
         most starts cost nothing, and a template forked from once makes one child in vain,
         not three.  The template forks them when it is idle (see ``_child._forking``)."""
