@@ -39,12 +39,20 @@ _files: list[_weakref.ref[IO[bytes] | IO[str]]] = []
 
 
 class Forker:
-    """Forks children (and spares) of this process, and reaps them at once; the server
-    provides ``sock`` and the methods that raise ``NotImplementedError`` here."""
+    """Forks children (and spares) of this process, and reaps them at once."""
 
     sock: _socket.socket
     #: The creator has gone: nobody reads our reports any more.
     gone: bool
+
+    if TYPE_CHECKING:  # the server's (reports for the creator; a new child serving it)
+
+        def report(self, op: int, payload: bytes = b"") -> None: ...
+        def report_exits(self, frames: bytes) -> None: ...
+        def has_reports(self) -> bool: ...
+        def write_reports(self) -> None: ...
+        def serve_creator(self, fd: int) -> NoReturn: ...
+        def leave_reports(self) -> None: ...
 
     def __init__(self) -> None:
         #: This process has forked: it reaps (SIGCHLD through the wakeup fd ``wake_r``).
@@ -70,18 +78,6 @@ class Forker:
         is most of what naming costs, and naming is on the way to ``run``'s function."""
         fd, self.comm_fd = self.comm_fd, -1
         name(title, fd)
-
-    def report(self, op: int, payload: bytes = b"") -> None:
-        raise NotImplementedError
-
-    def report_exits(self, frames: bytes) -> None:
-        raise NotImplementedError
-
-    def serve_creator(self, fd: int) -> NoReturn:
-        raise NotImplementedError
-
-    def leave_reports(self) -> None:
-        raise NotImplementedError
 
     def fork(self, fd: int) -> None:
         """Fork a child that serves the socket ``fd``, and report its pid (FORKED), or the
@@ -240,12 +236,6 @@ class Forker:
         except ChildProcessError:
             return False
         return True
-
-    def has_reports(self) -> bool:
-        raise NotImplementedError
-
-    def write_reports(self) -> None:
-        raise NotImplementedError
 
     def _arm_reaper(self) -> None:
         """Reap forked children at once: SIGCHLD wakes the serve loop through a wakeup fd."""

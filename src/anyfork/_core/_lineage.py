@@ -82,7 +82,7 @@ class Lineage(ProcessProtocol):
         for start in range(0, len(dups), _wire.MAX_FDS):
             chunk = dups[start : start + _wire.MAX_FDS]
             kinds = specs[start : start + _wire.MAX_FDS]
-            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
+            self._send(_wire.FDS, _wire.pack_values(kinds), chunk)
         return self
 
     def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
