@@ -92,6 +92,22 @@ def test_bad_bytes_are_a_protocol_error_from_every_wait(
     assert proc.pid in (None, 4242)  # the property never raises
 
 
+@pytest.mark.parametrize("eof", [True, False])
+@pytest.mark.parametrize(("what", "face"), [w for w in WAITS if w[0] != "run"])
+def test_running_before_run_is_a_protocol_error(
+    fake: tuple[anyfork.Process, socket.socket], what: str, face: str, eof: bool
+) -> None:
+    """RUNNING, and bytes after it, from a process never sent ``run``: read in one go (before
+    a RUN, reports are read without a look first), so no wait could ever go on (``to_fh`` spun
+    on a socket at EOF for ever)."""
+    proc, child = fake
+    child.sendall(frame(_wire.RUNNING, U32.pack(7)) + b"x")
+    if eof:
+        child.shutdown(socket.SHUT_WR)
+    with pytest.raises(anyfork.ProtocolError, match="RUNNING came before"):
+        wait(proc, what, face)
+
+
 @pytest.mark.parametrize("face", FACES)
 def test_the_parent_reads_what_arrives_not_what_a_header_claims(face: str) -> None:
     """A header claiming a big (allowed) report: each read asks for at most MAX_READ bytes."""

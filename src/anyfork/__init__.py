@@ -66,34 +66,18 @@ if TYPE_CHECKING:  # pragma: no cover - static view of the lazy names below
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "AnyforkError": "_errors",
-    "ClosedError": "_errors",
-    "DecodeError": "_errors",
-    "EncodeError": "_errors",
-    "ProtocolError": "_errors",
-    "RemoteError": "_errors",
-    "RemoteHostError": "_errors",
-    "RemoteTraceback": "_errors",
-    "SerializationError": "_errors",
-    "SpawnError": "_errors",
-    "WorkerDiedError": "_errors",
-    "Process": "_core._process",
-    "main_template": "_core._templates",
-    "new": "_core._templates",
-    "new_exec": "_core._templates",
-    "new_from_fh": "_core._templates",
-    "start_early": "_core._templates",
-    "BlockingClient": "_rpc._start",
-    "Client": "_rpc._start",
-    "Serializer": "_rpc._start",
-    "rpc": "_rpc._start",
-    "rpc_blocking": "_rpc._start",
-    "Pool": "_pool._aio",
-    "PoolStatistics": "_pool._records",
-    "BlockingPool": "_pool._blocking",
-    "PoolExecutor": "_pool._blocking",
+#: Each public name by the module that defines it (loaded on first use: ``__getattr__``).
+_MODULES = {
+    "_errors": "AnyforkError ClosedError DecodeError EncodeError ProtocolError RemoteError "
+    "RemoteHostError RemoteTraceback SerializationError SpawnError WorkerDiedError",
+    "_core._process": "Process",
+    "_core._templates": "main_template new new_exec new_from_fh start_early",
+    "_rpc._start": "BlockingClient Client Serializer rpc rpc_blocking",
+    "_pool._aio": "Pool",
+    "_pool._records": "PoolStatistics",
+    "_pool._blocking": "BlockingPool PoolExecutor",
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names.split()}
 
 __all__ = sorted(_LAZY)
 

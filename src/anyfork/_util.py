@@ -1,8 +1,5 @@
-"""Tiny helpers shared by the parent-side modules: ``publish``, ``wait_for``, ``add_note``,
-``NoPublicConstructor``.
-
-Imported by ``_errors``, which a child may load on its error path, so it imports nothing at run
-time beyond ``sys`` (``typing`` only for type checkers, ``asyncio`` only inside ``wait_for``).
+"""Tiny helpers shared by the parent-side modules.  Imported by ``_errors``, which a child may
+load on its error path: it imports nothing at run time beyond ``sys``.
 """
 
 from __future__ import annotations

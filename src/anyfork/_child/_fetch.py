@@ -1,16 +1,10 @@
 """A forked child's connection, fetched from the host's agent (``anyfork.remote``).
 
-On a remote host the parent cannot hand a template the new child's socket on the FORK frame:
-file descriptors do not cross ssh.  So the parent parks a connection at the host's agent
-(a channel through the ssh master to ``DIR/agent.sock``, whose first frame is PARK and a
-random token) and sends the template a FORK frame without an fd whose payload names the
-agent's socket and that token.  The template fetches the parked connection here (FETCH and the
-token on a connection of its own to the agent, which answers with the parked connection as
-SCM_RIGHTS) and forks as for any FORK.  The child then serves a channel straight to the
-parent: no byte goes through the agent.
-
-Runs remotely, on Python 3.8: stdlib only, cheap imports (only templates on a remote host
-ever import it).
+File descriptors do not cross ssh, so the parent parks the child's connection at the host's
+agent under a random token and sends the template a FORK frame without an fd, naming the
+agent's socket and the token; the template fetches the connection here (FETCH and the token;
+the agent answers with it as SCM_RIGHTS) and forks as for any FORK.  No byte of the child's
+channel goes through the agent.  Runs remotely, on Python 3.8: stdlib only.
 """
 
 from __future__ import annotations

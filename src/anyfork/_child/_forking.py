@@ -1,25 +1,11 @@
 """Forking, for the command server: a template's children and its spare, reaping them, and the
 clean state a new process starts from (signals, name, the template's fds left behind).
 
-``Forker`` is the forking half of ``_serve.Server``, which derives from it.  Like ``_serve``, this
-module is loaded into every exec'd interpreter and lives in every fork: it imports only ``os``
-and builtin modules.
-
-Forking is slow, and slows down whatever runs beside it, so a template forks what it can when
-nothing else is going on:
-
-* A spare is the next child, forked in advance: after each fork the template forks one more
-  process, which waits for the socket of the next FORK.  The fork (and CPython's own after-fork
-  work) then happens instead of between a FORK and its child's first byte.  The template forks
-  the spare once it has had no command for ``SPARE_DELAY``.
-* Children asked for ahead of need (AHEAD: the parent keeps children forked ahead, see
-  ``anyfork._core._process``) are forked once the template has been idle for ``SPARE_DELAY``
-  (the parent's processes start in the meantime undisturbed), or before the next command
-  (so that everything stays in order), or at once if the parent asks for that (it starts
-  processes in quick succession).
-
-Any command that changes the template's state discards the spare, so a child always starts from
-exactly the state it would have had.
+``Forker`` is the forking half of ``_serve.Server``; it imports as ``_serve`` does.  Forking is
+slow and slows down whatever runs beside it, so a template forks once it has had no command for
+``SPARE_DELAY``: its spare (the next child, forked in advance, which waits for the socket of the
+next FORK) and the children asked for ahead (AHEAD; also before the next command, to keep the
+order, or at once if asked).  A command that changes the template discards the spare.
 """
 
 from __future__ import annotations
@@ -53,16 +39,20 @@ _files: list[_weakref.ref[IO[bytes] | IO[str]]] = []
 
 
 class Forker:
-    """Forks children (and spares) of this process, and reaps them at once.
-
-    The server provides ``sock`` (its creator's socket), ``report(op, payload)`` and
-    ``report_exits(frames)`` (reports for the creator: FORK_FAILED, EXITED), ``serve_creator(fd)``
-    (a new child serves the creator whose socket rode on its FORK frame) and ``leave_reports()``
-    (a new child forgets the template's reports)."""
+    """Forks children (and spares) of this process, and reaps them at once."""
 
     sock: _socket.socket
     #: The creator has gone: nobody reads our reports any more.
     gone: bool
+
+    if TYPE_CHECKING:  # the server's (reports for the creator; a new child serving it)
+
+        def report(self, op: int, payload: bytes = b"") -> None: ...
+        def report_exits(self, frames: bytes) -> None: ...
+        def has_reports(self) -> bool: ...
+        def write_reports(self) -> None: ...
+        def serve_creator(self, fd: int) -> NoReturn: ...
+        def leave_reports(self) -> None: ...
 
     def __init__(self) -> None:
         #: This process has forked: it reaps (SIGCHLD through the wakeup fd ``wake_r``).
@@ -88,18 +78,6 @@ class Forker:
         is most of what naming costs, and naming is on the way to ``run``'s function."""
         fd, self.comm_fd = self.comm_fd, -1
         name(title, fd)
-
-    def report(self, op: int, payload: bytes = b"") -> None:
-        raise NotImplementedError
-
-    def report_exits(self, frames: bytes) -> None:
-        raise NotImplementedError
-
-    def serve_creator(self, fd: int) -> NoReturn:
-        raise NotImplementedError
-
-    def leave_reports(self) -> None:
-        raise NotImplementedError
 
     def fork(self, fd: int) -> None:
         """Fork a child that serves the socket ``fd``, and report its pid (FORKED), or the
@@ -258,12 +236,6 @@ class Forker:
         except ChildProcessError:
             return False
         return True
-
-    def has_reports(self) -> bool:
-        raise NotImplementedError
-
-    def write_reports(self) -> None:
-        raise NotImplementedError
 
     def _arm_reaper(self) -> None:
         """Reap forked children at once: SIGCHLD wakes the serve loop through a wakeup fd."""

@@ -1,24 +1,14 @@
 """The parent's main script in a child: imported under another name, on demand.
 
-A function of the parent's main program (``__main__``) is sent by name, like any other; but
-the child's ``__main__`` is its own (an exec'd interpreter's boot code, or a fork of one).  So
-the parent tells the child where its main script is (a MAIN command: the script's path, or the
-module name of ``python -m pkg.mod``), and the child imports it as ``__mp_main__``, as
-``multiprocessing`` does: the script's ``if __name__ == "__main__":`` block does not run, and
-``sys.modules["__main__"]`` is then that module, so that both a function named ``__main__:f``
-and a pickled reference to ``__main__.f`` find it.
+A MAIN command tells the child where the parent's main script is (a path, or the module of
+``python -m``); the child imports it as ``__mp_main__``, as ``multiprocessing`` does (its
+``if __name__ == "__main__":`` block does not run), and makes it ``sys.modules["__main__"]``,
+so that both ``__main__:f`` and a pickled ``__main__.f`` find it.  At once if the parent asked
+(a template: its children share the import), else when a name is first missing from
+``__main__`` (a name defined with ``eval`` costs no import).
 
-When: at once if the parent asked for it (a template, so that every child forked from it shares
-the import), else the first time a name is missing from ``__main__`` (a module ``__getattr__``
-on it): a name the process defined with ``eval`` costs no import.
-
-A script without the guard runs its whole top level in the child, which would start processes
-and pools of its own, and so on for ever.  So while the import runs, ``importing`` is set and
-anyfork's entry points (``new``, ``new_exec``, ``Pool``...) raise ``StopMainImport`` instead,
-which ends the import at that line: what the script defined above it is kept.
-
-Loaded only in processes that run functions of a main program (``_serve`` imports it for a MAIN
-command): stdlib only, cheap, like the rest of the child side.
+While the import runs, anyfork's entry points raise ``StopMainImport``, which ends the import at
+that line: a script without the guard would otherwise start processes of its own, for ever.
 """
 
 from __future__ import annotations

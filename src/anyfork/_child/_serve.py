@@ -1,50 +1,28 @@
 """The command server: the loop that runs in every template and every fresh process until ``run``.
 
-It is loaded into every exec'd interpreter and lives in the memory of every fork, so it imports
-only ``os`` and builtin modules, plus ``_socket`` and ``_struct``.  Everything else (``socket``,
-``fcntl``, ``select``, ``traceback``) is imported on the path that needs it; a template imports
-the ones its children will need before its first fork, so that forked children never pay for an
-import.  An exec'd child whose function does not use ``socket`` never imports it (``_sock``).
-
-Life of a process::
-
-    exec'd:  python -S -c BOOT <version> <fd> <owner pid> [<code size>] <sys.path...>
-             ->  main()  ->  serve()      (the code of this module arrives on fd 3: _spawn)
-    forked:  the template's serve() forks; the child closes the template's socket and serves the
-             socket that rode on the FORK frame.
+It is loaded into every exec'd interpreter and lives in every fork, so it imports only ``os``
+and builtin modules; the rest (``socket``, ``fcntl``, ``select``, ``traceback``) on the path
+that needs it, and a template imports what its children need before its first fork.
 
 Rules:
 
-* Read exactly one frame at a time (``_wire.Decoder.want``) so that a frame's fds are never
-  swallowed by an earlier read.
-* Before ``run``, the child writes only its own reports (STARTED, ERROR, FORKED, FORK_FAILED,
-  EXITED, RUNNING); after RUNNING it writes nothing: the socket belongs to the function.
-* A process never blocks on its creator: reports go out from a buffer, without blocking,
-  coalesced, whenever the socket takes them (a template reports every child's exit, and its
-  creator may be slow to read; a template blocked in a write would stop forking).  Only a
-  process about to exit or to hand its socket to ``run``'s function waits for its reports to
-  be written, and it goes on reaping its children meanwhile.
-* Every command received is carried out, in order, even after the creator has let go (a report
-  that finds the socket closed changes nothing): "configure and forget" works.  EOF on the
-  socket then ends the process: nothing outlives a creator that went away.  ``run`` is the
-  exception: with the creator gone, nobody would get the function's socket, so the process exits.
-  A template whose creator has only shut its writing side (it closed the template but still
-  reads) goes on reaping its children and reporting their exits until none is left
-  (``Forker.linger``); one whose creator has gone altogether (a hangup) exits at once.
-* Any failed command is reported (ERROR) and ends the process: a half-prepared process is worse
-  than none.  A frame that breaks the protocol is reported the same way (stage "protocol", as an
-  ``anyfork.ProtocolError``).  A failed fork is reported (FORK_FAILED) and the template keeps
-  serving.
-* A template keeps one spare (its next child, forked in advance) and forks the children its
-  creator asks for ahead of need (AHEAD) when it is idle (``_forking``).  It reports each
-  child's pid (FORKED) or failure (FORK_FAILED), in the order of the FORK and AHEAD frames.
-* A process that has forked reaps its children at once (SIGCHLD through a wakeup fd) and reports
-  their exit status to its creator (EXITED), so there are never zombies and the creator can say
-  how a grandchild died.
-* A forked child goes once through what ``run`` will do, right after STARTED (``_warm_up``): the
-  pages that copies from its template are copied before ``run``, not after it.
-* MAIN tells the process where its creator's main script is; it imports it when a function of
-  it is needed (``_main``).
+* Read exactly one frame at a time (``_wire.Decoder.want``): a frame's fds are never swallowed
+  by an earlier read.
+* Before ``run`` the child writes only its own reports; after RUNNING nothing: the socket
+  belongs to the function.
+* A process never blocks on its creator: reports go out from a buffer, coalesced, whenever the
+  socket takes them (a template blocked in a write would stop forking).  Only a process about
+  to exit or to run its function waits for them to be written, reaping meanwhile.
+* Every command received is carried out, in order, even after the creator has let go
+  ("configure and forget"); then EOF ends the process, and ``run`` with the creator gone exits.
+  A template whose creator only shut its writing side reports its children's exits until none
+  is left (``Forker.linger``); after a hangup it exits at once.
+* A failed command (or a frame that breaks the protocol, as ``ProtocolError``) is reported
+  (ERROR) and ends the process: a half-prepared process is worse than none.  A failed fork is
+  reported (FORK_FAILED) and the template serves on.
+* A template reports each child's pid (FORKED) or failure (FORK_FAILED) in the order of the FORK
+  and AHEAD frames, and reaps its children at once (SIGCHLD through a wakeup fd), reporting
+  their exits (EXITED): no zombies, and the creator can say how a grandchild died.
 """
 
 from __future__ import annotations
@@ -152,7 +130,7 @@ class Server(Forker):
         self.gone = False
 
     def fail(self, stage: str, exc: BaseException) -> NoReturn:
-        """Report a failed command to the creator and end this process."""
+        """Report a failed command (ERROR) and end this process."""
         from . import _records  # only on the error path (with pickle and traceback)
 
         if isinstance(exc, _wire.WireError):
@@ -181,8 +159,7 @@ class Server(Forker):
     # -- the loop --------------------------------------------------------------------------
 
     def start(self) -> NoReturn:
-        """Report our pid, then serve (even if the creator has gone already: what it sent
-        before it went is still carried out)."""
+        """Report our pid, then serve."""
         self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
         self.serve()
 
@@ -229,8 +206,7 @@ class Server(Forker):
 
     def _wait(self, read: bool) -> None:
         """Block until a command can be read (``read``) or every report is written, writing
-        reports whenever the socket takes them, and (a template) reaping and reporting
-        children meanwhile."""
+        reports and (a template) reaping meanwhile."""
         poll = self._poll
         if poll is None:
             import select
@@ -426,8 +402,7 @@ def _stream(fd: int) -> _socket.socket:
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
-    """Tell a parent that speaks another protocol version so, in the one form every version
-    understands (``_wire`` Rule 3), and exit: it raises ``ProtocolError`` at its first wait."""
+    """Tell a parent that speaks another protocol version so (``_wire`` Rule 3), and exit."""
     from . import _records
 
     message = (

@@ -1,21 +1,12 @@
 """``Socket``: the function's socket in a child that has not loaded the ``socket`` module.
 
-``import socket`` costs a fresh interpreter about 5 ms (``enum``, ``selectors``, and the enum
-classes it builds at import), close to the whole start-up of ``python -S``.  A ``new_exec`` child
-whose function never needs the module should not pay that, so ``run`` hands it this subclass of
-the C socket type instead, and ``socket`` is imported only if a method that lives in ``socket.py``
-is used.
-
-Which one a function gets: a ``socket.socket`` whenever ``socket`` is loaded by the time the
-function starts (always in forked children: templates preload it; and whenever the function's
-module imports it, since the function is found before its socket is made); otherwise a
-``Socket``.  Both have every method of ``socket.socket`` with the same behaviour;
-``isinstance(sock, socket.socket)`` is the one difference.
-
-The methods ``socket.py`` adds are borrowed from ``socket.socket`` on first use (``__getattr__``).
-Those the C type also has, and which ``socket.py`` overrides (``close``, ``detach``, ``family``,
-``type``, ``__repr__``...), are defined here with the same semantics, because attribute lookup
-would find the C versions first.
+``import socket`` costs a fresh interpreter about 5 ms (``enum``, ``selectors``), close to the
+whole start-up of ``python -S``.  So a function gets a ``socket.socket`` whenever ``socket`` is
+loaded by the time it starts (always in forked children: templates preload it), otherwise this
+subclass of the C socket type, which has every method of ``socket.socket`` with the same
+behaviour (``isinstance`` apart): ``socket.py``'s own methods are borrowed on first use
+(``__getattr__``); those it overrides on the C type (``close``, ``detach``, ``family``...) are
+defined here, as lookup would find the C versions first.
 """
 
 from __future__ import annotations

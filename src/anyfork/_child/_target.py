@@ -1,9 +1,6 @@
-"""The function ``run`` calls, and what it is given: finding a function by its reference, the
-received fds turned into the objects a user expects, the socket.
-
-Part of the command server (``_serve``): loaded into every exec'd interpreter and living in
-every fork, so it imports only ``os``, ``sys`` and builtin modules (``stat``, ``fcntl`` and
-``io`` are looked up when a passed fd needs them, ``socket`` only if it is loaded: ``_sock``).
+"""The function ``run`` calls, and what it is given: the function found by its reference, the
+received fds as the objects a user expects, the socket.  Imports as ``_serve`` does (``stat``,
+``fcntl`` and ``io`` only when a passed fd needs them, ``socket`` only if loaded: ``_sock``).
 """
 
 from __future__ import annotations

@@ -10,19 +10,14 @@ Frame::
     | op: u8 | length: u32 (BE)     | payload (length) |
     +--------+----------------------+------------------+
 
-File descriptors never appear in the bytes.  A frame that carries fds (``FDS`` and ``FORK``)
-is written with ``sendmsg`` and the fds ride on it as SCM_RIGHTS ancillary data; on Linux
-they are delivered with the frame's first byte.  The receiver reads exactly one header and
-then exactly one payload, never more, so it can never swallow the bytes (and the fds) of a
-frame that is not yet its own.  ``Decoder.want()`` says how many bytes may be read next
-without crossing a frame boundary; the parent relies on it to hand the socket over after
-``RUNNING`` with not one byte of the user's stream consumed.
+File descriptors ride on a frame (``FDS``, ``FORK``, ``AHEAD``) as SCM_RIGHTS ancillary data,
+delivered with its first byte.  A receiver reads exactly one header, then one payload
+(``Decoder.want()``), so it never swallows the bytes (and fds) of a frame that is not its own,
+nor a byte of the user's stream after ``RUNNING``.
 
-Sizes: a command's payload is at most ``MAX_COMMAND`` bytes (the parent refuses to queue a
-bigger one), a report's at most ``MAX_REPORT``.  A header claiming more is a ``WireError`` at
-once, before any of its payload is read, and ``want()`` never asks for more than ``MAX_READ``
-bytes: what a reader allocates grows with the bytes that actually arrived, never with what a
-header claims.
+Sizes: payloads are at most ``MAX_COMMAND`` (commands) or ``MAX_REPORT`` (reports) bytes; a
+header claiming more is a ``WireError`` before any payload is read, and ``want()`` never asks
+for more than ``MAX_READ``: what a reader allocates grows with what arrived, not with a claim.
 
 Rule 1: nothing here touches a socket, a clock or the filesystem.
 Rule 2: every decoding error is ``WireError``; the caller decides what it means (the parent turns
@@ -83,9 +78,9 @@ FORKED = ord("F")  # payload: u32 pid of the child the next FORK or AHEAD frame 
 COMMANDS = frozenset((IMPORT, EVAL, ARGS, FDS, FORK, RUN, PID, MAIN, AHEAD))
 REPORTS = frozenset((STARTED, ERROR, FORK_FAILED, RUNNING, EXITED, FORKED))
 
-# How an fd of an FDS frame is handed to the function (one str per fd): as the child sees fit
-# (a socket, an unbuffered binary file, a directory's int), as a buffered binary file, or as a
-# text file ("t", then encoding, errors and line_buffering "0"/"1", separated by NUL).
+# How an fd of an FDS frame (payload: ``pack_values`` of one str per fd) is handed over: as the
+# child sees fit (a socket, an unbuffered binary file, a directory's int), as a buffered binary
+# file, or as a text file ("t", then encoding, errors and line_buffering "0"/"1", NUL-separated).
 FD_RAW = ""
 FD_BUFFERED = "b"
 FD_TEXT = "t"
@@ -186,11 +181,6 @@ def unpack_error(payload: bytes) -> tuple[str, bytes]:
     return values[0], values[1]
 
 
-def pack_fd_specs(specs: Sequence[str]) -> bytes:
-    """An FDS payload: one spec per fd (``FD_RAW``, ``FD_BUFFERED`` or a ``text_spec``)."""
-    return pack_values(specs)
-
-
 def unpack_fd_specs(payload: bytes, count: int) -> list[str]:
     """The specs of an FDS frame that carried ``count`` fds."""
     specs = unpack_strings(payload)
@@ -287,13 +277,10 @@ class Decoder:
             raise WireError("data after the final frame")
         if self.eof:
             raise WireError("data after EOF")
+        self._fds.extend(fds)
         if not data:
             self.eof = True
-            if fds:
-                self._fds.extend(fds)
-            return
         self._buf += data
-        self._fds.extend(fds)
 
     def next_frame(self) -> tuple[int, bytes, list[int]] | None:
         """Return the next complete frame, or ``None`` if more bytes are needed."""

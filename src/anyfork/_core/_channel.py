@@ -1,21 +1,15 @@
 """The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits for.
 
-A ``Channel`` owns a socket, a queue of frames to write (each frame may carry fds, which the
-channel owns until the kernel has them) and a ``_wire.Decoder`` for the child's reports.  It
-never blocks (every call passes ``MSG_DONTWAIT``, so the socket itself stays as its owner wants
-it, without system calls to switch it back and forth) and never waits: operations that must
-wait are written once, as generators that yield ``Wait`` requests, and run by
-``_drive.drive_async`` on the event loop or by ``_drive.drive_blocking`` with ``poll``.  So the
-asyncio API and its blocking twin share every line of protocol logic.  The channel reads bytes;
-``ProcessProtocol._receive`` (``_protocol``) is where they become reports.
+A ``Channel`` owns a socket, a queue of frames to write (with the fds they carry, until the
+kernel has them) and a ``_wire.Decoder`` for the child's reports.  It never blocks (every call
+passes ``MSG_DONTWAIT``, so the socket stays as its owner wants it) and never waits: waits are
+generators that yield ``Wait`` requests, run by ``_drive``, so the asyncio API and its blocking
+twin share every line of protocol logic.
 
-Several coroutines may wait on one channel at once (every child of a template flushes the
-template's queue): the asyncio side keeps one fd watcher per event loop, channel and direction,
-because ``loop.add_reader`` on an fd silently replaces the previous callback.  A burst of
-thousands of children waiting on one template must not cost thousands of wake-ups per event:
-writers are woken only once the frame each waits for is written (the watcher writes).  A
-template's reports are drained by its watcher on each loop that has waited for one of its
-children (``keep_drained``), from then on: no fd watcher is added and removed per wait.
+Several coroutines may wait on one channel at once: the asyncio side keeps one fd watcher per
+event loop, channel and direction (``loop.add_reader`` silently replaces the previous callback).
+Writers are woken only once the frame each waits for is written (the watcher writes): a burst of
+thousands of children on one template costs no thousands of wake-ups per event.
 """
 
 from __future__ import annotations
@@ -54,14 +48,10 @@ class Wait:
     """A request from a protocol generator: wake me when ``chan`` is readable or writable.
 
     ``until`` (a ``time.monotonic()`` deadline) bounds this one wait: the generator is resumed
-    with ``False`` when it passes, instead of the whole operation failing.  With ``chan``
-    ``None`` it is a plain sleep until ``until`` (bounded polling for a fact only the OS knows,
-    such as a child's exit status), which the asyncio driver sleeps without blocking the loop;
-    or, given ``fd``, a wait for that fd to be readable (a pidfd: the process has exited).
-
-    ``upto`` (WRITE): the frame whose writing the generator waits for (default: all queued).
-    ``drain``: meanwhile, whenever ``drain[0]`` is readable, call ``drain[1]`` (which reads it)
-    without waking the generator: how a child's wait keeps its template's reports drained.
+    with ``False`` when it passes.  With ``chan`` ``None``: a sleep until ``until``, or, given
+    ``fd``, a wait for that fd to be readable (a pidfd).  ``upto`` (WRITE): the frame whose
+    writing to wait for (default: all queued).  ``drain``: meanwhile, whenever ``drain[0]`` is
+    readable, call ``drain[1]`` without waking the generator.
     """
 
     __slots__ = ("chan", "drain", "fd", "kind", "until", "upto")
@@ -89,14 +79,9 @@ Drain = tuple["Channel", Callable[[], None]]
 
 
 class _Watch:
-    """What one event loop waits for on one channel.
-
-    ``readers``: futures to resolve (all of them) when the socket is readable; ``writers``: a
-    heap of ``(frame number, n, future)``, each resolved once the frames up to its number are
-    written (the watcher writes them: a burst of children all waiting for their FORK frames
-    on one template costs one write per writable event, not one wake-up per child);
-    ``drain``: a weak reference to what reads the socket whenever it is readable (see
-    ``keep_drained``).  ``watching[kind]``: the loop's fd watcher is on."""
+    """What one event loop waits for on one channel: ``readers`` (all resolved when readable),
+    ``writers`` (each resolved once the frames up to its number are written; ``heap`` orders
+    them), ``drain`` (``keep_drained``), ``watching[kind]``: the loop's fd watcher is on."""
 
     __slots__ = ("drain", "heap", "readers", "watching", "writers")
 
@@ -189,13 +174,10 @@ class Channel:
     # -- reading ---------------------------------------------------------------------------
 
     def read_nowait(self, handle: Callable[[int, bytes], None]) -> None:
-        """Call ``handle(op, payload)`` for each complete frame that has arrived, in order (none
-        with the channel at EOF: see ``decoder.eof``).
+        """Call ``handle(op, payload)`` for each complete frame that has arrived, in order.
 
-        A look (``MSG_PEEK``) and a read take every report there is at once, but never a byte
-        after RUNNING (``Decoder.safe_prefix``: those are not ours); before a RUN is queued a
-        read alone does; reading goes on until the socket has no more (or is at EOF).  Raises
-        ``_wire.WireError`` for bytes that are not reports (``Process._receive`` decides), after
+        Never reads a byte after RUNNING (a look first, once a RUN is queued: those bytes are
+        the function's).  Raises ``_wire.WireError`` for bytes that are not reports, after
         handling the frames before them.
         """
         with self._lock:
@@ -205,6 +187,9 @@ class Channel:
                 if frame is not None:
                     handle(frame[0], frame[1])
                     continue
+                if dec.stopped and not self.run_queued:
+                    # (read in one go with what followed it: no reader could ever go on)
+                    raise _wire.WireError("RUNNING came before the process was sent run")
                 if dec.eof or dec.stopped or self.sock is None:
                     return
                 try:
@@ -306,10 +291,8 @@ class Channel:
 
     def keep_drained(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
         """From now on, call ``drain`` (a bound method, on ``loop``) whenever the socket is
-        readable, for as long as the channel, the loop and ``drain``'s object live.
-
-        A template's reports are drained this way once a child's wait has asked for it, rather
-        than by an fd watcher added and removed for every wait (what the hot path would pay)."""
+        readable, for as long as the channel, the loop and ``drain``'s object live: not an fd
+        watcher added and removed for every wait (what the hot path would pay)."""
         watch = self._watches.get(loop)
         if watch is not None and watch.drain is not None:
             return

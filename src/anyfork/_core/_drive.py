@@ -1,14 +1,8 @@
 """The two drivers of the protocol generators (``_channel.Op``), and ``release``.
 
 ``drive_async`` runs a generator on the running event loop, ``drive_blocking`` with ``poll``:
-each ``Wait`` it yields is one wait for a channel to be readable or writable (or a deadline),
-during which a template's reports may be drained (``Wait.drain``) without waking the generator.
-
-Letting go (``release``): a process dropped or closed before ``run`` still gets everything that
-was queued for it (and for the templates it is forked from: its FORK frame), then EOF.  Without
-a running event loop in the calling thread ``release`` writes it there and then, waiting only
-for the kernel to take it (as long as the children read); with one, a task on that loop writes
-it, and finishes in a blocking write if the loop shuts down first.  No thread is ever started.
+each ``Wait`` it yields is one wait (see ``_channel.Wait``).  ``release`` lets go of a channel
+once what is queued is written, without ever starting a thread.
 """
 
 from __future__ import annotations
@@ -112,14 +106,14 @@ async def drive_async(op: Op[T], timeout: float | None) -> T:
             chan, kind, drain = wait.chan, wait.kind, wait.drain
             fut: asyncio.Future[bool] = loop.create_future()
             if wait.fd is not None:
-                loop.add_reader(wait.fd, _expire_ready, fut)
+                loop.add_reader(wait.fd, _settle, fut, True)
             elif chan is not None:
                 chan.add_waiter(loop, kind, fut, wait.upto)
             if drain is not None:
                 drain[0].keep_drained(loop, drain[1])
             timer = None
             if until is not None:
-                timer = loop.call_later(max(0.0, until - time.monotonic()), _expire, fut)
+                timer = loop.call_later(max(0.0, until - time.monotonic()), _settle, fut, False)
             try:
                 ready = await fut
             except BaseException:
@@ -146,14 +140,9 @@ def _resume(op: Op[T], ready: bool, deadline: float | None, timeout: float | Non
     return op.send(ready)
 
 
-def _expire(fut: asyncio.Future[bool]) -> None:
+def _settle(fut: asyncio.Future[bool], ready: bool) -> None:
     if not fut.done():
-        fut.set_result(False)
-
-
-def _expire_ready(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(True)
+        fut.set_result(ready)
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -171,17 +160,13 @@ _releasing: set[asyncio.Task[None]] = set()
 
 
 def release(chan: Channel, chain: Sequence[Channel] = (), keep_reading: bool = False) -> None:
-    """Let go of ``chan``: close it once everything queued on it, and on ``chain`` (the
-    channels of the templates its process is forked from, oldest first: its FORK frame may
-    still be queued there), has been written.  The child then reads it all, then EOF.
-    ``keep_reading``: only shut the writing side (``Channel.shutdown_write``), so that the
-    reports that follow (a template's children's exits) can still be read.
+    """Let go of ``chan``: close it once everything queued on it, and on ``chain`` (its
+    templates' channels, oldest first: its FORK frame may be queued there), has been written.
+    ``keep_reading``: only shut the writing side, so that reports can still be read.
 
-    Returns at once when the kernel takes everything now (the usual case).  Otherwise, on a
-    thread with a running event loop, a task finishes the writes; on any other thread the
-    writes finish here, blocking as long as the children take no more (a child still busy with
-    an earlier command that takes forever keeps this waiting).  A dead process, or one whose
-    socket is closed, ends its part at once."""
+    Returns at once when the kernel takes everything now (the usual case).  Otherwise a task
+    on the thread's running event loop finishes the writes (in a blocking write if the loop
+    shuts down first); without one the writes finish here, as long as the children read."""
     if chan.sock is None:
         return
     end = chan.shutdown_write if keep_reading else chan.close

@@ -1,18 +1,7 @@
 """``Lineage``: a process as a template, the base of ``Process``: the commands it is sent, the
-children it forks (and keeps forked ahead), what they inherit of the main script, letting go.
-
-Forked ahead: once a template has handed out a child, it keeps its next children forked and
-connected (``_ready``), asked for together in one AHEAD frame when a child of it has started
-its ``run``'s function and none waits (as many as it has handed out, up to ``_AHEAD``), forked
-by the template when it is idle (``_child._forking``), or at once when starts come in quick
-succession.  So ``fork()`` of an unchanged template (and ``anyfork.new()``) hands over a
-process that is up.  A command that changes the template discards them (they were forked
-with the old state), and so do ``kill`` and ``close``.
-
-Functions of the main script: ``_prepare_func`` is the one way to get a process ready for a
-function reference (``run``, ``rpc``, the pools): for one of the main program it sends the
-MAIN command (once per process and the templates it comes from), and the child imports the
-script as ``__mp_main__`` (``_child._main``).
+children it forks (and keeps forked ahead: ``_fork_ahead``), what they inherit of the main
+script (``_prepare_func``), letting go.  A command that changes the template discards the
+children forked ahead (they have the old state), and so do ``kill`` and ``close``.
 """
 
 from __future__ import annotations
@@ -93,7 +82,7 @@ class Lineage(ProcessProtocol):
         for start in range(0, len(dups), _wire.MAX_FDS):
             chunk = dups[start : start + _wire.MAX_FDS]
             kinds = specs[start : start + _wire.MAX_FDS]
-            self._send(_wire.FDS, _wire.pack_fd_specs(kinds), chunk)
+            self._send(_wire.FDS, _wire.pack_values(kinds), chunk)
         return self
 
     def _command(self, op: int, payload: bytes, fds: list[int] | None = None) -> int:
@@ -133,8 +122,7 @@ class Lineage(ProcessProtocol):
     # -- running -------------------------------------------------------------------------
 
     def _where(self) -> str:
-        """What errors about this process add after its pid (a remote one's host, and whether
-        the connection to it is lost); nothing for a local one."""
+        """``Transport.where``."""
         return self._transport.where(self)
 
     def _start_run(self, func: Func) -> str:
@@ -267,11 +255,8 @@ class Lineage(ProcessProtocol):
     # -- letting go ------------------------------------------------------------------------
 
     def _children_to_report(self) -> bool:
-        """Some process forked from this one runs a function (``run``) and may be waited for:
-        its object lives here, and it is not known to have exited.  Not counted: processes that
-        never ran one (they exit once their commands are done, or failed), and those running
-        one of anyfork's own servers (an RPC worker belongs to its client, which learns of its
-        end from its socket)."""
+        """Some live child of this one runs a function and may be waited for: not one that
+        never ran one (it exits by itself) nor an RPC worker (its client learns of its end)."""
         if not self._forked:
             return False
         self._receive()
@@ -306,12 +291,9 @@ class Lineage(ProcessProtocol):
         """Get the process ready to find ``func``; return the reference to send for it.
 
         The one way in for ``run``, ``rpc`` and the pools.  For a function of the main program
-        (``__main__:f``, a bare name, or ``func=None``: functions that will arrive pickled
-        later), the process learns where the main script is (a MAIN command, once per process
-        and the templates it is forked from) and imports it as ``__mp_main__`` when a name is
-        first missing from its ``__main__``; ``now``: at once (a template: every process forked
-        from it afterwards shares the import).  A copy of the main program (early and main
-        templates) needs nothing: its ``__main__`` is the program.
+        (or ``func=None``: functions that will arrive pickled), a MAIN command (once per process
+        and its templates) tells the child where the script is (``_child._main``); ``now``:
+        import it at once.  A copy of the main program needs nothing.
 
         Raises:
             TypeError: a lambda or local function; or a function of a main module that has
@@ -346,15 +328,8 @@ class Lineage(ProcessProtocol):
 
 
 def prepare_rpc(proc: Lineage, func: Func) -> None:
-    """Get ``proc`` ready to serve ``func`` over RPC, and for functions of the main script that
-    calls bring pickled (``PoolExecutor.submit``): ``_prepare_func`` for both.  The one way in
-    for every RPC face (``anyfork.rpc``, ``rpc_blocking``, ``Process.rpc``, the pools).
-
-    Raises:
-        TypeError, ValueError: as ``_prepare_func`` (the RPC layer makes them start-up
-            failures: their own type and an ``AnyforkError``).
-        ClosedError, SpawnError: as for any command.
-    """
+    """``_prepare_func`` for ``func`` and for the functions calls bring pickled: the one way
+    in for every RPC face.  Raises as ``_prepare_func``."""
     proc._prepare_func(func)
     proc._prepare_func(None)
 
@@ -372,9 +347,8 @@ def where_of(proc: Lineage) -> Callable[[], str]:
 
 
 def func_ref(func: Func) -> str:
-    """``"module:qualname"`` for a function object; strings pass through (checked).  A
-    function of the main program is ``__main__:qualname`` (also one defined in the main
-    script a child imported as ``__mp_main__``)."""
+    """``"module:qualname"`` for a function object (``__main__`` for the main script's, also as
+    ``__mp_main__``); strings pass through (checked)."""
     if isinstance(func, str):
         if not func or func.startswith(":") or func.endswith(":"):
             raise ValueError(f"bad function reference {func!r}: use 'module:qualname' or a name")

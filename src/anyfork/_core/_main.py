@@ -1,11 +1,8 @@
 """Functions of the main program, parent side: where the main script is, and what to say when a
 function cannot be found in another process.
 
-A child imports the parent's main script under another name (``__mp_main__``) to find a
-function of it (see ``anyfork._child._main``); ``Process._prepare_func`` tells it where the
-script is.  While a child imports the script, anyfork's entry points refuse to run
-(``refuse``): a script without an ``if __name__ == "__main__":`` guard would otherwise start
-processes of its own in every child, for ever.
+The child side is ``anyfork._child._main``; ``Process._prepare_func`` tells it where the
+script is.
 """
 
 from __future__ import annotations

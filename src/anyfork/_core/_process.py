@@ -1,31 +1,10 @@
-"""``Process``: a prepared process, its preparation commands, ``fork`` and ``run``.
+"""``Process``: the public face of a prepared process (the machinery is ``_lineage``'s and
+``_protocol``'s).
 
-A ``Process`` is the parent's handle on a child that serves commands (``_serve``).  Preparation
-methods queue frames and return the process so calls chain; they never block (each makes one
-non-blocking attempt to write).  ``run`` and ``to_fh`` are the only waits: they flush this
-process's queue *and every queue it depends on* (the template that must fork it, that template's
-own template...), then read the child's reports up to RUNNING and hand the socket over.
-
-Errors a child reports (a failed import, an exception in eval code, a missing function) end that
-child; the parent raises them at the next wait, as their own type and an ``AnyforkError`` at once
-(``_errors.rebuild``), with the child's traceback as cause.  Bytes that break the protocol are a
-``ProtocolError`` naming the process: ``_receive`` is the one place reports are read and parsed.
-A dead template fails the next ``fork`` at once and every process queued behind it at its ``run``.
-
-While it waits for a forked child, a process also drains its template's reports (the exits of
-the template's other children), so that a burst of children never leaves them piling up.
-Dropping or closing a process before ``run`` still delivers what was queued for it
-(``_drive.release``).
-
-The commands, the children a template keeps forked ahead (so that ``fork()`` of an unchanged
-template, and ``anyfork.new()``, hands over a process that is up) and functions of the main
-script are ``_lineage``'s, the base class; this module is the public face.
-
-Lifetimes: every process's exit status is known to the parent, from the reaper (direct
-children) or from its template's EXITED report, matched to the process by the FORKED report
-that names each child's pid in the order of the FORK frames (so a recycled pid is never
-confused).  A closed template stops serving but, while children it forked still run a function
-and may be waited for, goes on reaping them and reporting their exits, which ``wait()`` reads.
+Preparation methods queue frames and return the process so calls chain; they never block.  The
+waits (``run``, ``to_fh``, ``wait_started``, ``wait``) are ``_protocol``'s generators, run by
+``_drive.drive_async`` or ``drive_blocking``.  Dropping or closing a process before ``run``
+still delivers what was queued for it (``_drive.release``).
 """
 
 from __future__ import annotations

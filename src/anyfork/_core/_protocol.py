@@ -1,26 +1,18 @@
 """The command protocol of one process, parent side: ``ProcessProtocol``, the base of ``Process``.
 
-It holds what the parent knows of the process (its pid, whether it has started, how it failed,
-what it reported about its own children) and is the one receive boundary of its channel:
-``_receive`` is the only place reports are read and parsed, and bytes that break the protocol
-(a bad frame, a bad payload, a broken error record) become a ``ProtocolError`` naming the
-process, which fails it and closes the channel for good.  Errors a child reports (a failed
-import, an exception in eval code, a missing function) are rebuilt as their own type and an
-``AnyforkError`` at once (``_errors.rebuild``).
+It holds what the parent knows of the process (pid, start, failure, its children's exits) and
+is the one receive boundary of its channel: ``_receive`` is the only place reports are read and
+parsed; bytes that break the protocol become a ``ProtocolError`` naming the process, which
+fails it and closes the channel for good.  A child's error records become exceptions through
+``_errors.rebuild``.
 
-A template's children are known by the FORKED report that names each one's pid, in the order
-of the FORK (and AHEAD) frames (``_unforked``, then ``_children`` by pid): its EXITED report
-then sets the child's ``_returncode``, never a later child's that got the same pid.
+A template's children are matched to the FORKED reports in the order of the FORK (and AHEAD)
+frames (``_unforked``, then ``_children`` by pid), so an EXITED report never sets a later
+child's ``_returncode`` that got a recycled pid.
 
-The waits are written once, as generators run by ``_drive.drive_async`` and
-``drive_blocking``: flushing what a process depends on (its templates' queues, up to the FORK
-frame that makes it), reading its reports, up to RUNNING (``run``), a frame boundary
-(``to_fh``) or STARTED (``wait_started``), and its exit (``_exit_op``: a pidfd for a direct
-child, the template's reports for a forked one).  The parent drains a template's reports
-whenever it touches the template (``fork``...), and while it waits for one of the template's
-children if more than ``_DRAIN_BACKLOG`` of them may have exits still to report: a burst never
-leaves them piling up, and the one-at-a-time ``new().run(f)`` is not woken up by the previous
-child's exit.
+The waits are generators run by ``_drive``.  A wait for a child drains its template's reports
+only past ``_DRAIN_BACKLOG`` unreported exits: a burst never leaves them piling up, and the
+one-at-a-time ``new().run(f)`` is not woken by the previous child's exit.
 """
 
 from __future__ import annotations
@@ -146,12 +138,8 @@ class ProcessProtocol:
     # -- the receive boundary ------------------------------------------------------------------
 
     def _receive(self) -> None:
-        """Read and apply every report that has arrived, without waiting.
-
-        The one receive boundary of this process's channel, and the only place its reports are
-        parsed: bytes that break the protocol (a bad frame, a bad payload, a broken error
-        record) fail the process with a ``ProtocolError`` naming it, and close the channel, for
-        it can never be read again.  Never raises."""
+        """Read and apply every report that has arrived, without waiting (see the module).
+        Never raises."""
         with self._lock:
             chan = self._chan
             try:
@@ -208,16 +196,13 @@ class ProcessProtocol:
             self._exits[pid] = code
 
     def _drain(self) -> Drain | None:
-        """What a wait for one of this template's children drains meanwhile: its reports, if
-        enough children may have exits to report (``_DRAIN_BACKLOG``), or always if the transport
-        says so."""
+        """What a wait for one of this template's children drains meanwhile (see the module)."""
         if self._forked - self._exited <= _DRAIN_BACKLOG and not self._transport.always_drain:
             return None
         return self._chan, self._receive
 
     def _poll_reports(self) -> None:
-        """``_receive``, and note a death at once (for callers that cannot wait to learn how
-        the process ended)."""
+        """``_receive``, and note a death at once."""
         with self._lock:
             self._receive()
             if self._chan.decoder.eof and self._failure is None:
@@ -248,8 +233,7 @@ class ProcessProtocol:
         return SpawnError(f"{self._name()} exited before run ({how})")
 
     def _known_exit_code(self) -> int | None:
-        """The exit code if it is already known (reaped here, or reported by the template);
-        looks without waiting."""
+        """The exit code if it is already known, without waiting."""
         if self._returncode is None and self._pid is not None:
             if self._direct:
                 self._returncode = _reaper.returncode(self._pid)
@@ -328,7 +312,7 @@ class ProcessProtocol:
             yield Wait(READ, tmpl._chan, until=time.monotonic() + RECHECK)
 
     def _status(self) -> int | None:
-        """The exit status known so far (a call, which the reports it waits for may change)."""
+        """The exit status known so far."""
         tmpl = self._template
         if self._returncode is None and tmpl is not None and tmpl._transport.children_by_pid:
             # A template that made us on a connection of our own reports our exit by pid
@@ -365,9 +349,8 @@ class ProcessProtocol:
         return code
 
     def _flush_op(self) -> Op[None]:
-        """Write what this process depends on: on each template, oldest first, up to the FORK
-        frame of the next process in line (draining the template's reports meanwhile); then
-        everything queued here."""
+        """Write each template's queue (oldest first) up to the FORK frame of the next process
+        in line, then everything queued here."""
         chain: list[tuple[ProcessProtocol, int]] = [(self, self._chan.queued)]
         while (tmpl := chain[-1][0]._template) is not None:
             chain.append((tmpl, chain[-1][0]._fork_frame))
@@ -392,8 +375,7 @@ class ProcessProtocol:
                 yield Wait(WRITE, chan, upto=upto, drain=drain)
 
     def _reports_until(self, done: Callable[[], bool]) -> Op[None]:
-        """Read reports until ``done()``; raise the child's error, or its death.  The template's
-        reports are drained meanwhile."""
+        """Read reports until ``done()``; raise the child's error, or its death."""
         chan = self._chan
         tmpl = self._template
         while True:
@@ -436,8 +418,7 @@ class ProcessProtocol:
                 self._chan.close()
 
     def _learn_template_pids(self) -> None:
-        """A template whose pid is not known yet has reported it by now (it forked us): read
-        it, so that its ``pid`` (which does no I/O) says it."""
+        """Read the pids our templates have reported by now (they forked us), for ``pid``."""
         tmpl = self._template
         while tmpl is not None and tmpl._pid is None:
             tmpl._receive()
@@ -469,8 +450,7 @@ _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
 def _close_in_child() -> None:
-    """A forked copy of this program (ours or the user's) must not hold our processes' sockets:
-    they would keep templates alive after we are gone, and two processes would share them."""
+    """A forked copy of this program must not hold (and keep alive) our processes' sockets."""
     for chan in list(_channels):
         chan.forget()
     _channels.clear()

@@ -1,13 +1,9 @@
 """Reaping of the processes this process created directly (exec'd ones, early and main templates).
 
-Processes forked by a template are the template's children; it reaps them itself.  Ours are
-reaped here, without a thread (a thread would make every later ``os.fork`` of the program unsafe):
-
-* a SIGCHLD handler, installed only when SIGCHLD has no handler yet and we are on the main thread
-  (a handler the program installs later replaces it, which is why the poll below exists; it
-  never steals a child: it waits only for the pids registered here, never ``waitpid(-1)``);
-* a poll at every anyfork call, for programs whose main thread is busy or which handle SIGCHLD
-  themselves.
+No thread (it would make every later ``os.fork`` of the program unsafe): a SIGCHLD handler,
+installed only when SIGCHLD has none and we are on the main thread, and a poll at every anyfork
+call (for a busy main thread, or a program's own handler).  Only the pids registered here are
+waited for, never ``waitpid(-1)``: no child of the program is stolen.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """Making processes without forking the caller (exec) and by forking the main program (early/main
 templates).
 
-``exec_server`` starts ``python -S -c BOOT`` with ``posix_spawn`` (glibc implements it with
-``clone(CLONE_VM|CLONE_VFORK)``: safe in a threaded program and independent of the caller's size).
-The child's end of the socketpair is the only fd it inherits, always as fd 3; ``sys.path`` travels
-on the command line so the child finds exactly the parent's modules, venv or not, and ``-S``
-skips ``site`` (and the ``.pth`` hooks of the base interpreter): the path already holds what
-``site`` would have added.
-
-A child of the parent's own interpreter does not even look for anyfork: the parent compiles the
-child side once (``child_code``) and the child reads the code objects from its socket before
-anything else (``SHIPPED_BOOT``).  That spares every exec'd child the search along ``sys.path``
-and, where no bytecode cache exists (``PYTHONDONTWRITEBYTECODE``, an uncompiled checkout), ~7 ms
-of compiling ``_serve`` from source; and parent and child cannot run different anyfork versions.
+``exec_server`` starts ``python -S -c BOOT`` with ``posix_spawn`` (glibc's ``clone(CLONE_VM|
+CLONE_VFORK)``: safe with threads, independent of the caller's size).  The child inherits only its
+socket, as fd 3; ``sys.path`` travels on the command line (``-S``: it already holds what ``site``
+would add).  A child of the parent's own interpreter gets the child side's code objects on its
+socket (``SHIPPED_BOOT``): no search along ``sys.path``, no ~7 ms compile of ``_serve`` where no
+bytecode cache exists, and no version mismatch.
 """
 
 from __future__ import annotations
@@ -117,10 +111,8 @@ def _same_interpreter(exe: str) -> bool:
 
 
 def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
-    """Start a fresh interpreter serving commands.
-
-    Returns the parent's socket end, the pid, and bytes the child must receive before any
-    frame (the shipped code; empty when the child imports anyfork itself)."""
+    """Start a fresh interpreter serving commands: the parent's socket end, the pid, and what
+    the child must receive before any frame (the shipped code, or nothing)."""
     exe = interpreter(python)
     code = child_code() if _same_interpreter(exe) else None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -161,9 +153,7 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
 
 def fork_main() -> tuple[socket.socket, int]:
     """Fork the calling program into a template that serves commands; return (socket, pid).
-
-    Refuses when forking would be unsafe: with other threads alive or an event loop running.
-    """
+    Refuses with other threads alive or an event loop running."""
     threading = sys.modules.get("threading")
     if threading is not None and threading.active_count() > 1:
         names = ", ".join(t.name for t in threading.enumerate())

@@ -1,11 +1,8 @@
 """The constructors (``new``, ``new_exec``, ``new_from_fh``, ``start_early``, ``main_template``)
 and the templates they keep per parent process: the default template (exec'd on the first
-``new()``, recreated if it dies) and the early template (the main program forked early).
-
-The default template follows ``sys.path``: when the program has changed it since the template
-last saw it, ``new()`` sends the template the new one first, so that children find what the
-program finds.  Every constructor refuses to run in a child that is importing its parent's main
-script (``_main.refuse``).
+``new()``, recreated if it dies, following ``sys.path``) and the early template (the main
+program forked early).  Every constructor refuses to run in a child that is importing its
+parent's main script (``_main.refuse``).
 """
 
 from __future__ import annotations
@@ -73,8 +70,7 @@ def new() -> Process:
 
 
 def _follow_path(template: Process) -> None:
-    """Send the default template ``sys.path`` if it has changed since it last saw it (under
-    ``_lock``)."""
+    """Send the default template a changed ``sys.path`` (under ``_lock``)."""
     global _default_path
     if sys.path != _default_path:
         template.eval(_SET_PATH, *[p for p in sys.path if isinstance(p, str)])
@@ -147,8 +143,8 @@ def new_from_fh(sock: socket.socket | int) -> Process:
 def new_on(
     chan: Channel, transport: Transport, *, pid: int | None = None, template: Process | None = None
 ) -> Process:
-    """A process on a channel ``transport`` made (``anyfork.remote``): one ``template`` made on
-    a connection of its own counts among its children (``ProcessProtocol._drain``)."""
+    """A process on a channel ``transport`` made (``anyfork.remote``), counted among
+    ``template``'s children."""
     if template is not None:
         template._forked += 1
     return Process._create(chan, pid=pid, template=template, transport=transport)
@@ -197,8 +193,7 @@ def main_template() -> Process:
 
 
 def _reset_in_child() -> None:
-    """A forked copy of this program has no templates of its own (``_protocol`` closes the
-    sockets it inherited) and a fresh lock."""
+    """A forked copy of this program has no templates of its own, and a fresh lock."""
     global _default, _early, _lock, _default_path
     _lock = threading.Lock()
     _default = _early = None

@@ -1,13 +1,8 @@
 """``Transport``: what differs between a process on this machine and one elsewhere.
 
-Every ``Process`` holds one.  This class is the local transport, every process's default: a
-child's socket is one end of a socketpair sent in its FORK frame, its exit status comes from
-the reaper or its template's reports, a signal is ``os.kill``.  ``anyfork.remote`` has its own
-(a channel through ssh, exits reported by the host's agent, signals sent by it), so a remote
-process is a ``Process`` like any other.
-
-The hooks are called with the process they are about; the helpers (``_poll`` ...) are what a
-transport may do to a process, the core's operations under their own names.
+Every ``Process`` holds one; this class is the local one (socketpairs, the reaper, ``os.kill``),
+and ``anyfork.remote`` has its own, so a remote process is a ``Process`` like any other.  The
+static helpers (``_poll``...) are what a transport may do to a process.
 """
 
 from __future__ import annotations
@@ -60,11 +55,6 @@ class Transport:
         """The channel of a new child of ``tmpl``, and its FORK frame's payload and fds."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         return Channel(parent_end), b"", [child_end.detach()]
-
-    def exit_status(self, proc: ProcessProtocol) -> int | None:
-        """An exit status known elsewhere than the reaper and the template's FORKED/EXITED
-        reports (``None``: none)."""
-        return None
 
     def death(self, proc: ProcessProtocol, pid: int | None) -> SpawnError | None:
         """The error for a dead process, when the transport knows better (a lost host)."""
