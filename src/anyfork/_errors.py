@@ -203,8 +203,7 @@ def rebuild(record: bytes | bytearray, context: str, *, ours: bool) -> BaseExcep
 def _by_name(module: str, qualname: str, message: str, tb: str) -> BaseException:
     """An exception that did not travel pickled: a builtin or one of ours, rebuilt from its
     message; anything else a ``RemoteError``."""
-    here = sys.modules[__name__]
-    cls = {"builtins": builtins, "anyfork": here}.get(module)
+    cls = {"builtins": builtins, "anyfork": sys.modules[__name__]}.get(module)
     kind = getattr(cls, qualname, None) if cls is not None and "." not in qualname else None
     if isinstance(kind, type) and issubclass(kind, Exception) and kind is not RemoteTraceback:
         try:
@@ -235,11 +234,10 @@ def also_anyfork(exc: Exception) -> Exception:
     (made once per type, shown and pickled as the original type, as Ray does for task errors).
 
     An ``AnyforkError`` already, or a type that cannot be subclassed, comes back unchanged."""
-    cls = type(exc)
     if isinstance(exc, AnyforkError):
         return exc
     try:
-        new = _remake(cls, exc.args, _state(exc))
+        new = _remake(type(exc), exc.args, _state(exc))
     except Exception:
         return exc
     new.__cause__, new.__context__ = exc.__cause__, exc.__context__
@@ -261,7 +259,11 @@ def _state(exc: BaseException) -> dict[str, object]:
     return state
 
 
-def _also_class(cls: type[BaseException]) -> type[BaseException]:
+def _remake(
+    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
+) -> BaseException:
+    """An instance of ``cls``'s ``also_anyfork`` class with these args and state (unpickling
+    uses it too)."""
     also = _ALSO.get(cls)
     if also is None:
 
@@ -275,15 +277,6 @@ def _also_class(cls: type[BaseException]) -> type[BaseException]:
             "__reduce__": __reduce__,
         }
         also = _ALSO[cls] = type(cls.__name__, (cls, AnyforkError), namespace)
-    return also
-
-
-def _remake(
-    cls: type[BaseException], args: tuple[object, ...], state: dict[str, object]
-) -> BaseException:
-    """An instance of ``cls``'s ``also_anyfork`` class with these args and state (unpickling
-    uses it too)."""
-    also = _also_class(cls)
     new = also.__new__(also, *args)
     for name, value in state.items():
         try:
