@@ -229,8 +229,7 @@ class Forker:
                     self.write_reports()
 
     def children_left(self) -> bool:
-        """Any child not reaped yet (WNOWAIT: one that has just exited is reaped, and reported,
-        by ``reap``; the SIGCHLD it sent wakes the loop)."""
+        """Any child not reaped yet (WNOWAIT: ``reap``, woken by its SIGCHLD, reports it)."""
         try:
             os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -273,7 +272,7 @@ def _hung_up(fd: int) -> bool:
 
 
 def _on_sigchld(signum: int, frame: object) -> None:
-    """Nothing to do here: the wakeup fd has already woken the serve loop."""
+    """Nothing to do: the wakeup fd has woken the serve loop."""
 
 
 def fds_from(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

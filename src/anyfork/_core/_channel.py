@@ -205,8 +205,7 @@ class Channel:
                 dec.receive(data)
 
     def readable(self) -> bool:
-        """Worth waiting for reports on: open, not at EOF (readable for ever) and not past
-        RUNNING (the bytes after it are not ours)."""
+        """Worth waiting for reports on: open, not at EOF, not past RUNNING."""
         dec = self.decoder
         return self.sock is not None and not dec.eof and not dec.stopped
 
@@ -291,8 +290,8 @@ class Channel:
 
     def keep_drained(self, loop: asyncio.AbstractEventLoop, drain: Callable[[], None]) -> None:
         """From now on, call ``drain`` (a bound method, on ``loop``) whenever the socket is
-        readable, for as long as the channel, the loop and ``drain``'s object live: not an fd
-        watcher added and removed for every wait (what the hot path would pay)."""
+        readable, while the channel, the loop and ``drain``'s object live (not a watcher per
+        wait: the hot path would pay for it)."""
         watch = self._watches.get(loop)
         if watch is not None and watch.drain is not None:
             return
@@ -376,12 +375,8 @@ class Channel:
                 loop.call_soon_threadsafe(_resolve, futures)
 
     def _unwatch(self, loop: asyncio.AbstractEventLoop, kind: int) -> None:
-        if loop.is_closed():
-            return
-        if kind == READ:
-            loop.remove_reader(self.fd)
-        else:
-            loop.remove_writer(self.fd)
+        if not loop.is_closed():
+            (loop.remove_reader if kind == READ else loop.remove_writer)(self.fd)
 
 
 def _resolve(futures: list[asyncio.Future[bool]]) -> None:

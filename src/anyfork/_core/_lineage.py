@@ -226,7 +226,7 @@ class Lineage(ProcessProtocol):
             self._ready.extend(children)
 
     def _child(self, chan: Channel) -> Process:
-        """A ``Process`` (the class of this one) for a child of this one on ``chan``."""
+        """A ``Process`` (of this one's class) for a child of this one on ``chan``."""
         tmpl = self._as_process()
         return type(tmpl)._create(chan, template=tmpl, transport=self._transport)
 
@@ -247,8 +247,7 @@ class Lineage(ProcessProtocol):
         return child
 
     def _discard_ready(self) -> None:
-        """This process's state is about to change: the children forked ahead have the old
-        one (or it is closing, or killed: they would never be handed out)."""
+        """Let the children forked ahead go: they have the old state (or would never be used)."""
         while self._ready:
             self._ready.popleft()._let_go()
 

@@ -8,11 +8,7 @@ fails it and closes the channel for good.  A child's error records become except
 
 A template's children are matched to the FORKED reports in the order of the FORK (and AHEAD)
 frames (``_unforked``, then ``_children`` by pid), so an EXITED report never sets a later
-child's ``_returncode`` that got a recycled pid.
-
-The waits are generators run by ``_drive``.  A wait for a child drains its template's reports
-only past ``_DRAIN_BACKLOG`` unreported exits: a burst never leaves them piling up, and the
-one-at-a-time ``new().run(f)`` is not woken by the previous child's exit.
+child's ``_returncode`` that got a recycled pid.  The waits are generators run by ``_drive``.
 """
 
 from __future__ import annotations
@@ -39,12 +35,12 @@ if TYPE_CHECKING:
 #: How long the error path waits for a template to report how a child died.
 _EXIT_REPORT_WAIT = 1.0
 
-#: A wait for a forked child drains its template's reports meanwhile once the template has more
-#: children than this whose exit it has not reported (a fraction of the ~270 reports its
-#: socket holds; beyond them the template keeps the rest itself, it never blocks).
+#: A wait for a forked child drains its template's reports only past this many unreported exits
+#: (a fraction of the ~270 its socket holds): a burst never leaves them piling up, and a
+#: one-at-a-time ``new().run(f)`` is not woken by the previous child's exit.
 _DRAIN_BACKLOG = 32
-#: How often a wait for an exit report looks again (another waiter on the same template may
-#: have read it: see ``_exit_op``).
+#: How often a wait for an exit report looks again: another thread waiting on the same template
+#: (a pool's workers closing at once) may read it, and our poll would sleep on until more bytes.
 RECHECK = 0.05
 
 _OPEN, _HANDED, _CLOSED = "open", "handed", "closed"
@@ -138,8 +134,7 @@ class ProcessProtocol:
     # -- the receive boundary ------------------------------------------------------------------
 
     def _receive(self) -> None:
-        """Read and apply every report that has arrived, without waiting (see the module).
-        Never raises."""
+        """Read and apply every report that has arrived, without waiting.  Never raises."""
         with self._lock:
             chan = self._chan
             try:
@@ -196,7 +191,7 @@ class ProcessProtocol:
             self._exits[pid] = code
 
     def _drain(self) -> Drain | None:
-        """What a wait for one of this template's children drains meanwhile (see the module)."""
+        """What a wait for one of this template's children drains meanwhile."""
         if self._forked - self._exited <= _DRAIN_BACKLOG and not self._transport.always_drain:
             return None
         return self._chan, self._receive
@@ -233,7 +228,6 @@ class ProcessProtocol:
         return SpawnError(f"{self._name()} exited before run ({how})")
 
     def _known_exit_code(self) -> int | None:
-        """The exit code if it is already known, without waiting."""
         if self._returncode is None and self._pid is not None:
             if self._direct:
                 self._returncode = _reaper.returncode(self._pid)
@@ -306,13 +300,10 @@ class ProcessProtocol:
                     f"the exit status of {self._name()} is lost: its template "
                     f"({tmpl._name()}) ended, or was handed over, before reporting it"
                 )
-            # Other threads may wait on the same template (a pool's workers closing at once):
-            # whichever reads the reports takes ours too, and our poll would sleep on until
-            # more bytes came.  Look again at least every RECHECK seconds.
+            # Another thread reading the same template's reports may take ours (RECHECK).
             yield Wait(READ, tmpl._chan, until=time.monotonic() + RECHECK)
 
     def _status(self) -> int | None:
-        """The exit status known so far."""
         tmpl = self._template
         if self._returncode is None and tmpl is not None and tmpl._transport.children_by_pid:
             # A template that made us on a connection of our own reports our exit by pid
