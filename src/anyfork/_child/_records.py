@@ -36,11 +36,7 @@ class RecordError(ValueError):
 
 def pack_fields(fields: Sequence[bytes]) -> bytes:
     """Length-prefixed byte strings."""
-    parts: list[bytes] = []
-    for item in fields:
-        parts.append(_U32.pack(len(item)))
-        parts.append(bytes(item))
-    return b"".join(parts)
+    return b"".join(_U32.pack(len(item)) + bytes(item) for item in fields)
 
 
 def unpack_fields(data: Buffer) -> list[bytes]:
@@ -69,14 +65,8 @@ def unpack(data: Buffer) -> tuple[bytes, str, str, str, str]:
     fields = unpack_fields(data)
     if len(fields) != FIELDS:
         raise RecordError(f"an error record has {FIELDS} fields, not {len(fields)}")
-    pickled, module, qualname, message, tb = fields
-    return (
-        pickled,
-        module.decode("utf-8", "replace"),
-        qualname.decode("utf-8", "replace"),
-        message.decode("utf-8", "replace"),
-        tb.decode("utf-8", "replace"),
-    )
+    module, qualname, message, tb = (field.decode("utf-8", "replace") for field in fields[1:])
+    return fields[0], module, qualname, message, tb
 
 
 def error_record(exc: BaseException) -> bytes:

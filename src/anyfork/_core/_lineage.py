@@ -122,7 +122,6 @@ class Lineage(ProcessProtocol):
     # -- running -------------------------------------------------------------------------
 
     def _where(self) -> str:
-        """``Transport.where``."""
         return self._transport.where(self)
 
     def _start_run(self, func: Func) -> str:
