@@ -10,6 +10,7 @@ channel goes through the agent.  Runs remotely, on Python 3.8: stdlib only.
 from __future__ import annotations
 
 import _socket
+import os
 
 from . import _wire
 from ._forking import fds_from
@@ -46,7 +47,7 @@ def fetch(payload: bytes) -> int:
         fds = fds_from(anc)
         if len(fds) != 1:
             for fd in fds:
-                _close(fd)
+                os.close(fd)
             raise OSError(f"the host's agent handed over no connection ({data!r})")
         return fds[0]
     finally:
@@ -61,9 +62,3 @@ def fetch_or_report(server: Forker, payload: bytes) -> list[int]:
     except OSError as exc:
         server.report(_wire.FORK_FAILED, _wire.pack_values([f"fetching its connection: {exc}"]))
         return []
-
-
-def _close(fd: int) -> None:
-    import os
-
-    os.close(fd)

@@ -106,13 +106,9 @@ def wrap(arg: Fd) -> object:
     if spec == _wire.FD_RAW:
         return raw
     io = lib("io")
+    kind = {"r": io.BufferedReader, "w": io.BufferedWriter}.get(file_mode, io.BufferedRandom)
     try:
-        if file_mode == "r":
-            buffered = io.BufferedReader(raw)
-        elif file_mode == "w":
-            buffered = io.BufferedWriter(raw)
-        else:
-            buffered = io.BufferedRandom(raw)  # (a seekable file; else raw, below)
+        buffered = kind(raw)  # (BufferedRandom: a seekable file; else raw, below)
     except (OSError, ValueError):
         return raw
     file = buffered
