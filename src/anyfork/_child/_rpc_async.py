@@ -78,8 +78,6 @@ class AsyncServer:
             if inspect.isawaitable(result):
                 await result
 
-    # -- writing ------------------------------------------------------------------------------
-
     def write(self, kind: int, call_id: int, chunks: Chunks) -> None:
         if self.broken:
             return
@@ -145,8 +143,6 @@ class AsyncServer:
         self.flush()
         self._gone()
 
-    # -- reading ------------------------------------------------------------------------------
-
     def _resume_reading(self) -> None:
         if not self.reading and not self.eof and not self.broken:
             self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -191,8 +187,6 @@ class AsyncServer:
             self._check_done()
         elif len(self.queue) > 4 * self.limit:
             self._pause_reading()
-
-    # -- calls --------------------------------------------------------------------------------
 
     def _start(self, kind: int, call_id: int, payload: bytes | bytearray) -> None:
         run = self._run if kind == W.CALL else self._run_batch

@@ -225,7 +225,6 @@ def batch_result(
         results = codec.load_results(data)
     except Exception as exc:
         err = DecodeError(f"cannot decode the batch's results: {type(exc).__name__}: {exc}")
-        err.__cause__ = exc
         raise err from exc
     if len(results) != count:
         raise W.RpcWireError(f"a batch answer with {len(results)} results for {count}")

@@ -3,6 +3,7 @@ under a lock; events are delivered from inside the call that reads them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import socket
@@ -152,10 +153,8 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             if done():
                 return
             if conn.wants_shutdown:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
             flags = _DONTWAIT
             if deadline is not None or writing:
                 # Wait for the reply and for room to write at once: a worker busy writing

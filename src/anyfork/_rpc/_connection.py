@@ -79,8 +79,6 @@ class RpcConnection(Calls):
         self.returncode: int | None = None
         self._unreported: BaseException | None = None
 
-    # -- facts --------------------------------------------------------------------------------
-
     @property
     def usable(self) -> bool:
         return self.state == READY and self.kill_reason is None and not self.eof
@@ -116,8 +114,6 @@ class RpcConnection(Calls):
                 self.returncode,
             )
         raise ClosedError("the RPC client has been closed")
-
-    # -- calls --------------------------------------------------------------------------------
 
     def call(
         self,
@@ -218,8 +214,6 @@ class RpcConnection(Calls):
             self.state = CLOSED
         self.out.drop()
 
-    # -- frames ---------------------------------------------------------------------------------
-
     def receive_data(self, data: bytes) -> str | None:
         if data:
             self.dec.receive(data)
@@ -291,8 +285,6 @@ class RpcConnection(Calls):
         else:
             raise W.RpcWireError(f"unexpected frame {kind:#x}")
         self.state = BROKEN
-
-    # -- the end ------------------------------------------------------------------------------
 
     def _broken(self, err: BaseException) -> str:
         """Fail every call; ``on_error`` is told once the socket is closed (``io_closed``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .._errors import AnyforkError
@@ -14,7 +15,6 @@ if TYPE_CHECKING:
 
     from .._core._process import Process
 
-#: What ``recv_some`` returns when there was nothing to read.
 WOULD_BLOCK = "would block"
 #: How long a driver waits for a dead worker's exit status (soon known: its socket is closed).
 EXIT_STATUS_WAIT = 5.0
@@ -50,10 +50,8 @@ class Facts:
     def _act(self, action: str | None) -> None:
         """``Process.kill``: never a pid that may have been reused."""
         if action == KILL:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # (a worker that sent READY has a pid)
                 self._proc.kill()
-            except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
-                pass
         elif action == FLUSH:
             self._kick()
 

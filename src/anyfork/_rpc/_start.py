@@ -98,8 +98,8 @@ def _prepare(
     concurrency: int,
     done: Func | None,
 ) -> Codec:
-    """Check the arguments, build the serialiser, send the configuration; failures are both
-    their own type and an ``AnyforkError``, as the worker's start-up failures."""
+    """Check the arguments, build the serialiser, send the configuration, ``prime``; failures
+    are both their own type and an ``AnyforkError``, as the worker's start-up failures."""
     try:
         prepare_rpc(proc, func)  # (a function of the main script: the worker learns where it is)
         if backend not in ("sync", "async"):
@@ -123,6 +123,7 @@ def _prepare(
         proc.send_arg(config)
     except Exception as exc:
         raise also_anyfork(exc) from exc.__cause__
+    prime(template_of(proc))
     return codec
 
 
@@ -192,7 +193,6 @@ async def rpc(
     loop = asyncio.get_running_loop()
     started = loop.time()
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(template_of(proc))
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
@@ -227,7 +227,6 @@ def rpc_blocking(
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(template_of(proc))
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
