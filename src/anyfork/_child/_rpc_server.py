@@ -1,14 +1,12 @@
 """The RPC server: the child side of ``anyfork.rpc``, run as ``anyfork._child._rpc_server:serve``.
 
-The frames, the start-up (``READY``/``FAILED``), batches, events, cancellation, EOF and a broken
-stream: ``_rpc_wire``'s module docs.  Backends: ``sync`` (``SyncServer``: a blocking loop, one
-call at a time, unbuffered writes; nothing imported beyond what a worker has) and ``async``
+The frames, the start-up, batches, events, cancellation, EOF and a broken stream: ``_rpc_wire``.
+Backends: ``sync`` (``SyncServer``; nothing imported beyond what a worker has) and ``async``
 (``_rpc_async``, imported with ``asyncio`` only for it).
 
 An exception in the function fails that call only; a ``BaseException`` that is not an
 ``Exception`` (``SystemExit``, ``KeyboardInterrupt``) ends the worker, as it would any program.
-An exception in ``done`` is printed to stderr and the worker exits with status 1; if the parent
-has gone (a write error) the worker exits at once, without ``done``.
+``done`` (see ``rpc()``) is not run when the parent has gone (a write error).
 """
 
 from __future__ import annotations
@@ -51,22 +49,15 @@ class ParentGone(BaseException):
     way out of ``worker.event``)."""
 
 
-class _Refused(Exception):
-    """A start-up failure that is anyfork's ``ProtocolError`` in the parent."""
-
-
 def serve(sock: socket.socket, *args: object) -> None:
     sock.setblocking(True)
     try:
         if not args:
-            raise _Refused("no RPC configuration (start RPC workers with anyfork.rpc)")
-        try:
-            config = W.parse_config(args[-1])
-        except W.RpcWireError as exc:
-            raise _Refused(str(exc)) from None
+            raise W.RpcWireError("no RPC configuration (start RPC workers with anyfork.rpc)")
+        config = W.parse_config(args[-1])
         version, func_ref, backend, ser_name, init_ref, done_ref, concurrency = config
         if version != W.VERSION:
-            raise _Refused(W.version_mismatch(version, W.VERSION))
+            raise W.RpcWireError(W.version_mismatch(version, W.VERSION))
         if backend not in ("sync", "async"):
             raise ValueError(f"unknown RPC backend {backend!r} (use 'sync' or 'async')")
         codec = _serializers.get(ser_name)
@@ -75,7 +66,9 @@ def serve(sock: socket.socket, *args: object) -> None:
         func = resolve(func_ref)
         done = resolve(done_ref) if done_ref else None
     except BaseException as exc:
-        record = anyfork_error("ProtocolError", str(exc)) if type(exc) is _Refused else None
+        # A refused configuration or version is anyfork's ProtocolError in the parent.
+        refused = isinstance(exc, W.RpcWireError)
+        record = anyfork_error("ProtocolError", str(exc)) if refused else None
         try:
             _send_chunks(sock, W.FAILED, 0, [record or error_record(exc)])
         except (OSError, ParentGone):
@@ -166,8 +159,8 @@ def batch_answer(
     record = None if failure is None else error_record(failure)
     try:
         chunks = codec.dump_results(results)
-    except Exception:
-        count, chunks, record = _encodable_prefix(codec, results)
+    except Exception as exc:
+        count, chunks, record = _encodable_prefix(codec, results, exc)
         del results[count:]
     if record is None:
         return W.BATCH_OK, chunks
@@ -175,8 +168,10 @@ def batch_answer(
     return W.BATCH_ERROR, [head, *chunks, record]
 
 
-def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[int, Chunks, bytes]:
-    """The list cannot be serialised: the first result that cannot fails its item."""
+def _encodable_prefix(
+    codec: _serializers.Codec, results: list[Any], cause: Exception
+) -> tuple[int, Chunks, bytes]:
+    """The list cannot be serialised (``cause``): the first result that cannot fails its item."""
     failed, record = 0, None
     for i, result in enumerate(results):
         try:
@@ -185,11 +180,6 @@ def _encodable_prefix(codec: _serializers.Codec, results: list[Any]) -> tuple[in
             failed, record = i, unencodable(result, exc)
             break
     else:  # each one can, their list cannot: nothing is answered
-        cause: Exception = ValueError("the serialiser failed, then did not")
-        try:
-            codec.dump_results(results)
-        except Exception as exc:
-            cause = exc
         record = serialization_error("encode", "cannot encode the batch's results", cause)
     try:
         chunks = codec.dump_results(results[:failed])

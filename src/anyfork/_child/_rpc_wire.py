@@ -68,15 +68,12 @@ VERSION = 4
 
 HEADER = struct.Struct(">BII")
 HEADER_SIZE = HEADER.size
-U32 = struct.Struct(">I")
 READY_PAYLOAD = struct.Struct(">II")
 BATCH_ERROR_HEAD = struct.Struct(">II")
 
-# Parent -> child.
 CALL = ord("C")
 CALL_BATCH = ord("B")
 CANCEL = ord("X")
-# Child -> parent.
 READY = ord("Y")
 FAILED = ord("F")
 OK = ord("O")

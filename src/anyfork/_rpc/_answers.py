@@ -43,6 +43,9 @@ class Calls:
     """The calls outstanding; ``_handle`` settles them from their answers and hands events to
     ``emit(args, handler)``."""
 
+    #: A frame that answers no call (``READY``, ``FAILED``): the connection's.
+    _control: Callable[[int, bytes | bytearray], None]
+
     def __init__(
         self,
         codec: Codec,
@@ -88,9 +91,6 @@ class Calls:
         if on_event is not None:
             self._handlers[cid] = on_event
         return cid
-
-    def _control(self, kind: int, payload: bytes | bytearray) -> None:
-        raise NotImplementedError
 
     def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
         if kind == _OK:  # the hot path first

@@ -106,17 +106,13 @@ def service_time(sent: float, answered: float, previous: float | None) -> float:
 class Sizer:
     """Chooses the size of the next batch from how long batches took (see the module docs).
 
-    Sizes start at 1.  A batch of ``n`` items that took ``d`` seconds says an item costs about
-    ``d / n`` (an overestimate for small ``n``, where the per-frame cost dominates), and
-    ``ideal = target * n / d`` items would take ``target``:
-
-    * ``d < target / 2``: the size grows to ``ideal``, at most ``GROWTH * n`` (and never
-      shrinks: a measurement of an older, smaller batch cannot pull it down);
-    * ``d > 2 * target``: the size shrinks to ``ideal`` (at least 1);
-    * in between: it stays (no oscillation around the target).
-
-    ``next_size(remaining)`` also keeps at least ``2 * workers`` batches for what is left, so
-    that the last batches spread over the workers and end close together.
+    Sizes start at 1.  A batch of ``n`` items that took ``d`` seconds says ``ideal = target *
+    n / d`` items would take ``target`` (an item's cost, ``d / n``, is overestimated for small
+    ``n``, where the per-frame cost dominates).  Under ``target / 2`` the size grows to
+    ``ideal``, at most ``GROWTH * n``, and never shrinks (an older, smaller batch cannot pull it
+    down); over ``2 * target`` it shrinks to ``ideal`` (at least 1); in between it stays (no
+    oscillation).  ``next_size(remaining)`` keeps at least ``2 * workers`` batches for what is
+    left, so that the last ones spread over the workers and end close together.
 
     Args:
         target: seconds a batch should take (positive).

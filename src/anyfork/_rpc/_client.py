@@ -136,7 +136,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._writing = False
-        self._reading = False
         self._corked = False
         self._ready_fut: asyncio.Future[None] = loop.create_future()
         self._closed_fut: asyncio.Future[None] = loop.create_future()

@@ -99,21 +99,17 @@ class RpcConnection(Calls):
             raise ClosedError(f"the RPC connection failed: {exc}") from exc
         if self.closing:
             raise ClosedError("the RPC client has been closed")
-        if self.kill_reason is not None:
-            raise WorkerDiedError(
-                f"the RPC worker ({self._who()}) has been killed because {self.kill_reason}; "
-                f"the call was not sent",
-                self.pid,
-                self.returncode,
-            )
-        if self.exited:
-            how = describe_returncode(self.returncode)
-            raise WorkerDiedError(
-                f"the RPC worker ({self._who()}) has exited ({how}); the call was not sent",
-                self.pid,
-                self.returncode,
-            )
-        raise ClosedError("the RPC client has been closed")
+        if self.kill_reason is not None:  # its SIGKILL is on its way, or done
+            why = f"has been killed because {self.kill_reason}"
+        elif self.exited:  # it ended the connection by itself while idle
+            why = f"has exited ({describe_returncode(self.returncode)})"
+        else:
+            raise ClosedError("the RPC client has been closed")
+        raise WorkerDiedError(
+            f"the RPC worker ({self._who()}) {why}; the call was not sent",
+            self.pid,
+            self.returncode,
+        )
 
     def call(
         self,
@@ -145,8 +141,7 @@ class RpcConnection(Calls):
         self, iterables: Sequence[Iterable[Any]], chunksize: int | None, clock: Callable[[], float]
     ) -> MapRun:
         self.check_usable()
-        columns = columns_of(iterables)
-        return MapRun(columns, chunksize, self.codec.batches, clock, self.slots)
+        return MapRun(columns_of(iterables), chunksize, self.codec.batches, clock, self.slots)
 
     def map_send(self, run: MapRun) -> None:
         """Queue the frames ``run`` wants sent now; one that cannot be sent fails its first item."""

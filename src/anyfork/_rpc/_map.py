@@ -46,15 +46,10 @@ class Unit:
 class MapRun:
     """Which items go out in which frame, their results in order, the first exception.
 
-    Args:
-        columns: the calls' arguments by column (``_batching.columns_of``).
-        chunksize: items per frame, or ``None`` for sizes chosen from measured times.
-        batchable: whether the serialiser can carry a batch (if not, one call per item).
-        clock: the time, in seconds (for the sizer).
-        slots: how many calls the worker runs at once (each a batch, or a single call).
-
-    Raises:
-        ValueError: a ``chunksize`` that is not a positive int.
+    ``columns``: the arguments by column (``_batching.columns_of``); ``chunksize``: items per
+    frame (``None``: sized from measured times; one call per item unless ``batchable``);
+    ``clock``: seconds, for the sizer; ``slots``: calls the worker runs at once.  ``ValueError``
+    for a ``chunksize`` that is not a positive int.
     """
 
     def __init__(

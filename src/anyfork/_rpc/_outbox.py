@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 JOIN_LIMIT = 16 << 10
 
 _HEADER = W.HEADER
-_MAX_IOV = W.MAX_IOV
-_advance = W.advance
 
 
 def chunk_size(chunk: Any) -> int:
@@ -114,8 +112,8 @@ class Outbox:
                 if len(self.bufs) == 1:
                     sent = sock.send(self.bufs[0], flags)
                 else:
-                    sent = sock.sendmsg(self.bufs[:_MAX_IOV], (), flags)
-                self.bufs = _advance(self.bufs, sent)
+                    sent = sock.sendmsg(self.bufs[: W.MAX_IOV], (), flags)
+                self.bufs = W.advance(self.bufs, sent)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
