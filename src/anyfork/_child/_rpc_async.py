@@ -1,8 +1,4 @@
-"""The async backend of the RPC server (``_rpc_server``): calls run as asyncio tasks.
-
-Imported by ``_rpc_server.serve`` only when ``backend="async"``: asyncio comes with it, and
-nothing of it burdens a sync-backend worker.
-"""
+"""The async backend of the RPC server (``_rpc_server``), imported only for it (asyncio)."""
 
 from __future__ import annotations
 
@@ -34,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class AsyncServer:
-    """Calls run as asyncio tasks, at most ``limit`` at once; writes are buffered."""
+    """Calls run as tasks, at most ``limit`` at once (the rest queue, and reading pauses while
+    the queue is long: a flood of calls cannot swamp the worker); writes are buffered."""
 
     def __init__(
         self,
@@ -81,8 +78,6 @@ class AsyncServer:
             if inspect.isawaitable(result):
                 await result
 
-    # -- writing ------------------------------------------------------------------------------
-
     def write(self, kind: int, call_id: int, chunks: Chunks) -> None:
         if self.broken:
             return
@@ -103,7 +98,7 @@ class AsyncServer:
             self.writing = True
 
     def _send_some(self) -> bool:
-        """Write what the socket takes now; ``False`` if it took nothing (it is full)."""
+        """``False`` if the socket took nothing."""
         try:
             sent = self.sock.sendmsg(self.wbuf[: W.MAX_IOV])
         except (BlockingIOError, InterruptedError):
@@ -121,7 +116,6 @@ class AsyncServer:
             self._check_done()
 
     def flush(self) -> bool:
-        """Write everything buffered, blocking; ``False`` if the parent cannot take it."""
         import select
 
         while self.wbuf and not self.broken:
@@ -143,14 +137,11 @@ class AsyncServer:
             self.done.set_result(None)
 
     def _fail(self, exc: W.RpcWireError) -> None:
-        """The parent's stream broke the protocol: say so, then stop at once."""
         self.failed = True
         self._pause_reading()
         self.write(W.FAILED, 0, [broken_stream(exc)])
         self.flush()
         self._gone()
-
-    # -- reading ------------------------------------------------------------------------------
 
     def _resume_reading(self) -> None:
         if not self.reading and not self.eof and not self.broken:
@@ -196,8 +187,6 @@ class AsyncServer:
             self._check_done()
         elif len(self.queue) > 4 * self.limit:
             self._pause_reading()
-
-    # -- calls --------------------------------------------------------------------------------
 
     def _start(self, kind: int, call_id: int, payload: bytes | bytearray) -> None:
         run = self._run if kind == W.CALL else self._run_batch

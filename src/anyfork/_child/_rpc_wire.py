@@ -68,15 +68,12 @@ VERSION = 4
 
 HEADER = struct.Struct(">BII")
 HEADER_SIZE = HEADER.size
-U32 = struct.Struct(">I")
 READY_PAYLOAD = struct.Struct(">II")
 BATCH_ERROR_HEAD = struct.Struct(">II")
 
-# Parent -> child.
 CALL = ord("C")
 CALL_BATCH = ord("B")
 CANCEL = ord("X")
-# Child -> parent.
 READY = ord("Y")
 FAILED = ord("F")
 OK = ord("O")
@@ -108,20 +105,17 @@ class TruncatedError(RpcWireError):
 
 
 def header(kind: int, call_id: int, length: int) -> bytes:
-    """Encode a frame header; the payload follows it (write both, or ``frame`` them)."""
     if length > MAX_PAYLOAD:
         raise ValueError(f"a payload of {length} bytes exceeds the 4 GiB frame limit")
     return HEADER.pack(kind, call_id, length)
 
 
 def frame(kind: int, call_id: int = 0, payload: bytes = b"") -> bytes:
-    """Encode one complete frame."""
     return header(kind, call_id, len(payload)) + payload
 
 
 def advance(bufs: list[Any], sent: int) -> list[Any]:
-    """What is left of ``bufs`` (buffers of byte format: ``len`` is their size) once a
-    ``sendmsg`` has written ``sent`` bytes of them (either side's writer)."""
+    """What is left of ``bufs`` (byte-format buffers) once ``sendmsg`` wrote ``sent`` bytes."""
     i = 0
     while sent and i < len(bufs):
         n = len(bufs[i])
@@ -137,7 +131,6 @@ def advance(bufs: list[Any], sent: int) -> list[Any]:
 
 
 def version_mismatch(parent: int, worker: int) -> str:
-    """What a protocol-version mismatch says, on either side."""
     return (
         f"RPC protocol version {parent} in the parent, {worker} in the worker: the parent and "
         f"the worker import different anyfork versions"
@@ -149,7 +142,6 @@ def ready_payload(pid: int) -> bytes:
 
 
 def parse_ready(payload: bytes) -> tuple[int, int]:
-    """``(version, pid)`` from a ``READY`` payload."""
     if len(payload) != READY_PAYLOAD.size:
         raise RpcWireError(f"READY payload of {len(payload)} bytes")
     version, pid = READY_PAYLOAD.unpack(payload)
@@ -157,13 +149,10 @@ def parse_ready(payload: bytes) -> tuple[int, int]:
 
 
 def batch_error_head(index: int, results_size: int) -> bytes:
-    """The start of a ``BATCH_ERROR`` payload: the failed item's index, and the size of the
-    serialised results of the items before it (they follow; the error record comes last)."""
     return BATCH_ERROR_HEAD.pack(index, results_size)
 
 
 def parse_batch_error(payload: bytes | bytearray) -> tuple[int, memoryview, memoryview]:
-    """``(index, results, record)`` from a ``BATCH_ERROR`` payload (views of it)."""
     view = memoryview(payload)
     if len(view) < BATCH_ERROR_HEAD.size:
         raise RpcWireError(f"BATCH_ERROR payload of {len(view)} bytes")
@@ -183,7 +172,6 @@ def pack_config(
     done: str = "",
     version: int = VERSION,
 ) -> str:
-    """The configuration string the parent sends as the server's last argument."""
     items = [_CONFIG_MAGIC, str(version), func, backend, serializer, init, done, str(concurrency)]
     for item in items:
         if _SEP in item:
@@ -192,11 +180,9 @@ def pack_config(
 
 
 def parse_config(text: object) -> tuple[int, str, str, str, str, str, int]:
-    """``(version, func, backend, serializer, init, done, concurrency)``; the version is *not*
-    checked here, so that the caller can report a mismatch in words."""
-    if not isinstance(text, str):
-        raise RpcWireError("the last argument is not an RPC configuration (use anyfork.rpc)")
-    items = text.split(_SEP)
+    """``(version, func, backend, serializer, init, done, concurrency)``; another version is
+    returned, not refused, so that the caller can report the mismatch in words."""
+    items = text.split(_SEP) if isinstance(text, str) else []
     if len(items) < 2 or items[0] != _CONFIG_MAGIC:
         raise RpcWireError("the last argument is not an RPC configuration (use anyfork.rpc)")
     try:
@@ -218,13 +204,10 @@ def parse_config(text: object) -> tuple[int, str, str, str, str, str, int]:
 class Decoder:
     """Turns a byte stream into ``(kind, call_id, payload)`` frames, h11-style.
 
-    It is driven the way ``asyncio.BufferedProtocol`` is: ``get_buffer()`` returns a writable
-    memoryview to read into, ``buffer_updated(n)`` says how many bytes landed there (``0``
-    means EOF, as ``recv_into`` says it), and ``next_frame()`` pops complete frames (``None`` if
-    more bytes are needed).  ``receive(data)`` does the same for bytes already read
-    (``receive(b"")`` is EOF, as with ``_wire.Decoder``).  Only ``next_frame()`` raises: a bad
-    header, data after EOF, or a frame cut by EOF (``TruncatedError``) surface there, after
-    every complete frame before them.
+    Driven as ``asyncio.BufferedProtocol`` is (``get_buffer()``, ``buffer_updated(n)``, ``0``:
+    EOF), or with ``receive(data)``; ``next_frame()`` pops complete frames (``None``: more bytes
+    needed).  Only ``next_frame()`` raises (a bad header, data after EOF, ``TruncatedError``),
+    after every complete frame before the fault.
 
     Small frames are parsed out of one reusable buffer, so one read can carry many of them.  A
     frame too big for that buffer gets a buffer of its own and the reads land in it directly: a
@@ -254,7 +237,6 @@ class Decoder:
         self.eof = False
 
     def get_buffer(self) -> memoryview:
-        """Where the next read should land (never empty)."""
         big = self._big
         if big is not None:
             if self._big_fill == len(big):
@@ -265,7 +247,6 @@ class Decoder:
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were written at the start of the last ``get_buffer()``; ``0`` is EOF."""
         if nbytes <= 0:
             self.eof = True
             return
@@ -286,7 +267,6 @@ class Decoder:
         self._parse()
 
     def receive(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer bytes already read; ``b""`` means EOF."""
         view = memoryview(data)
         if not view.nbytes:
             self.buffer_updated(0)
@@ -301,8 +281,6 @@ class Decoder:
             pos += n
 
     def next_frame(self) -> tuple[int, int, bytes | bytearray] | None:
-        """The next complete frame, or ``None`` if more bytes are needed; ``RpcWireError`` once
-        the frames before a bad header (or a frame cut by EOF) have been taken."""
         frames = self._frames
         if frames:  # then _next < len(frames): the list is cleared when its last one is taken
             i = self._next
@@ -321,7 +299,6 @@ class Decoder:
         return None
 
     def at_boundary(self) -> bool:
-        """No partial frame is buffered."""
         return self._big is None and self._end == self._start
 
     def _grow(self, big: bytearray) -> None:

@@ -47,7 +47,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
+    from typing import Any, NoReturn
 
     Chunks = list[bytes | bytearray | memoryview]
     Buffer = bytes | bytearray | memoryview
@@ -65,15 +65,12 @@ _NO_BUFFERS = _COUNT.pack(0)
 
 
 class Codec:
-    """The serialiser as the RPC layer uses it (both sides).
-
-    ``dump_*`` return a list of buffers whose concatenation is the payload (so big buffers are
-    written without being joined); ``load_*`` take the payload.  Failures raise whatever the
-    underlying library raises; the caller turns them into ``EncodeError``/``DecodeError``.
-    """
+    """The serialiser as the RPC layer uses it (both sides).  ``dump_*`` return buffers whose
+    concatenation is the payload (big ones are written unjoined); failures raise what the
+    library raises (the caller makes them ``EncodeError``/``DecodeError``)."""
 
     name = ""
-    #: Whether it can carry a batch (a list of argument tuples, a list of results).
+    #: Whether it can carry a batch.
     batches = True
 
     def dump_value(self, value: Any) -> Chunks:
@@ -106,15 +103,14 @@ class Codec:
         return tuple(value)
 
     def dump_batch(self, columns: list[list[Any]]) -> Chunks:
-        """A batch of calls, serialised once: its arguments by column (``columns[j][i]`` is the
-        ``j``-th argument of call ``i``), as ``map(func, *columns)`` takes them.  Lists of
-        plain values serialise (and load) several times faster than lists of tuples."""
+        """A batch's arguments by column: lists of plain values serialise (and load) several
+        times faster than lists of tuples."""
         # A map of a range sends its slices (``_batching.check_columns``): as lists here.
         given: list[Any] = columns  # (a range stands in for a list)
         return self.dump_value([list(c) if type(c) is range else c for c in given])
 
     def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
-        """The columns of a batch (at least one, all as long), and how many calls they make."""
+        """The columns (at least one, all as long), and how many calls they make."""
         columns = _a_list(self.load_value(data), _NOT_COLUMNS)
         if not columns:
             raise ValueError(_NOT_COLUMNS)
@@ -126,11 +122,9 @@ class Codec:
         return columns, len(columns[0])
 
     def dump_results(self, results: list[Any]) -> Chunks:
-        """The results of a batch: their list, serialised once."""
         return self.dump_value(results)
 
     def load_results(self, data: Buffer) -> list[Any]:
-        """The results of a batch (``dump_results``)."""
         return _a_list(self.load_value(data), "a batch's results are a list")
 
 
@@ -147,10 +141,7 @@ def _a_list(value: Any, what: str) -> list[Any]:
 
 
 class _Pickle(Codec):
-    """Protocol 5 with out-of-band buffers.
-
-    Payload: u32 n, n x u64 buffer sizes, the pickle stream, then the n buffers.
-    """
+    """Protocol 5; payload: u32 n, n x u64 buffer sizes, the pickle stream, the n buffers."""
 
     name = "pickle"
 
@@ -218,7 +209,6 @@ class _Pickle(Codec):
 
 
 def _out_of_band(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Chunks:
-    """The payload of a pickle stream with out-of-band buffers (see ``_Pickle``)."""
     raws = [b.raw() for b in buffers]  # contiguous by construction: pickle checked
     head = [_COUNT.pack(len(raws))]
     head.extend(_SIZE.pack(r.nbytes) for r in raws)
@@ -228,9 +218,7 @@ def _out_of_band(stream: bytes, buffers: list[pickle.PickleBuffer]) -> Chunks:
 
 
 def _has_big_bytes(value: Any, depth: int) -> bool:
-    """A shallow look for big ``bytes``/``bytearray`` (in containers up to ``depth`` deep).
-
-    Plain loops, no generators: this runs for every call and result."""
+    """A shallow look for big ``bytes``/``bytearray``: plain loops, it runs for every call."""
     kind = type(value)
     if kind is bytes or kind is bytearray:
         return len(value) >= OOB_THRESHOLD
@@ -250,17 +238,8 @@ def _has_big_bytes(value: Any, depth: int) -> bool:
 _SCANNED = frozenset((bytes, bytearray, tuple, list, dict))
 
 
-def _bytes_from(buf: Any) -> bytes:
-    return bytes(buf)
-
-
-def _bytearray_from(buf: Any) -> bytearray:
-    return bytearray(buf)
-
-
 class _BigBytes:
-    """Pickles a big ``bytes``/``bytearray`` as an out-of-band buffer; loads as the original type
-    (one copy, made by the receiver)."""
+    """A big ``bytes``/``bytearray`` as an out-of-band buffer (the receiver copies it once)."""
 
     __slots__ = ("obj",)
 
@@ -268,8 +247,7 @@ class _BigBytes:
         self.obj = obj
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        maker = _bytes_from if type(self.obj) is bytes else _bytearray_from
-        return maker, (pickle.PickleBuffer(self.obj),)
+        return type(self.obj), (pickle.PickleBuffer(self.obj),)
 
 
 def _wrap_big_bytes(value: Any, depth: int) -> Any:
@@ -318,8 +296,6 @@ class _Objects(Codec):
 
 
 class _Raw(Codec):
-    """One ``bytes`` (or ``str``) value per call, result and event; no framing of its own."""
-
     batches = False
 
     def __init__(self, kind: type) -> None:
@@ -364,23 +340,13 @@ class _Raw(Codec):
     def load_event(self, data: Buffer) -> tuple[Any, ...]:
         return (self.load_value(data),)
 
-    def _no_batch(self) -> TypeError:
-        return TypeError(
+    def _no_batch(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
             f"the {self.name!r} serialiser carries exactly one {self.name} value per frame: it "
             f"cannot carry a batch of calls (send one call per item, chunksize=1)"
         )
 
-    def dump_batch(self, columns: list[list[Any]]) -> Chunks:
-        raise self._no_batch()
-
-    def load_batch(self, data: Buffer) -> tuple[list[Any], int]:
-        raise self._no_batch()
-
-    def dump_results(self, results: list[Any]) -> Chunks:
-        raise self._no_batch()
-
-    def load_results(self, data: Buffer) -> list[Any]:
-        raise self._no_batch()
+    dump_batch = load_batch = dump_results = load_results = _no_batch
 
 
 def _json() -> Codec:

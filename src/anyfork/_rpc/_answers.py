@@ -1,13 +1,6 @@
-"""RPC, parent side: the calls outstanding on a connection, and the answers that settle them
-(no I/O: ``_connection`` hands it the frames it reads).
-
-Each call (or batch) waits for its answer as a *waiter*: ``Client`` gives it an
-``asyncio.Future``, the blocking client a :class:`Box`, a ``map`` one ``_map.Unit`` per frame;
-all three have ``done()``, ``set_result()`` and ``set_exception()``.
-
-A broken answer raises ``RpcWireError`` (``_connection`` fails the connection with it at its
-one receive boundary); an answer that is sound but cannot be decoded here (a result whose class
-this process cannot load) is a ``DecodeError`` for that call only.
+"""RPC, parent side: the calls outstanding on a connection and the answers that settle them
+(no I/O).  A broken answer raises ``RpcWireError`` (the connection fails); a sound one that
+cannot be decoded here is a ``DecodeError`` for that call only.
 """
 
 from __future__ import annotations
@@ -47,10 +40,11 @@ class Box:
 
 
 class Calls:
-    """The calls outstanding: their ids and waiters, the handlers of those given one of their
-    own (``on_event=``), the item counts of the batches, and the ids of abandoned calls whose
-    answers may still come; ``_handle`` settles them from the frames that answer them and
-    delivers events (``emit(args, handler)``: the driver runs the handler, in order)."""
+    """The calls outstanding; ``_handle`` settles them from their answers and hands events to
+    ``emit(args, handler)``."""
+
+    #: A frame that answers no call (``READY``, ``FAILED``): the connection's.
+    _control: Callable[[int, bytes | bytearray], None]
 
     def __init__(
         self,
@@ -64,25 +58,21 @@ class Calls:
     ):
         self.codec = codec
         self.pid = pid
-        # What errors add after the worker's pid, asked when they are made: a remote worker's
-        # host, and whether the connection to it was lost (``Process._where``).
+        # What errors add after the pid (a remote worker's host...), asked when they are made.
         self._where = where
         self._emit = emit
         self._on_event = on_event
         self._on_error = on_error
         self._on_retire = on_retire
         self.pending: dict[int, Waiter] = {}
-        # The calls given a handler of their own (on_event=), until they are answered.
-        self._handlers: dict[int, Callable[..., object]] = {}
-        # The outstanding batches: how many items each carries.
-        self._batches: dict[int, int] = {}
-        self._abandoned: set[int] = set()
+        self._handlers: dict[int, Callable[..., object]] = {}  # calls given an on_event=
+        self._batches: dict[int, int] = {}  # outstanding batches: their item counts
+        self._abandoned: set[int] = set()  # their answers may still come
         self._next_id = 0
         #: Why start-up failed, or why the connection broke.
         self.failure: BaseException | None = None
 
     def _who(self) -> str:
-        """The worker as errors name it: its pid (and, remote, its host)."""
         return f"pid {self.pid}{self._where() if self._where is not None else ''}"
 
     def report(self, exc: BaseException) -> None:
@@ -90,7 +80,6 @@ class Calls:
             self._on_error(exc)
 
     def _register(self, waiter: Waiter, on_event: Callable[..., object] | None) -> int:
-        """A new call id, its waiter and its handler (if it has one of its own)."""
         cid = self._next_id
         pending = self.pending
         while True:
@@ -102,10 +91,6 @@ class Calls:
         if on_event is not None:
             self._handlers[cid] = on_event
         return cid
-
-    def _control(self, kind: int, payload: bytes | bytearray) -> None:
-        """A frame that answers no call (``READY``, ``FAILED``): the connection's."""
-        raise NotImplementedError
 
     def _handle(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
         if kind == _OK:  # the hot path first
@@ -165,9 +150,8 @@ class Calls:
         self._control(kind, payload)
 
     def _answered(self, cid: int, batch: bool | None) -> int | None:
-        """Call ``cid`` is answered (``batch``: by a batch's answer, a single call's, either):
-        forget its handler; return its item count if it is an outstanding batch.  An answer of
-        the wrong kind for an outstanding call breaks the stream."""
+        """Forget the handler of ``cid``, answered (``batch``: as a batch, a single call,
+        ``None`` either); its item count if it is a batch.  The wrong kind breaks the stream."""
         if self._handlers:
             self._handlers.pop(cid, None)
         n = self._batches.pop(cid, None) if self._batches else None
@@ -177,9 +161,8 @@ class Calls:
         return n
 
     def _batch_answer(self, kind: int, cid: int, payload: bytes | bytearray) -> None:
-        """``BATCH_OK`` or ``BATCH_ERROR``: the waiter gets a :class:`BatchResult`.  The call
-        leaves ``pending`` only once its answer is known good: a broken one fails the
-        connection, and with it this call too."""
+        """The call leaves ``pending`` only once its answer is known good: a broken one fails
+        the connection, and with it this call too."""
         n = self._answered(cid, True)
         waiter = self.pending.get(cid)
         if waiter is None or waiter.done() or n is None:
@@ -195,7 +178,6 @@ class Calls:
         waiter.set_result(result)
 
     def _unexpected(self, cid: int, waiter: Waiter) -> None:
-        """A reply for a call nobody waits for: abandoned (fine) or unknown (broken stream)."""
         if waiter is not None:
             return  # its caller gave up (a timeout) just before the reply arrived
         if cid in self._abandoned:
@@ -218,8 +200,7 @@ class Calls:
 
 
 def rebuild_record(record: bytes | bytearray, context: str, *, ours: bool) -> BaseException:
-    """``_errors.rebuild``, with bytes that are not an error record a decoding error like any
-    other (``RpcWireError``)."""
+    """``_errors.rebuild``; bytes that are not a record raise ``RpcWireError``."""
     try:
         return rebuild(record, context, ours=ours)
     except ProtocolError as exc:
@@ -229,13 +210,8 @@ def rebuild_record(record: bytes | bytearray, context: str, *, ours: bool) -> Ba
 def batch_result(
     codec: Codec, kind: int, payload: bytes | bytearray, n: int, pid: int | None
 ) -> BatchResult:
-    """The outcome of a batch of ``n`` calls from its ``BATCH_OK`` or ``BATCH_ERROR`` answer.
-
-    Raises:
-        RpcWireError: a broken answer (a bad ``BATCH_ERROR``, a failed item past the end, or
-            as many results as no item count of it says).
-        DecodeError: results that cannot be decoded here.
-    """
+    """The outcome of a batch of ``n`` calls; ``RpcWireError`` for a broken answer,
+    ``DecodeError`` for results that cannot be decoded here."""
     error = None
     data: bytes | bytearray | memoryview = payload
     count = n
@@ -249,7 +225,6 @@ def batch_result(
         results = codec.load_results(data)
     except Exception as exc:
         err = DecodeError(f"cannot decode the batch's results: {type(exc).__name__}: {exc}")
-        err.__cause__ = exc
         raise err from exc
     if len(results) != count:
         raise W.RpcWireError(f"a batch answer with {len(results)} results for {count}")

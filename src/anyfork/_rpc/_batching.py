@@ -3,15 +3,9 @@
 Pure: no I/O, no clock (times are passed in), no asyncio; shared by ``Client.map``,
 ``BlockingClient.map`` and the pools.
 
-A batch is one ``CALL_BATCH`` frame: N calls, their arguments by column (``columns[j][i]`` is
-the ``j``-th argument of call ``i``: ``map(func, *columns)``; ``columns_of`` makes them), run
-in order as one call and answered by one frame (``_child._rpc_wire``).  Its outcome is a
-:class:`BatchResult`: the results of the items that ran, and the exception of the item that
-failed, if one did (the items after it were not run, as in a ``concurrent.futures`` chunk).
-
-The sizer (:class:`Sizer`) chooses batch sizes for cheap calls the way joblib's auto-batching
-does: small batches first, then sizes that make a batch take about ``target`` seconds, from the
-time per item measured on the batches so far, bounded so that several batches stay in flight::
+A batch is one ``CALL_BATCH`` frame (``_child._rpc_wire``): N calls, their arguments by
+column (``columns[j][i]`` is the ``j``-th argument of call ``i``), run in order as one call.
+The sizer chooses batch sizes for cheap calls the way joblib's auto-batching does::
 
     sizer = Sizer(workers=2)
     n = sizer.next_size(remaining=len(todo))       # 1 at first
@@ -46,7 +40,7 @@ WINDOW = 4
 
 
 class BatchResult:
-    """The outcome of a batch that the worker answered.
+    """The outcome of a batch that the worker answered (as a ``concurrent.futures`` chunk's).
 
     Attributes:
         results: the results of the items that ran, in order: all of them, or those before
@@ -65,7 +59,6 @@ class BatchResult:
 
     @property
     def failed_at(self) -> int | None:
-        """The index (in the batch) of the item that failed, or ``None``."""
         return None if self.error is None else len(self.results)
 
     def __repr__(self) -> str:
@@ -75,9 +68,8 @@ class BatchResult:
 
 
 def columns_of(iterables: Sequence[Iterable[Any]]) -> list[list[Any]]:
-    """The arguments of ``map(func, *iterables)`` by column: one list per iterable, all cut to
-    the shortest (as ``zip`` does: an endless iterable next to a finite one is fine).  A lone
-    ``range`` stays one (see :func:`check_columns`)."""
+    """The arguments of ``map(func, *iterables)`` by column, cut to the shortest as ``zip``
+    does.  A lone ``range`` stays one (see :func:`check_columns`)."""
     if len(iterables) == 1:
         only = iterables[0]
         return [only if type(only) is range else list(only)]  # type: ignore[list-item]
@@ -88,16 +80,13 @@ def columns_of(iterables: Sequence[Iterable[Any]]) -> list[list[Any]]:
 
 
 def check_columns(columns: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """``columns`` as lists (those that are lists already are not copied); ``ValueError``
-    unless there is at least one and all are as long.
+    """``columns`` as lists, uncopied if they are; ``ValueError`` unless there is at least one
+    and all are as long.
 
-    A ``range`` stays one: its slices are what a map of a range sends (pickle carries a range
-    in a few bytes, and the worker makes its ints), so the parent, which a cheap map keeps
-    busiest, neither makes the ints nor pickles them.  Serialisers that cannot carry a range
-    get its list (``Codec.dump_batch``)."""
+    A ``range`` stays one: pickle carries its slices in a few bytes and the worker makes the
+    ints, so the parent, which a cheap map keeps busiest, neither makes nor pickles them."""
     if not columns:
         raise ValueError("a batch needs at least one column of arguments")
-    # (A range stands in for a list.)
     out: list[Any] = [c if type(c) is list or type(c) is range else list(c) for c in columns]
     n = len(out[0])
     if any(len(c) != n for c in out):
@@ -107,12 +96,9 @@ def check_columns(columns: Sequence[Sequence[Any]]) -> list[list[Any]]:
 
 
 def service_time(sent: float, answered: float, previous: float | None) -> float:
-    """How long a worker that runs batches one after another spent on one of them.
-
-    The batch was sent at ``sent`` and answered at ``answered``; the same worker answered the
-    batch before it at ``previous`` (``None``: none).  The worker started on it when both had
-    happened, so time spent queued behind earlier batches is not counted: a full pipeline
-    does not make items look slower than they are."""
+    """How long a worker spent on a batch sent at ``sent``, answered at ``answered``, its
+    previous batch answered at ``previous``: it started when both had happened, so time queued
+    behind earlier batches does not count (a full pipeline does not make items look slower)."""
     start = sent if previous is None or previous < sent else previous
     return max(0.0, answered - start)
 
@@ -120,17 +106,13 @@ def service_time(sent: float, answered: float, previous: float | None) -> float:
 class Sizer:
     """Chooses the size of the next batch from how long batches took (see the module docs).
 
-    Sizes start at 1.  A batch of ``n`` items that took ``d`` seconds says an item costs about
-    ``d / n`` (an overestimate for small ``n``, where the per-frame cost dominates), and
-    ``ideal = target * n / d`` items would take ``target``:
-
-    * ``d < target / 2``: the size grows to ``ideal``, at most ``GROWTH * n`` (and never
-      shrinks: a measurement of an older, smaller batch cannot pull it down);
-    * ``d > 2 * target``: the size shrinks to ``ideal`` (at least 1);
-    * in between: it stays (no oscillation around the target).
-
-    ``next_size(remaining)`` also keeps at least ``2 * workers`` batches for what is left, so
-    that the last batches spread over the workers and end close together.
+    Sizes start at 1.  A batch of ``n`` items that took ``d`` seconds says ``ideal = target *
+    n / d`` items would take ``target`` (an item's cost, ``d / n``, is overestimated for small
+    ``n``, where the per-frame cost dominates).  Under ``target / 2`` the size grows to
+    ``ideal``, at most ``GROWTH * n``, and never shrinks (an older, smaller batch cannot pull it
+    down); over ``2 * target`` it shrinks to ``ideal`` (at least 1); in between it stays (no
+    oscillation).  ``next_size(remaining)`` keeps at least ``2 * workers`` batches for what is
+    left, so that the last ones spread over the workers and end close together.
 
     Args:
         target: seconds a batch should take (positive).
@@ -156,7 +138,6 @@ class Sizer:
         self.size = 1
 
     def next_size(self, remaining: int | None = None) -> int:
-        """The size of the next batch (at least 1), given how many items are left, if known."""
         size = self.size
         if remaining is not None:
             spread = -(-remaining // (2 * self.workers))  # ceil

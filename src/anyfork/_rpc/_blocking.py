@@ -1,13 +1,9 @@
-"""RPC, parent side: the blocking client, for programs without an event loop.
-
-It drives the same sans-IO connection as the asyncio client (``_connection``) and does its
-I/O with ``poll``: a call writes its frame, then waits for readability and reads until its
-reply has been handled (events on the way are delivered from inside the call, to the handler
-given to their call or to ``on_event``).
-"""
+"""RPC, parent side: the blocking client: the sans-IO connection driven with ``poll``/``recv``
+under a lock; events are delivered from inside the call that reads them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import socket
@@ -28,7 +24,6 @@ __all__ = ["BlockingClient"]
 
 
 def emit(args: tuple[Any, ...], handler: Callable[..., object]) -> None:
-    """Events are delivered inside the call that reads them."""
     handler(*args)
 
 
@@ -113,7 +108,7 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         on_event: Callable[..., object] | None = None,
         columns: Sequence[Sequence[Any]] | None = None,
     ) -> Any:
-        """Run a call, or given ``columns`` a batch (``RpcConnection.call``); its outcome."""
+        """A call's, or given ``columns`` a batch's (``RpcConnection.call``), outcome."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             box = Box()
@@ -132,14 +127,11 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         timeout: float | None,
         on_event: Callable[..., object] | None = None,
     ) -> BatchResult:
-        """One batch of calls: its :class:`~anyfork._rpc._batching.BatchResult`, or what
-        failed it as a whole (see :meth:`Client._submit_batch`)."""
         result: BatchResult = self._call((), {}, timeout, on_event, columns)
         return result
 
     def _gave_up(self, cid: int, exc: BaseException, timeout: float | None) -> NoReturn:
-        """Waiting for call ``cid`` raised ``exc`` (a timeout, an exception from an event
-        handler, a ``KeyboardInterrupt``): abandon the call, raise."""
+        """Waiting for call ``cid`` raised ``exc``: abandon the call, raise."""
         if isinstance(exc, TimeoutError):
             self._act(self._conn.abandon(cid, f"timed out after {timeout} s"))
             raise TimeoutError(f"the RPC call timed out after {timeout} s") from None
@@ -147,11 +139,9 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         raise exc
 
     def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
-        """Write and read until ``done()``; handles EOF (death or clean close) on the way.
-
-        The socket stays in blocking mode and the writes and opportunistic reads pass
-        ``MSG_DONTWAIT``: with nothing left to write and no deadline, the wait for the reply
-        is the ``recv`` itself, one syscall instead of ``poll`` plus ``recv``.
+        """Write and read until ``done()`` (or EOF).  The socket stays blocking, the writes and
+        opportunistic reads pass ``MSG_DONTWAIT``: with nothing to write and no deadline, the
+        wait for the reply is the ``recv`` itself, one syscall instead of ``poll`` plus ``recv``.
         """
         conn = self._conn
         out = conn.out
@@ -163,10 +153,8 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             if done():
                 return
             if conn.wants_shutdown:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
             flags = _DONTWAIT
             if deadline is not None or writing:
                 # Wait for the reply and for room to write at once: a worker busy writing
@@ -195,7 +183,6 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
             return
 
     def _exit_status(self) -> int | None:
-        """How the worker (whose end of the socket is closed) ended, if it can be learnt."""
         try:
             return self._proc.wait_blocking(timeout=EXIT_STATUS_WAIT)
         except EXIT_UNKNOWN:

@@ -1,20 +1,19 @@
 """RPC, parent side: the asyncio client.
 
-It reads with ``loop.add_reader`` straight into the decoder's buffer and writes with ``sendmsg``
-from the caller, buffering behind ``add_writer`` only when the socket is full: a call costs one
-future and no task.  Calls made in the same loop iteration leave together: the first is written
-at once (latency), the others are joined and written by one callback at the end of the iteration
-(throughput).  Events are delivered with ``loop.call_soon``, the way a result wakes its caller,
-so event handlers and returning calls interleave in exactly the order the child produced them.
+It reads with ``loop.add_reader`` straight into the decoder's buffer and writes from the
+caller, behind ``add_writer`` only when the socket is full: a call costs one future, no task.
+Events are delivered with ``loop.call_soon``, the way a result wakes its caller, so handlers and
+returning calls run in exactly the order the child produced them.
 
-The loop holds the client only weakly (its reader callback goes through a weak reference), so a
-client dropped without ``aclose()``/``abort()`` is finalised: its socket closes, the worker sees
-EOF and exits.  A pending call's future holds its client, so nothing outstanding is dropped.
+The loop holds the client only weakly (its reader goes through a weak reference): a client
+dropped without ``aclose()``/``abort()`` is finalised (``_dropped``).  A pending call's future
+holds its client, so nothing outstanding is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -29,8 +28,7 @@ __all__ = ["Client"]
 
 
 class _Call(asyncio.Future[Any]):
-    """A call's future.  Cancelling it abandons the call, with no done-callback (and no extra
-    loop callback) per call; the reference to the client is dropped once it has settled."""
+    """A call's future: cancelling it abandons the call, with no done-callback per call."""
 
     __slots__ = ("_cid", "_client")
 
@@ -56,22 +54,17 @@ class _Call(asyncio.Future[Any]):
 
 
 def _dropped(loop: asyncio.AbstractEventLoop, fd: int, sock: socket.socket) -> None:
-    """The client was garbage-collected without ``aclose()``/``abort()``: stop watching its
-    socket and close it, so the worker sees EOF, finishes and exits."""
-    try:
+    """Close the socket of a client collected unclosed: the worker sees EOF and exits."""
+    with contextlib.suppress(Exception):  # a loop half torn down at exit: close the socket anyway
         if not loop.is_closed():
             loop.remove_reader(fd)
             loop.remove_writer(fd)
-    except Exception:  # a loop half torn down at exit: the socket must close anyway
-        pass
     sock.close()
 
 
 def emit(
     loop: asyncio.AbstractEventLoop, args: tuple[Any, ...], handler: Callable[..., object]
 ) -> None:
-    """Deliver an event with ``call_soon``, the way a result wakes its caller: event handlers
-    and returning calls run in exactly the order the child produced them."""
     loop.call_soon(_deliver, loop, args, handler)
 
 
@@ -143,7 +136,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._writing = False
-        self._reading = False
         self._corked = False
         self._ready_fut: asyncio.Future[None] = loop.create_future()
         self._closed_fut: asyncio.Future[None] = loop.create_future()
@@ -151,8 +143,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
         loop.add_reader(self._fd, _reader(weakref.ref(self)))
         self._reading = True
         self._finalizer = weakref.finalize(self, _dropped, loop, self._fd, sock)
-
-    # -- calls ------------------------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """``await client(*args, **kwargs)``: the function's result, the call sent at once (see
@@ -203,7 +193,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
             chunksize: items per batch, as in ``concurrent.futures`` (``1``: one call per
                 item, pipelined); enough batches are in flight to keep the worker busy.
                 ``None`` (the default) sizes them from the measured time per item: small ones
-                first, then batches of about 30 ms, a few in flight at a time (for calls that
+                first, then batches of about 0.1 s, a few in flight at a time (for calls that
                 cost little, many times faster than one call per item).
             timeout: seconds for the whole map; then ``TimeoutError``.
 
@@ -256,7 +246,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
         on_event: Callable[..., object] | None = None,
         columns: Sequence[Sequence[Any]] | None = None,
     ) -> _Call:
-        """Send a call, or given ``columns`` a batch (``RpcConnection.call``): its future."""
+        """A call's, or given ``columns`` a batch's (``RpcConnection.call``), future."""
         fut = _Call(loop=self._loop)
         fut._client = None
         try:
@@ -271,10 +261,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
     def _submit_batch(
         self, columns: Sequence[Sequence[Any]], on_event: Callable[..., object] | None = None
     ) -> _Call:
-        """One batch of calls (``func(*args)`` for ``args`` in ``zip(*columns)``): its future's
-        result is its :class:`~anyfork._rpc._batching.BatchResult`, its exception what failed
-        the batch as a whole (``DecodeError``, what ``_submit`` raises, what ends the
-        connection).  Cancelling it abandons the batch, as a call."""
+        """A batch's future: its ``BatchResult``, or what failed the batch as a whole."""
         return self._submit((), {}, on_event, columns)
 
     async def _with_timeout(self, fut: _Call, timeout: float) -> Any:
@@ -292,12 +279,9 @@ class Client(Facts, metaclass=NoPublicConstructor):
     def _abandon(self, cid: int, why: str) -> None:
         self._act(self._conn.abandon(cid, why))
 
-    # -- I/O --------------------------------------------------------------------------------
-
     def _kick(self) -> None:
-        """Send what was queued.  A lone call goes out at once (latency); while other calls
-        are outstanding, what the rest of this loop iteration queues leaves together, in one
-        ``sendmsg`` at its end (throughput)."""
+        """A lone call goes out at once (latency); while others are outstanding, what the rest
+        of this loop iteration queues leaves together, at its end (throughput)."""
         if self._writing or self._corked:
             return
         if len(self._conn.pending) > 1:
@@ -324,10 +308,8 @@ class Client(Facts, metaclass=NoPublicConstructor):
             self._loop.remove_writer(self._fd)
             self._writing = False
         if self._conn.wants_shutdown:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     def _on_readable(self) -> None:
         sock = self._sock
@@ -350,7 +332,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
         self._set(self._closed_fut)
 
     async def _exit_status(self) -> int | None:
-        """How the worker (whose end of the socket is closed) ended, if it can be learnt."""
         try:
             return await self._proc.wait(timeout=EXIT_STATUS_WAIT)
         except EXIT_UNKNOWN:
@@ -373,8 +354,6 @@ class Client(Facts, metaclass=NoPublicConstructor):
     def _set(fut: asyncio.Future[None]) -> None:
         if not fut.done():
             fut.set_result(None)
-
-    # -- lifetime ---------------------------------------------------------------------------
 
     async def _wait_ready(self, timeout: float | None) -> None:
         try:

@@ -1,27 +1,19 @@
 """RPC, parent side: the connection to one worker, sans-IO (no socket, clock, signal or loop).
 
-The protocol, its frames and its data flow: ``_child._rpc_wire``.
-
-:class:`RpcConnection` holds everything but the I/O and the waiting: the call ids, the pending
-calls and the frames that answer them (its base, ``_answers.Calls``), the abandonment policy
-(``CANCEL`` frame or the worker condemned), and the state::
+The protocol: ``_child._rpc_wire``.  :class:`RpcConnection` holds all but the I/O and the
+waiting: the calls and their answers (its base, ``_answers.Calls``), the abandonment policy
+(``CANCEL`` frame, or the worker condemned), and the state::
 
     STARTING --READY--> READY --close()--> CLOSING --EOF, nothing pending--> CLOSED
         |                 |  \\--abort()--------------------------------------> CLOSED
         |                 \\--EOF, nothing pending (the worker exited) -------> CLOSED
         \\-- FAILED, EOF, broken stream --> BROKEN <-- broken stream, death ---/
 
-Its inputs: ``call``/``map_send`` (queue frames: ``out`` is the data to send, which
-the driver writes), ``dec.get_buffer()`` + ``received(n)`` (the bytes read; ``0`` is EOF;
-``receive_data`` does both), ``abandon``, ``condemn``, ``close``, ``abort``, and
-``died(returncode)`` once the driver knows how a dead worker ended. Its outputs: the waiters it
-settles, the events it hands to ``emit(args, handler)`` (the driver delivers them, in order),
-and what ``received`` returns for the driver to act on: ``NEED_EXIT_STATUS`` (the worker died:
-wait for its exit status, then ``died``/``start_failure``), ``CLOSED`` (a clean end), ``BROKEN``
-(the stream broke the protocol: every call has failed), ``KILL`` from ``abandon``/``condemn``
-(SIGKILL the worker), ``FLUSH`` from ``abandon`` (a ``CANCEL`` frame to write).
-
-The drivers: ``_client`` (asyncio) and ``_blocking`` (``poll``/``recv`` under a lock).
+Its drivers (``_client`` asyncio, ``_blocking``) write ``out``, feed it what they read
+(``dec.get_buffer()`` + ``received(n)``), deliver the events it hands to ``emit(args,
+handler)``, in order, and act on what its methods return: ``NEED_EXIT_STATUS`` (wait for the
+dead worker's exit status, then ``died``/``start_failure``), ``CLOSED``, ``BROKEN`` (every call
+has failed), ``KILL`` (SIGKILL the worker), ``FLUSH`` (a ``CANCEL`` frame to write).
 """
 
 from __future__ import annotations
@@ -48,7 +40,6 @@ Backend = Literal["sync", "async"]
 
 STARTING, READY, CLOSING, CLOSED, BROKEN = "starting", "ready", "closing", "closed", "broken"
 
-#: What ``received``, ``abandon`` and ``condemn`` ask of the driver (``None``: nothing).
 NEED_EXIT_STATUS = "need exit status"
 KILL = "kill"
 FLUSH = "flush"
@@ -74,7 +65,6 @@ class RpcConnection(Calls):
         super().__init__(codec, pid, emit, on_event, on_error, on_retire, where)
         self.backend = backend
         self.state = STARTING
-        # How many calls (or batches) the worker runs at once: a map keeps them all busy.
         self.slots = concurrency if backend == "async" else 1
         self._on_close = on_close
         self.dec = W.Decoder(W.TO_PARENT)
@@ -89,8 +79,6 @@ class RpcConnection(Calls):
         self.returncode: int | None = None
         self._unreported: BaseException | None = None
 
-    # -- facts --------------------------------------------------------------------------------
-
     @property
     def usable(self) -> bool:
         return self.state == READY and self.kill_reason is None and not self.eof
@@ -101,7 +89,7 @@ class RpcConnection(Calls):
         return self.state in (CLOSED, BROKEN)
 
     def check_usable(self) -> None:
-        """Raise why a new call cannot be sent (nothing is sent then)."""
+        """Raise why a new call cannot be sent."""
         if self.state == READY and self.kill_reason is None:
             return
         exc = self.failure
@@ -111,26 +99,17 @@ class RpcConnection(Calls):
             raise ClosedError(f"the RPC connection failed: {exc}") from exc
         if self.closing:
             raise ClosedError("the RPC client has been closed")
-        if self.kill_reason is not None:
-            # Condemned: its SIGKILL is on its way (or done), and a call sent now would die with
-            # it.
-            raise WorkerDiedError(
-                f"the RPC worker ({self._who()}) has been killed because {self.kill_reason}; "
-                f"the call was not sent",
-                self.pid,
-                self.returncode,
-            )
-        if self.exited:
-            # The worker ended the connection by itself (it exited, or was killed) while idle.
-            how = describe_returncode(self.returncode)
-            raise WorkerDiedError(
-                f"the RPC worker ({self._who()}) has exited ({how}); the call was not sent",
-                self.pid,
-                self.returncode,
-            )
-        raise ClosedError("the RPC client has been closed")
-
-    # -- calls --------------------------------------------------------------------------------
+        if self.kill_reason is not None:  # its SIGKILL is on its way, or done
+            why = f"has been killed because {self.kill_reason}"
+        elif self.exited:  # it ended the connection by itself while idle
+            why = f"has exited ({describe_returncode(self.returncode)})"
+        else:
+            raise ClosedError("the RPC client has been closed")
+        raise WorkerDiedError(
+            f"the RPC worker ({self._who()}) {why}; the call was not sent",
+            self.pid,
+            self.returncode,
+        )
 
     def call(
         self,
@@ -140,11 +119,9 @@ class RpcConnection(Calls):
         on_event: Callable[..., object] | None,
         columns: Sequence[Sequence[Any]] | None = None,
     ) -> int:
-        """Check, encode and queue a call, or given ``columns`` a batch of calls, their
-        arguments by column (``_batching.check_columns``; none: the waiter gets an empty
-        :class:`BatchResult` at once, and the id is 0).  ``EncodeError``, ``ValueError`` or why
-        the connection cannot take it: nothing is queued then.  ``waiter`` gets its outcome (a
-        batch's: its ``BatchResult``); returns its id."""
+        """Queue a call, or given ``columns`` a batch (an empty one: an empty
+        :class:`BatchResult` at once, id 0), for ``waiter``; its id.  ``EncodeError``,
+        ``ValueError`` or why the connection cannot take it: nothing is queued then."""
         batch = None if columns is None else check_columns(columns)
         if batch is not None and not batch[0]:
             waiter.set_result(BatchResult([]))
@@ -163,16 +140,11 @@ class RpcConnection(Calls):
     def start_map(
         self, iterables: Sequence[Iterable[Any]], chunksize: int | None, clock: Callable[[], float]
     ) -> MapRun:
-        """A new map of the function over ``iterables`` (``Client.map``), or why the connection
-        cannot take one."""
         self.check_usable()
-        columns = columns_of(iterables)
-        return MapRun(columns, chunksize, self.codec.batches, clock, self.slots)
+        return MapRun(columns_of(iterables), chunksize, self.codec.batches, clock, self.slots)
 
     def map_send(self, run: MapRun) -> None:
-        """Queue the frames ``run`` wants sent now.  A frame that cannot be sent (an argument
-        that cannot be encoded, a connection no longer usable) is the map's failure at its
-        first item."""
+        """Queue the frames ``run`` wants sent now; one that cannot be sent fails its first item."""
         while (unit := run.next_unit()) is not None:
             try:
                 if unit.n == 1:
@@ -184,7 +156,6 @@ class RpcConnection(Calls):
                 return
 
     def abandon_map(self, run: MapRun, why: str) -> str | None:
-        """Abandon every frame of ``run`` still outstanding (see :meth:`abandon`)."""
         action = None
         for cid, waiter in list(self.pending.items()):
             if type(waiter) is Unit and waiter.run is run:
@@ -192,17 +163,15 @@ class RpcConnection(Calls):
         return action
 
     def abandon(self, cid: int, why: str) -> str | None:
-        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled", "timed out
-        after 2 s"...).  ``FLUSH``: a ``CANCEL`` frame is queued (async backend); ``KILL``: the
-        worker is condemned (sync backend: a running Python function cannot be interrupted
-        safely), the driver kills it."""
+        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled"...): ``FLUSH``
+        (async backend) or ``KILL`` (sync: a running Python function cannot be interrupted
+        safely)."""
         if self.pending.pop(cid, None) is None:
             return None
         if self._batches:
             self._batches.pop(cid, None)
         if cid in self._handlers:
-            # Its caller gave up on it: what it still says is for nobody (not for the client's
-            # on_event, which never asked for this call's events).
+            # Not for the client's on_event, which never asked for this call's events.
             self._handlers[cid] = _ignore
         if self.io_done or self.eof:
             return None
@@ -215,9 +184,8 @@ class RpcConnection(Calls):
         return self.condemn(f"call {cid} {why}")
 
     def condemn(self, reason: str) -> str | None:
-        """Condemn the worker, once: from here on it takes no call, and the calls it owes fail
-        with ``WorkerDiedError`` naming ``reason`` once its death is seen.  ``KILL``: the driver
-        kills it now."""
+        """Condemn the worker, once (``KILL``): it takes no call, and the calls it owes fail with
+        ``WorkerDiedError`` naming ``reason`` once its death is seen."""
         if self.kill_reason is not None or self.pid is None or self.eof or self.io_done:
             return None
         self.kill_reason = reason
@@ -231,11 +199,9 @@ class RpcConnection(Calls):
 
     @property
     def wants_shutdown(self) -> bool:
-        """``True`` when the driver should shut down its write side now."""
         return self.state == CLOSING and not self.eof and not self.out.has_output()
 
     def abort(self) -> None:
-        """Close now: outstanding calls fail with ``ClosedError``."""
         self.closing = True
         if self.pending:
             self._fail_all(ClosedError("the RPC client was aborted"))
@@ -243,23 +209,19 @@ class RpcConnection(Calls):
             self.state = CLOSED
         self.out.drop()
 
-    # -- frames ---------------------------------------------------------------------------------
-
     def receive_data(self, data: bytes) -> str | None:
-        """:meth:`received` for bytes read elsewhere (``b""``: EOF)."""
         if data:
             self.dec.receive(data)
         return self.received(len(data), fed=True)
 
     def received(self, n: int, *, fed: bool = False) -> str | None:
-        """``n`` bytes were read into ``dec.get_buffer()`` (``0``: EOF; ``fed``: given to the
-        decoder already): handle every complete frame.
+        """``n`` bytes were read into ``dec.get_buffer()`` (``0``: EOF; ``fed``: decoded
+        already): handle every complete frame.
 
-        The one receive boundary of the connection: every decoding error (a bad header, a bad
-        ``READY``, a broken error record, an answer to no call) fails it with ``ProtocolError``
-        naming the worker (``BROKEN``).  A frame cut by EOF is not one: the worker died writing
-        it (``NEED_EXIT_STATUS``).  A frame is taken from the decoder only when it is handled,
-        so an exception from a handler (a blocking client's ``on_event``) loses no frame."""
+        The one receive boundary: every decoding error fails the connection with
+        ``ProtocolError`` (``BROKEN``); a frame cut by EOF is a death (``NEED_EXIT_STATUS``).
+        A frame leaves the decoder only when handled: a handler's exception (a blocking
+        client's ``on_event``) loses no frame."""
         if not fed or not n:
             self.dec.buffer_updated(n)
         eof = not n
@@ -294,8 +256,8 @@ class RpcConnection(Calls):
         return self._broken(err)
 
     def _control(self, kind: int, payload: bytes | bytearray) -> None:
-        """``READY``, or ``FAILED`` (the start-up error), first; a ``FAILED`` after them is the
-        worker's word that our stream broke the protocol (it stops)."""
+        """``READY`` or ``FAILED`` (start-up); a ``FAILED`` after it: our stream broke the
+        protocol."""
         if self.state == STARTING and kind == W.READY:
             version, pid = W.parse_ready(bytes(payload))
             if version == W.VERSION:
@@ -319,12 +281,8 @@ class RpcConnection(Calls):
             raise W.RpcWireError(f"unexpected frame {kind:#x}")
         self.state = BROKEN
 
-    # -- the end ------------------------------------------------------------------------------
-
     def _broken(self, err: BaseException) -> str:
-        """The connection failed (a broken stream, a dead worker): fail every call;
-        ``on_error`` is told once the driver has closed its socket (before ``READY``, ``rpc()``
-        raises it instead)."""
+        """Fail every call; ``on_error`` is told once the socket is closed (``io_closed``)."""
         if self.state == STARTING:
             self.failure = err
         elif self.state != BROKEN:
@@ -335,8 +293,7 @@ class RpcConnection(Calls):
         return BROKEN
 
     def died(self, returncode: int | None) -> WorkerDiedError:
-        """The driver knows how the worker that ended the connection with calls outstanding
-        ended (``None``: it could not learn it): fail them (see ``_broken``)."""
+        """How the worker that died with calls outstanding ended (``None``: unknown)."""
         self.returncode = returncode
         how = describe_returncode(returncode)
         if not self.dec.at_boundary():
@@ -351,15 +308,13 @@ class RpcConnection(Calls):
         return err
 
     def io_closed(self) -> None:
-        """The driver has closed its socket: tell ``on_error`` why, if the connection failed."""
         self.out.drop()
         err, self._unreported = self._unreported, None
         if err is not None:
             self.report(err)
 
     def start_failure(self, returncode: int | None) -> BaseException:
-        """Why start-up failed: the worker's own error, else its death (``returncode``: how it
-        ended, as far as the driver could learn)."""
+        """Why start-up failed: the worker's own error, else its death."""
         self.returncode = returncode
         if self.failure is None:
             how = describe_returncode(returncode)
@@ -371,8 +326,6 @@ class RpcConnection(Calls):
 
 
 class _Stopped(Exception):
-    """The worker reported that our stream broke the protocol: ``err`` says so."""
-
     def __init__(self, err: ProtocolError):
         self.err = err
 

@@ -1,9 +1,8 @@
-"""RPC, parent side: what both drivers of a connection (``_client``, ``_blocking``) share: one
-read into the connection, the kill of a condemned worker, the socket's close, how long to wait
-for a dead worker's exit status, and the facts a client tells about itself."""
+"""RPC, parent side: what both drivers of a connection (``_client``, ``_blocking``) share."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .._errors import AnyforkError
@@ -16,10 +15,8 @@ if TYPE_CHECKING:
 
     from .._core._process import Process
 
-#: What ``recv_some`` returns when there was nothing to read.
 WOULD_BLOCK = "would block"
-#: How long a driver waits for a dead worker's exit status (its template, or the reaper, has
-#: it soon: the worker's end of the socket is closed, so it is exiting).
+#: How long a driver waits for a dead worker's exit status (soon known: its socket is closed).
 EXIT_STATUS_WAIT = 5.0
 #: What ``Process.wait`` raises when the exit status cannot be learnt (in time, or at all: a
 #: template gone, a process adopted): the calls must fail all the same, never hang.
@@ -27,8 +24,7 @@ EXIT_UNKNOWN = (TimeoutError, ChildProcessError, OSError, AnyforkError)
 
 
 def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | None:
-    """One read into ``conn``, which handles every complete frame: what it asks of the driver
-    (``RpcConnection.received``), or ``WOULD_BLOCK``."""
+    """One read into ``conn``: what ``RpcConnection.received`` asks, or ``WOULD_BLOCK``."""
     buf = conn.dec.get_buffer()
     try:
         n = sock.recv_into(buf, 0, flags)
@@ -44,8 +40,7 @@ def recv_some(conn: RpcConnection, sock: socket.socket, flags: int) -> str | Non
 
 
 class Facts:
-    """What both clients share: what they say about their connection (``_conn``), read-only,
-    and what they do with what it asks (``_act``) and once it is over (``_close_socket``)."""
+    """What both clients share: their read-only facts, ``_act`` and ``_close_socket``."""
 
     _conn: RpcConnection
     _proc: Process  # the worker (a pool kills it through it: a remote one by its host)
@@ -53,18 +48,15 @@ class Facts:
     _finalizer: weakref.finalize[..., Any]
 
     def _act(self, action: str | None) -> None:
-        """A condemned worker dies now (``Process.kill``: never a pid that may have been
-        reused); a ``CANCEL`` queued leaves with the next write (``_kick``)."""
+        """``Process.kill``: never a pid that may have been reused."""
         if action == KILL:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # (a worker that sent READY has a pid)
                 self._proc.kill()
-            except ProcessLookupError:  # pragma: no cover - a worker that has sent READY has a pid
-                pass
         elif action == FLUSH:
             self._kick()
 
     def _kick(self) -> None:
-        """Write what was queued now (the blocking client writes as it waits: nothing here)."""
+        """(The blocking client writes as it waits.)"""
 
     def _close_socket(self) -> None:
         self._finalizer.detach()

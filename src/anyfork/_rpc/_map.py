@@ -1,16 +1,10 @@
 """RPC, parent side: the bookkeeping of one ``client.map``, shared by both clients (no I/O).
 
-A map cuts its items into frames (:class:`Unit`): one ``CALL`` for a single item, one
-``CALL_BATCH`` for several.  With ``chunksize=None`` the sizes come from a ``_batching.Sizer``
-(small first, then about ``_batching.TARGET`` seconds each) and a few frames are in flight per
-call the worker runs at once (``slots``: the async backend's ``concurrency``); with a
-``chunksize``, enough to keep the socket busy.  Results land at their items' positions; the
-first exception (in item order) is the map's, and once one is known no more frames are sent
-(those in flight are still waited for: a sync-backend worker would be killed to abandon them).
-
-The client drives it: ``next_unit()`` until ``None``, encoding and sending each (``unsent()``
-if that fails), waits until ``wake`` is called (an answer came: more can be sent, or it is
-``finished``), and finally takes ``outcome()``.
+A map's items go out in frames (:class:`Unit`: a ``CALL`` for one item, a ``CALL_BATCH`` for
+several).  The first exception in item order is the map's; once one is known no more frames are
+sent (those in flight are still waited for: a sync-backend worker would be killed to abandon
+them).  The client sends ``next_unit()`` until ``None`` (``unsent()`` if that fails), waits for
+``wake`` (an answer came), and finally takes ``outcome()``.
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ from ._batching import WINDOW, BatchResult, Sizer, service_time
 
 
 class Unit:
-    """One frame of a map, standing in for its future (``_base`` answers it)."""
+    """One frame of a map, standing in for its future."""
 
     __slots__ = ("_done", "n", "run", "sent", "start")
 
@@ -52,15 +46,10 @@ class Unit:
 class MapRun:
     """Which items go out in which frame, their results in order, the first exception.
 
-    Args:
-        columns: the calls' arguments by column (``_batching.columns_of``).
-        chunksize: items per frame, or ``None`` for sizes chosen from measured times.
-        batchable: whether the serialiser can carry a batch (if not, one call per item).
-        clock: the time, in seconds (for the sizer).
-        slots: how many calls the worker runs at once (each a batch, or a single call).
-
-    Raises:
-        ValueError: a ``chunksize`` that is not a positive int.
+    ``columns``: the arguments by column (``_batching.columns_of``); ``chunksize``: items per
+    frame (``None``: sized from measured times; one call per item unless ``batchable``);
+    ``clock``: seconds, for the sizer; ``slots``: calls the worker runs at once.  ``ValueError``
+    for a ``chunksize`` that is not a positive int.
     """
 
     def __init__(
@@ -96,18 +85,15 @@ class MapRun:
 
     @property
     def finished(self) -> bool:
-        """Nothing is in flight, and nothing more will be sent."""
         return not self.in_flight and (self.error is not None or self.next >= self.n)
 
     def answered_since(self, answers: int) -> bool:
-        """A frame was answered since ``answers`` had been counted (or none is in flight)."""
         return self.answers != answers or not self.in_flight
 
     def _can_send(self) -> bool:
         return self.error is None and self.next < self.n and self.in_flight < self.window
 
     def next_unit(self) -> Unit | None:
-        """The next frame to send now, or ``None``."""
         if not self._can_send():
             return None
         start = self.next
@@ -124,16 +110,13 @@ class MapRun:
         return Unit(self, start, n, self.clock())
 
     def batch(self, unit: Unit) -> list[list[Any]]:
-        """The arguments of the calls ``unit`` carries, by column."""
         start, end = unit.start, unit.start + unit.n
         return [column[start:end] for column in self.columns]
 
     def args(self, unit: Unit) -> tuple[Any, ...]:
-        """The arguments of the one call ``unit`` carries."""
         return tuple([column[unit.start] for column in self.columns])
 
     def unsent(self, unit: Unit, exc: BaseException) -> None:
-        """``unit`` could not be sent: ``exc`` is the failure of its first item."""
         self.in_flight -= 1
         self._fail(unit.start, exc)
 
@@ -142,8 +125,7 @@ class MapRun:
         self._answered(unit, True)
 
     def answered(self, unit: Unit, results: list[Any], error: BaseException | None) -> None:
-        """``unit`` was answered: the results of its first items, and the exception of the item
-        after them (or of the whole frame: a dead worker, a result that cannot be decoded)."""
+        """``error``: of the item after ``results``, or of the whole frame (a dead worker...)."""
         start = unit.start
         self.results[start : start + len(results)] = results
         if error is not None:
@@ -167,7 +149,6 @@ class MapRun:
             self.error, self.error_at = exc, index
 
     def outcome(self) -> list[Any]:
-        """The results in item order, or the exception of the first item that failed."""
         if self.error is not None:
             raise self.error
         return self.results

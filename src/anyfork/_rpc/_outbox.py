@@ -1,10 +1,8 @@
-"""RPC, parent side: the frames for the worker, encoded, queued and written with as few
-syscalls as possible.
+"""RPC, parent side: the frames for the worker, encoded, queued and written with few syscalls.
 
-Small frames are joined into one ``bytearray`` (thousands of pipelined calls leave in one
-``send``); a big buffer (pickle's out-of-band ones) is kept as a view of itself, so that a
-10 MiB argument is never copied by us.  No waiting here: the drivers decide when to write, on
-the socket they pass.
+Small frames are joined into one ``bytearray``; a big buffer (pickle's out-of-band ones) is
+kept as a view of itself: a 10 MiB argument is never copied by us.  The drivers decide when to
+write.
 """
 
 from __future__ import annotations
@@ -24,15 +22,12 @@ if TYPE_CHECKING:
 JOIN_LIMIT = 16 << 10
 
 _HEADER = W.HEADER
-_MAX_IOV = W.MAX_IOV
-_advance = W.advance
 
 
 def chunk_size(chunk: Any) -> int:
     return chunk.nbytes if type(chunk) is memoryview else len(chunk)
 
 
-#: Why pickle cannot send a lambda or a local function (by reference), and what to do instead.
 _LOCAL_WAYS_OUT = (
     " (a lambda or a local function cannot be found by name in another process).  Ways out: "
     "define it at module level (in the main script too); or send it by value with "
@@ -46,8 +41,7 @@ def encode(
     kwargs: dict[str, Any],
     columns: list[list[Any]] | None = None,
 ) -> tuple[list[Any], int]:
-    """A call's payload (or, given ``columns``, a batch's) as chunks, and its size;
-    ``EncodeError`` (side ``"parent"``) if it cannot be encoded."""
+    """A call's (or batch's) payload as chunks, and its size; else ``EncodeError``."""
     what = "call's" if columns is None else "batch's"
     try:
         chunks = codec.dump_call(args, kwargs) if columns is None else codec.dump_batch(columns)
@@ -70,8 +64,7 @@ def encode(
 
 
 class Outbox:
-    """What is queued for the socket: ``bufs`` ready for ``sendmsg``, then ``small``, the small
-    frames queued since, joined (it moves to ``bufs`` when a big buffer or a send comes)."""
+    """``bufs`` ready for ``sendmsg``, then ``small``: the small frames queued since, joined."""
 
     __slots__ = ("bufs", "flags", "small")
 
@@ -84,7 +77,6 @@ class Outbox:
         return bool(self.bufs or self.small)
 
     def queue(self, kind: int, cid: int, chunks: list[Any], size: int) -> None:
-        """Queue one frame (``size``: the sum of the chunks' sizes)."""
         small = self.small
         small += _HEADER.pack(kind, cid, size)
         if size <= JOIN_LIMIT:
@@ -95,21 +87,19 @@ class Outbox:
             if chunk_size(chunk) <= JOIN_LIMIT:
                 small += chunk
             else:
-                # A big buffer goes out as a view of itself: no copy on our side.
                 self.bufs.append(small)
                 self.bufs.append(memoryview(chunk).cast("B"))
                 self.small = small = bytearray()
 
     def send_some(self, sock: socket.socket) -> bool:
-        """Write what the socket takes now; ``True`` while output remains.  A write error (the
-        child has gone) drops it all: the reader sees EOF and fails what is outstanding."""
+        """``True`` while output remains.  A write error drops it all: the reader sees EOF and
+        fails what is outstanding."""
         flags = self.flags
         small = self.small
         try:
             if small:
                 if not self.bufs:
-                    # The common case: only joined small frames.  Reuse the bytearray when it
-                    # all went out (nothing else refers to it then).
+                    # Reuse the bytearray when it all went out (nothing else refers to it).
                     sent = sock.send(small, flags)
                     if sent == len(small):
                         del small[:]
@@ -122,8 +112,8 @@ class Outbox:
                 if len(self.bufs) == 1:
                     sent = sock.send(self.bufs[0], flags)
                 else:
-                    sent = sock.sendmsg(self.bufs[:_MAX_IOV], (), flags)
-                self.bufs = _advance(self.bufs, sent)
+                    sent = sock.sendmsg(self.bufs[: W.MAX_IOV], (), flags)
+                self.bufs = W.advance(self.bufs, sent)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:

@@ -6,12 +6,8 @@
     result = await client(1, 2, key="value")
     await client.aclose()
 
-The layer is split by role: ``_child._rpc_wire`` (frames, sans-IO, shared with the child),
-``_child._rpc_server`` (the child), ``_child._serializers`` (both sides), ``_connection`` (the
-parent's sans-IO connection: frames, calls, states), ``_outbox`` (its socket edge), and its two
-drivers, ``_client`` (the asyncio :class:`Client`) and ``_blocking`` (:class:`BlockingClient`).
-This module is the entry point: it configures the process, starts the server in it and waits
-for its READY.
+The protocol: ``_child._rpc_wire``; the child: ``_child._rpc_server``; the parent's sans-IO
+connection: ``_connection``, driven by ``_client`` (:class:`Client`) and ``_blocking``.
 """
 
 from __future__ import annotations
@@ -50,11 +46,8 @@ _primed: weakref.WeakSet[Process] = weakref.WeakSet()
 def prime(tmpl: Process | None) -> None:
     """Have the template ``tmpl`` import the RPC server, once, for the workers forked after.
 
-    A worker forked from a template without it imports it after the fork, where the imports
-    and the pages they copy cost ~10 ms of a worker's ~12 ms start.  Preloading it in every
-    template would make every template (and every plain ``new()``) bigger; so the first ``rpc``
-    on a template's child primes that template instead (a pool primes its template before its
-    first worker): later workers start with it loaded."""
+    Imported after the fork, it cost ~10 ms of a worker's ~12 ms start; preloaded in every
+    template, it would make every template (and plain ``new()``) bigger."""
     if tmpl is None or tmpl in _primed:
         return
     _primed.add(tmpl)
@@ -76,10 +69,8 @@ class Serializer(Protocol):
 
 
 def serializer_ref(obj: object) -> str:
-    """The ``"module:attr"`` by which a worker imports the serialiser ``obj``: its
-    ``__module__`` and ``__qualname__`` (a class, a function-like object), else the global of
-    its class's module bound to it.  ``ValueError`` when neither names it from outside the
-    main script."""
+    """The ``"module:attr"`` by which a worker imports ``obj``: its ``__qualname__``, else the
+    global of its class's module bound to it; ``ValueError`` if neither works."""
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if not (isinstance(module, str) and isinstance(qualname, str)):
@@ -107,8 +98,8 @@ def _prepare(
     concurrency: int,
     done: Func | None,
 ) -> Codec:
-    """Check the arguments, build the serialiser and send the configuration.  What fails here is
-    a start-up failure like those the worker reports: its own type and an ``AnyforkError``."""
+    """Check the arguments, build the serialiser, send the configuration, ``prime``; failures
+    are both their own type and an ``AnyforkError``, as the worker's start-up failures."""
     try:
         prepare_rpc(proc, func)  # (a function of the main script: the worker learns where it is)
         if backend not in ("sync", "async"):
@@ -132,6 +123,7 @@ def _prepare(
         proc.send_arg(config)
     except Exception as exc:
         raise also_anyfork(exc) from exc.__cause__
+    prime(template_of(proc))
     return codec
 
 
@@ -201,7 +193,6 @@ async def rpc(
     loop = asyncio.get_running_loop()
     started = loop.time()
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(template_of(proc))
     sock = await proc.run(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
@@ -236,7 +227,6 @@ def rpc_blocking(
     """The blocking twin of :func:`rpc` (same arguments); returns a :class:`BlockingClient`."""
     deadline = None if timeout is None else time.monotonic() + timeout
     codec = _prepare(proc, func, backend, serializer, init, concurrency, done)
-    prime(template_of(proc))
     sock = proc.run_blocking(_SERVE, timeout=timeout)
     try:
         conn = RpcConnection(
