@@ -10,7 +10,7 @@ a ``BlockingClient``, and a caller waiting for its call runs it itself when it c
                                         waiting in result()): client(*args) ──> the call's future
              core ── Launch ──> a new worker thread: template.fork().rpc_blocking(func), then serve
                   ── Halt ───> w's thread closes its client and ends
-                  ── Wake ───> the clock thread calls schedule() again at ``at``
+                  ── Wake ───> the watcher thread calls schedule() again at ``at``
 
 One lock guards the core; no future is settled and no user callback runs while it is held
 (a future's callbacks may come back into the pool).  A worker whose call was abandoned (timed
@@ -40,7 +40,7 @@ from ._futures import Call, Future, ThreadWorker, drain, fail, run_or_skip
 from ._map import MapJob, Unit
 from ._records import PoolStatistics
 from ._threads_closing import Closing
-from ._watch import Changes, Clock, Watcher, died_idle
+from ._watch import Changes, Watcher, died_idle
 from ._worker import STOP_TIMEOUT
 
 
@@ -59,8 +59,7 @@ class ThreadsEngine(Closing):
         self._outstanding: set[Call] = set()
         self._opened = False
         self._closed = False
-        self._clock = Clock(self._lock, self._schedule)
-        self._watcher = Watcher(self._hung_up)
+        self._watcher = Watcher(self._lock, self._hung_up, self._schedule)
 
     def _new_worker(self, wid: int, now: float) -> ThreadWorker:
         return ThreadWorker(wid, now)
@@ -222,7 +221,7 @@ class ThreadsEngine(Closing):
             elif isinstance(effect, Halt):
                 effect.worker.inbox.put(None)
             else:
-                self._clock.wake_at(effect.at)
+                self._watcher.wake_at(effect.at)
         self._changes.bump()
 
     # -- a worker's thread --------------------------------------------------------------------

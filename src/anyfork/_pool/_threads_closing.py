@@ -14,12 +14,8 @@ from . import _daemon, _watch
 from ._engine import Engine
 from ._futures import Call, ThreadWorker, drain, fail, remaining
 from ._map import MapJob
-from ._watch import Changes, Clock, Watcher
+from ._watch import Changes, Watcher
 from ._worker import kill
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    pass
 
 
 class Closing(Engine[ThreadWorker, Call]):
@@ -30,7 +26,6 @@ class Closing(Engine[ThreadWorker, Call]):
     _outstanding: set[Call]
     _threads: set[threading.Thread]
     _changes: Changes
-    _clock: Clock
     _watcher: Watcher
     _closed: bool
 
@@ -135,7 +130,6 @@ class Closing(Engine[ThreadWorker, Call]):
             if self._closed:
                 return
             self._closed = True
-        self._clock.stop()
         self._watcher.close()
         self._starter.close()
         _watch.closed(self)
