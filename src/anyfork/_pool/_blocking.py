@@ -21,6 +21,7 @@ from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
 from ._map import Delivery, Progress, Results, bmap
+from ._policy import positive
 from ._records import PoolStatistics
 from ._system import settings
 from ._threads import ThreadsEngine
@@ -284,9 +285,7 @@ class PoolExecutor(_Face, cf.Executor):
                 f"PoolExecutor's first argument is max_workers, as ProcessPoolExecutor's, not "
                 f"{max_workers!r}: give the template and function as template= and func="
             )
-        if max_workers is not None and (
-            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
-        ):
+        if max_workers is not None and not positive(max_workers):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")

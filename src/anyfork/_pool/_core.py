@@ -34,6 +34,7 @@ from typing import Generic, TypeVar
 
 from .._errors import also_anyfork
 from . import _policy
+from ._policy import positive
 from ._records import PoolStatistics, Totals, Worker
 
 W = TypeVar("W", bound=Worker)
@@ -82,18 +83,6 @@ class Job(Generic[C]):
         raise NotImplementedError
 
 
-def check_recycling(max_calls: int | None, max_memory: int | None) -> None:
-    """Raise ``ValueError`` unless each is ``None`` or a positive int."""
-    for name, value, what in (
-        ("max_calls", max_calls, "an int >= 1"),
-        ("max_memory", max_memory, "a number of bytes >= 1"),
-    ):
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ValueError(f"{name} is None or {what}, not {value!r}")
-
-
 class PoolCore(Generic[W, C]):
     """A pool's state and bookkeeping, with no I/O (see the module docs).
 
@@ -111,7 +100,12 @@ class PoolCore(Generic[W, C]):
         new_worker: Callable[[int, float], W],
         measure: Callable[[int], int | None],
     ) -> None:
-        check_recycling(max_calls, max_memory)
+        for name, value, what in (
+            ("max_calls", max_calls, "an int >= 1"),
+            ("max_memory", max_memory, "a number of bytes >= 1"),
+        ):
+            if value is not None and not positive(value):
+                raise ValueError(f"{name} is None or {what}, not {value!r}")
         self.settings = settings
         self.max_calls = max_calls
         self.max_memory = max_memory

@@ -14,7 +14,8 @@ from .._core._process import Func
 from .._errors import ClosedError, WorkerDiedError
 from . import _policy
 from ._core import C, PoolCore, W
-from ._map import Delivery, MapJob, Progress, Unit, window_size
+from ._map import Delivery, MapJob, Progress, Unit
+from ._policy import positive
 from ._records import PoolStatistics
 from ._system import rss
 from ._worker import Starter, Templates
@@ -95,9 +96,14 @@ class Engine(Generic[W, C]):
         """The delivery of a new map (the arguments of ``Pool.map``, checked)."""
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        limit = window_size(max_in_flight, self._core.settings)
+        if max_in_flight is None:  # twice the pool's capacity
+            max_in_flight = 2 * self._core.settings.max * self._core.settings.load
+        elif not positive(max_in_flight):
+            raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
         job = self._job(chunksize, timeout)
-        return Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
+        return Delivery(
+            job, iterables, max_in_flight, progress, self._queue_job, self._withdraw_unit
+        )
 
     def _retire(self, worker: W) -> None:
         """``worker`` asked to be replaced (``anyfork.worker.retire()``)."""

@@ -31,28 +31,10 @@ from typing import Any, TypeVar, cast
 from .._rpc._batching import BatchResult, Sizer
 from ._core import Job
 from ._daemon import nap
-from ._policy import Settings
+from ._policy import positive
 
 C = TypeVar("C")
 Progress = Callable[[int, "int | None"], object]
-
-
-def window_size(max_in_flight: int | None, settings: Settings) -> int:
-    """``max_in_flight``, checked, or by default twice the pool's capacity (``2 * max * load``)."""
-    if max_in_flight is None:
-        return 2 * settings.max * settings.load
-    if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
-        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
-    return max_in_flight
-
-
-def check_chunksize(chunksize: int | None) -> None:
-    """``ValueError`` unless ``chunksize`` is ``None`` (sized from measured times) or an int
-    >= 1 (items per call, as in ``concurrent.futures``)."""
-    if chunksize is not None and (
-        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
-    ):
-        raise ValueError(f"chunksize must be >= 1 (or None: sized by the pool), not {chunksize!r}")
 
 
 class Unit:
@@ -97,7 +79,10 @@ class MapJob(Job[C]):
         batchable: bool,
         workers: int,
     ) -> None:
-        check_chunksize(chunksize)
+        if chunksize is not None and not positive(chunksize):
+            raise ValueError(
+                f"chunksize must be >= 1 (or None: sized by the pool), not {chunksize!r}"
+            )
         self._make = make
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, SpawnError
+from ._policy import positive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def groups_of(template: Templates) -> list[Group] | None:
                 f"not {entry!r} in {template!r}"
             )
         cap = entry[1]
-        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        if not positive(cap):
             raise ValueError(f"a template's cap is an int >= 1, not {cap!r}")
         groups.append(Group(entry[0], cap))
     if not groups:
