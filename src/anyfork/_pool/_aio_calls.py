@@ -75,5 +75,4 @@ def answered(call: Call) -> None:
     """A map's call is over: its job hears how it went."""
     assert call.job is not None
     assert call.unit is not None
-    error = asyncio.CancelledError() if call.cancelled() else call.exception()
-    call.job.answered(call.unit, None if error is not None else call.result(), error, call.took)
+    call.job.answered(call.unit, call, call.took, asyncio.CancelledError)

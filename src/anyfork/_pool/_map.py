@@ -33,6 +33,11 @@ from ._core import Job
 from ._daemon import nap
 from ._policy import positive
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future
+
 C = TypeVar("C")
 Progress = Callable[[int, "int | None"], object]
 
@@ -178,16 +183,20 @@ class MapJob(Job[C]):
     # -- the engine's side ------------------------------------------------------------------
 
     def answered(
-        self, unit: Unit, outcome: Any, error: BaseException | None, took: float | None
+        self,
+        unit: Unit,
+        fut: Future[Any] | asyncio.Future[Any],
+        took: float | None,
+        cancelled: type[BaseException],
     ) -> None:
-        """``unit``'s call is over: ``outcome`` is its result (a ``BatchResult`` for a batch,
-        a one-item list for a single call: the engine holds no reference to the item itself,
-        which is its consumer's once delivered), ``error`` what failed the whole call;
-        ``took``: the seconds the worker spent on it (``None``: not known, or it did not
-        run)."""
+        """``unit``'s call is over, its outcome ``fut``'s (a ``BatchResult`` for a batch, a
+        one-item list for a single call: the engine holds no reference to the item itself,
+        which is its consumer's once delivered; cancelled: a ``cancelled()``); ``took``: the
+        seconds the worker spent on it (``None``: not known, or it did not run)."""
+        error = cancelled() if fut.cancelled() else fut.exception()
         if error is not None:
             results: list[Any] = []
-        elif type(outcome) is BatchResult:
+        elif type(outcome := fut.result()) is BatchResult:
             results, error = outcome.results, outcome.error
         else:
             results = outcome
