@@ -1,7 +1,5 @@
-"""How the threads engine closes: the graceful way (queued calls run, workers stop, threads
-end), the fast way (workers killed, queued calls failed), and interrupted (``KeyboardInterrupt``
-in a caller's wait: what is pending is cancelled, the busy workers killed, the pool stays
-open).  A part of ``_threads.ThreadsEngine``, kept apart to keep each module readable."""
+"""How the threads engine closes (graceful, fast, at a deadline) and is interrupted: a part of
+``_threads.ThreadsEngine``, kept apart to keep each module readable."""
 
 from __future__ import annotations
 
@@ -19,9 +17,6 @@ from ._worker import kill
 
 
 class Closing(Engine[ThreadWorker, Call]):
-    """The closing of a :class:`~anyfork._pool._threads.ThreadsEngine` (its state is the
-    engine's)."""
-
     _lock: threading.Lock  # (not Engine's nullcontext)
     _outstanding: set[Call]
     _threads: set[threading.Thread]
@@ -30,8 +25,7 @@ class Closing(Engine[ThreadWorker, Call]):
     _closed: bool
 
     def cancel_pending(self) -> list[MapJob[Call]]:
-        """Cancel every call no worker has started (``shutdown(cancel_futures=True)``), a map's
-        items not sent yet too; returns the maps' jobs."""
+        """``shutdown(cancel_futures=True)``; returns the maps' jobs."""
         with self._lock:
             pending = list(self._outstanding)
             jobs = [job for job in self._core.queue if isinstance(job, MapJob)]
@@ -44,10 +38,8 @@ class Closing(Engine[ThreadWorker, Call]):
         return jobs
 
     def interrupt(self) -> None:
-        """A caller was interrupted (``KeyboardInterrupt``) while it waited for the pool: every
-        call no worker has started is cancelled (a map's items not sent yet too), and the busy
-        workers are killed, so their running calls fail (``WorkerDiedError``) and nothing
-        outlives the program.  The pool stays open: a later call starts a new worker."""
+        """A caller was interrupted while it waited for the pool (see ``BlockingPool``): calls
+        not started are cancelled, busy workers killed; the pool stays open."""
         self.cancel_pending()
         with self._lock:
             busy = [w for w in self._core.workers.values() if w.ready and w.load]
@@ -57,12 +49,8 @@ class Closing(Engine[ThreadWorker, Call]):
     def close(
         self, *, wait: bool = True, cancel: bool = False, timeout: float | None = None
     ) -> None:
-        """No new calls; the queue is still served (``cancel``: the fast way, see
-        :meth:`_cancel`).  ``wait``: return once every worker thread has finished (their
-        processes have exited) and the template is closed; otherwise a thread finishes that
-        in the background.  ``timeout``: after that many seconds the rest is done the fast way
-        and ``TimeoutError`` raised.  Interrupted (``KeyboardInterrupt``, wherever it lands):
-        the rest is done the fast way, and the interrupt raised."""
+        """``BlockingPool.close``; ``wait=False``: a thread finishes it in the background.
+        Interrupted (wherever it lands): the rest is done the fast way."""
         try:
             self._close(wait, cancel, timeout)
         except Exception:
@@ -91,9 +79,7 @@ class Closing(Engine[ThreadWorker, Call]):
         self._finish()
 
     def _cancel(self) -> None:
-        """Queued calls fail with ``ClosedError`` (and those given to a worker that has not
-        started them), workers are killed (their running calls fail with
-        ``WorkerDiedError``), starting ones abandoned."""
+        """``BlockingPool.cancel`` (calls in a worker's inbox fail as queued ones do)."""
         with self._lock:
             calls, workers = self._core.cancel()
             for worker in workers:
@@ -108,8 +94,8 @@ class Closing(Engine[ThreadWorker, Call]):
             kill(worker.pid, worker.client)
 
     def _join(self, deadline: float | None) -> bool:
-        """Join every worker thread, including any a closing pool starts to serve its queue;
-        ``False`` at the deadline."""
+        """Join every worker thread (a closing pool may start more); ``False`` at the
+        deadline."""
         while True:
             with self._lock:
                 threads = list(self._threads)

@@ -1,5 +1,5 @@
-"""What the threads engine watches besides its calls: idle workers that die, its own changes of
-state (for ``wait_until``), the policy's wake times, and the end of the program."""
+"""What the threads engine watches besides its calls: idle workers that die, the policy's wake
+times, its own changes of state (for ``wait_until``), and the end of the program."""
 
 from __future__ import annotations
 
@@ -129,8 +129,7 @@ class Watcher:
 
 
 class Changes:
-    """The pool's changes of state, for ``wait_until``: a count bumped at each (under the
-    pool's lock), and the threads waiting for the next one (notified only if there are)."""
+    """A count bumped at each change (under the pool's lock); waiters notified only if any."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self._cond = threading.Condition(lock)
@@ -143,8 +142,7 @@ class Changes:
             self._cond.notify_all()
 
     def wait_past(self, version: int, deadline: float | None) -> bool:
-        """With the lock held: wait until the state has changed since ``version``; ``False``
-        at the deadline (``time.monotonic()``)."""
+        """With the lock held: ``False`` at the deadline, unchanged since ``version``."""
         while self.version == version:
             wait = remaining(deadline)
             if wait == 0.0:
@@ -184,7 +182,6 @@ exiting: list[bool] = []
 
 
 def opened(pool: Closing) -> None:
-    """``pool`` is open: close it when the main thread ends, if it is still open then."""
     _live.add(pool)
 
 
