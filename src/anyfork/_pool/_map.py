@@ -1,21 +1,16 @@
 """``map`` for every pool face: a job in the pool's queue whose items become calls as workers
 take them, and the delivery of its results in order.
 
-A map is one :class:`MapJob` (a ``_core.Job``): the pool's core cuts the next call from it
-only when a worker can take one (``take``), so each call is sized then, from the time the
-earlier ones took (the RPC layer's ``_batching.Sizer``, as ``Client.map`` does: 1 item first,
-then batches of about 0.1 s), and goes to the least-loaded worker like any call::
+A map is one :class:`MapJob` (a ``_core.Job``) the core cuts the next call from only when a
+worker can take one (``take``), so each call is sized then from the time the earlier ones took
+(``_batching.Sizer``, as ``Client.map`` does)::
 
     consumer ── feed(items) ──> job ── core.schedule: take() ──> unit (1 item: a call;
        ^                                                           n items: a batch) ──> worker
-       └── wait ── on_change <── answered(unit, results, error, duration) <── its outcome
+       └── wait ── on_change <── answered(unit, fut, took) <── its outcome
 
-The items of one call (a :class:`Unit`) run in order in one worker; the results are delivered
-in item order, and the first failure (in item order) is raised at its item's turn, after the
-results before it.  No call is cut after a failure.  :class:`Delivery` is the consumer's side,
-shared by the three faces (their generators only wait: ``await``, a condition, a deadline):
-``Pool.map`` and ``BlockingPool.map`` read their iterables lazily, at most ``max_in_flight``
-calls ahead; ``PoolExecutor.map`` takes every item at once, as ``concurrent.futures`` does.
+No call is cut after a failure.  :class:`Delivery` is the consumer's side, shared by the three
+faces (their generators only wait: ``await``, a condition, a deadline).
 """
 
 from __future__ import annotations
@@ -64,9 +59,8 @@ class Unit:
 
 
 class MapJob(Job[C]):
-    """A map's items and calls (see the module docs).  Thread-safe: the pool's core takes
-    calls under the pool's lock, the engine reports outcomes from any thread, the consumer
-    feeds and reads from its own.
+    """A map's items and calls.  Thread-safe: the core takes calls under the pool's lock, the
+    engine reports outcomes from any thread, the consumer feeds and reads from its own.
 
     Args:
         make: ``make(job, unit)``: the engine's call carrying ``unit``, whose outcome the
@@ -108,8 +102,6 @@ class MapJob(Job[C]):
         #: What failed the items no call carries (the pool was cancelled or interrupted).
         self.error: BaseException | None = None
 
-    # -- feeding ------------------------------------------------------------------------------
-
     def feed(self, columns: list[list[Any]], complete: bool) -> None:
         """Add items (by column, as long as each other, handed over; ``complete``: the last
         ones).  A ``range`` column comes alone, complete: each call carries a slice of it."""
@@ -124,7 +116,7 @@ class MapJob(Job[C]):
             self.complete = self.complete or complete
 
     def size(self) -> int:
-        """The size of the next call, as far as it is known now."""
+        """The size of the next call, as far as known now."""
         sizer = self.sizer
         return self.chunksize if sizer is None else sizer.size
 
@@ -138,7 +130,6 @@ class MapJob(Job[C]):
             return self._uncut()
 
     def in_flight(self) -> int:
-        """Calls cut and not delivered."""
         with self._lock:
             return len(self.pending)
 
@@ -233,13 +224,10 @@ class MapJob(Job[C]):
 
 
 class Delivery:
-    """The consumer's side of a map: reads the iterables lazily, at most ``limit`` calls ahead
-    (``limit=None``: the caller has fed the job every item), gives the results in order and
-    counts them.
-
-    ``requeue(job)`` puts the job back in the pool's queue once it has items again (it leaves
-    the queue when it has none); ``withdraw(call)`` takes back a call that has not started (the
-    map stopped early)."""
+    """Reads the iterables lazily, at most ``limit`` calls ahead (``None``: the caller has fed
+    every item), and counts the results given.  ``requeue(job)`` puts the job back in the
+    pool's queue (it leaves it when it has no items); ``withdraw(unit)`` takes back a call that
+    has not started."""
 
     def __init__(
         self,
@@ -275,7 +263,7 @@ class Delivery:
         self._hook, self._close_bar = _progress_hook(progress, self.total)
 
     def start(self) -> None:
-        """Queue the job (at the map's call, for a map whose items are fed at once)."""
+        """Queue a job fed at once (at the map's call)."""
         if self.job.fed:
             self._requeue(self.job)
 
@@ -318,7 +306,7 @@ class Delivery:
         return None
 
     def delivered(self, unit: Unit) -> None:
-        """``unit``'s results are taken (counted, in order)."""
+        """``unit``'s results are taken (in order)."""
         job = self.job
         with job.changed:
             job.pending.popleft()
@@ -330,8 +318,8 @@ class Delivery:
             self._hook(self.done, self.total)
 
     def close(self) -> None:
-        """The map ends (done, failed or stopped early): calls not started are withdrawn,
-        those running are left to finish (their results are dropped)."""
+        """The map ends (done, failed, stopped): calls not started are withdrawn, those running
+        finish (their results dropped)."""
         for unit in self.job.close():
             self._withdraw(unit)
         self._close_bar()
@@ -355,11 +343,9 @@ def bmap(
     interrupted: Callable[[], object] | None = None,
     timeout_error: type[Exception] = TimeoutError,
 ) -> Generator[Iterator[Any], None, None]:
-    """The results of a map, an iterator per call, in order, waited for (flatten with
-    ``itertools.chain.from_iterable``: no Python code per item); ``timeout_error`` at
-    ``deadline`` (``time.monotonic()``); ``interrupted()`` is called if the wait is
-    interrupted (a ``KeyboardInterrupt``).  The failure after a call's results comes as the
-    next step."""
+    """The results of a map, an iterator per call, in order (see :class:`Results`);
+    ``timeout_error`` at ``deadline`` (``time.monotonic()``); ``interrupted()`` if a wait is
+    interrupted.  The failure after a call's results comes as the next step."""
     job = delivery.job
     error: BaseException | None = None
     try:
@@ -420,8 +406,7 @@ _warned: list[bool] = []  # the warning about tqdm has been given
 def _progress_hook(
     progress: bool | Progress, total: int | None
 ) -> tuple[Progress, Callable[[], object]]:
-    """``(hook(done, total), close())`` for ``progress``: a callable as it is, ``True`` as a
-    tqdm bar (without tqdm: a warning, once per program, and no bar), ``False`` nothing."""
+    """``(hook(done, total), close())`` for ``progress`` (``True``: a tqdm bar, if any)."""
     if callable(progress):
         return progress, lambda: None
     if progress:
