@@ -15,8 +15,7 @@ from ._core import C, PoolCore, W
 from ._map import Delivery, MapJob, Progress, Unit
 from ._policy import positive
 from ._records import PoolStatistics
-from ._system import rss
-from ._worker import Starter, Templates
+from ._worker import Starter, Templates, rss
 
 
 class Engine(Generic[W, C]):

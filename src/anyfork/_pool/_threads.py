@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
-from . import _daemon, _futures, _policy, _watch
+from . import _daemon, _futures, _watch
 from ._core import Halt, Launch, Send
 from ._engine import as_reported, not_reached, opened
 from ._futures import Call, Future, ThreadWorker, drain, fail, run_or_skip
@@ -48,10 +48,6 @@ class ThreadsEngine(Closing):
 
     def _new_worker(self, wid: int, now: float) -> ThreadWorker:
         return ThreadWorker(wid, now)
-
-    @property
-    def settings(self) -> _policy.Settings:
-        return self._core.settings
 
     # -- calls --------------------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""How a pool starts its workers, for both engines (:class:`Starter`), and the checks of a pool's
-arguments."""
+"""How a pool starts its workers, for both engines (:class:`Starter`), its settings from its
+arguments, and what it reads from the operating system (usable CPUs, a worker's memory)."""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
+import os
 import pickle
 import signal
 import sys
@@ -15,7 +17,7 @@ from typing import Any, TypeVar, cast
 
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, SpawnError
-from ._policy import positive
+from ._policy import Settings, positive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -100,14 +102,6 @@ def groups_of(template: Templates) -> list[Group] | None:
     if not groups:
         raise ValueError("a pool's list of templates is empty")
     return groups
-
-
-def capacity(template: Templates, max: int | None) -> int | None:
-    """A pool's ``max``: as given, or (several templates) the sum of their caps."""
-    groups = groups_of(template)
-    if max is None and groups is not None:
-        return sum(group.cap for group in groups)
-    return max
 
 
 def _drop(*args: object) -> None:
@@ -394,3 +388,36 @@ def kill(pid: int | None, client: Facts | None) -> None:
             # Through the process (a remote worker's pid is not one of this host's; its host
             # kills it), as the client itself kills a condemned worker.
             _workers[client].kill(signal.SIGKILL)
+
+
+def settings(
+    template: Templates, max: int | None, idle: int, load: int, start: float, stop: float
+) -> Settings:
+    """The policy's settings from a pool's arguments (``max`` defaults to the caps' sum of
+    several templates, else to the usable CPUs, or ``idle`` if larger), checked."""
+    groups = groups_of(template)
+    if max is None and groups is not None:
+        max = sum(group.cap for group in groups)
+    elif max is None:
+        max = builtins.max(cpu_count(), idle) if isinstance(idle, int) else cpu_count()
+    return Settings(max, idle, load, start, stop)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (``VmRSS``), or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
