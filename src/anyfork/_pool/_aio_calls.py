@@ -49,6 +49,19 @@ class Call(asyncio.Future[Any]):
     timer: asyncio.TimerHandle | None
     timeout: float | None
 
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> None:
+        super().__init__(loop=loop)
+        self.args, self.kwargs, self.timeout, self.on_event = args, kwargs, timeout, on_event
+        self.worker = self.inner = self.timer = self.job = self.unit = self.pool = None
+        self.took = None
+
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False

@@ -63,8 +63,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         on_event: Callable[..., object] | None = None,
     ) -> Call:
         loop = self._bind()
-        call = self._new_call(loop, args, kwargs, timeout)
-        call.on_event = on_event
+        call = Call(loop, args, kwargs, timeout, on_event)
         try:
             self._admit()
         except ClosedError as exc:
@@ -78,20 +77,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._schedule()
         return call
 
-    @staticmethod
-    def _new_call(
-        loop: asyncio.AbstractEventLoop,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Call:
-        call = Call(loop=loop)
-        call.args, call.kwargs = args, kwargs
-        call.worker = call.inner = call.timer = call.job = call.unit = call.on_event = None
-        call.took = None
-        call.timeout = timeout
-        return call
-
     # -- maps ---------------------------------------------------------------------------------
 
     def _queue_job(self, job: MapJob[Call]) -> None:
@@ -103,7 +88,7 @@ class AsyncEngine(Engine[_Worker, Call]):
     def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
         loop = self._loop
         assert loop is not None
-        call = self._new_call(loop, (), {}, None if timeout is None else timeout * unit.n)
+        call = Call(loop, (), {}, None if timeout is None else timeout * unit.n)
         call.job, call.unit, call.pool = job, unit, self
         unit.call = call
         if call.timeout is not None:
@@ -383,13 +368,10 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._bind()
         try:
             await self._wait_until(opened, None)
+            self._check_opened()
         except BaseException:
             await self._aclose(True, None)
             raise
-        error = self._open_error()
-        if error is not None:
-            await self._aclose(True, None)
-            raise error
 
     async def _aclose(self, cancel: bool, timeout: float | None) -> None:
         core = self._core
@@ -411,9 +393,9 @@ class AsyncEngine(Engine[_Worker, Call]):
             self._cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(closed)
-            self._finish_close()
             raise
-        self._finish_close()
+        finally:
+            self._finish_close()
 
     def _finish_close(self) -> None:
         if self._timer is not None:

@@ -110,10 +110,11 @@ class Engine(Generic[W, C]):
         """Ask the core what to do now, and do it."""
         raise NotImplementedError
 
-    def _open_error(self) -> BaseException | None:
-        """Once :func:`opened`: the start-up error if no worker could start."""
+    def _check_opened(self) -> None:
+        """Once :func:`opened`: raise the start-up error if no worker could start."""
         error = self._core.start_error
-        return error if error is not None and self._core.totals.started == 0 else None
+        if error is not None and self._core.totals.started == 0:
+            raise error
 
     def _describe(self, face: str) -> str:
         state = "closed" if self._core.closing else "open"

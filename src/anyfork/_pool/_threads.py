@@ -60,13 +60,10 @@ class ThreadsEngine(Closing):
             return
         try:
             self.wait_until(opened)
+            self._check_opened()
         except BaseException:
             self.close(cancel=True)
             raise
-        error = self._open_error()
-        if error is not None:
-            self.close(cancel=True)
-            raise error
 
     def _open(self) -> None:
         if not self._opened:

@@ -84,9 +84,9 @@ class Watcher:
         """With the pool's lock held: call ``tick()`` at ``at`` (``time.monotonic()``), or
         earlier if an earlier time is asked for (an early look is harmless: the policy looks
         again)."""
+        if self._at is not None and at >= self._at:
+            return  # (read under the pool's lock, which every change of it holds)
         with self._lock:
-            if self._at is not None and at >= self._at:
-                return
             self._at = at
             if self._start() is not None:
                 os.eventfd_write(self._wake, 1)
