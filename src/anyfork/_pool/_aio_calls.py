@@ -1,6 +1,6 @@
-"""The asyncio engine's calls: a pool call is an ``asyncio.Future`` that knows where it is (its
-pool, its worker, the client's call it was sent as), so that cancelling it withdraws or abandons
-it with no task and no done-callback per call; a map's calls carry the items they run."""
+"""The asyncio engine's calls: an ``asyncio.Future`` that knows where it is (its pool, its
+worker, the client's call it was sent as), so that cancelling it withdraws or abandons it with
+no task and no done-callback per call."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ if TYPE_CHECKING:
 
 
 class Call(asyncio.Future[Any]):
-    """A pool call: queued when it is made, sent when a worker takes it; resolves to the result.
-
-    Cancelling it withdraws it while it is queued, and abandons it once sent (as cancelling a
-    client's call does: the async backend cancels it in the worker, the sync backend kills the
-    worker, which then leaves the pool's rotation at once)."""
+    """A pool call (or a map's: its ``job`` and ``unit``); cancelled: see ``Pool``."""
 
     __slots__ = (
         "args",

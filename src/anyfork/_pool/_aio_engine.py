@@ -1,5 +1,10 @@
-"""The asyncio engine under ``anyfork.Pool``: ``Send`` sends the call on the worker's client at
-once, ``Launch`` and ``Halt`` are tasks (``rpc()``, ``aclose()``), ``Wake`` a ``call_at``.
+"""The asyncio engine under ``anyfork.Pool``::
+
+    pool(*args) ── a Call future ── core.schedule(now) ── Send ──> client._submit now; its
+                                                                   reply resolves the Call
+    core ── Launch ──> task: template.fork().rpc(func) ──> core.started / core.start_failed
+         ── Halt ───> task: client.aclose()
+         ── Wake ───> loop.call_at(at, schedule)
 
 No task per call: a call is sent from whatever runs ``schedule`` (the caller, or the callback of
 the call that freed the worker).  The RPC client notices a worker's death (``on_close`` when
@@ -191,6 +196,7 @@ class AsyncEngine(Engine[_Worker, Call]):
             self._lost(worker, None)
 
     # -- the policy loop -------------------------------------------------------------------
+
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is None:

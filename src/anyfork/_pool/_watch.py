@@ -19,7 +19,7 @@ from ._futures import remaining
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._threads_closing import Closing
+    from ._threads import ThreadsEngine
 
 #: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
 _MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
@@ -175,17 +175,17 @@ def died_idle(client: BlockingClient) -> bool:
 # -- the pools still open at exit ------------------------------------------------------------
 
 
-_live: weakref.WeakSet[Closing] = weakref.WeakSet()
+_live: weakref.WeakSet[ThreadsEngine] = weakref.WeakSet()
 #: The program is ending: the pools still open have been closed, and no new call is taken
 #: (``RuntimeError`` from an executor's ``submit``, as the standard library's say).
 exiting: list[bool] = []
 
 
-def opened(pool: Closing) -> None:
+def opened(pool: ThreadsEngine) -> None:
     _live.add(pool)
 
 
-def closed(pool: Closing) -> None:
+def closed(pool: ThreadsEngine) -> None:
     _live.discard(pool)
 
 
