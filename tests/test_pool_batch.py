@@ -7,6 +7,7 @@ too, by hand and by hypothesis."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import random
 from typing import Any
 
@@ -47,10 +48,12 @@ def answer(job: MapJob[Unit], unit: Unit, bad: set[int], took: float = 0.0) -> N
             error = pool_funcs.PoolError(f"item {x}")
             break
         results.append(10 * x)
-    if unit.n == 1:
-        job.answered(unit, None if error else results, error, took)
+    fut: cf.Future[Any] = cf.Future()
+    if unit.n == 1 and error is not None:
+        fut.set_exception(error)
     else:
-        job.answered(unit, BatchResult(results, error), None, took)
+        fut.set_result(results if unit.n == 1 else BatchResult(results, error))
+    job.answered(unit, fut, took, cf.CancelledError)
 
 
 def deliver(job: MapJob[Unit], progress: list[tuple[int, int | None]]) -> tuple[list[Any], Any]:

@@ -6,6 +6,7 @@ runs ``fn`` on the item columns directly (``_rpc_server.batch_calls``), on both 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import contextlib
 import itertools
 import sys
@@ -128,7 +129,9 @@ def test_a_range_is_fed_whole_and_each_call_carries_a_slice_of_it() -> None:
     assert first is not None
     assert job.take(0.0) is None  # max_in_flight=2 calls cut and not delivered
     assert job.units(8) == 0
-    job.answered(first, BatchResult([10, 11, 12]), None, 0.001)
+    answer: cf.Future[Any] = cf.Future()
+    answer.set_result(BatchResult([10, 11, 12]))
+    job.answered(first, answer, 0.001, cf.CancelledError)
     with job.changed:
         assert delivery.next_unit() is first
     delivery.delivered(first)

@@ -310,3 +310,12 @@ def test_max_calls_recycles(face: Face) -> None:
     assert len(set(pids)) == 3
     s = face.wait_until(lambda s: s.retired == 3)
     assert s.died == 0
+
+
+def test_an_idle_worker_beyond_idle_stops_at_the_policys_wake_time(face: Face) -> None:
+    """The policy's ``Wake`` (here: an idle stop ``stop`` seconds after the last call) is kept
+    by every engine: the asyncio engine's timer, the threads engine's watcher thread."""
+    face.open(None, "pool_funcs:double", max=2, idle=0, load=1, start=0, stop=0.1)
+    assert face.call(21) == 42
+    s = face.wait_until(lambda s: s.workers == 0)
+    assert (s.started, s.died, s.calls) == (1, 0, 1)

@@ -235,7 +235,7 @@ def test_the_engines_threads_leave_ctrl_c_to_the_main_thread(face: str) -> None:
     """The kernel gives a process-directed SIGINT to any thread that does not block it, and
     CPython acts on it only in the main thread: if one of the engine's threads took it, a main
     thread asleep in ``result()`` or ``map`` was never woken (a Ctrl-C hang seen under load).
-    Every thread the engine starts (a worker's, the watcher, the clock) blocks it; the
+    Every thread the engine starts (a worker's, the watcher) blocks it; the
     caller's mask is left as it was."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     if face == "BlockingPool":

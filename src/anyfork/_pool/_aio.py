@@ -15,8 +15,7 @@ from .._util import publish
 from ._aio_engine import AsyncEngine
 from ._map import Delivery, Progress, Unit
 from ._records import PoolStatistics
-from ._system import settings
-from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options, settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class Pool(AsyncEngine):
         super().__init__(
             template,
             func,
-            settings(capacity(template, max), idle, load, start, stop),
+            settings(template, max, idle, load, start, stop),
             max_calls,
             max_memory,
             on_error,

@@ -1,6 +1,6 @@
-"""The asyncio engine's calls: a pool call is an ``asyncio.Future`` that knows where it is (its
-pool, its worker, the client's call it was sent as), so that cancelling it withdraws or abandons
-it with no task and no done-callback per call; a map's calls carry the items they run."""
+"""The asyncio engine's calls: an ``asyncio.Future`` that knows where it is (its pool, its
+worker, the client's call it was sent as), so that cancelling it withdraws or abandons it with
+no task and no done-callback per call."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ if TYPE_CHECKING:
 
 
 class Call(asyncio.Future[Any]):
-    """A pool call: queued when it is made, sent when a worker takes it; resolves to the result.
-
-    Cancelling it withdraws it while it is queued, and abandons it once sent (as cancelling a
-    client's call does: the async backend cancels it in the worker, the sync backend kills the
-    worker, which then leaves the pool's rotation at once)."""
+    """A pool call (or a map's: its ``job`` and ``unit``); cancelled: see ``Pool``."""
 
     __slots__ = (
         "args",
@@ -49,6 +45,19 @@ class Call(asyncio.Future[Any]):
     timer: asyncio.TimerHandle | None
     timeout: float | None
 
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        on_event: Callable[..., object] | None = None,
+    ) -> None:
+        super().__init__(loop=loop)
+        self.args, self.kwargs, self.timeout, self.on_event = args, kwargs, timeout, on_event
+        self.worker = self.inner = self.timer = self.job = self.unit = self.pool = None
+        self.took = None
+
     def cancel(self, msg: Any = None) -> bool:
         if not super().cancel(msg):
             return False
@@ -75,5 +84,4 @@ def answered(call: Call) -> None:
     """A map's call is over: its job hears how it went."""
     assert call.job is not None
     assert call.unit is not None
-    error = asyncio.CancelledError() if call.cancelled() else call.exception()
-    call.job.answered(call.unit, None if error is not None else call.result(), error, call.took)
+    call.job.answered(call.unit, call, call.took, asyncio.CancelledError)

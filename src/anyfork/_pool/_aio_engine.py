@@ -1,20 +1,14 @@
-"""The asyncio engine under ``anyfork.Pool``: the pool's core driven by an event loop.
+"""The asyncio engine under ``anyfork.Pool``::
 
-The pool's state and bookkeeping are its core's (``_core.PoolCore``, no I/O); this engine
-carries out the core's effects with the event loop::
-
-    pool(*args) ── a Call future, queued at once ──> core.schedule(now) ── Send ──> the
-        worker's client sends it now (client._submit); its reply resolves the Call
-    core ── Launch ──> task: template.fork().rpc(func)  ──> core.started / core.start_failed
-         ── Halt ───> task: client.aclose()               (idle beyond `idle`, retired, closing)
+    pool(*args) ── a Call future ── core.schedule(now) ── Send ──> client._submit now; its
+                                                                   reply resolves the Call
+    core ── Launch ──> task: template.fork().rpc(func) ──> core.started / core.start_failed
+         ── Halt ───> task: client.aclose()
          ── Wake ───> loop.call_at(at, schedule)
 
 No task per call: a call is sent from whatever runs ``schedule`` (the caller, or the callback of
-the call that freed the worker).  Worker death is noticed by the RPC client (``on_close`` for an
-idle worker, ``on_error`` with calls outstanding): the worker leaves the pool, only its own calls
-fail (``WorkerDiedError``), and the policy replaces it.  A call abandoned while running
-(cancelled, timed out) on a sync-backend worker has its worker killed: that worker leaves the
-rotation at that moment, so no later call is sent to it.
+the call that freed the worker).  The RPC client notices a worker's death (``on_close`` when
+idle, ``on_error`` with calls): only its own calls fail, and the policy replaces it.
 """
 
 from __future__ import annotations
@@ -49,8 +43,7 @@ class _Worker(Worker):
 
 
 class AsyncEngine(Engine[_Worker, Call]):
-    """The machinery of :class:`anyfork.Pool` (which adds the public methods); arguments as for
-    ``_engine.Engine``."""
+    """The machinery of :class:`anyfork.Pool`; arguments as for ``_engine.Engine``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -75,8 +68,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         on_event: Callable[..., object] | None = None,
     ) -> Call:
         loop = self._bind()
-        call = self._new_call(loop, args, kwargs, timeout)
-        call.on_event = on_event
+        call = Call(loop, args, kwargs, timeout, on_event)
         try:
             self._admit()
         except ClosedError as exc:
@@ -90,20 +82,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._schedule()
         return call
 
-    @staticmethod
-    def _new_call(
-        loop: asyncio.AbstractEventLoop,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Call:
-        call = Call(loop=loop)
-        call.args, call.kwargs = args, kwargs
-        call.worker = call.inner = call.timer = call.job = call.unit = call.on_event = None
-        call.took = None
-        call.timeout = timeout
-        return call
-
     # -- maps ---------------------------------------------------------------------------------
 
     def _queue_job(self, job: MapJob[Call]) -> None:
@@ -115,7 +93,7 @@ class AsyncEngine(Engine[_Worker, Call]):
     def _unit(self, timeout: float | None, job: MapJob[Call], unit: Unit) -> Call:
         loop = self._loop
         assert loop is not None
-        call = self._new_call(loop, (), {}, None if timeout is None else timeout * unit.n)
+        call = Call(loop, (), {}, None if timeout is None else timeout * unit.n)
         call.job, call.unit, call.pool = job, unit, self
         unit.call = call
         if call.timeout is not None:
@@ -129,13 +107,12 @@ class AsyncEngine(Engine[_Worker, Call]):
             unit.call.withdraw()
 
     def _send(self, worker: _Worker, call: Call) -> bool:
-        """Send a dispatched call on its worker's client; ``False`` if the worker turned out
-        unable to take it (it has left the pool and the call is queued again)."""
+        """``False`` if the worker turned out unable to take the call (it has left the pool and
+        the call is queued again)."""
         client = worker.client
         assert client is not None
         if not client.usable:
-            # It died, or was condemned, after its last call and before this one was sent:
-            # the call never ran, so it queues again (first); the worker leaves.
+            # Dead or condemned before this call was sent: the call queues again (first).
             self._fail_calls(
                 list(self._core.requeue([call])), ClosedError("the pool was cancelled")
             )
@@ -144,8 +121,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         call.worker = worker
         unit = call.unit
         if unit is None:
-            # The client's own entry point, so that a keyword named "timeout" goes to the
-            # function.
+            # (The client's own entry point: a keyword named "timeout" goes to the function.)
             inner = client._submit(call.args, call.kwargs, call.on_event)
             call.args, call.kwargs = (), {}  # encoded: the call keeps nothing of the caller's
         else:
@@ -192,7 +168,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._schedule()
 
     def _abandon(self, call: Call) -> None:
-        """The caller gave up on ``call`` (it was cancelled)."""
+        """``call`` was cancelled."""
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
@@ -207,8 +183,8 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._give_up(call)
 
     def _give_up(self, call: Call) -> None:
-        """Withdraw a queued call; abandon a sent one: the client cancels it (async backend)
-        or kills the worker (sync backend), and a worker so condemned leaves the rotation now."""
+        """Withdraw a queued call; abandon a sent one as its client does (the sync backend
+        condemns the worker: it leaves the rotation now)."""
         worker, inner = call.worker, call.inner
         if worker is None or inner is None:
             if self._core.withdraw(call):
@@ -232,7 +208,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         return loop
 
     def _schedule(self) -> None:
-        """Ask the core what to do, and do it (re-entrant calls just ask for another round)."""
+        """(Re-entrant calls just ask for another round.)"""
         loop = self._loop
         if loop is None:
             return
@@ -250,7 +226,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._notify()
 
     def _apply(self, effects: list[Any]) -> bool:
-        """Carry out the core's effects; ``False`` if the core must be asked again."""
+        """``False`` if the core must be asked again."""
         loop = self._loop
         assert loop is not None
         settled = True
@@ -327,8 +303,8 @@ class AsyncEngine(Engine[_Worker, Call]):
                     call.exception()  # the pool's cancel failed it: no "never retrieved" log
 
     def _lost(self, worker: _Worker, exc: BaseException | None) -> None:
-        """The worker cannot take calls any more: its connection ended (``on_close`` /
-        ``on_error``), it was found dead, or a call abandoned on it condemned it."""
+        """The worker cannot take calls: its connection ended (``on_close``, ``on_error``), it
+        was found dead, or an abandoned call condemned it."""
         first = self._core.lost(worker)
         if first:
             client = worker.client
@@ -343,17 +319,14 @@ class AsyncEngine(Engine[_Worker, Call]):
 
     def _stop(self, worker: _Worker) -> None:
         worker.stopping = True
-        client = worker.client
-        if client is None:
-            # Still starting: abandon the start (the child sees EOF and exits); closing waits
-            # for that task too.
-            task = worker.task
-            if task is not None and not task.done():
-                task.cancel()
-                self._stoppers.add(task)
-                task.add_done_callback(self._stopper_done)
-            return
-        task = asyncio.ensure_future(self._close_client(client))
+        client, task = worker.client, worker.task
+        if client is not None:
+            task = asyncio.ensure_future(self._close_client(client))
+        else:
+            # Still starting: abandon the start (the child sees EOF); closing waits for it.
+            if task is None or task.done():
+                return
+            task.cancel()
         self._stoppers.add(task)
         task.add_done_callback(self._stopper_done)
 
@@ -398,17 +371,13 @@ class AsyncEngine(Engine[_Worker, Call]):
                 raise not_reached(timeout, stats) from None
 
     async def _open(self) -> None:
-        """Wait for the initial workers; raise the start-up error if none could start."""
         self._bind()
         try:
             await self._wait_until(opened, None)
+            self._check_opened()
         except BaseException:
             await self._aclose(True, None)
             raise
-        error = self._open_error()
-        if error is not None:
-            await self._aclose(True, None)
-            raise error
 
     async def _aclose(self, cancel: bool, timeout: float | None) -> None:
         core = self._core
@@ -430,9 +399,9 @@ class AsyncEngine(Engine[_Worker, Call]):
             self._cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(closed)
-            self._finish_close()
             raise
-        self._finish_close()
+        finally:
+            self._finish_close()
 
     def _finish_close(self) -> None:
         if self._timer is not None:

@@ -21,10 +21,10 @@ from .._rpc._batching import columns_of
 from .._util import publish
 from . import _watch
 from ._map import Delivery, Progress, Results, bmap
+from ._policy import positive
 from ._records import PoolStatistics
-from ._system import settings
 from ._threads import ThreadsEngine
-from ._worker import START_TIMEOUT, Templates, capacity, other_pools_names, rpc_options
+from ._worker import START_TIMEOUT, Templates, other_pools_names, rpc_options, settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class BlockingPool(_Face):
         self._engine = ThreadsEngine(
             template,
             func,
-            settings(capacity(template, max), idle, load, start, stop),
+            settings(template, max, idle, load, start, stop),
             max_calls,
             max_memory,
             on_error,
@@ -284,9 +284,7 @@ class PoolExecutor(_Face, cf.Executor):
                 f"PoolExecutor's first argument is max_workers, as ProcessPoolExecutor's, not "
                 f"{max_workers!r}: give the template and function as template= and func="
             )
-        if max_workers is not None and (
-            not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1
-        ):
+        if max_workers is not None and not positive(max_workers):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -297,10 +295,11 @@ class PoolExecutor(_Face, cf.Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         self._func = func_ref(func) if func is not None else None
         # Built now so that bad settings raise here; workers start with the first submit().
+        pool = settings(template, max_workers, idle, load, start, stop)
         self._engine = ThreadsEngine(
             template,
             self._func or _APPLY,
-            settings(capacity(template, max_workers), idle, load, start, stop),
+            pool,
             max_tasks_per_child,
             max_memory,
             on_error,
@@ -310,7 +309,7 @@ class PoolExecutor(_Face, cf.Executor):
             setup=None if initializer is None else (initializer, tuple(initargs)),
         )
         # The size code written for the standard library's executors reads (Dask does).
-        self._max_workers = self._engine.settings.max
+        self._max_workers = pool.max
 
     def __repr__(self) -> str:
         return self._engine._describe("PoolExecutor")

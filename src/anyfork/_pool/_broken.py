@@ -1,10 +1,7 @@
-"""Pool failures as the standard library's executors report them: a worker that dies fails its
-calls with an exception that is anyfork's ``WorkerDiedError`` and the stdlib's
-``BrokenProcessPool`` both, so code written for ``ProcessPoolExecutor`` (``except
-BrokenProcessPool``) keeps working, although the pool itself is not broken (it replaces the
+"""Pool failures that are also the standard library's ``BrokenProcessPool``, so that code written
+for ``ProcessPoolExecutor`` keeps working (although the pool is not broken: it replaces the
 worker).  Imported on the failure paths only: ``concurrent.futures.process`` brings
-``multiprocessing`` with it.
-"""
+``multiprocessing`` with it."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """The pool's core: its workers, queue, totals and statistics, and what the policy's actions do
 to them.  No I/O: no sockets, no clocks, no threads, no asyncio (time comes in as ``now``, a
-worker's memory through the ``measure`` function the engine gives it).
-
-Both engines hold one ``PoolCore`` (``_aio_engine.AsyncEngine`` under ``Pool``;
-``_threads.ThreadsEngine``, a thread per worker, under ``BlockingPool`` and ``PoolExecutor``).
-They tell it what happened and carry out the effects :meth:`PoolCore.schedule` returns::
+worker's memory through the engine's ``measure``).  Both engines hold one, tell it what
+happened, and carry out the effects :meth:`PoolCore.schedule` returns::
 
     engine ── submit / withdraw / requeue ──────────> queue ──┐
            ── started / start_failed / finished ───> workers ─┼─> _policy.decide(now, view)
@@ -14,15 +11,8 @@ They tell it what happened and carry out the effects :meth:`PoolCore.schedule` r
            <── Halt(worker)         stop it (it has no calls): close its client
            <── Wake(at)             call schedule() again at ``at``
 
-A worker leaves the rotation the moment the pool learns it cannot take calls (it died, or a
-call it ran was abandoned and its worker condemned: :meth:`lost`), so no later call is given
-to it; a call given to a worker found dead before the call was sent is queued again, at the
-front (:meth:`requeue`), never lost.
-
-A ``map`` is one :class:`Job` in the queue: its items are cut into calls (batches) only when a
-worker takes one (:meth:`Job.take`), so each batch is sized from the time the earlier ones took,
-and goes to the least-loaded worker like any call.  The policy counts a job as the calls it
-could still give (:meth:`Job.units`).
+A ``map`` is one :class:`Job` in the queue, counted as the calls it could still give, and cut
+into calls only as workers take them (see ``_map``).
 """
 
 from __future__ import annotations
@@ -34,6 +24,7 @@ from typing import Generic, TypeVar
 
 from .._errors import also_anyfork
 from . import _policy
+from ._policy import positive
 from ._records import PoolStatistics, Totals, Worker
 
 W = TypeVar("W", bound=Worker)
@@ -66,7 +57,7 @@ Effect = Send[W, C] | Launch[W] | Halt[W] | _policy.Wake
 
 
 class Job(Generic[C]):
-    """Many calls queued as one entry (a ``map``), cut into calls as workers take them."""
+    """Many calls queued as one entry (a ``map``: ``_map.MapJob``)."""
 
     def units(self, limit: int) -> int:
         """How many calls it could give now (at most ``limit``; at least 1 while it has
@@ -82,25 +73,9 @@ class Job(Generic[C]):
         raise NotImplementedError
 
 
-def check_recycling(max_calls: int | None, max_memory: int | None) -> None:
-    """Raise ``ValueError`` unless each is ``None`` or a positive int."""
-    for name, value, what in (
-        ("max_calls", max_calls, "an int >= 1"),
-        ("max_memory", max_memory, "a number of bytes >= 1"),
-    ):
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise ValueError(f"{name} is None or {what}, not {value!r}")
-
-
 class PoolCore(Generic[W, C]):
-    """A pool's state and bookkeeping, with no I/O (see the module docs).
-
-    ``new_worker(id, now)`` makes the engine's worker record; ``measure(pid)`` reads a worker's
-    resident memory (used only with ``max_memory``).  Not thread-safe: the threads engine calls
-    it under its lock, the asyncio engine from its loop.
-    """
+    """``new_worker(id, now)`` makes the engine's worker record; ``measure(pid)`` reads a
+    worker's resident memory (for ``max_memory``).  Not thread-safe: see ``Engine._lock``."""
 
     def __init__(
         self,
@@ -111,7 +86,12 @@ class PoolCore(Generic[W, C]):
         new_worker: Callable[[int, float], W],
         measure: Callable[[int], int | None],
     ) -> None:
-        check_recycling(max_calls, max_memory)
+        for name, value, what in (
+            ("max_calls", max_calls, "an int >= 1"),
+            ("max_memory", max_memory, "a number of bytes >= 1"),
+        ):
+            if value is not None and not positive(value):
+                raise ValueError(f"{name} is None or {what}, not {value!r}")
         self.settings = settings
         self.max_calls = max_calls
         self.max_memory = max_memory
@@ -134,7 +114,6 @@ class PoolCore(Generic[W, C]):
     # -- calls ----------------------------------------------------------------------------------
 
     def submit(self, call: C) -> None:
-        """Queue a new call (last)."""
         self.queue.append(call)
 
     def submit_job(self, job: Job[C]) -> None:
@@ -144,8 +123,7 @@ class PoolCore(Generic[W, C]):
             self.queue.append(job)
 
     def withdraw(self, call: C | Job[C]) -> bool:
-        """Take a queued call or job out of the queue (its caller gave up); ``False`` if not
-        queued."""
+        """``False`` if it was not queued."""
         try:
             self.queue.remove(call)
         except ValueError:
@@ -185,9 +163,9 @@ class PoolCore(Generic[W, C]):
         return count
 
     def requeue(self, calls: list[C]) -> list[C]:
-        """Queue calls again, first and in this order: they were given to a worker that turned
-        out dead before they were sent.  Returns those it cannot queue (the pool is
-        cancelled): the engine fails them."""
+        """Queue calls given to a worker found dead before they were sent again, first, in
+        order (never lost).  Returns those it cannot (the pool is cancelled): the engine fails
+        them."""
         if self.cancelled:
             return calls
         self.queue.extendleft(reversed(calls))
@@ -196,8 +174,7 @@ class PoolCore(Generic[W, C]):
     # -- the policy -----------------------------------------------------------------------------
 
     def schedule(self, now: float) -> list[Effect[W, C]]:
-        """Ask the policy what to do now, do the bookkeeping, and return what the engine must
-        carry out, in order."""
+        """Ask the policy, do the bookkeeping; what the engine must carry out, in order."""
         if self.cancelled:
             return []
         s = self.settings
@@ -257,10 +234,8 @@ class PoolCore(Generic[W, C]):
         return True
 
     def start_failed(self, worker: W, exc: BaseException) -> tuple[BaseException, list[C | Job[C]]]:
-        """``worker`` could not start.  Returns the error to report, the exception made an
-        ``AnyforkError`` too (the failure of a pool's own start-up, as for ``rpc()``), and the
-        queued calls the engine must fail with it: all of them when no worker is left to
-        serve them (rather than hang), else none."""
+        """The error to report (also an ``AnyforkError``, as ``rpc()``'s), and the queued calls
+        to fail with it: all of them when no worker is left to serve them, else none."""
         error = also_anyfork(exc) if isinstance(exc, Exception) else exc
         self.forget(worker)
         self.totals.failed_starts += 1
@@ -279,9 +254,8 @@ class PoolCore(Generic[W, C]):
             del self.workers[worker.id]
 
     def finished(self, worker: W, now: float, *, completed: bool, items: int = 1) -> None:
-        """A call given to ``worker`` is over (``completed``: it ran to its end in the worker;
-        not: it was skipped, abandoned, or the worker died; ``items``: the calls a batch
-        carried)."""
+        """``completed``: it ran to its end in the worker (not skipped, abandoned, nor its worker
+        dead); ``items``: the calls a batch carried."""
         if completed:
             self.totals.calls += items
         if worker.dead or worker.stopping:
@@ -295,24 +269,22 @@ class PoolCore(Generic[W, C]):
                 worker.retiring = True
 
     def retire_keyless(self) -> None:
-        """A ``multiprocessing`` Manager appeared after workers started without the parent's
-        authkey (its proxies would be refused there): they get no new calls and are replaced
-        (by workers that have it) as they finish theirs."""
+        """Workers started without the parent's authkey (a Manager appeared since: its proxies
+        would be refused there) are replaced as they finish their calls."""
         for worker in self.workers.values():
             if not worker.keyed:
                 worker.retiring = True
 
     def retire(self, worker: W) -> bool:
-        """``worker`` asked to be replaced: it gets no new calls.  ``True`` if that is news."""
+        """It gets no new calls; ``True`` if that is news."""
         if worker.retiring:
             return False
         worker.retiring = True
         return True
 
     def lost(self, worker: W) -> bool:
-        """``worker`` cannot take calls any more: it died, or the pool decided to kill it.  It
-        leaves the rotation at once (counted as died).  ``True`` the first time, unless the pool
-        was stopping it anyway."""
+        """``worker`` died, or was condemned: it leaves the rotation at once, so no later call
+        is given to it (counted as died).  ``True`` the first time, unless it was stopping."""
         if worker.dead or worker.stopping:
             return False
         worker.dead = True
@@ -324,12 +296,11 @@ class PoolCore(Generic[W, C]):
     # -- closing --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """No new calls; the queue is still served, then every worker stops."""
         self.closing = True
 
     def cancel(self) -> tuple[list[C | Job[C]], list[W]]:
-        """Close the fast way: returns the queued calls and jobs (the engine fails them) and
-        every worker (the engine kills and stops them); from now on nothing is scheduled."""
+        """The queued calls and jobs (to fail) and every worker (to kill); nothing is scheduled
+        any more."""
         self.closing = self.cancelled = True
         calls = list(self.queue)
         self.queue.clear()
@@ -348,7 +319,6 @@ class PoolCore(Generic[W, C]):
     # -- introspection --------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
-        """A snapshot of the workers, the queue and the totals."""
         ws = list(self.workers.values())
         ready = [w for w in ws if w.ready]
         t = self.totals
@@ -366,5 +336,4 @@ class PoolCore(Generic[W, C]):
         )
 
     def worker_pids(self) -> list[int]:
-        """The pids of the ready workers, oldest first."""
         return [w.pid for w in self.workers.values() if w.ready and w.pid is not None]

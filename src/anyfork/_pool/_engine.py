@@ -1,7 +1,5 @@
-"""What both engines share (``_aio_engine.AsyncEngine`` under ``Pool``; ``_threads.ThreadsEngine``
-under ``BlockingPool`` and ``PoolExecutor``): the pool's core and its workers' starter, the check
-every new call passes, a map's job, the outcome of the opening, statistics, and a worker's death
-as a pool reports it.  Each engine adds how it runs calls and workers."""
+"""What both engines (``_aio_engine.AsyncEngine``, ``_threads.ThreadsEngine``) share; each adds
+how it runs calls and workers."""
 
 from __future__ import annotations
 
@@ -14,15 +12,15 @@ from .._core._process import Func
 from .._errors import ClosedError, WorkerDiedError
 from . import _policy
 from ._core import C, PoolCore, W
-from ._map import Delivery, MapJob, Progress, Unit, window_size
+from ._map import Delivery, MapJob, Progress, Unit
+from ._policy import positive
 from ._records import PoolStatistics
-from ._system import rss
-from ._worker import Starter, Templates
+from ._worker import Starter, Templates, rss
 
 
 class Engine(Generic[W, C]):
-    """The state both engines keep: their core (``_core.PoolCore``), read under ``_lock`` (the
-    threads engine's lock; nothing for the asyncio engine, whose loop is its one thread)."""
+    """``_lock`` guards the core (the threads engine's; nothing for the asyncio engine, whose
+    loop is its one thread)."""
 
     _lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
@@ -51,20 +49,18 @@ class Engine(Generic[W, C]):
         self._on_close = on_close
 
     def _new_worker(self, wid: int, now: float) -> W:
-        """The engine's record of a new worker (``PoolCore``'s ``new_worker``)."""
         raise NotImplementedError
 
     def _admit(self) -> None:
-        """A new call (or map): ``ClosedError`` once the pool is closing; workers started without
-        the authkey a Manager's proxies need are replaced (``PoolCore.retire_keyless``)."""
+        """A new call (or map): ``ClosedError`` once closing; workers without the authkey a new
+        Manager's proxies need are replaced."""
         if self._core.closing:
             raise ClosedError("the pool is closed")
         if self._starter.rekey():
             self._core.retire_keyless()
 
     def _job(self, chunksize: int | None, timeout: float | None = None) -> MapJob[C]:
-        """A new map (``_map.MapJob``) whose calls this pool makes; ``timeout``: seconds per item
-        of each of its calls."""
+        """A new map's job; ``timeout``: seconds per item of each of its calls."""
         return MapJob(
             functools.partial(self._unit, timeout),
             chunksize=chunksize,
@@ -73,15 +69,15 @@ class Engine(Generic[W, C]):
         )
 
     def _unit(self, timeout: float | None, job: MapJob[C], unit: Unit) -> C:
-        """The call of a map's ``unit`` (made by the core as a worker takes it)."""
+        """The call carrying ``unit`` (made by the core, as a worker takes it)."""
         raise NotImplementedError
 
     def _queue_job(self, job: MapJob[C]) -> None:
-        """Queue ``job`` (again: it has items to give); ``ClosedError`` once closing."""
+        """Queue ``job`` (again); ``ClosedError`` once closing."""
         raise NotImplementedError
 
     def _withdraw_unit(self, unit: Unit) -> None:
-        """A map stopped early: its call of ``unit`` is withdrawn unless it has started."""
+        """A map stopped early: the call of ``unit`` is withdrawn unless it has started."""
         raise NotImplementedError
 
     def _map(
@@ -92,31 +88,35 @@ class Engine(Generic[W, C]):
         progress: bool | Progress,
         chunksize: int | None,
     ) -> Delivery:
-        """The delivery of a new map (the arguments of ``Pool.map``, checked)."""
+        """A new map (``Pool.map``'s arguments, checked)."""
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        limit = window_size(max_in_flight, self._core.settings)
+        if max_in_flight is None:  # twice the pool's capacity
+            max_in_flight = 2 * self._core.settings.max * self._core.settings.load
+        elif not positive(max_in_flight):
+            raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
         job = self._job(chunksize, timeout)
-        return Delivery(job, iterables, limit, progress, self._queue_job, self._withdraw_unit)
+        return Delivery(
+            job, iterables, max_in_flight, progress, self._queue_job, self._withdraw_unit
+        )
 
     def _retire(self, worker: W) -> None:
-        """``worker`` asked to be replaced (``anyfork.worker.retire()``)."""
+        """``anyfork.worker.retire()``."""
         with self._lock:
             if self._core.retire(worker):
                 self._schedule()
 
     def _schedule(self) -> None:
-        """Ask the core what to do now, and do it (the threads engine: with its lock held)."""
+        """Ask the core what to do now, and do it."""
         raise NotImplementedError
 
-    def _open_error(self) -> BaseException | None:
-        """Once the initial workers have started (:func:`opened`): the start-up error if none
-        could start (the face closes the pool and raises it)."""
+    def _check_opened(self) -> None:
+        """Once :func:`opened`: raise the start-up error if no worker could start."""
         error = self._core.start_error
-        return error if error is not None and self._core.totals.started == 0 else None
+        if error is not None and self._core.totals.started == 0:
+            raise error
 
     def _describe(self, face: str) -> str:
-        """A pool's ``repr``."""
         state = "closed" if self._core.closing else "open"
         s = self.statistics()
         func = self._starter.func
@@ -141,13 +141,11 @@ def opened(stats: PoolStatistics) -> bool:
 
 
 def not_reached(timeout: float | None, stats: PoolStatistics) -> TimeoutError:
-    """The error of a ``wait_until`` whose condition did not hold in time."""
     return TimeoutError(f"the pool did not reach the condition within {timeout} s: {stats}")
 
 
 def as_reported(exc: BaseException) -> BaseException:
-    """``exc`` as the pool reports it: a worker's death is also a ``BrokenProcessPool``
-    (``_broken.died``, imported on this failure path only)."""
+    """``exc`` as the pool reports it (a worker's death: see ``_broken``)."""
     if isinstance(exc, WorkerDiedError):
         from ._broken import died
 

@@ -1,10 +1,6 @@
-"""The threads engine's calls and their ``concurrent.futures`` futures, and the future state
-changes it makes from several threads at once.
-
-A finished call keeps nothing of its caller's: its arguments are dropped once it has run, and
-its future lets go of it once settled, so a future the caller drops is freed at once with its
-result (no reference cycle is left for the collector).
-"""
+"""The threads engine's calls, workers and futures.  A finished call keeps nothing of its
+caller's (its arguments are dropped once it has run, its future lets go of it once settled): a
+dropped future is freed at once with its result, no cycle left for the collector."""
 
 from __future__ import annotations
 
@@ -26,8 +22,6 @@ if TYPE_CHECKING:
 
 
 class ThreadWorker(Worker):
-    """A worker of the threads engine: its client, and the inbox its thread takes calls from."""
-
     __slots__ = ("client", "fd", "inbox")
 
     def __init__(self, wid: int, now: float) -> None:
@@ -40,9 +34,6 @@ class ThreadWorker(Worker):
 
 
 class Call:
-    """A call: its arguments, deadline and future, and where it is; or one call of a map (its
-    ``unit`` of items, from ``job``)."""
-
     __slots__ = (
         "args",
         "claimed",
@@ -71,7 +62,7 @@ class Call:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.on_event = on_event
         self.fut = Future(self, helper)
-        self.worker: ThreadWorker | None = None  # set when a worker is given the call
+        self.worker: ThreadWorker | None = None  # the worker given the call
         self.claimed = False  # someone runs it: that worker's thread, or a waiting caller
         self.job: MapJob[Call] | None = None
         self.unit: Unit | None = None
@@ -79,17 +70,13 @@ class Call:
 
 
 class Future(cf.Future[Any]):
-    """The engine's future, to users a plain ``concurrent.futures.Future``: a caller that waits
-    for it may run the call itself.
+    """To users a plain ``concurrent.futures.Future``, whose waiting caller may run the call.
 
-    A call given to a worker normally waits in that worker's inbox until its thread wakes and
-    runs it: a thread handoff each way, more than the call itself.  A caller blocked in
-    ``result()`` has nothing better to do, so it claims the call and runs it on the worker's
-    own (thread-safe) client; whoever claims first, the caller or the worker's thread, runs it,
-    once.  Callbacks, ``wait`` and ``as_completed`` see no difference.
-
-    A ``KeyboardInterrupt`` in ``result()`` interrupts the pool (see ``ThreadsEngine.interrupt``).
-    """
+    A call in a worker's inbox waits for that worker's thread: a thread handoff each way, more
+    than the call itself.  A caller blocked in ``result()`` has nothing better to do, so it
+    claims the call and runs it on the worker's (thread-safe) client; whoever claims first, the
+    caller or the worker's thread, runs it, once.  A ``KeyboardInterrupt`` in ``result()``
+    interrupts the pool."""
 
     def __init__(self, call: Call, helper: ThreadsEngine) -> None:
         super().__init__()
@@ -117,7 +104,7 @@ class Future(cf.Future[Any]):
 
 
 def run_or_skip(fut: cf.Future[Any]) -> bool:
-    """Mark the future running (``True``), or notify its cancellation once (``False``)."""
+    """Running (``True``), or its cancellation notified once (``False``)."""
     with fut._condition:  # private, see above
         if fut._state == "PENDING":
             return fut.set_running_or_notify_cancel()
@@ -133,8 +120,8 @@ def notify_cancelled(fut: cf.Future[Any]) -> None:
 
 
 def fail(calls: list[Any], error: BaseException) -> None:
-    """Fail calls (and jobs: ``_map.MapJob``) that never reached a worker (outside the pool's
-    lock: callbacks run)."""
+    """Fail calls (and maps' jobs) that never reached a worker (without the pool's lock:
+    callbacks run)."""
     for call in calls:
         if not isinstance(call, Call):
             call.fail(error)  # a map's job: its items not cut yet
@@ -143,7 +130,7 @@ def fail(calls: list[Any], error: BaseException) -> None:
 
 
 def settles(fut: cf.Future[Any], deadline: float) -> bool:
-    """Wait until ``fut`` is done or ``deadline``; ``False`` at the deadline."""
+    """``False`` if ``fut`` is not done by ``deadline``."""
     try:
         fut.exception(remaining(deadline))  # the call's own error is not raised here
     except cf.TimeoutError:
@@ -154,10 +141,8 @@ def settles(fut: cf.Future[Any], deadline: float) -> bool:
 
 
 def invoke(client: BlockingClient, call: Call) -> Any:
-    """Run ``call`` on ``client`` (its lock held): a call, with its own event handler, or a
-    map's call (one item, answered as a one-item list: see ``_map.MapJob.answered``; or a
-    batch), timed for the map's sizes.  ``TimeoutError`` for a call whose deadline has passed
-    before it was sent (it is not sent)."""
+    """Run ``call`` on ``client`` (its lock held); a map's call is timed (for its sizes), one
+    item answered as a one-item list.  ``TimeoutError``, unsent, past its deadline."""
     if call.deadline is not None and time.monotonic() >= call.deadline:
         raise TimeoutError
     unit = call.unit
@@ -174,8 +159,7 @@ def invoke(client: BlockingClient, call: Call) -> Any:
 
 
 def result_of(fut: cf.Future[Any], timeout: float | None) -> Any:
-    """``cf.Future.result(fut, timeout)``, asleep in naps in the main thread (``_daemon.nap``:
-    a Ctrl-C is never lost)."""
+    """``cf.Future.result(fut, timeout)`` in naps (``_daemon.nap``)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         try:
@@ -187,12 +171,12 @@ def result_of(fut: cf.Future[Any], timeout: float | None) -> Any:
 
 
 def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (``time.monotonic()``), never below 0; ``None``: none."""
+    """Seconds left until ``deadline`` (``time.monotonic()``, or ``None``), at least 0."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def drain(inbox: queue.SimpleQueue[Call | None]) -> list[Call]:
-    """Take every call from a worker's inbox (the stop marks go too)."""
+    """Every call in a worker's inbox (the stop marks go too)."""
     calls: list[Call] = []
     while True:
         try:

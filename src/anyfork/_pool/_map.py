@@ -1,21 +1,16 @@
 """``map`` for every pool face: a job in the pool's queue whose items become calls as workers
 take them, and the delivery of its results in order.
 
-A map is one :class:`MapJob` (a ``_core.Job``): the pool's core cuts the next call from it
-only when a worker can take one (``take``), so each call is sized then, from the time the
-earlier ones took (the RPC layer's ``_batching.Sizer``, as ``Client.map`` does: 1 item first,
-then batches of about 0.1 s), and goes to the least-loaded worker like any call::
+A map is one :class:`MapJob` (a ``_core.Job``) the core cuts the next call from only when a
+worker can take one (``take``), so each call is sized then from the time the earlier ones took
+(``_batching.Sizer``, as ``Client.map`` does)::
 
     consumer ── feed(items) ──> job ── core.schedule: take() ──> unit (1 item: a call;
        ^                                                           n items: a batch) ──> worker
-       └── wait ── on_change <── answered(unit, results, error, duration) <── its outcome
+       └── wait ── on_change <── answered(unit, fut, took) <── its outcome
 
-The items of one call (a :class:`Unit`) run in order in one worker; the results are delivered
-in item order, and the first failure (in item order) is raised at its item's turn, after the
-results before it.  No call is cut after a failure.  :class:`Delivery` is the consumer's side,
-shared by the three faces (their generators only wait: ``await``, a condition, a deadline):
-``Pool.map`` and ``BlockingPool.map`` read their iterables lazily, at most ``max_in_flight``
-calls ahead; ``PoolExecutor.map`` takes every item at once, as ``concurrent.futures`` does.
+No call is cut after a failure.  :class:`Delivery` is the consumer's side, shared by the three
+faces (their generators only wait: ``await``, a condition, a deadline).
 """
 
 from __future__ import annotations
@@ -31,28 +26,15 @@ from typing import Any, TypeVar, cast
 from .._rpc._batching import BatchResult, Sizer
 from ._core import Job
 from ._daemon import nap
-from ._policy import Settings
+from ._policy import positive
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import Future
 
 C = TypeVar("C")
 Progress = Callable[[int, "int | None"], object]
-
-
-def window_size(max_in_flight: int | None, settings: Settings) -> int:
-    """``max_in_flight``, checked, or by default twice the pool's capacity (``2 * max * load``)."""
-    if max_in_flight is None:
-        return 2 * settings.max * settings.load
-    if not isinstance(max_in_flight, int) or isinstance(max_in_flight, bool) or max_in_flight < 1:
-        raise ValueError(f"max_in_flight is None or an int >= 1, not {max_in_flight!r}")
-    return max_in_flight
-
-
-def check_chunksize(chunksize: int | None) -> None:
-    """``ValueError`` unless ``chunksize`` is ``None`` (sized from measured times) or an int
-    >= 1 (items per call, as in ``concurrent.futures``)."""
-    if chunksize is not None and (
-        not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1
-    ):
-        raise ValueError(f"chunksize must be >= 1 (or None: sized by the pool), not {chunksize!r}")
 
 
 class Unit:
@@ -77,9 +59,8 @@ class Unit:
 
 
 class MapJob(Job[C]):
-    """A map's items and calls (see the module docs).  Thread-safe: the pool's core takes
-    calls under the pool's lock, the engine reports outcomes from any thread, the consumer
-    feeds and reads from its own.
+    """A map's items and calls.  Thread-safe: the core takes calls under the pool's lock, the
+    engine reports outcomes from any thread, the consumer feeds and reads from its own.
 
     Args:
         make: ``make(job, unit)``: the engine's call carrying ``unit``, whose outcome the
@@ -97,7 +78,10 @@ class MapJob(Job[C]):
         batchable: bool,
         workers: int,
     ) -> None:
-        check_chunksize(chunksize)
+        if chunksize is not None and not positive(chunksize):
+            raise ValueError(
+                f"chunksize must be >= 1 (or None: sized by the pool), not {chunksize!r}"
+            )
         self._make = make
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
@@ -118,8 +102,6 @@ class MapJob(Job[C]):
         #: What failed the items no call carries (the pool was cancelled or interrupted).
         self.error: BaseException | None = None
 
-    # -- feeding ------------------------------------------------------------------------------
-
     def feed(self, columns: list[list[Any]], complete: bool) -> None:
         """Add items (by column, as long as each other, handed over; ``complete``: the last
         ones).  A ``range`` column comes alone, complete: each call carries a slice of it."""
@@ -134,7 +116,7 @@ class MapJob(Job[C]):
             self.complete = self.complete or complete
 
     def size(self) -> int:
-        """The size of the next call, as far as it is known now."""
+        """The size of the next call, as far as known now."""
         sizer = self.sizer
         return self.chunksize if sizer is None else sizer.size
 
@@ -148,7 +130,6 @@ class MapJob(Job[C]):
             return self._uncut()
 
     def in_flight(self) -> int:
-        """Calls cut and not delivered."""
         with self._lock:
             return len(self.pending)
 
@@ -193,16 +174,20 @@ class MapJob(Job[C]):
     # -- the engine's side ------------------------------------------------------------------
 
     def answered(
-        self, unit: Unit, outcome: Any, error: BaseException | None, took: float | None
+        self,
+        unit: Unit,
+        fut: Future[Any] | asyncio.Future[Any],
+        took: float | None,
+        cancelled: type[BaseException],
     ) -> None:
-        """``unit``'s call is over: ``outcome`` is its result (a ``BatchResult`` for a batch,
-        a one-item list for a single call: the engine holds no reference to the item itself,
-        which is its consumer's once delivered), ``error`` what failed the whole call;
-        ``took``: the seconds the worker spent on it (``None``: not known, or it did not
-        run)."""
+        """``unit``'s call is over, its outcome ``fut``'s (a ``BatchResult`` for a batch, a
+        one-item list for a single call: the engine holds no reference to the item itself,
+        which is its consumer's once delivered; cancelled: a ``cancelled()``); ``took``: the
+        seconds the worker spent on it (``None``: not known, or it did not run)."""
+        error = cancelled() if fut.cancelled() else fut.exception()
         if error is not None:
             results: list[Any] = []
-        elif type(outcome) is BatchResult:
+        elif type(outcome := fut.result()) is BatchResult:
             results, error = outcome.results, outcome.error
         else:
             results = outcome
@@ -239,13 +224,10 @@ class MapJob(Job[C]):
 
 
 class Delivery:
-    """The consumer's side of a map: reads the iterables lazily, at most ``limit`` calls ahead
-    (``limit=None``: the caller has fed the job every item), gives the results in order and
-    counts them.
-
-    ``requeue(job)`` puts the job back in the pool's queue once it has items again (it leaves
-    the queue when it has none); ``withdraw(call)`` takes back a call that has not started (the
-    map stopped early)."""
+    """Reads the iterables lazily, at most ``limit`` calls ahead (``None``: the caller has fed
+    every item), and counts the results given.  ``requeue(job)`` puts the job back in the
+    pool's queue (it leaves it when it has no items); ``withdraw(unit)`` takes back a call that
+    has not started."""
 
     def __init__(
         self,
@@ -281,7 +263,7 @@ class Delivery:
         self._hook, self._close_bar = _progress_hook(progress, self.total)
 
     def start(self) -> None:
-        """Queue the job (at the map's call, for a map whose items are fed at once)."""
+        """Queue a job fed at once (at the map's call)."""
         if self.job.fed:
             self._requeue(self.job)
 
@@ -324,7 +306,7 @@ class Delivery:
         return None
 
     def delivered(self, unit: Unit) -> None:
-        """``unit``'s results are taken (counted, in order)."""
+        """``unit``'s results are taken (in order)."""
         job = self.job
         with job.changed:
             job.pending.popleft()
@@ -336,8 +318,8 @@ class Delivery:
             self._hook(self.done, self.total)
 
     def close(self) -> None:
-        """The map ends (done, failed or stopped early): calls not started are withdrawn,
-        those running are left to finish (their results are dropped)."""
+        """The map ends (done, failed, stopped): calls not started are withdrawn, those running
+        finish (their results dropped)."""
         for unit in self.job.close():
             self._withdraw(unit)
         self._close_bar()
@@ -361,11 +343,9 @@ def bmap(
     interrupted: Callable[[], object] | None = None,
     timeout_error: type[Exception] = TimeoutError,
 ) -> Generator[Iterator[Any], None, None]:
-    """The results of a map, an iterator per call, in order, waited for (flatten with
-    ``itertools.chain.from_iterable``: no Python code per item); ``timeout_error`` at
-    ``deadline`` (``time.monotonic()``); ``interrupted()`` is called if the wait is
-    interrupted (a ``KeyboardInterrupt``).  The failure after a call's results comes as the
-    next step."""
+    """The results of a map, an iterator per call, in order (see :class:`Results`);
+    ``timeout_error`` at ``deadline`` (``time.monotonic()``); ``interrupted()`` if a wait is
+    interrupted.  The failure after a call's results comes as the next step."""
     job = delivery.job
     error: BaseException | None = None
     try:
@@ -426,8 +406,7 @@ _warned: list[bool] = []  # the warning about tqdm has been given
 def _progress_hook(
     progress: bool | Progress, total: int | None
 ) -> tuple[Progress, Callable[[], object]]:
-    """``(hook(done, total), close())`` for ``progress``: a callable as it is, ``True`` as a
-    tqdm bar (without tqdm: a warning, once per program, and no bar), ``False`` nothing."""
+    """``(hook(done, total), close())`` for ``progress`` (``True``: a tqdm bar, if any)."""
     if callable(progress):
         return progress, lambda: None
     if progress:

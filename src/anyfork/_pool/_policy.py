@@ -54,13 +54,13 @@ class Settings:
     stop: float = 10.0
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max) or self.max < 1:
+        if not positive(self.max):
             raise ValueError(f"max is the largest number of workers, an int >= 1, not {self.max!r}")
         if not _is_int(self.idle) or self.idle < 0:
             raise ValueError(f"idle is a number of idle workers, an int >= 0, not {self.idle!r}")
         if self.idle > self.max:
             raise ValueError(f"idle ({self.idle}) cannot exceed max ({self.max})")
-        if not _is_int(self.load) or self.load < 1:
+        if not positive(self.load):
             raise ValueError(
                 f"load is the number of concurrent calls per worker, an int >= 1, not {self.load!r}"
             )
@@ -79,6 +79,11 @@ class Settings:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive(value: object) -> bool:
+    """An int >= 1 (not a bool): a count of workers, calls, items or bytes."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""What the threads engine watches besides its calls: idle workers that die, its own changes of
-state (for ``wait_until``), the policy's wake times, and the end of the program."""
+"""What the threads engine watches besides its calls: idle workers that die, the policy's wake
+times, its own changes of state (for ``wait_until``), and the end of the program."""
 
 from __future__ import annotations
 
@@ -19,41 +19,54 @@ from ._futures import remaining
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._threads_closing import Closing
+    from ._threads import ThreadsEngine
 
 #: A worker's end closed (EPOLLRDHUP), reported once until re-armed.
 _MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
 
 
 class Watcher:
-    """Notices idle workers that die, so they are replaced without waiting for a call.
+    """The pool's one thread of its own (started when first needed): it notices idle workers
+    that die, so they are replaced without waiting for a call, and calls ``tick()`` under the
+    pool's lock at the policy's ``Wake`` times (pacing, idle stops).
 
-    One thread per pool (started with its first worker) sleeps in ``epoll`` on every ready
-    worker's socket for ``EPOLLRDHUP`` only: the worker's end was closed.  A reply arriving on a
-    socket does not wake it, so calls cost nothing here.  Each report is one-shot:
-    ``on_hangup(worker)`` looks (the worker may be busy: its call then tells), and calls
+    It sleeps in ``epoll`` on every ready worker's socket for ``EPOLLRDHUP`` only (the worker's
+    end was closed): a reply does not wake it, so calls cost nothing here.  Each report is
+    one-shot: ``on_hangup(worker)`` looks (a busy worker's call tells), and calls
     :meth:`rearm` if the worker lives.  The engine calls :meth:`forget` before the worker's
-    client closes its socket (whose fd number may be reused at once)."""
+    client closes its socket (whose fd number may be reused at once).  The wake time moves with
+    every call that leaves a worker idle, so it is the poll's timeout, not a timer per ``Wake``.
+    Lock order: the pool's lock, then this one's."""
 
-    def __init__(self, on_hangup: Callable[[Any], object]) -> None:
+    def __init__(
+        self, lock: threading.Lock, on_hangup: Callable[[Any], object], tick: Callable[[], object]
+    ) -> None:
+        self._pool_lock = lock
         self._on_hangup = on_hangup
+        self._tick = tick
         self._lock = threading.Lock()
         self._watched: dict[int, object] = {}
         self._epoll: select.epoll | None = None
-        self._stop = -1  # an eventfd that ends the thread
+        self._wake = -1  # an eventfd: the wake time moved earlier, or the thread must end
         self._thread: threading.Thread | None = None
+        self._at: float | None = None
+        self._closed = False
+
+    def _start(self) -> select.epoll | None:
+        """With this lock held: the epoll set, and the thread (once; ``None`` once closed)."""
+        if self._epoll is None and not self._closed:
+            self._epoll = select.epoll()
+            self._wake = os.eventfd(0, os.EFD_CLOEXEC)
+            self._epoll.register(self._wake, select.EPOLLIN)
+            self._thread = _daemon.start(self._run, "anyfork-pool-watch", (self._epoll, self._wake))
+        return self._epoll
 
     def watch(self, fd: int, worker: object) -> None:
         with self._lock:
-            if self._epoll is None:
-                self._epoll = select.epoll()
-                self._stop = os.eventfd(0, os.EFD_CLOEXEC)
-                self._epoll.register(self._stop, select.EPOLLIN)
-                self._thread = _daemon.start(
-                    self._run, "anyfork-pool-watch", (self._epoll, self._stop)
-                )
-            self._watched[fd] = worker
-            self._epoll.register(fd, _MASK)
+            epoll = self._start()
+            if epoll is not None:
+                self._watched[fd] = worker
+                epoll.register(fd, _MASK)
 
     def rearm(self, fd: int, worker: object) -> None:
         with self._lock:
@@ -67,33 +80,56 @@ class Watcher:
                 with contextlib.suppress(OSError):  # closed already: out of the epoll set
                     self._epoll.unregister(fd)
 
-    def _run(self, epoll: select.epoll, stop: int) -> None:
+    def wake_at(self, at: float) -> None:
+        """With the pool's lock held: call ``tick()`` at ``at`` (``time.monotonic()``), or
+        earlier if an earlier time is asked for (an early look is harmless: the policy looks
+        again)."""
+        if self._at is not None and at >= self._at:
+            return  # (read under the pool's lock, which every change of it holds)
+        with self._lock:
+            self._at = at
+            if self._start() is not None:
+                os.eventfd_write(self._wake, 1)
+
+    def _run(self, epoll: select.epoll, wake: int) -> None:
         while True:
-            for fd, _ in epoll.poll():
-                if fd == stop:
-                    return
+            with self._lock:
+                if self._epoll is not epoll:
+                    return  # closed
+                at = self._at
+            for fd, _ in epoll.poll(None if at is None else max(0.0, at - time.monotonic())):
+                if fd == wake:
+                    os.eventfd_read(wake)
+                    continue
                 with self._lock:
                     worker = self._watched.get(fd)
                 if worker is not None:
                     self._on_hangup(worker)
+            if at is not None and time.monotonic() >= at:
+                with self._pool_lock:
+                    with self._lock:
+                        if self._epoll is not epoll:
+                            return
+                        self._at = None  # (only this thread clears it; it only moves earlier)
+                    self._tick()
 
     def close(self) -> None:
-        """End the thread (the pool has closed)."""
+        """End the thread (the pool has closed; without the pool's lock held)."""
         with self._lock:
-            epoll, thread, stop = self._epoll, self._thread, self._stop
-            self._epoll, self._thread, self._stop = None, None, -1
+            epoll, thread, wake = self._epoll, self._thread, self._wake
+            self._epoll, self._thread, self._wake = None, None, -1
+            self._closed = True
             self._watched.clear()
         if thread is not None:
-            os.eventfd_write(stop, 1)
+            os.eventfd_write(wake, 1)
             thread.join()
         if epoll is not None:
             epoll.close()
-            os.close(stop)
+            os.close(wake)
 
 
 class Changes:
-    """The pool's changes of state, for ``wait_until``: a count bumped at each (under the
-    pool's lock), and the threads waiting for the next one (notified only if there are)."""
+    """A count bumped at each change (under the pool's lock); waiters notified only if any."""
 
     def __init__(self, lock: threading.Lock) -> None:
         self._cond = threading.Condition(lock)
@@ -106,8 +142,7 @@ class Changes:
             self._cond.notify_all()
 
     def wait_past(self, version: int, deadline: float | None) -> bool:
-        """With the lock held: wait until the state has changed since ``version``; ``False``
-        at the deadline (``time.monotonic()``)."""
+        """With the lock held: ``False`` at the deadline, unchanged since ``version``."""
         while self.version == version:
             wait = remaining(deadline)
             if wait == 0.0:
@@ -118,53 +153,6 @@ class Changes:
             finally:
                 self._waiting -= 1
         return True
-
-
-class Clock:
-    """The policy's ``Wake`` times (pacing, idle stops): one thread, started on the first one,
-    calls ``tick()`` under the pool's lock at the earliest time asked for.  (The wake time moves
-    with every call that leaves a worker idle, so a timer per ``Wake`` would be a thread per
-    call.)"""
-
-    def __init__(self, lock: threading.Lock, tick: Callable[[], object]) -> None:
-        self._cond = threading.Condition(lock)
-        self._tick = tick
-        self._at: float | None = None
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def wake_at(self, at: float) -> None:
-        """With the lock held: call ``tick()`` at ``at`` (``time.monotonic()``), or earlier if
-        an earlier time is asked for (an early look is harmless: the policy looks again)."""
-        if self._at is not None and at >= self._at:
-            return
-        self._at = at
-        self._cond.notify()
-        if self._thread is None:
-            self._thread = _daemon.start(self._run, "anyfork-pool-clock")
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                at = self._at
-                if at is None:
-                    self._cond.wait()
-                    continue
-                delay = at - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
-                    continue
-                self._at = None
-                self._tick()
-
-    def stop(self) -> None:
-        """End the thread (without the lock held)."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
 
 
 def died_idle(client: BlockingClient) -> bool:
@@ -187,18 +175,17 @@ def died_idle(client: BlockingClient) -> bool:
 # -- the pools still open at exit ------------------------------------------------------------
 
 
-_live: weakref.WeakSet[Closing] = weakref.WeakSet()
+_live: weakref.WeakSet[ThreadsEngine] = weakref.WeakSet()
 #: The program is ending: the pools still open have been closed, and no new call is taken
 #: (``RuntimeError`` from an executor's ``submit``, as the standard library's say).
 exiting: list[bool] = []
 
 
-def opened(pool: Closing) -> None:
-    """``pool`` is open: close it when the main thread ends, if it is still open then."""
+def opened(pool: ThreadsEngine) -> None:
     _live.add(pool)
 
 
-def closed(pool: Closing) -> None:
+def closed(pool: ThreadsEngine) -> None:
     _live.discard(pool)
 
 

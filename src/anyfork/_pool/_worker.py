@@ -1,13 +1,12 @@
-"""How a pool starts its workers, for both engines: the template (the caller's, or the pool's
-own, primed with the RPC server, made again if it dies), the function, and the options passed
-to each worker's ``rpc()`` (with the pool's ``on_retire``), with the
-pool's own start-up step when it has one (``_in_worker.setup``: the parent's multiprocessing
-authkey once a ``multiprocessing.Manager`` may exist, an executor's ``initializer``)."""
+"""How a pool starts its workers, for both engines (:class:`Starter`), its settings from its
+arguments, and what it reads from the operating system (usable CPUs, a worker's memory)."""
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
+import os
 import pickle
 import signal
 import sys
@@ -18,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 from .._core._process import Func, Process, func_ref
 from .._errors import AnyforkError, SpawnError
+from ._policy import Settings, positive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,9 +65,8 @@ Templates = Process | Sequence[tuple[Process, int]] | None
 
 
 class Group:
-    """One of several templates a pool forks from, with its cap (the most workers it starts
-    from it at once) and the clients of the workers it started (weakly: a closed or dead
-    worker's client is not usable any more, and no longer counts)."""
+    """One of several templates, with its cap and its workers' clients (weakly: a closed or
+    dead worker's client is not usable, and no longer counts)."""
 
     __slots__ = ("cap", "clients", "failure", "starting", "template")
 
@@ -76,8 +75,7 @@ class Group:
         self.cap = cap
         self.clients: list[weakref.ref[Client | BlockingClient]] = []
         self.starting = 0  # workers being started from it
-        #: Why starting a worker from it failed: it gets no more workers (a host that fails
-        #: stops receiving calls; only the calls its own workers had fail).
+        #: Why a start from it failed: it gets no more workers (only its own workers' calls fail).
         self.failure: BaseException | None = None
 
     def live(self) -> int:
@@ -87,8 +85,7 @@ class Group:
 
 
 def groups_of(template: Templates) -> list[Group] | None:
-    """The groups of a pool given several templates (``None`` for one template); raises
-    ``TypeError``/``ValueError`` for a malformed list."""
+    """The groups of several templates (``None``: one template), checked."""
     if not isinstance(template, (list, tuple)):
         return None  # one template (or not a template: ``Starter`` says so)
     groups: list[Group] = []
@@ -99,7 +96,7 @@ def groups_of(template: Templates) -> list[Group] | None:
                 f"not {entry!r} in {template!r}"
             )
         cap = entry[1]
-        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        if not positive(cap):
             raise ValueError(f"a template's cap is an int >= 1, not {cap!r}")
         groups.append(Group(entry[0], cap))
     if not groups:
@@ -107,30 +104,20 @@ def groups_of(template: Templates) -> list[Group] | None:
     return groups
 
 
-def capacity(template: Templates, max: int | None) -> int | None:
-    """A pool's ``max``: as given, or (several templates) the sum of their caps."""
-    groups = groups_of(template)
-    if max is None and groups is not None:
-        return sum(group.cap for group in groups)
-    return max
-
-
 def _drop(*args: object) -> None:
-    """The ``on_event`` of a pool's workers when the user gave none."""
+    """The workers' ``on_event`` when the user gave none."""
 
 
 def unexpected(face: str, names: set[str]) -> TypeError:
-    """The error for unknown keyword arguments, naming anyfork's equivalent of the known ones."""
+    """The error for unknown keyword arguments, naming anyfork's names for another pool's."""
     hints = [f"{n}= is {_THEIRS[face][n]}=" for n in sorted(names) if n in _THEIRS.get(face, {})]
     note = f" ({'; '.join(hints)})" if hints else ""
     return TypeError(f"{face}() got unexpected keyword arguments {sorted(names)}{note}")
 
 
 def other_pools_names(face: str) -> Callable[[F], F]:
-    """Decorates the constructor of ``face`` so that a keyword it does not take raises
-    :func:`unexpected`'s ``TypeError`` (which names anyfork's name for another pool's:
-    ``processes= is max=``), instead of Python's.  The signature stays the constructor's own
-    (``inspect.signature`` and type checkers see it)."""
+    """Decorates ``face``'s constructor: an unknown keyword raises :func:`unexpected`'s
+    ``TypeError`` (``processes= is max=``) instead of Python's; the signature stays its own."""
 
     def decorate(init: F) -> F:
         code = init.__code__
@@ -157,7 +144,6 @@ def rpc_options(
     concurrency: int,
     timeout: float | None,
 ) -> dict[str, Any]:
-    """The ``rpc()`` keywords of a pool's constructor, for :class:`Starter`."""
     return {
         "backend": backend,
         "serializer": serializer,
@@ -170,9 +156,10 @@ def rpc_options(
 
 
 class Starter:
-    """What a pool needs to start a worker: its template, its function and the ``rpc()``
-    options (checked at construction, so that a pool raises for bad arguments at once), and
-    the start itself, for either engine: :meth:`start` (asyncio) and :meth:`start_blocking`."""
+    """A pool's template(s), function and ``rpc()`` options (checked at construction: a pool
+    raises for bad arguments at once), and the start of a worker, for either engine.  A pool's
+    own template is primed with the RPC server, and made again if it dies; its own start-up step
+    (``_in_worker.setup``) runs only when it has something to do."""
 
     def __init__(
         self,
@@ -226,7 +213,7 @@ class Starter:
 
     def rekey(self) -> bool:
         """``True`` once, when a ``multiprocessing.Manager`` may exist and workers were started
-        without the authkey its proxies need (the pool replaces them)."""
+        without the authkey its proxies need."""
         if self._keyless and _MANAGERS in sys.modules:
             self._keyless = False
             return True
@@ -234,8 +221,8 @@ class Starter:
 
     def _prepare(self, proc: Process) -> tuple[dict[str, Any], bool]:
         """The ``init`` (and its argument) of a worker about to start; whether it gets the
-        parent's authkey.  The pool's own step only when it has something to do: a worker
-        of a pool without a Manager around nor an initializer imports nothing more."""
+        parent's authkey.  Without a Manager around nor an initializer, a worker imports
+        nothing more."""
         key = None
         if _MANAGERS in sys.modules:
             from multiprocessing import process
@@ -251,18 +238,16 @@ class Starter:
     def _options(
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object] | str
     ) -> dict[str, Any]:
-        """The ``rpc()`` options for one worker: the pool's own plus ``callbacks``
-        (``on_error``, ``on_close``), and ``on_retire()`` for the worker's
-        ``anyfork.worker.retire()``.  Without the user's ``on_event``, events are dropped."""
+        """One worker's ``rpc()`` options: the pool's, ``callbacks`` (``on_error``,
+        ``on_close``), ``on_retire()`` for ``anyfork.worker.retire()``."""
         on_event = self._on_event or _drop
         return dict(self._rpc_options, on_event=on_event, _on_retire=on_retire, **callbacks)
 
     async def start(
         self, on_retire: Callable[[], object], **callbacks: Callable[..., object]
     ) -> tuple[Client, bool]:
-        """Fork a worker and start its RPC server (see :meth:`_options` for the arguments);
-        its client, and whether it has the parent's authkey.  Raises its start-up error (see
-        :meth:`_failed`)."""
+        """Fork a worker and start its RPC server; its client, and whether it has the parent's
+        authkey.  Raises its start-up error (:meth:`_failed`)."""
         for retry in (True, False):
             tmpl = self._get()
             try:
@@ -299,8 +284,7 @@ class Starter:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _get(self) -> Process:
-        """The template to fork the next worker from (the pool's own is made, and every
-        template primed with the RPC server, on first use)."""
+        """The template to fork the next worker from (made and primed on first use)."""
         from .._rpc._start import prime
 
         with self._lock:
@@ -314,9 +298,8 @@ class Starter:
 
     @staticmethod
     def _choose(groups: list[Group]) -> Process:
-        """Several templates: the one with the fewest workers for its cap, among those that
-        have not failed (the policy never asks for more than the caps' sum: ``capacity``).
-        The worker is counted at once, as starting, so that starts in several threads spread."""
+        """The one with the fewest workers for its cap, among those that have not failed; the
+        worker counts at once, as starting, so that starts in several threads spread."""
         roomy = [g for g in groups if g.failure is None and g.live() < g.cap]
         if not roomy:
             failed = [g.failure for g in groups if g.failure is not None]
@@ -340,22 +323,19 @@ class Starter:
                 group.clients.append(weakref.ref(client))
 
     def _release(self, tmpl: Process) -> None:
-        """A start from ``tmpl`` is over (its worker, if any, is counted by its client)."""
+        """A start from ``tmpl`` is over (its worker, if any, counts by its client)."""
         with self._lock:
             group = self._group(tmpl)
             if group is not None:
                 group.starting -= 1
 
     def _failed(self, tmpl: Process, exc: SpawnError, retry: bool) -> BaseException | None:
-        """Starting a worker forked from ``tmpl`` raised ``exc``.  Returns the error to raise,
-        or ``None`` to try once more (only if ``retry``).
+        """The error to raise, or ``None`` to try once more (only if ``retry``).
 
-        The caller's template is the caller's: its death fails the start (``SpawnError``).
-        The pool's own is dropped (the next :meth:`_get` makes a new one, from a new default
-        template if need be): when it merely died, that is worth one more try; when it failed
-        to import the function's module (a typo), the error is that failure, of the type
-        ``rpc()`` raises for the same mistake (``ModuleNotFoundError``, also an
-        ``AnyforkError``), and trying again would only repeat it."""
+        The caller's template is the caller's: its death fails the start.  The pool's own is
+        dropped (the next :meth:`_get` makes a new one): when it merely died, that is worth one
+        more try; when it failed to import the function's module, the error is that failure,
+        of the type ``rpc()`` raises for the same mistake, and a retry would repeat it."""
         if self._groups is not None:
             # That template stops receiving workers; another one is tried (once).
             with self._lock:
@@ -376,7 +356,7 @@ class Starter:
         return None if retry else exc
 
     def close(self) -> None:
-        """Close the pool's own template; the caller's is theirs."""
+        """Close the pool's own template."""
         with self._lock:
             tmpl = self._template if self._owned else None
             if self._owned:
@@ -391,8 +371,7 @@ class Starter:
 
 
 def _own_template(func: str) -> Process:
-    """The template a pool makes when given none: forked from the default template, with the
-    function's module imported once (every worker then forks with it loaded, and shared)."""
+    """A pool's own template: the function's module imported once, shared by every worker."""
     from .._core._templates import new
 
     tmpl = new()
@@ -403,10 +382,42 @@ def _own_template(func: str) -> Process:
 
 
 def kill(pid: int | None, client: Facts | None) -> None:
-    """Kill a worker the pool is closing the fast way, if it runs (a client not yet at its
-    worker's end: the pid is not reused yet)."""
+    """Kill a worker if it runs (its client is usable: the pid is not reused yet)."""
     if pid is not None and client is not None and client.usable:
         with contextlib.suppress(ProcessLookupError):
             # Through the process (a remote worker's pid is not one of this host's; its host
             # kills it), as the client itself kills a condemned worker.
             _workers[client].kill(signal.SIGKILL)
+
+
+def settings(
+    template: Templates, max: int | None, idle: int, load: int, start: float, stop: float
+) -> Settings:
+    """The policy's settings from a pool's arguments (``max`` defaults to the caps' sum of
+    several templates, else to the usable CPUs, or ``idle`` if larger), checked."""
+    groups = groups_of(template)
+    if max is None and groups is not None:
+        max = sum(group.cap for group in groups)
+    elif max is None:
+        max = builtins.max(cpu_count(), idle) if isinstance(idle, int) else cpu_count()
+    return Settings(max, idle, load, start, stop)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (``VmRSS``), or ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
