@@ -117,12 +117,6 @@ LAZY_FORWARDERS = {
 #: Reach-ins that remain, each ``(module, expression)``: whose they are, and why.  The list
 #: only shrinks: an entry that no longer occurs fails ``test_no_stale_reach_in_allowance``.
 REACH_INS = {
-    # Pool engineer: the pool drives the clients' socket and batches directly (hot path).
-    ("anyfork._pool._aio_engine", "client._submit_batch"): "pool: a map's batch, one frame",
-    ("anyfork._pool._aio_engine", "client._sock"): "pool: watches the worker's hang-up",
-    ("anyfork._pool._threads", "client._sock"): "pool: watches the worker's hang-up",
-    ("anyfork._pool._watch", "client._sock"): "pool: watches the worker's hang-up",
-    ("anyfork._pool._futures", "client._call_batch"): "pool: a map's batch, one frame",
     # Not ours: concurrent.futures.Future's state (the lock-free done check of a batch).
     ("anyfork._pool._futures", "fut._state"): "stdlib: concurrent.futures.Future._state",
 }

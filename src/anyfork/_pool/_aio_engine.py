@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ClosedError, WorkerDiedError
+from .._rpc import _for_pools as rpc
 from .._rpc._batching import service_time
 from .._rpc._start import Client
 from .._util import wait_for
@@ -122,16 +123,16 @@ class AsyncEngine(Engine[_Worker, Call]):
         unit = call.unit
         if unit is None:
             # (The client's own entry point: a keyword named "timeout" goes to the function.)
-            inner = client._submit(call.args, call.kwargs, call.on_event)
+            inner = rpc.submit(client, call.args, call.kwargs, call.on_event)
             call.args, call.kwargs = (), {}  # encoded: the call keeps nothing of the caller's
         else:
             assert self._loop is not None
             assert unit.columns is not None
             call.sent = self._loop.time()
             if unit.n == 1:
-                inner = client._submit(unit.args(), {})
+                inner = rpc.submit(client, unit.args(), {})
             else:
-                inner = client._submit_batch(unit.columns)
+                inner = rpc.submit_batch(client, unit.columns)
         call.inner = inner
         inner.add_done_callback(functools.partial(self._returned, call))
         return True
@@ -308,7 +309,7 @@ class AsyncEngine(Engine[_Worker, Call]):
         first = self._core.lost(worker)
         if first:
             client = worker.client
-            if client is not None and client._sock is not None:
+            if client is not None and rpc.sock(client) is not None:
                 # Its client has not finished with it yet: let it do that in its own time
                 # (failing what the worker was running), and make sure the socket goes.
                 self._stop(worker)

@@ -9,6 +9,7 @@ import queue
 import time
 from typing import Any
 
+from .._rpc import _for_pools as rpc
 from ._daemon import nap
 from ._records import Worker
 
@@ -147,13 +148,13 @@ def invoke(client: BlockingClient, call: Call) -> Any:
         raise TimeoutError
     unit = call.unit
     if unit is None:
-        return client._call(call.args, call.kwargs, remaining(call.deadline), call.on_event)
+        return rpc.call(client, call.args, call.kwargs, remaining(call.deadline), call.on_event)
     start = time.monotonic()
     if unit.n == 1:
-        result: Any = [client._call(unit.args(), {}, remaining(call.deadline))]
+        result: Any = [rpc.call(client, unit.args(), {}, remaining(call.deadline))]
     else:
         assert unit.columns is not None
-        result = client._call_batch(unit.columns, remaining(call.deadline))
+        result = rpc.call_batch(client, unit.columns, remaining(call.deadline))
     call.took = time.monotonic() - start
     return result
 

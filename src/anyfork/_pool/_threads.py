@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import AnyforkError, ClosedError, WorkerDiedError
+from .._rpc import _for_pools as rpc
 from . import _daemon, _futures, _watch
 from ._core import Halt, Launch, Send
 from ._engine import Engine, as_reported, not_reached, opened
@@ -213,7 +214,7 @@ class ThreadsEngine(Engine[ThreadWorker, Call]):
             worker.client = client
             ready = self._core.started(worker, client.pid, time.monotonic())
             if ready:
-                sock = client._sock
+                sock = rpc.sock(client)
                 assert sock is not None
                 worker.fd = sock.fileno()
                 self._watcher.watch(worker.fd, worker)
@@ -276,7 +277,7 @@ class ThreadsEngine(Engine[ThreadWorker, Call]):
         # Under the client's lock (which its calls take too), the check that the worker can
         # take the call and the call itself are one step: no other thread's abandoned call can
         # condemn the worker in between.
-        with client._lock:
+        with rpc.lock(client):
             sendable = client.usable and not died_idle(client)
             running = sendable and run_or_skip(call.fut)
             if running:
@@ -356,7 +357,7 @@ class ThreadsEngine(Engine[ThreadWorker, Call]):
         fail(failed, ClosedError("the pool was cancelled"))
         client = worker.client
         if first and client is not None:
-            with client._lock:  # not under a call another thread makes on it
+            with rpc.lock(client):  # not under a call another thread makes on it
                 client.abort()
         if died is not None and worker.dead:
             self._report(died)

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .._rpc import _for_pools as rpc
 from .._rpc._blocking import BlockingClient
 from . import _daemon
 from ._futures import remaining
@@ -163,8 +164,8 @@ def died_idle(client: BlockingClient) -> bool:
     call another thread has in flight on this worker (a waiting caller's, next to the
     worker's thread) makes the socket readable too, with its reply, and taking that for a
     death aborted the client under it (seen under CPU load)."""
-    with client._lock:
-        sock = client._sock
+    with rpc.lock(client):
+        sock = rpc.sock(client)
         if sock is None or sock.fileno() < 0:
             return True
         poller = select.poll()
