@@ -242,3 +242,27 @@ def test_a_pool_map_closed_before_it_is_taken_cannot_be_taken_and_queued_nothing
             assert pool.statistics().queued == 0
 
     asyncio.run(asyncio.wait_for(main(), WAIT))
+
+
+def test_an_executors_map_sends_its_function_once_per_batch() -> None:
+    """``PoolExecutor.map``'s function column is a ``Same``: sliced by the job, pickled as the
+    function and a count (not once per item), run by the worker on the other columns."""
+    import pickle
+
+    from anyfork._child._serializers import Same, get
+
+    fn = batch_funcs.caller
+    column = Same(fn, 10)
+    assert (len(column), list(column), column[3]) == (10, [fn] * 10, fn)
+    part = column[2:7]
+    assert (type(part), len(part), part.value) == (Same, 5, fn)
+    del column[:4]
+    assert len(column) == 6
+    with pytest.raises(IndexError):
+        column[6]
+    assert len(pickle.dumps(Same(fn, 100_000))) < 200  # the count, not 100,000 references
+    codec = get("pickle")
+    columns, n = codec.load_batch(b"".join(codec.dump_batch([Same(fn, 3), [1, 2, 3]])))
+    assert n == 3
+    func, args = batch_calls(_target.apply, columns)
+    assert (func, args) == (fn, [[1, 2, 3]])

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from itertools import repeat as _repeat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
@@ -115,7 +116,9 @@ class Codec:
         if not columns:
             raise ValueError(_NOT_COLUMNS)
         for j, column in enumerate(columns):
-            if type(column) is not list and type(column) is not range:  # (a map of a range)
+            kind = type(column)
+            # (a map of a range; PoolExecutor.map's function column)
+            if kind is not list and kind is not range and kind is not Same:
                 columns[j] = column = _a_list(column, _NOT_COLUMNS)
             if len(column) != len(columns[0]):
                 raise ValueError(_NOT_COLUMNS)
@@ -129,6 +132,35 @@ class Codec:
 
 
 _NOT_COLUMNS = "a batch payload is a list of argument lists, all as long"
+
+
+class Same:
+    """A column of one value ``n`` times: ``PoolExecutor.map``'s function, for ``apply``.
+    Sliced, and pickled, as ``(value, n)``: the value travels once per batch, not once per
+    item, and the worker runs it on the other columns without looking at each item."""
+
+    __slots__ = ("n", "value")
+
+    def __init__(self, value: Any, n: int) -> None:
+        self.value, self.n = value, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        return _repeat(self.value, self.n)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return Same(self.value, len(range(self.n)[index]))
+        range(self.n)[index]  # (IndexError beyond the end)
+        return self.value
+
+    def __delitem__(self, index: slice) -> None:
+        self.n -= len(range(self.n)[index])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Same, (self.value, self.n)
 
 
 def _a_list(value: Any, what: str) -> list[Any]:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._child._serializers import Same
 from .._core._process import Func, Process, func_ref
 from .._errors import ClosedError
 from .._rpc._batching import columns_of
@@ -382,9 +383,9 @@ class PoolExecutor(_Face, cf.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         engine = self._engine
         job = engine._job(chunksize)
-        columns = columns_of(iterables)
+        columns: list[Any] = columns_of(iterables)  # (Same stands in for a list, as range does)
         if self._func is None and columns:
-            columns.insert(0, [fn] * len(columns[0]))  # _apply(fn, *items) in the worker
+            columns.insert(0, Same(fn, len(columns[0])))  # apply(fn, *items) in the worker
         job.feed(columns, True)
         delivery = Delivery(job, (), None, False, engine._queue_job, engine._withdraw_unit)
         try:
