@@ -262,7 +262,8 @@ def test_an_executors_map_sends_its_function_once_per_batch() -> None:
         column[6]
     assert len(pickle.dumps(Same(fn, 100_000))) < 200  # the count, not 100,000 references
     codec = get("pickle")
-    columns, n = codec.load_batch(b"".join(codec.dump_batch([Same(fn, 3), [1, 2, 3]])))
+    given: list[Any] = [Same(fn, 3), [1, 2, 3]]
+    columns, n = codec.load_batch(b"".join(codec.dump_batch(given)))
     assert n == 3
     func, args = batch_calls(_target.apply, columns)
     assert (func, args) == (fn, [[1, 2, 3]])
