@@ -143,13 +143,12 @@ def batch_calls(
     ``_target.apply(fn, *args)`` with ``fn`` over and over in the first column: then ``fn``
     runs on the other columns directly (an ``apply`` frame per item was half a trivial item's
     time).  Checked by identity, in C: no ``__eq__`` of the user's runs."""
-    if func is _target.apply and len(columns) > 1 and type(columns[0]) is _serializers.Same:
-        return columns[0].value, columns[1:]
-    if func is _target.apply and len(columns) > 1 and columns[0]:
+    if func is _target.apply and len(columns) > 1:
         fns = columns[0]
-        fn = fns[0]
-        if all(map(_is, fns, _repeat(fn))):
-            return fn, columns[1:]
+        if type(fns) is _serializers.Same:  # (PoolExecutor.map's: the function once)
+            return fns.value, columns[1:]
+        if fns and all(map(_is, fns, _repeat(fns[0]))):
+            return fns[0], columns[1:]
     return func, columns
 
 
