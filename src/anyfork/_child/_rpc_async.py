@@ -30,8 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class AsyncServer:
-    """Calls run as tasks, at most ``limit`` at once (the rest queue, and reading pauses while
-    the queue is long: a flood of calls cannot swamp the worker); writes are buffered."""
+    """Calls run as tasks, at most ``limit`` at once; reading pauses while the rest queue long."""
 
     def __init__(
         self,
@@ -167,10 +166,7 @@ class AsyncServer:
         dec = self.dec
         dec.buffer_updated(n)
         try:
-            while True:
-                frame = dec.next_frame()
-                if frame is None:
-                    break
+            while (frame := dec.next_frame()) is not None:
                 kind, call_id, payload = frame
                 if kind == W.CANCEL:
                     self._cancel(call_id)

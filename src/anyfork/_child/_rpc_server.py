@@ -1,12 +1,6 @@
-"""The RPC server: the child side of ``anyfork.rpc``, run as ``anyfork._child._rpc_server:serve``.
-
-The frames, the start-up, batches, events, cancellation, EOF and a broken stream: ``_rpc_wire``.
-Backends: ``sync`` (``SyncServer``; nothing imported beyond what a worker has) and ``async``
-(``_rpc_async``, imported with ``asyncio`` only for it).
-
-An exception in the function fails that call only; a ``BaseException`` that is not an
-``Exception`` (``SystemExit``, ``KeyboardInterrupt``) ends the worker, as it would any program.
-``done`` (see ``rpc()``) is not run when the parent has gone (a write error).
+"""The RPC server: the child side of ``anyfork.rpc`` (the protocol: ``_rpc_wire``).  Backends:
+``SyncServer`` and ``_rpc_async`` (imported, with ``asyncio``, only for it).  An exception in the
+function fails that call only; any other ``BaseException`` ends the worker, as any program.
 """
 
 from __future__ import annotations
@@ -45,8 +39,7 @@ def running(what: str, where: str = "an RPC worker") -> Any:
 
 
 class ParentGone(BaseException):
-    """A write failed: the parent has gone (a BaseException: user code does not catch it on its
-    way out of ``worker.event``)."""
+    """A write failed (a BaseException: user code does not catch it out of ``worker.event``)."""
 
 
 def serve(sock: socket.socket, *args: object) -> None:
@@ -109,8 +102,7 @@ def broken_stream(exc: W.RpcWireError) -> bytes:
 
 
 def serialization_error(kind: str, message: str, cause: BaseException) -> bytes:
-    """An ``EncodeError``/``DecodeError`` record (side ``"child"``), by name: the worker never
-    imports the parent side."""
+    """An ``EncodeError``/``DecodeError`` record (side ``"child"``), by name (not imported)."""
     qualname = "EncodeError" if kind == "encode" else "DecodeError"
     return anyfork_error(qualname, f"{message}: {type(cause).__name__}: {cause}", cause)
 
@@ -139,10 +131,9 @@ def frame_chunks(kind: int, call_id: int, chunks: Chunks) -> Chunks:
 def batch_calls(
     func: Callable[..., Any], columns: list[Any]
 ) -> tuple[Callable[..., Any], list[Any]]:
-    """``(f, cols)`` for ``map(f, *cols)``.  A ``PoolExecutor`` map serves
-    ``_target.apply(fn, *args)`` with ``fn`` over and over in the first column: then ``fn``
-    runs on the other columns directly (an ``apply`` frame per item was half a trivial item's
-    time).  Checked by identity, in C: no ``__eq__`` of the user's runs."""
+    """``(f, cols)`` for ``map(f, *cols)``: ``_target.apply`` with one ``fn`` all down the first
+    column (a ``PoolExecutor`` map) runs ``fn`` directly (an ``apply`` frame per item was half a
+    trivial item's time).  Checked by identity, in C: no ``__eq__`` of the user's runs."""
     if func is _target.apply and len(columns) > 1:
         fns = columns[0]
         if type(fns) is _serializers.Same:  # (PoolExecutor.map's: the function once)

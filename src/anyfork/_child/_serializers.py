@@ -1,43 +1,22 @@
 """Serialisers for RPC: how calls, results and events become bytes.  Both sides build the same one.
 
-Built in (by name):
+Built in (by name; the README's table says what each carries): ``"pickle"`` (default; protocol
+5, with big ``bytes``/``bytearray``, up to three containers deep, and every ``PickleBuffer``
+out of band, rebuilt from views of the received frame; in a batch ``bytes`` travel in band:
+looking for big ones would cost more than the calls), ``"cloudpickle"`` (results are loaded
+with plain ``pickle``), ``"json"``, ``"msgpack"`` (``use_bin_type=True``), and ``"bytes"`` /
+``"str"`` (exactly one value per frame: they cannot carry a batch).
 
-``"pickle"`` (default)
-    ``pickle`` protocol 5.  Big ``bytes``/``bytearray`` (64 KiB or more, up to three containers
-    deep) and every ``PickleBuffer`` a value offers (numpy arrays) travel out of band: they are
-    not copied into the pickle stream, and on the receiving side they are rebuilt from views of
-    the received frame.  In a batch (a list of calls, or of results) ``bytes`` travel in band:
-    looking for big ones would cost more than the calls a batch is made for.
-``"cloudpickle"``
-    Like pickle, but lambdas and closures travel too (needs the ``cloudpickle`` package on both
-    sides; results are loaded with plain ``pickle``).
-``"json"``
-    ``json``; tuples arrive as lists, dict keys must be strings.
-``"msgpack"``
-    ``msgpack`` (needs the package on both sides), ``use_bin_type=True``.
-``"bytes"`` / ``"str"``
-    Raw: a call takes exactly one ``bytes`` (or ``str``) argument and no keyword arguments, a
-    result is one such value, an event carries one such value.  The fastest choice for single
-    calls; they cannot carry a batch of calls (a list), so ``map`` sends one call per item.
+**User serialisers**: the object, or its ``"module:attr"`` name; the child imports it by that
+reference.  It needs ``dumps(obj) -> bytes`` and ``loads(data: bytes) -> object`` (raising
+anything: an ``EncodeError``/``DecodeError``), a module with two such functions included.  A
+call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
+event as ``dumps(list_of_args)``, a batch as ``dumps([first_args, second_args, ...])`` (one list
+per parameter) and its results as ``dumps([result, ...])``.  Exceptions raised by the RPC
+function always travel with ``pickle``.
 
-**User serialisers**: pass the object, or name it as ``"module:attr"``; either way the child
-imports it by that reference (an object passed is found as its module's global, or by its
-``__module__`` and ``__qualname__``).  The object needs two methods::
-
-    dumps(obj) -> bytes           # raise anything on failure: it becomes an EncodeError
-    loads(data: bytes) -> object  # raise anything on failure: it becomes a DecodeError
-
-A call travels as ``dumps([list_of_args, dict_of_kwargs])``, a result as ``dumps(result)``, an
-event as ``dumps(list_of_args)``, a batch of calls as ``dumps([first_args, second_args, ...])``
-(one list per parameter, as ``map(func, *columns)`` takes them) and its results as
-``dumps([result, ...])``, so it must handle lists and str-keyed dicts.  Any object with
-those two methods qualifies, a module with two such functions included (``"mymod:codec"`` where
-``codec`` is that module, imported into ``mymod``).
-
-Exceptions raised by the RPC function always travel with ``pickle``, whatever the serialiser.
-
-This module runs in every worker: stdlib only, and ``json``/``msgpack``/``cloudpickle`` are
-imported only when chosen.
+This module runs in every worker: stdlib only; ``json``/``msgpack``/``cloudpickle`` are imported
+only when chosen.
 """
 
 from __future__ import annotations
@@ -104,9 +83,8 @@ class Codec:
         return tuple(value)
 
     def dump_batch(self, columns: list[list[Any]]) -> Chunks:
-        """A batch's arguments by column: lists of plain values serialise (and load) several
-        times faster than lists of tuples."""
-        # A map of a range sends its slices (``_batching.check_columns``): as lists here.
+        """By column: lists of plain values serialise (and load) several times faster than lists
+        of tuples.  A map of a range sends its slices (``_batching.check_columns``) as lists."""
         given: list[Any] = columns  # (a range stands in for a list)
         return self.dump_value([list(c) if type(c) is range else c for c in given])
 
@@ -256,12 +234,8 @@ def _has_big_bytes(value: Any, depth: int) -> bool:
         return len(value) >= OOB_THRESHOLD
     if not depth:
         return False
-    if kind is tuple or kind is list:
-        for item in value:
-            if type(item) in _SCANNED and _has_big_bytes(item, depth - 1):
-                return True
-    elif kind is dict:
-        for item in value.values():
+    if kind is tuple or kind is list or kind is dict:
+        for item in value.values() if kind is dict else value:
             if type(item) in _SCANNED and _has_big_bytes(item, depth - 1):
                 return True
     return False

@@ -1,7 +1,5 @@
-"""RPC, parent side: the calls outstanding on a connection and the answers that settle them
-(no I/O).  A broken answer raises ``RpcWireError`` (the connection fails); a sound one that
-cannot be decoded here is a ``DecodeError`` for that call only.
-"""
+"""RPC, parent side: the calls outstanding and the answers that settle them (no I/O).  A broken
+answer raises ``RpcWireError``; one that cannot be decoded here fails that call only."""
 
 from __future__ import annotations
 
@@ -40,8 +38,7 @@ class Box:
 
 
 class Calls:
-    """The calls outstanding; ``_handle`` settles them from their answers and hands events to
-    ``emit(args, handler)``."""
+    """The calls outstanding; ``_handle`` settles them and hands events to ``emit``."""
 
     #: A frame that answers no call (``READY``, ``FAILED``): the connection's.
     _control: Callable[[int, bytes | bytearray], None]

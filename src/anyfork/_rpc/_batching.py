@@ -1,17 +1,6 @@
-"""Batches of calls, parent side: what one batch answers, and how big the next one should be.
-
-Pure: no I/O, no clock (times are passed in), no asyncio; shared by ``Client.map``,
-``BlockingClient.map`` and the pools.
-
-A batch is one ``CALL_BATCH`` frame (``_child._rpc_wire``): N calls, their arguments by
-column (``columns[j][i]`` is the ``j``-th argument of call ``i``), run in order as one call.
-The sizer chooses batch sizes for cheap calls the way joblib's auto-batching does::
-
-    sizer = Sizer(workers=2)
-    n = sizer.next_size(remaining=len(todo))       # 1 at first
-    ... send todo[:n] as one batch; when it answers, at time `now`:
-    sizer.observe(n, service_time(sent, now, previous_answer_of_that_worker))
-"""
+"""Batches of calls (``CALL_BATCH``, ``_child._rpc_wire``), parent side: what one answers, and
+how big the next should be (as joblib's auto-batching).  Pure (times are passed in); shared by
+both clients' ``map`` and the pools."""
 
 from __future__ import annotations
 
@@ -21,35 +10,24 @@ from typing import Any
 
 __all__ = ["BatchResult", "Sizer", "check_columns", "columns_of", "service_time"]
 
-#: Seconds a batch should take: long enough that the per-frame cost (two frames, a few
-#: syscalls and loop wake-ups, ~0.1 ms) is lost in it, short enough that progress is reported
-#: often and the last batches of a map end close together.  A batch's time is measured in the
-#: parent, so it includes the parent's delays (its consumer taking the results of the batch
-#: before, another thread holding the GIL): with cheap calls on a busy machine, 32,768 items
-#: measured 30 to 90 ms, which a 30 ms target shrank (a third fewer calls per second).
+#: Seconds a batch should take: the per-frame cost (~0.1 ms) is lost in it, and the last batches
+#: of a map end close together.  Measured in the parent, it includes the parent's delays: with
+#: cheap calls on a busy machine 32,768 items took 30 to 90 ms, which a 30 ms target shrank (a
+#: third fewer calls per second).
 TARGET = 0.1
-#: The most a size may grow from a measurement of a batch of ``n`` items: ``n * GROWTH``.
-#: Small batches are dominated by the per-frame cost, so their time per item is an
-#: overestimate; growth by steps keeps an early noisy measurement from overshooting.
+#: A size grows at most ``GROWTH``-fold per measurement: an early, noisy one does not overshoot.
 GROWTH = 8
 #: The largest batch: a bound on one frame's memory when calls cost nothing measurable.
 MAX_SIZE = 1 << 16
-#: Batches a map keeps in flight per worker: the next ones are encoded and sent while one
-#: runs, so that the worker never waits for the parent.
+#: Batches a map keeps in flight per worker, so that the worker never waits for the parent.
 WINDOW = 4
 
 
 class BatchResult:
-    """The outcome of a batch that the worker answered (as a ``concurrent.futures`` chunk's).
-
-    Attributes:
-        results: the results of the items that ran, in order: all of them, or those before
-            the item that failed.
-        error: ``None``, or the exception of item ``len(results)`` (its own type, with the
-            worker's traceback as its ``__cause__``, as for a single call).  If that item
-            raised, the items after it were not run; if its result could not be serialised
-            (an ``EncodeError``, side ``"child"``), they were, and their results are lost.
-    """
+    """The outcome of a batch that the worker answered: the ``results`` of the items that ran,
+    in order, then ``error``, ``None`` or item ``len(results)``'s exception, as a single call's.
+    If that item raised, the items after it were not run; if its result could not be encoded
+    (``EncodeError``, side ``"child"``), they were, and their results are lost."""
 
     __slots__ = ("error", "results")
 
@@ -81,10 +59,8 @@ def columns_of(iterables: Sequence[Iterable[Any]]) -> list[list[Any]]:
 
 def check_columns(columns: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """``columns`` as lists, uncopied if they are; ``ValueError`` unless there is at least one
-    and all are as long.
-
-    A ``range`` stays one: pickle carries its slices in a few bytes and the worker makes the
-    ints, so the parent, which a cheap map keeps busiest, neither makes nor pickles them."""
+    and all are as long.  A ``range`` stays one: pickle carries its slices in a few bytes, so
+    the parent (a cheap map's bottleneck) neither makes nor pickles the ints."""
     if not columns:
         raise ValueError("a batch needs at least one column of arguments")
     out: list[Any] = [c if type(c) is list or type(c) is range else list(c) for c in columns]
@@ -96,32 +72,18 @@ def check_columns(columns: Sequence[Sequence[Any]]) -> list[list[Any]]:
 
 
 def service_time(sent: float, answered: float, previous: float | None) -> float:
-    """How long a worker spent on a batch sent at ``sent``, answered at ``answered``, its
-    previous batch answered at ``previous``: it started when both had happened, so time queued
-    behind earlier batches does not count (a full pipeline does not make items look slower)."""
+    """A batch's time in the worker: from when it was both ``sent`` and ``previous`` (its
+    worker's previous answer) to ``answered`` (time queued behind earlier batches is not its)."""
     start = sent if previous is None or previous < sent else previous
     return max(0.0, answered - start)
 
 
 class Sizer:
-    """Chooses the size of the next batch from how long batches took (see the module docs).
-
-    Sizes start at 1.  A batch of ``n`` items that took ``d`` seconds says ``ideal = target *
-    n / d`` items would take ``target`` (an item's cost, ``d / n``, is overestimated for small
-    ``n``, where the per-frame cost dominates).  Under ``target / 2`` the size grows to
-    ``ideal``, at most ``GROWTH * n``, and never shrinks (an older, smaller batch cannot pull it
-    down); over ``2 * target`` it shrinks to ``ideal`` (at least 1); in between it stays (no
-    oscillation).  ``next_size(remaining)`` keeps at least ``2 * workers`` batches for what is
-    left, so that the last ones spread over the workers and end close together.
-
-    Args:
-        target: seconds a batch should take (positive).
-        workers: workers the batches go to (for the bound on the last batches).
-        max_size: the largest size.
-
-    Raises:
-        ValueError: a target, worker count or size that is not positive.
-    """
+    """The size of the next batch, from 1 up, from how long batches took (``observe``): it
+    grows (by ``GROWTH`` at most) under ``target / 2``, shrinks over ``2 * target``, else stays
+    (no oscillation); ``next_size(remaining)`` leaves at least ``2 * workers`` batches, so that
+    the last ones spread over the workers and end close together.  ``ValueError`` for a
+    ``target``, ``workers`` or ``max_size`` that is not positive."""
 
     __slots__ = ("max_size", "size", "target", "workers")
 

@@ -1,5 +1,4 @@
-"""RPC, parent side: the blocking client: the sans-IO connection driven with ``poll``/``recv``
-under a lock; events are delivered from inside the call that reads them."""
+"""RPC, parent side: the blocking client, driving the connection with ``poll``/``recv``."""
 
 from __future__ import annotations
 
@@ -139,10 +138,8 @@ class BlockingClient(Facts, metaclass=NoPublicConstructor):
         raise exc
 
     def _io_until(self, done: Callable[[], bool], deadline: float | None) -> None:
-        """Write and read until ``done()`` (or EOF).  The socket stays blocking, the writes and
-        opportunistic reads pass ``MSG_DONTWAIT``: with nothing to write and no deadline, the
-        wait for the reply is the ``recv`` itself, one syscall instead of ``poll`` plus ``recv``.
-        """
+        """Write and read until ``done()`` (or EOF).  The socket stays blocking (writes pass
+        ``MSG_DONTWAIT``): with nothing to write and no deadline, the wait is one ``recv``."""
         conn = self._conn
         out = conn.out
         while True:

@@ -1,13 +1,8 @@
-"""RPC, parent side: the asyncio client.
-
-It reads with ``loop.add_reader`` straight into the decoder's buffer and writes from the
-caller, behind ``add_writer`` only when the socket is full: a call costs one future, no task.
-Events are delivered with ``loop.call_soon``, the way a result wakes its caller, so handlers and
-returning calls run in exactly the order the child produced them.
-
-The loop holds the client only weakly (its reader goes through a weak reference): a client
-dropped without ``aclose()``/``abort()`` is finalised (``_dropped``).  A pending call's future
-holds its client, so nothing outstanding is dropped.
+"""RPC, parent side: the asyncio client.  A call costs one future, no task: reads go straight
+into the decoder's buffer, writes leave from the caller (``add_writer`` only when the socket is
+full).  Events go through ``loop.call_soon``, as results wake their callers: all in the child's
+order.  The loop holds the client weakly (``_reader``): one dropped unclosed is finalised; a
+pending call's future holds its client.
 """
 
 from __future__ import annotations
@@ -280,8 +275,7 @@ class Client(Facts, metaclass=NoPublicConstructor):
         self._act(self._conn.abandon(cid, why))
 
     def _kick(self) -> None:
-        """A lone call goes out at once (latency); while others are outstanding, what the rest
-        of this loop iteration queues leaves together, at its end (throughput)."""
+        """A lone call leaves at once; with others outstanding, an iteration's leave at its end."""
         if self._writing or self._corked:
             return
         if len(self._conn.pending) > 1:

@@ -9,11 +9,8 @@ waiting: the calls and their answers (its base, ``_answers.Calls``), the abandon
         |                 \\--EOF, nothing pending (the worker exited) -------> CLOSED
         \\-- FAILED, EOF, broken stream --> BROKEN <-- broken stream, death ---/
 
-Its drivers (``_client`` asyncio, ``_blocking``) write ``out``, feed it what they read
-(``dec.get_buffer()`` + ``received(n)``), deliver the events it hands to ``emit(args,
-handler)``, in order, and act on what its methods return: ``NEED_EXIT_STATUS`` (wait for the
-dead worker's exit status, then ``died``/``start_failure``), ``CLOSED``, ``BROKEN`` (every call
-has failed), ``KILL`` (SIGKILL the worker), ``FLUSH`` (a ``CANCEL`` frame to write).
+Its drivers (``_client``, ``_blocking``) write ``out``, feed it what they read, deliver what
+it hands to ``emit(args, handler)`` in order, and act on what its methods return.
 """
 
 from __future__ import annotations
@@ -97,14 +94,12 @@ class RpcConnection(Calls):
             if isinstance(exc, WorkerDiedError):
                 raise WorkerDiedError(str(exc), exc.pid, exc.returncode) from exc
             raise ClosedError(f"the RPC connection failed: {exc}") from exc
-        if self.closing:
+        if self.closing or (self.kill_reason is None and not self.exited):
             raise ClosedError("the RPC client has been closed")
         if self.kill_reason is not None:  # its SIGKILL is on its way, or done
             why = f"has been killed because {self.kill_reason}"
-        elif self.exited:  # it ended the connection by itself while idle
+        else:  # it ended the connection by itself while idle
             why = f"has exited ({describe_returncode(self.returncode)})"
-        else:
-            raise ClosedError("the RPC client has been closed")
         raise WorkerDiedError(
             f"the RPC worker ({self._who()}) {why}; the call was not sent",
             self.pid,
@@ -119,9 +114,8 @@ class RpcConnection(Calls):
         on_event: Callable[..., object] | None,
         columns: Sequence[Sequence[Any]] | None = None,
     ) -> int:
-        """Queue a call, or given ``columns`` a batch (an empty one: an empty
-        :class:`BatchResult` at once, id 0), for ``waiter``; its id.  ``EncodeError``,
-        ``ValueError`` or why the connection cannot take it: nothing is queued then."""
+        """Queue a call, or given ``columns`` a batch (an empty one is answered at once, id 0),
+        for ``waiter``; its id.  Nothing is queued if it raises."""
         batch = None if columns is None else check_columns(columns)
         if batch is not None and not batch[0]:
             waiter.set_result(BatchResult([]))
@@ -163,9 +157,8 @@ class RpcConnection(Calls):
         return action
 
     def abandon(self, cid: int, why: str) -> str | None:
-        """The caller stopped waiting for call ``cid`` (``why``: "was cancelled"...): ``FLUSH``
-        (async backend) or ``KILL`` (sync: a running Python function cannot be interrupted
-        safely)."""
+        """The caller stopped waiting for call ``cid``: ``FLUSH`` a ``CANCEL`` (async backend) or
+        ``KILL`` (sync: a running Python function cannot be interrupted safely)."""
         if self.pending.pop(cid, None) is None:
             return None
         if self._batches:
@@ -216,12 +209,8 @@ class RpcConnection(Calls):
 
     def received(self, n: int, *, fed: bool = False) -> str | None:
         """``n`` bytes were read into ``dec.get_buffer()`` (``0``: EOF; ``fed``: decoded
-        already): handle every complete frame.
-
-        The one receive boundary: every decoding error fails the connection with
-        ``ProtocolError`` (``BROKEN``); a frame cut by EOF is a death (``NEED_EXIT_STATUS``).
-        A frame leaves the decoder only when handled: a handler's exception (a blocking
-        client's ``on_event``) loses no frame."""
+        already).  The one receive boundary: a decoding error is a ``ProtocolError``, a frame
+        cut by EOF a death; a handler's exception (a blocking ``on_event``) loses no frame."""
         if not fed or not n:
             self.dec.buffer_updated(n)
         eof = not n
@@ -256,8 +245,7 @@ class RpcConnection(Calls):
         return self._broken(err)
 
     def _control(self, kind: int, payload: bytes | bytearray) -> None:
-        """``READY`` or ``FAILED`` (start-up); a ``FAILED`` after it: our stream broke the
-        protocol."""
+        """``READY`` or ``FAILED`` (start-up; after it: our stream broke the protocol)."""
         if self.state == STARTING and kind == W.READY:
             version, pid = W.parse_ready(bytes(payload))
             if version == W.VERSION:

@@ -18,8 +18,7 @@ if TYPE_CHECKING:
 WOULD_BLOCK = "would block"
 #: How long a driver waits for a dead worker's exit status (soon known: its socket is closed).
 EXIT_STATUS_WAIT = 5.0
-#: What ``Process.wait`` raises when the exit status cannot be learnt (in time, or at all: a
-#: template gone, a process adopted): the calls must fail all the same, never hang.
+#: What ``Process.wait`` raises when the exit status cannot be learnt: the calls fail anyway.
 EXIT_UNKNOWN = (TimeoutError, ChildProcessError, OSError, AnyforkError)
 
 

@@ -1,10 +1,7 @@
 """RPC, parent side: the bookkeeping of one ``client.map``, shared by both clients (no I/O).
 
-A map's items go out in frames (:class:`Unit`: a ``CALL`` for one item, a ``CALL_BATCH`` for
-several).  The first exception in item order is the map's; once one is known no more frames are
-sent (those in flight are still waited for: a sync-backend worker would be killed to abandon
-them).  The client sends ``next_unit()`` until ``None`` (``unsent()`` if that fails), waits for
-``wake`` (an answer came), and finally takes ``outcome()``.
+The first exception in item order is the map's; once one is known no frame is sent, but those in
+flight are waited for (abandoning them would kill a sync-backend worker).
 """
 
 from __future__ import annotations
@@ -44,13 +41,9 @@ class Unit:
 
 
 class MapRun:
-    """Which items go out in which frame, their results in order, the first exception.
-
-    ``columns``: the arguments by column (``_batching.columns_of``); ``chunksize``: items per
-    frame (``None``: sized from measured times; one call per item unless ``batchable``);
-    ``clock``: seconds, for the sizer; ``slots``: calls the worker runs at once.  ``ValueError``
-    for a ``chunksize`` that is not a positive int.
-    """
+    """Which items go out in which frame (``next_unit()`` until ``None``), their results in
+    order, the first exception (``outcome()``); ``wake()`` when an answer lets the map go on.
+    ``chunksize=None``: sized from measured times if ``batchable``, else one call per item."""
 
     def __init__(
         self,
@@ -100,14 +93,12 @@ class MapRun:
         remaining = self.n - start
         sizer = self.sizer
         if sizer is None:  # no clock needed
-            n = self.chunksize if self.chunksize < remaining else remaining
-            self.next = start + n
-            self.in_flight += 1
-            return Unit(self, start, n, 0.0)
-        n = sizer.next_size(remaining)
+            n, sent = (self.chunksize if self.chunksize < remaining else remaining), 0.0
+        else:
+            n, sent = sizer.next_size(remaining), self.clock()
         self.next = start + n
         self.in_flight += 1
-        return Unit(self, start, n, self.clock())
+        return Unit(self, start, n, sent)
 
     def batch(self, unit: Unit) -> list[list[Any]]:
         start, end = unit.start, unit.start + unit.n

@@ -1,8 +1,5 @@
-"""RPC, parent side: the frames for the worker, encoded, queued and written with few syscalls.
-
-Small frames are joined into one ``bytearray``; a big buffer (pickle's out-of-band ones) is
-kept as a view of itself: a 10 MiB argument is never copied by us.  The drivers decide when to
-write.
+"""RPC, parent side: the frames for the worker, encoded, queued and written with few syscalls:
+small ones joined into one ``bytearray``, a big buffer kept as a view (never copied by us).
 """
 
 from __future__ import annotations
@@ -92,8 +89,7 @@ class Outbox:
                 self.small = small = bytearray()
 
     def send_some(self, sock: socket.socket) -> bool:
-        """``True`` while output remains.  A write error drops it all: the reader sees EOF and
-        fails what is outstanding."""
+        """``True`` while output remains; a write error drops it all (the reader sees EOF)."""
         flags = self.flags
         small = self.small
         try:

@@ -1,13 +1,7 @@
 """RPC, parent side: ``rpc(proc, func)`` makes a prepared process an RPC server; returns a client.
 
-::
-
-    client = await anyfork.rpc(anyfork.new().require("mymod"), "mymod:work")
-    result = await client(1, 2, key="value")
-    await client.aclose()
-
-The protocol: ``_child._rpc_wire``; the child: ``_child._rpc_server``; the parent's sans-IO
-connection: ``_connection``, driven by ``_client`` (:class:`Client`) and ``_blocking``.
+The protocol: ``_child._rpc_wire``; the child: ``_child._rpc_server``; the connection:
+``_connection``, driven by ``_client`` and ``_blocking``.
 """
 
 from __future__ import annotations
@@ -44,10 +38,8 @@ _primed: weakref.WeakSet[Process] = weakref.WeakSet()
 
 
 def prime(tmpl: Process | None) -> None:
-    """Have the template ``tmpl`` import the RPC server, once, for the workers forked after.
-
-    Imported after the fork, it cost ~10 ms of a worker's ~12 ms start; preloaded in every
-    template, it would make every template (and plain ``new()``) bigger."""
+    """Have the template ``tmpl`` import the RPC server, once: imported after the fork, it cost
+    ~10 ms of a worker's ~12 ms start; preloaded, it would make every template bigger."""
     if tmpl is None or tmpl in _primed:
         return
     _primed.add(tmpl)
