@@ -1,15 +1,6 @@
 """The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits for.
 
-A ``Channel`` owns a socket, a queue of frames to write (with the fds they carry, until the
-kernel has them) and a ``_wire.Decoder`` for the child's reports.  It never blocks (every call
-passes ``MSG_DONTWAIT``, so the socket stays as its owner wants it) and never waits: waits are
-generators that yield ``Wait`` requests, run by ``_drive``, so the asyncio API and its blocking
-twin share every line of protocol logic.
-
-Several coroutines may wait on one channel at once: the asyncio side keeps one fd watcher per
-event loop, channel and direction (``loop.add_reader`` silently replaces the previous callback).
-Writers are woken only once the frame each waits for is written (the watcher writes): a burst of
-thousands of children on one template costs no thousands of wake-ups per event.
+How it never blocks and never waits: docs/design.md, "The parent's channels".
 """
 
 from __future__ import annotations
