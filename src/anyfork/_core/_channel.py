@@ -5,6 +5,7 @@ How it never blocks and never waits: docs/design.md, "The parent's channels".
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import socket
@@ -231,10 +232,8 @@ class Channel:
                 return
             self.write_shut = True
             self._drop_queue()
-            try:
+            with contextlib.suppress(OSError):  # gone already: reading says so
                 sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # gone already: reading says so
             self._wake_all()
 
     def forget(self) -> None:
@@ -316,10 +315,9 @@ class Channel:
     def _wake(self, loop: asyncio.AbstractEventLoop, kind: int) -> None:
         """The fd watcher's callback, on ``loop``'s thread."""
         if kind == WRITE:
-            try:
+            # OSError: the queue is dropped, every writer is done (and will see why).
+            with contextlib.suppress(OSError):
                 self.flush_nowait()
-            except OSError:
-                pass  # the queue is dropped: every writer is done (and will see why)
         with self._lock:
             watch = self._watches.get(loop)
             if watch is None:

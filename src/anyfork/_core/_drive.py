@@ -7,6 +7,7 @@ once what is queued is written, without ever starting a thread.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import sys
 import time
@@ -215,8 +216,6 @@ def deliver(chan: Channel, chain: Sequence[Channel] = ()) -> Op[None]:
 def _flush_nowait(chans: Sequence[Channel]) -> bool:
     done = True
     for each in chans:
-        try:
+        with contextlib.suppress(OSError):
             done = each.flush_nowait() and done
-        except OSError:
-            pass
     return done

@@ -13,6 +13,7 @@ child's ``_returncode`` that got a recycled pid.  The waits are generators run b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -175,10 +176,8 @@ class ProcessProtocol:
                 # Its wait sees EOF now, and the reason (``_death``): a remote child's channel
                 # would stay open, parked at the host's agent (a local one's template closed it).
                 if (sock := child._chan.sock) is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
         elif op == _wire.EXITED:
             pid, code = _wire.unpack_exit(payload)
             self._exited += 1

@@ -7,6 +7,7 @@ parent's main script (``_main.refuse``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -110,10 +111,8 @@ def new_exec(*, python: str | None = None) -> Process:
     chan = Channel(sock)
     if boot:
         chan.queue(boot)
-        try:
+        with contextlib.suppress(OSError):  # dead already: the first wait says how
             chan.flush_nowait()  # it fits the socket buffer: the child starts at once
-        except OSError:
-            pass  # dead already: the first wait says how
     return Process._create(chan, pid=pid, direct=True)
 
 
@@ -133,10 +132,8 @@ def new_from_fh(sock: socket.socket | int) -> Process:
         sock = socket.socket(fileno=sock)
     chan = Channel(sock)
     chan.queue(_wire.frame(_wire.PID))
-    try:
+    with contextlib.suppress(OSError):  # gone already: the first wait says how
         chan.flush_nowait()
-    except OSError:
-        pass  # gone already: the first wait says how (what it reported, or how it died)
     return Process._create(chan)
 
 
