@@ -379,7 +379,7 @@ def _stream(fd: int) -> _socket.socket:
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
-    """Tell a parent that speaks another protocol version so (``_wire`` Rule 3), and exit."""
+    """Tell a parent that speaks another protocol version so (``_wire.version_error``); exit."""
     from . import _records
 
     message = (

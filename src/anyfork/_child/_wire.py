@@ -217,7 +217,8 @@ def unpack_exit(payload: bytes) -> tuple[int, int]:
 
 
 def version_error(record: bytes) -> bytes:
-    """The one thing a child says to a parent that speaks another protocol version (Rule 3)."""
+    """The one thing a child says to a parent that speaks another protocol version (it never
+    changes: docs/design.md)."""
     return frame(ERROR, pack_values(["version", record]))
 
 

@@ -1,8 +1,4 @@
-"""``Lineage``: a process as a template, the base of ``Process``: the commands it is sent, the
-children it forks (and keeps forked ahead: ``_fork_ahead``), what they inherit of the main
-script (``_prepare_func``), letting go.  A command that changes the template discards the
-children forked ahead (they have the old state), and so do ``kill`` and ``close``.
-"""
+"""``Lineage``: a process as a template, the base of ``Process`` (docs/design.md, "Lineage")."""
 
 from __future__ import annotations
 

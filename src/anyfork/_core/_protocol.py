@@ -1,14 +1,7 @@
 """The command protocol of one process, parent side: ``ProcessProtocol``, the base of ``Process``.
 
-It holds what the parent knows of the process (pid, start, failure, its children's exits) and
-is the one receive boundary of its channel: ``_receive`` is the only place reports are read and
-parsed; bytes that break the protocol become a ``ProtocolError`` naming the process, which
-fails it and closes the channel for good.  A child's error records become exceptions through
-``_errors.rebuild``.
-
-A template's children are matched to the FORKED reports in the order of the FORK (and AHEAD)
-frames (``_unforked``, then ``_children`` by pid), so an EXITED report never sets a later
-child's ``_returncode`` that got a recycled pid.  The waits are generators run by ``_drive``.
+``_receive`` is the one place reports are read and parsed; the rest: docs/design.md, "The
+parent's protocol state".
 """
 
 from __future__ import annotations

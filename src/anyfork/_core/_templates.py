@@ -1,8 +1,5 @@
-"""The constructors (``new``, ``new_exec``, ``new_from_fh``, ``start_early``, ``main_template``)
-and the templates they keep per parent process: the default template (exec'd on the first
-``new()``, recreated if it dies, following ``sys.path``) and the early template (the main
-program forked early).  Every constructor refuses to run in a child that is importing its
-parent's main script (``_main.refuse``).
+"""The constructors and the templates they keep per parent process (docs/design.md,
+"Constructors").
 """
 
 from __future__ import annotations
