@@ -1,10 +1,5 @@
-"""Every exception anyfork raises, in one small tree (drawn in docs/design.md, "Error handling").
-
-Errors raised by a child's code travel back as their own type when the parent can rebuild it
-(builtins, and for RPC anything picklable), with the child's traceback attached as ``__cause__``
-(a ``RemoteTraceback``).  Timeouts are the builtin ``TimeoutError``; cancellation propagates
-unchanged.
-"""
+"""Every exception anyfork raises, in one small tree, and ``rebuild`` (both in docs/design.md,
+"Error handling")."""
 
 from __future__ import annotations
 

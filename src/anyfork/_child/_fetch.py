@@ -1,6 +1,5 @@
-"""A forked child's connection, fetched from the host's agent (``anyfork.remote``).
-
-How: docs/design.md, "Remote children's connections".  Runs remotely, on Python 3.8: stdlib only.
+"""A forked child's connection, fetched from the host's agent (``anyfork.remote``; how:
+docs/design.md, "Remote children's connections").  Runs remotely, on Python 3.8: stdlib only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The parent's main script in a child: imported under another name, on demand.
-
-How: docs/design.md, "The main script in a child".
-"""
+"""The parent's main script in a child: imported under another name, on demand (how:
+docs/design.md, "The main script in a child")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""``Socket``: the function's socket in a child that has not loaded the ``socket`` module.
-
-Why and how: docs/design.md, "The function's socket in an exec'd child".
-"""
+"""``Socket``: the function's socket in a child that has not loaded the ``socket`` module (why
+and how: docs/design.md, "The function's socket in an exec'd child")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits for.
-
-How it never blocks and never waits: docs/design.md, "The parent's channels".
-"""
+"""The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits
+for.  How it never blocks and never waits: docs/design.md, "The parent's channels"."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""The two drivers of the protocol generators (``_channel.Op``), and ``release``.
-
-``release`` lets go of a channel once what is queued is written, without starting a thread.
-"""
+"""The two drivers of the protocol generators (``_channel.Op``), and ``release`` (lets go of a
+channel once what is queued is written, without starting a thread)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """``Process``: the public face of a prepared process (the machinery is ``_lineage``'s and
-``_protocol``'s).
-
-Preparation queues and never blocks; the waits are ``_protocol``'s generators (docs/design.md).
+``_protocol``'s): preparation queues and never blocks; waits are ``_protocol``'s generators.
 """
 
 from __future__ import annotations

@@ -107,11 +107,8 @@ class ProcessProtocol:
         return self._failure is None
 
     def _check_exit(self) -> None:
-        """Note a death the OS has already told us about.
-
-        The socket alone can lag: a child the template forked a moment before it died still
-        holds the template's socket until it gets to run and closes it, so for that moment the
-        dead template's socket shows no EOF."""
+        """Note a death the OS has already told us about: the socket can lag (a child forked a
+        moment before its template died holds the template's socket until it runs)."""
         if self._failure is None and self._pid is not None:
             code = _reaper.known(self._pid) if self._direct else self._known_exit_code()
             if code is not None:

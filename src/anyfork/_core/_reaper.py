@@ -1,7 +1,5 @@
-"""Reaping of the processes this process created directly (exec'd ones, early and main templates).
-
-How, without a thread or ``waitpid(-1)``: docs/design.md, "Reaping".
-"""
+"""Reaping of the processes this process created directly (exec'd ones, early and main
+templates), without a thread or ``waitpid(-1)``: docs/design.md, "Reaping"."""
 
 from __future__ import annotations
 

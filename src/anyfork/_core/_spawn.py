@@ -1,8 +1,5 @@
 """Making processes without forking the caller (exec) and by forking the main program (early/main
-templates).
-
-How: docs/design.md, "Exec'd processes".
-"""
+templates).  How: docs/design.md, "Exec'd processes"."""
 
 from __future__ import annotations
 

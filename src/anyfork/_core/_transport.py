@@ -1,8 +1,5 @@
-"""``Transport``: what differs between a process on this machine and one elsewhere.
-
-Every ``Process`` holds one; this class is the local one (socketpairs, the reaper, ``os.kill``),
-and ``anyfork.remote`` has its own, so a remote process is a ``Process`` like any other.  The
-static helpers (``_poll``...) are what a transport may do to a process.
+"""``Transport``: what differs between a process on this machine (this class) and one
+elsewhere (``anyfork.remote``'s); its static helpers are what a transport may do to a process.
 """
 
 from __future__ import annotations
