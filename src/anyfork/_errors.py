@@ -1,30 +1,10 @@
-"""Every exception anyfork raises, in one small tree::
-
-    AnyforkError(Exception)           base of everything below
-    ├── SpawnError                    the process could not be created or died before ``run``:
-    │   │                             exec failed, its template is dead, fork failed
-    │   └── RemoteHostError           a remote host cannot be used: ssh failed (unreachable,
-    │                                 refused, authentication, host key), its Python is missing
-    │                                 or too old, or the connection to it was lost (.host)
-    ├── WorkerDiedError               a process died while calls were outstanding
-    │                                 (.pid, .returncode, .signal)
-    ├── ProtocolError                 the byte stream broke its rules (a bug or a corrupted stream)
-    ├── SerializationError            a value could not be encoded or decoded (.side)
-    │   ├── EncodeError
-    │   └── DecodeError
-    ├── RemoteError                   the child raised an exception the parent could not rebuild
-    │                                 (.type_name, .remote_traceback)
-    └── ClosedError                   a process or client used after ``run``/``close``
-
-Errors raised by a child's code travel back as their own type when the parent can rebuild it
-(builtins, and for RPC anything picklable), with the child's traceback attached as ``__cause__``
-(a ``RemoteTraceback``).  Timeouts are the builtin ``TimeoutError``; cancellation propagates
-unchanged.
-"""
+"""Every exception anyfork raises, in one small tree, and ``rebuild`` (both in docs/design.md,
+"Error handling")."""
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import pickle
 import sys
 
@@ -279,11 +259,9 @@ def _remake(
         also = _ALSO[cls] = type(cls.__name__, (cls, AnyforkError), namespace)
     new = also.__new__(also, *args)
     for name, value in state.items():
-        try:
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
             if getattr(new, name, _MISSING) != value:
                 setattr(new, name, value)
-        except (AttributeError, TypeError, ValueError):
-            pass
     return new
 
 

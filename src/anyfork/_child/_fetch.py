@@ -1,10 +1,5 @@
-"""A forked child's connection, fetched from the host's agent (``anyfork.remote``).
-
-File descriptors do not cross ssh, so the parent parks the child's connection at the host's
-agent under a random token and sends the template a FORK frame without an fd, naming the
-agent's socket and the token; the template fetches the connection here (FETCH and the token;
-the agent answers with it as SCM_RIGHTS) and forks as for any FORK.  No byte of the child's
-channel goes through the agent.  Runs remotely, on Python 3.8: stdlib only.
+"""A forked child's connection, fetched from the host's agent (``anyfork.remote``; how:
+docs/design.md, "Remote children's connections").  Runs remotely, on Python 3.8: stdlib only.
 """
 
 from __future__ import annotations

@@ -1,15 +1,5 @@
-"""The parent's main script in a child: imported under another name, on demand.
-
-A MAIN command tells the child where the parent's main script is (a path, or the module of
-``python -m``); the child imports it as ``__mp_main__``, as ``multiprocessing`` does (its
-``if __name__ == "__main__":`` block does not run), and makes it ``sys.modules["__main__"]``,
-so that both ``__main__:f`` and a pickled ``__main__.f`` find it.  At once if the parent asked
-(a template: its children share the import), else when a name is first missing from
-``__main__`` (a name defined with ``eval`` costs no import).
-
-While the import runs, anyfork's entry points raise ``StopMainImport``, which ends the import at
-that line: a script without the guard would otherwise start processes of its own, for ever.
-"""
+"""The parent's main script in a child: imported under another name, on demand (how:
+docs/design.md, "The main script in a child")."""
 
 from __future__ import annotations
 

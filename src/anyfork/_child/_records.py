@@ -2,15 +2,7 @@
 
 The command server sends one when a command fails (``_wire.ERROR``), the RPC server when start-up
 fails (``FAILED``) and when a call raises (``ERROR``).  The parent turns a record back into an
-exception in one place, ``anyfork._errors.rebuild``.
-
-Record: five fields, each a u32 (BE) length and that many bytes::
-
-    pickled exception (b"" when it does not survive a pickle round trip)
-    type module          (UTF-8)
-    type qualname        (UTF-8)
-    message, str(exc)    (UTF-8)
-    formatted traceback  (UTF-8)
+exception in one place, ``anyfork._errors.rebuild``.  Its layout: docs/design.md.
 
 Stdlib only, and cheap: ``pickle`` and ``traceback`` are imported on the error path only.
 Rule: every decoding error is ``RecordError``; the parent turns it into ``ProtocolError``.

@@ -4,25 +4,7 @@ It is loaded into every exec'd interpreter and lives in every fork, so it import
 and builtin modules; the rest (``socket``, ``fcntl``, ``select``, ``traceback``) on the path
 that needs it, and a template imports what its children need before its first fork.
 
-Rules:
-
-* Read exactly one frame at a time (``_wire.Decoder.want``): a frame's fds are never swallowed
-  by an earlier read.
-* Before ``run`` the child writes only its own reports; after RUNNING nothing: the socket
-  belongs to the function.
-* A process never blocks on its creator: reports go out from a buffer, coalesced, whenever the
-  socket takes them (a template blocked in a write would stop forking).  Only a process about
-  to exit or to run its function waits for them to be written, reaping meanwhile.
-* Every command received is carried out, in order, even after the creator has let go
-  ("configure and forget"); then EOF ends the process, and ``run`` with the creator gone exits.
-  A template whose creator only shut its writing side reports its children's exits until none
-  is left (``Forker.linger``); after a hangup it exits at once.
-* A failed command (or a frame that breaks the protocol, as ``ProtocolError``) is reported
-  (ERROR) and ends the process: a half-prepared process is worse than none.  A failed fork is
-  reported (FORK_FAILED) and the template serves on.
-* A template reports each child's pid (FORKED) or failure (FORK_FAILED) in the order of the FORK
-  and AHEAD frames, and reaps its children at once (SIGCHLD through a wakeup fd), reporting
-  their exits (EXITED): no zombies, and the creator can say how a grandchild died.
+Its rules: docs/design.md, "The command server".
 """
 
 from __future__ import annotations
@@ -329,14 +311,9 @@ class Server(Forker):
         self.serve()  # dropped by its creator before it even started: exits quietly
 
     def _warm_up(self) -> None:
-        """Go once through what ``run`` will do, without doing it, while nobody waits for us.
-
-        A forked child shares its memory with its template until it writes to it: the first
-        run of any code (reference counts, the interpreter's caches, the frames it allocates)
-        copies page after page, at a few microseconds each.  Done here, after STARTED (and
-        usually well before ``run``: a child forked ahead of need), that copying is no longer
-        between the parent's ``run`` and the function's first byte (measured: about half the
-        page copies of that path, a fifth of its time)."""
+        """Go once through what ``run`` will do, without doing it, while nobody waits: the
+        pages it copies from the template are then not copied between ``run`` and the first
+        byte (measured: half that path's page copies, a fifth of its time; docs/design.md)."""
         decoder = _wire.Decoder(_wire.COMMANDS)
         decoder.receive(_wire.frame(_wire.RUN, _wire.pack_values(["socket:socket"])))
         frame = decoder.next_frame()
@@ -402,7 +379,7 @@ def _stream(fd: int) -> _socket.socket:
 
 
 def _refuse_version(fd: int, version: str) -> NoReturn:
-    """Tell a parent that speaks another protocol version so (``_wire`` Rule 3), and exit."""
+    """Tell a parent that speaks another protocol version so (``_wire.version_error``); exit."""
     from . import _records
 
     message = (

@@ -1,13 +1,5 @@
-"""``Socket``: the function's socket in a child that has not loaded the ``socket`` module.
-
-``import socket`` costs a fresh interpreter about 5 ms (``enum``, ``selectors``), close to the
-whole start-up of ``python -S``.  So a function gets a ``socket.socket`` whenever ``socket`` is
-loaded by the time it starts (always in forked children: templates preload it), otherwise this
-subclass of the C socket type, which has every method of ``socket.socket`` with the same
-behaviour (``isinstance`` apart): ``socket.py``'s own methods are borrowed on first use
-(``__getattr__``); those it overrides on the C type (``close``, ``detach``, ``family``...) are
-defined here, as lookup would find the C versions first.
-"""
+"""``Socket``: the function's socket in a child that has not loaded the ``socket`` module (why
+and how: docs/design.md, "The function's socket in an exec'd child")."""
 
 from __future__ import annotations
 

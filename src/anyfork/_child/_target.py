@@ -64,11 +64,8 @@ def resolve(ref: str) -> Callable[..., object]:
 
 
 def lib(name: str) -> Any:
-    """A module, by dict lookup when it is loaded already.
-
-    In a freshly forked child an ``import`` statement goes through the import machinery, whose
-    writes copy pages a dict lookup leaves shared: measured at a fifth of a forked child's cost
-    on its way to ``run`` (bench: 711 -> 895 processes/s)."""
+    """A module, by dict lookup when loaded: an ``import`` statement's machinery copies pages
+    in a forked child (measured: a fifth of its cost on the way to ``run``, 711 -> 895/s)."""
     module = sys.modules.get(name)
     if module is None:
         __import__(name)

@@ -4,28 +4,9 @@ This module is imported into every template and every worker, so it imports noth
 half of ``struct`` (``_struct``: the Python half is one more file for a fresh interpreter to find
 and load) and no ``typing`` (annotations are strings, see ``from __future__``).
 
-Frame::
-
-    +--------+----------------------+------------------+
-    | op: u8 | length: u32 (BE)     | payload (length) |
-    +--------+----------------------+------------------+
-
-File descriptors ride on a frame (``FDS``, ``FORK``, ``AHEAD``) as SCM_RIGHTS ancillary data,
-delivered with its first byte.  A receiver reads exactly one header, then one payload
-(``Decoder.want()``), so it never swallows the bytes (and fds) of a frame that is not its own,
-nor a byte of the user's stream after ``RUNNING``.
-
-Sizes: payloads are at most ``MAX_COMMAND`` (commands) or ``MAX_REPORT`` (reports) bytes; a
-header claiming more is a ``WireError`` before any payload is read, and ``want()`` never asks
-for more than ``MAX_READ``: what a reader allocates grows with what arrived, not with a claim.
-
-Rule 1: nothing here touches a socket, a clock or the filesystem.
-Rule 2: every decoding error is ``WireError``; the caller decides what it means (the parent turns
-it into ``anyfork.ProtocolError`` at its one receive boundary, ``ProcessProtocol._receive``; the
-child reports it and exits).
-Rule 3: what a child says when the parent speaks another protocol version never changes: a
-``frame(ERROR, pack_values(["version", record]))`` (``version_error``), the header layout, the
-ERROR opcode, ``pack_values`` and the error record (``_records``) being the same in every version.
+Frames, sizes and the version rule: docs/design.md, "The command protocol".  Nothing here
+touches a socket, a clock or the filesystem; every decoding error is ``WireError``, and the
+caller decides what it means (the parent: ``ProtocolError``, at ``ProcessProtocol._receive``).
 """
 
 from __future__ import annotations
@@ -236,7 +217,8 @@ def unpack_exit(payload: bytes) -> tuple[int, int]:
 
 
 def version_error(record: bytes) -> bytes:
-    """The one thing a child says to a parent that speaks another protocol version (Rule 3)."""
+    """The one thing a child says to a parent that speaks another protocol version (it never
+    changes: docs/design.md)."""
     return frame(ERROR, pack_values(["version", record]))
 
 

@@ -1,19 +1,9 @@
-"""The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits for.
-
-A ``Channel`` owns a socket, a queue of frames to write (with the fds they carry, until the
-kernel has them) and a ``_wire.Decoder`` for the child's reports.  It never blocks (every call
-passes ``MSG_DONTWAIT``, so the socket stays as its owner wants it) and never waits: waits are
-generators that yield ``Wait`` requests, run by ``_drive``, so the asyncio API and its blocking
-twin share every line of protocol logic.
-
-Several coroutines may wait on one channel at once: the asyncio side keeps one fd watcher per
-event loop, channel and direction (``loop.add_reader`` silently replaces the previous callback).
-Writers are woken only once the frame each waits for is written (the watcher writes): a burst of
-thousands of children on one template costs no thousands of wake-ups per event.
-"""
+"""The parent's end of a process socket: ``Channel``, and ``Wait``, what a protocol step waits
+for.  How it never blocks and never waits: docs/design.md, "The parent's channels"."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import socket
@@ -240,10 +230,8 @@ class Channel:
                 return
             self.write_shut = True
             self._drop_queue()
-            try:
+            with contextlib.suppress(OSError):  # gone already: reading says so
                 sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass  # gone already: reading says so
             self._wake_all()
 
     def forget(self) -> None:
@@ -325,10 +313,9 @@ class Channel:
     def _wake(self, loop: asyncio.AbstractEventLoop, kind: int) -> None:
         """The fd watcher's callback, on ``loop``'s thread."""
         if kind == WRITE:
-            try:
+            # OSError: the queue is dropped, every writer is done (and will see why).
+            with contextlib.suppress(OSError):
                 self.flush_nowait()
-            except OSError:
-                pass  # the queue is dropped: every writer is done (and will see why)
         with self._lock:
             watch = self._watches.get(loop)
             if watch is None:

@@ -1,12 +1,9 @@
-"""The two drivers of the protocol generators (``_channel.Op``), and ``release``.
-
-``drive_async`` runs a generator on the running event loop, ``drive_blocking`` with ``poll``:
-each ``Wait`` it yields is one wait (see ``_channel.Wait``).  ``release`` lets go of a channel
-once what is queued is written, without ever starting a thread.
-"""
+"""The two drivers of the protocol generators (``_channel.Op``), and ``release`` (lets go of a
+channel once what is queued is written, without starting a thread)."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import sys
 import time
@@ -35,49 +32,41 @@ def drive_blocking(op: Op[T], timeout: float | None) -> T:
             chan = wait.chan
             ready = True
             if wait.fd is not None:
-                ready = _poll_fd(wait.fd, until)
+                ready = _poll(wait.fd, select.POLLIN, None, until)
             elif chan is None:
                 time.sleep(max(0.0, (until or 0.0) - time.monotonic()))
                 ready = False
             elif chan.sock is not None:
-                ready = _poll(chan, _POLL_EVENTS[wait.kind], wait.drain, until)
+                ready = _poll(chan.fd, _POLL_EVENTS[wait.kind], wait.drain, until)
             wait = _resume(op, ready, deadline, timeout)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]  # the generator's declared return type
 
 
-def _poll_fd(fd: int, until: float | None) -> bool:
-    """Wait for ``fd`` to be readable (``False``: ``until`` passed)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    remaining = None if until is None else max(0.0, until - time.monotonic())
-    return bool(poller.poll(None if remaining is None else remaining * 1000))
-
-
-def _poll(chan: Channel, events: int, drain: Drain | None, until: float | None) -> bool:
-    """Wait for ``events`` on ``chan`` (``False``: ``until`` passed); meanwhile call ``drain[1]``
+def _poll(fd: int, events: int, drain: Drain | None, until: float | None) -> bool:
+    """Wait for ``events`` on ``fd`` (``False``: ``until`` passed); meanwhile call ``drain[1]``
     whenever ``drain[0]`` is readable."""
     poller = select.poll()
-    mask, other = events, -1  # other: the drain's fd, when it is not chan's
+    mask, other = events, -1  # other: the drain's fd, when it is not ``fd``
     if drain is not None:
         if not drain[0].readable():
             drain = None
-        elif drain[0] is chan:
+        elif drain[0].fd == fd:
             mask |= select.POLLIN
         else:
             other = drain[0].fd
             poller.register(other, select.POLLIN)
-    poller.register(chan.fd, mask)
+    poller.register(fd, mask)
     while True:
         remaining = None if until is None else max(0.0, until - time.monotonic())
         ready = poller.poll(None if remaining is None else remaining * 1000)
         if not ready:
             return False
         mine = False
-        for fd, what in ready:
-            if fd == other:
+        for got, what in ready:
+            if got == other:
                 drain[1]()  # type: ignore[index]  # other >= 0 only with a drain
-            elif fd == chan.fd:
+            elif got == fd:
                 if mask != events and what & select.POLLIN:  # readable: the drain's business
                     drain[1]()  # type: ignore[index]  # mask != events only with a drain
                     what &= ~select.POLLIN
@@ -89,7 +78,7 @@ def _poll(chan: Channel, events: int, drain: Drain | None, until: float | None) 
             if other >= 0:
                 poller.unregister(other)
             else:
-                poller.modify(chan.fd, events)
+                poller.modify(fd, events)
             drain, mask, other = None, events, -1
 
 
@@ -215,8 +204,6 @@ def deliver(chan: Channel, chain: Sequence[Channel] = ()) -> Op[None]:
 def _flush_nowait(chans: Sequence[Channel]) -> bool:
     done = True
     for each in chans:
-        try:
+        with contextlib.suppress(OSError):
             done = each.flush_nowait() and done
-        except OSError:
-            pass
     return done

@@ -1,8 +1,4 @@
-"""``Lineage``: a process as a template, the base of ``Process``: the commands it is sent, the
-children it forks (and keeps forked ahead: ``_fork_ahead``), what they inherit of the main
-script (``_prepare_func``), letting go.  A command that changes the template discards the
-children forked ahead (they have the old state), and so do ``kill`` and ``close``.
-"""
+"""``Lineage``: a process as a template, the base of ``Process`` (docs/design.md, "Lineage")."""
 
 from __future__ import annotations
 
@@ -180,14 +176,8 @@ class Lineage(ProcessProtocol):
         self._handed_out += 1
 
     def _fork_ahead(self) -> None:
-        """Fork the next children ahead of need, once none waits.
-
-        Called when a child of this template has started its ``run``'s function (RUNNING).
-        Asking costs that start some time all the same (the template wakes to take the
-        request, beside the child that runs its function), so it asks for
-        several at once, in one AHEAD frame (as many as it has handed out, up to ``_AHEAD``):
-        most starts cost nothing, and a template forked from once makes one child in vain,
-        not three.  The template forks them when it is idle (see ``_child._forking``)."""
+        """Once none waits, ask for the next children (up to ``_AHEAD``, as many as handed out)
+        in one AHEAD frame: see docs/design.md, "Children forked ahead"."""
         with self._lock:
             if self._ready or self._state != _OPEN or not self._transport.forks_ahead:
                 return

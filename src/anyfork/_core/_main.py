@@ -1,8 +1,5 @@
-"""Functions of the main program, parent side: where the main script is, and what to say when a
-function cannot be found in another process.
-
-The child side is ``anyfork._child._main``; ``Process._prepare_func`` tells it where the
-script is.
+"""The main program, parent side (the child's is ``_child._main``): where the main script is,
+and what to say when a function cannot be found in another process.
 """
 
 from __future__ import annotations

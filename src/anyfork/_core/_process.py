@@ -1,10 +1,5 @@
 """``Process``: the public face of a prepared process (the machinery is ``_lineage``'s and
-``_protocol``'s).
-
-Preparation methods queue frames and return the process so calls chain; they never block.  The
-waits (``run``, ``to_fh``, ``wait_started``, ``wait``) are ``_protocol``'s generators, run by
-``_drive.drive_async`` or ``drive_blocking``.  Dropping or closing a process before ``run``
-still delivers what was queued for it (``_drive.release``).
+``_protocol``'s): preparation queues and never blocks; waits are ``_protocol``'s generators.
 """
 
 from __future__ import annotations

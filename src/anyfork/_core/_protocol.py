@@ -1,18 +1,12 @@
 """The command protocol of one process, parent side: ``ProcessProtocol``, the base of ``Process``.
 
-It holds what the parent knows of the process (pid, start, failure, its children's exits) and
-is the one receive boundary of its channel: ``_receive`` is the only place reports are read and
-parsed; bytes that break the protocol become a ``ProtocolError`` naming the process, which
-fails it and closes the channel for good.  A child's error records become exceptions through
-``_errors.rebuild``.
-
-A template's children are matched to the FORKED reports in the order of the FORK (and AHEAD)
-frames (``_unforked``, then ``_children`` by pid), so an EXITED report never sets a later
-child's ``_returncode`` that got a recycled pid.  The waits are generators run by ``_drive``.
+``_receive`` is the one place reports are read and parsed; the rest: docs/design.md, "The
+parent's protocol state".
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -113,11 +107,8 @@ class ProcessProtocol:
         return self._failure is None
 
     def _check_exit(self) -> None:
-        """Note a death the OS has already told us about.
-
-        The socket alone can lag: a child the template forked a moment before it died still
-        holds the template's socket until it gets to run and closes it, so for that moment the
-        dead template's socket shows no EOF."""
+        """Note a death the OS has already told us about: the socket can lag (a child forked a
+        moment before its template died holds the template's socket until it runs)."""
         if self._failure is None and self._pid is not None:
             code = _reaper.known(self._pid) if self._direct else self._known_exit_code()
             if code is not None:
@@ -175,10 +166,8 @@ class ProcessProtocol:
                 # Its wait sees EOF now, and the reason (``_death``): a remote child's channel
                 # would stay open, parked at the host's agent (a local one's template closed it).
                 if (sock := child._chan.sock) is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
         elif op == _wire.EXITED:
             pid, code = _wire.unpack_exit(payload)
             self._exited += 1

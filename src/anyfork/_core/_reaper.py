@@ -1,10 +1,5 @@
-"""Reaping of the processes this process created directly (exec'd ones, early and main templates).
-
-No thread (it would make every later ``os.fork`` of the program unsafe): a SIGCHLD handler,
-installed only when SIGCHLD has none and we are on the main thread, and a poll at every anyfork
-call (for a busy main thread, or a program's own handler).  Only the pids registered here are
-waited for, never ``waitpid(-1)``: no child of the program is stolen.
-"""
+"""Reaping of the processes this process created directly (exec'd ones, early and main
+templates), without a thread or ``waitpid(-1)``: docs/design.md, "Reaping"."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
 """Making processes without forking the caller (exec) and by forking the main program (early/main
-templates).
-
-``exec_server`` starts ``python -S -c BOOT`` with ``posix_spawn`` (glibc's ``clone(CLONE_VM|
-CLONE_VFORK)``: safe with threads, independent of the caller's size).  The child inherits only its
-socket, as fd 3; ``sys.path`` travels on the command line (``-S``: it already holds what ``site``
-would add).  A child of the parent's own interpreter gets the child side's code objects on its
-socket (``SHIPPED_BOOT``): no search along ``sys.path``, no ~7 ms compile of ``_serve`` where no
-bytecode cache exists, and no version mismatch.
-"""
+templates).  How: docs/design.md, "Exec'd processes"."""
 
 from __future__ import annotations
 

@@ -1,12 +1,10 @@
-"""The constructors (``new``, ``new_exec``, ``new_from_fh``, ``start_early``, ``main_template``)
-and the templates they keep per parent process: the default template (exec'd on the first
-``new()``, recreated if it dies, following ``sys.path``) and the early template (the main
-program forked early).  Every constructor refuses to run in a child that is importing its
-parent's main script (``_main.refuse``).
+"""The constructors and the templates they keep per parent process (docs/design.md,
+"Constructors").
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -110,10 +108,8 @@ def new_exec(*, python: str | None = None) -> Process:
     chan = Channel(sock)
     if boot:
         chan.queue(boot)
-        try:
+        with contextlib.suppress(OSError):  # dead already: the first wait says how
             chan.flush_nowait()  # it fits the socket buffer: the child starts at once
-        except OSError:
-            pass  # dead already: the first wait says how
     return Process._create(chan, pid=pid, direct=True)
 
 
@@ -133,10 +129,8 @@ def new_from_fh(sock: socket.socket | int) -> Process:
         sock = socket.socket(fileno=sock)
     chan = Channel(sock)
     chan.queue(_wire.frame(_wire.PID))
-    try:
+    with contextlib.suppress(OSError):  # gone already: the first wait says how
         chan.flush_nowait()
-    except OSError:
-        pass  # gone already: the first wait says how (what it reported, or how it died)
     return Process._create(chan)
 
 

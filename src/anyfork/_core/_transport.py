@@ -1,12 +1,10 @@
-"""``Transport``: what differs between a process on this machine and one elsewhere.
-
-Every ``Process`` holds one; this class is the local one (socketpairs, the reaper, ``os.kill``),
-and ``anyfork.remote`` has its own, so a remote process is a ``Process`` like any other.  The
-static helpers (``_poll``...) are what a transport may do to a process.
+"""``Transport``: what differs between a process on this machine (this class) and one
+elsewhere (``anyfork.remote``'s); its static helpers are what a transport may do to a process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING
@@ -70,10 +68,8 @@ class Transport:
             return  # (its pid may belong to another process by now)
         if pid is None:
             raise ProcessLookupError("the process has not reported its pid yet")
-        try:
+        with contextlib.suppress(ProcessLookupError):  # exited: its exit is on its way to us
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass  # it has exited, and its exit is on its way to us
 
     # -- what a transport may do to a process ------------------------------------------------
 
