@@ -129,8 +129,6 @@ class Pool(AsyncEngine):
     def __repr__(self) -> str:
         return self._describe("Pool")
 
-    # -- calls --------------------------------------------------------------------------------
-
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """``await pool(*args, **kwargs)``: call the function in a worker; return its result.
 
@@ -165,8 +163,6 @@ class Pool(AsyncEngine):
                 ``on_event`` goes through ``pool(...)``)."""
         return self._submit(args, kwargs, timeout, on_event)
 
-    # -- introspection -------------------------------------------------------------------------
-
     async def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
@@ -187,8 +183,6 @@ class Pool(AsyncEngine):
         """Deprecated alias of :meth:`wait_until` (``asyncio.wait_for`` is another thing)."""
         warnings.warn("Pool.wait_for() is deprecated: use Pool.wait_until()", DeprecationWarning, 2)
         return await self.wait_until(predicate, timeout=timeout)
-
-    # -- map ---------------------------------------------------------------------------------
 
     def map(
         self,
@@ -228,8 +222,6 @@ class Pool(AsyncEngine):
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
         return MapResults(self._map(iterables, max_in_flight, timeout, progress, chunksize))
-
-    # -- closing ----------------------------------------------------------------------------------
 
     async def aclose(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Close the pool: queued calls still run, then every worker stops; returns once all

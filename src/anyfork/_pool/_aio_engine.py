@@ -59,8 +59,6 @@ class AsyncEngine(Engine[_Worker, Call]):
     def _new_worker(self, wid: int, now: float) -> _Worker:
         return _Worker(wid, now)
 
-    # -- calls --------------------------------------------------------------------------------
-
     def _submit(
         self,
         args: tuple[Any, ...],
@@ -82,8 +80,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._core.submit(call)
         self._schedule()
         return call
-
-    # -- maps ---------------------------------------------------------------------------------
 
     def _queue_job(self, job: MapJob[Call]) -> None:
         self._bind()
@@ -168,24 +164,20 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._core.finished(worker, now, completed=completed, items=items)
         self._schedule()
 
-    def _abandon(self, call: Call) -> None:
-        """``call`` was cancelled."""
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        self._give_up(call)
-
     def _expire(self, call: Call) -> None:
         call.timer = None
         if call.done() or (call.inner is not None and call.inner.done()):
             return  # its outcome is there (the reply arrived with the deadline)
         call.pool = None
         call.set_exception(TimeoutError(f"the pool call timed out after {call.timeout} s"))
-        self._give_up(call)
+        self._abandon(call)
 
-    def _give_up(self, call: Call) -> None:
-        """Withdraw a queued call; abandon a sent one as its client does (the sync backend
-        condemns the worker: it leaves the rotation now)."""
+    def _abandon(self, call: Call) -> None:
+        """``call`` was cancelled or timed out: withdraw it if queued; abandon it as its client
+        does if sent (the sync backend condemns the worker: it leaves the rotation now)."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         worker, inner = call.worker, call.inner
         if worker is None or inner is None:
             if self._core.withdraw(call):
@@ -195,8 +187,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         client = worker.client
         if client is not None and not client.usable:
             self._lost(worker, None)
-
-    # -- the policy loop -------------------------------------------------------------------
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -260,8 +250,6 @@ class AsyncEngine(Engine[_Worker, Call]):
                 self._timer.cancel()
                 self._timer = None
             closed.set_result(None)
-
-    # -- workers --------------------------------------------------------------------------------
 
     async def _start(self, worker: _Worker) -> None:
         core = self._core
@@ -350,8 +338,6 @@ class AsyncEngine(Engine[_Worker, Call]):
                         {"message": "anyfork Pool on_error callback failed", "exception": err}
                     )
 
-    # -- waiting and closing ---------------------------------------------------------------------
-
     async def _wait_until(
         self, predicate: Callable[[PoolStatistics], bool], timeout: float | None
     ) -> PoolStatistics:
@@ -363,11 +349,8 @@ class AsyncEngine(Engine[_Worker, Call]):
                 return stats
             fut: asyncio.Future[None] = loop.create_future()
             self._watchers.append(fut)
-            if deadline is None:
-                await fut
-                continue
             try:
-                await wait_for(fut, max(0.0, deadline - loop.time()))
+                await wait_for(fut, None if deadline is None else max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise not_reached(timeout, stats) from None
 

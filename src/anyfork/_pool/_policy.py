@@ -1,13 +1,7 @@
 """The pool's scheduling and scaling policy: a pure function of (now, state, settings) -> actions.
 
-No I/O, no clocks, no asyncio: time comes in as ``now``, the pool's state comes in as a
-snapshot, and what to do comes out as a list of actions the pool carries out, in order::
-
-    Dispatch(w)      send the oldest queued call to worker w
-    Stop(w, why)     stop worker w ("idle": beyond `idle` for long enough; "retired": it asked
-                     to be replaced, or was recycled, and has drained; "closing")
-    Start()          start one worker
-    Wake(at)         call decide() again at time `at` (a pacing delay expires then)
+No I/O, no clocks, no asyncio: time comes in as ``now``, the pool's state as a snapshot, and
+what to do comes out as a list of actions (``Dispatch``, ``Stop``, ``Start``, ``Wake``).
 
 The rules (AnyEvent::Fork::Pool's, with its observed bugs fixed; see §1.7 of the project's
 shared/reference/anyevent-fork-family.md):
@@ -66,12 +60,7 @@ class Settings:
             )
         for name in ("start", "stop"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not (_is_int(value) or isinstance(value, float)) or not 0 <= value < math.inf:
                 raise ValueError(
                     f"{name} is a delay in seconds, a finite number >= 0, not {value!r}"
                 )
@@ -118,7 +107,9 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """Stop worker ``worker`` (it has no calls): ``why`` is "idle", "retired" or "closing"."""
+    """Stop worker ``worker`` (it has no calls): ``why`` is "idle" (beyond ``idle`` for long
+    enough), "retired" (it asked to be replaced, or was recycled, and has drained) or
+    "closing"."""
 
     worker: int
     why: Literal["idle", "retired", "closing"]
@@ -131,7 +122,8 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    """Call ``decide`` again at time ``at`` (unless something else happens first)."""
+    """Call ``decide`` again at time ``at`` (a pacing delay expires then), unless something else
+    happens first."""
 
     at: float
 
