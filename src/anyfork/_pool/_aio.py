@@ -39,9 +39,8 @@ class Pool(AsyncEngine):
             the modules they need (the pool adds the RPC server's own module, so that no
             worker imports anything after its fork).  ``None``: the pool makes its own
             template, forked from the default template, with the function's module imported;
-            if it dies it is recreated.
-            A template you pass is never closed by the pool, and if it dies every call the
-            pool cannot serve fails with ``SpawnError``.
+            if it dies it is recreated.  A template you pass is never closed by the pool, and
+            if it dies every call the pool cannot serve fails with ``SpawnError``.
             Or several, each with its cap (the most workers forked from it at once):
             ``[(anyfork.new(), 2), (host_a.new(), 4), (host_b.new(), 4)]`` (local and remote
             templates, ``anyfork.remote``: one pool spanning hosts).  A new worker is forked
@@ -73,8 +72,7 @@ class Pool(AsyncEngine):
     Raises:
         ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
         another pool's: ``processes=`` is ``max=``, ``initializer=`` is ``init=``,
-        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a
-        Process.
+        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a Process.
 
     Scheduling: each call goes to the least-loaded worker below ``load``; when all are at
     ``load`` calls queue (in order) and workers start up to ``max``; idle workers beyond
@@ -208,10 +206,10 @@ class Pool(AsyncEngine):
         the pool's capacity, ``2 * max * load``), so a huge or endless iterable is read
         lazily.  The first exception (in item order) is raised when its item's turn comes,
         after the results before it (``await``: raised instead of the list); no call is sent
-        after it.  Closing the iterator early
-        withdraws the calls still queued and lets those running finish (their results are
-        dropped); after a ``break`` that happens when the generator is finalised, so use
-        ``async with contextlib.aclosing(pool.map(...)) as results:`` to make it immediate.
+        after it.  Closing the iterator early withdraws the calls still queued and lets those
+        running finish (their results are dropped); after a ``break`` that happens when the
+        generator is finalised, so use ``async with contextlib.aclosing(pool.map(...)) as
+        results:`` to make it immediate.
         ``timeout`` applies to each call (a batch of ``n`` items: ``n * timeout``).
 
         ``progress=True`` shows a tqdm bar (without tqdm: a ``RuntimeWarning``, once, and no

@@ -258,10 +258,8 @@ class PoolCore(Generic[W, C]):
 
     def retire(self, worker: W) -> bool:
         """It gets no new calls; ``True`` if that is news."""
-        if worker.retiring:
-            return False
-        worker.retiring = True
-        return True
+        news, worker.retiring = not worker.retiring, True
+        return news
 
     def lost(self, worker: W) -> bool:
         """``worker`` died, or was condemned: it leaves the rotation at once, so no later call
