@@ -227,7 +227,7 @@ class PoolCore(Generic[W, C]):
         self.totals.failed_starts += 1
         self._start_failed = True
         self.start_error = error
-        return error, [] if self.workers else self._clear()
+        return error, [] if self.workers else self._take_queue()
 
     def forget(self, worker: W) -> None:
         """A starting ``worker`` was abandoned (the pool is closing the fast way)."""
@@ -283,9 +283,9 @@ class PoolCore(Generic[W, C]):
         self.workers.clear()
         for worker in workers:
             worker.stopping = True
-        return self._clear(), workers
+        return self._take_queue(), workers
 
-    def _clear(self) -> list[C | Job[C]]:
+    def _take_queue(self) -> list[C | Job[C]]:
         """Empty the queue; what it held."""
         calls = list(self.queue)
         self.queue.clear()
