@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ClosedError, WorkerDiedError
@@ -33,14 +34,11 @@ from ._records import PoolStatistics, Worker
 from ._worker import STOP_TIMEOUT, kill
 
 
+@dataclass(slots=True, eq=False)
 class _Worker(Worker):
-    __slots__ = ("answered", "client", "task")
-
-    def __init__(self, wid: int, now: float) -> None:
-        super().__init__(wid, now)
-        self.client: Client | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.answered: float | None = None  # when it last answered a call (a map's sizes)
+    client: Client | None = None
+    task: asyncio.Task[None] | None = None
+    answered: float | None = None  # when it last answered a call (a map's sizes)
 
 
 class AsyncEngine(Engine[_Worker, Call]):
