@@ -39,9 +39,8 @@ class Pool(AsyncEngine):
             the modules they need (the pool adds the RPC server's own module, so that no
             worker imports anything after its fork).  ``None``: the pool makes its own
             template, forked from the default template, with the function's module imported;
-            if it dies it is recreated.
-            A template you pass is never closed by the pool, and if it dies every call the
-            pool cannot serve fails with ``SpawnError``.
+            if it dies it is recreated.  A template you pass is never closed by the pool, and
+            if it dies every call the pool cannot serve fails with ``SpawnError``.
             Or several, each with its cap (the most workers forked from it at once):
             ``[(anyfork.new(), 2), (host_a.new(), 4), (host_b.new(), 4)]`` (local and remote
             templates, ``anyfork.remote``: one pool spanning hosts).  A new worker is forked
@@ -73,8 +72,7 @@ class Pool(AsyncEngine):
     Raises:
         ValueError: a bad setting; TypeError: an unknown option (naming anyfork's for one of
         another pool's: ``processes=`` is ``max=``, ``initializer=`` is ``init=``,
-        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a
-        Process.
+        ``maxtasksperchild=`` is ``max_calls=``), or a template that is not a Process.
 
     Scheduling: each call goes to the least-loaded worker below ``load``; when all are at
     ``load`` calls queue (in order) and workers start up to ``max``; idle workers beyond
@@ -129,8 +127,6 @@ class Pool(AsyncEngine):
     def __repr__(self) -> str:
         return self._describe("Pool")
 
-    # -- calls --------------------------------------------------------------------------------
-
     def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
         """``await pool(*args, **kwargs)``: call the function in a worker; return its result.
 
@@ -165,8 +161,6 @@ class Pool(AsyncEngine):
                 ``on_event`` goes through ``pool(...)``)."""
         return self._submit(args, kwargs, timeout, on_event)
 
-    # -- introspection -------------------------------------------------------------------------
-
     async def wait_until(
         self, predicate: Callable[[PoolStatistics], bool], *, timeout: float | None = None
     ) -> PoolStatistics:
@@ -187,8 +181,6 @@ class Pool(AsyncEngine):
         """Deprecated alias of :meth:`wait_until` (``asyncio.wait_for`` is another thing)."""
         warnings.warn("Pool.wait_for() is deprecated: use Pool.wait_until()", DeprecationWarning, 2)
         return await self.wait_until(predicate, timeout=timeout)
-
-    # -- map ---------------------------------------------------------------------------------
 
     def map(
         self,
@@ -214,10 +206,10 @@ class Pool(AsyncEngine):
         the pool's capacity, ``2 * max * load``), so a huge or endless iterable is read
         lazily.  The first exception (in item order) is raised when its item's turn comes,
         after the results before it (``await``: raised instead of the list); no call is sent
-        after it.  Closing the iterator early
-        withdraws the calls still queued and lets those running finish (their results are
-        dropped); after a ``break`` that happens when the generator is finalised, so use
-        ``async with contextlib.aclosing(pool.map(...)) as results:`` to make it immediate.
+        after it.  Closing the iterator early withdraws the calls still queued and lets those
+        running finish (their results are dropped); after a ``break`` that happens when the
+        generator is finalised, so use ``async with contextlib.aclosing(pool.map(...)) as
+        results:`` to make it immediate.
         ``timeout`` applies to each call (a batch of ``n`` items: ``n * timeout``).
 
         ``progress=True`` shows a tqdm bar (without tqdm: a ``RuntimeWarning``, once, and no
@@ -228,8 +220,6 @@ class Pool(AsyncEngine):
         Raises:
             TypeError: no iterable; ValueError: a bad ``max_in_flight`` or ``chunksize``."""
         return MapResults(self._map(iterables, max_in_flight, timeout, progress, chunksize))
-
-    # -- closing ----------------------------------------------------------------------------------
 
     async def aclose(self, *, cancel: bool = False, timeout: float | None = None) -> None:
         """Close the pool: queued calls still run, then every worker stops; returns once all

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ClosedError, WorkerDiedError
@@ -33,14 +34,11 @@ from ._records import PoolStatistics, Worker
 from ._worker import STOP_TIMEOUT, kill
 
 
+@dataclass(slots=True, eq=False)
 class _Worker(Worker):
-    __slots__ = ("answered", "client", "task")
-
-    def __init__(self, wid: int, now: float) -> None:
-        super().__init__(wid, now)
-        self.client: Client | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.answered: float | None = None  # when it last answered a call (a map's sizes)
+    client: Client | None = None
+    task: asyncio.Task[None] | None = None
+    answered: float | None = None  # when it last answered a call (a map's sizes)
 
 
 class AsyncEngine(Engine[_Worker, Call]):
@@ -58,8 +56,6 @@ class AsyncEngine(Engine[_Worker, Call]):
 
     def _new_worker(self, wid: int, now: float) -> _Worker:
         return _Worker(wid, now)
-
-    # -- calls --------------------------------------------------------------------------------
 
     def _submit(
         self,
@@ -82,8 +78,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._core.submit(call)
         self._schedule()
         return call
-
-    # -- maps ---------------------------------------------------------------------------------
 
     def _queue_job(self, job: MapJob[Call]) -> None:
         self._bind()
@@ -168,24 +162,20 @@ class AsyncEngine(Engine[_Worker, Call]):
         self._core.finished(worker, now, completed=completed, items=items)
         self._schedule()
 
-    def _abandon(self, call: Call) -> None:
-        """``call`` was cancelled."""
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
-        self._give_up(call)
-
     def _expire(self, call: Call) -> None:
         call.timer = None
         if call.done() or (call.inner is not None and call.inner.done()):
             return  # its outcome is there (the reply arrived with the deadline)
         call.pool = None
         call.set_exception(TimeoutError(f"the pool call timed out after {call.timeout} s"))
-        self._give_up(call)
+        self._abandon(call)
 
-    def _give_up(self, call: Call) -> None:
-        """Withdraw a queued call; abandon a sent one as its client does (the sync backend
-        condemns the worker: it leaves the rotation now)."""
+    def _abandon(self, call: Call) -> None:
+        """``call`` was cancelled or timed out: withdraw it if queued; abandon it as its client
+        does if sent (the sync backend condemns the worker: it leaves the rotation now)."""
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
         worker, inner = call.worker, call.inner
         if worker is None or inner is None:
             if self._core.withdraw(call):
@@ -195,8 +185,6 @@ class AsyncEngine(Engine[_Worker, Call]):
         client = worker.client
         if client is not None and not client.usable:
             self._lost(worker, None)
-
-    # -- the policy loop -------------------------------------------------------------------
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -260,8 +248,6 @@ class AsyncEngine(Engine[_Worker, Call]):
                 self._timer.cancel()
                 self._timer = None
             closed.set_result(None)
-
-    # -- workers --------------------------------------------------------------------------------
 
     async def _start(self, worker: _Worker) -> None:
         core = self._core
@@ -350,8 +336,6 @@ class AsyncEngine(Engine[_Worker, Call]):
                         {"message": "anyfork Pool on_error callback failed", "exception": err}
                     )
 
-    # -- waiting and closing ---------------------------------------------------------------------
-
     async def _wait_until(
         self, predicate: Callable[[PoolStatistics], bool], timeout: float | None
     ) -> PoolStatistics:
@@ -363,11 +347,8 @@ class AsyncEngine(Engine[_Worker, Call]):
                 return stats
             fut: asyncio.Future[None] = loop.create_future()
             self._watchers.append(fut)
-            if deadline is None:
-                await fut
-                continue
             try:
-                await wait_for(fut, max(0.0, deadline - loop.time()))
+                await wait_for(fut, None if deadline is None else max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise not_reached(timeout, stats) from None
 

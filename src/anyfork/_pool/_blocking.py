@@ -1,11 +1,6 @@
-"""The pool without an event loop: ``BlockingPool`` and the ``concurrent.futures`` face.
-
-Both are faces over the threads engine (``_threads.ThreadsEngine``): a thread per worker, and a
-caller that waits for its call runs it on the worker's connection itself when it can.  The
-threads exist only while the pool is open, and nothing is ever forked from this process (workers
-are forked by the template), so they make no fork unsafe.  A pool left open at exit is closed
-the graceful way, as the standard library's executors are.
-"""
+"""The pool without an event loop: ``BlockingPool`` and the ``concurrent.futures`` face, both
+over the threads engine (``_threads.ThreadsEngine``).  Its threads make no fork unsafe: they
+exist only while the pool is open, and workers are forked by the template, never from here."""
 
 from __future__ import annotations
 

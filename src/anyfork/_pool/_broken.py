@@ -5,6 +5,7 @@ worker).  Imported on the failure paths only: ``concurrent.futures.process`` bri
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures.process import BrokenProcessPool
 
 from .._errors import WorkerDiedError as _WorkerDiedError
@@ -36,15 +37,10 @@ def also_broken(exc: BaseException) -> BaseException:
     if isinstance(exc, BrokenProcessPool) or not isinstance(exc, Exception):
         return exc
     cls: type[BaseException] = type(exc)
-    broken = _BROKEN.get(cls)
-    if broken is None:
-        try:
+    with contextlib.suppress(TypeError):  # (either step)
+        broken = _BROKEN.get(cls)
+        if broken is None:
             namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
             broken = _BROKEN[cls] = type(cls.__name__, (cls, BrokenProcessPool), namespace)
-        except TypeError:
-            return exc
-    try:
         exc.__class__ = broken  # type: ignore[assignment]  # a subclass of its own type
-    except TypeError:
-        return exc
     return exc

@@ -10,9 +10,6 @@ happened, and carry out the effects :meth:`PoolCore.schedule` returns::
            <── Launch(worker)       start it (fork from the template, start its RPC server)
            <── Halt(worker)         stop it (it has no calls): close its client
            <── Wake(at)             call schedule() again at ``at``
-
-A ``map`` is one :class:`Job` in the queue, counted as the calls it could still give, and cut
-into calls only as workers take them (see ``_map``).
 """
 
 from __future__ import annotations
@@ -33,23 +30,17 @@ C = TypeVar("C")
 
 @dataclass(slots=True)
 class Send(Generic[W, C]):
-    """Give ``call`` to ``worker`` (its load is counted already)."""
-
     worker: W
     call: C
 
 
 @dataclass(slots=True)
 class Launch(Generic[W]):
-    """Start ``worker`` (a new record, not ready)."""
-
     worker: W
 
 
 @dataclass(slots=True)
 class Halt(Generic[W]):
-    """Stop ``worker``: it is out of the pool and has no calls."""
-
     worker: W
 
 
@@ -57,7 +48,8 @@ Effect = Send[W, C] | Launch[W] | Halt[W] | _policy.Wake
 
 
 class Job(Generic[C]):
-    """Many calls queued as one entry (a ``map``: ``_map.MapJob``)."""
+    """Many calls queued as one entry (a ``map``: ``_map.MapJob``), counted as the calls it could
+    still give, and cut into calls only as workers take them."""
 
     def units(self, limit: int) -> int:
         """How many calls it could give now (at most ``limit``; at least 1 while it has
@@ -110,8 +102,6 @@ class PoolCore(Generic[W, C]):
         self._next_id = 0
         self._last_start: float | None = None
         self._last_stop: float | None = None
-
-    # -- calls ----------------------------------------------------------------------------------
 
     def submit(self, call: C) -> None:
         self.queue.append(call)
@@ -171,8 +161,6 @@ class PoolCore(Generic[W, C]):
         self.queue.extendleft(reversed(calls))
         return []
 
-    # -- the policy -----------------------------------------------------------------------------
-
     def schedule(self, now: float) -> list[Effect[W, C]]:
         """Ask the policy, do the bookkeeping; what the engine must carry out, in order."""
         if self.cancelled:
@@ -219,8 +207,6 @@ class PoolCore(Generic[W, C]):
                 effects.append(action)
         return effects
 
-    # -- workers --------------------------------------------------------------------------------
-
     def started(self, worker: W, pid: int | None, now: float) -> bool:
         """``worker`` is ready; ``False`` if the pool dropped it meanwhile (the engine then
         closes it)."""
@@ -241,12 +227,7 @@ class PoolCore(Generic[W, C]):
         self.totals.failed_starts += 1
         self._start_failed = True
         self.start_error = error
-        if self.workers:
-            return error, []
-        calls = list(self.queue)
-        self.queue.clear()
-        self._jobs.clear()
-        return error, calls
+        return error, [] if self.workers else self._take_queue()
 
     def forget(self, worker: W) -> None:
         """A starting ``worker`` was abandoned (the pool is closing the fast way)."""
@@ -277,10 +258,8 @@ class PoolCore(Generic[W, C]):
 
     def retire(self, worker: W) -> bool:
         """It gets no new calls; ``True`` if that is news."""
-        if worker.retiring:
-            return False
-        worker.retiring = True
-        return True
+        news, worker.retiring = not worker.retiring, True
+        return news
 
     def lost(self, worker: W) -> bool:
         """``worker`` died, or was condemned: it leaves the rotation at once, so no later call
@@ -293,8 +272,6 @@ class PoolCore(Generic[W, C]):
             self.totals.died += 1
         return True
 
-    # -- closing --------------------------------------------------------------------------------
-
     def close(self) -> None:
         self.closing = True
 
@@ -302,21 +279,23 @@ class PoolCore(Generic[W, C]):
         """The queued calls and jobs (to fail) and every worker (to kill); nothing is scheduled
         any more."""
         self.closing = self.cancelled = True
-        calls = list(self.queue)
-        self.queue.clear()
-        self._jobs.clear()
         workers = list(self.workers.values())
         self.workers.clear()
         for worker in workers:
             worker.stopping = True
-        return calls, workers
+        return self._take_queue(), workers
+
+    def _take_queue(self) -> list[C | Job[C]]:
+        """Empty the queue; what it held."""
+        calls = list(self.queue)
+        self.queue.clear()
+        self._jobs.clear()
+        return calls
 
     @property
     def drained(self) -> bool:
         """Closing, with no worker and no queued call left."""
         return self.closing and not self.workers and not self.queue
-
-    # -- introspection --------------------------------------------------------------------------
 
     def statistics(self) -> PoolStatistics:
         ws = list(self.workers.values())

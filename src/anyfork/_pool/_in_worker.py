@@ -1,18 +1,15 @@
-"""A pool worker's own start-up step, run in the worker as its ``rpc(init=...)``: the parent's
-``multiprocessing`` authkey (so that the proxies of the parent's ``multiprocessing.Manager()``
-work there), the user's ``init``, then a ``PoolExecutor``'s ``initializer(*initargs)``.
-
-Child side: cheap imports only (``pickle``; ``multiprocessing.process`` only when there is a
-key to set).  The pool uses it only when there is something to do (``_worker.Starter``).
-"""
+"""A pool worker's own start-up step, its ``rpc(init=...)`` when it has one (``_worker.Starter``).
+Child side: cheap imports only (``multiprocessing.process`` only when there is a key to set)."""
 
 from __future__ import annotations
 
 
 def setup(*args: object) -> None:
-    """``init`` of a pool worker: the last argument is the pool's pickled ``(authkey, setup)``,
-    ``setup`` its pickled ``(init, initializer, initargs)``; the other arguments (the
-    template's) go to ``init``."""
+    """Set the parent's ``multiprocessing`` authkey (so that the proxies of its
+    ``multiprocessing.Manager()`` work here), run the user's ``init``, then a
+    ``PoolExecutor``'s ``initializer(*initargs)``.  The last argument is the pool's pickled
+    ``(authkey, setup)``, ``setup`` its pickled ``(init, initializer, initargs)``; the other
+    arguments (the template's) go to ``init``."""
     import pickle
 
     payload = args[-1]

@@ -1,9 +1,6 @@
-"""``map`` for every pool face: a job in the pool's queue whose items become calls as workers
-take them, and the delivery of its results in order.
-
-A map is one :class:`MapJob` (a ``_core.Job``) the core cuts the next call from only when a
-worker can take one (``take``), so each call is sized then from the time the earlier ones took
-(``_batching.Sizer``, as ``Client.map`` does)::
+"""``map`` for every pool face: one :class:`MapJob` (a ``_core.Job``) in the pool's queue, from
+which the core cuts the next call only when a worker can take one (``take``), so each call is
+sized then from the time the earlier ones took (``_batching.Sizer``, as ``Client.map`` does)::
 
     consumer ── feed(items) ──> job ── core.schedule: take() ──> unit (1 item: a call;
        ^                                                           n items: a batch) ──> worker
@@ -120,8 +117,6 @@ class MapJob(Job[C]):
         sizer = self.sizer
         return self.chunksize if sizer is None else sizer.size
 
-    # -- the core's side (under the pool's lock) ----------------------------------------------
-
     def _uncut(self) -> int:
         return 0 if self.closed or self.failed else self.fed - self._base - self._cut
 
@@ -170,8 +165,6 @@ class MapJob(Job[C]):
                 self._cut = 0
             self.pending.append(unit)
         return self._make(self, unit)
-
-    # -- the engine's side ------------------------------------------------------------------
 
     def answered(
         self,
@@ -423,13 +416,7 @@ def _progress_hook(
                 )
         else:
             bar = tqdm(total=total, unit="call")
-            last = [0]
-
-            def update(done: int, total: int | None) -> None:
-                bar.update(done - last[0])
-                last[0] = done
-
-            return update, bar.close
+            return (lambda done, total: bar.update(done - bar.n)), bar.close
     return (lambda done, total: None), lambda: None
 
 

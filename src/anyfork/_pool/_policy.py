@@ -1,33 +1,25 @@
 """The pool's scheduling and scaling policy: a pure function of (now, state, settings) -> actions.
 
-No I/O, no clocks, no asyncio: time comes in as ``now``, the pool's state comes in as a
-snapshot, and what to do comes out as a list of actions the pool carries out, in order::
+No I/O, no clocks, no asyncio: time comes in as ``now``, the pool's state as a snapshot, and
+what to do comes out as a list of actions (``Dispatch``, ``Stop``, ``Start``, ``Wake``).
 
-    Dispatch(w)      send the oldest queued call to worker w
-    Stop(w, why)     stop worker w ("idle": beyond `idle` for long enough; "retired": it asked
-                     to be replaced, or was recycled, and has drained; "closing")
-    Start()          start one worker
-    Wake(at)         call decide() again at time `at` (a pacing delay expires then)
-
-The rules (AnyEvent::Fork::Pool's, with its observed bugs fixed; see §1.7 of the project's
+The rules (AnyEvent::Fork::Pool's, its observed bugs fixed: §1.7 of the project's
 shared/reference/anyevent-fork-family.md):
 
-* Each queued call goes to the least-loaded ready worker whose load is below ``load`` (ties: the
-  lowest id, so work concentrates on the oldest workers and the others go idle and can stop).
-  Workers that are starting or retiring get nothing.
-* A worker starts when calls are queued beyond what the starting workers will take, or when
-  fewer than ``idle`` workers are idle (starting ones count as idle), never beyond ``max``.
-  Starts are paced by ``start`` seconds, except while the pool has fewer than ``idle`` workers
-  (the initial size, and replacing dead workers up to it) and for the first worker of an empty
-  pool.  After a failed start only calls trigger starts, and then paced by at least
-  ``FAILED_START_BACKOFF`` unless the pool is empty (which is call-driven, never a spin).
-* An idle worker beyond ``idle`` stops once it has been idle for ``stop`` seconds, at most one
-  per ``stop`` seconds, the longest-idle first.  Unlike the original (whose stop timer is never
-  armed with ``idle=0``), an ``idle=0`` pool shrinks to zero.
-* A retiring worker stops as soon as its calls are done; it counts against ``max`` until then,
-  so the pool never has more than ``max`` workers.
-* Closing: queued calls are still served (starting workers if there are none); once the queue is
-  empty every idle worker stops, and busy ones stop as they drain.
+* A queued call goes to the least-loaded ready worker below ``load`` (ties: the lowest id, so
+  work concentrates on the oldest workers and the others can stop); none to starting or
+  retiring ones.
+* A worker starts when calls are queued beyond what the starting workers will take, or fewer
+  than ``idle`` are idle (starting ones count), never beyond ``max``; paced by ``start`` except
+  below ``idle`` workers (the initial size, replacing dead ones) and for an empty pool's first.
+  After a failed start only calls trigger starts, paced by at least ``FAILED_START_BACKOFF``
+  unless the pool is empty (call-driven, never a spin).
+* An idle worker beyond ``idle`` stops after ``stop`` idle seconds, at most one per ``stop``
+  seconds, the longest-idle first; an ``idle=0`` pool shrinks to zero (the original never
+  arms its stop timer then).
+* A retiring worker stops once its calls are done, counting against ``max`` until then.
+* Closing: queued calls are still served (starting workers if need be); once the queue is
+  empty idle workers stop, busy ones as they drain.
 """
 
 from __future__ import annotations
@@ -66,12 +58,7 @@ class Settings:
             )
         for name in ("start", "stop"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not (_is_int(value) or isinstance(value, float)) or not 0 <= value < math.inf:
                 raise ValueError(
                     f"{name} is a delay in seconds, a finite number >= 0, not {value!r}"
                 )
@@ -118,7 +105,9 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    """Stop worker ``worker`` (it has no calls): ``why`` is "idle", "retired" or "closing"."""
+    """Stop worker ``worker`` (it has no calls): ``why`` is "idle" (beyond ``idle`` for long
+    enough), "retired" (it asked to be replaced, or was recycled, and has drained) or
+    "closing"."""
 
     worker: int
     why: Literal["idle", "retired", "closing"]
@@ -131,7 +120,8 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Wake:
-    """Call ``decide`` again at time ``at`` (unless something else happens first)."""
+    """Call ``decide`` again at time ``at`` (a pacing delay expires then), unless something else
+    happens first."""
 
     at: float
 

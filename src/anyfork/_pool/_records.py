@@ -34,33 +34,20 @@ class PoolStatistics:
     failed_starts: int
 
 
+@dataclass(slots=True, eq=False)
 class Worker:
     """A worker as the pool's core keeps it; each engine adds its connection in a subclass."""
 
-    __slots__ = (
-        "dead",
-        "dispatched",
-        "id",
-        "idle_since",
-        "keyed",
-        "load",
-        "pid",
-        "ready",
-        "retiring",
-        "stopping",
-    )
-
-    def __init__(self, wid: int, now: float) -> None:
-        self.id = wid
-        self.pid: int | None = None
-        self.load = 0  # calls given to it and not finished
-        self.dispatched = 0  # calls given to it in its life (for max_calls)
-        self.ready = False  # started: its RPC server answered
-        self.retiring = False  # gets no new calls; stops once drained
-        self.stopping = False  # the pool is stopping it (its end is expected)
-        self.dead = False  # it died, or the pool condemned it: out of rotation for good
-        self.keyed = False  # it has the parent's multiprocessing authkey (_worker.Starter)
-        self.idle_since = now
+    id: int
+    idle_since: float
+    pid: int | None = None
+    load: int = 0  # calls given to it and not finished
+    dispatched: int = 0  # calls given to it in its life (for max_calls)
+    ready: bool = False  # started: its RPC server answered
+    retiring: bool = False  # gets no new calls; stops once drained
+    stopping: bool = False  # the pool is stopping it (its end is expected)
+    dead: bool = False  # it died, or the pool condemned it: out of rotation for good
+    keyed: bool = False  # it has the parent's multiprocessing authkey (_worker.Starter)
 
 
 class Totals:

@@ -29,15 +29,13 @@ _MASK = select.EPOLLRDHUP | select.EPOLLONESHOT
 class Watcher:
     """The pool's one thread of its own (started when first needed): it notices idle workers
     that die, so they are replaced without waiting for a call, and calls ``tick()`` under the
-    pool's lock at the policy's ``Wake`` times (pacing, idle stops).
+    pool's lock at the policy's ``Wake`` times.
 
-    It sleeps in ``epoll`` on every ready worker's socket for ``EPOLLRDHUP`` only (the worker's
-    end was closed): a reply does not wake it, so calls cost nothing here.  Each report is
-    one-shot: ``on_hangup(worker)`` looks (a busy worker's call tells), and calls
-    :meth:`rearm` if the worker lives.  The engine calls :meth:`forget` before the worker's
-    client closes its socket (whose fd number may be reused at once).  The wake time moves with
-    every call that leaves a worker idle, so it is the poll's timeout, not a timer per ``Wake``.
-    Lock order: the pool's lock, then this one's."""
+    It sleeps in ``epoll`` for ``EPOLLRDHUP`` only (a worker's end closed: a reply does not
+    wake it), one-shot: ``on_hangup(worker)`` looks, and calls :meth:`rearm` if the worker
+    lives.  :meth:`forget` comes before the client closes its socket (whose fd number may be
+    reused at once).  The wake time, moved by every call that leaves a worker idle, is the
+    poll's timeout, not a timer per ``Wake``.  Lock order: the pool's lock, then this one's."""
 
     def __init__(
         self, lock: threading.Lock, on_hangup: Callable[[Any], object], tick: Callable[[], object]
