@@ -353,6 +353,21 @@ def spare_of(template_pid: int, ahead: list[int]) -> int:
     return found.pop()
 
 
+def kill_spare(template_pid: int, ahead: list[int]) -> int:
+    """SIGKILL the template's spare; its pid.  What ``spare_of`` found may be a process passing
+    through (see there), gone by the kill (seen under load): then the spare is looked for again."""
+
+    def attempt() -> int | None:
+        pid = spare_of(template_pid, ahead)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    return eventually(attempt, what="the template's spare, killed")
+
+
 def test_a_state_change_between_forks_never_reaches_a_stale_spare() -> None:
     r, w = os.pipe()
     try:
@@ -419,8 +434,7 @@ def test_a_killed_spare_does_not_break_forking() -> None:
     with anyfork.new() as tmpl:
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
         facts_of(tmpl.fork())
-        waiting = spare_of(tmpl_pid, ahead_of(tmpl))
-        os.kill(waiting, signal.SIGKILL)
+        waiting = kill_spare(tmpl_pid, ahead_of(tmpl))
         eventually(lambda: state(waiting) is None, what="the killed spare to be reaped")
         facts_of(tmpl.fork())  # the child ahead; the next one is forked without the spare
         info = facts_of(tmpl.fork().send_arg("still works"))
