@@ -302,6 +302,23 @@ def test_to_fh_and_new_from_fh_in_the_same_process(face: str) -> None:
     assert adopted.pid is not None
 
 
+def test_a_socket_adopted_by_its_fd_after_an_async_to_fh_runs_blocking() -> None:
+    """Blocking-ness belongs to the open file: an fd whose sender made it non-blocking (the
+    asyncio ``to_fh``) is adopted as a blocking socket, so ``run_blocking``'s socket blocks."""
+
+    async def hand() -> socket.socket:
+        return await anyfork.new().to_fh(timeout=10)
+
+    handed = asyncio.run(hand())
+    try:
+        assert not handed.getblocking()
+        adopted = anyfork.new_from_fh(os.dup(handed.fileno()))  # as another process gets it
+    finally:
+        handed.close()
+    with adopted.run_blocking("childfuncs:wait_for_eof", timeout=10) as sock:
+        assert os.get_blocking(sock.fileno())
+
+
 @pytest.mark.parametrize("face", FACES)
 def test_hand_a_half_prepared_process_to_another_process(face: str) -> None:
     handed = wait_on(face, anyfork.new().send_arg("from the first owner"), "to_fh")

@@ -652,64 +652,66 @@ def test_stop_after_property(frames: list[Frame], user: bytes) -> None:
     assert dec.want() == 0
 
 
-def feed_by_peek(dec: Decoder, stream: bytes, sizes: Iterable[int]) -> tuple[int, list[Frame]]:
-    """Read as the parent does: look at up to ``size`` of what is there (peek), take
-    ``safe_prefix`` of it.  Returns the bytes taken and the frames decoded."""
+def feed_by_safe_want(dec: Decoder, stream: bytes, sizes: Iterable[int]) -> tuple[int, list[Frame]]:
+    """Read as the parent does once a RUN is queued: ``safe_want()`` bytes at a time, each
+    read getting at most ``size`` of them (a socket may return fewer bytes than asked).
+    Returns the bytes taken and the frames decoded."""
     pos = 0
     got: list[Frame] = []
     cycle = itertools.cycle(list(sizes) or [len(stream) + 1])
     while pos < len(stream) and not dec.stopped:
-        peeked = stream[pos : pos + next(cycle)]
-        take = dec.safe_prefix(peeked)
-        assert 0 <= take <= len(peeked)
-        dec.receive(peeked[:take])
-        pos += take
+        want = dec.safe_want()
+        assert want > 0
+        chunk = stream[pos : pos + min(want, next(cycle))]
+        dec.receive(chunk)
+        pos += len(chunk)
         got.extend((op, payload) for op, payload, _ in drain(dec))
     return pos, got
 
 
-def test_safe_prefix_takes_everything_up_to_the_final_frame() -> None:
+def test_safe_want_reads_up_to_the_final_frame_and_no_further() -> None:
     reports = [
         (_wire.FORKED, _wire.U32.pack(7)),
         (_wire.EXITED, _wire.EXIT.pack(5, 0)),
+        (_wire.STARTED, _wire.U32.pack(7)),
         (_wire.RUNNING, _wire.U32.pack(9)),
     ]
     user = b"the function's own bytes, even a fake frame: " + frame(_wire.STARTED, b"1234")
     stream = encode(reports) + user
     dec = Decoder(_wire.REPORTS, stop_after=_wire.RUNNING)
-    assert dec.safe_prefix(stream) == len(stream) - len(user)
-    assert dec.safe_prefix(stream[:3]) == 3  # a partial header: ours, whatever it becomes
-    assert feed_by_peek(dec, stream, [len(stream)]) == (len(stream) - len(user), reports)
-    assert dec.safe_prefix(user) == 0  # stopped: nothing more is ours
+    assert dec.safe_want() == _wire.FINAL_SIZE  # RUNNING alone: one read takes it all
+    assert feed_by_safe_want(dec, stream, []) == (len(stream) - len(user), reports)
+    assert dec.safe_want() == 0  # stopped: nothing more is ours
 
 
-def test_safe_prefix_byte_at_a_time_and_from_a_partial_frame() -> None:
-    """Peeks that start mid-header and mid-payload (what an earlier read left) still stop
-    exactly at the end of RUNNING."""
-    reports = [(_wire.EXITED, _wire.EXIT.pack(5, 0)), (_wire.RUNNING, _wire.U32.pack(9))]
-    stream = encode(reports) + b"USER"
-    for size in (1, 2, 3, 6, 7, 13):
-        dec = Decoder(_wire.REPORTS, stop_after=_wire.RUNNING)
-        assert feed_by_peek(dec, stream, [size]) == (len(stream) - 4, reports)
-        assert dec.stopped
+def test_safe_want_byte_at_a_time_and_from_a_partial_frame() -> None:
+    """Reads that leave a partial header or payload still stop exactly at the end of
+    RUNNING, whatever the frames before it (shorter than RUNNING, or longer)."""
+    for first in (frame(_wire.ERROR, b""), frame(_wire.EXITED, _wire.EXIT.pack(5, 0))):
+        stream = first + frame(_wire.RUNNING, _wire.U32.pack(9)) + b"USER"
+        for size in (1, 2, 3, 6, 7, 13):
+            dec = Decoder(_wire.REPORTS, stop_after=_wire.RUNNING)
+            assert feed_by_safe_want(dec, stream, [size])[0] == len(stream) - 4
+            assert dec.stopped
 
 
-def test_safe_prefix_without_a_final_frame_takes_all() -> None:
-    dec = Decoder(_wire.COMMANDS)
-    data = frame(_wire.RUN, b"x") + frame(_wire.RUN, b"y")
-    assert dec.safe_prefix(data) == len(data)
+def test_a_final_frame_of_another_size_is_a_wire_error() -> None:
+    dec = Decoder(_wire.REPORTS, stop_after=_wire.RUNNING)
+    dec.receive(frame(_wire.RUNNING, b""))
+    with pytest.raises(WireError, match="final frame of 0 bytes"):
+        dec.next_frame()
 
 
 @FAST
 @given(frames_lists, st.binary(max_size=40), st.lists(st.integers(1, 60), max_size=20))
-def test_safe_prefix_property(frames: list[Frame], user: bytes, sizes: list[int]) -> None:
-    """Whatever precedes RUNNING and however the peeks fall, the reader takes exactly the
+def test_safe_want_property(frames: list[Frame], user: bytes, sizes: list[int]) -> None:
+    """Whatever precedes RUNNING and however short the reads, the reader takes exactly the
     frames up to RUNNING, whole, and not one byte of what follows."""
     reports = [f for f in frames if f[0] != _wire.RUNNING]
     reports.append((_wire.RUNNING, _wire.U32.pack(1)))
     stream = encode(reports) + user
     dec = Decoder(ALL_OPS, stop_after=_wire.RUNNING)
-    assert feed_by_peek(dec, stream, sizes) == (len(stream) - len(user), reports)
+    assert feed_by_safe_want(dec, stream, sizes) == (len(stream) - len(user), reports)
 
 
 # -- hypothesis: garbage in, only WireError out ----------------------------------------------------

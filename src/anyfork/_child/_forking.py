@@ -314,7 +314,8 @@ def handled_signals() -> list[int]:
 
 def restore_signals(handled: list[int]) -> None:
     """Give the function a process with default signal handling, as a fresh interpreter has."""
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    if _signal.getsignal(_signal.SIGCHLD) != _signal.SIG_DFL:
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)  # (a forked child's is: no syscall)
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     for signum in handled:
         _signal.signal(signum, _signal.SIG_DFL)

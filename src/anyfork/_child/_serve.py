@@ -142,7 +142,8 @@ class Server(Forker):
 
     def start(self) -> NoReturn:
         """Report our pid, then serve."""
-        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        self.pid = os.getpid()
+        self.report(_wire.STARTED, _wire.U32.pack(self.pid))
         self.serve()
 
     def serve(self) -> NoReturn:
@@ -306,7 +307,8 @@ class Server(Forker):
         self.owner = os.getppid()
         self.decoder = _wire.Decoder(_wire.COMMANDS)
         # Named at run, not here: naming costs a forked child ~6% of its way to run.
-        self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))
+        self.pid = os.getpid()
+        self.report(_wire.STARTED, _wire.U32.pack(self.pid))
         self._warm_up()
         self.serve()  # dropped by its creator before it even started: exits quietly
 
@@ -334,7 +336,7 @@ class Server(Forker):
         self.args = []
         restore_signals(self.handled if self.handled is not None else handled_signals())
         # RUNNING is our last word, after every report still queued (a template's EXITED...).
-        self.report(_wire.RUNNING, _wire.U32.pack(os.getpid()))
+        self.report(_wire.RUNNING, _wire.U32.pack(self.pid))
         self._flush_reports()
         if self.gone:
             leave(0)  # the creator has let go (run was cancelled): nobody wants the function
@@ -349,6 +351,9 @@ class Server(Forker):
         code = 0
         try:
             func(sock, *args)
+            # Its last bytes (or EOF, if it closed the socket) woke the creator, likely on our
+            # CPU: let it take them before we leave (the way out is slow, its first run cold).
+            os.sched_yield()
         except SystemExit as exc:
             code = exit_code(exc)
         except BaseException:

@@ -26,6 +26,8 @@ VERSION = 3
 HEADER = struct.Struct(">BI")
 HEADER_SIZE = HEADER.size
 U32 = struct.Struct(">I")
+#: The size of a ``Decoder``'s final frame (``stop_after``: RUNNING, a u32 payload).
+FINAL_SIZE = HEADER_SIZE + U32.size
 
 #: Most fds one frame may carry; the kernel's SCM_MAX_FD is 253.
 MAX_FDS = 253
@@ -254,6 +256,15 @@ class Decoder:
         need = self._need - len(self._buf)
         return need if need < MAX_READ else MAX_READ
 
+    def safe_want(self) -> int:
+        """``want()`` for a reader that must not read past the final frame (``stop_after``,
+        a u32 payload), in one read with no look first: from a frame boundary, the size of a
+        final frame (no shorter frame can end within it and leave room for a whole final
+        one); else the rest of the current frame."""
+        if self._op < 0 and not self.stopped and not self.eof:
+            return FINAL_SIZE - len(self._buf)
+        return self.want()
+
     def receive(self, data: bytes, fds: Sequence[int] = ()) -> None:
         if self.stopped:
             raise WireError("data after the final frame")
@@ -277,6 +288,8 @@ class Decoder:
                 op, size = HEADER.unpack_from(self._buf, 0)
                 if op not in self._allowed:
                     raise WireError(f"unexpected opcode {op:#x}")
+                if op == self._stop_after and size != U32.size:
+                    raise WireError(f"a final frame of {size} bytes, not {U32.size}")
                 if size > self._max_payload:
                     raise WireError(
                         f"a frame of {size} bytes exceeds the limit of {self._max_payload} bytes"
@@ -291,29 +304,6 @@ class Decoder:
             if op == self._stop_after:
                 self.stopped = True
             return op, payload, fds
-
-    def safe_prefix(self, data: bytes | bytearray | memoryview) -> int:
-        """How many bytes of ``data`` (what comes next in the stream) the caller may take at
-        once: all of them, unless the final frame (``stop_after``) ends among them; then up to
-        its end (what follows is not the caller's).  For a reader that peeks first, so that it
-        reads many frames in one call yet never past the final one."""
-        if self._stop_after < 0 or self.stopped:
-            return len(data) if not self.stopped else 0
-        end = len(data)
-        part = bytes(self._buf)  # what is buffered of the current header or payload
-        op, need, pos = self._op, self._need, 0
-        while True:
-            missing = need - len(part)
-            if pos + missing > end:
-                return end
-            if op < 0:
-                op, need = HEADER.unpack(part + bytes(data[pos : pos + missing]))
-                part = b""
-            elif op == self._stop_after:
-                return pos + missing
-            else:
-                op, need, part = -1, HEADER_SIZE, b""
-            pos += missing
 
     def at_boundary(self) -> bool:
         """No partial frame is buffered: the stream could be handed to another reader here."""

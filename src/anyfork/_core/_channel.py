@@ -3,9 +3,11 @@ for.  How it never blocks and never waits: docs/design.md, "The parent's channel
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import heapq
 import os
+import select
 import socket
 import sys
 import threading
@@ -29,9 +31,24 @@ WRITE = 1
 # Plain ints: OR-ing the ``socket`` module's flag enums runs the enum machinery in Python, which
 # after a pause (cold caches) costs tens of microseconds per read on the way to ``run``.
 _DONTWAIT = int(socket.MSG_DONTWAIT)
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 #: The most bytes one read of reports looks at (a batch of reports is a few dozen bytes).
 _PEEK = 4096
+
+
+def channel_pair() -> tuple[Channel, int]:
+    """A new child's channel, and the fd of the child's end (``socket.socketpair`` would wrap
+    that end too: one more getsockname, on the way to a start)."""
+    ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return Channel(
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, ours.detach())
+    ), theirs.detach()
+
+
+def _arrived(fd: int) -> bool:
+    """Something (or EOF) is there to read on ``fd``."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Wait:
@@ -99,7 +116,7 @@ class Channel:
         self.written = 0
         #: ``shutdown_write`` was called: nothing more can be queued, reports can still be read.
         self.write_shut = False
-        #: A RUN is queued: the child may end its reports (RUNNING), so reads look first.
+        #: A RUN is queued: the child may end its reports (RUNNING), so reads stop there.
         self.run_queued = False
         self._lock = threading.RLock()
         self._watches: dict[asyncio.AbstractEventLoop, _Watch] = {}
@@ -166,12 +183,13 @@ class Channel:
     def read_nowait(self, handle: Callable[[int, bytes], None]) -> None:
         """Call ``handle(op, payload)`` for each complete frame that has arrived, in order.
 
-        Never reads a byte after RUNNING (a look first, once a RUN is queued: those bytes are
-        the function's).  Raises ``_wire.WireError`` for bytes that are not reports, after
-        handling the frames before them.
+        Never reads a byte after RUNNING (once a RUN is queued, reads that cannot pass it:
+        ``Decoder.safe_want``; those bytes are the function's).  Raises ``_wire.WireError``
+        for bytes that are not reports, after handling the frames before them.
         """
         with self._lock:
             dec = self.decoder
+            short = False
             while True:
                 frame = dec.next_frame()
                 if frame is not None:
@@ -182,16 +200,20 @@ class Channel:
                     raise _wire.WireError("RUNNING came before the process was sent run")
                 if dec.eof or dec.stopped or self.sock is None:
                     return
+                if short and not _arrived(self.fd):
+                    # A look rather than a read that finds nothing: that read raises, and a
+                    # raise costs ~50 us on the way to run after a pause (cold caches).
+                    return
+                # Once a RUN is queued, reads that cannot pass RUNNING; before, only reports
+                # can come: one read takes them all.
+                want = dec.safe_want() if self.run_queued else _PEEK
                 try:
-                    if self.run_queued:
-                        peeked = self.sock.recv(_PEEK, _PEEK_NOW)
-                        data = peeked and self.sock.recv(dec.safe_prefix(peeked), _DONTWAIT)
-                    else:  # (only reports can come before RUNNING: one read, no look)
-                        data = self.sock.recv(_PEEK, _DONTWAIT)
+                    data = self.sock.recv(want, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
                     data = b""  # ECONNRESET: the child died with our bytes unread
+                short = len(data) < want
                 dec.receive(data)
 
     def readable(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import socket
 import sys
 import time
 import weakref
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from .._child import _wire
 from .._errors import ClosedError, SpawnError
 from . import _main
-from ._channel import Channel
+from ._channel import Channel, channel_pair
 from ._drive import release
 from ._protocol import _CLOSED, _HANDED, _OPEN, ProcessProtocol
 
@@ -184,17 +183,17 @@ class Lineage(ProcessProtocol):
             self._poll_reports()  # (fork() does not look at a template it takes a child from)
             if self._failure is not None:
                 return
-            ends: list[socket.socket] = []
+            chans: list[Channel] = []
             fds: list[int] = []
             try:
                 for _ in range(min(self._handed_out, _AHEAD)):
-                    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                    ends.append(parent_end)
-                    fds.append(child_end.detach())
+                    chan, fd = channel_pair()
+                    chans.append(chan)
+                    fds.append(fd)
             except OSError:
-                if not ends:
+                if not chans:
                     return  # no fds left: no child ahead this time
-            children = [self._child(Channel(end)) for end in ends]
+            children = [self._child(chan) for chan in chans]
             try:
                 # Forked at once if starts come in quick succession: the template may not be
                 # idle before they are needed.

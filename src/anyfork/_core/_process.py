@@ -222,7 +222,8 @@ class Process(Lineage, metaclass=NoPublicConstructor):
         socket."""
         ref = self._start_run(func)
         sock = drive_blocking(self._run_op(ref), timeout)
-        sock.setblocking(True)  # (the fd may have been made non-blocking by another owner)
+        if not sock.getblocking():  # (ours are: a syscall less on the way to the function)
+            sock.setblocking(True)
         return sock
 
     async def to_fh(self, *, timeout: float | None = None) -> socket.socket:

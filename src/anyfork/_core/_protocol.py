@@ -354,10 +354,14 @@ class ProcessProtocol:
                 drain = None if proc is self else proc._drain()
                 yield Wait(WRITE, chan, upto=upto, drain=drain)
 
-    def _reports_until(self, done: Callable[[], bool]) -> Op[None]:
-        """Read reports until ``done()``; raise the child's error, or its death."""
+    def _reports_until(self, done: Callable[[], bool], asked: bool = False) -> Op[None]:
+        """Read reports until ``done()``; raise the child's error, or its death.  ``asked``: the
+        answer to a command just sent cannot be there yet: wait before reading (a read that
+        finds nothing raises, ~50 us on the way to run after a pause)."""
         chan = self._chan
         tmpl = self._template
+        if asked and chan.sock is not None:
+            yield Wait(READ, chan, drain=None if tmpl is None else tmpl._drain())
         while True:
             self._receive()
             if self._failure is not None:
@@ -374,7 +378,7 @@ class ProcessProtocol:
     def _run_op(self, ref: str) -> Op[socket.socket]:
         try:
             yield from self._flush_op()
-            yield from self._reports_until(lambda: self._chan.decoder.stopped)
+            yield from self._reports_until(lambda: self._chan.decoder.stopped, asked=True)
             if self._template is not None:
                 # Asked for now, not while the child finds its function: until RUNNING, this
                 # process's work (and the template's, which wakes to take the request) stands

@@ -127,6 +127,9 @@ def new_from_fh(sock: socket.socket | int) -> Process:
     _main.refuse("anyfork.new_from_fh()")
     if isinstance(sock, int):
         sock = socket.socket(fileno=sock)
+    # Blocking, as every channel's socket is (``run_blocking`` relies on it): blocking-ness
+    # belongs to the open file, which an async ``to_fh`` in the sender made non-blocking.
+    sock.setblocking(True)
     chan = Channel(sock)
     chan.queue(_wire.frame(_wire.PID))
     with contextlib.suppress(OSError):  # gone already: the first wait says how

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from typing import TYPE_CHECKING
 
-from ._channel import Channel
+from ._channel import Channel, channel_pair
 
 if TYPE_CHECKING:
     from .._errors import SpawnError
@@ -51,8 +50,8 @@ class Transport:
 
     def child(self, tmpl: ProcessProtocol) -> tuple[Channel, bytes, list[int]]:
         """The channel of a new child of ``tmpl``, and its FORK frame's payload and fds."""
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        return Channel(parent_end), b"", [child_end.detach()]
+        chan, fd = channel_pair()
+        return chan, b"", [fd]
 
     def death(self, proc: ProcessProtocol, pid: int | None) -> SpawnError | None:
         """The error for a dead process, when the transport knows better (a lost host)."""
