@@ -382,7 +382,9 @@ def kill_spare(template_pid: int, ahead: list[int]) -> int:
             return None
         return pid
 
-    return eventually(attempt, what="the template's spare, killed")
+    killed = eventually(attempt, what="the template's spare, killed")
+    assert killed is not None  # (eventually returns a truthy value)
+    return killed
 
 
 def test_a_state_change_between_forks_never_reaches_a_stale_spare() -> None:
