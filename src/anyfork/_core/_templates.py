@@ -116,7 +116,8 @@ def new_exec(*, python: str | None = None) -> Process:
 def new_from_fh(sock: socket.socket | int) -> Process:
     """Continue preparing a process whose socket another process handed over with ``to_fh``.
 
-    The process takes ``sock`` over (an int is wrapped): close the process, not the socket.
+    The process takes ``sock`` over (an int is wrapped; either is made blocking, as every
+    process socket is): close the process, not the socket.
     It asks the child for its pid (known after the next wait), and everything queued is
     delivered even if the process is dropped before ``run``, as for any process.  Nothing is
     raised for a child that has gone: the first wait says what happened.
