@@ -31,8 +31,8 @@ WRITE = 1
 # Plain ints: OR-ing the ``socket`` module's flag enums runs the enum machinery in Python, which
 # after a pause (cold caches) costs tens of microseconds per read on the way to ``run``.
 _DONTWAIT = int(socket.MSG_DONTWAIT)
-#: The most bytes one read of reports looks at (a batch of reports is a few dozen bytes).
-_PEEK = 4096
+#: The most bytes one read of reports takes (a batch of reports is a few dozen bytes).
+_REPORTS_READ = 4096
 
 
 def channel_pair() -> tuple[Channel, int]:
@@ -206,7 +206,7 @@ class Channel:
                     return
                 # Once a RUN is queued, reads that cannot pass RUNNING; before, only reports
                 # can come: one read takes them all.
-                want = dec.safe_want() if self.run_queued else _PEEK
+                want = dec.safe_want() if self.run_queued else _REPORTS_READ
                 try:
                     data = self.sock.recv(want, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
