@@ -27,6 +27,8 @@ INTERPRETERS = [
         if (major, minor) >= (3, 12) and (major, minor) != sys.version_info[:2]
     ),
 ]
+#: Where CPython writes its perf maps (a fixed place).
+PERF_MAPS = Path("/tmp")
 
 
 # -- the early template -------------------------------------------------------------------------
@@ -269,3 +271,34 @@ def test_an_exec_started_from_a_thread_that_blocks_signals_blocks_none() -> None
         with open(f"/proc/{proc.pid}/status") as status:
             masks = [line.split()[1] for line in status if line.startswith("SigBlk:")]
         assert masks == ["0" * 16]
+
+
+# -- what an exec'd interpreter opens itself ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "python",
+    [
+        pytest.param(path, id=f"{major}.{minor}")
+        for (major, minor), path in sorted(interpreters().items())
+        if (major, minor) >= (3, 12)  # where PYTHONPERFSUPPORT exists
+    ],
+)
+def test_exec_d_interpreters_keep_their_perf_maps(python: str) -> None:
+    """PYTHONPERFSUPPORT=1: the perf map each interpreter opens at start-up stays open (once,
+    closing it let a socket reuse its number: perf-map text on the command stream), while an
+    fd the program leaves inheritable still reaches none of them."""
+    before = set(PERF_MAPS.glob("perf-*.map"))
+    try:
+        out = result(run_script("tmpl_perfmap.py", python=python))
+    finally:
+        # Ours (spares' too): the interpreter never removes its map.
+        for path in set(PERF_MAPS.glob("perf-*.map")) - before:
+            path.unlink(missing_ok=True)
+    for how in ("new", "new_exec", "exec_fork"):
+        assert out[how]["own"], how  # the child holds its own map
+        assert not out[how]["holds_leaked"], how
+        # stdio, the socket, the map (nothing else of ours either)
+        assert len(out[how]["fds"]) == 4 + len(out[how]["own"]), how
+    assert out["new"]["parent"]  # the default template too, and what was forked from
+    assert out["exec_fork"]["parent"]  # a template made with new_exec()
