@@ -7,6 +7,7 @@ scripts are written to be read: each one's docstring says what it sets up.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -243,11 +244,13 @@ def test_the_first_new_in_an_event_loop_does_not_wait_for_the_template(tmp_path:
     wrapper.write_text(
         f"#!{sys.executable} -S\n"
         "import os, sys\n"
-        "os.read(int(os.environ['GATE_FD']), 1)  # until the loop's task opens the gate\n"
+        "os.read(os.open(os.environ['GATE_PATH'], os.O_RDONLY), 1)  # until the task opens it\n"
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
     )
     wrapper.chmod(0o755)
-    env = {"GATE_PYTHON": str(wrapper), "GATE_FD": "20"}
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = {"GATE_PYTHON": str(wrapper), "GATE_PATH": str(gate)}
     out = result(run_script("first_new_in_loop.py", env=env))
     assert out["events"] == ["new returned", "task ran", "ran", "child of a template: True"]
 
