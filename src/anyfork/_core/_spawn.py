@@ -102,38 +102,11 @@ def _same_interpreter(exe: str) -> bool:
         return False
 
 
-def _closing_leaked() -> list[tuple[int, ...]]:
-    """File actions that close, in the exec'd child, what it would inherit besides stdio and
-    its socket on ``CHILD_FD`` (to follow the ``DUP2`` onto it).
-
-    Only stdio and the socket: whatever else we have open without close-on-exec (a library's,
-    or our creator's) would otherwise live on in the child and in every child it forks, keeping
-    connections and pipes open (AnyEvent::Fork's "leaked fds through exec").  Closed here and
-    not by the child itself: its interpreter opens files of its own during its start-up, before
-    any of our code runs (``PYTHONPERFSUPPORT``'s perf map, ``-X perf_jit``'s jitdump, the
-    latter even inheritable), and the child cannot tell those from the leaked ones."""
-    if hasattr(os, "POSIX_SPAWN_CLOSEFROM"):  # Python 3.13+ on glibc 2.34+
-        return [(os.POSIX_SPAWN_CLOSEFROM, CHILD_FD + 1)]
-    actions: list[tuple[int, ...]] = []
-    # Close-on-exec fds go by themselves.  (A thread that makes an fd inheritable between this
-    # scan and the spawn leaks it: the price of an interpreter without CLOSEFROM.)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > CHILD_FD and _inheritable(fd):
-            actions.append((os.POSIX_SPAWN_CLOSE, fd))
-    return actions
-
-
-def _inheritable(fd: int) -> bool:
-    try:
-        return os.get_inheritable(fd)
-    except OSError:  # the listing's own fd, or one another thread closed meanwhile
-        return False
-
-
 def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
     """Start a fresh interpreter serving commands: the parent's socket end, the pid, and what
     the child must receive before any frame (the shipped code, or nothing)."""
+    from .._child._forking import closing_leaked  # (the remote agent's too)
+
     exe = interpreter(python)
     code = child_code() if _same_interpreter(exe) else None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,7 +126,7 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
                 exe,
                 argv + paths,
                 os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, CHILD_FD), *_closing_leaked()],
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, CHILD_FD), *closing_leaked(CHILD_FD)],
                 # A new interpreter starts with no signal blocked, whatever the calling thread
                 # blocks (a pool's threads block SIGINT, SIGTERM, SIGCHLD...; a template that
                 # inherited that mask would never reap its children).
