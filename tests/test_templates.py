@@ -7,6 +7,7 @@ scripts are written to be read: each one's docstring says what it sets up.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -27,6 +28,8 @@ INTERPRETERS = [
         if (major, minor) >= (3, 12) and (major, minor) != sys.version_info[:2]
     ),
 ]
+#: Where CPython writes its perf maps (a fixed place).
+PERF_MAPS = Path("/tmp")
 
 
 # -- the early template -------------------------------------------------------------------------
@@ -241,11 +244,13 @@ def test_the_first_new_in_an_event_loop_does_not_wait_for_the_template(tmp_path:
     wrapper.write_text(
         f"#!{sys.executable} -S\n"
         "import os, sys\n"
-        "os.read(int(os.environ['GATE_FD']), 1)  # until the loop's task opens the gate\n"
+        "os.read(os.open(os.environ['GATE_PATH'], os.O_RDONLY), 1)  # until the task opens it\n"
         "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
     )
     wrapper.chmod(0o755)
-    env = {"GATE_PYTHON": str(wrapper), "GATE_FD": "20"}
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = {"GATE_PYTHON": str(wrapper), "GATE_PATH": str(gate)}
     out = result(run_script("first_new_in_loop.py", env=env))
     assert out["events"] == ["new returned", "task ran", "ran", "child of a template: True"]
 
@@ -269,3 +274,34 @@ def test_an_exec_started_from_a_thread_that_blocks_signals_blocks_none() -> None
         with open(f"/proc/{proc.pid}/status") as status:
             masks = [line.split()[1] for line in status if line.startswith("SigBlk:")]
         assert masks == ["0" * 16]
+
+
+# -- what an exec'd interpreter opens itself ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "python",
+    [
+        pytest.param(path, id=f"{major}.{minor}")
+        for (major, minor), path in sorted(interpreters().items())
+        if (major, minor) >= (3, 12)  # where PYTHONPERFSUPPORT exists
+    ],
+)
+def test_exec_d_interpreters_keep_their_perf_maps(python: str) -> None:
+    """PYTHONPERFSUPPORT=1: the perf map each interpreter opens at start-up stays open (once,
+    closing it let a socket reuse its number: perf-map text on the command stream), while an
+    fd the program leaves inheritable still reaches none of them."""
+    before = set(PERF_MAPS.glob("perf-*.map"))
+    try:
+        out = result(run_script("tmpl_perfmap.py", python=python))
+    finally:
+        # Ours (spares' too): the interpreter never removes its map.
+        for path in set(PERF_MAPS.glob("perf-*.map")) - before:
+            path.unlink(missing_ok=True)
+    for how in ("new", "new_exec", "exec_fork"):
+        assert out[how]["own"], how  # the child holds its own map
+        assert not out[how]["holds_leaked"], how
+        # stdio, the socket, the map (nothing else of ours either)
+        assert len(out[how]["fds"]) == 4 + len(out[how]["own"]), how
+    assert out["new"]["parent"]  # the default template too, and what was forked from
+    assert out["exec_fork"]["parent"]  # a template made with new_exec()

@@ -2,11 +2,11 @@
 started, and the loop runs meanwhile.
 
 ``$ANYFORK_PYTHON`` is set to ``$GATE_PYTHON``, a wrapper (the test writes it) that waits for
-a byte on the fd ``$GATE_FD`` before it execs the interpreter: the default template cannot start
-until a task of this loop has written that byte.  ``new()`` must return first (a ``new()`` that
-waited for its template would wait for ever: ``faulthandler`` ends the program then, with the
-stack); the task runs; then ``run`` finds the process ready.  Prints one JSON line: the order
-of events.
+a byte on the named pipe ``$GATE_PATH`` before it execs the interpreter: the default template
+cannot start until a task of this loop has written that byte.  ``new()`` must return first (a
+``new()`` that waited for its template would wait for ever: ``faulthandler`` ends the program
+then, with the stack); the task runs; then ``run`` finds the process ready.  Prints one JSON
+line: the order of events.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import tmpl_funcs
 
 import anyfork
 
-GATE = int(os.environ["GATE_FD"])
 os.environ["ANYFORK_PYTHON"] = os.environ["GATE_PYTHON"]
 
 
 async def main() -> list[str]:
     events: list[str] = []
-    read, write = os.pipe()
-    os.dup2(read, GATE)  # (inheritable: the wrapper reads it; the template closes it)
-    os.close(read)
+    # Read and write: opening it neither waits for the wrapper here, nor there (a writer is in).
+    write = os.open(os.environ["GATE_PATH"], os.O_RDWR)
 
     async def open_gate() -> None:
         events.append("task ran")
@@ -36,7 +34,6 @@ async def main() -> list[str]:
     try:
         proc = anyfork.new()  # the first: the default template is started for it
         events.append("new returned")
-        os.close(GATE)
         task = asyncio.create_task(open_gate())
         sock = await proc.run("tmpl_funcs:report", timeout=20)
         events.append("ran")

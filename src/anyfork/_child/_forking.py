@@ -312,6 +312,35 @@ def handled_signals() -> list[int]:
     return handled
 
 
+def closing_leaked(keep: int) -> list[tuple[int, ...]]:
+    """For the creator of an exec'd interpreter (``_core._spawn``, the remote agent): spawn
+    file actions that close what the child would inherit above its socket on fd ``keep``.
+
+    Only stdio and the socket: whatever else is open without close-on-exec (a library's, or our
+    creator's) would otherwise live on in the child and in every child it forks, keeping
+    connections and pipes open (AnyEvent::Fork's "leaked fds through exec").  Closed by the
+    creator, not by the child: its interpreter opens files of its own during its start-up,
+    before any of our code runs (``PYTHONPERFSUPPORT``'s perf map, ``-X perf_jit``'s jitdump,
+    the latter even inheritable), and the child cannot tell those from the leaked ones."""
+    if hasattr(os, "POSIX_SPAWN_CLOSEFROM"):  # Python 3.13+ on glibc 2.34+
+        return [(os.POSIX_SPAWN_CLOSEFROM, keep + 1)]
+    actions: list[tuple[int, ...]] = []
+    # Close-on-exec fds go by themselves.  (A thread that makes an fd inheritable between this
+    # scan and the spawn leaks it: the price of an interpreter without CLOSEFROM.)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > keep and _inheritable(fd):
+            actions.append((os.POSIX_SPAWN_CLOSE, fd))
+    return actions
+
+
+def _inheritable(fd: int) -> bool:
+    try:
+        return os.get_inheritable(fd)
+    except OSError:  # the listing's own fd, or one another thread closed meanwhile
+        return False
+
+
 def restore_signals(handled: list[int]) -> None:
     """Give the function a process with default signal handling, as a fresh interpreter has."""
     if _signal.getsignal(_signal.SIGCHLD) != _signal.SIG_DFL:

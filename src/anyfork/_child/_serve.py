@@ -43,7 +43,6 @@ else:
     import _signal
 
 _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
-_MAX_FD = os.sysconf("SC_OPEN_MAX")
 #: Reports never block, and never raise SIGPIPE (a forked main program may not ignore it).
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
@@ -420,10 +419,8 @@ def main() -> NoReturn:
     namespace = sys.modules["__main__"].__dict__
     for key in [key for key in namespace if not key.startswith("__")]:
         del namespace[key]
-    # Only stdio and our socket: whatever else our creator had open without close-on-exec (a
-    # library's, or its creator's) would otherwise live on in us and in every child we fork,
-    # keeping connections and pipes open (AnyEvent::Fork's "leaked fds through exec").
-    os.closerange(int(fd) + 1, _MAX_FD)
+    # Fds our creator leaked are not ours to close: it closed them in the spawn (those above
+    # our socket may be our interpreter's own, e.g. PYTHONPERFSUPPORT's perf map).
     # Inherited through exec, so inheritable: as every fd Python opens (PEP 446), it must not
     # leak into what the function execs (the creator would not see EOF while that lives).
     os.set_inheritable(int(fd), False)

@@ -105,6 +105,8 @@ def _same_interpreter(exe: str) -> bool:
 def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
     """Start a fresh interpreter serving commands: the parent's socket end, the pid, and what
     the child must receive before any frame (the shipped code, or nothing)."""
+    from .._child._forking import closing_leaked  # (the remote agent's too)
+
     exe = interpreter(python)
     code = child_code() if _same_interpreter(exe) else None
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -124,7 +126,7 @@ def exec_server(python: str | None = None) -> tuple[socket.socket, int, bytes]:
                 exe,
                 argv + paths,
                 os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, CHILD_FD)],
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, CHILD_FD), *closing_leaked(CHILD_FD)],
                 # A new interpreter starts with no signal blocked, whatever the calling thread
                 # blocks (a pool's threads block SIGINT, SIGTERM, SIGCHLD...; a template that
                 # inherited that mask would never reap its children).

@@ -404,7 +404,7 @@ class Agent(_forking.Forker):
                 sys.executable,
                 argv,
                 os.environ,
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)],
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target), *_forking.closing_leaked(target)],
                 setpgroup=self.groups[-1],
             )
         except Exception as exc:
