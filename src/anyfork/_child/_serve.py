@@ -276,7 +276,7 @@ class Server(Forker):
             (ref,) = _wire.unpack_strings(payload)
             self._run(ref)
         elif op == _wire.PID:
-            self.report(_wire.STARTED, _wire.U32.pack(os.getpid()))  # (new_from_fh asks)
+            self.report(_wire.STARTED, _wire.U32.pack(self.pid))  # (new_from_fh asks)
         elif op == _wire.MAIN:
             from . import _main  # only in the processes of a program that runs its functions
 
@@ -350,9 +350,6 @@ class Server(Forker):
         code = 0
         try:
             func(sock, *args)
-            # Its last bytes (or EOF, if it closed the socket) woke the creator, likely on our
-            # CPU: let it take them before we leave (the way out is slow, its first run cold).
-            os.sched_yield()
         except SystemExit as exc:
             code = exit_code(exc)
         except BaseException:
@@ -360,6 +357,9 @@ class Server(Forker):
 
             traceback.print_exc()
             code = 1
+        # Its last bytes (or EOF, if it closed the socket) woke the creator, likely on our CPU:
+        # let it take them before we leave (the way out is slow, its first run cold).
+        os.sched_yield()
         leave(code)
 
 
