@@ -9,7 +9,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .._child import _wire
 from .._errors import ClosedError, SpawnError
@@ -122,7 +122,8 @@ class Lineage(ProcessProtocol):
     def _start_run(self, func: Func) -> str:
         self._check_open()
         ref = self._prepare_func(func)
-        self._discard_ready()
+        if self._ready:
+            self._discard_ready()
         # Queue only: a write error (the child is dead) is diagnosed by the run operation,
         # which can wait briefly to learn how the child died.
         self._chan.run_queued = True
@@ -154,7 +155,7 @@ class Lineage(ProcessProtocol):
                 # Forked already (so whatever has become of this process since, the child is
                 # whole): hand it out if it lives.  Its STARTED gives its pid at once.
                 child._template = self._as_process()  # (see _fork_ahead)
-                child._receive()
+                child._take_started()
                 if child._failure is None and not child._chan.decoder.eof:
                     if not child._started:
                         # Not forked yet (the template waits for a quiet moment): any command
@@ -219,7 +220,7 @@ class Lineage(ProcessProtocol):
         return type(tmpl)._create(chan, template=tmpl, transport=self._transport)
 
     def _as_process(self) -> Process:
-        return cast("Process", self)  # (every Lineage is a Process: its only subclass)
+        return self  # type: ignore[return-value]  # every Lineage is a Process (its only subclass)
 
     def _new_child(self) -> Process:
         chan, payload, fds = self._transport.child(self._as_process())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar, final
 
@@ -221,7 +222,11 @@ class Process(Lineage, metaclass=NoPublicConstructor):
         """The blocking twin of :meth:`run` (same arguments and errors); returns a blocking
         socket."""
         ref = self._start_run(func)
-        sock = drive_blocking(self._run_op(ref), timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock = self._run_started(deadline)
+        if sock is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            sock = drive_blocking(self._run_op(ref), left)
         if not sock.getblocking():  # (ours are: a syscall less on the way to the function)
             sock.setblocking(True)
         return sock

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -22,6 +23,10 @@ from . import _reaper
 from ._channel import READ, WRITE, Channel, Drain, Op, Wait
 from ._drive import deliver, release
 from ._transport import LOCAL, Transport
+
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_RUNNING_HEADER = _wire.HEADER.pack(_wire.RUNNING, _wire.U32.size)
+_STARTED_HEADER = _wire.HEADER.pack(_wire.STARTED, _wire.U32.size)
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -379,16 +384,50 @@ class ProcessProtocol:
         try:
             yield from self._flush_op()
             yield from self._reports_until(lambda: self._chan.decoder.stopped, asked=True)
-            if self._template is not None:
-                # Asked for now, not while the child finds its function: until RUNNING, this
-                # process's work (and the template's, which wakes to take the request) stands
-                # between the child and a CPU (measured: start to first byte -3%).
-                self._template._fork_ahead()
-            self._learn_template_pids()
-            return self._chan.detach()
+            return self._ran_ok()
         finally:
             if self._chan.sock is not None and not self._chan.decoder.stopped:
                 self._chan.close()  # failed, cancelled or timed out: let the child go
+
+    def _ran_ok(self) -> socket.socket:
+        """What ``run`` does once RUNNING is in: the socket is the caller's."""
+        if self._template is not None and not self._template._ready:
+            # Asked for now, not while the child finds its function: until RUNNING, this
+            # process's work (and the template's, which wakes to take the request) stands
+            # between the child and a CPU (measured: start to first byte -3%).
+            self._template._fork_ahead()
+        self._learn_template_pids()
+        return self._chan.detach()
+
+    def _run_started(self, deadline: float | None) -> socket.socket | None:
+        """``run_blocking``'s usual case in few steps (each Python call costs microseconds on
+        the way to the function after a pause: cold caches): a started child, its RUN written
+        at once, RUNNING its whole answer.  ``None``: anything else, for ``_run_op`` to go on
+        from where this stopped (with what time is left)."""
+        chan = self._chan
+        sock = chan.sock
+        tmpl = self._template
+        if not self._started or sock is None or (tmpl is not None and tmpl._drain() is not None):
+            return None
+        try:
+            if not chan.flush_nowait():
+                return None
+            poller = select.poll()
+            poller.register(chan.fd, select.POLLIN)
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not poller.poll(wait) or not chan.decoder.at_boundary():
+                return None
+            data = sock.recv(_wire.FINAL_SIZE, _DONTWAIT)
+        except OSError:
+            return None  # (the child is gone: _run_op says how)
+        except BaseException:
+            chan.close()  # interrupted: let the child go, as _run_op does
+            raise
+        dec = chan.decoder
+        dec.receive(data)
+        if data[: _wire.HEADER_SIZE] != _RUNNING_HEADER or dec.next_frame() is None:
+            return None
+        return self._ran_ok()
 
     def _handover_op(self) -> Op[socket.socket]:
         try:
@@ -400,6 +439,31 @@ class ProcessProtocol:
         finally:
             if self._chan.sock is not None:
                 self._chan.close()
+
+    def _take_started(self) -> None:
+        """``fork``'s read of a child forked ahead: its STARTED in one read of that frame's
+        size, then a look for more (EOF: it died meanwhile); else the general ``_receive``."""
+        chan = self._chan
+        sock = chan.sock
+        if sock is None or self._started or not chan.decoder.at_boundary():
+            self._receive()
+            return
+        try:
+            data = sock.recv(_wire.FINAL_SIZE, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return  # not forked yet
+        except OSError:
+            data = b""
+        if len(data) == _wire.FINAL_SIZE and data[: _wire.HEADER_SIZE] == _STARTED_HEADER:
+            self._pid = _wire.U32.unpack_from(data, _wire.HEADER_SIZE)[0]
+            self._started = True
+            poller = select.poll()
+            poller.register(chan.fd, select.POLLIN)
+            if not poller.poll(0):
+                return
+        else:
+            chan.decoder.receive(data)
+        self._receive()
 
     def _learn_template_pids(self) -> None:
         """Read the pids our templates have reported by now (they forked us), for ``pid``."""
