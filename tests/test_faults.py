@@ -367,6 +367,35 @@ def test_a_wait_that_times_out_lets_the_child_go(face: str, what: str) -> None:
         os.close(w)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_blocking_lets_the_child_go() -> None:
+    """Ctrl-C while ``run_blocking`` waits for a started child's RUNNING (its short path) closes
+    our end: the child, whose function waits for EOF, then exits."""
+    r, w = os.pipe()
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        proc = (
+            anyfork.new()
+            .send_fh(r)
+            .eval("import anyfork.worker\ngate = anyfork.worker.take_args()[0]\ngate.read(1)")
+        )
+        pid = proc.wait_started_blocking(timeout=10)
+        # Not a synchronisation: the child cannot answer before the gate opens, below.
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            proc.run_blocking("childfuncs:wait_for_eof", timeout=60)
+        os.write(w, b"x")  # the child finds its function, then our end closed
+        eventually(lambda: not alive(pid), what="the interrupted child to exit")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(r)
+        os.close(w)
+
+
 def test_run_cancellation_closes_our_end() -> None:
     """(The asyncio face only: the blocking one cannot be cancelled; its counterpart is the
     timeout test above.)"""
