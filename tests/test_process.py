@@ -430,6 +430,28 @@ def test_consecutive_children_are_forked_ahead_and_differ() -> None:
     assert first["pid"] != second["pid"]
 
 
+def test_children_asked_for_ahead_are_old_spares() -> None:
+    """A template keeps as many spares as its creator last asked for children ahead at once:
+    each child asked for is then a spare forked while the template was idle, not a fresh fork
+    (whose pages, shared with its siblings', cost copies on its way to ``run``)."""
+    with anyfork.new() as tmpl:
+        tmpl_pid = tmpl.wait_started_blocking(timeout=10)
+        while len(tmpl._ready) < 3:  # until the template is asked for three at once
+            facts_of(tmpl.fork())
+        ahead = ahead_of(tmpl)
+
+        def three() -> set[int] | None:
+            found = children(tmpl_pid, spares=True) - children(tmpl_pid) - set(ahead)
+            return found if len(found) == 3 else None
+
+        spares = eventually(three, what="the template's three spares")
+        for _ in ahead:  # the last one's run asks for the next three
+            facts_of(tmpl.fork())
+        after = ahead_of(tmpl)
+    assert spares is not None
+    assert set(after) == spares
+
+
 def test_a_spare_that_became_a_template_no_longer_looks_like_one() -> None:
     """``ps`` (and the leak checks here) must not mistake a working process for a spare."""
     with anyfork.new() as outer:

@@ -270,6 +270,7 @@ class Server(Forker):
             if not fds:
                 raise _wire.WireError("an AHEAD frame carries at least one socket")
             self.ahead.extend(fds)  # forked when idle (_forking), or before what follows
+            self.spares_wanted = len(fds)
             if payload:
                 self.fork_ahead()  # (asked for at once)
         elif op == _wire.RUN:
