@@ -43,6 +43,10 @@ else:
     import _signal
 
 _ANCILLARY = _socket.CMSG_SPACE(_wire.MAX_FDS * 4)
+#: Commands are read several frames at a time where fds arrive as ``_wire.Decoder.receive``
+#: expects (Linux); else one frame at a time.  (Nothing follows RUN before RUNNING: no read
+#: takes the function's bytes.)
+_BULK = sys.platform.startswith("linux")
 #: Reports never block, and never raise SIGPIPE (a forked main program may not ignore it).
 _SEND_FLAGS = _socket.MSG_DONTWAIT | _socket.MSG_NOSIGNAL
 
@@ -176,7 +180,8 @@ class Server(Forker):
             if self.forked or self._out or self.ahead:
                 self._wait(read=True)
             try:
-                data, anc, flags, _ = self.sock.recvmsg(dec.want(), _ANCILLARY, RECV_FLAGS)
+                want = dec.bulk_want() if _BULK else dec.want()
+                data, anc, flags, _ = self.sock.recvmsg(want, _ANCILLARY, RECV_FLAGS)
             except (ConnectionResetError, BrokenPipeError):
                 return None
             fds = fds_from(anc)

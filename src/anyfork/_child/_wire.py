@@ -38,6 +38,8 @@ MAX_COMMAND = 1 << 30
 MAX_REPORT = 16 << 20
 #: The most bytes ``Decoder.want()`` asks a reader to read at once.
 MAX_READ = 1 << 16
+#: What ``Decoder.bulk_want()`` asks for at a frame boundary: a few frames' worth.
+BULK_READ = 4096
 
 # Parent -> child commands.
 IMPORT = ord("i")  # payload: list of module names
@@ -242,7 +244,9 @@ class Decoder:
         self._max_payload = max_payload
         self._stop_after = stop_after
         self._buf = bytearray()
-        self._fds: list[int] = []
+        #: Frames returned so far, and the fds that arrived for frames by their number.
+        self._index = 0
+        self._fds: dict[int, list[int]] = {}
         self._need = HEADER_SIZE
         self._op = -1
         self.eof = False
@@ -265,15 +269,43 @@ class Decoder:
             return FINAL_SIZE - len(self._buf)
         return self.want()
 
+    def bulk_want(self) -> int:
+        """``want()`` for a reader that takes several frames in one read: from a frame boundary
+        ``BULK_READ``, else the rest of the current frame.  Only where fds arrive as on Linux
+        (see ``receive``), and only if no frame's bytes may belong to another reader."""
+        if self._op < 0 and not self._buf and not self.stopped and not self.eof:
+            return BULK_READ
+        return self.want()
+
     def receive(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Buffer ``data``; ``fds`` arrived with it.  They belong to the last frame that starts
+        in ``data`` (the current one if none does): a sender writes each frame with its fds in
+        a send of its own, and a Linux read takes the fds with the first byte of that send and
+        stops after it, so no later frame can start in the same read."""
         if self.stopped:
             raise WireError("data after the final frame")
         if self.eof:
             raise WireError("data after EOF")
-        self._fds.extend(fds)
+        old = len(self._buf)
+        self._buf += data
         if not data:
             self.eof = True
-        self._buf += data
+        if fds:
+            self._fds.setdefault(self._index + self._last_start(old), []).extend(fds)
+
+    def _last_start(self, old: int) -> int:
+        """Which frame (0: the current one, 1: the next...) starts last at or after buffer
+        offset ``old``; 0 if none does."""
+        pos, number = (self._need, 1) if self._op >= 0 else (0, 0)
+        last = 0
+        while pos < len(self._buf):
+            if pos >= old:
+                last = number
+            if pos + HEADER_SIZE > len(self._buf):
+                break
+            pos += HEADER_SIZE + HEADER.unpack_from(self._buf, pos)[1]
+            number += 1
+        return last
 
     def next_frame(self) -> tuple[int, bytes, list[int]] | None:
         """Return the next complete frame, or ``None`` if more bytes are needed."""
@@ -299,8 +331,9 @@ class Decoder:
                 continue
             payload = bytes(self._buf[: self._need])
             del self._buf[: self._need]
-            op, fds = self._op, self._fds
-            self._op, self._need, self._fds = -1, HEADER_SIZE, []
+            op, fds = self._op, self._fds.pop(self._index, [])
+            self._op, self._need = -1, HEADER_SIZE
+            self._index += 1
             if op == self._stop_after:
                 self.stopped = True
             return op, payload, fds
@@ -311,5 +344,6 @@ class Decoder:
 
     def take_fds(self) -> list[int]:
         """Hand over fds that arrived but belong to no complete frame (for closing them)."""
-        fds, self._fds = self._fds, []
+        fds = [fd for frame_fds in self._fds.values() for fd in frame_fds]
+        self._fds = {}
         return fds
