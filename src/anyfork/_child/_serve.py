@@ -333,11 +333,11 @@ class Server(Forker):
         # What ``_run`` looks up and calls: a lookup the interpreter's type cache misses writes
         # a slot and the name's reference count, a call the reference counts of the function
         # and its code: pages shared with the template until then (measured: page copies from
-        # RUN to the function 22 -> 10).
+        # RUN to the function 22 -> 10; perf's fault addresses mapped to libpython's symbols).
         calls = (self._flush_reports, self.rename, restore_signals, user_socket, name)
         touched: list[object] = [func.__code__ for func in calls]
         touched += (self.args, self.handled, self.gone, self.comm_fd, os.sched_yield)
-        touched += "module:name".rpartition(":")
+        touched += ("module:name".rpartition(":"), self.sock.detach)
         del touched
         try:
             self.comm_fd = open_comm(out_of_the_way=True)
