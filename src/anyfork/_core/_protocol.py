@@ -407,8 +407,10 @@ class ProcessProtocol:
         chan = self._chan
         sock = chan.sock
         tmpl = self._template
-        if not self._started or sock is None or (tmpl is not None and tmpl._drain() is not None):
+        if sock is None or not self._started or not chan.readable():
             return None
+        if tmpl is not None and tmpl._drain() is not None:
+            return None  # (its reports pile up: the general wait reads them meanwhile)
         try:
             if not chan.flush_nowait():
                 return None
@@ -445,7 +447,7 @@ class ProcessProtocol:
         size, then a look for more (EOF: it died meanwhile); else the general ``_receive``."""
         chan = self._chan
         sock = chan.sock
-        if sock is None or self._started or not chan.decoder.at_boundary():
+        if sock is None or self._started or not chan.readable() or not chan.decoder.at_boundary():
             self._receive()
             return
         try:
