@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 import anyfork
-from anyfork._core import _templates
+from anyfork._core import _lineage, _templates
 from helpers import FACES, alive, children, eventually, is_spare, recv_all, run, state, wait_on
 
 T = TypeVar("T")
@@ -436,20 +436,38 @@ def test_children_asked_for_ahead_are_old_spares() -> None:
     (whose pages, shared with its siblings', cost copies on its way to ``run``)."""
     with anyfork.new() as tmpl:
         tmpl_pid = tmpl.wait_started_blocking(timeout=10)
-        while len(tmpl._ready) < 3:  # until the template is asked for three at once
+        while len(tmpl._ready) < 3:  # until the template is asked for several at once
             facts_of(tmpl.fork())
         ahead = ahead_of(tmpl)
 
-        def three() -> set[int] | None:
+        def spares() -> set[int] | None:
             found = children(tmpl_pid, spares=True) - children(tmpl_pid) - set(ahead)
-            return found if len(found) == 3 else None
+            return found if len(found) == len(ahead) else None
 
-        spares = eventually(three, what="the template's three spares")
-        for _ in ahead:  # the last one's run asks for the next three
+        old = eventually(spares, what=f"the template's {len(ahead)} spares")
+        for _ in ahead:  # the last one's run asks for the next ones
             facts_of(tmpl.fork())
         after = ahead_of(tmpl)
-    assert spares is not None
-    assert set(after) == spares
+    assert old is not None
+    first = after[: len(old)]  # (handed out oldest first; any beyond them are new forks)
+    assert set(first) <= old
+    assert len(first) < len(old) or set(first) == old
+
+
+def test_a_template_forked_from_now_and_then_keeps_one_child_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It asks for as many children ahead as it handed out lately (``_RECENT``), so a template
+    forked from once in a while does not keep several processes waiting."""
+    with anyfork.new() as tmpl:
+        tmpl.wait_started_blocking(timeout=10)
+        for _ in range(4):
+            facts_of(tmpl.fork())
+        assert len(ahead_of(tmpl)) > 1  # forked from in quick succession: several ahead
+        monkeypatch.setattr(_lineage, "_RECENT", 0.0)  # (every start long after the last)
+        for _ in range(len(tmpl._ready)):  # the last one's run asks for the next ones
+            facts_of(tmpl.fork())
+        assert len(ahead_of(tmpl)) == 1
 
 
 def test_a_spare_that_became_a_template_no_longer_looks_like_one() -> None:

@@ -32,9 +32,11 @@ FdLike = int | _HasFileno
 L = TypeVar("L", bound="Lineage")
 
 #: The most children a template keeps forked ahead (see ``Lineage._fork_ahead``): asked for
-#: together, so that asking costs only every third start (measured: a template woken beside a
-#: starting child delays that child's first byte by a few tenths of a millisecond).
-_AHEAD = 3
+#: together, so that asking (a few tenths of a millisecond of the start that asks, measured)
+#: comes once in that many starts.  It asks for as many as ``fork()`` handed out in the last
+#: ``_RECENT`` seconds: a template forked from now and then keeps one.
+_AHEAD = 6
+_RECENT = 0.25
 #: Starts closer together than this (seconds) are "in quick succession": the children ahead
 #: are forked at once, not when the template is idle (it may not be idle again before they
 #: are needed).
@@ -173,7 +175,10 @@ class Lineage(ProcessProtocol):
         now = time.monotonic()
         self._quick = now - self._last_handout < _QUICK
         self._last_handout = now
-        self._handed_out += 1
+        recent = self._handouts
+        recent.append(now)
+        while recent[0] < now - _RECENT or len(recent) > _AHEAD:
+            recent.popleft()
 
     def _fork_ahead(self) -> None:
         """Once none waits, ask for the next children (up to ``_AHEAD``, as many as handed out)
@@ -187,7 +192,7 @@ class Lineage(ProcessProtocol):
             chans: list[Channel] = []
             fds: list[int] = []
             try:
-                for _ in range(min(self._handed_out, _AHEAD)):
+                for _ in range(max(1, len(self._handouts))):
                     chan, fd = channel_pair()
                     chans.append(chan)
                     fds.append(fd)

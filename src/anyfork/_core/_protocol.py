@@ -70,7 +70,7 @@ class ProcessProtocol:
         self._returncode: int | None = None
         self._ran = ""  # the function run() was given (its reference)
         self._ready: deque[Process] = deque()  # our next children, forked ahead of need
-        self._handed_out = 0  # children fork() has returned...
+        self._handouts: deque[float] = deque()  # when fork() returned children (_RECENT)
         self._last_handout = 0.0  # ...the last one at this time.monotonic()
         self._quick = False  # the last two close together (_QUICK)
         # A copy of the main program (its __main__ is the program), or a process where this
