@@ -181,8 +181,9 @@ class Lineage(ProcessProtocol):
             recent.popleft()
 
     def _fork_ahead(self) -> None:
-        """Once none waits, ask for the next children (up to ``_AHEAD``, as many as handed out)
-        in one AHEAD frame: see docs/design.md, "Children forked ahead"."""
+        """Once none waits, ask for the next children (as many as handed out in the last
+        ``_RECENT`` seconds, up to ``_AHEAD``) in one AHEAD frame: see docs/design.md,
+        "Children forked ahead"."""
         with self._lock:
             if self._ready or self._state != _OPEN or not self._transport.forks_ahead:
                 return
