@@ -192,9 +192,7 @@ class Forker:
 
     def leave_template(self) -> None:
         """In a new child: let go of what belongs to the template."""
-        for spare, _ in self._spares:
-            spare.close()
-        self._spares = []
+        self.drop_spare()
         self.spares_wanted = 1
         _signal.set_wakeup_fd(-1)
         _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)

@@ -273,7 +273,7 @@ class Decoder:
         """``want()`` for a reader that takes several frames in one read: from a frame boundary
         ``BULK_READ``, else the rest of the current frame.  Only where fds arrive as on Linux
         (see ``receive``), and only if no frame's bytes may belong to another reader."""
-        if self._op < 0 and not self._buf and not self.stopped and not self.eof:
+        if self.at_boundary() and not self.stopped and not self.eof:
             return BULK_READ
         return self.want()
 

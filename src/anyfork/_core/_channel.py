@@ -44,11 +44,12 @@ def channel_pair() -> tuple[Channel, int]:
     ), theirs.detach()
 
 
-def _arrived(fd: int) -> bool:
-    """Something (or EOF) is there to read on ``fd``."""
+def arrived(fd: int, timeout_ms: float | None = 0) -> bool:
+    """Something (or EOF) is there to read on ``fd``, now or within ``timeout_ms`` (``None``:
+    however long it takes)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    return bool(poller.poll(timeout_ms))
 
 
 class Wait:
@@ -200,7 +201,7 @@ class Channel:
                     raise _wire.WireError("RUNNING came before the process was sent run")
                 if dec.eof or dec.stopped or self.sock is None:
                     return
-                if short and not _arrived(self.fd):
+                if short and not arrived(self.fd):
                     # A look rather than a read that finds nothing: that read raises, and a
                     # raise costs ~50 us on the way to run after a pause (cold caches).
                     return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import socket
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 from .._child import _wire
 from .._errors import ClosedError, ProtocolError, SpawnError, describe_returncode, rebuild
 from . import _reaper
-from ._channel import READ, WRITE, Channel, Drain, Op, Wait
+from ._channel import READ, WRITE, Channel, Drain, Op, Wait, arrived
 from ._drive import deliver, release
 from ._transport import LOCAL, Transport
 
@@ -414,10 +413,8 @@ class ProcessProtocol:
         try:
             if not chan.flush_nowait():
                 return None
-            poller = select.poll()
-            poller.register(chan.fd, select.POLLIN)
             wait = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
-            if not poller.poll(wait) or not chan.decoder.at_boundary():
+            if not arrived(chan.fd, wait) or not chan.decoder.at_boundary():
                 return None
             data = sock.recv(_wire.FINAL_SIZE, _DONTWAIT)
         except OSError:
@@ -459,9 +456,7 @@ class ProcessProtocol:
         if len(data) == _wire.FINAL_SIZE and data[: _wire.HEADER_SIZE] == _STARTED_HEADER:
             self._pid = _wire.U32.unpack_from(data, _wire.HEADER_SIZE)[0]
             self._started = True
-            poller = select.poll()
-            poller.register(chan.fd, select.POLLIN)
-            if not poller.poll(0):
+            if not arrived(chan.fd):
                 return
         else:
             chan.decoder.receive(data)
